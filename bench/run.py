@@ -1,0 +1,938 @@
+"""Taskyard benchmarks: figures, not tests (`./taskw bench [--quick] [--db URL] ...`).
+
+One run starts its own nats-server (free ports, temp store) and database, measures
+
+1. the raw JetStream ceiling: a nats-py publish_async + fetch(100)/ack loop on a WorkQueue stream;
+2. Taskyard end to end: `noop` jobs through `POST /api/v1/jobs:batch` until all are `succeeded`
+   in the API, with the api and executors as real processes;
+3. submit→start latency at a fixed open-loop rate (`started` event minus `created_at`), beside the
+   raw publish→receive latency of one message through a WorkQueue with a waiting pull;
+
+prints a table and writes everything to bench/results/<UTC timestamp>.json. Everything binds
+127.0.0.1, every phase has a deadline, and every process started here is stopped at the end.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+if importlib.util.find_spec("sniffio") is None:
+    # httpcore runs `import sniffio` each time it sets up a lock; when sniffio is not installed every
+    # such import fails after searching sys.path (~0.2 ms here, several per request), which made the
+    # bench client a noticeable CPU user on a 2-core box. This stub answers what httpcore asks.
+    sys.modules["sniffio"] = types.SimpleNamespace(current_async_library=lambda: "asyncio")
+
+import httpx  # noqa: E402
+import nats  # noqa: E402
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig  # noqa: E402
+
+from taskyard_common.embedded import EmbeddedNats, free_port, nats_server_binary  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PREFIX = "bench"
+NOT_FINAL = ("pending", "queued", "scheduled", "running", "retrying", "waiting")
+BAD_FINAL = ("failed", "dead", "cancelled")
+# The bench client's HTTP connections; the open-loop run keeps at most this many requests in flight.
+CONNECTIONS = 32
+
+
+# --- small helpers ------------------------------------------------------------------------------
+def pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def summary_ms(seconds: list[float]) -> dict:
+    ms = [s * 1000 for s in seconds]
+    if not ms:
+        return {"n": 0}
+    return {
+        "n": len(ms),
+        "p50": round(pct(ms, 50), 3),
+        "p95": round(pct(ms, 95), 3),
+        "p99": round(pct(ms, 99), 3),
+        "max": round(max(ms), 3),
+        "mean": round(sum(ms) / len(ms), 3),
+    }
+
+
+def epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def code_digest() -> str:
+    """sha256 over the services' and libraries' sources: which code a result was measured on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted([*ROOT.glob("services/*/src/**/*.py"), *ROOT.glob("libs/*/src/**/*.py")]):
+        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def machine() -> dict:
+    try:
+        version = subprocess.run(
+            [nats_server_binary(), "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        version = f"unknown ({exc})"
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_gib = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem_kib = int(Path("/proc/meminfo").read_text().split("\n")[0].split()[1])
+        mem_gib = round(mem_kib / 2**20, 1)
+    from importlib.metadata import version as pkg_version
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "mem_gib": mem_gib,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "nats_server": version,
+        "nats_py": pkg_version("nats-py"),
+        "httpx": pkg_version("httpx"),
+    }
+
+
+# --- the stack: nats-server, database, api, executors -------------------------------------------
+class Stack:
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args, self.tmp = args, tmp
+        self.nats = EmbeddedNats(
+            store_dir=tmp / "nats",
+            port=free_port(),
+            monitor_port=free_port(),
+            log_file=tmp / "nats-server.log",
+        )
+        self.db_url = ""
+        self.pg_admin_dsn = ""
+        self.pg_name = ""
+        self.key = ""
+        self.api_url = ""
+        self.procs: list[tuple[str, subprocess.Popen, Path]] = []
+
+    # database
+    async def _pg(self, sql: str) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.pg_admin_dsn, timeout=10)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def make_db(self) -> str:
+        url = self.args.db
+        if not url:
+            self.db_url = f"sqlite+aiosqlite:///{self.tmp}/b.db"
+        else:
+            if not url.startswith("postgresql"):
+                sys.exit("bench: --db must be a postgresql+asyncpg:// URL (SQLite is the default)")
+            self.pg_admin_dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+            self.pg_name = "taskyard_bench_" + secrets.token_hex(4)
+            asyncio.run(self._pg(f'CREATE DATABASE "{self.pg_name}"'))
+            base, _, _ = url.rpartition("/")
+            self.db_url = f"{base}/{self.pg_name}"
+        self.run_once("taskyard_api", "migrate")
+        self.key = json.loads(self.run_once("taskyard_api", "create-key", "bench", "--role", "admin"))["key"]
+        return self.db_url
+
+    def drop_db(self) -> None:
+        if self.pg_name:
+            try:
+                asyncio.run(self._pg(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)'))
+            except Exception as exc:  # noqa: BLE001 - report and carry on tearing down
+                log(f"could not drop database {self.pg_name}: {exc}")
+
+    # processes
+    def env(self, **extra: str) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKYARD_")}
+        env.update(
+            TASKYARD_NATS_URL=self.nats.url,
+            TASKYARD_NATS_PREFIX=PREFIX,
+            TASKYARD_DB_URL=self.db_url,
+            PYTHONUNBUFFERED="1",
+            **extra,
+        )
+        return env
+
+    def run_once(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=self.tmp,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"`python -m {' '.join(args)}` failed:\n{done.stderr[-3000:]}")
+        return done.stdout
+
+    def spawn(self, name: str, module: str, args: list[str], port_var: str) -> str:
+        port = free_port()
+        log_path = self.tmp / f"{name}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            env=self.env(**{port_var: str(port)}),
+            stdout=open(log_path, "wb"),  # noqa: SIM115 - the child owns it
+            stderr=subprocess.STDOUT,
+            cwd=self.tmp,
+        )
+        self.procs.append((name, proc, log_path))
+        return f"http://127.0.0.1:{port}"
+
+    def wait_ready(self, name: str, url: str, timeout: float = 60) -> None:
+        _, proc, log_path = next(p for p in self.procs if p[0] == name)
+        deadline = time.monotonic() + timeout
+        last = ""
+        with httpx.Client(timeout=2) as client:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail(log_path)}")
+                try:
+                    r = client.get(f"{url}/readyz")
+                    if r.status_code == 200:
+                        return
+                    last = r.text
+                except httpx.HTTPError as exc:
+                    last = str(exc)
+                time.sleep(0.1)
+        raise RuntimeError(f"{name} not ready after {timeout}s ({last}):\n{tail(log_path)}")
+
+    def start_api(self) -> None:
+        self.api_url = self.spawn("api", "taskyard_api", [], "TASKYARD_API_PORT")
+        self.wait_ready("api", self.api_url)
+
+    def start_executors(self) -> None:
+        urls = []
+        for i in range(self.args.executors):
+            args = ["--queues", "default", "--slots", str(self.args.slots)]
+            name = f"executor-{i}"
+            urls.append((name, self.spawn(name, "taskyard_executor", args, "TASKYARD_EXECUTOR_PORT")))
+        for name, url in urls:
+            self.wait_ready(name, url)
+
+    def pid(self, name: str) -> int:
+        return next(p for n, p, _ in self.procs if n == name).pid
+
+    def stop(self) -> None:
+        # Executors first (they drain), then the api.
+        for _name, proc, _ in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc, _ in reversed(self.procs):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                log(f"{name} still running 10 s after SIGTERM; killing it")
+                proc.kill()
+                proc.wait()
+        self.nats.stop()
+
+
+def tail(path: Path, n: int = 3000) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else "(no log)"
+
+
+# --- 1. raw JetStream ceiling ---------------------------------------------------------------------
+async def raw_stream(js, name: str, subject: str) -> None:
+    await js.add_stream(
+        StreamConfig(
+            name=name,
+            subjects=[subject],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+        )
+    )
+
+
+async def raw_throughput(
+    url: str, n: int, size: int, deadline_s: float, wait_stall: float | None = None
+) -> dict:
+    """publish_async + gather acks, and concurrently fetch(100) + ack() until all n are consumed.
+
+    `wait_stall=None` is nats-py's fast path; any number wraps every publish in asyncio.wait_for,
+    which costs an event-loop round trip per message (Taskyard passes 5 and 10).
+    """
+    tag = secrets.token_hex(3)
+    stream, subject = f"BENCHRAW_{tag.upper()}", f"benchraw{tag}.q"
+    pub_nc = await nats.connect(url, name="bench-raw-pub", pending_size=64 * 1024 * 1024)
+    sub_nc = await nats.connect(url, name="bench-raw-sub")
+    pjs, sjs = pub_nc.jetstream(timeout=10), sub_nc.jetstream(timeout=10)
+    try:
+        await raw_stream(pjs, stream, subject)
+        sub = await sjs.pull_subscribe(
+            subject,
+            durable="raw",
+            stream=stream,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=-1, ack_wait=60),
+        )
+        payload = secrets.token_hex(size // 2).encode()
+        end = time.monotonic() + deadline_s
+
+        async def consume() -> tuple[float, int]:
+            got = 0
+            while got < n and time.monotonic() < end:
+                try:
+                    msgs = await sub.fetch(100, timeout=1)
+                except TimeoutError:
+                    continue
+                for msg in msgs:
+                    await msg.ack()
+                got += len(msgs)
+            await sub_nc.flush()
+            return time.perf_counter(), got
+
+        consumer = asyncio.create_task(consume())
+        t0 = time.perf_counter()
+        futures = [await pjs.publish_async(subject, payload, wait_stall=wait_stall) for _ in range(n)]
+        await asyncio.wait_for(asyncio.gather(*futures), deadline_s)
+        t_pub = time.perf_counter()
+        t_end, got = await consumer
+        # Acks are fire-and-forget: check the server applied them all (the stream empties).
+        while True:
+            info = await pjs.stream_info(stream)
+            if info.state.messages == 0 or time.perf_counter() - t_end > 5:
+                break
+            await asyncio.sleep(0.01)
+        t_empty = time.perf_counter()
+        return {
+            "n": n,
+            "wait_stall": wait_stall,
+            "consumed": got,
+            "msg_bytes": len(payload),
+            "seconds": round(t_end - t0, 4),
+            "msgs_per_s": round(got / (t_end - t0), 1),
+            "publish_msgs_per_s": round(n / (t_pub - t0), 1),
+            "left_in_stream": info.state.messages,
+            "empty_after_last_ack_s": round(t_empty - t_end, 4),
+        }
+    finally:
+        with contextlib.suppress(Exception):
+            await pjs.delete_stream(stream)
+        await pub_nc.close()
+        await sub_nc.close()
+
+
+async def raw_latency(url: str, samples: int) -> dict:
+    """publish→receive of one message at a time, with a pull request already waiting."""
+    tag = secrets.token_hex(3)
+    stream, subject = f"BENCHLAT_{tag.upper()}", f"benchlat{tag}.q"
+    pub_nc = await nats.connect(url, name="bench-lat-pub")
+    sub_nc = await nats.connect(url, name="bench-lat-sub")
+    pjs, sjs = pub_nc.jetstream(timeout=10), sub_nc.jetstream(timeout=10)
+    got: asyncio.Queue = asyncio.Queue()
+
+    async def on_msg(msg) -> None:
+        got.put_nowait((time.perf_counter(), msg))
+
+    try:
+        await raw_stream(pjs, stream, subject)
+        await sjs.add_consumer(
+            stream, ConsumerConfig(durable_name="lat", ack_policy=AckPolicy.EXPLICIT, ack_wait=30)
+        )
+        inbox = sub_nc.new_inbox()
+        await sub_nc.subscribe(inbox, cb=on_msg)
+        pull = json.dumps({"batch": 1, "expires": 5_000_000_000}).encode()
+        payload = secrets.token_hex(128).encode()
+        lat: list[float] = []
+        for _ in range(samples):
+            await sub_nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.lat", pull, reply=inbox)
+            await sub_nc.flush()
+            await asyncio.sleep(0.005)  # let the server register the waiting pull
+            t0 = time.perf_counter()
+            ack = await pjs.publish_async(subject, payload)
+            t1, msg = await asyncio.wait_for(got.get(), 5)
+            lat.append(t1 - t0)
+            await msg.ack()
+            await asyncio.wait_for(ack, 5)
+        return summary_ms(lat)
+    finally:
+        with contextlib.suppress(Exception):
+            await pjs.delete_stream(stream)
+        await pub_nc.close()
+        await sub_nc.close()
+
+
+# --- Taskyard through the API ---------------------------------------------------------------------
+async def count_jobs(c: httpx.AsyncClient, label: str, statuses: tuple[str, ...]) -> list[dict]:
+    """Every job with `bench=label` in one of `statuses` (paged, 500 a request)."""
+    jobs: list[dict] = []
+    cursor = None
+    while True:
+        params = [("label", f"bench={label}"), ("limit", "500")] + [("status", s) for s in statuses]
+        if cursor:
+            params.append(("cursor", cursor))
+        r = await c.get("/api/v1/jobs", params=params)
+        r.raise_for_status()
+        body = r.json()
+        jobs += body["jobs"]
+        cursor = body["next_cursor"]
+        if not cursor:
+            return jobs
+
+
+async def wait_all_final(c: httpx.AsyncClient, label: str, timeout: float, interval: float = 0.05) -> int:
+    """Poll until no `bench=label` job is unfinished: one `limit=1` request per round.
+
+    Returns how many ended failed/dead/cancelled (0 when all succeeded).
+    """
+    deadline = time.monotonic() + timeout
+    params = [("label", f"bench={label}"), ("limit", "1")] + [("status", s) for s in NOT_FINAL]
+    while True:
+        r = await c.get("/api/v1/jobs", params=params)
+        r.raise_for_status()
+        if not r.json()["jobs"]:
+            return len(await count_jobs(c, label, BAD_FINAL))
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"jobs labelled bench={label} still unfinished after {timeout:.0f}s")
+        await asyncio.sleep(interval)
+
+
+async def submit_batches(c: httpx.AsyncClient, label: str, n: int, batch: int) -> list[str]:
+    ids: list[str] = []
+    spec = {"type": "noop", "labels": {"bench": label}}
+    for start in range(0, n, batch):
+        k = min(batch, n - start)
+        r = await c.post("/api/v1/jobs:batch", json={"jobs": [spec] * k})
+        if r.status_code != 201:
+            raise RuntimeError(f"batch submit answered {r.status_code}: {r.text[:500]}")
+        ids += [j["id"] for j in r.json()["jobs"]]
+    return ids
+
+
+async def end_to_end(c: httpx.AsyncClient, n: int, batch: int, timeout: float) -> dict:
+    t0 = time.perf_counter()
+    ids = await submit_batches(c, "e2e", n, batch)
+    t_submitted = time.perf_counter()
+    bad = await wait_all_final(c, "e2e", timeout)
+    t_done = time.perf_counter()
+    done = await count_jobs(c, "e2e", ("succeeded",))
+    created = [epoch(j["created_at"]) for j in done]
+    finished = [epoch(j["finished_at"]) for j in done]
+    per_worker = Counter(j["worker_id"] for j in done)
+    starts = sorted(epoch(j["started_at"]) for j in done if j["started_at"])
+    # The longest stretch with no job starting while some were still waiting: a stall shows here.
+    gap = max((b - a for a, b in zip(starts, starts[1:], strict=False)), default=0.0)
+    return {
+        "n": n,
+        "batch": batch,
+        "submitted": len(ids),
+        "succeeded": len(done),
+        "not_succeeded": bad,
+        "seconds": round(t_done - t0, 3),
+        "jobs_per_s": round(len(done) / (t_done - t0), 1),
+        "submit_seconds": round(t_submitted - t0, 3),
+        "submit_jobs_per_s": round(n / (t_submitted - t0), 1),
+        # Executor-side: first created_at to the last job's `succeeded` event (the job's clock).
+        "executed_seconds": round(max(finished) - min(created), 3) if done else None,
+        "longest_start_gap_s": round(gap, 3),
+        "jobs_per_worker": dict(sorted(per_worker.items())),
+    }
+
+
+async def backlog_drain(c: httpx.AsyncClient, stack: Stack, n: int, batch: int, timeout: float) -> dict:
+    """Queue n jobs with no executor running, start the executors, time how fast they drain it."""
+    await submit_batches(c, "backlog", n, batch)
+    t0 = time.perf_counter()
+    await asyncio.to_thread(stack.start_executors)
+    bad = await wait_all_final(c, "backlog", timeout)
+    t_done = time.perf_counter()
+    done = await count_jobs(c, "backlog", ("succeeded",))
+    starts = sorted(epoch(j["started_at"]) for j in done)
+    first, last = starts[0], max(epoch(j["finished_at"]) for j in done)
+    gap = max((b - a for a, b in zip(starts, starts[1:], strict=False)), default=0.0)
+    return {
+        "n": n,
+        "succeeded": len(done),
+        "not_succeeded": bad,
+        "seconds_incl_executor_start": round(t_done - t0, 3),
+        # First `started` to last `succeeded`, on the executors' clock: the drain itself.
+        "drain_seconds": round(last - first, 3),
+        "jobs_per_s": round(len(done) / (last - first), 1) if last > first else None,
+        "longest_start_gap_s": round(gap, 3),
+    }
+
+
+async def open_loop_send(c: httpx.AsyncClient, rate: float, seconds: float, connections: int) -> dict:
+    """`POST /api/v1/jobs` on a fixed schedule, never waiting for earlier answers.
+
+    At most `connections` requests are on the wire; later ones wait for a free connection in an
+    asyncio.Semaphore rather than in httpx's pool, whose bookkeeping walks every queued request on
+    each change and ate most of this process's CPU once hundreds were queued.
+    """
+    total = int(rate * seconds)
+    wire = asyncio.Semaphore(connections)
+    sent: dict[str, float] = {}  # job id -> wall time it was scheduled
+    submit_s: list[float] = []
+    errors: list[str] = []
+    lag: list[float] = []
+
+    async def one(scheduled_wall: float) -> None:
+        t = time.perf_counter()
+        try:
+            async with wire:
+                r = await c.post("/api/v1/jobs", json={"type": "noop", "labels": {"bench": "lat"}})
+        except httpx.HTTPError as exc:
+            errors.append(repr(exc))
+            return
+        submit_s.append(time.perf_counter() - t)
+        if r.status_code != 201:
+            errors.append(f"{r.status_code}: {r.text[:200]}")
+            return
+        sent[r.json()["id"]] = scheduled_wall
+
+    tasks = []
+    start = time.perf_counter() + 0.05
+    wall_start = time.time() + 0.05
+    for i in range(total):
+        target = start + i / rate
+        delay = target - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lag.append(max(0.0, time.perf_counter() - target))
+        tasks.append(asyncio.create_task(one(wall_start + i / rate)))
+    await asyncio.gather(*tasks)
+    return {"sent": sent, "submit_s": submit_s, "errors": errors, "lag": lag, "total": total}
+
+
+async def read_latencies(c: httpx.AsyncClient, run: dict, concurrency: int = 16) -> dict:
+    """Each job's timeline: `started` minus `created_at`, and the parts in between."""
+    sent = run["sent"]
+    sem = asyncio.Semaphore(concurrency)
+    created_to_started: list[float] = []
+    created_to_queued: list[float] = []
+    queued_to_started: list[float] = []
+    scheduled_to_started: list[float] = []
+
+    async def timeline(job_id: str) -> None:
+        async with sem:
+            r = await c.get(f"/api/v1/jobs/{job_id}")
+        r.raise_for_status()
+        job = r.json()
+        created = epoch(job["created_at"])
+        at = {}
+        for event in job["timeline"]:
+            at.setdefault(event["type"], epoch(event["at"]))
+        if "started" not in at:
+            return
+        created_to_started.append(at["started"] - created)
+        scheduled_to_started.append(at["started"] - sent[job_id])
+        if "queued" in at:
+            created_to_queued.append(at["queued"] - created)
+            queued_to_started.append(at["started"] - at["queued"])
+
+    await asyncio.gather(*(timeline(job_id) for job_id in sent))
+    return {
+        "sent": run["total"],
+        "accepted": len(sent),
+        "errors": run["errors"][:10],
+        "error_count": len(run["errors"]),
+        "schedule_lag_ms": summary_ms(run["lag"]),
+        "submit_http_ms": summary_ms(run["submit_s"]),
+        "created_to_started_ms": summary_ms(created_to_started),
+        "created_to_queued_ms": summary_ms(created_to_queued),
+        "queued_to_started_ms": summary_ms(queued_to_started),
+        "scheduled_to_started_ms": summary_ms(scheduled_to_started),
+    }
+
+
+# --- CPU accounting -------------------------------------------------------------------------------
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """user + system CPU seconds of a process (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_cpu_s() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine, summed over cores, from /proc/stat."""
+    try:
+        vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    total = sum(vals[:8])
+    return (total - vals[3] - vals[4]) / CLK_TCK, total / CLK_TCK
+
+
+class CpuMeter:
+    """CPU used by each of our processes, and by everything else on the machine, over a phase."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+
+    def snapshot(self) -> dict:
+        return {
+            "t": time.perf_counter(),
+            "procs": {name: proc_cpu_s(pid) for name, pid in self.pids.items()},
+            "machine": machine_cpu_s(),
+        }
+
+    def since(self, before: dict) -> dict:
+        after = self.snapshot()
+        wall = after["t"] - before["t"]
+        out: dict = {"wall_s": round(wall, 3), "core_pct": {}}
+        ours = 0.0
+        for name, cpu in after["procs"].items():
+            if cpu is not None and before["procs"].get(name) is not None:
+                used = cpu - before["procs"][name]
+                ours += used
+                out["core_pct"][name] = round(100 * used / wall, 1)
+        if after["machine"] and before["machine"]:
+            busy = after["machine"][0] - before["machine"][0]
+            total = after["machine"][1] - before["machine"][1]
+            out["machine_busy_pct"] = round(100 * busy / total, 1) if total else None
+            out["core_pct"]["everything else"] = round(100 * max(0.0, busy - ours) / wall, 1)
+        return out
+
+
+# --- optional profiling with py-spy ---------------------------------------------------------------
+class Profiler:
+    """`py-spy record --format raw` on the api and the first executor while a phase runs."""
+
+    def __init__(self, py_spy: str | None, out_dir: Path, stack: Stack) -> None:
+        self.py_spy, self.out_dir, self.stack = py_spy, out_dir, stack
+        self.procs: list[tuple[str, subprocess.Popen, Path]] = []
+
+    def start(self, phase: str) -> None:
+        if not self.py_spy:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("api", "executor-0"):
+            out = self.out_dir / f"{phase}-{name}.folded"
+            cmd = [self.py_spy, "record", "--pid", str(self.stack.pid(name)), "--rate", "250"]
+            cmd += ["--format", "raw", "--output", str(out), "--nonblocking"]
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            self.procs.append((name, proc, out))
+        time.sleep(1.0)  # py-spy attaches
+
+    def stop(self) -> dict:
+        found: dict = {}
+        for name, proc, out in self.procs:
+            proc.send_signal(signal.SIGINT)
+            try:
+                _, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            if out.exists():
+                found[name] = {"file": str(out), **fold_summary(out)}
+            else:
+                found[name] = {"error": (err or b"").decode(errors="replace")[-500:]}
+        self.procs = []
+        return found
+
+
+def fold_summary(path: Path, top: int = 25) -> dict:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    own: Counter = Counter()
+    incl: Counter = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f.split(" (", 1)[0] + " " + f.rsplit("/", 1)[-1].rstrip(")") for f in stack.split(";")]
+        own[frames[-1]] += n
+        for frame in set(frames):
+            incl[frame] += n
+    if not total:
+        return {"samples": 0}
+
+    def share(counter: Counter) -> list:
+        return [[name, round(100 * n / total, 1)] for name, n in counter.most_common(top)]
+
+    return {"samples": total, "self_pct": share(own), "inclusive_pct": share(incl)}
+
+
+# --- the run --------------------------------------------------------------------------------------
+async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) -> dict:
+    out: dict = {}
+    url = stack.nats.url
+    log(f"raw JetStream ceiling: {args.raw_rounds} rounds of {args.jobs} messages")
+    await raw_throughput(url, 500, 256, 30)  # warm-up
+    rounds = [await raw_throughput(url, args.jobs, 256, 60) for _ in range(args.raw_rounds)]
+    median = sorted(rounds, key=lambda r: r["msgs_per_s"])[len(rounds) // 2]
+    # The same loop with wait_stall=5, as Taskyard's publisher calls publish_async.
+    stalled = await raw_throughput(url, args.jobs, 256, 60, wait_stall=5)
+    out["raw_throughput"] = {"median": median, "rounds": rounds, "with_wait_stall_5": stalled}
+    log(f"raw JetStream latency: {args.raw_samples} samples")
+    out["raw_latency_ms"] = await raw_latency(url, args.raw_samples)
+
+    log("starting the api")
+    await asyncio.to_thread(stack.start_api)
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+    async with httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=60, limits=limits) as c:
+        if args.backlog:
+            log(
+                f"backlog: {args.backlog} jobs queued, then {args.executors} executor(s) × {args.slots} started"
+            )
+            out["backlog"] = await backlog_drain(
+                c, stack, args.backlog, args.batch, timeout=max(180.0, args.backlog / 5)
+            )
+        else:
+            log(f"starting {args.executors} executor(s) × {args.slots} slots")
+            await asyncio.to_thread(stack.start_executors)
+        pids = {"bench client": os.getpid(), "nats-server": stack.nats.process.pid}
+        pids.update({name: proc.pid for name, proc, _ in stack.procs})
+        cpu = CpuMeter(pids)
+
+        log("warm-up: 200 jobs")
+        await submit_batches(c, "warmup", 200, 100)
+        await wait_all_final(c, "warmup", 60)
+
+        log(f"end to end: {args.jobs} noop jobs in batches of {args.batch}")
+        await asyncio.to_thread(profiler.start, "e2e")
+        before = cpu.snapshot()
+        out["e2e"] = await end_to_end(c, args.jobs, args.batch, timeout=max(180.0, args.jobs / 10))
+        out["e2e"]["cpu"] = cpu.since(before)
+        if profiler.procs:
+            out["profile_e2e"] = await asyncio.to_thread(profiler.stop)
+
+        log(f"latency: {args.rate:g} jobs/s open loop for {args.latency_s:g} s")
+        await asyncio.to_thread(profiler.start, "latency")
+        before = cpu.snapshot()
+        sent = await open_loop_send(c, args.rate, args.latency_s, CONNECTIONS)
+        bad = await wait_all_final(c, "lat", timeout=120)
+        lat_cpu = cpu.since(before)
+        if profiler.procs:
+            out["profile_latency"] = await asyncio.to_thread(profiler.stop)
+        out["latency"] = {
+            "rate_per_s": args.rate,
+            "seconds": args.latency_s,
+            "not_succeeded": bad,
+            **await read_latencies(c, sent),
+            "cpu": lat_cpu,
+        }
+    return out
+
+
+def table(res: dict) -> list[list[str]]:
+    """figure, value, baseline, ratio: throughput ratios are value/baseline (1.0 = the ceiling),
+    latency ratios are how many times the raw NATS latency."""
+    raw_t = res["raw_throughput"]
+    raw = raw_t["median"]["msgs_per_s"]
+    stalled = raw_t["with_wait_stall_5"]["msgs_per_s"]
+    e2e = res["e2e"]
+    rl, lat = res["raw_latency_ms"], res["latency"]
+
+    def frac(a: float | None, b: float | None) -> str:
+        return f"{a / b:.3f}" if a and b else "-"
+
+    def times(a: float | None, b: float | None) -> str:
+        return f"{a / b:,.0f}×" if a and b else "-"
+
+    rows = [
+        ["figure", "value", "baseline", "ratio"],
+        ["raw JetStream publish+pull+ack (msg/s)", f"{raw:,.0f}", "-", "-"],
+        ["  same, publish_async(wait_stall=5) (msg/s)", f"{stalled:,.0f}", f"{raw:,.0f}", frac(stalled, raw)],
+        ["Taskyard e2e noop (jobs/s)", f"{e2e['jobs_per_s']:,.1f}", f"{raw:,.0f}", frac(e2e["jobs_per_s"], raw)],
+        ["  batch submit alone (jobs/s)", f"{e2e['submit_jobs_per_s']:,.0f}", f"{raw:,.0f}", frac(e2e["submit_jobs_per_s"], raw)],
+    ]  # fmt: skip
+    if "backlog" in res:
+        b = res["backlog"]
+        rows.append([f"  drain of {b['n']:,} queued jobs (jobs/s)", f"{b['jobs_per_s'] or 0:,.1f}", f"{raw:,.0f}", frac(b["jobs_per_s"], raw)])  # fmt: skip
+    c2s = lat["created_to_started_ms"]
+    for p in ("p50", "p95", "p99"):
+        rows.append(
+            [
+                f"submit→start latency {p} (ms)",
+                f"{c2s.get(p, 0):.1f}",
+                f"{rl[p]:.2f}",
+                times(c2s.get(p), rl[p]),
+            ]
+        )
+    q2s, http = lat["queued_to_started_ms"], lat["submit_http_ms"]
+    rows.append(
+        ["  queued→started p50 / p99 (ms)", f"{q2s.get('p50', 0):.1f} / {q2s.get('p99', 0):.1f}", "-", "-"]
+    )
+    rows.append(
+        [
+            "  POST /jobs answer p50 / p99 (ms)",
+            f"{http.get('p50', 0):.0f} / {http.get('p99', 0):.0f}",
+            "-",
+            "-",
+        ]
+    )
+    return rows
+
+
+def print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print(
+            "  ".join(
+                cell.ljust(w) if j == 0 else cell.rjust(w)
+                for j, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--jobs", type=int, default=None, help="jobs for the e2e run and raw messages (default 5000)"
+    )
+    p.add_argument("--quick", action="store_true", help="1000 jobs and a 3 s latency run")
+    p.add_argument(
+        "--db", help="postgresql+asyncpg://user@host:port/db: bench a fresh database on that server"
+    )
+    p.add_argument("--executors", type=int, default=2, help="executor processes (default 2)")
+    p.add_argument("--slots", type=int, default=64, help="slots per executor (default 64)")
+    p.add_argument("--batch", type=int, default=500, help="jobs per jobs:batch request (default 500)")
+    p.add_argument("--rate", type=float, default=100.0, help="latency run: jobs/s (default 100)")
+    p.add_argument(
+        "--latency-seconds", dest="latency_s", type=float, default=None, help="default 10 (quick 3)"
+    )
+    p.add_argument(
+        "--backlog",
+        type=int,
+        default=0,
+        help="first queue this many jobs with no executor up, then time the drain (default 0: skip)",
+    )
+    p.add_argument("--raw-rounds", type=int, default=3, help="raw ceiling rounds; the median is reported")
+    p.add_argument("--py-spy", help="path to a py-spy binary: profile the api and one executor")
+    p.add_argument(
+        "--profile-dir",
+        default=None,
+        help="where py-spy output goes (default /tmp/taskyard-bench-profiles-<ts>)",
+    )
+    p.add_argument("--no-save", action="store_true", help="do not write bench/results/<ts>.json")
+    args = p.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = 1000 if args.quick else 5000
+    if args.latency_s is None:
+        args.latency_s = 3.0 if args.quick else 10.0
+    args.raw_samples = 100 if args.quick else 300
+    if (
+        args.backlog < 0
+        or args.jobs < 1
+        or args.executors < 1
+        or args.slots < 1
+        or args.batch < 1
+        or args.rate <= 0
+    ):
+        p.error("--jobs, --executors, --slots, --batch and --rate must be positive")
+    return args
+
+
+def _terminate(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    started = datetime.now(UTC)
+    load_before = os.getloadavg()
+    digest = code_digest()
+    tmp = Path(tempfile.mkdtemp(prefix="taskyard-bench-"))
+    stack = Stack(args, tmp)
+    profile_dir = Path(
+        args.profile_dir or f"{tempfile.gettempdir()}/taskyard-bench-profiles-{started:%Y%m%dT%H%M%SZ}"
+    )
+    profiler = Profiler(args.py_spy, profile_dir, stack)
+    ok = False
+    try:
+        stack.nats.start()
+        stack.make_db()
+        results = asyncio.run(measure(args, stack, profiler))
+        ok = True
+    except KeyboardInterrupt as exc:
+        log(f"interrupted ({exc or 'Ctrl-C'}); stopping everything")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - tell what broke, then tear down
+        log(f"failed: {exc!r}")
+        for name, _proc, path in stack.procs:
+            log(f"--- last lines of {name}:\n{tail(path, 1500)}")
+        if os.environ.get("BENCH_KEEP_TMP"):
+            log(f"keeping {tmp} (BENCH_KEEP_TMP is set)")
+        return 1
+    finally:
+        for _name, proc, _ in profiler.procs:
+            if proc.poll() is None:
+                proc.kill()
+        stack.stop()
+        stack.drop_db()
+        if ok or not os.environ.get("BENCH_KEEP_TMP"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    record = {
+        "started_at": started.isoformat().replace("+00:00", "Z"),
+        "code_digest": digest,
+        "machine": {**machine(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "params": {
+            "jobs": args.jobs,
+            "batch": args.batch,
+            "executors": args.executors,
+            "slots": args.slots,
+            "rate_per_s": args.rate,
+            "latency_seconds": args.latency_s,
+            "raw_rounds": args.raw_rounds,
+            "backlog": args.backlog,
+            "raw_samples": args.raw_samples,
+            "db": "postgresql" if args.db else "sqlite",
+            "quick": args.quick,
+        },
+        "results": results,
+    }
+    rows = table(results)
+    record["table"] = rows
+    m = record["machine"]
+    print(
+        f"\nTaskyard bench {record['started_at']}  db={record['params']['db']}  "
+        f"{args.executors}×{args.slots} slots  nproc={m['nproc']}  python {m['python']}  {m['nats_server']}\n"
+    )
+    print_table(rows)
+    if not args.no_save:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"\nwrote {path.relative_to(ROOT)}")
+    if args.py_spy:
+        print(f"py-spy output: {profile_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""`python -m taskyard` runs the CLI."""
+
+from .cli import main
+
+main()

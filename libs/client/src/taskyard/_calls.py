@@ -1,0 +1,226 @@
+"""The REST contract (docs/api.md) as request descriptions, shared by the sync and async clients."""
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from ._sse import SSEEvent
+
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "dead"})
+JOBS = "/api/v1/jobs"
+QUEUES = "/api/v1/queues"
+CHECKPOINTS = "/api/v1/checkpoints"
+CHECKPOINT_STATUSES = ("pending", "approved", "rejected", "answered", "expired")
+Params = list[tuple[str, str]]
+
+
+def _same(data: Any) -> Any:
+    return data
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP request and how to turn its JSON answer into the SDK's return value."""
+
+    method: str
+    path: str
+    params: Params | None = None
+    body: Any = None
+    unwrap: Callable[[Any], Any] = _same
+    # Statuses besides 2xx whose body is an answer, not an error (readyz's 503 "unready").
+    accept: frozenset[int] = field(default_factory=frozenset)
+
+
+def job_path(job_id: str, suffix: str = "") -> str:
+    # Quote so an id with "/" or "?" can't address another route.
+    return f"{JOBS}/{quote(str(job_id), safe='')}{suffix}"
+
+
+def job_spec(type: str, payload: Any = None, **options: Any) -> dict[str, Any]:
+    """A JobCreate body; options left as None are omitted so the server's defaults apply."""
+    spec: dict[str, Any] = {"type": type, "payload": payload}
+    spec.update({k: v for k, v in options.items() if v is not None})
+    return spec
+
+
+def submit(spec: dict[str, Any]) -> Call:
+    return Call("POST", JOBS, body=spec)
+
+
+def submit_batch(specs: Iterable[Mapping[str, Any]]) -> Call:
+    return Call("POST", f"{JOBS}:batch", body={"jobs": [dict(s) for s in specs]}, unwrap=lambda d: d["jobs"])
+
+
+def get(job_id: str) -> Call:
+    return Call("GET", job_path(job_id))
+
+
+def _timestamp(value: str | datetime) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def list_params(
+    status: str | Iterable[str] | None = None,
+    queue: str | None = None,
+    type: str | None = None,
+    label: str | None = None,
+    created_after: str | datetime | None = None,
+    created_before: str | datetime | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Params:
+    """Query parameters of GET /api/v1/jobs; `status` may be several (the API ORs them)."""
+    params: Params = []
+    statuses = [status] if isinstance(status, str) else list(status or [])
+    params += [("status", s) for s in statuses]
+    for name, value in (("queue", queue), ("type", type), ("label", label), ("cursor", cursor)):
+        if value is not None:
+            params.append((name, str(value)))
+    if created_after is not None:
+        params.append(("created_after", _timestamp(created_after)))
+    if created_before is not None:
+        params.append(("created_before", _timestamp(created_before)))
+    params.append(("limit", str(limit)))
+    return params
+
+
+def list_jobs(params: Params) -> Call:
+    return Call("GET", JOBS, params=params)
+
+
+def cancel(job_id: str) -> Call:
+    return Call("POST", job_path(job_id, "/cancel"))
+
+
+def retry(job_id: str) -> Call:
+    return Call("POST", job_path(job_id, "/retry"))
+
+
+def logs(job_id: str, after: int = 0, limit: int = 1000) -> Call:
+    return Call("GET", job_path(job_id, "/logs"), params=[("after", str(after)), ("limit", str(limit))])
+
+
+def whoami() -> Call:
+    return Call("GET", "/api/v1/whoami")
+
+
+def keys_create(name: str, role: str) -> Call:
+    return Call("POST", "/api/v1/keys", body={"name": name, "role": role})
+
+
+def keys_list() -> Call:
+    return Call("GET", "/api/v1/keys", unwrap=lambda d: d["keys"])
+
+
+def keys_revoke(key_id: str) -> Call:
+    return Call("DELETE", f"/api/v1/keys/{quote(str(key_id), safe='')}", unwrap=lambda d: None)
+
+
+def readyz() -> Call:
+    return Call("GET", "/readyz", accept=frozenset({503}))
+
+
+def queues() -> Call:
+    return Call("GET", QUEUES, unwrap=lambda d: d["queues"])
+
+
+def pause_queue(queue: str) -> Call:
+    return Call("POST", f"{QUEUES}/{quote(str(queue), safe='')}/pause")
+
+
+def resume_queue(queue: str) -> Call:
+    return Call("POST", f"{QUEUES}/{quote(str(queue), safe='')}/resume")
+
+
+def workers() -> Call:
+    return Call("GET", "/api/v1/workers", unwrap=lambda d: d["workers"])
+
+
+def doctor() -> Call:
+    return Call("GET", "/api/v1/doctor")
+
+
+def checkpoint_path(ck_id: str, suffix: str = "") -> str:
+    return f"{CHECKPOINTS}/{quote(str(ck_id), safe='')}{suffix}"
+
+
+def checkpoints(status: str | None = "pending", job_id: str | None = None, limit: int = 100) -> Call:
+    """GET /api/v1/checkpoints, newest first; `status` None (or "all") lists every status."""
+    params: Params = [("limit", str(limit))]
+    if status is not None and status != "all":
+        params.append(("status", status))
+    if job_id is not None:
+        params.append(("job_id", str(job_id)))
+    return Call("GET", CHECKPOINTS, params=params, unwrap=lambda d: d["checkpoints"])
+
+
+def checkpoint(ck_id: str) -> Call:
+    return Call("GET", checkpoint_path(ck_id))
+
+
+def approve(ck_id: str, reason: str | None = None) -> Call:
+    return Call("POST", checkpoint_path(ck_id, "/approve"), body={} if reason is None else {"reason": reason})
+
+
+def reject(ck_id: str, reason: str) -> Call:
+    return Call("POST", checkpoint_path(ck_id, "/reject"), body={"reason": reason})
+
+
+def answer(ck_id: str, answer: Any, reason: str | None = None) -> Call:
+    body: dict[str, Any] = {"answer": answer}
+    if reason is not None:
+        body["reason"] = reason
+    return Call("POST", checkpoint_path(ck_id, "/answer"), body=body)
+
+
+class LogFollow:
+    """State of one follow_logs(): the last seq seen (to resume after a drop) and the retry budget."""
+
+    # Consecutive failed (re)connections before giving up; any received line resets the count.
+    MAX_FAILURES = 8
+
+    def __init__(self, job_id: str, after: int) -> None:
+        self.path = job_path(job_id, "/logs/stream")
+        self.after = after
+        self.failures = 0
+        self.end: dict[str, Any] | None = None
+
+    @property
+    def params(self) -> Params:
+        return [("after", str(self.after))]
+
+    def on_event(self, event: SSEEvent) -> dict[str, Any] | None:
+        """The log line carried by `event`, or None (end marker, duplicate, unknown event)."""
+        if event.event == "end":
+            try:
+                end = json.loads(event.data) if event.data else {}
+            except ValueError:
+                end = {}
+            self.end = end if isinstance(end, dict) else {}
+            return None
+        if event.event != "log":
+            return None
+        try:
+            line = json.loads(event.data)
+        except ValueError:
+            line = None
+        if not isinstance(line, dict):
+            # Not the documented shape; still show it rather than lose output.
+            line = {"seq": None, "stream": "log", "line": event.data}
+        seq = line.get("seq")
+        if isinstance(seq, int):
+            if seq <= self.after:
+                return None  # already delivered before a reconnect
+            self.after = seq
+            self.failures = 0  # progress: a later drop gets a fresh retry budget
+        return line
+
+    def backoff(self) -> float | None:
+        """Delay before the next reconnect, or None when the budget is spent."""
+        self.failures += 1
+        if self.failures > self.MAX_FAILURES:
+            return None
+        return min(0.2 * 2 ** (self.failures - 1), 5.0)

@@ -1,0 +1,255 @@
+"""Job commands: submit, run, get, status, list, cancel, retry, logs, wait."""
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._cli_common import EXIT_JOB_FAILED, EXIT_OK, BadInput, LinePrinter, client, print_json
+from ._render import JOB_HEADERS, exit_code, job_row, parse_labels, parse_statuses, status_line, table
+from ._render_ops import waiting_lines
+
+LOG_PAGE = 1000
+
+
+def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The placement and retry options shared by `submit` and `run`."""
+    options = [
+        click.option("--queue", metavar="NAME", help="Queue (server default: default)."),
+        click.option("--priority", type=click.Choice(["high", "normal", "low"]), help="Default: normal."),
+        click.option("--timeout", "timeout_s", type=float, metavar="SECONDS", help="Per-attempt time limit."),
+        click.option("--max-attempts", type=int, metavar="N", help="Attempts before the job is dead."),
+        click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Label (repeatable)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _labels(items: tuple[str, ...]) -> dict[str, str] | None:
+    try:
+        return parse_labels(items) or None
+    except ValueError as exc:
+        raise BadInput(f"--label: {exc}") from None
+
+
+def _payload(text: str | None, path: str | None) -> Any:
+    if text is not None and path is not None:
+        raise BadInput("give --payload or --payload-file, not both")
+    option = "--payload"
+    if path is not None:
+        option = "--payload-file"
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise BadInput(f"--payload-file: cannot read {path}: {reason}") from None
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise BadInput(f"{option}: invalid JSON: {exc}") from None
+
+
+@click.command()
+@click.argument("type")
+@click.option("--payload", metavar="JSON", help="Payload as a JSON document.")
+@click.option("--payload-file", metavar="PATH|-", help="Read the JSON payload from a file (- for stdin).")
+@job_options
+@click.option("--idempotency-key", metavar="KEY", help="Submitting the same key again returns the same job.")
+@click.option(
+    "--wait", "wait_", is_flag=True, help="Wait until the job is final; exit 1 unless it succeeded."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON instead of its id.")
+def submit(
+    type: str,
+    payload: str | None,
+    payload_file: str | None,
+    queue: str | None,
+    priority: str | None,
+    timeout_s: float | None,
+    max_attempts: int | None,
+    labels: tuple[str, ...],
+    idempotency_key: str | None,
+    wait_: bool,
+    as_json: bool,
+) -> None:
+    """Submit a job of TYPE; prints its id.
+
+    TYPE is noop, sleep, shell, python, http or a registered handler name.
+    """
+    body, label_map = _payload(payload, payload_file), _labels(labels)
+    ty = client()
+    job = ty.submit(
+        type, body, queue=queue, priority=priority, timeout_s=timeout_s, max_attempts=max_attempts,
+        idempotency_key=idempotency_key, labels=label_map,
+    )  # fmt: skip
+    if as_json and not wait_:
+        print_json(job)
+    if not as_json:
+        click.echo(job["id"])
+    if not wait_:
+        return
+    job = ty.wait(job["id"])
+    if as_json:
+        print_json(job)
+    else:
+        click.echo(status_line(job), err=True)  # stdout stays just the id, for $(taskyard submit ...)
+    sys.exit(EXIT_OK if job.get("status") == "succeeded" else EXIT_JOB_FAILED)
+
+
+@click.command(context_settings={"allow_interspersed_args": False})
+@job_options
+@click.option("--shell", is_flag=True, help="Run COMMAND through the shell (its words joined by spaces).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(
+    queue: str | None,
+    priority: str | None,
+    timeout_s: float | None,
+    max_attempts: int | None,
+    labels: tuple[str, ...],
+    shell: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND as a shell job, mirroring its output and exit code.
+
+    \b
+      taskyard run -- make test
+      taskyard run --shell -- 'du -sh /var/* | sort -h'
+    """
+    payload: dict[str, Any] = (
+        {"command": " ".join(command), "shell": True} if shell else {"command": [*command]}
+    )
+    label_map = _labels(labels)
+    ty = client()
+    job = ty.submit(
+        "shell", payload, queue=queue, priority=priority, timeout_s=timeout_s, max_attempts=max_attempts,
+        labels=label_map,
+    )  # fmt: skip
+    job_id = job["id"]
+    # Status notes go to stderr so stdout carries only the command's own output.
+    click.echo(f"job {job_id} queued", err=True)
+    printer = LinePrinter(log_to_stderr=True)
+    try:
+        for line in ty.follow_logs(job_id):
+            printer(line)
+        final = ty.wait(job_id)  # the end event can precede the final state being readable
+    except KeyboardInterrupt:
+        click.echo(f"\ntaskyard: detached; job {job_id} keeps running (taskyard cancel {job_id})", err=True)
+        sys.exit(130)
+    if final.get("status") != "succeeded":
+        click.echo(f"taskyard: {status_line(final)}", err=True)
+    sys.exit(exit_code(final))
+
+
+@click.command()
+@click.argument("job_id", metavar="ID")
+def get(job_id: str) -> None:
+    """Print a job (with its timeline) as JSON."""
+    print_json(client().get(job_id))
+
+
+@click.command()
+@click.argument("job_id", metavar="ID")
+def status(job_id: str) -> None:
+    """Print a one-line summary of a job (a waiting one: position, ETA, why)."""
+    job = client().get(job_id)
+    click.echo("\n".join(waiting_lines(job) or [status_line(job)]))
+
+
+@click.command("list")
+@click.option("--status", "statuses", multiple=True, metavar="STATUS", help="Filter (repeatable, or a,b).")
+@click.option("--queue", metavar="NAME")
+@click.option("--type", "type_", metavar="TYPE")
+@click.option("--label", metavar="KEY=VALUE")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Jobs per page.")
+@click.option("--all", "all_", is_flag=True, help="Follow the cursor through every page.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"jobs": [...], "next_cursor": ...}.')
+def list_(
+    statuses: tuple[str, ...],
+    queue: str | None,
+    type_: str | None,
+    label: str | None,
+    limit: int,
+    all_: bool,
+    as_json: bool,
+) -> None:
+    """List jobs, newest first."""
+    try:
+        wanted = parse_statuses(statuses) or None
+    except ValueError as exc:
+        raise BadInput(f"--status: {exc}") from None
+    if label is not None:
+        _labels((label,))  # validate only; the API takes the key=value text as is
+    ty = client()
+    if all_:
+        jobs, cursor = list(ty.iter_jobs(wanted, queue, type_, label, limit=limit)), None
+    else:
+        page = ty.list(wanted, queue, type_, label, limit=limit)
+        jobs, cursor = page["jobs"], page.get("next_cursor")
+    if as_json:
+        print_json({"jobs": jobs, "next_cursor": cursor})
+        return
+    if not jobs:
+        click.echo("no jobs", err=True)
+        return
+    click.echo(table(JOB_HEADERS, [job_row(job) for job in jobs]))
+    if cursor:
+        click.echo(f"(first {len(jobs)}; more with --all or a larger --limit)", err=True)
+
+
+@click.command()
+@click.argument("job_id", metavar="ID")
+def cancel(job_id: str) -> None:
+    """Cancel a queued or running job."""
+    click.echo(status_line(client().cancel(job_id)))
+
+
+@click.command()
+@click.argument("job_id", metavar="ID")
+def retry(job_id: str) -> None:
+    """Queue a failed, dead or cancelled job again."""
+    click.echo(status_line(client().retry(job_id)))
+
+
+@click.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job is final.")
+@click.argument("job_id", metavar="ID")
+def logs(follow: bool, job_id: str) -> None:
+    """Print a job's log lines (stderr lines go to stderr)."""
+    ty, printer = client(), LinePrinter()
+    if follow:
+        for line in ty.follow_logs(job_id):
+            printer(line)
+        return
+    after = 0
+    while True:
+        lines = ty.logs(job_id, after=after, limit=LOG_PAGE).get("lines") or []
+        for line in lines:
+            printer(line)
+        seq = lines[-1].get("seq") if lines else None
+        # Page until an empty page (the server may cap `limit` below ours); stop if seq would not move.
+        if not isinstance(seq, int) or seq <= after:
+            return
+        after = seq
+
+
+@click.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--timeout", type=float, metavar="SECONDS", help="Give up (exit 1) after this long.")
+def wait(job_id: str, timeout: float | None) -> None:
+    """Wait until a job is final; exit 0 if it succeeded, 1 otherwise."""
+    try:
+        job = client().wait(job_id, timeout=timeout)
+    except TimeoutError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
+    click.echo(status_line(job))
+    sys.exit(EXIT_OK if job.get("status") == "succeeded" else EXIT_JOB_FAILED)
+
+
+COMMANDS = [submit, run, get, status, list_, cancel, retry, logs, wait]

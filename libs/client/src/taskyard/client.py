@@ -1,0 +1,541 @@
+"""Client (sync) and AsyncClient for the Taskyard REST API (docs/api.md).
+
+    from taskyard import Client
+    with Client() as ty:                      # URL and key from args, env, or data/credentials.json
+        job = ty.submit("shell", {"command": ["echo", "hi"]})
+        for line in ty.follow_logs(job["id"]):
+            print(line["line"])
+        print(ty.wait(job["id"])["status"])
+
+Every method raises TaskyardError on a non-2xx answer (status_code, detail) or when the API
+cannot be reached (status_code 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import httpx
+
+from . import _calls
+from ._calls import FINAL_STATUSES, Call, LogFollow
+from ._config import resolve
+from ._sse import SSEDecoder
+from .errors import ConfigError, JobFailed, TaskyardError, error_from_response, unreachable
+
+__all__ = ["AsyncClient", "Client", "FINAL_STATUSES", "JobFailed", "TaskyardError"]
+
+Job = dict[str, Any]
+# A log stream may be silent for long stretches (a quiet job); past this we reconnect rather than
+# trust a connection that might be half-open. Resuming from the last seq loses nothing.
+STREAM_IDLE_S = 60.0
+
+try:
+    _VERSION = version("taskyard")
+except PackageNotFoundError:  # running from a source tree without installing
+    _VERSION = "0"
+
+
+class _Base:
+    """Configuration and response handling shared by Client and AsyncClient."""
+
+    def __init__(self, url: str | None, api_key: str | None, timeout: float) -> None:
+        self.url, self.api_key = resolve(url, api_key)
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"API URL must start with http:// or https://, got {self.url!r}")
+        self.timeout = timeout
+        self._headers = {"User-Agent": f"taskyard-python/{_VERSION}", "Accept": "application/json"}
+        if self.api_key:
+            self._headers["Authorization"] = f"Bearer {self.api_key}"
+
+    def __repr__(self) -> str:  # never the key
+        return f"{type(self).__name__}(url={self.url!r})"
+
+    def _stream_timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(self.timeout, read=max(self.timeout, STREAM_IDLE_S))
+
+    def _finish(self, call: Call, response: httpx.Response) -> Any:
+        if not (response.is_success or response.status_code in call.accept):
+            raise error_from_response(response)
+        if response.status_code == 204 or not response.content:
+            return call.unwrap(None)
+        try:
+            data = response.json()
+        except ValueError:
+            raise TaskyardError(
+                0, f"{self.url} answered HTTP {response.status_code} without JSON: is it a Taskyard API?"
+            ) from None
+        return call.unwrap(data)
+
+    @staticmethod
+    def _final(job: Job, raise_on_failure: bool) -> Job:
+        if raise_on_failure and job.get("status") != "succeeded":
+            raise JobFailed(job)
+        return job
+
+
+class Client(_Base):
+    """Synchronous client. `url`/`api_key` default to TASKYARD_URL / TASKYARD_API_KEY, then the
+    credentials file ($TASKYARD_CREDENTIALS or ./data/credentials.json), then http://127.0.0.1:8740.
+    `timeout` is the per-request timeout in seconds. Use as a context manager or call close().
+    """
+
+    def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 30) -> None:
+        super().__init__(url, api_key, timeout)
+        self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def _call(self, call: Call) -> Any:
+        try:
+            response = self._http.request(call.method, call.path, params=call.params, json=call.body)
+        except httpx.TransportError as exc:
+            raise unreachable(self.url, exc) from exc
+        return self._finish(call, response)
+
+    # Jobs
+
+    def submit(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        queue: str | None = None,
+        priority: str | None = None,
+        timeout_s: float | None = None,
+        max_attempts: int | None = None,
+        backoff: Mapping[str, float] | None = None,
+        idempotency_key: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Job:
+        """Submit one job; returns it (the existing job when `idempotency_key` matched one).
+        Options left as None take the server's defaults."""
+        spec = _calls.job_spec(
+            type, payload, queue=queue, priority=priority, timeout_s=timeout_s, max_attempts=max_attempts,
+            backoff=dict(backoff) if backoff else None, idempotency_key=idempotency_key,
+            labels=dict(labels) if labels else None,
+        )  # fmt: skip
+        return self._call(_calls.submit(spec))
+
+    def submit_batch(self, specs: Iterable[Mapping[str, Any]]) -> list[Job]:
+        """Submit many jobs atomically (JobCreate dicts, e.g. {"type": "noop", "queue": "q"}); jobs in order."""
+        return self._call(_calls.submit_batch(specs))
+
+    def get(self, job_id: str) -> Job:
+        """One job, with its `timeline`."""
+        return self._call(_calls.get(job_id))
+
+    def list(
+        self,
+        status: str | Iterable[str] | None = None,
+        queue: str | None = None,
+        type: str | None = None,
+        label: str | None = None,
+        created_after: str | datetime | None = None,
+        created_before: str | datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of jobs, newest first: {"jobs": [...], "next_cursor": str | None}.
+        `label` is "key=value"; `status` may be a list (any of them)."""
+        params = _calls.list_params(status, queue, type, label, created_after, created_before, limit, cursor)
+        return self._call(_calls.list_jobs(params))
+
+    def iter_jobs(
+        self,
+        status: str | Iterable[str] | None = None,
+        queue: str | None = None,
+        type: str | None = None,
+        label: str | None = None,
+        created_after: str | datetime | None = None,
+        created_before: str | datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Iterator[Job]:
+        """Every matching job, newest first, fetching pages of `limit` as it goes."""
+        # A generator of statuses would be used up by the first page.
+        statuses = [status] if isinstance(status, str) else None if status is None else [*status]
+        while True:
+            page = self.list(statuses, queue, type, label, created_after, created_before, limit, cursor)
+            yield from page["jobs"]
+            cursor = page.get("next_cursor")
+            if not cursor or not page["jobs"]:
+                return
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued, retrying or running job (409 if already final)."""
+        return self._call(_calls.cancel(job_id))
+
+    def retry(self, job_id: str) -> Job:
+        """Queue a failed, dead or cancelled job again with a fresh attempt count."""
+        return self._call(_calls.retry(job_id))
+
+    def wait(
+        self, job_id: str, timeout: float | None = None, poll: float = 0.25, *, raise_on_failure: bool = False
+    ) -> Job:
+        """Poll until the job is final (succeeded, failed, cancelled, dead) and return it.
+
+        Raises TimeoutError after `timeout` seconds, and JobFailed for a final status other than
+        succeeded when `raise_on_failure` is set.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job.get("status") in FINAL_STATUSES:
+                return self._final(job, raise_on_failure)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {job.get('status')} after {timeout}s")
+            pause = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
+            time.sleep(pause)
+
+    # Logs
+
+    def logs(self, job_id: str, after: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """Stored log lines with seq > `after`: {"lines": [{"seq", "stream", "line", "at", "attempt"}], "next"}."""
+        return self._call(_calls.logs(job_id, after, limit))
+
+    def follow_logs(self, job_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Log lines as they are written, until the job is final and every line was sent.
+
+        Reconnects from the last seq seen if the stream drops early; raises TaskyardError when
+        reconnecting keeps failing, or at once for a 4xx (unknown job, bad key).
+        """
+        state = LogFollow(job_id, after)
+        while True:
+            opened = False
+            try:
+                with self._http.stream(
+                    "GET", state.path, params=state.params, timeout=self._stream_timeout(),
+                    headers={"Accept": "text/event-stream"},
+                ) as response:  # fmt: skip
+                    if response.is_client_error:
+                        response.read()
+                        raise error_from_response(response)
+                    if response.is_success:
+                        opened = True
+                        decoder = SSEDecoder()
+                        for raw in response.iter_lines():
+                            event = decoder.feed(raw)
+                            line = state.on_event(event) if event else None
+                            if line is not None:
+                                yield line
+                            if state.end is not None:
+                                return
+                        problem: Exception = TaskyardError(0, "log stream closed before its end event")
+                    else:  # 5xx: the API or one of its dependencies is restarting
+                        response.read()
+                        problem = error_from_response(response)
+            except httpx.TransportError as exc:
+                if opened and isinstance(exc, httpx.ReadTimeout):
+                    continue  # idle, not broken: reconnect without spending the budget
+                problem = unreachable(self.url, exc)
+            delay = state.backoff()
+            if delay is None:
+                raise problem
+            time.sleep(delay)
+
+    # Keys and identity
+
+    def whoami(self) -> dict[str, Any]:
+        """{"name", "role"} of the key in use."""
+        return self._call(_calls.whoami())
+
+    def keys_create(self, name: str, role: str) -> dict[str, Any]:
+        """Create an API key (admin); the returned "key" is shown only this once."""
+        return self._call(_calls.keys_create(name, role))
+
+    def keys_list(self) -> list[dict[str, Any]]:
+        """All keys (admin): [{"id", "name", "role", "created_at", "revoked_at"}]."""
+        return self._call(_calls.keys_list())
+
+    def keys_revoke(self, key_id: str) -> None:
+        """Revoke a key (admin)."""
+        self._call(_calls.keys_revoke(key_id))
+
+    def readyz(self) -> dict[str, Any]:
+        """{"status": "ready"|"unready", "checks": {...}}; an unready API is an answer, not an error."""
+        return self._call(_calls.readyz())
+
+    # Operations
+
+    def queues(self) -> list[dict[str, Any]]:
+        """Every queue: [{"queue", "paused", "depth", "running", "jobs_per_s_in", "jobs_per_s_out",
+        "workers", "slots", "slots_used", "priorities": {"high"|"normal"|"low": {"depth", "running",
+        "oldest_waiting_s", "live_pulls", "redelivered"}}}]."""
+        return self._call(_calls.queues())
+
+    def pause_queue(self, queue: str) -> dict[str, Any]:
+        """Stop starting jobs from `queue` (admin); running jobs finish. {"queue", "paused": True}."""
+        return self._call(_calls.pause_queue(queue))
+
+    def resume_queue(self, queue: str) -> dict[str, Any]:
+        """Start jobs from a paused `queue` again (admin). {"queue", "paused": False}."""
+        return self._call(_calls.resume_queue(queue))
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Executors from their heartbeats: [{"id", "host", "pid", "queues", "slots", "slots_used",
+        "running", "jobs_done", "jobs_failed", "state", "last_heartbeat_age_s", ...}]; `state` is
+        healthy, stale, gone, draining or stuck."""
+        return self._call(_calls.workers())
+
+    def doctor(self) -> dict[str, Any]:
+        """Health checks (admin): {"ok": bool, "checks": [{"name", "ok", "detail", "fix"}]}."""
+        return self._call(_calls.doctor())
+
+    # Checkpoints (the approvals inbox)
+
+    def checkpoints(
+        self, status: str | None = "pending", job_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Checkpoints, newest first: [{"id", "job_id", "kind" (approval|question), "name", "message",
+        "data", "choices", "approvers", "on_reject", "status", "created_at", "expires_at",
+        "decided_at", "decided_by", "reason", "answer"}]. `status` is pending, approved, rejected,
+        answered, expired, or None/"all" for every one; `job_id` keeps one job's."""
+        return self._call(_calls.checkpoints(status, job_id, limit))
+
+    def checkpoint(self, id: str) -> dict[str, Any]:
+        """One checkpoint (404 if unknown)."""
+        return self._call(_calls.checkpoint(id))
+
+    def approve(self, id: str, reason: str | None = None) -> dict[str, Any]:
+        """Approve a pending approval; the job resumes. Returns the decided checkpoint.
+        403 if this key may not decide it, 409 if already decided, expired, or a question."""
+        return self._call(_calls.approve(id, reason))
+
+    def reject(self, id: str, reason: str) -> dict[str, Any]:
+        """Reject a pending checkpoint with a (required) reason; the job fails with it, or resumes
+        with approved=False when the handler asked for on_reject="return"."""
+        return self._call(_calls.reject(id, reason))
+
+    def answer(self, id: str, answer: Any, reason: str | None = None) -> dict[str, Any]:
+        """Answer a pending question (any JSON value; one of its `choices` if it has them, else 422);
+        the job resumes with the answer."""
+        return self._call(_calls.answer(id, answer, reason))
+
+
+class AsyncClient(_Base):
+    """The asyncio twin of Client: same constructor and methods, as coroutines (follow_logs and
+    iter_jobs are async iterators). Use `async with` or `await aclose()`."""
+
+    def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 30) -> None:
+        super().__init__(url, api_key, timeout)
+        self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=timeout)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def _call(self, call: Call) -> Any:
+        try:
+            response = await self._http.request(call.method, call.path, params=call.params, json=call.body)
+        except httpx.TransportError as exc:
+            raise unreachable(self.url, exc) from exc
+        return self._finish(call, response)
+
+    async def submit(
+        self,
+        type: str,
+        payload: Any = None,
+        *,
+        queue: str | None = None,
+        priority: str | None = None,
+        timeout_s: float | None = None,
+        max_attempts: int | None = None,
+        backoff: Mapping[str, float] | None = None,
+        idempotency_key: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Job:
+        """See Client.submit."""
+        spec = _calls.job_spec(
+            type, payload, queue=queue, priority=priority, timeout_s=timeout_s, max_attempts=max_attempts,
+            backoff=dict(backoff) if backoff else None, idempotency_key=idempotency_key,
+            labels=dict(labels) if labels else None,
+        )  # fmt: skip
+        return await self._call(_calls.submit(spec))
+
+    async def submit_batch(self, specs: Iterable[Mapping[str, Any]]) -> list[Job]:
+        """See Client.submit_batch."""
+        return await self._call(_calls.submit_batch(specs))
+
+    async def get(self, job_id: str) -> Job:
+        """See Client.get."""
+        return await self._call(_calls.get(job_id))
+
+    async def list(
+        self,
+        status: str | Iterable[str] | None = None,
+        queue: str | None = None,
+        type: str | None = None,
+        label: str | None = None,
+        created_after: str | datetime | None = None,
+        created_before: str | datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """See Client.list."""
+        params = _calls.list_params(status, queue, type, label, created_after, created_before, limit, cursor)
+        return await self._call(_calls.list_jobs(params))
+
+    async def iter_jobs(
+        self,
+        status: str | Iterable[str] | None = None,
+        queue: str | None = None,
+        type: str | None = None,
+        label: str | None = None,
+        created_after: str | datetime | None = None,
+        created_before: str | datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> AsyncIterator[Job]:
+        """See Client.iter_jobs."""
+        statuses = [status] if isinstance(status, str) else None if status is None else [*status]
+        while True:
+            page = await self.list(statuses, queue, type, label, created_after, created_before, limit, cursor)
+            for job in page["jobs"]:
+                yield job
+            cursor = page.get("next_cursor")
+            if not cursor or not page["jobs"]:
+                return
+
+    async def cancel(self, job_id: str) -> Job:
+        """See Client.cancel."""
+        return await self._call(_calls.cancel(job_id))
+
+    async def retry(self, job_id: str) -> Job:
+        """See Client.retry."""
+        return await self._call(_calls.retry(job_id))
+
+    async def wait(
+        self, job_id: str, timeout: float | None = None, poll: float = 0.25, *, raise_on_failure: bool = False
+    ) -> Job:
+        """See Client.wait."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = await self.get(job_id)
+            if job.get("status") in FINAL_STATUSES:
+                return self._final(job, raise_on_failure)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {job.get('status')} after {timeout}s")
+            pause = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
+            await asyncio.sleep(pause)
+
+    async def logs(self, job_id: str, after: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """See Client.logs."""
+        return await self._call(_calls.logs(job_id, after, limit))
+
+    async def follow_logs(self, job_id: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """See Client.follow_logs. To stop early, close it: `async with contextlib.aclosing(...)`."""
+        state = LogFollow(job_id, after)
+        while True:
+            opened = False
+            try:
+                async with self._http.stream(
+                    "GET", state.path, params=state.params, timeout=self._stream_timeout(),
+                    headers={"Accept": "text/event-stream"},
+                ) as response:  # fmt: skip
+                    if response.is_client_error:
+                        await response.aread()
+                        raise error_from_response(response)
+                    if response.is_success:
+                        opened = True
+                        decoder = SSEDecoder()
+                        async for raw in response.aiter_lines():
+                            event = decoder.feed(raw)
+                            line = state.on_event(event) if event else None
+                            if line is not None:
+                                yield line
+                            if state.end is not None:
+                                return
+                        problem: Exception = TaskyardError(0, "log stream closed before its end event")
+                    else:
+                        await response.aread()
+                        problem = error_from_response(response)
+            except httpx.TransportError as exc:
+                if opened and isinstance(exc, httpx.ReadTimeout):
+                    continue
+                problem = unreachable(self.url, exc)
+            delay = state.backoff()
+            if delay is None:
+                raise problem
+            await asyncio.sleep(delay)
+
+    async def whoami(self) -> dict[str, Any]:
+        """See Client.whoami."""
+        return await self._call(_calls.whoami())
+
+    async def keys_create(self, name: str, role: str) -> dict[str, Any]:
+        """See Client.keys_create."""
+        return await self._call(_calls.keys_create(name, role))
+
+    async def keys_list(self) -> list[dict[str, Any]]:
+        """See Client.keys_list."""
+        return await self._call(_calls.keys_list())
+
+    async def keys_revoke(self, key_id: str) -> None:
+        """See Client.keys_revoke."""
+        await self._call(_calls.keys_revoke(key_id))
+
+    async def readyz(self) -> dict[str, Any]:
+        """See Client.readyz."""
+        return await self._call(_calls.readyz())
+
+    async def queues(self) -> list[dict[str, Any]]:
+        """See Client.queues."""
+        return await self._call(_calls.queues())
+
+    async def pause_queue(self, queue: str) -> dict[str, Any]:
+        """See Client.pause_queue."""
+        return await self._call(_calls.pause_queue(queue))
+
+    async def resume_queue(self, queue: str) -> dict[str, Any]:
+        """See Client.resume_queue."""
+        return await self._call(_calls.resume_queue(queue))
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """See Client.workers."""
+        return await self._call(_calls.workers())
+
+    async def doctor(self) -> dict[str, Any]:
+        """See Client.doctor."""
+        return await self._call(_calls.doctor())
+
+    async def checkpoints(
+        self, status: str | None = "pending", job_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """See Client.checkpoints."""
+        return await self._call(_calls.checkpoints(status, job_id, limit))
+
+    async def checkpoint(self, id: str) -> dict[str, Any]:
+        """See Client.checkpoint."""
+        return await self._call(_calls.checkpoint(id))
+
+    async def approve(self, id: str, reason: str | None = None) -> dict[str, Any]:
+        """See Client.approve."""
+        return await self._call(_calls.approve(id, reason))
+
+    async def reject(self, id: str, reason: str) -> dict[str, Any]:
+        """See Client.reject."""
+        return await self._call(_calls.reject(id, reason))
+
+    async def answer(self, id: str, answer: Any, reason: str | None = None) -> dict[str, Any]:
+        """See Client.answer."""
+        return await self._call(_calls.answer(id, answer, reason))

@@ -1,0 +1,32 @@
+"""Connecting to NATS the same way in every service."""
+
+import logging
+
+import nats
+from nats.aio.client import Client as NatsClient
+
+log = logging.getLogger("taskyard.nats")
+
+
+async def connect(url: str, name: str) -> NatsClient:
+    """Connect with unlimited reconnects, so a restarted nats-server is picked up again."""
+
+    async def on_disconnect() -> None:
+        log.warning("%s: disconnected from NATS", name)
+
+    async def on_reconnect() -> None:
+        log.info("%s: reconnected to NATS", name)
+
+    async def on_error(err: Exception) -> None:
+        log.warning("%s: NATS error: %s", name, err)
+
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        error_cb=on_error,
+        pending_size=64 * 1024 * 1024,
+    )

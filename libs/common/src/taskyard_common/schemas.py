@@ -1,0 +1,129 @@
+"""Wire schemas: what travels over NATS between the api, executors and the metrics service."""
+
+import time
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Priority = Literal["high", "normal", "low"]
+
+
+class JobState(StrEnum):
+    pending = "pending"
+    queued = "queued"
+    scheduled = "scheduled"
+    running = "running"
+    retrying = "retrying"
+    waiting = "waiting"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    dead = "dead"
+
+
+FINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled, JobState.dead})
+
+
+class Backoff(BaseModel):
+    """Exponential backoff with full jitter: delay = uniform(0, min(max_s, base_s * factor**(n-1)))."""
+
+    base_s: float = Field(1.0, gt=0, le=3600)
+    factor: float = Field(2.0, ge=1, le=10)
+    max_s: float = Field(300.0, gt=0, le=86400)
+
+
+class JobSpec(BaseModel):
+    """The JOBS message body: everything an executor needs to run the job, no database needed."""
+
+    id: str
+    type: str
+    payload: Any = None
+    queue: str = "default"
+    priority: Priority = "normal"
+    timeout_s: float = 3600.0
+    max_attempts: int = 3
+    backoff: Backoff = Field(default_factory=Backoff)
+    labels: dict[str, str] = Field(default_factory=dict)
+    submitted_at: float = Field(default_factory=time.time)
+    # Bumped by a manual retry so the new message is not swallowed by JetStream's dedupe window.
+    generation: int = 0
+    # Bumped each time a job continues after a checkpoint decision (same generation, same journal).
+    resume: int = 0
+
+    @property
+    def msg_id(self) -> str:
+        if self.generation == 0 and self.resume == 0:
+            return self.id
+        return f"{self.id}:{self.generation}:{self.resume}"
+
+
+EventType = Literal[
+    "queued",
+    "started",
+    "progress",
+    "succeeded",
+    "failed",
+    "retrying",
+    "cancelled",
+    "dead",
+    "worker_lost",
+    "cancel_requested",
+    "retried",
+    "waiting",
+    "decided",
+    "step",
+]
+
+
+class JobEvent(BaseModel):
+    """One lifecycle event, published to EVENTS on taskyard.events.<job_id>."""
+
+    job_id: str
+    type: EventType
+    at: float = Field(default_factory=time.time)
+    attempt: int = 0
+    worker_id: str | None = None
+    queue: str | None = None
+    priority: str | None = None
+    job_type: str | None = None
+    # Message generation (bumped by a manual retry): events of an older run never move the job.
+    generation: int = 0
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class LogLine(BaseModel):
+    """One log line, published to LOGS on taskyard.logs.<job_id>."""
+
+    stream: Literal["stdout", "stderr", "log"] = "log"
+    line: str
+    at: float = Field(default_factory=time.time)
+    attempt: int = 0
+
+
+class RunningJob(BaseModel):
+    """A job a worker holds right now, as its heartbeat reports it."""
+
+    id: str
+    type: str
+    queue: str
+    started_at: float
+
+
+class Heartbeat(BaseModel):
+    """A worker's heartbeat, the value of its key in the workers KV bucket."""
+
+    id: str
+    host: str
+    pid: int
+    version: str
+    queues: list[str]
+    slots: int
+    running: list[RunningJob] = Field(default_factory=list)
+    done: int = 0
+    failed: int = 0
+    state: Literal["running", "draining"] = "running"
+    started_at: float
+    # Job types this worker can run: the API accepts a non-built-in type once some worker has it.
+    handlers: list[str] = Field(default_factory=list)
+    at: float = Field(default_factory=time.time)

@@ -1,0 +1,174 @@
+"""Every stream, subject, durable and bucket name Taskyard uses, and how to create them.
+
+All names carry the configurable prefix so several installs can share one NATS.
+"""
+
+import re
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from .settings import NatsSettings
+
+PRIORITIES = ("high", "normal", "low")
+QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+DUPLICATE_WINDOW_S = 600.0
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Names and configs derived from NatsSettings; the single source of truth."""
+
+    settings: NatsSettings
+
+    @property
+    def prefix(self) -> str:
+        return self.settings.prefix
+
+    def _stream(self, kind: str) -> str:
+        return f"{self.prefix.upper().replace('-', '_')}_{kind}"
+
+    @property
+    def jobs_stream(self) -> str:
+        return self._stream("JOBS")
+
+    @property
+    def dead_stream(self) -> str:
+        return self._stream("DEAD")
+
+    @property
+    def events_stream(self) -> str:
+        return self._stream("EVENTS")
+
+    @property
+    def logs_stream(self) -> str:
+        return self._stream("LOGS")
+
+    @property
+    def workers_bucket(self) -> str:
+        return f"{self.prefix}_workers"
+
+    def job_subject(self, queue: str, priority: str) -> str:
+        return f"{self.prefix}.jobs.{queue}.{priority}"
+
+    def dead_subject(self, queue: str) -> str:
+        return f"{self.prefix}.dead.{queue}"
+
+    def event_subject(self, job_id: str) -> str:
+        return f"{self.prefix}.events.{job_id}"
+
+    def log_subject(self, job_id: str) -> str:
+        return f"{self.prefix}.logs.{job_id}"
+
+    def exec_durable(self, queue: str, priority: str) -> str:
+        return f"{self.prefix}_exec_{queue}_{priority}"
+
+    @property
+    def projector_durable(self) -> str:
+        return f"{self.prefix}_api_projector"
+
+    @property
+    def metrics_durable(self) -> str:
+        return f"{self.prefix}_metrics"
+
+    def cancel_subject(self, job_id: str = "*") -> str:
+        return f"{self.prefix}.control.cancel.{job_id}"
+
+    def drain_subject(self, worker_id: str = "*") -> str:
+        return f"{self.prefix}.control.drain.{worker_id}"
+
+    def max_deliveries_advisory(self) -> str:
+        return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.jobs_stream}.*"
+
+    def stream_configs(self) -> list[StreamConfig]:
+        s, r = self.settings, self.settings.replicas
+        return [
+            StreamConfig(
+                name=self.jobs_stream,
+                subjects=[f"{self.prefix}.jobs.>"],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                duplicate_window=DUPLICATE_WINDOW_S,
+                allow_direct=True,
+                num_replicas=r,
+            ),
+            StreamConfig(
+                name=self.dead_stream,
+                subjects=[f"{self.prefix}.dead.>"],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                num_replicas=r,
+            ),
+            StreamConfig(
+                name=self.events_stream,
+                subjects=[f"{self.prefix}.events.>"],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_age=s.events_max_age_s,
+                allow_direct=True,
+                num_replicas=r,
+            ),
+            StreamConfig(
+                name=self.logs_stream,
+                subjects=[f"{self.prefix}.logs.>"],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_age=s.logs_max_age_s,
+                max_bytes=s.logs_max_bytes,
+                allow_direct=True,
+                num_replicas=r,
+            ),
+        ]
+
+    def exec_consumer(self, queue: str, priority: str) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.exec_durable(queue, priority),
+            filter_subject=self.job_subject(queue, priority),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.settings.ack_wait_s,
+            max_deliver=self.settings.max_deliver,
+            max_ack_pending=10_000,
+            max_waiting=4096,
+            num_replicas=self.settings.replicas,
+        )
+
+    def workers_kv(self) -> KeyValueConfig:
+        return KeyValueConfig(
+            bucket=self.workers_bucket,
+            ttl=3 * self.settings.heartbeat_interval_s,
+            storage=StorageType.FILE,
+            replicas=self.settings.replicas,
+        )
+
+
+async def ensure_streams(js: JetStreamContext, topo: Topology) -> None:
+    """Create the streams and the workers bucket, updating configs that drifted."""
+    for cfg in topo.stream_configs():
+        try:
+            await js.add_stream(cfg)
+        except BadRequestError:
+            await js.update_stream(cfg)
+    await js.create_key_value(topo.workers_kv())
+
+
+async def ensure_queue(js: JetStreamContext, topo: Topology, queue: str) -> None:
+    """Create the three priority consumers of one queue if they are missing.
+
+    Existing ones are left alone: re-adding would be an update that could clear an admin's pause.
+    """
+    for priority in PRIORITIES:
+        try:
+            await js.consumer_info(topo.jobs_stream, topo.exec_durable(queue, priority))
+        except NotFoundError:
+            await js.add_consumer(topo.jobs_stream, topo.exec_consumer(queue, priority))

@@ -1,0 +1,1 @@
+"""Taskyard api service."""

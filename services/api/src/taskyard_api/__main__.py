@@ -1,0 +1,57 @@
+"""`python -m taskyard_api [serve|migrate|create-key NAME --role ROLE]`."""
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+import uvicorn
+
+from taskyard_common.settings import DbSettings
+
+from .settings import ApiSettings
+
+
+async def _create_key(name: str, role: str) -> dict:
+    from .auth import create_key
+    from .db import make_engine, make_sessionmaker
+
+    engine = make_engine(DbSettings())
+    try:
+        async with make_sessionmaker(engine)() as session:
+            row, plain = await create_key(session, name, role)
+            await session.commit()
+        return {"id": row.id, "name": name, "role": role, "key": plain}
+    finally:
+        await engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m taskyard_api")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="run the REST API (default)")
+    sub.add_parser("migrate", help="apply database migrations")
+    key = sub.add_parser("create-key", help="create an API key and print it as JSON")
+    key.add_argument("name")
+    key.add_argument("--role", default="admin", choices=["viewer", "submitter", "admin"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "migrate":
+        from .migrate import upgrade
+
+        upgrade(DbSettings().url)
+        print("database migrated", file=sys.stderr)
+        return 0
+    if args.command == "create-key":
+        print(json.dumps(asyncio.run(_create_key(args.name, args.role))))
+        return 0
+    from .app import create_app
+
+    settings = ApiSettings()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

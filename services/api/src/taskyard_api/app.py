@@ -1,0 +1,139 @@
+"""The FastAPI application: wiring, lifespan, health."""
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+
+from taskyard_common.nats_util import connect
+from taskyard_common.settings import DbSettings, NatsSettings
+from taskyard_common.telemetry import setup_tracing, shutdown_tracing
+from taskyard_common.topology import Topology, ensure_streams
+
+from . import errors, routes_checkpoints, routes_jobs, routes_keys, routes_queues
+from .auth import KeyCache, ensure_key
+from .checkpoints import CheckpointService
+from .db import make_engine, make_sessionmaker
+from .http_metrics import REGISTRY, MetricsMiddleware
+from .job_types import KnownTypes
+from .jobs import JobService
+from .migrate import is_current
+from .projector import Projector
+from .publisher import Publisher
+from .queue_state import QueueState
+from .ratelimit import FailureLimiter, TokenBucket
+from .settings import ApiSettings
+from .workers import WorkerRegistry
+
+log = logging.getLogger("taskyard.api")
+
+
+async def _connect_nats(settings: NatsSettings):
+    while True:
+        try:
+            return await connect(settings.url, "taskyard-api")
+        except Exception as exc:  # noqa: BLE001 - NATS not up yet: keep trying, say so
+            log.warning("NATS at %s not reachable (%s); retrying", settings.url, exc)
+            await asyncio.sleep(1)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    state = app.state
+    setup_tracing("taskyard-api")
+    nats_settings, db_settings = NatsSettings(), DbSettings()
+    if state.settings.environment == "production" and (
+        problems := state.settings.production_problems(db_settings.url)
+    ):
+        raise RuntimeError("refusing to start in production: " + "; ".join(problems))
+    state.engine = make_engine(db_settings)
+    state.sessions = make_sessionmaker(state.engine)
+    state.keys = KeyCache(state.sessions, state.settings.key_cache_s)
+    if state.settings.bootstrap_admin_key:
+        async with state.sessions() as session:
+            if await ensure_key(
+                session, "bootstrap-admin", "admin", state.settings.bootstrap_admin_key.get_secret_value()
+            ):
+                log.info("bootstrap admin key added")
+            await session.commit()
+    state.topo = Topology(nats_settings)
+    state.nc = await _connect_nats(nats_settings)
+    state.js = state.nc.jetstream(timeout=10)
+    await ensure_streams(state.js, state.topo)
+    publisher = Publisher(state.nc, state.js, state.topo)
+    state.jobs = JobService(state.sessions, publisher, state.settings, KnownTypes(state.js, state.topo))
+    state.projector = Projector(state.js, state.topo, state.sessions, state.settings.projector_batch)
+    settings = state.settings
+    state.checkpoints = CheckpointService(state.sessions, state.jobs)
+    state.queues = QueueState(state.nc, state.js, state.topo, settings.queue_state_cache_s)
+    state.workers = WorkerRegistry(
+        state.js, state.topo, settings.workers_cache_s, settings.gone_keep_s, settings.stuck_min_s
+    )
+    state.workers.typical_duration_s = state.projector.typical_duration_s
+    tasks = [
+        asyncio.create_task(state.projector.run()),
+        asyncio.create_task(state.jobs.reconcile_forever()),
+        asyncio.create_task(state.queues.sample_forever()),
+        asyncio.create_task(state.checkpoints.expire_forever(settings.checkpoint_expiry_interval_s)),
+    ]
+    log.info("api ready: NATS %s, database %s", nats_settings.url, state.engine.url.render_as_string())
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        _, stuck = await asyncio.wait(tasks, timeout=5)
+        if stuck:
+            log.warning("shutdown: %d background tasks did not stop in 5 s", len(stuck))
+        try:
+            await asyncio.wait_for(state.nc.drain(), 5)
+        except TimeoutError:
+            log.warning("shutdown: NATS drain timed out; closing")
+            await state.nc.close()
+        await state.engine.dispose()
+        shutdown_tracing()
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    app = FastAPI(title="Taskyard API", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings = settings or ApiSettings()
+    app.state.submit_limit = TokenBucket(settings.submit_rate_per_s, settings.submit_burst)
+    app.state.auth_failures = FailureLimiter(settings.auth_failures_limit, settings.auth_failures_window_s)
+    app.add_middleware(MetricsMiddleware)
+    errors.install(app)
+    app.include_router(routes_jobs.router)
+    app.include_router(routes_keys.router)
+    app.include_router(routes_queues.router)
+    app.include_router(routes_checkpoints.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request):
+        state = request.app.state
+        checks = {"nats": "ok" if state.nc.is_connected else "disconnected", "db": "ok"}
+        try:
+            async with asyncio.timeout(3):
+                async with state.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+                if not await is_current(state.engine):
+                    checks["db"] = "not migrated: run `python -m taskyard_api migrate`"
+        except Exception as exc:  # noqa: BLE001 - any failure here is the answer
+            checks["db"] = f"unreachable: {str(exc).splitlines()[0][:160] or type(exc).__name__}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "unready", "checks": checks}, 200 if ready else 503
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics():
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,192 @@
+"""Deciding checkpoints: approve, reject, answer, expire — then resume or fail the job."""
+
+import asyncio
+import logging
+import time
+
+from fastapi import HTTPException
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from taskyard_common.schemas import JobEvent
+from taskyard_common.telemetry import context_from, ns, tracer
+
+from .auth import ROLES, Principal
+from .http_metrics import CHECKPOINTS_PENDING
+from .jobs import JobService
+from .models import Checkpoint, Job
+from .schemas import iso
+
+log = logging.getLogger("taskyard.api.checkpoints")
+
+
+def checkpoint_out(ck: Checkpoint) -> dict:
+    return {
+        "id": ck.id,
+        "job_id": ck.job_id,
+        "kind": ck.kind,
+        "name": ck.name,
+        "message": ck.message,
+        "data": ck.data,
+        "choices": ck.choices,
+        "approvers": ck.approvers,
+        "on_reject": ck.on_reject,
+        "status": ck.status,
+        "created_at": iso(ck.created_at),
+        "expires_at": iso(ck.expires_at),
+        "decided_at": iso(ck.decided_at),
+        "decided_by": ck.decided_by,
+        "reason": ck.reason,
+        "answer": ck.answer,
+    }
+
+
+def may_decide(ck: Checkpoint, who: Principal) -> bool:
+    """Approvers name roles (that role or higher) or key names."""
+    return any(who.at_least(a) if a in ROLES else who.name == a for a in ck.approvers)
+
+
+class CheckpointService:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], jobs: JobService) -> None:
+        self.sessions, self.jobs = sessions, jobs
+
+    async def decide(
+        self, ck_id: str, who: Principal | None, status: str, reason: str | None = None, answer=None
+    ) -> Checkpoint:
+        """Record a decision once; 409 if it was already decided or has expired."""
+        now = time.time()
+        by = who.name if who else "system"
+        async with self.sessions() as session:
+            ck = await session.get(Checkpoint, ck_id)
+            if ck is None:
+                raise HTTPException(404, f"checkpoint {ck_id} not found")
+            if who is not None and not may_decide(ck, who):
+                allowed = ", ".join(ck.approvers)
+                raise HTTPException(
+                    403,
+                    f"checkpoint {ck.name!r} may be decided by {allowed}; you are {who.name} ({who.role})",
+                )
+            if ck.status != "pending":
+                raise HTTPException(
+                    409,
+                    f"checkpoint {ck_id} was already {ck.status} by {ck.decided_by} at {iso(ck.decided_at)}",
+                )
+            if who is not None and ck.expires_at <= now:
+                await self._expire(ck_id)
+                raise HTTPException(409, f"checkpoint {ck_id} expired at {iso(ck.expires_at)}")
+            if status == "answered":
+                if ck.kind != "question":
+                    raise HTTPException(409, f"checkpoint {ck_id} is an approval: approve or reject it")
+                if ck.choices and answer not in ck.choices:
+                    raise HTTPException(422, f"answer: must be one of {ck.choices}")
+            elif status == "approved" and ck.kind == "question":
+                raise HTTPException(409, f"checkpoint {ck_id} is a question: answer it")
+            done = await session.execute(
+                update(Checkpoint)
+                .where(Checkpoint.id == ck_id, Checkpoint.status == "pending")
+                .values(status=status, decided_at=now, decided_by=by, reason=reason, answer=answer)
+            )
+            if done.rowcount != 1:
+                raise HTTPException(409, f"checkpoint {ck_id} was decided concurrently")
+            job = await session.get(Job, ck.job_id)
+            fail = status in ("rejected", "expired") and (ck.on_reject == "fail" or ck.kind == "question")
+            resume = job is not None and job.status == "waiting" and job.generation == ck.generation
+            if resume and fail:
+                job.status, job.finished_at, job.updated_at = "failed", now, now
+                job.error = {
+                    "type": "CheckpointRejected",
+                    "message": f"checkpoint {ck.name!r} {status} by {by}: {reason}",
+                }
+            elif resume:
+                job.resume += 1
+                job.status, job.updated_at = "pending", now
+            await session.commit()
+            await session.refresh(ck)
+        await self._publish(ck, job, status, by, reason, answer, now)
+        if job is not None and job.traceparent:
+            span = tracer("taskyard.api").start_span(
+                "taskyard.checkpoint.wait",
+                context=context_from(job.traceparent),
+                start_time=ns(ck.created_at),
+                attributes={
+                    "taskyard.job.id": job.id,
+                    "taskyard.checkpoint": ck.name,
+                    "taskyard.decision": status,
+                },
+            )
+            span.end(end_time=ns(now))
+        if resume and fail:
+            await self.jobs.publisher.publish_events([self._event(job, "failed", error=job.error)])
+        elif resume:
+            await self.jobs.publish_pending([job])
+        return ck
+
+    def _event(self, job: Job, kind: str, **data) -> JobEvent:
+        return JobEvent(
+            job_id=job.id,
+            type=kind,
+            queue=job.queue,
+            priority=job.priority,
+            job_type=job.type,
+            generation=job.generation,
+            attempt=job.attempt,
+            data=data,
+        )
+
+    async def _publish(self, ck: Checkpoint, job: Job | None, status, by, reason, answer, now) -> None:  # noqa: ANN001
+        decision = {
+            "status": status,
+            "by": by,
+            "reason": reason,
+            "answer": answer,
+            "waited_s": now - ck.created_at,
+        }
+        event = JobEvent(
+            job_id=ck.job_id,
+            type="decided",
+            generation=ck.generation,
+            queue=job.queue if job else None,
+            priority=job.priority if job else None,
+            job_type=job.type if job else None,
+            data={"checkpoint_id": ck.id, "name": ck.name, "kind": ck.kind, "decision": decision},
+        )
+        await self.jobs.publisher.publish_events([event])
+
+    async def _expire(self, ck_id: str) -> None:
+        try:
+            await self.decide(ck_id, None, "expired", reason="expired")
+        except HTTPException as exc:
+            log.debug("checkpoint %s not expired: %s", ck_id, exc.detail)  # decided first
+
+    async def _count_pending(self) -> None:
+        async with self.sessions() as session:
+            rows = dict(
+                (
+                    await session.execute(
+                        select(Checkpoint.kind, func.count())
+                        .where(Checkpoint.status == "pending")
+                        .group_by(Checkpoint.kind)
+                    )
+                ).all()
+            )
+        for kind in ("approval", "question"):
+            CHECKPOINTS_PENDING.labels(kind).set(rows.get(kind, 0))
+
+    async def expire_forever(self, interval_s: float = 2.0) -> None:
+        """Checkpoints past their deadline are rejected with reason `expired`."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                async with self.sessions() as session:
+                    due = list(
+                        await session.scalars(
+                            select(Checkpoint.id)
+                            .where(Checkpoint.status == "pending", Checkpoint.expires_at <= time.time())
+                            .limit(100)
+                        )
+                    )
+                for ck_id in due:
+                    await self._expire(ck_id)
+                await self._count_pending()
+            except Exception as exc:  # noqa: BLE001 - DB/NATS away: try again next round
+                log.warning("checkpoint expiry failed, will retry: %s", exc)

@@ -1,0 +1,125 @@
+"""`taskyard doctor`: is this install healthy? Each check says what is wrong and how to fix it."""
+
+from nats.js.api import AckPolicy
+from nats.js.errors import NotFoundError
+from sqlalchemy import text
+
+from taskyard_common.topology import Topology
+
+from .migrate import is_current
+from .queue_state import QueueState
+from .workers import WorkerRegistry
+
+REDELIVERY_ALARM = 10
+
+
+def _check(name: str, ok: bool, detail: str, fix: str = "") -> dict:
+    return {"name": name, "ok": ok, "detail": detail, "fix": "" if ok else fix}
+
+
+async def run_checks(state) -> list[dict]:  # noqa: ANN001 - FastAPI app.state
+    topo: Topology = state.topo
+    checks = []
+    nc = state.nc
+    checks.append(
+        _check(
+            "nats",
+            nc.is_connected,
+            f"connected to {nc.connected_url.netloc if nc.connected_url else '?'}"
+            if nc.is_connected
+            else "disconnected",
+            "start nats-server or fix TASKYARD_NATS_URL",
+        )
+    )
+    if not nc.is_connected:
+        return checks
+    for cfg in topo.stream_configs():
+        try:
+            info = await state.js.stream_info(cfg.name)
+        except NotFoundError:
+            checks.append(
+                _check(f"stream {cfg.name}", False, "missing", "restart the api: it creates the streams")
+            )
+            continue
+        got = info.config
+        drift = [
+            field
+            for field in ("retention", "storage", "subjects", "allow_direct")
+            if getattr(cfg, field) is not None and getattr(got, field) != getattr(cfg, field)
+        ]
+        checks.append(
+            _check(
+                f"stream {cfg.name}",
+                not drift,
+                f"{info.state.messages} messages"
+                if not drift
+                else f"config differs from the topology: {', '.join(drift)}",
+                "restart the api (it updates stream configs) or fix the stream by hand",
+            )
+        )
+    queues: QueueState = state.queues
+    snaps = await queues.snapshot()
+    for (queue, priority), snap in sorted(snaps.items()):
+        info = await state.js.consumer_info(topo.jobs_stream, topo.exec_durable(queue, priority))
+        want = topo.exec_consumer(queue, priority)
+        problems = []
+        if info.config.ack_policy != AckPolicy.EXPLICIT:
+            problems.append("ack_policy is not explicit")
+        if info.config.max_deliver != want.max_deliver:
+            problems.append(f"max_deliver {info.config.max_deliver} != {want.max_deliver}")
+        if snap.num_redelivered > REDELIVERY_ALARM:
+            problems.append(f"{snap.num_redelivered} jobs redelivered (workers dying or timing out?)")
+        checks.append(
+            _check(
+                f"consumer {queue}/{priority}",
+                not problems,
+                f"{snap.num_pending} waiting, {snap.num_ack_pending} in flight"
+                if not problems
+                else "; ".join(problems),
+                "check executor logs for crashes and ack_wait vs job duration; recreate the consumer if misconfigured",
+            )
+        )
+    workers: WorkerRegistry = state.workers
+    for queue in sorted({q for q, _ in snaps}):
+        backlog = sum(s.num_pending + s.num_ack_pending for (q, _), s in snaps.items() if q == queue)
+        live = [w for w in await workers.serving(queue) if w.live]
+        if backlog:
+            checks.append(
+                _check(
+                    f"workers for {queue}",
+                    bool(live),
+                    f"{len(live)} live worker(s) for {backlog} job(s)",
+                    f"start one: python -m taskyard_executor --queues {queue}",
+                )
+            )
+    try:
+        async with state.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        migrated = await is_current(state.engine)
+        checks.append(
+            _check(
+                "database",
+                migrated,
+                "reachable, migrated" if migrated else "reachable, NOT migrated",
+                "run: python -m taskyard_api migrate",
+            )
+        )
+    except Exception as exc:  # noqa: BLE001 - the failure is the finding
+        checks.append(
+            _check(
+                "database",
+                False,
+                f"unreachable: {str(exc).splitlines()[0][:160]}",
+                "check TASKYARD_DB_URL and that the database is up",
+            )
+        )
+    lag = await state.js.consumer_info(topo.events_stream, topo.projector_durable)
+    checks.append(
+        _check(
+            "event projection",
+            lag.num_pending < 10_000,
+            f"{lag.num_pending} events not yet projected",
+            "the api is behind on EVENTS: check its log and database latency",
+        )
+    )
+    return checks

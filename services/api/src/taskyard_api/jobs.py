@@ -1,0 +1,233 @@
+"""Job lifecycle on the API side: submit (outbox), cancel, retry, and the outbox reconciler."""
+
+import asyncio
+import logging
+import os
+import time
+
+from fastapi import HTTPException
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from taskyard_common.schemas import FINAL_STATES, JobEvent
+from taskyard_common.telemetry import current_traceparent, tracer
+
+from .auth import Principal
+from .ids import JOB_ID, new_id
+from .job_types import KnownTypes
+from .models import Job
+from .publisher import Publisher
+from .schemas import JobCreate
+from .settings import ApiSettings
+
+log = logging.getLogger("taskyard.api.jobs")
+_tracer = tracer("taskyard.api")
+
+# Core (not ORM) UPDATE: an executemany with a status guard, so a row the projector already
+# moved past `queued` is left alone.
+_jobs = Job.__table__
+_MARK_QUEUED = (
+    update(_jobs)
+    .where(_jobs.c.id == bindparam("b_id"), _jobs.c.status == "pending")
+    .values(status="queued", stream_seq=bindparam("b_seq"), updated_at=bindparam("b_now"))
+)
+
+
+def _queued_event(job: Job, seq: int, at: float) -> JobEvent:
+    return JobEvent(
+        job_id=job.id,
+        type="queued",
+        at=at,
+        queue=job.queue,
+        priority=job.priority,
+        job_type=job.type,
+        data={"stream_seq": seq, "generation": job.generation},
+    )
+
+
+class JobService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        publisher: Publisher,
+        settings: ApiSettings,
+        known_types: KnownTypes,
+    ) -> None:
+        self.sessions, self.publisher, self.settings = sessions, publisher, settings
+        self.known_types = known_types
+
+    def _check_size(self, spec: JobCreate, where: str = "payload") -> None:
+        size = spec.payload_size()
+        if size > self.settings.max_payload_bytes:
+            raise HTTPException(
+                413, f"{where}: {size} bytes exceeds the limit of {self.settings.max_payload_bytes}"
+            )
+
+    async def submit(self, specs: list[JobCreate], owner: Principal) -> list[tuple[Job, bool]]:
+        with _tracer.start_as_current_span("taskyard.submit", attributes={"taskyard.jobs": len(specs)}):
+            return await self._submit(specs, owner)
+
+    async def _submit(self, specs: list[JobCreate], owner: Principal) -> list[tuple[Job, bool]]:
+        """Insert `pending` rows, publish them, mark them `queued`. Returns (job, created) in order.
+
+        A crash after the insert leaves `pending` rows that the reconciler publishes later;
+        Nats-Msg-Id = job id makes that republish a no-op if the first publish did land.
+        """
+        for i, spec in enumerate(specs):
+            self._check_size(spec, "payload" if len(specs) == 1 else f"jobs[{i}].payload")
+        # Checked for every item before anything is written: a batch is accepted whole or not at all.
+        problems: list[str] = []
+        for i, spec in enumerate(specs):
+            problems += await self.known_types.problems(spec, None if len(specs) == 1 else i)
+        if problems:
+            raise HTTPException(422, "; ".join(problems[:10]))
+        now = time.time()
+        results: list[tuple[Job, bool]] = []
+        async with self.sessions() as session:
+            existing = await self._existing_by_key(session, specs, owner)
+            for spec in specs:
+                if spec.idempotency_key and spec.idempotency_key in existing:
+                    results.append((existing[spec.idempotency_key], False))
+                    continue
+                job = Job(
+                    id=new_id(now),
+                    status="pending",
+                    owner_id=owner.id,
+                    generation=0,
+                    attempt=0,
+                    last_event_seq=0,
+                    created_at=now,
+                    updated_at=now,
+                    **spec.model_dump(),
+                )
+                job.backoff = spec.backoff.model_dump()
+                # The job's own span: its trace id is shown on the job and executors continue it.
+                attrs = {"taskyard.job.id": job.id, "taskyard.queue": job.queue, "taskyard.type": job.type}
+                with _tracer.start_as_current_span("taskyard.job.enqueue", attributes=attrs):
+                    job.traceparent = current_traceparent()
+                session.add(job)
+                results.append((job, True))
+                if spec.idempotency_key:
+                    existing[spec.idempotency_key] = job
+            try:
+                await session.commit()
+            except IntegrityError:
+                # A concurrent request inserted the same idempotency key first: answer with its job.
+                await session.rollback()
+                if len(specs) != 1:
+                    raise HTTPException(
+                        409, "idempotency key submitted concurrently; retry the batch"
+                    ) from None
+                again = await self._existing_by_key(session, specs, owner)
+                return [(again[specs[0].idempotency_key], False)]
+        if self.settings.fault_crash_after_insert:
+            os._exit(99)
+        await self.publish_pending([job for job, created in results if created])
+        return results
+
+    async def _existing_by_key(self, session: AsyncSession, specs: list[JobCreate], owner: Principal) -> dict:
+        keys = [s.idempotency_key for s in specs if s.idempotency_key]
+        if not keys:
+            return {}
+        rows = await session.scalars(
+            select(Job).where(Job.owner_id == owner.id, Job.idempotency_key.in_(keys))
+        )
+        return {row.idempotency_key: row for row in rows}
+
+    async def publish_pending(self, jobs: list[Job]) -> None:
+        """Publish `pending` jobs and mark the acked ones `queued` with their stream sequence."""
+        if not jobs:
+            return
+        # The timeline's `queued` time is when the message went out: an executor may start the job
+        # (and report `started`) before this API gets its publish acks back.
+        published_at = time.time()
+        seqs = await self.publisher.publish_jobs(jobs)
+        if not seqs:
+            return
+        now = time.time()
+        async with self.sessions() as session:
+            await session.execute(
+                _MARK_QUEUED,
+                [{"b_id": job_id, "b_seq": seq, "b_now": now} for job_id, seq in seqs.items()],
+            )
+            await session.commit()
+        queued = [job for job in jobs if job.id in seqs]
+        for job in queued:
+            job.status, job.stream_seq, job.updated_at = "queued", seqs[job.id], now
+        await self.publisher.publish_events(
+            [_queued_event(job, seqs[job.id], published_at) for job in queued]
+        )
+
+    async def get_owned(self, session: AsyncSession, job_id: str, who: Principal) -> Job:
+        job = await session.get(Job, job_id) if JOB_ID.fullmatch(job_id) else None
+        if job is None:
+            raise HTTPException(404, f"job {job_id} not found")
+        if not who.at_least("admin") and job.owner_id != who.id:
+            raise HTTPException(403, "only an admin or the job's submitter may change it")
+        return job
+
+    async def cancel(self, job_id: str, who: Principal) -> Job:
+        """Cancel at once: drop the queued message and tell any executor running it to kill it."""
+        async with self.sessions() as session:
+            job = await self.get_owned(session, job_id, who)
+            if job.status in FINAL_STATES:
+                raise HTTPException(409, f"job {job_id} is already {job.status}")
+            if job.stream_seq is not None:
+                await self.publisher.delete_queued(job.stream_seq)
+            await self.publisher.broadcast_cancel(job.id)
+            now = time.time()
+            job.status, job.finished_at, job.updated_at = "cancelled", now, now
+            await session.commit()
+        event = JobEvent(
+            job_id=job.id,
+            type="cancelled",
+            queue=job.queue,
+            priority=job.priority,
+            job_type=job.type,
+            attempt=job.attempt,
+            data={"by": who.name},
+        )
+        await self.publisher.publish_events([event])
+        return job
+
+    async def retry(self, job_id: str, who: Principal) -> Job:
+        """Run a finished job again as a new message generation (escapes the dedupe window)."""
+        async with self.sessions() as session:
+            job = await self.get_owned(session, job_id, who)
+            if job.status not in ("failed", "dead", "cancelled"):
+                raise HTTPException(
+                    409, f"job {job_id} is {job.status}; only failed, dead or cancelled jobs retry"
+                )
+            job.generation += 1
+            job.resume = 0
+            job.status, job.attempt, job.error, job.result = "pending", 0, None, None
+            job.finished_at, job.worker_id, job.updated_at = None, None, time.time()
+            await session.commit()
+        await self.publish_pending([job])
+        return job
+
+    async def reconcile_forever(self) -> None:
+        """Outbox: republish rows left `pending` by a crash or a NATS outage."""
+        while True:
+            await asyncio.sleep(self.settings.outbox_interval_s)
+            try:
+                await self.reconcile_once()
+            except Exception as exc:  # noqa: BLE001 - keep the loop alive through DB/NATS outages
+                log.warning("outbox reconcile failed, will retry: %s", exc)
+
+    async def reconcile_once(self) -> int:
+        cutoff = time.time() - self.settings.outbox_grace_s
+        async with self.sessions() as session:
+            rows = list(
+                await session.scalars(
+                    select(Job)
+                    .where(Job.status == "pending", Job.updated_at < cutoff)
+                    .order_by(Job.id)
+                    .limit(1000)
+                )
+            )
+        if rows:
+            log.info("outbox: republishing %d pending jobs", len(rows))
+            await self.publish_pending(rows)
+        return len(rows)

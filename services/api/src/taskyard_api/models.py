@@ -1,0 +1,105 @@
+"""Database tables. The API is their only writer."""
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency"),
+        Index("ix_jobs_status_id", "status", "id"),
+        Index("ix_jobs_queue_id", "queue", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    type: Mapped[str] = mapped_column(String(128), index=True)
+    queue: Mapped[str] = mapped_column(String(63))
+    priority: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[Any] = mapped_column(JsonType, nullable=True)
+    labels: Mapped[dict] = mapped_column(JsonType, default=dict)
+    timeout_s: Mapped[float] = mapped_column(Float)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    backoff: Mapped[dict] = mapped_column(JsonType)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    # Continuations after checkpoint decisions within this generation.
+    resume: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # W3C traceparent of the job's trace (None when tracing is off); executors continue it.
+    traceparent: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    stream_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    progress: Mapped[dict | None] = mapped_column(JsonType, nullable=True)
+    result: Mapped[Any] = mapped_column(JsonType, nullable=True)
+    error: Mapped[dict | None] = mapped_column(JsonType, nullable=True)
+    # Highest EVENTS sequence applied to this row: replays and stale events change nothing.
+    last_event_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class JobEventRow(Base):
+    """The job's timeline: one row per lifecycle event."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(26), index=True)
+    # EVENTS stream sequence; unique so projecting the same message twice inserts nothing.
+    stream_seq: Mapped[int | None] = mapped_column(BigInteger, unique=True, nullable=True)
+    type: Mapped[str] = mapped_column(String(32))
+    at: Mapped[float] = mapped_column(Float)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    data: Mapped[dict] = mapped_column(JsonType, default=dict)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Checkpoint(Base):
+    """A job paused for a person: an approval or a question, and what was decided."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (Index("ix_checkpoints_status_expires", "status", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(26), index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # approval | question
+    message: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[Any] = mapped_column(JsonType, nullable=True)
+    choices: Mapped[list | None] = mapped_column(JsonType, nullable=True)
+    approvers: Mapped[list] = mapped_column(JsonType)
+    on_reject: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16))  # pending | approved | rejected | answered | expired
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    decided_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    answer: Mapped[Any] = mapped_column(JsonType, nullable=True)

@@ -1,0 +1,178 @@
+"""Projects the EVENTS stream into the database: the job row's state and its timeline.
+
+Idempotent: a timeline row is keyed by its EVENTS sequence (insert-or-ignore), and a job row only
+moves for events newer than the last one it applied, so replaying the stream changes nothing.
+"""
+
+import asyncio
+import logging
+import time
+
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from taskyard_common.schemas import FINAL_STATES, JobEvent
+from taskyard_common.topology import Topology
+
+from .models import Checkpoint, Job, JobEventRow
+
+log = logging.getLogger("taskyard.api.projector")
+_FINAL = {"succeeded", "failed", "dead", "cancelled"}
+
+
+def apply_event(job: Job, event: JobEvent, seq: int) -> list[dict]:
+    """Move `job` by one event; returns extra timeline rows the event implies (a lost worker)."""
+    extra: list[dict] = []
+    job.last_event_seq = seq
+    if event.generation < job.generation:
+        return extra
+    kind, data = event.type, event.data
+    if job.status in FINAL_STATES and kind not in _FINAL:
+        return extra  # e.g. a late `started` after the API cancelled the job
+    job.updated_at = max(job.updated_at, event.at)
+    if kind == "queued":
+        if job.status == "pending":
+            job.status, job.stream_seq = "queued", data.get("stream_seq", job.stream_seq)
+    elif kind == "started":
+        if job.status == "running" and job.worker_id and event.attempt > job.attempt:
+            extra.append(_row(job.id, None, "worker_lost", event.at, job.attempt, job.worker_id, {}))
+        job.status, job.attempt, job.worker_id = "running", event.attempt, event.worker_id
+        job.started_at = job.started_at or event.at
+    elif kind == "progress":
+        job.progress = data
+    elif kind == "waiting":
+        job.status, job.worker_id = "waiting", None
+    elif kind == "retrying":
+        job.status, job.error = "retrying", data.get("error")
+    elif kind in _FINAL:
+        job.status, job.finished_at = kind, event.at
+        job.attempt = max(job.attempt, event.attempt)
+        if kind == "succeeded":
+            job.result, job.error = data.get("result"), None
+        elif kind != "cancelled":
+            job.error = data.get("error")
+    return extra
+
+
+def _row(
+    job_id: str, seq: int | None, kind: str, at: float, attempt: int, worker: str | None, data: dict
+) -> dict:
+    return {
+        "job_id": job_id,
+        "stream_seq": seq,
+        "type": kind,
+        "at": at,
+        "attempt": attempt,
+        "worker_id": worker,
+        "data": data,
+    }
+
+
+class Projector:
+    def __init__(
+        self, js: JetStreamContext, topo: Topology, sessions: async_sessionmaker[AsyncSession], batch: int
+    ) -> None:
+        self.js, self.topo, self.sessions, self.batch = js, topo, sessions, batch
+        self.applied = 0
+        # Moving average of run time per job type (seconds): what "usually takes" means for `stuck`.
+        self.typical_duration_s: dict[str, float] = {}
+
+    async def run(self) -> None:
+        sub = await self.js.pull_subscribe(
+            f"{self.topo.prefix}.events.>",
+            durable=self.topo.projector_durable,
+            stream=self.topo.events_stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=60,
+                max_ack_pending=50_000,
+            ),
+        )
+        while True:
+            try:
+                msgs = await sub.fetch(self.batch, timeout=1)
+            except (NatsTimeout, TimeoutError):
+                continue
+            except Exception as exc:  # noqa: BLE001 - NATS reconnecting; the durable keeps our place
+                log.warning("projector fetch failed, retrying: %s", exc)
+                await asyncio.sleep(1)
+                continue
+            try:
+                await self.project(msgs)
+            except Exception as exc:  # noqa: BLE001 - DB down: hand the batch back, retry shortly
+                log.warning("projection of %d events failed, will retry: %s", len(msgs), exc)
+                for msg in msgs:
+                    await msg.nak(delay=1)
+                await asyncio.sleep(1)
+                continue
+            for msg in msgs:
+                await msg.ack()
+
+    def _learn_duration(self, event: JobEvent) -> None:
+        duration = event.data.get("duration_s")
+        if event.type == "succeeded" and event.job_type and isinstance(duration, int | float):
+            old = self.typical_duration_s.get(event.job_type, duration)
+            self.typical_duration_s[event.job_type] = 0.8 * old + 0.2 * duration
+
+    async def project(self, msgs: list) -> None:
+        events: list[tuple[int, JobEvent]] = []
+        for msg in msgs:
+            try:
+                events.append((msg.metadata.sequence.stream, JobEvent.model_validate_json(msg.data)))
+            except ValidationError as exc:
+                log.error("dropping malformed event %s: %s", msg.subject, exc)
+        if not events:
+            return
+        events.sort(key=lambda pair: pair[0])
+        async with self.sessions() as session:
+            ids = {e.job_id for _, e in events}
+            jobs = {j.id: j for j in await session.scalars(select(Job).where(Job.id.in_(ids)))}
+            rows, checkpoints = [], []
+            for seq, event in events:
+                self._learn_duration(event)
+                rows.append(
+                    _row(event.job_id, seq, event.type, event.at, event.attempt, event.worker_id, event.data)
+                )
+                job = jobs.get(event.job_id)
+                if job is not None and seq > job.last_event_seq:
+                    rows.extend(apply_event(job, event, seq))
+                if event.type == "waiting" and job is not None:
+                    checkpoints.append(_checkpoint_row(event))
+            await session.execute(_insert_ignoring(session, JobEventRow, rows, "stream_seq"))
+            if checkpoints:
+                await session.execute(_insert_ignoring(session, Checkpoint, checkpoints, "id"))
+            await session.commit()
+        self.applied += len(events)
+        self.last_applied_at = time.time()
+
+
+def _checkpoint_row(event: JobEvent) -> dict:
+    c = event.data["checkpoint"]
+    return {
+        "id": c["id"],
+        "job_id": event.job_id,
+        "generation": event.generation,
+        "name": c["name"],
+        "kind": c["kind"],
+        "message": c.get("message") or "",
+        "data": c.get("data"),
+        "choices": c.get("choices"),
+        "approvers": c.get("approvers") or ["admin"],
+        "on_reject": c.get("on_reject", "fail"),
+        "status": "pending",
+        "created_at": event.at,
+        "expires_at": c["expires_at"],
+    }
+
+
+def _insert_ignoring(session: AsyncSession, model, rows: list[dict], key: str):  # noqa: ANN001
+    """INSERT … ON CONFLICT DO NOTHING: projecting the same event twice inserts nothing."""
+    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    return insert(model).values(rows).on_conflict_do_nothing(index_elements=[key])

@@ -1,0 +1,166 @@
+"""Queue state from JetStream consumer info: depth, in flight, rates, and exact queue positions.
+
+One `consumers_info` call lists every consumer of JOBS; it is cached for `ttl_s`, so any number
+of position or queue requests cost one JetStream API call per `ttl_s`, plus one Direct Get per
+position asked for. Nothing here scans the jobs table or the stream.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
+from taskyard_common.topology import PRIORITIES, Topology
+
+log = logging.getLogger("taskyard.api.queues")
+RATE_WINDOW_S = 60.0
+SHORT_WINDOW_S = 10.0
+
+
+@dataclass(frozen=True)
+class ConsumerSnap:
+    queue: str
+    priority: str
+    num_pending: int
+    num_ack_pending: int
+    num_waiting: int
+    num_redelivered: int
+    delivered_stream_seq: int
+    delivered_consumer_seq: int
+    paused: bool
+
+
+@dataclass(frozen=True)
+class Position:
+    """Jobs that will be delivered before this one (0 = next), or why there is no position."""
+
+    position: int | None
+    higher: int = 0
+    state: str = "waiting"  # waiting | in_flight | gone
+
+
+class QueueState:
+    def __init__(self, nc: NatsClient, js: JetStreamContext, topo: Topology, ttl_s: float = 0.5) -> None:
+        self.nc, self.js, self.topo, self.ttl_s = nc, js, topo, ttl_s
+        self._snaps: dict[tuple[str, str], ConsumerSnap] = {}
+        self._at = 0.0
+        self._lock = asyncio.Lock()
+        # (time, deliveries, pending) per (queue, priority): rates without per-job bookkeeping.
+        self._samples: dict[tuple[str, str], deque] = {}
+
+    async def snapshot(self) -> dict[tuple[str, str], ConsumerSnap]:
+        if time.monotonic() - self._at > self.ttl_s:
+            async with self._lock:
+                if time.monotonic() - self._at > self.ttl_s:
+                    await self._refresh()
+        return self._snaps
+
+    def invalidate(self) -> None:
+        self._at = 0.0
+
+    async def _refresh(self) -> None:
+        prefix = f"{self.topo.prefix}.jobs."
+        snaps = {}
+        now = time.monotonic()
+        for info in await self.js.consumers_info(self.topo.jobs_stream):
+            subject = info.config.filter_subject or ""
+            if not subject.startswith(prefix):
+                continue
+            queue, _, priority = subject[len(prefix) :].rpartition(".")
+            snap = ConsumerSnap(
+                queue=queue,
+                priority=priority,
+                num_pending=info.num_pending or 0,
+                num_ack_pending=info.num_ack_pending or 0,
+                num_waiting=info.num_waiting or 0,
+                num_redelivered=info.num_redelivered or 0,
+                delivered_stream_seq=info.delivered.stream_seq if info.delivered else 0,
+                delivered_consumer_seq=info.delivered.consumer_seq if info.delivered else 0,
+                paused=bool(info.paused),
+            )
+            snaps[(queue, priority)] = snap
+            samples = self._samples.setdefault((queue, priority), deque())
+            samples.append((now, snap.delivered_consumer_seq, snap.num_pending))
+            while samples and now - samples[0][0] > RATE_WINDOW_S + 5:
+                samples.popleft()
+        self._snaps, self._at = snaps, now
+
+    async def sample_forever(self, interval_s: float = 2.0) -> None:
+        """Keep rate samples flowing even when nobody asks (ETA needs a recent history)."""
+        while True:
+            try:
+                async with self._lock:
+                    await self._refresh()
+            except Exception as exc:  # noqa: BLE001 - NATS away: the next round tries again
+                log.debug("queue state sample failed: %s", exc)
+            await asyncio.sleep(interval_s)
+
+    def rates(self, queue: str, window_s: float = RATE_WINDOW_S) -> tuple[float, float]:
+        """(deliveries/s, arrivals/s) of a queue over the last `window_s`, all priorities."""
+        out = arrivals = 0.0
+        for priority in PRIORITIES:
+            samples = self._samples.get((queue, priority))
+            if not samples:
+                continue
+            newest = samples[-1]
+            oldest = next((s for s in samples if newest[0] - s[0] <= window_s), newest)
+            span = newest[0] - oldest[0]
+            if span <= 0:
+                continue
+            delivered = newest[1] - oldest[1]
+            out += delivered / span
+            # Arrivals = what was delivered plus how much the backlog grew (cancels count as 0).
+            arrivals += max(0, delivered + newest[2] - oldest[2]) / span
+        return out, arrivals
+
+    def queues(self) -> list[str]:
+        return sorted({q for q, _ in self._snaps})
+
+    async def position(self, queue: str, priority: str, seq: int) -> Position:
+        """Exact position of stream sequence `seq` (see NATS_NOTES: Direct Get + num_pending)."""
+        snaps = await self.snapshot()
+        own = snaps.get((queue, priority))
+        if own is None:
+            return Position(None, state="gone")
+        if seq <= own.delivered_stream_seq:
+            return Position(None, state="in_flight")
+        subject = self.topo.job_subject(queue, priority)
+        body = json.dumps({"seq": seq, "next_by_subj": subject, "batch": 1}).encode()
+        reply = await self.nc.request(f"$JS.API.DIRECT.GET.{self.topo.jobs_stream}", body, timeout=5)
+        headers = reply.headers or {}
+        if headers.get("Status") or int(headers.get("Nats-Sequence", 0)) != seq:
+            return Position(None, state="gone")
+        after = int(headers.get("Nats-Num-Pending", 0))
+        higher = sum(
+            snaps[(queue, p)].num_pending
+            for p in PRIORITIES[: PRIORITIES.index(priority)]
+            if (queue, p) in snaps
+        )
+        # Clamp: the cached num_pending may be a moment older than the Direct Get.
+        return Position(higher + max(0, own.num_pending - 1 - after), higher=higher)
+
+    async def oldest_age_s(self, queue: str, priority: str) -> float:
+        """Age of the oldest never-delivered job of a queue/priority (0 when none)."""
+        own = (await self.snapshot()).get((queue, priority))
+        if own is None or own.num_pending == 0:
+            return 0.0
+        subject = self.topo.job_subject(queue, priority)
+        body = json.dumps({"seq": own.delivered_stream_seq + 1, "next_by_subj": subject, "batch": 1}).encode()
+        reply = await self.nc.request(f"$JS.API.DIRECT.GET.{self.topo.jobs_stream}", body, timeout=5)
+        stamp = (reply.headers or {}).get("Nats-Time-Stamp")
+        if not stamp:
+            return 0.0
+        return max(0.0, time.time() - _parse_rfc3339(stamp))
+
+
+def _parse_rfc3339(value: str) -> float:
+    """NATS time stamps carry nanoseconds, which datetime.fromisoformat cannot take."""
+    main, _, frac = value.rstrip("Z").partition(".")
+    whole = datetime.fromisoformat(main + "+00:00").timestamp()
+    return whole + (float("0." + frac) if frac else 0.0)

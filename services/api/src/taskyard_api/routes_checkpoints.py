@@ -1,0 +1,83 @@
+"""/api/v1/checkpoints: the approvals inbox."""
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from .auth import Principal, require
+from .checkpoints import checkpoint_out
+from .models import Checkpoint
+
+router = APIRouter(prefix="/api/v1")
+STATUSES = {"pending", "approved", "rejected", "answered", "expired"}
+
+
+class Approve(BaseModel):
+    model_config = {"extra": "forbid"}
+    reason: str | None = Field(None, max_length=2000)
+
+
+class Reject(BaseModel):
+    model_config = {"extra": "forbid"}
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class Answer(BaseModel):
+    model_config = {"extra": "forbid"}
+    answer: Any
+    reason: str | None = Field(None, max_length=2000)
+
+
+@router.get("/checkpoints")
+async def list_checkpoints(
+    request: Request,
+    status: str | None = None,
+    job_id: str | None = None,
+    limit: int = Query(100, ge=1, le=500),
+    who: Principal = require("viewer"),
+):
+    query = select(Checkpoint).order_by(Checkpoint.created_at.desc()).limit(limit)
+    if status:
+        if status not in STATUSES:
+            raise HTTPException(422, f"status: {status!r} is not one of {', '.join(sorted(STATUSES))}")
+        query = query.where(Checkpoint.status == status)
+    if job_id:
+        query = query.where(Checkpoint.job_id == job_id)
+    async with request.app.state.sessions() as session:
+        return {"checkpoints": [checkpoint_out(c) for c in await session.scalars(query)]}
+
+
+@router.get("/checkpoints/{ck_id}")
+async def get_checkpoint(ck_id: str, request: Request, who: Principal = require("viewer")):
+    async with request.app.state.sessions() as session:
+        ck = await session.get(Checkpoint, ck_id)
+    if ck is None:
+        raise HTTPException(404, f"checkpoint {ck_id} not found")
+    return checkpoint_out(ck)
+
+
+@router.post("/checkpoints/{ck_id}/approve")
+async def approve(
+    ck_id: str, request: Request, body: Approve | None = None, who: Principal = require("viewer")
+):
+    ck = await request.app.state.checkpoints.decide(
+        ck_id, who, "approved", reason=body.reason if body else None
+    )
+    return checkpoint_out(ck)
+
+
+@router.post("/checkpoints/{ck_id}/reject")
+async def reject(ck_id: str, body: Reject, request: Request, who: Principal = require("viewer")):
+    return checkpoint_out(
+        await request.app.state.checkpoints.decide(ck_id, who, "rejected", reason=body.reason)
+    )
+
+
+@router.post("/checkpoints/{ck_id}/answer")
+async def answer(ck_id: str, body: Answer, request: Request, who: Principal = require("viewer")):
+    ck = await request.app.state.checkpoints.decide(
+        ck_id, who, "answered", reason=body.reason, answer=body.answer
+    )
+    return checkpoint_out(ck)

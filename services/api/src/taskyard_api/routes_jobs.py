@@ -1,0 +1,196 @@
+"""/api/v1/jobs: submit, batch, list, get, cancel, retry, logs."""
+
+from datetime import datetime
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from nats.errors import Error as NatsError
+from sqlalchemy import select
+
+from taskyard_common.schemas import FINAL_STATES, JobState
+
+from .auth import Principal, require
+from .checkpoints import checkpoint_out
+from .ids import JOB_ID
+from .logs import follow_logs, read_logs
+from .models import Checkpoint, Job, JobEventRow
+from .ratelimit import too_many
+from .schemas import JobBatch, JobCreate
+from .views import job_out
+from .waiting import WAITING_STATES, explain
+
+router = APIRouter(prefix="/api/v1")
+
+
+def _admit(request: Request, who: Principal, jobs: int) -> None:
+    wait = request.app.state.submit_limit.take(who.id, jobs)
+    if wait:
+        raise too_many(wait, f"key {who.name!r} submits too fast")
+
+
+def _svc(request: Request):
+    """The job service, refusing with 503 before anything is written while NATS is away."""
+    state = request.app.state
+    if not state.nc.is_connected:
+        raise HTTPException(
+            503, f"NATS unavailable: reconnecting to {state.nc.connected_url or 'server'}; retry shortly"
+        )
+    return state.jobs
+
+
+@router.post("/jobs", status_code=201)
+async def submit_job(
+    body: JobCreate, request: Request, response: Response, who: Principal = require("submitter")
+):
+    _admit(request, who, 1)
+    [(job, created)] = await _svc(request).submit([body], who)
+    if not created:
+        response.status_code = 200
+    return job_out(job)
+
+
+@router.post("/jobs:batch", status_code=201)
+async def submit_batch(body: JobBatch, request: Request, who: Principal = require("submitter")):
+    limit = request.app.state.settings.max_batch
+    if len(body.jobs) > limit:
+        raise HTTPException(413, f"jobs: {len(body.jobs)} items exceeds the batch limit of {limit}")
+    _admit(request, who, len(body.jobs))
+    results = await _svc(request).submit(body.jobs, who)
+    return {"jobs": [job_out(job) for job, _ in results]}
+
+
+def _timestamp(value: str | None, field: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise HTTPException(
+            422, f"{field}: expected an ISO 8601 time or epoch seconds, got {value!r}"
+        ) from None
+
+
+@router.get("/jobs")
+async def list_jobs(
+    request: Request,
+    status: list[str] = Query(default=[]),
+    queue: str | None = None,
+    type: str | None = None,
+    label: list[str] = Query(default=[]),
+    created_after: str | None = None,
+    created_before: str | None = None,
+    cursor: str | None = None,
+    limit: int = Query(50, ge=1, le=500),
+    who: Principal = require("viewer"),
+):
+    query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    valid = {s.value for s in JobState}
+    for s in status:
+        if s not in valid:
+            raise HTTPException(422, f"status: {s!r} is not one of {', '.join(sorted(valid))}")
+    if status:
+        query = query.where(Job.status.in_(status))
+    if queue:
+        query = query.where(Job.queue == queue)
+    if type:
+        query = query.where(Job.type == type)
+    for item in label:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise HTTPException(422, f"label: expected name=value, got {item!r}")
+        query = query.where(Job.labels[name].as_string() == value)
+    if (after := _timestamp(created_after, "created_after")) is not None:
+        query = query.where(Job.created_at >= after)
+    if (before := _timestamp(created_before, "created_before")) is not None:
+        query = query.where(Job.created_at < before)
+    if cursor:
+        query = query.where(Job.id < cursor)
+    async with request.app.state.sessions() as session:
+        rows = list(await session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"jobs": [job_out(j) for j in rows], "next_cursor": rows[-1].id if more else None}
+
+
+async def _load(request: Request, job_id: str) -> tuple[Job, list[JobEventRow]]:
+    if not JOB_ID.fullmatch(job_id):
+        raise HTTPException(404, f"job {job_id[:40]!r} not found (ids are 26-character ULIDs)")
+    async with request.app.state.sessions() as session:
+        job = await session.get(Job, job_id)
+        if job is None:
+            raise HTTPException(404, f"job {job_id} not found")
+        timeline = list(
+            await session.scalars(
+                select(JobEventRow)
+                .where(JobEventRow.job_id == job_id)
+                .order_by(JobEventRow.at, JobEventRow.id)
+            )
+        )
+    return job, timeline
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(job_id: str, request: Request, who: Principal = require("viewer")):
+    job, timeline = await _load(request, job_id)
+    out = job_out(job, timeline)
+    out.update(queue_position=None, eta_seconds=None, eta_range=None, waiting_reason=None)
+    if job.status == "waiting":
+        async with request.app.state.sessions() as session:
+            ck = await session.scalar(
+                select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.status == "pending")
+            )
+        out["checkpoint"] = checkpoint_out(ck) if ck else None
+    if job.status in WAITING_STATES:
+        state = request.app.state
+        try:
+            out.update(await explain(job, timeline, state.queues, state.workers))
+        except NatsError as exc:
+            out["waiting_reason"] = {"code": "unknown", "message": f"NATS unavailable: {exc}", "evidence": {}}
+    return out
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel_job(job_id: str, request: Request, who: Principal = require("submitter")):
+    return job_out(await _svc(request).cancel(job_id, who))
+
+
+@router.post("/jobs/{job_id}/retry")
+async def retry_job(job_id: str, request: Request, who: Principal = require("submitter")):
+    return job_out(await _svc(request).retry(job_id, who))
+
+
+@router.get("/jobs/{job_id}/logs")
+async def job_logs(
+    job_id: str,
+    request: Request,
+    after: int = Query(0, ge=0),
+    limit: int = Query(1000, ge=1, le=10_000),
+    who: Principal = require("viewer"),
+):
+    await _load(request, job_id)
+    state = request.app.state
+    lines = await read_logs(state.js, state.topo, job_id, after, limit)
+    return {"lines": lines, "next": lines[-1]["seq"] if lines else after}
+
+
+@router.get("/jobs/{job_id}/logs/stream")
+async def job_logs_stream(
+    job_id: str, request: Request, after: int = Query(0, ge=0), who: Principal = require("viewer")
+):
+    await _load(request, job_id)
+    state = request.app.state
+
+    async def final_status() -> str | None:
+        async with state.sessions() as session:
+            status = await session.scalar(select(Job.status).where(Job.id == job_id))
+        return status if status in FINAL_STATES else None
+
+    return StreamingResponse(
+        follow_logs(state.js, state.topo, job_id, after, final_status),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

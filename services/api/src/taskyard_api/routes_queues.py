@@ -1,0 +1,85 @@
+"""/api/v1/queues, /api/v1/workers, /api/v1/doctor."""
+
+from fastapi import APIRouter, HTTPException, Request
+
+from taskyard_common.topology import PRIORITIES
+
+from .auth import Principal, require
+from .doctor import run_checks
+
+router = APIRouter(prefix="/api/v1")
+PAUSE_FOREVER = "2999-01-01T00:00:00Z"
+
+
+@router.get("/queues")
+async def list_queues(request: Request, who: Principal = require("viewer")):
+    state = request.app.state
+    snaps = await state.queues.snapshot()
+    workers = await state.workers.workers()
+    out = []
+    for queue in sorted({q for q, _ in snaps}):
+        out_rate, in_rate = state.queues.rates(queue)
+        serving = [w for w in workers if queue in w.heartbeat.queues and w.live]
+        priorities = {}
+        for p in PRIORITIES:
+            snap = snaps.get((queue, p))
+            if snap is None:
+                continue
+            priorities[p] = {
+                "depth": snap.num_pending,
+                "running": snap.num_ack_pending,
+                "oldest_waiting_s": round(await state.queues.oldest_age_s(queue, p), 3),
+                "live_pulls": snap.num_waiting,
+                "redelivered": snap.num_redelivered,
+            }
+        out.append(
+            {
+                "queue": queue,
+                "paused": any(s.paused for (q, _), s in snaps.items() if q == queue),
+                "depth": sum(p["depth"] for p in priorities.values()),
+                "running": sum(p["running"] for p in priorities.values()),
+                "jobs_per_s_in": round(in_rate, 3),
+                "jobs_per_s_out": round(out_rate, 3),
+                "workers": [w.heartbeat.id for w in serving],
+                "slots": sum(w.heartbeat.slots for w in serving),
+                "slots_used": sum(len(w.heartbeat.running) for w in serving),
+                "priorities": priorities,
+            }
+        )
+    return {"queues": out}
+
+
+async def _set_paused(request: Request, queue: str, paused: bool) -> dict:
+    state = request.app.state
+    snaps = await state.queues.snapshot()
+    if not any(q == queue for q, _ in snaps):
+        raise HTTPException(404, f"queue {queue} not found (no job was ever submitted to it)")
+    for p in PRIORITIES:
+        durable = state.topo.exec_durable(queue, p)
+        if paused:
+            await state.js.pause_consumer(state.topo.jobs_stream, durable, PAUSE_FOREVER)
+        else:
+            await state.js.resume_consumer(state.topo.jobs_stream, durable)
+    state.queues.invalidate()
+    return {"queue": queue, "paused": paused}
+
+
+@router.post("/queues/{queue}/pause")
+async def pause_queue(queue: str, request: Request, who: Principal = require("admin")):
+    return await _set_paused(request, queue, True)
+
+
+@router.post("/queues/{queue}/resume")
+async def resume_queue(queue: str, request: Request, who: Principal = require("admin")):
+    return await _set_paused(request, queue, False)
+
+
+@router.get("/workers")
+async def list_workers(request: Request, who: Principal = require("viewer")):
+    return {"workers": [w.to_dict() for w in await request.app.state.workers.workers()]}
+
+
+@router.get("/doctor")
+async def doctor(request: Request, who: Principal = require("admin")):
+    checks = await run_checks(request.app.state)
+    return {"ok": all(c["ok"] for c in checks), "checks": checks}

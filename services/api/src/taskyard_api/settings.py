@@ -1,0 +1,55 @@
+"""API settings (TASKYARD_API_*)."""
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TASKYARD_API_")
+
+    # production refuses to start on the laptop defaults (SQLite, no admin key, a weak key).
+    environment: Literal["local", "production"] = "local"
+    # Ensured to exist as an admin key at start-up (compose/k8s pass it as a secret).
+    bootstrap_admin_key: SecretStr | None = None
+
+    host: str = "127.0.0.1"
+    port: int = 8740
+    max_payload_bytes: int = Field(256 * 1024, gt=0)
+    max_batch: int = Field(10_000, gt=0)
+    # Pending rows older than this are republished by the outbox reconciler.
+    outbox_grace_s: float = Field(5.0, gt=0)
+    outbox_interval_s: float = Field(2.0, gt=0)
+    projector_batch: int = Field(1000, gt=0)
+    key_cache_s: float = Field(5.0, ge=0)
+    # Consumer info and heartbeats are cached this long: a UI polling many jobs costs one call.
+    queue_state_cache_s: float = Field(0.5, ge=0)
+    workers_cache_s: float = Field(1.0, ge=0)
+    # A worker whose heartbeat expired stays listed as `gone` this long.
+    gone_keep_s: float = Field(3600.0, ge=0)
+    # A job held longer than max(this, 10 x its type's usual duration) marks its worker `stuck`.
+    stuck_min_s: float = Field(300.0, gt=0)
+    checkpoint_expiry_interval_s: float = Field(2.0, gt=0)
+    # Jobs a key may submit per second (a batch costs its size), with this much burst; per replica.
+    submit_rate_per_s: float = Field(10_000.0, gt=0)
+    submit_burst: float = Field(50_000.0, gt=0)
+    # Invalid keys from one client address before it gets 429s for the rest of the window.
+    auth_failures_limit: int = Field(20, ge=1)
+    auth_failures_window_s: float = Field(60.0, gt=0)
+    # Fault injection for the outbox test: exit right after the pending row is committed.
+    fault_crash_after_insert: bool = False
+
+    def production_problems(self, db_url: str) -> list[str]:
+        """Why this configuration must not run in production (empty when it may)."""
+        problems = []
+        if db_url.startswith("sqlite"):
+            problems.append("TASKYARD_DB_URL is SQLite: use PostgreSQL in production")
+        key = self.bootstrap_admin_key.get_secret_value() if self.bootstrap_admin_key else ""
+        if len(key) < 32 or key.lower() in {"changeme", "change-me", "admin"} or len(set(key)) < 8:
+            problems.append(
+                "TASKYARD_API_BOOTSTRAP_ADMIN_KEY must be set to a random secret of 32+ characters"
+            )
+        if self.fault_crash_after_insert:
+            problems.append("TASKYARD_API_FAULT_CRASH_AFTER_INSERT is a test switch")
+        return problems

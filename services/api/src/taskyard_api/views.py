@@ -1,0 +1,40 @@
+"""How jobs look in responses."""
+
+from taskyard_common.telemetry import trace_id_of
+
+from .models import Job, JobEventRow
+from .schemas import iso
+
+
+def job_out(job: Job, timeline: list[JobEventRow] | None = None) -> dict:
+    out = {
+        "id": job.id,
+        "type": job.type,
+        "queue": job.queue,
+        "priority": job.priority,
+        "status": job.status,
+        "payload": job.payload,
+        "labels": job.labels,
+        "timeout_s": job.timeout_s,
+        "max_attempts": job.max_attempts,
+        "backoff": job.backoff,
+        "idempotency_key": job.idempotency_key,
+        "attempt": job.attempt,
+        "generation": job.generation,
+        "worker_id": job.worker_id,
+        "stream_seq": job.stream_seq,
+        "progress": job.progress,
+        "result": job.result,
+        "error": job.error,
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "trace_id": trace_id_of(job.traceparent),
+    }
+    if timeline is not None:
+        out["timeline"] = [
+            {"type": e.type, "at": iso(e.at), "attempt": e.attempt, "worker_id": e.worker_id, "data": e.data}
+            for e in timeline
+        ]
+    return out

@@ -1,0 +1,124 @@
+"""Worker health from heartbeats in the workers KV bucket.
+
+healthy: last heartbeat ≤ 2 intervals old; stale: older (the key lives until the bucket TTL,
+3 intervals); gone: the key expired or was deleted — kept listed for `gone_keep_s` with its last
+state; draining: the worker said so; stuck: it heartbeats but holds a job far longer than jobs of
+that type usually take.
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.errors import NoKeysError
+from pydantic import ValidationError
+
+from taskyard_common.schemas import Heartbeat
+from taskyard_common.topology import Topology
+
+
+@dataclass
+class WorkerView:
+    heartbeat: Heartbeat
+    state: str
+    age_s: float
+    stuck_jobs: list[str]
+
+    def to_dict(self) -> dict:
+        hb = self.heartbeat
+        return {
+            "id": hb.id,
+            "host": hb.host,
+            "pid": hb.pid,
+            "version": hb.version,
+            "queues": hb.queues,
+            "handlers": hb.handlers,
+            "slots": hb.slots,
+            "slots_used": len(hb.running) if self.state != "gone" else 0,
+            "running": [r.model_dump() for r in hb.running] if self.state != "gone" else [],
+            "jobs_done": hb.done,
+            "jobs_failed": hb.failed,
+            "state": self.state,
+            "last_heartbeat_age_s": round(self.age_s, 3),
+            "started_at": hb.started_at,
+            "stuck_jobs": self.stuck_jobs,
+        }
+
+    @property
+    def live(self) -> bool:
+        return self.state in ("healthy", "stuck", "stale")
+
+
+class WorkerRegistry:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        topo: Topology,
+        ttl_s: float = 1.0,
+        gone_keep_s: float = 3600,
+        stuck_min_s: float = 300,
+    ) -> None:
+        self.js, self.topo, self.ttl_s = js, topo, ttl_s
+        self.gone_keep_s, self.stuck_min_s = gone_keep_s, stuck_min_s
+        self.interval_s = topo.settings.heartbeat_interval_s
+        self._seen: dict[str, Heartbeat] = {}
+        self._live: set[str] = set()
+        self._at = 0.0
+        self._lock = asyncio.Lock()
+        self.typical_duration_s: dict[str, float] = {}
+
+    async def _refresh(self) -> None:
+        kv = await self.js.key_value(self.topo.workers_bucket)
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            keys = []
+        live = set()
+        for key in keys:
+            try:
+                entry = await kv.get(key)
+            except NatsError:
+                continue  # expired between keys() and get()
+            if entry is None or entry.value is None:
+                continue  # nats-py returns value=None for an expired key: gone
+            try:
+                hb = Heartbeat.model_validate_json(entry.value)
+            except ValidationError:
+                continue
+            self._seen[hb.id] = hb
+            live.add(hb.id)
+        self._live, self._at = live, time.monotonic()
+
+    async def workers(self) -> list[WorkerView]:
+        if time.monotonic() - self._at > self.ttl_s:
+            async with self._lock:
+                if time.monotonic() - self._at > self.ttl_s:
+                    await self._refresh()
+        now = time.time()
+        views = []
+        for wid, hb in list(self._seen.items()):
+            age = now - hb.at
+            if wid not in self._live:
+                if age > self.gone_keep_s:
+                    del self._seen[wid]
+                    continue
+                views.append(WorkerView(hb, "gone", age, []))
+                continue
+            stuck = [
+                r.id
+                for r in hb.running
+                if now - r.started_at > max(self.stuck_min_s, 10 * self.typical_duration_s.get(r.type, 0))
+            ]
+            if age > 2 * self.interval_s:
+                state = "stale"
+            elif hb.state == "draining":
+                state = "draining"
+            else:
+                state = "stuck" if stuck else "healthy"
+            views.append(WorkerView(hb, state, age, stuck))
+        return sorted(views, key=lambda v: (v.state == "gone", v.heartbeat.id))
+
+    async def serving(self, queue: str) -> list[WorkerView]:
+        return [w for w in await self.workers() if queue in w.heartbeat.queues]

@@ -1,0 +1,137 @@
+"""`python -m taskyard_executor [--queues a,b] [--slots N] [-A myapp.jobs ...]`."""
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from taskyard_common.nats_util import connect
+from taskyard_common.settings import NatsSettings
+from taskyard_common.telemetry import setup_tracing, shutdown_tracing
+from taskyard_common.topology import Topology, ensure_streams
+
+from . import builtins  # noqa: F401 - registers the built-in job types
+from .heartbeat import HeartbeatPublisher
+from .registry import registry
+from .settings import ExecutorSettings
+from .worker import Worker
+
+log = logging.getLogger("taskyard.executor")
+
+
+def health_app(worker: Worker) -> FastAPI:
+    app = FastAPI(title="Taskyard executor", docs_url=None, redoc_url=None, openapi_url=None)
+    metrics = CollectorRegistry()
+    ProcessCollector(registry=metrics)
+    Gauge("taskyard_executor_slots", "Configured slots", registry=metrics).set_function(
+        lambda: worker.settings.slots
+    )
+    Gauge("taskyard_executor_slots_used", "Jobs running now", registry=metrics).set_function(
+        lambda: len(worker.running)
+    )
+    Gauge("taskyard_executor_jobs_done", "Jobs finished successfully", registry=metrics).set_function(
+        lambda: worker.done
+    )
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "worker_id": worker.id}
+
+    @app.get("/readyz")
+    async def readyz():
+        ok = worker.nc.is_connected and not worker.draining
+        body = {
+            "status": "ready" if ok else "unready",
+            "nats": "ok" if worker.nc.is_connected else "disconnected",
+        }
+        return JSONResponse(body, 200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prom():
+        return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def serve(settings: ExecutorSettings) -> None:
+    setup_tracing("taskyard-executor")
+    nats_settings = NatsSettings()
+    topo = Topology(nats_settings)
+    for path in settings.handlers:
+        registry.load(path)
+    worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+    nc = await connect(nats_settings.url, f"taskyard-executor-{worker_id}")
+    await ensure_streams(nc.jetstream(), topo)
+    worker = Worker(nc, topo, settings, registry, worker_id)
+    await worker.start()
+    beats = HeartbeatPublisher(worker, topo)
+    await beats.beat()
+
+    server = uvicorn.Server(
+        uvicorn.Config(health_app(worker), host=settings.host, port=settings.port, log_level="warning")
+    )
+    # The worker owns SIGTERM/SIGINT (drain); uvicorn must not install its own handlers.
+    server.capture_signals = contextlib.nullcontext
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    tasks = [asyncio.create_task(t) for t in (worker.pull_forever(), beats.run_forever(), server.serve())]
+    log.info(
+        "executor %s ready: queues=%s slots=%d handlers=%s",
+        worker_id,
+        ",".join(settings.queues),
+        settings.slots,
+        ",".join(registry.names()),
+    )
+    await stop.wait()
+    log.info("executor %s draining (grace %.0fs)", worker_id, settings.drain_grace_s)
+    await worker.drain(settings.drain_grace_s)
+    await beats.beat()
+    await beats.remove()
+    server.should_exit = True
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await nc.drain()
+    shutdown_tracing()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m taskyard_executor")
+    parser.add_argument("--queues", help="comma-separated queues to serve (default: default)")
+    parser.add_argument("--slots", type=int, help="concurrent jobs")
+    parser.add_argument("-A", "--handlers", action="append", help="import path of a module with handlers")
+    parser.add_argument("--port", type=int, help="health/metrics port")
+    args = parser.parse_args(argv)
+    overrides = {}
+    if args.queues:
+        overrides["queues"] = args.queues
+    if args.slots:
+        overrides["slots"] = args.slots
+    if args.handlers:
+        overrides["handlers"] = args.handlers
+    if args.port:
+        overrides["port"] = args.port
+    settings = ExecutorSettings(**overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

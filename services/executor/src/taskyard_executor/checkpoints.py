@@ -1,0 +1,136 @@
+"""Human-in-the-loop pieces of a job: checkpoints, questions and memoized steps.
+
+A job that reaches an undecided checkpoint is parked, not held: the runner reports `waiting` and
+acks its message, so it keeps no slot and survives any executor restart. The API stores the
+checkpoint; on a decision it publishes a `decided` event and republishes the job. Whoever runs it
+next reads the job's journal — its own EVENTS subject — and replays finished steps and earlier
+decisions instead of repeating them. Retries after a failure use the same journal.
+"""
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from taskyard_common.schemas import JobEvent
+from taskyard_common.topology import Topology
+
+# A stdout line starting with this asks for a checkpoint from a script (see checkpoint_cli).
+PROTOCOL = "::taskyard::checkpoint "
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Suspended(BaseException):  # noqa: N818 - a control-flow signal, not an error
+    """Parks the job at a checkpoint. A BaseException, so a handler's `except Exception` can't eat it."""
+
+    def __init__(self, checkpoint: dict) -> None:
+        super().__init__(checkpoint["name"])
+        self.checkpoint = checkpoint
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a person decided at a checkpoint."""
+
+    approved: bool
+    status: str  # approved | rejected | answered | expired
+    reason: str | None = None
+    answer: Any = None
+    by: str | None = None
+
+
+@dataclass
+class Journal:
+    """Finished steps and decisions of one job generation, rebuilt from its events."""
+
+    steps: dict[str, Any] = field(default_factory=dict)
+    decisions: dict[str, Decision] = field(default_factory=dict)
+    # Set when this generation already reported its final outcome (its ack was lost).
+    outcome: str | None = None
+
+    def apply(self, event: JobEvent) -> None:
+        if event.type in ("succeeded", "failed", "dead"):
+            self.outcome = event.type
+        elif event.type == "step":
+            self.steps[event.data["name"]] = event.data.get("result")
+        elif event.type == "decided":
+            d = event.data["decision"]
+            self.decisions[event.data["name"]] = Decision(
+                approved=d["status"] in ("approved", "answered"),
+                status=d["status"],
+                reason=d.get("reason"),
+                answer=d.get("answer"),
+                by=d.get("by"),
+            )
+
+
+async def read_journal(js: JetStreamContext, topo: Topology, job_id: str, generation: int) -> Journal:
+    """Replay the job's EVENTS subject (an ephemeral consumer the server removes after use)."""
+    journal = Journal()
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=30, mem_storage=True
+    )
+    sub = await js.pull_subscribe(topo.event_subject(job_id), stream=topo.events_stream, config=config)
+    try:
+        pending = (await sub.consumer_info()).num_pending
+        while pending:
+            msgs = await sub.fetch(min(pending, 256), timeout=5)
+            for msg in msgs:
+                event = JobEvent.model_validate_json(msg.data)
+                if event.generation == generation:
+                    journal.apply(event)
+            pending = msgs[-1].metadata.num_pending
+    finally:
+        await sub.unsubscribe()
+    return journal
+
+
+def parse_duration(value: float | int | str) -> float:
+    """Seconds from 90, "90", "30s", "15m", "24h" or "2d"."""
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"timeout {value!r}: expected seconds or a number with s, m, h or d")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("timeout must be positive")
+    return seconds
+
+
+def checkpoint_request(
+    job_id: str,
+    generation: int,
+    name: str,
+    *,
+    kind: str,
+    message: str,
+    data: Any,
+    choices: list | None,
+    approvers: str | list[str],
+    on_reject: str,
+    timeout: float | int | str,
+) -> dict:
+    """The checkpoint as the `waiting` event carries it to the API."""
+    if on_reject not in ("fail", "return"):
+        raise ValueError("on_reject must be 'fail' or 'return'")
+    timeout_s = parse_duration(timeout)
+    digest = hashlib.sha256(f"{job_id}/{generation}/{name}".encode()).hexdigest()[:24]
+    return {
+        "id": f"ck_{digest}",
+        "name": name,
+        "kind": kind,
+        "message": message,
+        "data": data,
+        "choices": choices,
+        "approvers": [approvers] if isinstance(approvers, str) else list(approvers),
+        "on_reject": on_reject,
+        "timeout_s": timeout_s,
+        "expires_at": time.time() + timeout_s,
+    }

@@ -1,0 +1,26 @@
+"""Executor settings (TASKYARD_EXECUTOR_*)."""
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ExecutorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TASKYARD_EXECUTOR_")
+
+    queues: Annotated[list[str], NoDecode] = ["default"]
+    slots: int = Field(8, ge=1, le=4096)
+    # Import paths of modules with user handlers (like Celery's -A), comma-separated in the env.
+    handlers: Annotated[list[str], NoDecode] = []
+    host: str = "127.0.0.1"
+    port: int = 8743
+    drain_grace_s: float = Field(30.0, ge=0)
+    idle_poll_s: float = Field(0.2, gt=0)
+    max_result_bytes: int = 256 * 1024
+    worker_id: str | None = None
+
+    @field_validator("queues", "handlers", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value

@@ -1,0 +1,368 @@
+"""The executor's core: pull jobs in strict priority, run them, report, ack, retry, dead-letter.
+
+At-least-once: a delivery is acked only after its outcome (and its log lines) are stored in
+JetStream. A silent worker loses its deliveries after ack_wait; `in_progress()` every ack_wait/3
+keeps a long job's delivery alive.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic import ValidationError
+
+from taskyard_common.schemas import JobEvent, JobSpec, LogLine
+from taskyard_common.telemetry import context_from, ns, tracer
+from taskyard_common.topology import PRIORITIES, Topology, ensure_queue
+
+from .checkpoints import Journal, Suspended, read_journal
+from .context import JobContext
+from .errors import JobError, ResultTooLarge, as_job_error
+from .logsink import Emitter
+from .registry import Registry, invoke
+from .settings import ExecutorSettings
+
+log = logging.getLogger("taskyard.executor")
+_tracer = tracer("taskyard.executor")
+
+
+def backoff_delay(spec: JobSpec, attempt: int) -> float:
+    """Exponential backoff with full jitter, capped."""
+    b = spec.backoff
+    return random.uniform(0, min(b.max_s, b.base_s * b.factor ** max(0, attempt - 1)))
+
+
+@dataclass
+class Running:
+    spec: JobSpec
+    msg: Msg
+    attempt: int
+    task: asyncio.Task | None = None
+    cancel_requested: bool = False
+    outcome: str | None = None
+    started: float = field(default_factory=time.time)
+
+
+class Worker:
+    def __init__(
+        self, nc: NatsClient, topo: Topology, settings: ExecutorSettings, registry: Registry, worker_id: str
+    ) -> None:
+        self.nc, self.js, self.topo = nc, nc.jetstream(timeout=10), topo
+        self.settings, self.registry, self.id = settings, registry, worker_id
+        self.emitter = Emitter(self.js, topo)
+        self.running: dict[str, Running] = {}
+        self.done = 0
+        self.failed = 0
+        self.draining = False
+        self._cancelled_recently: dict[str, float] = {}
+        self._wakeup = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._subs: list = []
+        from .puller import Puller
+
+        self.puller = Puller(nc, topo.jobs_stream, self._on_delivery)
+
+    # -- start / stop -------------------------------------------------------------------------
+    async def start(self) -> None:
+        for queue in self.settings.queues:
+            await ensure_queue(self.js, self.topo, queue)
+        await self.puller.start()
+        self._subs.append(await self.nc.subscribe(self.topo.cancel_subject(), cb=self._on_cancel))
+        self._subs.append(await self.nc.subscribe(self.topo.drain_subject(self.id), cb=self._on_drain))
+
+    @property
+    def free_slots(self) -> int:
+        # Counted from delivery, not from when the job's task first runs: otherwise the pull loop
+        # would see the slot still free and fetch a lower priority in the same round.
+        return self.settings.slots - len(self._tasks)
+
+    async def pull_forever(self) -> None:
+        """Fill free slots: per queue, high before normal before low; sleep when all are empty."""
+        wake_sub = None
+        queues = list(self.settings.queues)
+        turn = 0
+        while not self.draining:
+            if self.free_slots <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            got = 0
+            turn = (turn + 1) % len(queues)
+            for queue in queues[turn:] + queues[:turn]:
+                for priority in PRIORITIES:
+                    if self.free_slots <= 0 or self.draining:
+                        break
+                    try:
+                        got += await self.puller.pull(
+                            self.topo.exec_durable(queue, priority), self.free_slots
+                        )
+                    except NatsError as exc:
+                        log.warning("pull failed (%s); NATS may be reconnecting", exc)
+                        await asyncio.sleep(0.5)
+            if got:
+                if wake_sub is not None:
+                    await wake_sub.unsubscribe()
+                    wake_sub = None
+                continue
+            # Idle: listen to new job publishes so a fresh job starts at once, and poll now and then
+            # for retries whose nak delay ran out (those publish nothing).
+            if wake_sub is None:
+                wake_sub = await self._subscribe_wakeups()
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.settings.idle_poll_s)
+        if wake_sub is not None:
+            await wake_sub.unsubscribe()
+
+    async def _subscribe_wakeups(self):
+        async def wake(_: Msg) -> None:
+            self._wakeup.set()
+
+        subjects = [f"{self.topo.prefix}.jobs.{q}.*" for q in self.settings.queues]
+        subs = [await self.nc.subscribe(s, cb=wake) for s in subjects]
+
+        class _Many:
+            async def unsubscribe(self) -> None:
+                for s in subs:
+                    await s.unsubscribe()
+
+        return _Many()
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop pulling; give running jobs `grace_s` to finish; hand the rest back at once."""
+        self.draining = True
+        self._wakeup.set()
+        self._slot_freed.set()
+        deadline = time.monotonic() + grace_s
+        while self.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for run in list(self.running.values()):
+            log.info("drain: handing job %s back to the queue", run.spec.id)
+            run.cancel_requested = False
+            if run.task:
+                run.task.cancel()
+            with contextlib.suppress(NatsError):
+                await run.msg.nak()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.emitter.flush()
+        for sub in self._subs:
+            await sub.unsubscribe()
+        await self.puller.stop()
+
+    # -- control --------------------------------------------------------------------------------
+    async def _on_cancel(self, msg: Msg) -> None:
+        job_id = msg.subject.rsplit(".", 1)[-1]
+        now = time.monotonic()
+        self._cancelled_recently[job_id] = now
+        if len(self._cancelled_recently) > 10_000:
+            self._cancelled_recently = {k: t for k, t in self._cancelled_recently.items() if now - t < 600}
+        run = self.running.get(job_id)
+        if run and run.task:
+            log.info("cancel requested for running job %s", job_id)
+            run.cancel_requested = True
+            run.task.cancel()
+
+    async def _on_drain(self, _: Msg) -> None:
+        asyncio.create_task(self.drain(self.settings.drain_grace_s))
+
+    # -- one delivery ---------------------------------------------------------------------------
+    def _on_delivery(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._delivery_done)
+
+    def _delivery_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._slot_freed.set()
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            spec = JobSpec.model_validate_json(msg.data)
+        except ValidationError as exc:
+            log.error("malformed job message on %s dropped: %s", msg.subject, exc)
+            await msg.term()
+            return
+        attempt = msg.metadata.num_delivered
+        if spec.id in self._cancelled_recently:
+            await msg.ack()
+            return
+        run = Running(spec, msg, attempt)
+        self.running[spec.id] = run
+        try:
+            if attempt > spec.max_attempts:
+                # The previous attempt's worker died (no outcome was reported): nothing left to try.
+                error = {
+                    "type": "WorkerLost",
+                    "message": f"worker lost on the last of {spec.max_attempts} attempts",
+                }
+                await self._dead(run, error)
+                return
+            await self._traced_run(run)
+        except NatsError as exc:
+            # The outcome could not be stored: leave the delivery unacked so it is redelivered.
+            log.error("job %s: NATS error while reporting (%s); it will be redelivered", spec.id, exc)
+        finally:
+            self.running.pop(spec.id, None)
+
+    async def _traced_run(self, run: Running) -> None:
+        """One attempt as a span in the job's trace (continued from the message's traceparent)."""
+        spec = run.spec
+        parent = context_from(headers=run.msg.headers)
+        attrs = {
+            "taskyard.job.id": spec.id,
+            "taskyard.queue": spec.queue,
+            "taskyard.type": spec.type,
+            "taskyard.priority": spec.priority,
+            "taskyard.attempt": run.attempt,
+            "taskyard.worker": self.id,
+        }
+        if run.attempt == 1 and not spec.resume:
+            wait = _tracer.start_span(
+                "taskyard.job.queue_wait", context=parent, start_time=ns(spec.submitted_at), attributes=attrs
+            )
+            wait.end(end_time=ns(run.started))
+        with _tracer.start_as_current_span(
+            "taskyard.job.run", context=parent, kind=SpanKind.CONSUMER, attributes=attrs
+        ) as span:
+            await self._run(run)
+            if run.outcome not in ("succeeded", "waiting", None):
+                span.set_status(Status(StatusCode.ERROR, run.outcome))
+            span.set_attribute("taskyard.outcome", run.outcome or "handed_back")
+
+    def _event(self, run: Running, kind: str, **data) -> JobEvent:
+        s = run.spec
+        return JobEvent(
+            job_id=s.id,
+            type=kind,
+            attempt=run.attempt,
+            worker_id=self.id,
+            queue=s.queue,
+            priority=s.priority,
+            job_type=s.type,
+            generation=s.generation,
+            data=data,
+        )
+
+    async def _run(self, run: Running) -> None:
+        spec = run.spec
+        # First runs have no history; a retry or a resumed job replays its finished steps/decisions.
+        fresh = run.attempt == 1 and spec.resume == 0
+        journal = Journal() if fresh else await read_journal(self.js, self.topo, spec.id, spec.generation)
+        if journal.outcome:
+            # A worker reported the outcome, then died before its ack: do not run or report it twice.
+            log.info("job %s already %s; dropping the redelivery", spec.id, journal.outcome)
+            run.outcome = journal.outcome
+            await (run.msg.ack() if journal.outcome == "succeeded" else run.msg.term())
+            return
+        wait = {"wait_s": round(run.started - spec.submitted_at, 6)} if fresh else {}
+        await self.emitter.event(self._event(run, "started", **wait))
+
+        async def emit_log(line: LogLine) -> None:
+            await self.emitter.log(spec.id, line)
+
+        async def emit_progress(pct: float, message: str) -> None:
+            await self.emitter.event(self._event(run, "progress", pct=pct, message=message))
+
+        async def emit_event(kind: str, data: dict) -> None:
+            await self.emitter.event(self._event(run, kind, **data))
+            await self.emitter.flush()
+
+        ctx = JobContext(
+            spec,
+            attempt=run.attempt,
+            worker_id=self.id,
+            emit_log=emit_log,
+            emit_progress=emit_progress,
+            emit_event=emit_event,
+            journal=journal,
+        )
+        keepalive = asyncio.create_task(self._keep_alive(run.msg))
+        try:
+            entry = self.registry.get(spec.type)  # UnknownJobType: permanent failure
+            run.task = asyncio.create_task(invoke(entry, ctx))
+            try:
+                result = await asyncio.wait_for(run.task, spec.timeout_s)
+            except TimeoutError:
+                raise JobError(
+                    f"timed out after {spec.timeout_s:g}s", details={"timeout_s": spec.timeout_s}
+                ) from None
+            size = len(json.dumps(result, default=str))
+            if size > self.settings.max_result_bytes:
+                raise ResultTooLarge(f"result is {size} bytes; the limit is {self.settings.max_result_bytes}")
+        except Suspended as parked:
+            # Waiting for a person: report it and let go of the message (and the slot).
+            await self._finish(run, "waiting", ack="ack", checkpoint=parked.checkpoint)
+            return
+        except asyncio.CancelledError:
+            ctx.cancelled.set()
+            if self.draining and not run.cancel_requested:
+                return  # handed back by drain()
+            if not run.cancel_requested:
+                raise
+            await self._finish(run, "cancelled", ack="ack")
+            return
+        except Exception as exc:  # noqa: BLE001 - every handler failure becomes a typed JobError
+            await self._failed(run, as_job_error(exc))
+            return
+        finally:
+            keepalive.cancel()
+        self.done += 1
+        await self._finish(run, "succeeded", ack="ack", result=result)
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        interval = self.topo.settings.ack_wait_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(NatsError):
+                await msg.in_progress()
+
+    async def _failed(self, run: Running, err: JobError) -> None:
+        spec = run.spec
+        error = err.to_dict()
+        self.failed += 1
+        if err.retryable and run.attempt < spec.max_attempts:
+            delay = (
+                err.defer_s if getattr(err, "defer_s", None) is not None else backoff_delay(spec, run.attempt)
+            )
+            await self.emitter.event(
+                self._event(
+                    run, "retrying", error=error, delay_s=round(delay, 3), next_at=time.time() + delay
+                )
+            )
+            await self.emitter.flush()
+            run.outcome = "retrying"
+            await run.msg.nak(delay=delay)
+            return
+        if err.retryable:
+            await self._dead(run, error)
+        else:
+            await self._finish(run, "failed", ack="term", error=error)
+
+    async def _dead(self, run: Running, error: dict) -> None:
+        """Out of attempts: keep the job inspectable in DEAD, then remove it from JOBS."""
+        spec = run.spec
+        headers = {"Taskyard-Attempts": str(run.attempt), "Taskyard-Error": error.get("message", "")[:200]}
+        await self.js.publish(
+            self.topo.dead_subject(spec.queue),
+            spec.model_dump_json().encode(),
+            headers={**headers, "Nats-Msg-Id": f"dead:{spec.msg_id}"},
+        )
+        await self._finish(run, "dead", ack="term", error=error)
+
+    async def _finish(self, run: Running, kind: str, ack: str, **data) -> None:
+        run.outcome = kind
+        duration = round(time.time() - run.started, 6)
+        await self.emitter.event(self._event(run, kind, duration_s=duration, **data))
+        await self.emitter.flush()
+        await (run.msg.ack() if ack == "ack" else run.msg.term())

@@ -1,0 +1,164 @@
+"""Turning JobEvents from the EVENTS stream into counters and histograms."""
+
+import asyncio
+import logging
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+
+from taskyard_common.schemas import JobEvent
+from taskyard_common.topology import Topology
+
+from .registry import Metrics
+from .settings import MetricsSettings
+from .state import ServiceState
+
+log = logging.getLogger("taskyard.metrics.events")
+
+FINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "dead"})
+# Events after which the executor reports how long the attempt ran (data["duration_s"]).
+TIMED_EVENTS = FINAL_EVENTS | {"retrying"}
+UNKNOWN = "unknown"
+
+
+def _number(value: object) -> float | None:
+    """A non-negative duration from event data, or None when absent or malformed."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if value >= 0 else None
+
+
+def init_series(metrics: Metrics, queue: str, job_type: str) -> None:
+    """Export every counter of a (queue, type) at 0 from its first event on.
+
+    Prometheus' rate()/increase() cannot see the first increment of a series that appears with the
+    value 1, so without this the first dead job of a queue would never raise an alert.
+    """
+    metrics.submitted.labels(queue, job_type)
+    metrics.started.labels(queue, job_type)
+    metrics.retries.labels(queue, job_type)
+    metrics.worker_lost.labels(queue)
+    for status in FINAL_EVENTS:
+        metrics.finished.labels(queue, job_type, status)
+
+
+def record_event(metrics: Metrics, event: JobEvent) -> None:
+    """Update the metrics for one lifecycle event (pure bookkeeping, no I/O)."""
+    queue = event.queue or UNKNOWN
+    job_type = event.job_type or UNKNOWN
+    priority = event.priority or UNKNOWN
+    kind = event.type
+    init_series(metrics, queue, job_type)
+    if kind == "queued":
+        metrics.submitted.labels(queue, job_type).inc()
+    elif kind == "started":
+        metrics.started.labels(queue, job_type).inc()
+        wait = _number(event.data.get("wait_s"))
+        if wait is not None:
+            metrics.queue_wait.labels(queue, priority).observe(wait)
+    elif kind == "retrying":
+        metrics.retries.labels(queue, job_type).inc()
+    elif kind == "worker_lost":
+        metrics.worker_lost.labels(queue).inc()
+    elif kind == "waiting":
+        ck_kind = (event.data.get("checkpoint") or {}).get("kind", UNKNOWN)
+        metrics.checkpoints_requested.labels(queue, ck_kind).inc()
+    elif kind == "decided":
+        decision = event.data.get("decision") or {}
+        waited = _number(decision.get("waited_s"))
+        if waited is not None:
+            metrics.checkpoint_decision.labels(
+                queue, event.data.get("kind", UNKNOWN), decision.get("status", UNKNOWN)
+            ).observe(waited)
+    if kind in FINAL_EVENTS:
+        metrics.finished.labels(queue, job_type, kind).inc()
+    if kind in TIMED_EVENTS:
+        # A job cancelled while still queued never ran: no duration_s, nothing to observe.
+        duration = _number(event.data.get("duration_s"))
+        if duration is not None:
+            metrics.run_duration.labels(queue, priority).observe(duration)
+
+
+def record_message(metrics: Metrics, data: bytes) -> None:
+    """Parse one EVENTS message body and record it; malformed bodies are counted, not retried."""
+    try:
+        event = JobEvent.model_validate_json(data)
+    except ValidationError as err:
+        metrics.events_invalid.inc()
+        log.warning(
+            "skipping an EVENTS message that is not a JobEvent: %s",
+            err.errors(include_url=False, include_input=False)[:1],
+        )
+        return
+    record_event(metrics, event)
+
+
+async def subscribe(js: JetStreamContext, topo: Topology) -> JetStreamContext.PullSubscription:
+    """Create (idempotently) the durable pull consumer on EVENTS and bind to it."""
+    config = ConsumerConfig(
+        durable_name=topo.metrics_durable,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        filter_subject=topo.event_subject(">"),
+        # A batch is acked message by message right after it is counted; 30 s is plenty.
+        ack_wait=30.0,
+        max_ack_pending=10_000,
+        num_replicas=topo.settings.replicas,
+    )
+    await js.add_consumer(topo.events_stream, config)
+    return await js.pull_subscribe_bind(durable=topo.metrics_durable, stream=topo.events_stream)
+
+
+async def consume(
+    sub: JetStreamContext.PullSubscription, metrics: Metrics, batch: int, timeout_s: float
+) -> None:
+    """Fetch, record and ack until a non-timeout NATS error is raised (the caller re-subscribes).
+
+    Delivery is at-least-once: a batch counted but not acked before a disconnect is delivered again
+    and counted twice. That is acceptable for rates and far better than losing events.
+    """
+    while True:
+        try:
+            msgs: list[Msg] = await sub.fetch(batch, timeout=timeout_s)
+        except TimeoutError:
+            # An idle stream: fetch waits `timeout_s` and finds nothing. nats-py raises either its own
+            # TimeoutError or asyncio's here (both are the builtin TimeoutError). Also seen while reconnecting.
+            continue
+        for msg in msgs:
+            record_message(metrics, msg.data)
+            await msg.ack()
+            metrics.events_processed.inc()
+
+
+async def run_consumer(
+    js: JetStreamContext, topo: Topology, metrics: Metrics, settings: MetricsSettings, state: ServiceState
+) -> None:
+    """Keep the EVENTS consumer going for the life of the process, re-creating it after errors.
+
+    nats-py reconnects on its own; what it cannot fix is a consumer that vanished (a server that lost
+    its store, an operator deleting it), so on any NATS error the consumer is ensured again.
+    """
+    while True:
+        try:
+            sub = await subscribe(js, topo)
+        except (nats.errors.Error, TimeoutError) as err:
+            state.consumer = f"cannot create consumer {topo.metrics_durable}: {err!r}"
+            log.warning("%s; retrying", state.consumer)
+            await asyncio.sleep(1.0)
+            continue
+        state.consumer = "ok"
+        try:
+            await consume(sub, metrics, settings.fetch_batch, settings.fetch_timeout_s)
+        except (nats.errors.Error, TimeoutError) as err:
+            state.consumer = f"fetch failed: {err!r}"
+            log.warning("EVENTS consumer: %s; re-subscribing", state.consumer)
+            await asyncio.sleep(1.0)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except (nats.errors.Error, TimeoutError) as err:
+                # The old subscription is gone with the connection anyway; nothing else to release.
+                log.debug("unsubscribe after failure: %r", err)

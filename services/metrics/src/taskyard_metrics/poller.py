@@ -1,0 +1,334 @@
+"""Queue and worker gauges read from JetStream every few seconds and served from a cached snapshot.
+
+Reading consumer info and the workers KV costs round trips to NATS, so it is done on a timer and
+never per scrape: many scrapers (or a fast one) cannot load the server.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pydantic import ValidationError
+
+from taskyard_common.schemas import Heartbeat
+from taskyard_common.topology import Topology
+
+from .registry import Metrics
+from .state import ServiceState
+
+log = logging.getLogger("taskyard.metrics.poller")
+
+# JetStream's consumer list pages hold at most this many entries.
+CONSUMER_PAGE = 256
+# One poll may not hang on a half-dead connection for longer than this.
+POLL_DEADLINE_S = 10.0
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """One executor consumer: a (queue, priority) pair."""
+
+    queue: str
+    priority: str
+    depth: int
+    in_flight: int
+    waiting_pulls: int
+    redelivered: int
+    oldest_age_s: float
+
+
+@dataclass(frozen=True)
+class WorkerTotals:
+    """Workers counted from their heartbeats; slots only of live (healthy or draining) workers."""
+
+    healthy: int = 0
+    stale: int = 0
+    draining: int = 0
+    slots_total: int = 0
+    slots_used: int = 0
+    # Healthy (pulling) workers per queue they serve: a draining or stale worker takes no new job.
+    per_queue: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one poll read; swapped in whole so a scrape never mixes two polls."""
+
+    queues: tuple[QueueState, ...] = ()
+    workers: WorkerTotals = field(default_factory=WorkerTotals)
+    at: float = field(default_factory=time.time)
+    # Queues of every live (healthy or draining) worker by id, and the ids whose heartbeat is stale:
+    # what the next poll compares against to count lost workers.
+    live: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    stale: frozenset[str] = frozenset()
+
+
+def parse_filter(prefix: str, subject: str | None) -> tuple[str, str] | None:
+    """(queue, priority) from an executor filter subject `<prefix>.jobs.<queue>.<priority>`."""
+    parts = (subject or "").split(".")
+    if len(parts) != 4 or parts[0] != prefix or parts[1] != "jobs":
+        return None
+    return parts[2], parts[3]
+
+
+async def list_consumers(js: JetStreamContext, stream: str) -> list[ConsumerInfo]:
+    """All consumers of `stream`, following JetStream's paging."""
+    found: list[ConsumerInfo] = []
+    while True:
+        page = await js.consumers_info(stream, offset=len(found) or None)
+        found.extend(page)
+        if len(page) < CONSUMER_PAGE:
+            return found
+
+
+async def oldest_age_s(
+    js: JetStreamContext, stream: str, info: ConsumerInfo, subject: str, now: float
+) -> float:
+    """Age of the first message the consumer has not delivered yet, 0 when there is none."""
+    if not info.num_pending:
+        return 0.0
+    start = (info.delivered.stream_seq if info.delivered else 0) + 1
+    try:
+        # Direct get (JOBS has allow_direct) answers from any replica without the stream leader.
+        msg = await js.get_msg(stream, seq=start, subject=subject, next=True, direct=True)
+    except NotFoundError:
+        return 0.0
+    if msg.time is None:
+        return 0.0
+    # Server time vs our clock: a little skew across hosts is expected, never report a negative age.
+    return max(0.0, now - msg.time.timestamp())
+
+
+async def read_queues(js: JetStreamContext, topo: Topology, now: float) -> tuple[QueueState, ...]:
+    """Per (queue, priority) figures from the executor consumers on the JOBS stream."""
+    states = []
+    exec_prefix = f"{topo.prefix}_exec_"
+    for info in await list_consumers(js, topo.jobs_stream):
+        if not info.name.startswith(exec_prefix):
+            continue
+        subject = info.config.filter_subject
+        parsed = parse_filter(topo.prefix, subject)
+        if parsed is None:
+            log.debug("consumer %s has an unexpected filter %r; skipped", info.name, subject)
+            continue
+        queue, priority = parsed
+        states.append(
+            QueueState(
+                queue=queue,
+                priority=priority,
+                depth=info.num_pending or 0,
+                in_flight=info.num_ack_pending or 0,
+                waiting_pulls=info.num_waiting or 0,
+                redelivered=info.num_redelivered or 0,
+                oldest_age_s=await oldest_age_s(js, topo.jobs_stream, info, subject, now),
+            )
+        )
+    return tuple(states)
+
+
+async def read_heartbeats(js: JetStreamContext, topo: Topology) -> list[Heartbeat]:
+    """The current heartbeat of every worker in the workers bucket."""
+    kv = await js.key_value(topo.workers_bucket)
+    try:
+        keys = await kv.keys()
+    except NoKeysError:
+        return []
+    beats = []
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            continue  # expired or deleted between keys() and get()
+        if entry.value is None:
+            continue  # an expired key can still answer, without a value: the worker is gone
+        try:
+            beats.append(Heartbeat.model_validate_json(entry.value))
+        except ValidationError as err:
+            log.warning(
+                "workers bucket key %s is not a Heartbeat: %s",
+                key,
+                err.errors(include_url=False, include_input=False)[:1],
+            )
+    return beats
+
+
+def count_workers(beats: list[Heartbeat], healthy_within_s: float, now: float) -> WorkerTotals:
+    """Classify heartbeats: stale when older than `healthy_within_s`, else draining or healthy."""
+    healthy = stale = draining = slots_total = slots_used = 0
+    per_queue: dict[str, int] = {}
+    for hb in beats:
+        if now - hb.at > healthy_within_s:
+            stale += 1
+            continue
+        if hb.state == "draining":
+            draining += 1
+        else:
+            healthy += 1
+            for queue in set(hb.queues):
+                per_queue[queue] = per_queue.get(queue, 0) + 1
+        slots_total += hb.slots
+        slots_used += len(hb.running)
+    return WorkerTotals(healthy, stale, draining, slots_total, slots_used, per_queue)
+
+
+def split_live(
+    beats: list[Heartbeat], healthy_within_s: float, now: float
+) -> tuple[dict[str, tuple[str, ...]], frozenset[str]]:
+    """({worker id: queues} of live workers, ids of stale ones), by the same rule as count_workers."""
+    live = {hb.id: tuple(hb.queues) for hb in beats if now - hb.at <= healthy_within_s}
+    return live, frozenset(hb.id for hb in beats if hb.id not in live)
+
+
+async def exited_cleanly(js: JetStreamContext, topo: Topology, worker_id: str) -> bool:
+    """Whether a worker's missing key was deleted (a drained exit) rather than expired (a silent one).
+
+    A delete leaves a marker until the bucket's TTL removes it; an expired key leaves nothing. A key
+    that is back (a heartbeat landed between the two reads) is not a loss either.
+    """
+    kv = await js.key_value(topo.workers_bucket)
+    try:
+        entry = await kv.get(worker_id)
+    except KeyNotFoundError as err:
+        return err.op in ("DEL", "PURGE")
+    return entry.value is not None
+
+
+async def lost_workers(
+    js: JetStreamContext, topo: Topology, before: Mapping[str, tuple[str, ...]], snap: Snapshot
+) -> list[tuple[str, ...]]:
+    """Queues of each worker live at the previous poll that is now stale or expired without a clean exit."""
+    lost = []
+    for worker_id, queues in before.items():
+        if worker_id in snap.live:
+            continue
+        if worker_id in snap.stale or not await exited_cleanly(js, topo, worker_id):
+            lost.append(queues)
+    return lost
+
+
+async def poll_once(js: JetStreamContext, topo: Topology) -> Snapshot:
+    """Read queue and worker state once."""
+    now = time.time()
+    queues = await read_queues(js, topo, now)
+    beats = await read_heartbeats(js, topo)
+    healthy_within_s = 2 * topo.settings.heartbeat_interval_s
+    workers = count_workers(beats, healthy_within_s, now)
+    live, stale = split_live(beats, healthy_within_s, now)
+    return Snapshot(queues=queues, workers=workers, at=now, live=live, stale=stale)
+
+
+class SnapshotCollector(Collector):
+    """Serves the last Snapshot as gauges; collect() does no I/O."""
+
+    def __init__(self) -> None:
+        # None until the first poll: absent gauges are more honest than zeros nobody measured.
+        self.snapshot: Snapshot | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot  # read once: the poller may swap it meanwhile
+        if snap is None:
+            return
+        labels = ["queue", "priority"]
+        families = {
+            "depth": GaugeMetricFamily(
+                "taskyard_queue_depth", "Messages not yet delivered to any worker.", labels=labels
+            ),
+            "in_flight": GaugeMetricFamily(
+                "taskyard_queue_in_flight", "Messages delivered and not yet acked (running).", labels=labels
+            ),
+            "waiting_pulls": GaugeMetricFamily(
+                "taskyard_queue_waiting_pulls",
+                "Pull requests waiting for messages (idle workers).",
+                labels=labels,
+            ),
+            "redelivered": GaugeMetricFamily(
+                "taskyard_queue_redelivered",
+                "Unacked messages that were delivered more than once.",
+                labels=labels,
+            ),
+            "oldest_age_s": GaugeMetricFamily(
+                "taskyard_queue_oldest_age_seconds",
+                "Age of the oldest undelivered message, 0 when the queue is empty.",
+                labels=labels,
+            ),
+        }
+        for q in snap.queues:
+            for attr, family in families.items():
+                family.add_metric([q.queue, q.priority], getattr(q, attr))
+        yield from families.values()
+        w = snap.workers
+        workers = GaugeMetricFamily(
+            "taskyard_workers", "Workers by heartbeat state (healthy, stale, draining).", labels=["state"]
+        )
+        for state in ("healthy", "stale", "draining"):
+            workers.add_metric([state], getattr(w, state))
+        yield workers
+        yield GaugeMetricFamily(
+            "taskyard_worker_slots_total", "Job slots of live workers.", value=w.slots_total
+        )
+        yield GaugeMetricFamily(
+            "taskyard_worker_slots_used", "Jobs running on live workers.", value=w.slots_used
+        )
+        # Every known queue, 0 included: "jobs queued and nobody to run them" must be a visible 0.
+        per_queue = GaugeMetricFamily(
+            "taskyard_queue_workers",
+            "Healthy workers serving the queue (draining and stale ones take no new jobs).",
+            labels=["queue"],
+        )
+        for queue in sorted({q.queue for q in snap.queues} | set(w.per_queue)):
+            per_queue.add_metric([queue], w.per_queue.get(queue, 0))
+        yield per_queue
+
+
+async def run_poller(
+    js: JetStreamContext,
+    topo: Topology,
+    metrics: Metrics,
+    collector: SnapshotCollector,
+    interval_s: float,
+    state: ServiceState,
+) -> None:
+    """Poll forever. On failure the last snapshot stays and the error shows in /readyz and metrics."""
+    failing = False
+    # Live workers at the last successful poll; forgotten after a failed one, since a worker that
+    # exited cleanly during an outage may have left no trace by the time the next poll looks.
+    before: Mapping[str, tuple[str, ...]] = {}
+    while True:
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(POLL_DEADLINE_S):
+                snapshot = await poll_once(js, topo)
+                lost = await lost_workers(js, topo, before, snapshot)
+        except (nats.errors.Error, TimeoutError) as err:
+            before = {}
+            metrics.poll_errors.inc()
+            if not failing:
+                # Logged once per outage: NATS being down would otherwise log every interval.
+                log.warning("reading JetStream state failed: %r (quiet until it recovers)", err)
+            failing = True
+            state.poll = f"reading JetStream state failed: {err!r}"
+        else:
+            for queues in snapshot.live.values():
+                for queue in queues:
+                    metrics.workers_lost.labels(queue)  # exported at 0 so increase() sees the first loss
+            for queues in lost:
+                for queue in set(queues):
+                    metrics.workers_lost.labels(queue).inc()
+            if lost:
+                log.warning("%d worker(s) stopped heartbeating without a clean exit", len(lost))
+            before = snapshot.live
+            collector.snapshot = snapshot
+            metrics.last_poll.set(snapshot.at)
+            if failing:
+                log.info("reading JetStream state works again")
+            failing = False
+            state.poll, state.last_poll_ok = "ok", snapshot.at
+        await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))

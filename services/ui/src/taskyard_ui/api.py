@@ -1,0 +1,131 @@
+"""The UI's only way to the data: the REST API over HTTP, with the signed-in user's key."""
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from .telemetry import API_ERRORS
+
+
+class ApiUnavailable(Exception):
+    """The API could not be reached (or answered with something that is not the API)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ApiUnauthorized(Exception):
+    """The API rejected the key (401): the user must sign in again."""
+
+
+class ApiError(Exception):
+    """Any other 4xx/5xx answer, with the API's one-line detail."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+def detail_of(resp: httpx.Response) -> str:
+    """The API's `{"detail": ...}` as one line; falls back to the status text for non-JSON bodies."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text.strip()[:300] or resp.reason_phrase
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):  # FastAPI's default validation shape, in case a route bypasses the API's
+        return "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg', '')}" for d in detail)
+    return resp.reason_phrase
+
+
+def job_path(job_id: str, suffix: str = "") -> str:
+    """API path of one job; the id is percent-encoded so it cannot step into another route."""
+    return f"/api/v1/jobs/{quote(job_id, safe='')}{suffix}"
+
+
+def checkpoint_path(ck_id: str, suffix: str = "") -> str:
+    return f"/api/v1/checkpoints/{quote(ck_id, safe='')}{suffix}"
+
+
+class ApiClient:
+    """Thin, typed-enough wrapper: every call raises ApiUnavailable, ApiUnauthorized or ApiError."""
+
+    def __init__(self, http: httpx.AsyncClient, key: str) -> None:
+        self.http = http
+        self.key = key
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    async def call(self, method: str, path: str, *, params: Any = None, json: Any = None) -> Any:
+        """One request; returns the decoded JSON body (None for an empty body)."""
+        try:
+            resp = await self.http.request(method, path, params=params, json=json, headers=self.auth)
+        except httpx.TransportError as err:
+            API_ERRORS.labels("unreachable").inc()
+            raise ApiUnavailable(f"{type(err).__name__}: {err}" if str(err) else type(err).__name__) from err
+        if resp.status_code == 401:
+            API_ERRORS.labels("unauthorized").inc()
+            raise ApiUnauthorized()
+        if resp.status_code >= 400:
+            API_ERRORS.labels("error").inc()
+            raise ApiError(resp.status_code, detail_of(resp))
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError as err:
+            # Something answers on the API's address, but it is not the API.
+            API_ERRORS.labels("unreachable").inc()
+            raise ApiUnavailable(f"the answer to {method} {path} was not JSON") from err
+
+    async def whoami(self) -> dict:
+        return await self.call("GET", "/api/v1/whoami")
+
+    async def list_jobs(self, params: list[tuple[str, str]]) -> dict:
+        return await self.call("GET", "/api/v1/jobs", params=params)
+
+    async def get_job(self, job_id: str) -> dict:
+        return await self.call("GET", job_path(job_id))
+
+    async def cancel(self, job_id: str) -> dict:
+        return await self.call("POST", job_path(job_id, "/cancel"))
+
+    async def retry(self, job_id: str) -> dict:
+        return await self.call("POST", job_path(job_id, "/retry"))
+
+    async def submit(self, body: dict) -> dict:
+        return await self.call("POST", "/api/v1/jobs", json=body)
+
+    async def queues(self) -> list[dict]:
+        return (await self.call("GET", "/api/v1/queues"))["queues"]
+
+    async def set_paused(self, queue: str, paused: bool) -> dict:
+        action = "pause" if paused else "resume"
+        return await self.call("POST", f"/api/v1/queues/{quote(queue, safe='')}/{action}")
+
+    async def workers(self) -> list[dict]:
+        return (await self.call("GET", "/api/v1/workers"))["workers"]
+
+    async def checkpoints(self, params: list[tuple[str, str]]) -> list[dict] | None:
+        """Checkpoints matching `params`, or None when this API has no checkpoints at all (404)."""
+        try:
+            body = await self.call("GET", "/api/v1/checkpoints", params=params)
+        except ApiError as err:
+            if err.status in (404, 405):
+                return None
+            raise
+        return body.get("checkpoints", []) if isinstance(body, dict) else []
+
+    async def checkpoint(self, ck_id: str) -> dict:
+        return await self.call("GET", checkpoint_path(ck_id))
+
+    async def decide(self, ck_id: str, action: str, body: dict) -> dict:
+        """approve / reject / answer one checkpoint."""
+        return await self.call("POST", checkpoint_path(ck_id, f"/{action}"), json=body)

@@ -1,0 +1,126 @@
+"""Fixtures: one real nats-server per session (tests isolate by topology prefix) and a fresh
+database per test: SQLite, plus PostgreSQL when TASKYARD_TEST_DATABASE_URL is set."""
+
+import asyncio
+import concurrent.futures
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from taskyard_common.embedded import EmbeddedNats, free_port
+
+from .stack import Stack
+
+PG_URL = os.environ.get("TASKYARD_TEST_DATABASE_URL")
+DATABASES = ["sqlite"] + (["postgresql"] if PG_URL else [])
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory):
+    server = EmbeddedNats(
+        store_dir=tmp_path_factory.mktemp("nats"),
+        port=free_port(),
+        monitor_port=free_port(),
+        log_file=tmp_path_factory.getbasetemp() / "nats-server.log",
+    ).start()
+    yield server
+    server.stop()
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    dsn = PG_URL.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _migrate(url: str) -> None:
+    env = {**os.environ, "TASKYARD_DB_URL": url}
+    subprocess.run(
+        [sys.executable, "-m", "taskyard_api", "migrate"], env=env, check=True, capture_output=True
+    )
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    """Migrated once per session; each test gets a copy (migrations are tested by this step)."""
+    path = tmp_path_factory.mktemp("template") / "taskyard.db"
+    _migrate(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_template():
+    if not PG_URL:
+        yield None
+        return
+    name = "ty_tpl_" + secrets.token_hex(4)
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    _migrate(f"{PG_URL.rpartition('/')[0]}/{name}")
+    yield name
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=DATABASES)
+def db_url(request, tmp_path):
+    """A fresh, migrated database for one test."""
+    if request.param == "sqlite":
+        path = tmp_path / "taskyard.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    name = "ty_" + secrets.token_hex(6)
+    template = request.getfixturevalue("pg_template")
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    yield f"{PG_URL.rpartition('/')[0]}/{name}"
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def create_key(db_url: str, name: str, role: str) -> str:
+    """Insert an API key straight into the test database (what `taskyard_api create-key` does)."""
+    from taskyard_api.auth import create_key as insert_key
+    from taskyard_api.db import make_engine, make_sessionmaker
+    from taskyard_common.settings import DbSettings
+
+    async def go() -> str:
+        engine = make_engine(DbSettings(url=db_url))
+        try:
+            async with make_sessionmaker(engine)() as session:
+                _, plain = await insert_key(session, name, role)
+                await session.commit()
+            return plain
+        finally:
+            await engine.dispose()
+
+    # A thread of its own: this may be called while a test's event loop is running.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, go()).result()
+
+
+@pytest.fixture
+def stack(nats_server, db_url, tmp_path):
+    """Services are started by the test (start_api/start_executor); all are killed afterwards."""
+    s = Stack(nats=nats_server, db_url=db_url, tmp=Path(tmp_path))
+    s.admin_key = create_key(db_url, "admin", "admin")
+    yield s
+    s.stop_all()
+
+
+@pytest.fixture
+def own_nats_stack(db_url, tmp_path):
+    """A stack with its own nats-server, which this test may stop and restart."""
+    nats = EmbeddedNats(tmp_path / "nats", free_port(), free_port(), tmp_path / "nats.log").start()
+    s = Stack(nats=nats, db_url=db_url, tmp=tmp_path)
+    s.admin_key = create_key(db_url, "admin", "admin")
+    yield s
+    s.stop_all()
+    nats.stop()

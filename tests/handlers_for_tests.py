@@ -1,0 +1,84 @@
+"""User handlers the tests load into real executors with `-A handlers_for_tests`."""
+
+import asyncio
+import time
+
+from taskyard_executor import PermanentError, handler
+
+
+@handler("flaky")
+async def flaky(payload, ctx):
+    """Fails until attempt `succeed_on`."""
+    if ctx.attempt < payload["succeed_on"]:
+        raise RuntimeError(f"flaky failure on attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
+@handler("always_fails")
+def always_fails(payload):
+    raise RuntimeError("this job never works")
+
+
+@handler("refuses")
+def refuses(payload):
+    raise PermanentError("bad input: do not retry")
+
+
+@handler("blocking_sleep")
+def blocking_sleep(payload):
+    """A blocking handler: runs in a thread, must not stall the executor's loop."""
+    time.sleep(payload["seconds"])
+    return {"slept": payload["seconds"]}
+
+
+@handler("async_sleep")
+async def async_sleep(payload, ctx):
+    await ctx.log(f"sleeping {payload['seconds']}s")
+    await asyncio.sleep(payload["seconds"])
+    return {"slept": payload["seconds"]}
+
+
+@handler("big_result")
+def big_result(payload):
+    return {"blob": "x" * payload["bytes"]}
+
+
+@handler("deploy")
+async def deploy(payload, ctx):
+    """A step that must run once, then a human approval, then the rest."""
+
+    def build():
+        with open(payload["counter_file"], "a") as f:
+            f.write(f"built on attempt {ctx.attempt}\n")
+        return {"artifact": "app-v1"}
+
+    built = await ctx.step("build", build)
+    decision = await ctx.checkpoint(
+        "apply-migration",
+        data={"artifact": built["artifact"]},
+        message="Apply the schema migration?",
+        timeout=payload.get("timeout", "24h"),
+        approvers=payload.get("approvers", "admin"),
+        on_reject=payload.get("on_reject", "fail"),
+    )
+    return {
+        "artifact": built["artifact"],
+        "approved": decision.approved,
+        "by": decision.by,
+        "reason": decision.reason,
+    }
+
+
+@handler("pick_region")
+async def pick_region(payload, ctx):
+    region = await ctx.ask("Which region?", choices=["eu-west", "us-east"])
+    return {"region": region}
+
+
+@handler("chaos")
+async def chaos(payload, ctx):
+    """Sleeps a little; fails its first `fail_attempts` attempts (retried with backoff)."""
+    await asyncio.sleep(payload.get("sleep", 0.01))
+    if ctx.attempt <= payload.get("fail_attempts", 0):
+        raise RuntimeError(f"chaos failure on attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}

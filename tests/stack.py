@@ -1,0 +1,176 @@
+"""Test helpers: Taskyard services as real processes against a real nats-server and database."""
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from taskyard_common.embedded import EmbeddedNats, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill9(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class Stack:
+    nats: EmbeddedNats
+    db_url: str
+    tmp: Path
+    prefix: str = field(default_factory=lambda: "t" + secrets.token_hex(4))
+    admin_key: str = ""
+    services: list[Service] = field(default_factory=list)
+    extra_env: dict = field(default_factory=dict)
+    _api: Service | None = None
+
+    def env(self, **overrides: str) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TASKYARD_")}
+        env.update(
+            TASKYARD_NATS_URL=self.nats.url,
+            TASKYARD_NATS_PREFIX=self.prefix,
+            TASKYARD_DB_URL=self.db_url,
+            TASKYARD_NATS_HEARTBEAT_INTERVAL_S="1",
+            # JetStream reserves each stream's max_bytes: 1 GiB per test would exhaust the server.
+            TASKYARD_NATS_LOGS_MAX_BYTES=str(32 * 1024 * 1024),
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=str(ROOT / "tests"),
+        )
+        env.update(self.extra_env)
+        env.update(overrides)
+        return env
+
+    def spawn(self, name: str, module: str, args: list[str], port_var: str, **env: str) -> Service:
+        port = free_port()
+        log = self.tmp / f"{name}-{len(self.services)}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            env=self.env(**{port_var: str(port)}, **env),
+            stdout=open(log, "wb"),  # noqa: SIM115 - the child owns it
+            stderr=subprocess.STDOUT,
+            cwd=self.tmp,
+        )
+        svc = Service(name, proc, port, log)
+        self.services.append(svc)
+        return svc
+
+    def wait_ready(self, svc: Service, timeout: float = 90) -> Service:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if not svc.alive():
+                raise RuntimeError(
+                    f"{svc.name} exited with {svc.process.returncode}:\n{svc.output()[-3000:]}"
+                )
+            try:
+                r = httpx.get(f"{svc.url}/readyz", timeout=2)
+                if r.status_code == 200:
+                    return svc
+                last = r.text
+            except httpx.HTTPError as exc:
+                last = str(exc)
+            time.sleep(0.1)
+        raise TimeoutError(f"{svc.name} not ready after {timeout}s ({last}):\n{svc.output()[-3000:]}")
+
+    def start_api(self, wait: bool = True, **env: str) -> Service:
+        svc = self.spawn("api", "taskyard_api", [], "TASKYARD_API_PORT", **env)
+        self._api = svc
+        return self.wait_ready(svc) if wait else svc
+
+    def start_executor(
+        self, queues: str = "default", slots: int = 4, handlers: str = "", wait: bool = True, **env: str
+    ) -> Service:
+        args = ["--queues", queues, "--slots", str(slots)]
+        if handlers:
+            args += ["-A", handlers]
+        svc = self.spawn("executor", "taskyard_executor", args, "TASKYARD_EXECUTOR_PORT", **env)
+        return self.wait_ready(svc) if wait else svc
+
+    @property
+    def api(self) -> Service:
+        assert self._api is not None, "start_api() first"
+        return self._api
+
+    def http(self, key: str | None = None) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.api.url, headers={"Authorization": f"Bearer {key or self.admin_key}"}, timeout=30
+        )
+
+    def wait_status(self, job_id: str, statuses: set[str] | str, timeout: float = 30) -> dict:
+        wanted = {statuses} if isinstance(statuses, str) else statuses
+        deadline = time.monotonic() + timeout
+        job: dict = {}
+        with self.http() as c:
+            while time.monotonic() < deadline:
+                job = c.get(f"/api/v1/jobs/{job_id}").json()
+                if job.get("status") in wanted:
+                    return job
+                time.sleep(0.05)
+        raise TimeoutError(f"job {job_id} not in {wanted} after {timeout}s: {json.dumps(job)[:2000]}")
+
+    def stop_all(self) -> None:
+        for svc in reversed(self.services):
+            if svc.alive():
+                svc.process.kill()
+                svc.process.wait()
+        if self.nats.process is not None:
+            run_async(self._delete_streams())
+
+    async def _delete_streams(self) -> None:
+        """Free this test's JetStream storage on the shared session server."""
+        import nats
+        from nats.errors import Error as NatsError
+
+        nc = await nats.connect(self.nats.url, allow_reconnect=False)
+        try:
+            js = nc.jetstream()
+            for kind in ("JOBS", "DEAD", "EVENTS", "LOGS", "KV"):
+                name = f"{self.prefix.upper()}_{kind}" if kind != "KV" else f"KV_{self.prefix}_workers"
+                try:
+                    await js.delete_stream(name)
+                except NatsError:
+                    pass  # never created by this test
+        finally:
+            await nc.close()
+
+
+def run_async(coro):
+    """Run a coroutine from sync test code (fixtures run outside the test's loop)."""
+    return asyncio.run(coro)

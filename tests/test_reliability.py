@@ -1,0 +1,130 @@
+"""Retries, dead letters, permanent errors, worker loss, drain and the outbox under faults."""
+
+import time
+
+import httpx
+import pytest
+
+from .stack import run_async
+
+
+def submit(stack, **body) -> dict:
+    with stack.http() as c:
+        r = c.post("/api/v1/jobs", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+
+def types_of(job: dict) -> list[str]:
+    return [e["type"] for e in job["timeline"]]
+
+
+def test_retries_with_backoff_then_succeeds(stack):
+    stack.start_api()
+    stack.start_executor(handlers="handlers_for_tests")
+    job = submit(
+        stack, type="flaky", payload={"succeed_on": 3}, max_attempts=5, backoff={"base_s": 0.1, "max_s": 0.3}
+    )
+    done = stack.wait_status(job["id"], "succeeded")
+    assert done["result"] == {"attempt": 3} and done["attempt"] == 3
+    retrying = [e for e in done["timeline"] if e["type"] == "retrying"]
+    assert [e["attempt"] for e in retrying] == [1, 2]
+    assert all(0 <= e["data"]["delay_s"] <= 0.3 for e in retrying)
+    assert "flaky failure on attempt 2" in retrying[1]["data"]["error"]["message"]
+
+
+def test_out_of_attempts_is_dead_and_inspectable(stack):
+    stack.start_api()
+    stack.start_executor(handlers="handlers_for_tests")
+    job = submit(stack, type="always_fails", max_attempts=2, backoff={"base_s": 0.05, "max_s": 0.1})
+    dead = stack.wait_status(job["id"], "dead")
+    assert dead["attempt"] == 2
+    assert (
+        dead["error"]["message"] == "RuntimeError: this job never works"
+        and "Traceback" in dead["error"]["traceback"]
+    )
+    assert types_of(dead).count("started") == 2
+
+    async def dead_letter():
+        import nats
+
+        nc = await nats.connect(stack.nats.url)
+        js = nc.jetstream()
+        msg = await js.get_last_msg(f"{stack.prefix.upper()}_DEAD", f"{stack.prefix}.dead.default")
+        await nc.close()
+        return msg
+
+    msg = run_async(dead_letter())
+    assert job["id"].encode() in msg.data and msg.headers["Taskyard-Attempts"] == "2"
+
+
+def test_permanent_error_fails_without_retry(stack):
+    stack.start_api()
+    stack.start_executor(handlers="handlers_for_tests")
+    job = submit(stack, type="refuses", max_attempts=5)
+    failed = stack.wait_status(job["id"], "failed")
+    assert failed["attempt"] == 1 and failed["error"]["type"] == "PermanentError"
+    assert "retrying" not in types_of(failed)
+
+
+def test_outbox_crash_between_insert_and_publish_runs_job_exactly_once(stack):
+    stack.start_api(TASKYARD_API_FAULT_CRASH_AFTER_INSERT="true")
+    with stack.http() as c, pytest.raises(httpx.HTTPError):
+        c.post("/api/v1/jobs", json={"type": "noop", "idempotency_key": "outbox-1"})
+    stack.api.process.wait(10)
+    assert stack.api.process.returncode == 99  # died after the commit, before the publish
+    stack.start_api(TASKYARD_API_OUTBOX_GRACE_S="0.2", TASKYARD_API_OUTBOX_INTERVAL_S="0.2")
+    stack.start_executor()
+    with stack.http() as c:
+        [pending] = c.get("/api/v1/jobs").json()["jobs"]
+    done = stack.wait_status(pending["id"], "succeeded")
+    time.sleep(1.5)  # give a duplicate delivery time to show up if there were one
+    with stack.http() as c:
+        again = c.get(f"/api/v1/jobs/{pending['id']}").json()
+        assert c.get("/api/v1/jobs").json()["jobs"].__len__() == 1
+    assert types_of(again).count("started") == 1 and types_of(again).count("succeeded") == 1
+    assert done["attempt"] == 1
+
+
+def test_same_idempotency_key_returns_same_job(stack):
+    stack.start_api()
+    with stack.http() as c:
+        first = c.post("/api/v1/jobs", json={"type": "noop", "idempotency_key": "k-1"})
+        second = c.post("/api/v1/jobs", json={"type": "noop", "idempotency_key": "k-1"})
+        other = c.post("/api/v1/jobs", json={"type": "noop", "idempotency_key": "k-2"})
+        assert (first.status_code, second.status_code, other.status_code) == (201, 200, 201)
+        assert first.json()["id"] == second.json()["id"] != other.json()["id"]
+        assert len(c.get("/api/v1/jobs").json()["jobs"]) == 2
+
+
+def test_kill_9_executor_mid_job_is_redelivered_and_timeline_shows_lost_worker(stack):
+    stack.extra_env["TASKYARD_NATS_ACK_WAIT_S"] = "2"
+    stack.start_api()
+    first = stack.start_executor(handlers="handlers_for_tests")
+    job = submit(stack, type="async_sleep", payload={"seconds": 1.5})
+    running = stack.wait_status(job["id"], "running")
+    first.kill9()
+    stack.start_executor(handlers="handlers_for_tests")
+    done = stack.wait_status(job["id"], "succeeded", timeout=30)
+    assert done["attempt"] == 2 and done["worker_id"] != running["worker_id"]
+    lost = [e for e in done["timeline"] if e["type"] == "worker_lost"]
+    assert len(lost) == 1 and lost[0]["worker_id"] == running["worker_id"] and lost[0]["attempt"] == 1
+
+
+def test_sigterm_drains_running_job_and_hands_back_the_rest(stack):
+    stack.start_api()
+    worker = stack.start_executor(
+        handlers="handlers_for_tests", slots=2, TASKYARD_EXECUTOR_DRAIN_GRACE_S="1.5"
+    )
+    short = submit(stack, type="async_sleep", payload={"seconds": 0.8})
+    long = submit(stack, type="async_sleep", payload={"seconds": 20})
+    stack.wait_status(short["id"], "running")
+    stack.wait_status(long["id"], "running")
+    t0 = time.monotonic()
+    assert worker.terminate() == 0
+    assert time.monotonic() - t0 < 10
+    assert stack.wait_status(short["id"], "succeeded")["attempt"] == 1
+    # The long job was handed back at once (nak), not after ack_wait (30 s): a new worker gets it.
+    stack.start_executor(handlers="handlers_for_tests")
+    second = stack.wait_status(long["id"], "running", timeout=10)
+    assert second["attempt"] == 2

