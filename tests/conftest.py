@@ -1,8 +1,6 @@
 """Fixtures: one real nats-server per session (tests isolate by topology prefix) and a fresh
 database per test: SQLite, plus PostgreSQL when TASKYARD_TEST_DATABASE_URL is set."""
 
-import asyncio
-import concurrent.futures
 import os
 import secrets
 import shutil
@@ -14,7 +12,7 @@ import pytest
 
 from taskyard_common.embedded import EmbeddedNats, free_port
 
-from .stack import Stack
+from .stack import Stack, run_async
 
 PG_URL = os.environ.get("TASKYARD_TEST_DATABASE_URL")
 DATABASES = ["sqlite"] + (["postgresql"] if PG_URL else [])
@@ -64,10 +62,10 @@ def pg_template():
         yield None
         return
     name = "ty_tpl_" + secrets.token_hex(4)
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    run_async(_pg_admin(f'CREATE DATABASE "{name}"'))
     _migrate(f"{PG_URL.rpartition('/')[0]}/{name}")
     yield name
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_async(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=DATABASES)
@@ -80,9 +78,9 @@ def db_url(request, tmp_path):
         return
     name = "ty_" + secrets.token_hex(6)
     template = request.getfixturevalue("pg_template")
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    run_async(_pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     yield f"{PG_URL.rpartition('/')[0]}/{name}"
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_async(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def create_key(db_url: str, name: str, role: str) -> str:
@@ -101,9 +99,7 @@ def create_key(db_url: str, name: str, role: str) -> str:
         finally:
             await engine.dispose()
 
-    # A thread of its own: this may be called while a test's event loop is running.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, go()).result()
+    return run_async(go())
 
 
 @pytest.fixture

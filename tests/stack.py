@@ -1,6 +1,7 @@
 """Test helpers: Taskyard services as real processes against a real nats-server and database."""
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import secrets
@@ -172,5 +173,14 @@ class Stack:
 
 
 def run_async(coro):
-    """Run a coroutine from sync test code (fixtures run outside the test's loop)."""
-    return asyncio.run(coro)
+    """Run a coroutine from sync test code.
+
+    Playwright's sync API leaves an event loop running in the test thread, where asyncio.run
+    refuses to start; then the coroutine runs on a thread of its own.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()

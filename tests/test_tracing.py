@@ -80,12 +80,13 @@ def test_api_and_executor_spans_share_the_jobs_trace(stack):
         }
         while time.monotonic() < deadline:
             mine = [s for s in receiver.spans if s["trace_id"] == job["trace_id"]]
-            if wanted <= {(s["service"], s["name"]) for s in mine}:
+            runs = [s for s in mine if s["name"] == "taskyard.job.run"]
+            # Each attempt's span is exported by its own batch: wait for both attempts.
+            if wanted <= {(s["service"], s["name"]) for s in mine} and len(runs) >= 2:
                 break
             time.sleep(0.2)
         else:
             raise AssertionError(f"spans of the job's trace: {[(s['service'], s['name']) for s in mine]}")
-        runs = [s for s in mine if s["name"] == "taskyard.job.run"]
         assert len(runs) == 2  # one span per attempt, both in the job's trace
         assert sorted(s["attrs"]["taskyard.attempt"].int_value for s in runs) == [1, 2]
         assert all(s["attrs"]["taskyard.job.id"].string_value == job["id"] for s in runs)
