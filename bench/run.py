@@ -4,9 +4,12 @@ One run starts its own nats-server (free ports, temp store) and database, measur
 
 1. the raw JetStream ceiling: a nats-py publish_async + fetch(100)/ack loop on a WorkQueue stream;
 2. Taskyard end to end: `noop` jobs through `POST /api/v1/jobs:batch` until all are `succeeded`
-   in the API, with the api and executors as real processes;
-3. submit→start latency at a fixed open-loop rate (`started` event minus `created_at`), beside the
+   in the API, with the api and executors as real processes (again with --big N jobs, last);
+3. `GET /api/v1/jobs/{id}` answer times at a fixed open-loop rate;
+4. the drain of queued `sleep 20 ms` jobs by one executor with 64 slots, against slots / sleep;
+5. submit→start latency at fixed open-loop rates (`started` event minus `created_at`), beside the
    raw publish→receive latency of one message through a WorkQueue with a waiting pull;
+6. the RSS of every service process when it has just started and its peak in each phase;
 
 prints a table and writes everything to bench/results/<UTC timestamp>.json. Everything binds
 127.0.0.1, every phase has a deadline, and every process started here is stopped at the end.
@@ -20,15 +23,18 @@ import json
 import math
 import os
 import platform
+import random
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import types
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,6 +57,10 @@ NOT_FINAL = ("pending", "queued", "scheduled", "running", "retrying", "waiting")
 BAD_FINAL = ("failed", "dead", "cancelled")
 # The bench client's HTTP connections; the open-loop run keeps at most this many requests in flight.
 CONNECTIONS = 32
+# The sleep phase's jobs go to a queue of their own, served by one executor started for the phase,
+# so its slot count is exactly --sleep-slots whatever --executors and --slots say.
+SLEEP_QUEUE = "benchsleep"
+SLEEP_EXECUTOR = "executor-sleep"
 
 
 # --- small helpers ------------------------------------------------------------------------------
@@ -233,17 +243,31 @@ class Stack:
         self.api_url = self.spawn("api", "taskyard_api", [], "TASKYARD_API_PORT")
         self.wait_ready("api", self.api_url)
 
+    def spawn_executor(self, name: str, queue: str, slots: int) -> tuple[str, str]:
+        args = ["--queues", queue, "--slots", str(slots)]
+        return name, self.spawn(name, "taskyard_executor", args, "TASKYARD_EXECUTOR_PORT")
+
     def start_executors(self) -> None:
-        urls = []
-        for i in range(self.args.executors):
-            args = ["--queues", "default", "--slots", str(self.args.slots)]
-            name = f"executor-{i}"
-            urls.append((name, self.spawn(name, "taskyard_executor", args, "TASKYARD_EXECUTOR_PORT")))
+        # All spawned before waiting for any: they start in parallel.
+        urls = [
+            self.spawn_executor(f"executor-{i}", "default", self.args.slots)
+            for i in range(self.args.executors)
+        ]
         for name, url in urls:
             self.wait_ready(name, url)
 
+    def start_sleep_executor(self) -> None:
+        """The one executor of the sleep phase, alone on its own queue with --sleep-slots slots."""
+        self.wait_ready(*self.spawn_executor(SLEEP_EXECUTOR, SLEEP_QUEUE, self.args.sleep_slots))
+
     def pid(self, name: str) -> int:
         return next(p for n, p, _ in self.procs if n == name).pid
+
+    def pids(self) -> dict[str, int]:
+        """Every running service process by name: nats-server, api, executors."""
+        pids = {"nats-server": self.nats.process.pid} if self.nats.process else {}
+        pids.update({name: proc.pid for name, proc, _ in self.procs if proc.poll() is None})
+        return pids
 
     def stop(self) -> None:
         # Executors first (they drain), then the api.
@@ -385,8 +409,14 @@ async def raw_latency(url: str, samples: int) -> dict:
 
 
 # --- Taskyard through the API ---------------------------------------------------------------------
+NOOP = {"type": "noop"}
+# What the figures read from a listed job; the rest is dropped, so that listing 50,000 jobs does
+# not keep 50,000 full job documents in the bench client.
+LISTED = ("id", "status", "created_at", "started_at", "finished_at", "worker_id")
+
+
 async def count_jobs(c: httpx.AsyncClient, label: str, statuses: tuple[str, ...]) -> list[dict]:
-    """Every job with `bench=label` in one of `statuses` (paged, 500 a request)."""
+    """Every job with `bench=label` in one of `statuses` (paged, 500 a request), LISTED fields only."""
     jobs: list[dict] = []
     cursor = None
     while True:
@@ -396,7 +426,7 @@ async def count_jobs(c: httpx.AsyncClient, label: str, statuses: tuple[str, ...]
         r = await c.get("/api/v1/jobs", params=params)
         r.raise_for_status()
         body = r.json()
-        jobs += body["jobs"]
+        jobs += [{k: job[k] for k in LISTED} for job in body["jobs"]]
         cursor = body["next_cursor"]
         if not cursor:
             return jobs
@@ -419,9 +449,11 @@ async def wait_all_final(c: httpx.AsyncClient, label: str, timeout: float, inter
         await asyncio.sleep(interval)
 
 
-async def submit_batches(c: httpx.AsyncClient, label: str, n: int, batch: int) -> list[str]:
+async def submit_batches(
+    c: httpx.AsyncClient, label: str, n: int, batch: int, spec: dict = NOOP
+) -> list[str]:
     ids: list[str] = []
-    spec = {"type": "noop", "labels": {"bench": label}}
+    spec = {**spec, "labels": {"bench": label}}
     for start in range(0, n, batch):
         k = min(batch, n - start)
         r = await c.post("/api/v1/jobs:batch", json={"jobs": [spec] * k})
@@ -431,19 +463,25 @@ async def submit_batches(c: httpx.AsyncClient, label: str, n: int, batch: int) -
     return ids
 
 
-async def end_to_end(c: httpx.AsyncClient, n: int, batch: int, timeout: float) -> dict:
+def longest_gap(starts: list[float]) -> float:
+    """The longest stretch with no job starting while some were still waiting: a stall shows here."""
+    return max((b - a for a, b in zip(starts, starts[1:], strict=False)), default=0.0)
+
+
+async def end_to_end(
+    c: httpx.AsyncClient, label: str, n: int, batch: int, timeout: float
+) -> tuple[dict, list[str]]:
+    """The figures, and the jobs' ids (the GET phase reads existing jobs)."""
     t0 = time.perf_counter()
-    ids = await submit_batches(c, "e2e", n, batch)
+    ids = await submit_batches(c, label, n, batch)
     t_submitted = time.perf_counter()
-    bad = await wait_all_final(c, "e2e", timeout)
+    bad = await wait_all_final(c, label, timeout)
     t_done = time.perf_counter()
-    done = await count_jobs(c, "e2e", ("succeeded",))
+    done = await count_jobs(c, label, ("succeeded",))
     created = [epoch(j["created_at"]) for j in done]
     finished = [epoch(j["finished_at"]) for j in done]
     per_worker = Counter(j["worker_id"] for j in done)
     starts = sorted(epoch(j["started_at"]) for j in done if j["started_at"])
-    # The longest stretch with no job starting while some were still waiting: a stall shows here.
-    gap = max((b - a for a, b in zip(starts, starts[1:], strict=False)), default=0.0)
     return {
         "n": n,
         "batch": batch,
@@ -456,22 +494,29 @@ async def end_to_end(c: httpx.AsyncClient, n: int, batch: int, timeout: float) -
         "submit_jobs_per_s": round(n / (t_submitted - t0), 1),
         # Executor-side: first created_at to the last job's `succeeded` event (the job's clock).
         "executed_seconds": round(max(finished) - min(created), 3) if done else None,
-        "longest_start_gap_s": round(gap, 3),
+        "longest_start_gap_s": round(longest_gap(starts), 3),
         "jobs_per_worker": dict(sorted(per_worker.items())),
-    }
+    }, ids
 
 
-async def backlog_drain(c: httpx.AsyncClient, stack: Stack, n: int, batch: int, timeout: float) -> dict:
-    """Queue n jobs with no executor running, start the executors, time how fast they drain it."""
-    await submit_batches(c, "backlog", n, batch)
+async def drain(
+    c: httpx.AsyncClient,
+    label: str,
+    n: int,
+    batch: int,
+    start: Callable[[], Awaitable[None]],
+    timeout: float,
+    spec: dict = NOOP,
+) -> dict:
+    """Queue n jobs while no executor serves their queue, `start()` one, time how fast it drains them."""
+    await submit_batches(c, label, n, batch, spec)
     t0 = time.perf_counter()
-    await asyncio.to_thread(stack.start_executors)
-    bad = await wait_all_final(c, "backlog", timeout)
+    await start()
+    bad = await wait_all_final(c, label, timeout)
     t_done = time.perf_counter()
-    done = await count_jobs(c, "backlog", ("succeeded",))
+    done = await count_jobs(c, label, ("succeeded",))
     starts = sorted(epoch(j["started_at"]) for j in done)
     first, last = starts[0], max(epoch(j["finished_at"]) for j in done)
-    gap = max((b - a for a, b in zip(starts, starts[1:], strict=False)), default=0.0)
     return {
         "n": n,
         "succeeded": len(done),
@@ -480,37 +525,49 @@ async def backlog_drain(c: httpx.AsyncClient, stack: Stack, n: int, batch: int, 
         # First `started` to last `succeeded`, on the executors' clock: the drain itself.
         "drain_seconds": round(last - first, 3),
         "jobs_per_s": round(len(done) / (last - first), 1) if last > first else None,
-        "longest_start_gap_s": round(gap, 3),
+        "longest_start_gap_s": round(longest_gap(starts), 3),
     }
 
 
-async def open_loop_send(c: httpx.AsyncClient, rate: float, seconds: float, connections: int) -> dict:
-    """`POST /api/v1/jobs` on a fixed schedule, never waiting for earlier answers.
+async def open_loop(
+    rate: float,
+    seconds: float,
+    request: Callable[[int], Awaitable[httpx.Response]],
+    expect: int,
+    grace_s: float,
+    connections: int = CONNECTIONS,
+) -> dict:
+    """`request(i)` for i = 0, 1, ... on a fixed schedule, never waiting for earlier answers.
 
     At most `connections` requests are on the wire; later ones wait for a free connection in an
     asyncio.Semaphore rather than in httpx's pool, whose bookkeeping walks every queued request on
-    each change and ate most of this process's CPU once hundreds were queued.
+    each change and ate most of this process's CPU once hundreds were queued. Answer times count
+    from the scheduled send, so that wait is in them. Whatever is not answered `grace_s` after the
+    last scheduled send is abandoned (cancelled) and counted as `unanswered`: the phase's deadline.
     """
-    total = int(rate * seconds)
+    total = max(1, int(rate * seconds))
     wire = asyncio.Semaphore(connections)
-    sent: dict[str, float] = {}  # job id -> wall time it was scheduled
-    submit_s: list[float] = []
+    ok: list[tuple[int, httpx.Response]] = []
+    answer_s: list[float] = []
     errors: list[str] = []
     lag: list[float] = []
+    last_answer = 0.0
 
-    async def one(scheduled_wall: float) -> None:
+    async def one(i: int) -> None:
+        nonlocal last_answer
         t = time.perf_counter()
         try:
             async with wire:
-                r = await c.post("/api/v1/jobs", json={"type": "noop", "labels": {"bench": "lat"}})
+                r = await request(i)
         except httpx.HTTPError as exc:
             errors.append(repr(exc))
             return
-        submit_s.append(time.perf_counter() - t)
-        if r.status_code != 201:
+        last_answer = time.perf_counter()
+        answer_s.append(last_answer - t)
+        if r.status_code != expect:
             errors.append(f"{r.status_code}: {r.text[:200]}")
             return
-        sent[r.json()["id"]] = scheduled_wall
+        ok.append((i, r))
 
     tasks = []
     start = time.perf_counter() + 0.05
@@ -521,9 +578,33 @@ async def open_loop_send(c: httpx.AsyncClient, rate: float, seconds: float, conn
         if delay > 0:
             await asyncio.sleep(delay)
         lag.append(max(0.0, time.perf_counter() - target))
-        tasks.append(asyncio.create_task(one(wall_start + i / rate)))
-    await asyncio.gather(*tasks)
-    return {"sent": sent, "submit_s": submit_s, "errors": errors, "lag": lag, "total": total}
+        tasks.append(asyncio.create_task(one(i)))
+    _, pending = await asyncio.wait(tasks, timeout=max(0.0, start + seconds + grace_s - time.perf_counter()))
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return {
+        "total": total,
+        "ok": ok,
+        "answer_s": answer_s,
+        "errors": errors,
+        "lag": lag,
+        "unanswered": len(pending),
+        # First scheduled send to last answer: what the achieved rate is computed over.
+        "span_s": max(0.0, last_answer - start),
+        "wall_start": wall_start,
+    }
+
+
+async def open_loop_send(
+    c: httpx.AsyncClient, label: str, rate: float, seconds: float, grace_s: float
+) -> dict:
+    """Single `POST /api/v1/jobs` (noop) at `rate` per second: what the latency figures are read from."""
+    body = {**NOOP, "labels": {"bench": label}}
+    run = await open_loop(rate, seconds, lambda _i: c.post("/api/v1/jobs", json=body), 201, grace_s)
+    # job id -> wall time it was scheduled
+    run["sent"] = {r.json()["id"]: run["wall_start"] + i / rate for i, r in run.pop("ok")}
+    return run
 
 
 async def read_latencies(c: httpx.AsyncClient, run: dict, concurrency: int = 16) -> dict:
@@ -556,14 +637,36 @@ async def read_latencies(c: httpx.AsyncClient, run: dict, concurrency: int = 16)
     return {
         "sent": run["total"],
         "accepted": len(sent),
+        "unanswered": run["unanswered"],
         "errors": run["errors"][:10],
         "error_count": len(run["errors"]),
         "schedule_lag_ms": summary_ms(run["lag"]),
-        "submit_http_ms": summary_ms(run["submit_s"]),
+        "submit_http_ms": summary_ms(run["answer_s"]),
         "created_to_started_ms": summary_ms(created_to_started),
         "created_to_queued_ms": summary_ms(created_to_queued),
         "queued_to_started_ms": summary_ms(queued_to_started),
         "scheduled_to_started_ms": summary_ms(scheduled_to_started),
+    }
+
+
+async def get_load(c: httpx.AsyncClient, ids: list[str], rate: float, seconds: float, grace_s: float) -> dict:
+    """`GET /api/v1/jobs/{id}` of random existing jobs at `rate` per second, open loop."""
+    rng = random.Random(8)
+    run = await open_loop(rate, seconds, lambda _i: c.get(f"/api/v1/jobs/{rng.choice(ids)}"), 200, grace_s)
+    answered = len(run["ok"])
+    # Over the offered window, or longer when answers trailed it: an open loop cannot beat `rate`.
+    window = max(run["total"] / rate, run["span_s"])
+    return {
+        "rate_per_s": rate,
+        "seconds": seconds,
+        "sent": run["total"],
+        "ok": answered,
+        "unanswered": run["unanswered"],
+        "errors": run["errors"][:10],
+        "error_count": len(run["errors"]),
+        "achieved_per_s": round(answered / window, 1),
+        "schedule_lag_ms": summary_ms(run["lag"]),
+        "answer_ms": summary_ms(run["answer_s"]),
     }
 
 
@@ -591,15 +694,19 @@ def machine_cpu_s() -> tuple[float, float] | None:
 
 
 class CpuMeter:
-    """CPU used by each of our processes, and by everything else on the machine, over a phase."""
+    """CPU used by each of our processes, and by everything else on the machine, over a phase.
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    `pids()` is asked at each snapshot: a process started during the phase (the sleep phase's
+    executor) counts from zero.
+    """
+
+    def __init__(self, pids: Callable[[], dict[str, int]]) -> None:
         self.pids = pids
 
     def snapshot(self) -> dict:
         return {
             "t": time.perf_counter(),
-            "procs": {name: proc_cpu_s(pid) for name, pid in self.pids.items()},
+            "procs": {name: proc_cpu_s(pid) for name, pid in self.pids().items()},
             "machine": machine_cpu_s(),
         }
 
@@ -609,8 +716,9 @@ class CpuMeter:
         out: dict = {"wall_s": round(wall, 3), "core_pct": {}}
         ours = 0.0
         for name, cpu in after["procs"].items():
-            if cpu is not None and before["procs"].get(name) is not None:
-                used = cpu - before["procs"][name]
+            earlier = before["procs"].get(name, 0.0)  # None: unreadable then; absent: not started yet
+            if cpu is not None and earlier is not None:
+                used = cpu - earlier
                 ours += used
                 out["core_pct"][name] = round(100 * used / wall, 1)
         if after["machine"] and before["machine"]:
@@ -619,6 +727,83 @@ class CpuMeter:
             out["machine_busy_pct"] = round(100 * busy / total, 1) if total else None
             out["core_pct"]["everything else"] = round(100 * max(0.0, busy - ours) / wall, 1)
         return out
+
+
+# --- memory ---------------------------------------------------------------------------------------
+def rss_kib(pid: int, field: str = "VmRSS") -> int | None:
+    """A process's resident memory now (VmRSS) or its peak so far (VmHWM), KiB, from /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def rss_mib(pids: dict[str, int], field: str = "VmRSS") -> dict[str, float | None]:
+    return {name: mib(rss_kib(pid, field)) for name, pid in pids.items()}
+
+
+def mib(kib: int | None) -> float | None:
+    return None if kib is None else round(kib / 1024, 1)
+
+
+class RssSampler:
+    """Peak VmRSS of each process over a phase, sampled every `interval` seconds.
+
+    A thread rather than an asyncio task: the open-loop sender keeps the event loop busy for
+    longer than the interval at times, and the samples should not depend on that.
+    """
+
+    def __init__(self, pids: Callable[[], dict[str, int]], interval: float = 0.1) -> None:
+        # Asked at every sample, like CpuMeter, for processes started during the phase.
+        self.pids, self.interval = pids, interval
+        self.peak_kib: dict[str, int] = {}
+        self.samples = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            for name, pid in self.pids().items():
+                kib = rss_kib(pid)
+                if kib is not None and kib > self.peak_kib.get(name, 0):
+                    self.peak_kib[name] = kib
+            self.samples += 1
+            if self.stopped.wait(self.interval):
+                return
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> dict:
+        self.stopped.set()
+        self.thread.join(5)
+        return {
+            "interval_s": self.interval,
+            "samples": self.samples,
+            "peak_mib": {name: mib(kib) for name, kib in self.peak_kib.items()},
+        }
+
+
+class PhaseMeter:
+    """CPU (CpuMeter) and peak RSS (RssSampler) of each process while a `with` block runs.
+
+    `figures` ({"cpu": ..., "rss": ...}) is set on leaving the block.
+    """
+
+    def __init__(self, pids: Callable[[], dict[str, int]]) -> None:
+        self.cpu, self.rss = CpuMeter(pids), RssSampler(pids)
+        self.figures: dict = {}
+
+    def __enter__(self) -> "PhaseMeter":
+        self.before = self.cpu.snapshot()
+        self.rss.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.figures = {"cpu": self.cpu.since(self.before), "rss": self.rss.stop()}
 
 
 # --- optional profiling with py-spy ---------------------------------------------------------------
@@ -685,35 +870,52 @@ def fold_summary(path: Path, top: int = 25) -> dict:
 # --- the run --------------------------------------------------------------------------------------
 async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) -> dict:
     out: dict = {}
+    idle: dict[str, float | None] = {}
+
+    def note_idle() -> None:
+        # RSS of each service right after it started; the first reading of a process wins.
+        for name, value in rss_mib(stack.pids()).items():
+            idle.setdefault(name, value)
+
+    def pids() -> dict[str, int]:
+        return {"bench client": os.getpid(), **stack.pids()}
+
+    note_idle()  # nats-server, before the raw phases load it
     url = stack.nats.url
+    # 60 s covers the default 5,000 messages many times over; 50,000 need longer on a slow day.
+    raw_deadline = max(60.0, args.jobs / 250)
     log(f"raw JetStream ceiling: {args.raw_rounds} rounds of {args.jobs} messages")
     await raw_throughput(url, 500, 256, 30)  # warm-up
-    rounds = [await raw_throughput(url, args.jobs, 256, 60) for _ in range(args.raw_rounds)]
+    rounds = [await raw_throughput(url, args.jobs, 256, raw_deadline) for _ in range(args.raw_rounds)]
     median = sorted(rounds, key=lambda r: r["msgs_per_s"])[len(rounds) // 2]
     # The same loop with wait_stall=5, as Taskyard's publisher calls publish_async.
-    stalled = await raw_throughput(url, args.jobs, 256, 60, wait_stall=5)
+    stalled = await raw_throughput(url, args.jobs, 256, raw_deadline, wait_stall=5)
     out["raw_throughput"] = {"median": median, "rounds": rounds, "with_wait_stall_5": stalled}
     log(f"raw JetStream latency: {args.raw_samples} samples")
     out["raw_latency_ms"] = await raw_latency(url, args.raw_samples)
 
     log("starting the api")
     await asyncio.to_thread(stack.start_api)
+    note_idle()
     headers = {"Authorization": f"Bearer {stack.key}"}
     limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
     async with httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=60, limits=limits) as c:
+
+        async def start_executors() -> None:
+            await asyncio.to_thread(stack.start_executors)
+            # With --backlog they begin pulling at once: "idle" is then the moment they are ready.
+            note_idle()
+
         if args.backlog:
             log(
                 f"backlog: {args.backlog} jobs queued, then {args.executors} executor(s) × {args.slots} started"
             )
-            out["backlog"] = await backlog_drain(
-                c, stack, args.backlog, args.batch, timeout=max(180.0, args.backlog / 5)
+            out["backlog"] = await drain(
+                c, "backlog", args.backlog, args.batch, start_executors, timeout=max(180.0, args.backlog / 5)
             )
         else:
             log(f"starting {args.executors} executor(s) × {args.slots} slots")
-            await asyncio.to_thread(stack.start_executors)
-        pids = {"bench client": os.getpid(), "nats-server": stack.nats.process.pid}
-        pids.update({name: proc.pid for name, proc, _ in stack.procs})
-        cpu = CpuMeter(pids)
+            await start_executors()
 
         log("warm-up: 200 jobs")
         await submit_batches(c, "warmup", 200, 100)
@@ -721,27 +923,74 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
 
         log(f"end to end: {args.jobs} noop jobs in batches of {args.batch}")
         await asyncio.to_thread(profiler.start, "e2e")
-        before = cpu.snapshot()
-        out["e2e"] = await end_to_end(c, args.jobs, args.batch, timeout=max(180.0, args.jobs / 10))
-        out["e2e"]["cpu"] = cpu.since(before)
+        with PhaseMeter(pids) as meter:
+            out["e2e"], ids = await end_to_end(
+                c, "e2e", args.jobs, args.batch, timeout=max(180.0, args.jobs / 10)
+            )
+        out["e2e"].update(meter.figures)
         if profiler.procs:
             out["profile_e2e"] = await asyncio.to_thread(profiler.stop)
 
-        log(f"latency: {args.rate:g} jobs/s open loop for {args.latency_s:g} s")
-        await asyncio.to_thread(profiler.start, "latency")
-        before = cpu.snapshot()
-        sent = await open_loop_send(c, args.rate, args.latency_s, CONNECTIONS)
-        bad = await wait_all_final(c, "lat", timeout=120)
-        lat_cpu = cpu.since(before)
-        if profiler.procs:
-            out["profile_latency"] = await asyncio.to_thread(profiler.stop)
-        out["latency"] = {
-            "rate_per_s": args.rate,
-            "seconds": args.latency_s,
-            "not_succeeded": bad,
-            **await read_latencies(c, sent),
-            "cpu": lat_cpu,
-        }
+        if args.get_rate:
+            # Right after e2e, on its jobs: the api is idle again and the database holds ~jobs rows.
+            log(f"GET /api/v1/jobs/{{id}}: {args.get_rate:g} req/s open loop for {args.latency_s:g} s")
+            with PhaseMeter(pids) as meter:
+                out["get"] = await get_load(c, ids, args.get_rate, args.latency_s, grace_s=60)
+            out["get"].update(meter.figures)
+
+        if args.sleep_jobs:
+            log(
+                f"sleep: {args.sleep_jobs} `sleep {args.sleep_ms:g} ms` jobs queued, "
+                f"then one executor × {args.sleep_slots} slots started"
+            )
+            spec = {"type": "sleep", "payload": {"seconds": args.sleep_ms / 1000}, "queue": SLEEP_QUEUE}
+
+            async def start_sleep_executor() -> None:
+                await asyncio.to_thread(stack.start_sleep_executor)
+                note_idle()
+
+            with PhaseMeter(pids) as meter:
+                sleep = await drain(
+                    c, "sleep", args.sleep_jobs, args.batch, start_sleep_executor, timeout=180, spec=spec
+                )
+            ideal = args.sleep_slots / (args.sleep_ms / 1000)
+            out["sleep"] = {
+                **sleep,
+                "slots": args.sleep_slots,
+                "sleep_ms": args.sleep_ms,
+                # Every slot busy all the time, no overhead: slots / sleep.
+                "ideal_jobs_per_s": round(ideal, 1),
+                "ratio_to_ideal": round(sleep["jobs_per_s"] / ideal, 3) if sleep["jobs_per_s"] else None,
+                **meter.figures,
+            }
+
+        out["latency"] = []
+        for rate in args.rates:
+            label, total = f"lat{rate:g}", int(rate * args.latency_s)
+            log(f"latency: {rate:g} jobs/s open loop for {args.latency_s:g} s")
+            await asyncio.to_thread(profiler.start, f"latency-{rate:g}")
+            with PhaseMeter(pids) as meter:
+                # Past the api's knee the sends queue up in the client; give up on the ones not
+                # answered when even 20 submits/s would have finished them.
+                run = await open_loop_send(c, label, rate, args.latency_s, grace_s=max(60.0, total / 20))
+                bad = await wait_all_final(c, label, timeout=max(120.0, total / 50))
+            entry = {"rate_per_s": rate, "seconds": args.latency_s, "not_succeeded": bad, **meter.figures}
+            if profiler.procs:
+                entry["profile"] = await asyncio.to_thread(profiler.stop)
+            out["latency"].append({**entry, **await read_latencies(c, run)})
+
+        if args.big:
+            # Last, so the other phases run on the same database size with or without --big.
+            log(f"end to end, big: {args.big} noop jobs in batches of {args.batch}")
+            with PhaseMeter(pids) as meter:
+                out["big"], _ = await end_to_end(
+                    c, "big", args.big, args.batch, timeout=max(180.0, args.big / 10)
+                )
+            out["big"].update(meter.figures)
+
+    out["rss_idle_mib"] = idle
+    # The kernel's own peak over each process's life: a check on the 100 ms samples' peaks.
+    out["rss_hwm_mib"] = rss_mib(stack.pids(), "VmHWM")
     return out
 
 
@@ -751,8 +1000,7 @@ def table(res: dict) -> list[list[str]]:
     raw_t = res["raw_throughput"]
     raw = raw_t["median"]["msgs_per_s"]
     stalled = raw_t["with_wait_stall_5"]["msgs_per_s"]
-    e2e = res["e2e"]
-    rl, lat = res["raw_latency_ms"], res["latency"]
+    rl = res["raw_latency_ms"]
 
     def frac(a: float | None, b: float | None) -> str:
         return f"{a / b:.3f}" if a and b else "-"
@@ -760,38 +1008,63 @@ def table(res: dict) -> list[list[str]]:
     def times(a: float | None, b: float | None) -> str:
         return f"{a / b:,.0f}×" if a and b else "-"
 
+    def throughput(name: str, value: float | None, digits: int = 1) -> list[str]:
+        return [name, f"{value or 0:,.{digits}f}", f"{raw:,.0f}", frac(value, raw)]
+
+    def latency(name: str, ms: dict) -> list[list[str]]:
+        return [
+            [f"{name} {p} (ms)", f"{ms.get(p, 0):,.1f}", f"{rl[p]:.2f}", times(ms.get(p), rl[p])]
+            for p in ("p50", "p95", "p99")
+        ]
+
+    def p50_p99(name: str, ms: dict, digits: int = 1) -> list[str]:
+        return [f"{name} p50 / p99 (ms)", f"{ms.get('p50', 0):.{digits}f} / {ms.get('p99', 0):.{digits}f}", "-", "-"]  # fmt: skip
+
     rows = [
         ["figure", "value", "baseline", "ratio"],
         ["raw JetStream publish+pull+ack (msg/s)", f"{raw:,.0f}", "-", "-"],
-        ["  same, publish_async(wait_stall=5) (msg/s)", f"{stalled:,.0f}", f"{raw:,.0f}", frac(stalled, raw)],
-        ["Taskyard e2e noop (jobs/s)", f"{e2e['jobs_per_s']:,.1f}", f"{raw:,.0f}", frac(e2e["jobs_per_s"], raw)],
-        ["  batch submit alone (jobs/s)", f"{e2e['submit_jobs_per_s']:,.0f}", f"{raw:,.0f}", frac(e2e["submit_jobs_per_s"], raw)],
-    ]  # fmt: skip
+        throughput("  same, publish_async(wait_stall=5) (msg/s)", stalled, 0),
+    ]
+    for key in ("e2e", "big"):
+        if key in res:
+            e2e = res[key]
+            rows.append(throughput(f"Taskyard e2e noop, {e2e['n']:,} jobs (jobs/s)", e2e["jobs_per_s"]))
+            rows.append(throughput("  batch submit alone (jobs/s)", e2e["submit_jobs_per_s"], 0))
     if "backlog" in res:
         b = res["backlog"]
-        rows.append([f"  drain of {b['n']:,} queued jobs (jobs/s)", f"{b['jobs_per_s'] or 0:,.1f}", f"{raw:,.0f}", frac(b["jobs_per_s"], raw)])  # fmt: skip
-    c2s = lat["created_to_started_ms"]
-    for p in ("p50", "p95", "p99"):
-        rows.append(
-            [
-                f"submit→start latency {p} (ms)",
-                f"{c2s.get(p, 0):.1f}",
-                f"{rl[p]:.2f}",
-                times(c2s.get(p), rl[p]),
-            ]
-        )
-    q2s, http = lat["queued_to_started_ms"], lat["submit_http_ms"]
-    rows.append(
-        ["  queued→started p50 / p99 (ms)", f"{q2s.get('p50', 0):.1f} / {q2s.get('p99', 0):.1f}", "-", "-"]
-    )
-    rows.append(
-        [
-            "  POST /jobs answer p50 / p99 (ms)",
-            f"{http.get('p50', 0):.0f} / {http.get('p99', 0):.0f}",
-            "-",
-            "-",
-        ]
-    )
+        rows.append(throughput(f"  drain of {b['n']:,} queued jobs (jobs/s)", b["jobs_per_s"]))
+    if "sleep" in res:
+        s = res["sleep"]
+        name = f"sleep {s['sleep_ms']:g} ms × {s['n']:,}, {s['slots']} slots (jobs/s)"
+        rows.append([name, f"{s['jobs_per_s'] or 0:,.1f}", f"{s['ideal_jobs_per_s']:,.0f} ideal", frac(s["jobs_per_s"], s["ideal_jobs_per_s"])])  # fmt: skip
+    for lat in res["latency"]:
+        rows += latency(f"submit→start @{lat['rate_per_s']:g}/s", lat["created_to_started_ms"])
+        rows.append(p50_p99("  queued→started", lat["queued_to_started_ms"]))
+        rows.append(p50_p99("  POST /jobs answer", lat["submit_http_ms"], 0))
+        if lat["unanswered"] or lat["error_count"]:
+            rows.append(["  POST /jobs unanswered / errors", f"{lat['unanswered']} / {lat['error_count']}", f"{lat['sent']} sent", "-"])  # fmt: skip
+    if "get" in res:
+        g = res["get"]
+        rows += latency(f"GET /jobs/{{id}} @{g['rate_per_s']:g}/s", g["answer_ms"])
+        rows.append(["  achieved (req/s)", f"{g['achieved_per_s'] or 0:,.1f}", f"{g['rate_per_s']:g}", frac(g["achieved_per_s"], g["rate_per_s"])])  # fmt: skip
+        if g["unanswered"] or g["error_count"]:
+            rows.append(["  GET unanswered / errors", f"{g['unanswered']} / {g['error_count']}", f"{g['sent']} sent", "-"])  # fmt: skip
+    rows += rss_rows(res)
+    return rows
+
+
+def rss_rows(res: dict) -> list[list[str]]:
+    """One row per service process: RSS right after start, peak in the e2e phase, peak in any phase."""
+    phases = [res[k] for k in ("e2e", "get", "sleep", "big") if k in res] + res["latency"]
+
+    def show(mib_: float | None) -> str:
+        return f"{mib_:,.0f}" if mib_ else "-"
+
+    rows = []
+    for name, idle in res["rss_idle_mib"].items():
+        e2e = res["e2e"]["rss"]["peak_mib"].get(name)
+        peak = max((p["rss"]["peak_mib"].get(name) or 0 for p in phases), default=0)
+        rows.append([f"RSS {name} idle / e2e / any phase (MiB)", f"{show(idle)} / {show(e2e)} / {show(peak)}", "-", "-"])  # fmt: skip
     return rows
 
 
@@ -820,9 +1093,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--executors", type=int, default=2, help="executor processes (default 2)")
     p.add_argument("--slots", type=int, default=64, help="slots per executor (default 64)")
     p.add_argument("--batch", type=int, default=500, help="jobs per jobs:batch request (default 500)")
-    p.add_argument("--rate", type=float, default=100.0, help="latency run: jobs/s (default 100)")
     p.add_argument(
-        "--latency-seconds", dest="latency_s", type=float, default=None, help="default 10 (quick 3)"
+        "--rates",
+        "--rate",
+        dest="rates",
+        type=rates,
+        default=[100.0, 1000.0],
+        help="latency runs: jobs/s, comma-separated, one run each (default 100,1000)",
+    )
+    p.add_argument(
+        "--latency-seconds",
+        dest="latency_s",
+        type=float,
+        default=None,
+        help="length of each latency run and of the GET run (default 10, quick 3)",
+    )
+    p.add_argument(
+        "--get-rate",
+        type=float,
+        default=200.0,
+        help="GET /api/v1/jobs/{id} of e2e jobs: req/s open loop (default 200; 0 skips)",
+    )
+    p.add_argument(
+        "--sleep-jobs",
+        type=int,
+        default=None,
+        help="sleep phase: jobs queued, then drained by one executor (default 2000, quick 500; 0 skips)",
+    )
+    p.add_argument("--sleep-slots", type=int, default=64, help="that executor's slots (default 64)")
+    p.add_argument("--sleep-ms", type=float, default=20.0, help="each sleep job's sleep (default 20)")
+    p.add_argument(
+        "--big",
+        type=int,
+        default=0,
+        help="also a second, last e2e run with this many jobs, e.g. 50000 (default 0: skip)",
     )
     p.add_argument(
         "--backlog",
@@ -843,17 +1147,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.jobs = 1000 if args.quick else 5000
     if args.latency_s is None:
         args.latency_s = 3.0 if args.quick else 10.0
+    if args.sleep_jobs is None:
+        args.sleep_jobs = 500 if args.quick else 2000
     args.raw_samples = 100 if args.quick else 300
-    if (
-        args.backlog < 0
-        or args.jobs < 1
-        or args.executors < 1
-        or args.slots < 1
-        or args.batch < 1
-        or args.rate <= 0
-    ):
-        p.error("--jobs, --executors, --slots, --batch and --rate must be positive")
+    if args.jobs < 1 or args.executors < 1 or args.slots < 1 or args.batch < 1 or args.latency_s <= 0:
+        p.error("--jobs, --executors, --slots, --batch and --latency-seconds must be positive")
+    if args.sleep_slots < 1 or args.sleep_ms <= 0:
+        p.error("--sleep-slots and --sleep-ms must be positive")
+    if min(args.backlog, args.big, args.sleep_jobs, args.get_rate) < 0:
+        p.error("--backlog, --big, --sleep-jobs and --get-rate must not be negative")
     return args
+
+
+def rates(text: str) -> list[float]:
+    """`100,1000` -> [100.0, 1000.0]."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected rates like 100,1000, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"rates must be positive, got {text!r}")
+    return values
 
 
 def _terminate(signum, _frame) -> None:
@@ -906,8 +1220,13 @@ def main(argv: list[str] | None = None) -> int:
             "batch": args.batch,
             "executors": args.executors,
             "slots": args.slots,
-            "rate_per_s": args.rate,
+            "rates_per_s": args.rates,
             "latency_seconds": args.latency_s,
+            "get_rate_per_s": args.get_rate,
+            "sleep_jobs": args.sleep_jobs,
+            "sleep_slots": args.sleep_slots,
+            "sleep_ms": args.sleep_ms,
+            "big": args.big,
             "raw_rounds": args.raw_rounds,
             "backlog": args.backlog,
             "raw_samples": args.raw_samples,
