@@ -1,5 +1,6 @@
 """Connecting to NATS the same way in every service."""
 
+import asyncio
 import logging
 
 import nats
@@ -30,3 +31,21 @@ async def connect(url: str, name: str) -> NatsClient:
         error_cb=on_error,
         pending_size=64 * 1024 * 1024,
     )
+
+
+async def wait_acks(futures: list[asyncio.Future], timeout: float) -> list[object]:
+    """Each publish_async future's PubAck, or the exception it ended with (TimeoutError if none
+    came within `timeout`).
+
+    Callers publish without `wait_stall`: with it nats-py wraps every publish in a task, which
+    yields to the loop and costs one socket write per message (docs/performance.md #2). The one
+    deadline here bounds the wait instead; unanswered futures are cancelled, which gives their
+    slots in nats-py's pending-ack semaphore back.
+    """
+    if futures:
+        _, late = await asyncio.wait(futures, timeout=timeout)
+        for future in late:
+            future.cancel()
+    return [
+        TimeoutError("no publish ack") if f.cancelled() else (f.exception() or f.result()) for f in futures
+    ]

@@ -78,6 +78,7 @@ async def lifespan(app: FastAPI):
     tasks = [
         asyncio.create_task(state.projector.run()),
         asyncio.create_task(state.jobs.reconcile_forever()),
+        asyncio.create_task(state.jobs.marker.run_forever()),
         asyncio.create_task(state.queues.sample_forever()),
         asyncio.create_task(state.checkpoints.expire_forever(settings.checkpoint_expiry_interval_s)),
     ]
@@ -90,6 +91,11 @@ async def lifespan(app: FastAPI):
         _, stuck = await asyncio.wait(tasks, timeout=5)
         if stuck:
             log.warning("shutdown: %d background tasks did not stop in 5 s", len(stuck))
+        try:
+            async with asyncio.timeout(5):
+                await state.jobs.marker.flush()
+        except Exception as exc:  # noqa: BLE001 - unmarked rows are republished by the next start
+            log.warning("shutdown: could not mark the last published jobs queued: %s", exc)
         try:
             await asyncio.wait_for(state.nc.drain(), 5)
         except TimeoutError:

@@ -6,7 +6,7 @@ import os
 import time
 
 from fastapi import HTTPException
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -27,6 +27,7 @@ _tracer = tracer("taskyard.api")
 # Core (not ORM) UPDATE: an executemany with a status guard, so a row the projector already
 # moved past `queued` is left alone.
 _jobs = Job.__table__
+_INSERT_JOB = insert(_jobs)
 _MARK_QUEUED = (
     update(_jobs)
     .where(_jobs.c.id == bindparam("b_id"), _jobs.c.status == "pending")
@@ -46,6 +47,69 @@ def _queued_event(job: Job, seq: int, at: float) -> JobEvent:
     )
 
 
+def _new_row(spec: JobCreate, owner: Principal, now: float) -> dict:
+    """The `pending` row of a new job: every column a fresh job sets (the rest start NULL)."""
+    row = spec.model_dump()
+    row.update(
+        id=new_id(now),
+        status="pending",
+        owner_id=owner.id,
+        generation=0,
+        resume=0,
+        attempt=0,
+        last_event_seq=0,
+        created_at=now,
+        updated_at=now,
+    )
+    # The job's own span: its trace id is shown on the job and executors continue it.
+    attrs = {"taskyard.job.id": row["id"], "taskyard.queue": row["queue"], "taskyard.type": row["type"]}
+    with _tracer.start_as_current_span("taskyard.job.enqueue", attributes=attrs):
+        row["traceparent"] = current_traceparent()
+    return row
+
+
+class QueuedMarker:
+    """After a job's publish is acked: mark its row `queued` and publish its `queued` event.
+
+    Off the request path, and many jobs per transaction: a submit answers as soon as its message
+    is in JOBS, and concurrent submits share one UPDATE. If this never happens (crash, database
+    away) the row stays `pending`; the outbox reconciler republishes it (a no-op thanks to
+    Nats-Msg-Id) and it comes back here.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], publisher: Publisher) -> None:
+        self.sessions, self.publisher = sessions, publisher
+        self._todo: list[tuple[Job, float]] = []
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    def add(self, jobs: list[Job], published_at: float) -> None:
+        self._todo += [(job, published_at) for job in jobs]
+        self._wake.set()
+
+    async def run_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            try:
+                await self.flush()
+            except Exception as exc:  # noqa: BLE001 - rows stay pending; the reconciler retries them
+                log.warning("marking jobs queued failed (the outbox will retry): %s", exc)
+                await asyncio.sleep(1)
+
+    async def flush(self) -> None:
+        async with self._lock:
+            self._wake.clear()
+            todo, self._todo = self._todo, []
+            if not todo:
+                return
+            now = time.time()
+            async with self.sessions() as session:
+                params = [{"b_id": job.id, "b_seq": job.stream_seq, "b_now": now} for job, _ in todo]
+                await session.execute(_MARK_QUEUED, params)
+                await session.commit()
+            await self.publisher.publish_events([_queued_event(job, job.stream_seq, at) for job, at in todo])
+
+
 class JobService:
     def __init__(
         self,
@@ -56,6 +120,7 @@ class JobService:
     ) -> None:
         self.sessions, self.publisher, self.settings = sessions, publisher, settings
         self.known_types = known_types
+        self.marker = QueuedMarker(sessions, publisher)
 
     def _check_size(self, spec: JobCreate, where: str = "payload") -> None:
         size = spec.payload_size()
@@ -86,31 +151,21 @@ class JobService:
         results: list[tuple[Job, bool]] = []
         async with self.sessions() as session:
             existing = await self._existing_by_key(session, specs, owner)
+            rows: list[dict] = []
             for spec in specs:
                 if spec.idempotency_key and spec.idempotency_key in existing:
                     results.append((existing[spec.idempotency_key], False))
                     continue
-                job = Job(
-                    id=new_id(now),
-                    status="pending",
-                    owner_id=owner.id,
-                    generation=0,
-                    attempt=0,
-                    last_event_seq=0,
-                    created_at=now,
-                    updated_at=now,
-                    **spec.model_dump(),
-                )
-                job.backoff = spec.backoff.model_dump()
-                # The job's own span: its trace id is shown on the job and executors continue it.
-                attrs = {"taskyard.job.id": job.id, "taskyard.queue": job.queue, "taskyard.type": job.type}
-                with _tracer.start_as_current_span("taskyard.job.enqueue", attributes=attrs):
-                    job.traceparent = current_traceparent()
-                session.add(job)
+                row = _new_row(spec, owner, now)
+                job = Job(**row)
+                rows.append(row)
                 results.append((job, True))
                 if spec.idempotency_key:
                     existing[spec.idempotency_key] = job
             try:
+                if rows:
+                    # Core executemany: one cached statement for any number of jobs, no ORM flush.
+                    await session.execute(_INSERT_JOB, rows)
                 await session.commit()
             except IntegrityError:
                 # A concurrent request inserted the same idempotency key first: answer with its job.
@@ -136,28 +191,17 @@ class JobService:
         return {row.idempotency_key: row for row in rows}
 
     async def publish_pending(self, jobs: list[Job]) -> None:
-        """Publish `pending` jobs and mark the acked ones `queued` with their stream sequence."""
+        """Publish `pending` jobs; the acked ones are `queued` from then on (see QueuedMarker)."""
         if not jobs:
             return
         # The timeline's `queued` time is when the message went out: an executor may start the job
         # (and report `started`) before this API gets its publish acks back.
         published_at = time.time()
         seqs = await self.publisher.publish_jobs(jobs)
-        if not seqs:
-            return
-        now = time.time()
-        async with self.sessions() as session:
-            await session.execute(
-                _MARK_QUEUED,
-                [{"b_id": job_id, "b_seq": seq, "b_now": now} for job_id, seq in seqs.items()],
-            )
-            await session.commit()
         queued = [job for job in jobs if job.id in seqs]
         for job in queued:
-            job.status, job.stream_seq, job.updated_at = "queued", seqs[job.id], now
-        await self.publisher.publish_events(
-            [_queued_event(job, seqs[job.id], published_at) for job in queued]
-        )
+            job.status, job.stream_seq = "queued", seqs[job.id]
+        self.marker.add(queued, published_at)
 
     async def get_owned(self, session: AsyncSession, job_id: str, who: Principal) -> Job:
         job = await session.get(Job, job_id) if JOB_ID.fullmatch(job_id) else None
@@ -169,6 +213,7 @@ class JobService:
 
     async def cancel(self, job_id: str, who: Principal) -> Job:
         """Cancel at once: drop the queued message and tell any executor running it to kill it."""
+        await self.marker.flush()  # so a just-submitted job's row has its stream sequence
         async with self.sessions() as session:
             job = await self.get_owned(session, job_id, who)
             if job.status in FINAL_STATES:

@@ -1,12 +1,12 @@
 """Publishing to JOBS and EVENTS: the only place the API writes to NATS."""
 
-import asyncio
 import logging
 
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
+from taskyard_common.nats_util import wait_acks
 from taskyard_common.schemas import JobEvent, JobSpec
 from taskyard_common.topology import Topology, ensure_queue
 
@@ -57,8 +57,8 @@ class Publisher:
             headers = {"Nats-Msg-Id": spec.msg_id}
             if job.traceparent:
                 headers["traceparent"] = job.traceparent
-            futures.append(await self.js.publish_async(subject, data, headers=headers, wait_stall=5))
-        acks = await asyncio.gather(*(asyncio.wait_for(f, 10) for f in futures), return_exceptions=True)
+            futures.append(await self.js.publish_async(subject, data, headers=headers))
+        acks = await wait_acks(futures, timeout=10)
         seqs: dict[str, int] = {}
         for job, ack in zip(jobs, acks, strict=True):
             if isinstance(ack, BaseException):
@@ -69,12 +69,10 @@ class Publisher:
 
     async def publish_events(self, events: list[JobEvent]) -> None:
         futures = [
-            await self.js.publish_async(
-                self.topo.event_subject(e.job_id), e.model_dump_json().encode(), wait_stall=5
-            )
+            await self.js.publish_async(self.topo.event_subject(e.job_id), e.model_dump_json().encode())
             for e in events
         ]
-        for result in await asyncio.gather(*futures, return_exceptions=True):
+        for result in await wait_acks(futures, timeout=10):
             if isinstance(result, BaseException):
                 # Events are the timeline; the row's own status is already written by the API.
                 log.warning("event publish failed: %s", result)

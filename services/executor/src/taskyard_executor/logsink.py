@@ -4,10 +4,13 @@ import asyncio
 
 from nats.js import JetStreamContext
 
+from taskyard_common.nats_util import wait_acks
 from taskyard_common.schemas import JobEvent, LogLine
 from taskyard_common.topology import Topology
 
 MAX_UNACKED = 1000
+# A publish whose ack has not come by then is treated as lost (NATS away or restarting).
+FLUSH_TIMEOUT_S = 30
 
 
 class Emitter:
@@ -22,7 +25,7 @@ class Emitter:
         self._pending: list[asyncio.Future] = []
 
     async def _publish(self, subject: str, data: bytes) -> None:
-        self._pending.append(await self.js.publish_async(subject, data, wait_stall=10))
+        self._pending.append(await self.js.publish_async(subject, data))
         if len(self._pending) >= MAX_UNACKED:
             await self.flush()
 
@@ -34,5 +37,7 @@ class Emitter:
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, []
-        if pending:
-            await asyncio.gather(*pending)
+        for ack in await wait_acks(pending, timeout=FLUSH_TIMEOUT_S):
+            if isinstance(ack, BaseException):
+                # The caller has not acked its job yet: failing here leaves it to be redelivered.
+                raise ack
