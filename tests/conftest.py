@@ -12,9 +12,8 @@ import pytest
 
 from taskyard_common.embedded import EmbeddedNats, free_port
 
-from .stack import Stack, run_async
+from .stack import PG_URL, Stack, pg_admin, run_async
 
-PG_URL = os.environ.get("TASKYARD_TEST_DATABASE_URL")
 DATABASES = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
 
@@ -28,17 +27,6 @@ def nats_server(tmp_path_factory):
     ).start()
     yield server
     server.stop()
-
-
-async def _pg_admin(sql: str) -> None:
-    import asyncpg
-
-    dsn = PG_URL.replace("postgresql+asyncpg://", "postgresql://")
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def _migrate(url: str) -> None:
@@ -62,10 +50,10 @@ def pg_template():
         yield None
         return
     name = "ty_tpl_" + secrets.token_hex(4)
-    run_async(_pg_admin(f'CREATE DATABASE "{name}"'))
+    run_async(pg_admin(f'CREATE DATABASE "{name}"'))
     _migrate(f"{PG_URL.rpartition('/')[0]}/{name}")
     yield name
-    run_async(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_async(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=DATABASES)
@@ -78,9 +66,9 @@ def db_url(request, tmp_path):
         return
     name = "ty_" + secrets.token_hex(6)
     template = request.getfixturevalue("pg_template")
-    run_async(_pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    run_async(pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     yield f"{PG_URL.rpartition('/')[0]}/{name}"
-    run_async(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_async(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def create_key(db_url: str, name: str, role: str) -> str:

@@ -17,6 +17,7 @@ import httpx
 from taskyard_common.embedded import EmbeddedNats, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("TASKYARD_TEST_DATABASE_URL")
 
 
 @dataclass
@@ -172,6 +173,19 @@ class Stack:
             await nc.close()
 
 
+def wait_until(check, timeout: float = 30, what: str = "condition"):
+    """`check()`'s first truthy result, polling until `timeout` (HTTP errors count as not yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if result := check():
+                return result
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not reached in {timeout}s")
+
+
 def run_async(coro):
     """Run a coroutine from sync test code.
 
@@ -184,3 +198,46 @@ def run_async(coro):
         return asyncio.run(coro)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+async def pg_admin(sql: str) -> None:
+    """Run one statement on the PostgreSQL test server (connected to PG_URL's own database)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def rename_db(name: str, new: str) -> None:
+    """Rename a PostgreSQL database, cutting off its clients: takes a test database away and back.
+
+    New connections are refused first, so a client reconnecting in a loop cannot keep it busy;
+    the renamed database accepts connections again (under its new name).
+    """
+
+    async def go() -> None:
+        await pg_admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        try:
+            for _ in range(100):
+                await pg_admin(
+                    f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+                )
+                try:
+                    await pg_admin(f'ALTER DATABASE "{name}" RENAME TO "{new}"')
+                    break
+                except Exception:  # noqa: BLE001 - terminated backends still exiting: again
+                    await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError(f"could not rename database {name}")
+        finally:
+            for db in (new, name):  # whichever name it has now
+                try:
+                    await pg_admin(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
+                    break
+                except Exception:  # noqa: BLE001 - not under this name
+                    continue
+
+    run_async(go())

@@ -1,15 +1,20 @@
-"""Faults under load: executors killed, nats-server restarted, a full LOGS stream, and a soak run.
+"""Faults under load: executors killed, nats-server restarted, the database taken away for 10 s,
+a full LOGS stream, and a soak run.
 
 Each ends with the same invariants (tests/invariants.py): every accepted job ends once in a
 final state, the database holds exactly the jobs submitted, and no outcome is projected twice.
 """
 
+import json
 import random
+import threading
 import time
+from dataclasses import dataclass, field
 
 import pytest
 
-from .invariants import assert_invariants, wait_all_final
+from .invariants import assert_invariants, query, wait_all_final
+from .stack import PG_URL, rename_db, wait_until
 
 
 def submit_many(c, specs: list[dict], chunk: int = 500) -> set[str]:
@@ -57,6 +62,180 @@ def test_kill_executors_and_restart_nats_under_load(own_nats_stack):
     assert counts == {"succeeded": len(ids)}, counts
     assert_invariants(stack.db_url, ids)
     assert all(w.alive() for w in workers) and stack.api.alive()  # recovered without a restart
+
+
+@dataclass
+class Answer:
+    """One submit request and what the api said to it."""
+
+    req: str  # the `req` label on every job of the request: finds its rows, answered or not
+    batch: bool
+    size: int
+    status: int | None = None  # None: no HTTP answer at all
+    detail: str = ""
+    ids: list[str] = field(default_factory=list)
+    at: float = 0.0
+
+
+def _submit_load(stack, worker: int, stop: threading.Event, answers: list[Answer]) -> None:
+    """Single jobs and small batches until `stop`, as two kinds of client.
+
+    A single job carries an idempotency key and is resubmitted with it after a refusal (every
+    other request, oldest first, and all of them after `stop`) until accepted; 200 means an
+    earlier try did get in. A batch has no key and is never retried.
+    """
+    rng = random.Random(worker)
+    refused_singles: list[tuple[str, dict]] = []
+    n = 0
+    drain_until = None
+    with stack.http() as c:
+        while True:
+            if stop.is_set():
+                drain_until = drain_until or time.monotonic() + 60
+                if not refused_singles or time.monotonic() > drain_until:
+                    return
+            if refused_singles and (stop.is_set() or rng.random() < 0.5):
+                req, body = refused_singles.pop(0)
+                size = 1
+            else:
+                n += 1
+                req = f"w{worker}-{n}"
+                size = 1 if rng.random() < 0.5 else rng.randint(2, 5)
+                specs = [
+                    {"type": "chaos", "payload": {"sleep": rng.uniform(0.005, 0.03)}, "labels": {"req": req}}
+                    for _ in range(size)
+                ]
+                body = {**specs[0], "idempotency_key": req} if size == 1 else {"jobs": specs}
+            answer = Answer(req, batch=size > 1, size=size)
+            try:
+                r = c.post("/api/v1/jobs" if size == 1 else "/api/v1/jobs:batch", json=body)
+                answer.status = r.status_code
+                data = r.json()
+                if r.status_code in (200, 201):
+                    answer.ids = [data["id"]] if size == 1 else [j["id"] for j in data["jobs"]]
+                else:
+                    answer.detail = str(data.get("detail"))
+            except Exception as exc:  # noqa: BLE001 - recorded, and the test fails on it
+                answer.detail = repr(exc)
+            answer.at = time.monotonic()
+            answers.append(answer)
+            if size == 1 and answer.status not in (200, 201):
+                refused_singles.append((req, body))
+            time.sleep(0.05)
+
+
+@pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL (TASKYARD_TEST_DATABASE_URL)")
+def test_database_down_10s_under_submit_load(stack):
+    """The database goes away for 10 s while three clients keep submitting and an executor runs.
+
+    Taking one PostgreSQL database away (connections cut, name gone) is the database being down
+    for this api, without stopping a server other tests share. SQLite has no honest equivalent:
+    a process with the file open keeps using it whatever happens to its name or mode.
+    """
+    if not stack.db_url.startswith("postgresql"):
+        pytest.skip("taking a database away is exercised on PostgreSQL")
+    name = stack.db_url.rsplit("/", 1)[1]
+    t0 = time.monotonic()
+    # Started side by side (each ensures the streams): start-up is most of the time on a busy box.
+    api = stack.start_api(wait=False)
+    executor = stack.start_executor(handlers="handlers_for_tests", slots=8, wait=False)
+    stack.wait_ready(api)
+    stack.wait_ready(executor)
+    phases = {"services up": time.monotonic()}
+    answers: list[Answer] = []
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_submit_load, args=(stack, i, stop, answers), daemon=True) for i in range(3)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: sum(a.status == 201 for a in answers) >= 20, 60, "20 accepted submits")
+        time.sleep(2)
+        cut_at = phases["cut"] = time.monotonic()
+        rename_db(name, name + "_away")
+        down_at = time.monotonic()
+        try:
+            with stack.http() as c:
+                ready = wait_until(
+                    lambda: (r := c.get("/readyz")).status_code == 503 and r.json(), 30, "api unready"
+                )
+            assert ready["checks"]["db"].startswith("unreachable"), ready
+            time.sleep(max(0.0, down_at + 10 - time.monotonic()))
+        finally:
+            rename_db(name + "_away", name)
+        up_at = phases["back"] = time.monotonic()
+        with stack.http() as c:
+            wait_until(lambda: c.get("/readyz").status_code == 200, 60, "api ready again")
+        phases["ready"] = time.monotonic()
+        # Submits keep going until a few seconds' worth has been accepted after the outage.
+        wait_until(
+            lambda: sum(a.status in (200, 201) and a.at > up_at for a in answers) >= 20,
+            60,
+            "20 accepted submits after the outage",
+        )
+        time.sleep(2)
+    finally:
+        stop.set()  # no new requests; refused single jobs are retried until accepted
+        phases["stop"] = time.monotonic()
+        for t in threads:
+            t.join(90)
+        phases["drained"] = time.monotonic()
+    assert not any(t.is_alive() for t in threads)
+
+    # Every answer is an acceptance or a clear 503 naming the database; nothing else.
+    others = [a for a in answers if a.status not in (200, 201, 503)]
+    assert not others, others[:5]
+    refused = [a for a in answers if a.status == 503]
+    assert refused and all(a.detail.startswith("database unavailable: ") for a in refused), refused[:5]
+    assert all(a.at > cut_at for a in refused), "a 503 before the database was taken away"
+
+    # Which rows each request left: accepted ones exactly their answered ids (a retried single job
+    # one row, whatever its tries got); refused ones either nothing or rows that must still run once.
+    rows: dict[str, set[str]] = {}
+    for job_id, labels in query(stack.db_url, "SELECT id, labels FROM jobs"):
+        labels = json.loads(labels) if isinstance(labels, str) else labels
+        rows.setdefault(labels.get("req", "?"), set()).add(job_id)
+    accepted = {a.req: a for a in answers if a.status in (200, 201)}
+    sent = {a.req for a in answers}
+    # The retrying client got every single job in once the database was back.
+    assert {a.req for a in answers if not a.batch} <= set(accepted)
+    assert set(rows) <= sent, f"rows of requests never sent: {sorted(set(rows) - sent)[:5]}"
+    for req, a in accepted.items():
+        assert rows.get(req) == set(a.ids), (req, a, rows.get(req))
+    answered_ids = {job_id for a in accepted.values() for job_id in a.ids}
+    left_by_refused = {req: ids for req, ids in rows.items() if req not in accepted}
+    all_ids = answered_ids | {job_id for ids in left_by_refused.values() for job_id in ids}
+
+    counts = wait_all_final(stack.db_url, len(all_ids), timeout=120)
+    phases["all final"] = time.monotonic()
+    assert counts == {"succeeded": len(all_ids)}, counts
+    assert_invariants(stack.db_url, all_ids)
+    runs = query(
+        stack.db_url,
+        "SELECT job_id, COUNT(*) FROM job_events WHERE type = 'started' GROUP BY job_id HAVING COUNT(*) > 1",
+    )
+    assert not runs, f"jobs run more than once: {runs[:5]}"
+    succeeded = query(stack.db_url, "SELECT COUNT(*) FROM job_events WHERE type = 'succeeded'")[0][0]
+    assert succeeded == len(all_ids)
+
+    # Recovered without a restart: the same processes, and a new job runs.
+    assert api.alive() and executor.alive() and len(stack.services) == 2
+    with stack.http() as c:
+        probe = c.post("/api/v1/jobs", json={"type": "chaos", "payload": {}})
+        assert probe.status_code == 201, probe.text
+        stack.wait_status(probe.json()["id"], "succeeded", timeout=60)
+    tries = {kind: [a for a in refused if a.batch == kind] for kind in (False, True)}
+    print(
+        f"\ndatabase away {up_at - down_at:.1f} s; {len(answers)} requests: {len(accepted)} accepted "
+        f"({sum(a.status == 200 for a in answers)} of them 200) = {len(answered_ids)} jobs; "
+        f"{len(refused)} refused with 503 ({len(tries[False])} single-job tries of "
+        f"{len({a.req for a in tries[False]})} jobs, {len(tries[True])} batches of "
+        f"{sum(a.size for a in tries[True])} jobs), {len(sent - set(accepted))} never accepted; "
+        f"{len(left_by_refused)} refused requests left rows ({len(all_ids) - len(answered_ids)} jobs); "
+        f"final: {counts}; 503 details: {sorted({a.detail[:100] for a in refused})}; "
+        f"at: {', '.join(f'{k} {v - t0:.1f} s' for k, v in phases.items())}, end {time.monotonic() - t0:.1f} s"
+    )
 
 
 def test_full_logs_stream_drops_oldest_lines_not_jobs(stack):

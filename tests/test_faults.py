@@ -1,24 +1,10 @@
 """Dependencies going away: NATS restarted, the database unreachable. Nothing accepted is lost."""
 
-import asyncio
 import time
 
-import httpx
 import pytest
 
-from .conftest import PG_URL, _pg_admin
-
-
-def wait_until(check, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if result := check():
-                return result
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} not reached in {timeout}s")
+from .stack import PG_URL, rename_db, wait_until
 
 
 def test_nats_restart_mid_run_loses_nothing_and_services_recover(own_nats_stack):
@@ -48,22 +34,6 @@ def test_nats_restart_mid_run_loses_nothing_and_services_recover(own_nats_stack)
         assert len(jobs) == 2  # the refused request wrote nothing
 
 
-def _rename_db(name: str, new: str) -> None:
-    async def go():
-        for _ in range(50):
-            await _pg_admin(
-                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-            )
-            try:
-                await _pg_admin(f'ALTER DATABASE "{name}" RENAME TO "{new}"')
-                return
-            except Exception:  # the API reconnected in between: terminate again
-                await asyncio.sleep(0.05)
-        raise RuntimeError(f"could not rename database {name}")
-
-    asyncio.run(go())
-
-
 @pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL (TASKYARD_TEST_DATABASE_URL)")
 def test_database_down_gives_503_and_recovers_without_losing_events(stack):
     if not stack.db_url.startswith("postgresql"):
@@ -74,7 +44,7 @@ def test_database_down_gives_503_and_recovers_without_losing_events(stack):
     with stack.http() as c:
         job = c.post("/api/v1/jobs", json={"type": "async_sleep", "payload": {"seconds": 2}}).json()
         stack.wait_status(job["id"], "running")
-        _rename_db(name, name + "_away")
+        rename_db(name, name + "_away")
         try:
             ready = wait_until(lambda: c.get("/readyz").status_code == 503 and c.get("/readyz").json())
             assert ready["checks"]["db"].startswith("unreachable")
@@ -82,7 +52,7 @@ def test_database_down_gives_503_and_recovers_without_losing_events(stack):
             assert r.status_code == 503 and "database unavailable" in r.json()["detail"]
             time.sleep(2.5)  # the job finishes while the database is away; its events wait in EVENTS
         finally:
-            _rename_db(name + "_away", name)
+            rename_db(name + "_away", name)
         wait_until(lambda: c.get("/readyz").status_code == 200, what="ready again")
         done = stack.wait_status(job["id"], "succeeded", timeout=30)
         assert [e["type"] for e in done["timeline"]].count("succeeded") == 1
