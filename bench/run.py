@@ -37,6 +37,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 if importlib.util.find_spec("sniffio") is None:
     # httpcore runs `import sniffio` each time it sets up a lock; when sniffio is not installed every
@@ -529,25 +530,101 @@ async def drain(
     }
 
 
+class HttpError(Exception):
+    """A request of RawHttp's that got no usable answer."""
+
+
+class RawHttp:
+    """A minimal HTTP/1.1 keep-alive client for the open-loop phases: what they send, nothing more.
+
+    httpx cost this process 2–4 ms of CPU per request on the 2-core box the figures come from
+    (anyio streams, httpcore's pool walking every connection and queued request on each change):
+    at 200 requests/s the bench client used 50–80 % of a core and starved the api it measured.
+    This costs ~0.3 ms. At most `connections` requests are on the wire at once; later ones wait
+    in an asyncio.Semaphore. Answers must carry Content-Length (FastAPI's JSON answers do).
+    """
+
+    # uvicorn closes a keep-alive connection after 5 s idle: never reuse one idle for this long.
+    IDLE_S = 2.0
+
+    def __init__(self, base_url: str, headers: dict[str, str], connections: int = CONNECTIONS) -> None:
+        url = urlsplit(base_url)
+        self.host, self.port = url.hostname, url.port
+        self.head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": url.netloc, **headers}.items())
+        self.wire = asyncio.Semaphore(connections)
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        while self.idle:
+            reader, writer, used = self.idle.pop()
+            if time.monotonic() - used < self.IDLE_S:
+                return reader, writer
+            writer.close()
+        try:
+            return await asyncio.open_connection(self.host, self.port)
+        except OSError as exc:
+            raise HttpError(repr(exc)) from None
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """(status, body) of one request."""
+        async with self.wire:
+            reader, writer = await self._connection()
+            try:
+                extra = (
+                    ""
+                    if body is None
+                    else f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                )
+                writer.write(f"{method} {path} HTTP/1.1\r\n{self.head}{extra}\r\n".encode() + (body or b""))
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                status = int(head[0].split(" ", 2)[1])
+                fields = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])}
+                if "content-length" not in fields:
+                    raise HttpError(f"answer without Content-Length: {head[:3]}")
+                data = await reader.readexactly(int(fields["content-length"]))
+            except (
+                OSError,
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+                ValueError,
+                IndexError,
+            ) as exc:
+                writer.close()
+                raise HttpError(repr(exc)) from None
+            except BaseException:
+                writer.close()  # cancelled mid-answer (the phase's deadline): the connection is unusable
+                raise
+            if fields.get("connection", "").lower() == "close":
+                writer.close()
+            else:
+                self.idle.append((reader, writer, time.monotonic()))
+            return status, data
+
+    async def __aenter__(self) -> "RawHttp":
+        return self
+
+    async def __aexit__(self, *_exc) -> None:
+        for _, writer, _ in self.idle:
+            writer.close()
+        self.idle = []
+
+
 async def open_loop(
     rate: float,
     seconds: float,
-    request: Callable[[int], Awaitable[httpx.Response]],
+    request: Callable[[int], Awaitable[tuple[int, bytes]]],
     expect: int,
     grace_s: float,
-    connections: int = CONNECTIONS,
 ) -> dict:
-    """`request(i)` for i = 0, 1, ... on a fixed schedule, never waiting for earlier answers.
+    """`request(i)` (a RawHttp request) for i = 0, 1, ... on a fixed schedule, never waiting for
+    earlier answers.
 
-    At most `connections` requests are on the wire; later ones wait for a free connection in an
-    asyncio.Semaphore rather than in httpx's pool, whose bookkeeping walks every queued request on
-    each change and ate most of this process's CPU once hundreds were queued. Answer times count
-    from the scheduled send, so that wait is in them. Whatever is not answered `grace_s` after the
-    last scheduled send is abandoned (cancelled) and counted as `unanswered`: the phase's deadline.
+    Answer times count from the scheduled send, so a wait for a free connection is in them.
+    Whatever is not answered `grace_s` after the last scheduled send is abandoned (cancelled) and
+    counted as `unanswered`: the phase's deadline.
     """
     total = max(1, int(rate * seconds))
-    wire = asyncio.Semaphore(connections)
-    ok: list[tuple[int, httpx.Response]] = []
+    ok: list[tuple[int, bytes]] = []
     answer_s: list[float] = []
     errors: list[str] = []
     lag: list[float] = []
@@ -557,17 +634,16 @@ async def open_loop(
         nonlocal last_answer
         t = time.perf_counter()
         try:
-            async with wire:
-                r = await request(i)
-        except httpx.HTTPError as exc:
-            errors.append(repr(exc))
+            status, data = await request(i)
+        except HttpError as exc:
+            errors.append(str(exc))
             return
         last_answer = time.perf_counter()
         answer_s.append(last_answer - t)
-        if r.status_code != expect:
-            errors.append(f"{r.status_code}: {r.text[:200]}")
+        if status != expect:
+            errors.append(f"{status}: {data[:200].decode(errors='replace')}")
             return
-        ok.append((i, r))
+        ok.append((i, data))
 
     tasks = []
     start = time.perf_counter() + 0.05
@@ -596,14 +672,12 @@ async def open_loop(
     }
 
 
-async def open_loop_send(
-    c: httpx.AsyncClient, label: str, rate: float, seconds: float, grace_s: float
-) -> dict:
+async def open_loop_send(http: RawHttp, label: str, rate: float, seconds: float, grace_s: float) -> dict:
     """Single `POST /api/v1/jobs` (noop) at `rate` per second: what the latency figures are read from."""
-    body = {**NOOP, "labels": {"bench": label}}
-    run = await open_loop(rate, seconds, lambda _i: c.post("/api/v1/jobs", json=body), 201, grace_s)
+    body = json.dumps({**NOOP, "labels": {"bench": label}}).encode()
+    run = await open_loop(rate, seconds, lambda _i: http.request("POST", "/api/v1/jobs", body), 201, grace_s)
     # job id -> wall time it was scheduled
-    run["sent"] = {r.json()["id"]: run["wall_start"] + i / rate for i, r in run.pop("ok")}
+    run["sent"] = {json.loads(data)["id"]: run["wall_start"] + i / rate for i, data in run.pop("ok")}
     return run
 
 
@@ -649,10 +723,12 @@ async def read_latencies(c: httpx.AsyncClient, run: dict, concurrency: int = 16)
     }
 
 
-async def get_load(c: httpx.AsyncClient, ids: list[str], rate: float, seconds: float, grace_s: float) -> dict:
+async def get_load(http: RawHttp, ids: list[str], rate: float, seconds: float, grace_s: float) -> dict:
     """`GET /api/v1/jobs/{id}` of random existing jobs at `rate` per second, open loop."""
     rng = random.Random(8)
-    run = await open_loop(rate, seconds, lambda _i: c.get(f"/api/v1/jobs/{rng.choice(ids)}"), 200, grace_s)
+    run = await open_loop(
+        rate, seconds, lambda _i: http.request("GET", f"/api/v1/jobs/{rng.choice(ids)}"), 200, grace_s
+    )
     answered = len(run["ok"])
     # Over the offered window, or longer when answers trailed it: an open loop cannot beat `rate`.
     window = max(run["total"] / rate, run["span_s"])
@@ -899,7 +975,10 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
     note_idle()
     headers = {"Authorization": f"Bearer {stack.key}"}
     limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
-    async with httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=60, limits=limits) as c:
+    async with (
+        httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=60, limits=limits) as c,
+        RawHttp(stack.api_url, headers) as http,
+    ):
 
         async def start_executors() -> None:
             await asyncio.to_thread(stack.start_executors)
@@ -935,7 +1014,7 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
             # Right after e2e, on its jobs: the api is idle again and the database holds ~jobs rows.
             log(f"GET /api/v1/jobs/{{id}}: {args.get_rate:g} req/s open loop for {args.latency_s:g} s")
             with PhaseMeter(pids) as meter:
-                out["get"] = await get_load(c, ids, args.get_rate, args.latency_s, grace_s=60)
+                out["get"] = await get_load(http, ids, args.get_rate, args.latency_s, grace_s=60)
             out["get"].update(meter.figures)
 
         if args.sleep_jobs:
@@ -972,7 +1051,7 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
             with PhaseMeter(pids) as meter:
                 # Past the api's knee the sends queue up in the client; give up on the ones not
                 # answered when even 20 submits/s would have finished them.
-                run = await open_loop_send(c, label, rate, args.latency_s, grace_s=max(60.0, total / 20))
+                run = await open_loop_send(http, label, rate, args.latency_s, grace_s=max(60.0, total / 20))
                 bad = await wait_all_final(c, label, timeout=max(120.0, total / 50))
             entry = {"rate_per_s": rate, "seconds": args.latency_s, "not_succeeded": bad, **meter.figures}
             if profiler.procs:
