@@ -506,18 +506,25 @@ async def drain(
     n: int,
     batch: int,
     start: Callable[[], Awaitable[None]],
+    pids: Callable[[], dict[str, int]],
     timeout: float,
     spec: dict = NOOP,
 ) -> dict:
-    """Queue n jobs while no executor serves their queue, `start()` one, time how fast it drains them."""
+    """Queue n jobs while no executor serves their queue, `start()` one, time how fast it drains them.
+
+    CPU and RSS are metered from the executors being ready to the last job seen final, so the
+    submits and the executors' start-up (imports: ~1 s of CPU) are not in them.
+    """
     await submit_batches(c, label, n, batch, spec)
     t0 = time.perf_counter()
     await start()
-    bad = await wait_all_final(c, label, timeout)
+    with PhaseMeter(pids) as meter:
+        bad = await wait_all_final(c, label, timeout)
     t_done = time.perf_counter()
     done = await count_jobs(c, label, ("succeeded",))
     starts = sorted(epoch(j["started_at"]) for j in done)
     first, last = starts[0], max(epoch(j["finished_at"]) for j in done)
+    run_s = [epoch(j["finished_at"]) - epoch(j["started_at"]) for j in done]
     return {
         "n": n,
         "succeeded": len(done),
@@ -527,6 +534,11 @@ async def drain(
         "drain_seconds": round(last - first, 3),
         "jobs_per_s": round(len(done) / (last - first), 1) if last > first else None,
         "longest_start_gap_s": round(longest_gap(starts), 3),
+        # Jobs running at once, on average, and each one's `started` → `succeeded`: slots left
+        # empty (a slow pull) show in the first, per-job overhead in the second.
+        "mean_running": round(sum(run_s) / (last - first), 1) if last > first else None,
+        "job_run_ms": summary_ms(run_s),
+        **meter.figures,
     }
 
 
@@ -993,7 +1005,7 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
                 f"backlog: {args.backlog} jobs queued, then {args.executors} executor(s) × {args.slots} started"
             )
             out["backlog"] = await drain(
-                c, "backlog", args.backlog, args.batch, start_executors, timeout=max(180.0, args.backlog / 5)
+                c, "backlog", args.backlog, args.batch, start_executors, pids, max(180.0, args.backlog / 5)
             )
         else:
             log(f"starting {args.executors} executor(s) × {args.slots} slots")
@@ -1016,9 +1028,12 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
         if args.get_rate:
             # Right after e2e, on its jobs: the api is idle again and the database holds ~jobs rows.
             log(f"GET /api/v1/jobs/{{id}}: {args.get_rate:g} req/s open loop for {args.latency_s:g} s")
+            await asyncio.to_thread(profiler.start, "get")
             with PhaseMeter(pids) as meter:
                 out["get"] = await get_load(http, ids, args.get_rate, args.latency_s, grace_s=60)
             out["get"].update(meter.figures)
+            if profiler.procs:
+                out["get"]["profile"] = await asyncio.to_thread(profiler.stop)
 
         if args.sleep_jobs:
             log(
@@ -1031,10 +1046,9 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
                 await asyncio.to_thread(stack.start_sleep_executor)
                 note_idle()
 
-            with PhaseMeter(pids) as meter:
-                sleep = await drain(
-                    c, "sleep", args.sleep_jobs, args.batch, start_sleep_executor, timeout=180, spec=spec
-                )
+            sleep = await drain(
+                c, "sleep", args.sleep_jobs, args.batch, start_sleep_executor, pids, 180, spec=spec
+            )
             ideal = args.sleep_slots / (args.sleep_ms / 1000)
             out["sleep"] = {
                 **sleep,
@@ -1043,7 +1057,6 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
                 # Every slot busy all the time, no overhead: slots / sleep.
                 "ideal_jobs_per_s": round(ideal, 1),
                 "ratio_to_ideal": round(sleep["jobs_per_s"] / ideal, 3) if sleep["jobs_per_s"] else None,
-                **meter.figures,
             }
 
         out["latency"] = []
@@ -1119,6 +1132,7 @@ def table(res: dict) -> list[list[str]]:
         s = res["sleep"]
         name = f"sleep {s['sleep_ms']:g} ms × {s['n']:,}, {s['slots']} slots (jobs/s)"
         rows.append([name, f"{s['jobs_per_s'] or 0:,.1f}", f"{s['ideal_jobs_per_s']:,.0f} ideal", frac(s["jobs_per_s"], s["ideal_jobs_per_s"])])  # fmt: skip
+        rows.append(["  jobs running (mean) / each job's run p50 (ms)", f"{s['mean_running'] or 0:.1f} / {s['job_run_ms'].get('p50', 0):.1f}", f"{s['slots']} / {s['sleep_ms']:g}", frac(s["mean_running"], s["slots"])])  # fmt: skip
     for lat in res["latency"]:
         rows += latency(f"submit→start @{lat['rate_per_s']:g}/s", lat["created_to_started_ms"])
         rows.append(p50_p99("  queued→started", lat["queued_to_started_ms"]))
@@ -1137,7 +1151,7 @@ def table(res: dict) -> list[list[str]]:
 
 def rss_rows(res: dict) -> list[list[str]]:
     """One row per service process: RSS right after start, peak in the e2e phase, peak in any phase."""
-    phases = [res[k] for k in ("e2e", "get", "sleep", "big") if k in res] + res["latency"]
+    phases = [res[k] for k in ("backlog", "e2e", "get", "sleep", "big") if k in res] + res["latency"]
 
     def show(mib_: float | None) -> str:
         return f"{mib_:,.0f}" if mib_ else "-"
