@@ -46,6 +46,11 @@ def may_decide(ck: Checkpoint, who: Principal) -> bool:
     return any(who.at_least(a) if a in ROLES else who.name == a for a in ck.approvers)
 
 
+class _Expired(Exception):
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+
 class CheckpointService:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], jobs: JobService) -> None:
         self.sessions, self.jobs = sessions, jobs
@@ -56,6 +61,14 @@ class CheckpointService:
         """Record a decision once; 409 if it was already decided or has expired."""
         now = time.time()
         by = who.name if who else "system"
+        try:
+            return await self._decide(ck_id, who, status, by, now, reason, answer)
+        except _Expired as expired:
+            # Recorded after _decide's session is closed: the SQLite engine has one connection.
+            await self._expire(ck_id)
+            raise HTTPException(409, f"checkpoint {ck_id} expired at {iso(expired.at)}") from None
+
+    async def _decide(self, ck_id, who, status, by, now, reason, answer) -> Checkpoint:  # noqa: ANN001
         async with self.sessions() as session:
             ck = await session.get(Checkpoint, ck_id)
             if ck is None:
@@ -72,8 +85,7 @@ class CheckpointService:
                     f"checkpoint {ck_id} was already {ck.status} by {ck.decided_by} at {iso(ck.decided_at)}",
                 )
             if who is not None and ck.expires_at <= now:
-                await self._expire(ck_id)
-                raise HTTPException(409, f"checkpoint {ck_id} expired at {iso(ck.expires_at)}")
+                raise _Expired(ck.expires_at)
             if status == "answered":
                 if ck.kind != "question":
                     raise HTTPException(409, f"checkpoint {ck_id} is an approval: approve or reject it")

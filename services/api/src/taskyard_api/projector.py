@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from taskyard_common.nats_util import stream_seq
 from taskyard_common.schemas import FINAL_STATES, JobEvent
 from taskyard_common.topology import Topology
 
@@ -130,7 +131,7 @@ class Projector:
         events: list[tuple[int, JobEvent]] = []
         for msg in msgs:
             try:
-                events.append((msg.metadata.sequence.stream, JobEvent.model_validate_json(msg.data)))
+                events.append((stream_seq(msg), JobEvent.model_validate_json(msg.data)))
             except ValidationError as exc:
                 log.error("dropping malformed event %s: %s", msg.subject, exc)
         if not events:

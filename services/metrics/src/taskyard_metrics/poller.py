@@ -298,17 +298,21 @@ async def run_poller(
 ) -> None:
     """Poll forever. On failure the last snapshot stays and the error shows in /readyz and metrics."""
     failing = False
-    # Live workers at the last successful poll; forgotten after a failed one, since a worker that
-    # exited cleanly during an outage may have left no trace by the time the next poll looks.
+    # Live workers at the last successful poll. A clean exit's delete marker lives one bucket TTL,
+    # so that set is only compared while it is younger than the TTL: after a longer outage a worker
+    # that exited cleanly may have left no trace. A single slow poll on a busy box forgets nothing.
     before: Mapping[str, tuple[str, ...]] = {}
+    before_at = 0.0
+    marker_ttl_s = topo.workers_kv().ttl
     while True:
         started = time.monotonic()
         try:
             async with asyncio.timeout(POLL_DEADLINE_S):
                 snapshot = await poll_once(js, topo)
+                if snapshot.at - before_at > marker_ttl_s:
+                    before = {}
                 lost = await lost_workers(js, topo, before, snapshot)
         except (nats.errors.Error, TimeoutError) as err:
-            before = {}
             metrics.poll_errors.inc()
             if not failing:
                 # Logged once per outage: NATS being down would otherwise log every interval.
@@ -324,7 +328,7 @@ async def run_poller(
                     metrics.workers_lost.labels(queue).inc()
             if lost:
                 log.warning("%d worker(s) stopped heartbeating without a clean exit", len(lost))
-            before = snapshot.live
+            before, before_at = snapshot.live, snapshot.at
             collector.snapshot = snapshot
             metrics.last_poll.set(snapshot.at)
             if failing:
