@@ -84,15 +84,16 @@ def test_killed_worker_turns_stale_then_gone(stack):
         worker.kill9()
         t0 = time.monotonic()
         states = {}
-        while time.monotonic() - t0 < 15:
+        while time.monotonic() - t0 < 30:
             [w] = c.get("/api/v1/workers").json()["workers"]
             states.setdefault(w["state"], round(time.monotonic() - t0, 1))
             if w["state"] == "gone":
                 break
             time.sleep(0.1)
-    # Heartbeat interval 1 s in tests: stale after 2 s without one, gone when the 3 s TTL expires.
+    # Heartbeat interval 1 s in tests: stale after 2 s without one, gone when the 3 s TTL expires
+    # (the bound leaves room for a loaded CI box; a worker never seen gone fails at 30 s).
     assert "stale" in states and "gone" in states, states
-    assert states["stale"] < states["gone"] <= 6, states
+    assert states["stale"] < states["gone"] <= 15, states
 
 
 def test_sigterm_worker_is_draining_then_gone(stack):
