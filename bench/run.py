@@ -1047,7 +1047,14 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
                 note_idle()
 
             sleep = await drain(
-                c, "sleep", args.sleep_jobs, args.batch, start_sleep_executor, pids, 180, spec=spec
+                c,
+                "sleep",
+                args.sleep_jobs,
+                args.batch,
+                start_sleep_executor,
+                pids,
+                max(180.0, args.sleep_jobs / 10),
+                spec=spec,
             )
             ideal = args.sleep_slots / (args.sleep_ms / 1000)
             out["sleep"] = {
