@@ -18,7 +18,6 @@ prints a table and writes everything to bench/results/<UTC timestamp>.json. Ever
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -32,24 +31,17 @@ import sys
 import tempfile
 import threading
 import time
-import types
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-if importlib.util.find_spec("sniffio") is None:
-    # httpcore runs `import sniffio` each time it sets up a lock; when sniffio is not installed every
-    # such import fails after searching sys.path (~0.2 ms here, several per request), which made the
-    # bench client a noticeable CPU user on a 2-core box. This stub answers what httpcore asks.
-    sys.modules["sniffio"] = types.SimpleNamespace(current_async_library=lambda: "asyncio")
+import httpx
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
-import httpx  # noqa: E402
-import nats  # noqa: E402
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig  # noqa: E402
-
-from taskyard_common.embedded import EmbeddedNats, free_port, nats_server_binary  # noqa: E402
+from taskyard_common.embedded import EmbeddedNats, free_port, nats_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
