@@ -3,6 +3,8 @@
 import random
 import time
 
+from .stack import wait_until
+
 PRIORITY_ORDER = {"high": 0, "normal": 1, "low": 2}
 
 
@@ -17,6 +19,12 @@ def test_position_is_exact_against_a_brute_force_count(stack):
         ]
         for b in blockers:
             stack.wait_status(b["id"], "running")  # both slots are taken: nothing else moves
+        # The reasons read slot use from heartbeats, which trail the `running` status by up to one
+        # heartbeat interval: wait until the worker reports both slots used.
+        wait_until(
+            lambda: [w["slots_used"] for w in c.get("/api/v1/workers").json()["workers"]] == [2],
+            what="the heartbeat to show both slots used",
+        )
         specs = [{"type": "noop", "priority": rng.choice(list(PRIORITY_ORDER))} for _ in range(60)]
         jobs = []
         for i in range(0, len(specs), 20):
