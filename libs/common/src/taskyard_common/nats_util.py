@@ -39,7 +39,7 @@ async def wait_acks(futures: list[asyncio.Future], timeout: float) -> list[objec
     came within `timeout`).
 
     Callers publish without `wait_stall`: with it nats-py wraps every publish in a task, which
-    yields to the loop and costs one socket write per message (docs/performance.md #2). The one
+    yields to the loop and costs one socket write per message (docs/performance.md, "What was changed"). The one
     deadline here bounds the wait instead; unanswered futures are cancelled, which gives their
     slots in nats-py's pending-ack semaphore back.
     """

@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import time
+from typing import Any
 
 from fastapi import HTTPException
 from sqlalchemy import func, select, update
@@ -68,7 +69,16 @@ class CheckpointService:
             await self._expire(ck_id)
             raise HTTPException(409, f"checkpoint {ck_id} expired at {iso(expired.at)}") from None
 
-    async def _decide(self, ck_id, who, status, by, now, reason, answer) -> Checkpoint:  # noqa: ANN001
+    async def _decide(
+        self,
+        ck_id: str,
+        who: Principal | None,
+        status: str,
+        by: str,
+        now: float,
+        reason: str | None,
+        answer: Any,
+    ) -> Checkpoint:
         async with self.sessions() as session:
             ck = await session.get(Checkpoint, ck_id)
             if ck is None:

@@ -35,7 +35,7 @@ _MARK_QUEUED = (
 )
 
 
-def _queued_event(job: Job, seq: int, at: float) -> JobEvent:
+def _queued_event(job: Job, at: float) -> JobEvent:
     return JobEvent(
         job_id=job.id,
         type="queued",
@@ -43,7 +43,7 @@ def _queued_event(job: Job, seq: int, at: float) -> JobEvent:
         queue=job.queue,
         priority=job.priority,
         job_type=job.type,
-        data={"stream_seq": seq, "generation": job.generation},
+        data={"stream_seq": job.stream_seq, "generation": job.generation},
     )
 
 
@@ -107,7 +107,7 @@ class QueuedMarker:
                 params = [{"b_id": job.id, "b_seq": job.stream_seq, "b_now": now} for job, _ in todo]
                 await session.execute(_MARK_QUEUED, params)
                 await session.commit()
-            await self.publisher.publish_events([_queued_event(job, job.stream_seq, at) for job, at in todo])
+            await self.publisher.publish_events([_queued_event(job, at) for job, at in todo])
 
 
 class JobService:

@@ -7,6 +7,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from taskyard_common.nats_util import stream_seq
 from taskyard_common.schemas import LogLine
 from taskyard_common.topology import Topology
 
@@ -16,7 +17,7 @@ from .schemas import iso
 def _line(msg) -> dict:  # noqa: ANN001
     line = LogLine.model_validate_json(msg.data)
     return {
-        "seq": msg.metadata.sequence.stream,
+        "seq": stream_seq(msg),
         "stream": line.stream,
         "line": line.line,
         "at": iso(line.at),

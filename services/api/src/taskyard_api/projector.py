@@ -183,7 +183,7 @@ def _insert_ignoring(session: AsyncSession, model, key: str):  # noqa: ANN001
 
     Executed with the rows as executemany parameters (not `.values(rows)`), so the statement is
     compiled once and cached; a multi-row `.values()` compiled anew for every batch and was 12 % of
-    the api's CPU under load (docs/performance.md #3).
+    the api's CPU under load (docs/performance.md, "What was changed").
     """
     insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
     return insert(model.__table__).on_conflict_do_nothing(index_elements=[key])
