@@ -87,6 +87,10 @@ class Topology:
     def drain_subject(self, worker_id: str = "*") -> str:
         return f"{self.prefix}.control.drain.{worker_id}"
 
+    def wake_subject(self, queue: str) -> str:
+        """Core NATS, no stream: the API says "new jobs stored in `queue`" so idle executors pull."""
+        return f"{self.prefix}.control.wake.{queue}"
+
     def max_deliveries_advisory(self) -> str:
         return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.jobs_stream}.*"
 

@@ -12,7 +12,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -27,8 +27,58 @@ log = logging.getLogger("taskyard.api.projector")
 _FINAL = {"succeeded", "failed", "dead", "cancelled"}
 COALESCE_S = 0.01
 
+_jobs = Job.__table__
+# What apply_event reads (and may write), loaded per batch...
+_READ = (
+    "status",
+    "generation",
+    "attempt",
+    "worker_id",
+    "stream_seq",
+    "started_at",
+    "updated_at",
+    "last_event_seq",
+)
+# ...and what it only writes: loading these (results can be large JSON) would be wasted work.
+_WRITE_ONLY = ("finished_at", "progress", "result", "error")
+_UNSET = object()
 
-def apply_event(job: Job, event: JobEvent, seq: int) -> list[dict]:
+
+class JobState:
+    """The part of a job row that projection moves; `changes()` is what to write back."""
+
+    __slots__ = ("id", *_READ, *_WRITE_ONLY)
+
+    def __init__(self, row) -> None:  # noqa: ANN001 - a Row of (id, *_READ)
+        self.id = row[0]
+        for name, value in zip(_READ, row[1:], strict=True):
+            setattr(self, name, value)
+        for name in _WRITE_ONLY:
+            setattr(self, name, _UNSET)
+
+    def changes(self) -> dict:
+        values = {name: getattr(self, name) for name in _READ}
+        values.update((n, v) for n in _WRITE_ONLY if (v := getattr(self, n)) is not _UNSET)
+        return values
+
+
+_updates: dict[tuple[str, ...], object] = {}
+
+
+def _update_jobs(columns: tuple[str, ...]):
+    """UPDATE jobs SET <columns> WHERE id = :b_id, built once per column set and reused, so each
+    batch is one cached executemany per set of columns (almost always one)."""
+    stmt = _updates.get(columns)
+    if stmt is None:
+        stmt = _updates[columns] = (
+            update(_jobs)
+            .where(_jobs.c.id == bindparam("b_id"))
+            .values({name: bindparam(f"b_{name}") for name in columns})
+        )
+    return stmt
+
+
+def apply_event(job: JobState, event: JobEvent, seq: int) -> list[dict]:
     """Move `job` by one event; returns extra timeline rows the event implies (a lost worker)."""
     extra: list[dict] = []
     job.last_event_seq = seq
@@ -139,7 +189,11 @@ class Projector:
         events.sort(key=lambda pair: pair[0])
         async with self.sessions() as session:
             ids = {e.job_id for _, e in events}
-            jobs = {j.id: j for j in await session.scalars(select(Job).where(Job.id.in_(ids)))}
+            found = await session.execute(
+                select(_jobs.c.id, *(_jobs.c[name] for name in _READ)).where(_jobs.c.id.in_(ids))
+            )
+            jobs = {row[0]: JobState(row) for row in found}
+            moved: dict[str, JobState] = {}
             rows, checkpoints = [], []
             for seq, event in events:
                 self._learn_duration(event)
@@ -149,9 +203,18 @@ class Projector:
                 job = jobs.get(event.job_id)
                 if job is not None and seq > job.last_event_seq:
                     rows.extend(apply_event(job, event, seq))
+                    moved[job.id] = job
                 if event.type == "waiting" and job is not None:
                     checkpoints.append(_checkpoint_row(event))
             await session.execute(_insert_ignoring(session, JobEventRow, "stream_seq"), rows)
+            by_columns: dict[tuple[str, ...], list[dict]] = {}
+            for job in moved.values():
+                values = job.changes()
+                params = {f"b_{name}": value for name, value in values.items()}
+                params["b_id"] = job.id
+                by_columns.setdefault(tuple(values), []).append(params)
+            for columns, params in by_columns.items():
+                await session.execute(_update_jobs(columns), params)
             if checkpoints:
                 await session.execute(_insert_ignoring(session, Checkpoint, "id"), checkpoints)
             await session.commit()

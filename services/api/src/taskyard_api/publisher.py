@@ -60,11 +60,17 @@ class Publisher:
             futures.append(await self.js.publish_async(subject, data, headers=headers))
         acks = await wait_acks(futures, timeout=10)
         seqs: dict[str, int] = {}
+        stored_in: set[str] = set()
         for job, ack in zip(jobs, acks, strict=True):
             if isinstance(ack, BaseException):
                 log.warning("publish of job %s failed (outbox will retry): %s", job.id, ack)
             else:
                 seqs[job.id] = ack.seq
+                stored_in.add(job.queue)
+        # One wake-up per queue per burst, sent after the acks so an executor that pulls on it
+        # finds the jobs stored. Not waited for: an executor that misses it polls anyway.
+        for queue in stored_in:
+            await self.nc.publish(self.topo.wake_subject(queue), b"")
         return seqs
 
     async def publish_events(self, events: list[JobEvent]) -> None:

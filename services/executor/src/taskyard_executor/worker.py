@@ -86,56 +86,52 @@ class Worker:
         return self.settings.slots - len(self._tasks)
 
     async def pull_forever(self) -> None:
-        """Fill free slots: per queue, high before normal before low; sleep when all are empty."""
-        wake_sub = None
+        """Fill free slots: per queue, high before normal before low; sleep when all are empty.
+
+        A round ends idle only when every pull came back short, i.e. each consumer was empty when
+        asked. The API sends a wake-up (core NATS, one per queue per publish burst, after the jobs are
+        stored); the subscription stays open and the flag is cleared before a round, so jobs stored
+        during a round start the next one at once instead of waiting for the idle poll.
+        """
         queues = list(self.settings.queues)
         turn = 0
-        while not self.draining:
-            if self.free_slots <= 0:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
-                continue
-            got = 0
-            turn = (turn + 1) % len(queues)
-            for queue in queues[turn:] + queues[:turn]:
-                for priority in PRIORITIES:
-                    if self.free_slots <= 0 or self.draining:
-                        break
-                    try:
-                        got += await self.puller.pull(
-                            self.topo.exec_durable(queue, priority), self.free_slots
-                        )
-                    except NatsError as exc:
-                        log.warning("pull failed (%s); NATS may be reconnecting", exc)
-                        await asyncio.sleep(0.5)
-            if got:
-                if wake_sub is not None:
-                    await wake_sub.unsubscribe()
-                    wake_sub = None
-                continue
-            # Idle: listen to new job publishes so a fresh job starts at once, and poll now and then
-            # for retries whose nak delay ran out (those publish nothing).
-            if wake_sub is None:
-                wake_sub = await self._subscribe_wakeups()
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.settings.idle_poll_s)
-        if wake_sub is not None:
-            await wake_sub.unsubscribe()
+        wake_subs = [
+            await self.nc.subscribe(self.topo.wake_subject(queue), cb=self._on_wake) for queue in queues
+        ]
+        try:
+            while not self.draining:
+                if self.free_slots <= 0:
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
+                    continue
+                self._wakeup.clear()
+                more = False
+                turn = (turn + 1) % len(queues)
+                for queue in queues[turn:] + queues[:turn]:
+                    for priority in PRIORITIES:
+                        wanted = self.free_slots
+                        if wanted <= 0 or self.draining:
+                            break
+                        try:
+                            got = await self.puller.pull(self.topo.exec_durable(queue, priority), wanted)
+                        except NatsError as exc:
+                            log.warning("pull failed (%s); NATS may be reconnecting", exc)
+                            await asyncio.sleep(0.5)
+                            got = 0
+                        more = more or got >= wanted
+                if more:
+                    continue
+                # Every consumer was empty: wait for a publish, or poll now and then for retries
+                # whose nak delay ran out (those publish nothing).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self.settings.idle_poll_s)
+        finally:
+            for sub in wake_subs:
+                with contextlib.suppress(NatsError):
+                    await sub.unsubscribe()
 
-    async def _subscribe_wakeups(self):
-        async def wake(_: Msg) -> None:
-            self._wakeup.set()
-
-        subjects = [f"{self.topo.prefix}.jobs.{q}.*" for q in self.settings.queues]
-        subs = [await self.nc.subscribe(s, cb=wake) for s in subjects]
-
-        class _Many:
-            async def unsubscribe(self) -> None:
-                for s in subs:
-                    await s.unsubscribe()
-
-        return _Many()
+    async def _on_wake(self, _: Msg) -> None:
+        self._wakeup.set()
 
     async def drain(self, grace_s: float) -> None:
         """Stop pulling; give running jobs `grace_s` to finish; hand the rest back at once."""
