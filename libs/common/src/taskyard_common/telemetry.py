@@ -45,6 +45,11 @@ def shutdown_tracing() -> None:
         _provider.shutdown()
 
 
+def tracing_on() -> bool:
+    """Whether setup_tracing installed a provider: hot paths skip building no-op spans when not."""
+    return _provider is not None
+
+
 def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
 

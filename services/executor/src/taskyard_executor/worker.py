@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from taskyard_common.schemas import JobEvent, JobSpec, LogLine
-from taskyard_common.telemetry import context_from, ns, tracer
+from taskyard_common.telemetry import context_from, ns, tracer, tracing_on
 from taskyard_common.topology import PRIORITIES, Topology, ensure_queue
 
 from .checkpoints import Journal, Suspended, read_journal
@@ -213,6 +213,9 @@ class Worker:
 
     async def _traced_run(self, run: Running) -> None:
         """One attempt as a span in the job's trace (continued from the message's traceparent)."""
+        if not tracing_on():
+            await self._run(run)
+            return
         spec = run.spec
         parent = context_from(headers=run.msg.headers)
         attrs = {
