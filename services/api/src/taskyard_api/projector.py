@@ -47,17 +47,23 @@ _UNSET = object()
 class JobState:
     """The part of a job row that projection moves; `changes()` is what to write back."""
 
-    __slots__ = ("id", *_READ, *_WRITE_ONLY)
+    __slots__ = ("id", "_loaded", *_READ, *_WRITE_ONLY)
 
     def __init__(self, row) -> None:  # noqa: ANN001 - a Row of (id, *_READ)
-        self.id = row[0]
-        for name, value in zip(_READ, row[1:], strict=True):
+        self.id, self._loaded = row[0], tuple(row[1:])
+        for name, value in zip(_READ, self._loaded, strict=True):
             setattr(self, name, value)
         for name in _WRITE_ONLY:
             setattr(self, name, _UNSET)
 
     def changes(self) -> dict:
-        values = {name: getattr(self, name) for name in _READ}
+        """Only the columns that moved: writing back an unchanged one could undo a concurrent
+        write (PostgreSQL), e.g. put back `queued` over the API's `cancelled`."""
+        values = {
+            name: value
+            for name, old in zip(_READ, self._loaded, strict=True)
+            if (value := getattr(self, name)) != old
+        }
         values.update((n, v) for n in _WRITE_ONLY if (v := getattr(self, n)) is not _UNSET)
         return values
 
