@@ -5,7 +5,7 @@ from datetime import datetime
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from nats.errors import Error as NatsError
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from taskyard_common.schemas import FINAL_STATES, JobState
 
@@ -116,20 +116,24 @@ async def list_jobs(
     return JSONResponse({"jobs": [job_out(j) for j in rows], "next_cursor": rows[-1].id if more else None})
 
 
+_JOB_BY_ID = select(Job.__table__).where(Job.__table__.c.id == bindparam("job_id"))
+_TIMELINE = (
+    select(JobEventRow.__table__)
+    .where(JobEventRow.__table__.c.job_id == bindparam("job_id"))
+    .order_by(JobEventRow.__table__.c.at, JobEventRow.__table__.c.id)
+)
+
+
 async def _load(request: Request, job_id: str) -> tuple[Job, list[JobEventRow]]:
+    """The job and its timeline as Core rows (read-only, same attribute names as the models):
+    no ORM identity map or instance state for a read, the most frequent request there is."""
     if not JOB_ID.fullmatch(job_id):
         raise HTTPException(404, f"job {job_id[:40]!r} not found (ids are 26-character ULIDs)")
     async with request.app.state.sessions() as session:
-        job = await session.get(Job, job_id)
+        job = (await session.execute(_JOB_BY_ID, {"job_id": job_id})).first()
         if job is None:
             raise HTTPException(404, f"job {job_id} not found")
-        timeline = list(
-            await session.scalars(
-                select(JobEventRow)
-                .where(JobEventRow.job_id == job_id)
-                .order_by(JobEventRow.at, JobEventRow.id)
-            )
-        )
+        timeline = list(await session.execute(_TIMELINE, {"job_id": job_id}))
     return job, timeline
 
 
