@@ -87,7 +87,8 @@ async def list_jobs(
     limit: int = Query(50, ge=1, le=500),
     who: Principal = require("viewer"),
 ):
-    query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    # Core rows, as in _load: listing 500 jobs built 500 ORM instances to read them once.
+    query = select(Job.__table__).order_by(Job.id.desc()).limit(limit + 1)
     valid = {s.value for s in JobState}
     for s in status:
         if s not in valid:
@@ -110,7 +111,7 @@ async def list_jobs(
     if cursor:
         query = query.where(Job.id < cursor)
     async with request.app.state.sessions() as session:
-        rows = list(await session.scalars(query))
+        rows = list(await session.execute(query))
     more = len(rows) > limit
     rows = rows[:limit]
     return JSONResponse({"jobs": [job_out(j) for j in rows], "next_cursor": rows[-1].id if more else None})
