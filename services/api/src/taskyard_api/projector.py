@@ -68,18 +68,25 @@ class JobState:
         return values
 
 
-_updates: dict[tuple[str, ...], object] = {}
+_updates: dict[tuple[tuple[str, ...], bool], object] = {}
 
 
-def _update_jobs(columns: tuple[str, ...]):
+def _update_jobs(columns: tuple[str, ...], unless_final: bool):
     """UPDATE jobs SET <columns> WHERE id = :b_id, built once per column set and reused, so each
-    batch is one cached executemany per set of columns (almost always one)."""
-    stmt = _updates.get(columns)
+    batch is one cached executemany per set of columns (almost always one).
+
+    `unless_final` adds `AND status NOT IN (final states)`: a non-final outcome (`started`,
+    `progress`, …) was computed from the batch's snapshot, and on PostgreSQL the API may have
+    committed `cancelled` since; that row must not be moved back.
+    """
+    key = (columns, unless_final)
+    stmt = _updates.get(key)
     if stmt is None:
-        stmt = _updates[columns] = (
-            update(_jobs)
-            .where(_jobs.c.id == bindparam("b_id"))
-            .values({name: bindparam(f"b_{name}") for name in columns})
+        where = [_jobs.c.id == bindparam("b_id")]
+        if unless_final:
+            where.append(_jobs.c.status.not_in(sorted(FINAL_STATES)))
+        stmt = _updates[key] = (
+            update(_jobs).where(*where).values({name: bindparam(f"b_{name}") for name in columns})
         )
     return stmt
 
@@ -213,14 +220,15 @@ class Projector:
                 if event.type == "waiting" and job is not None:
                     checkpoints.append(_checkpoint_row(event))
             await session.execute(_insert_ignoring(session, JobEventRow, "stream_seq"), rows)
-            by_columns: dict[tuple[str, ...], list[dict]] = {}
+            by_columns: dict[tuple[tuple[str, ...], bool], list[dict]] = {}
             for job in moved.values():
                 values = job.changes()
                 params = {f"b_{name}": value for name, value in values.items()}
                 params["b_id"] = job.id
-                by_columns.setdefault(tuple(values), []).append(params)
-            for columns, params in by_columns.items():
-                await session.execute(_update_jobs(columns), params)
+                key = (tuple(values), job.status not in FINAL_STATES)
+                by_columns.setdefault(key, []).append(params)
+            for (columns, unless_final), params in by_columns.items():
+                await session.execute(_update_jobs(columns, unless_final), params)
             if checkpoints:
                 await session.execute(_insert_ignoring(session, Checkpoint, "id"), checkpoints)
             await session.commit()
