@@ -12,7 +12,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -84,7 +84,9 @@ def _update_jobs(columns: tuple[str, ...], unless_final: bool):
     if stmt is None:
         where = [_jobs.c.id == bindparam("b_id")]
         if unless_final:
-            where.append(_jobs.c.status.not_in(sorted(FINAL_STATES)))
+            # Inline constants: an expanding IN parameter cannot go through executemany.
+            final = [literal(state, literal_execute=False) for state in sorted(FINAL_STATES)]
+            where.append(_jobs.c.status.not_in(final))
         stmt = _updates[key] = (
             update(_jobs).where(*where).values({name: bindparam(f"b_{name}") for name in columns})
         )
