@@ -210,6 +210,7 @@ class Worker:
             log.error("job %s: NATS error while reporting (%s); it will be redelivered", spec.id, exc)
         finally:
             self.running.pop(spec.id, None)
+            self.emitter.forget(spec.id)
 
     async def _traced_run(self, run: Running) -> None:
         """One attempt as a span in the job's trace (continued from the message's traceparent)."""
@@ -275,7 +276,7 @@ class Worker:
 
         async def emit_event(kind: str, data: dict) -> None:
             await self.emitter.event(self._event(run, kind, **data))
-            await self.emitter.flush()
+            await self.emitter.flush(spec.id)
 
         ctx = JobContext(
             spec,
@@ -339,7 +340,7 @@ class Worker:
                     run, "retrying", error=error, delay_s=round(delay, 3), next_at=time.time() + delay
                 )
             )
-            await self.emitter.flush()
+            await self.emitter.flush(spec.id)
             run.outcome = "retrying"
             await run.msg.nak(delay=delay)
             return
@@ -363,5 +364,5 @@ class Worker:
         run.outcome = kind
         duration = round(time.time() - run.started, 6)
         await self.emitter.event(self._event(run, kind, duration_s=duration, **data))
-        await self.emitter.flush()
+        await self.emitter.flush(run.spec.id)
         await (run.msg.ack() if ack == "ack" else run.msg.term())
