@@ -171,9 +171,10 @@ async def jobs_list(
             errors.append(f"Job id: no job has the id {search}.")
             prefix = None
         elif not cursor:
-            # Ids sort by creation, newest first: every id with this prefix comes right after the
-            # largest id the prefix can start (pad with the highest ULID digit).
-            cursor = prefix + "Z" * (ULID_LEN - len(prefix))
+            # Ids sort by creation, newest first, and the API lists ids below the cursor: pad with
+            # the highest ULID digit one place past an id's length, so the bound sorts after every
+            # id with this prefix, the all-"Z" one included (padding to 26 left it out, 1 in 32).
+            cursor = prefix + "Z" * (ULID_LEN - len(prefix) + 1)
 
     notice, bulk_error = _bulk_message(dict(request.query_params))
     jobs: list[dict] = []
