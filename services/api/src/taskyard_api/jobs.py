@@ -92,35 +92,32 @@ class SubmitGroup:
     def __init__(self, store: Callable[[list[dict]], Awaitable[list]]) -> None:
         self._store = store
         self._waiting: list[tuple[dict, asyncio.Future]] = []
-        self._writing = False
-        self._task: asyncio.Task | None = None
+        self._writer: asyncio.Task | None = None  # the task writing groups, while there are any
 
     async def submit(self, row: dict) -> SimpleNamespace:
         """The job of `row`, once it is inserted and its publish was attempted (as for a batch)."""
         done = asyncio.get_running_loop().create_future()
         self._waiting.append((row, done))
-        if not self._writing:
-            self._writing = True
-            self._task = asyncio.create_task(self._write_all())  # a reference keeps it alive
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_all())
         return await done
 
     async def _write_all(self) -> None:
-        try:
-            while self._waiting:
-                group, self._waiting = self._waiting[:GROUP_MAX], self._waiting[GROUP_MAX:]
-                try:
-                    outcomes = await self._store([row for row, _ in group])
-                except Exception as exc:  # noqa: BLE001 - every request of the group answers with it
-                    outcomes = [exc] * len(group)
-                for (_, done), outcome in zip(group, outcomes, strict=True):
-                    if done.done():
-                        continue  # that request was cancelled (client gone); its job still stands
-                    if isinstance(outcome, Exception):
-                        done.set_exception(outcome)
-                    else:
-                        done.set_result(outcome)
-        finally:
-            self._writing = False
+        # Ends (no await between the last check and returning) as soon as nobody waits, so a
+        # later submit that finds it done starts a new one.
+        while self._waiting:
+            group, self._waiting = self._waiting[:GROUP_MAX], self._waiting[GROUP_MAX:]
+            try:
+                outcomes = await self._store([row for row, _ in group])
+            except Exception as exc:  # noqa: BLE001 - every request of the group answers with it
+                outcomes = [exc] * len(group)
+            for (_, done), outcome in zip(group, outcomes, strict=True):
+                if done.done():
+                    continue  # that request was cancelled (client gone); its job still stands
+                if isinstance(outcome, Exception):
+                    done.set_exception(outcome)
+                else:
+                    done.set_result(outcome)
 
 
 class QueuedMarker:

@@ -24,7 +24,6 @@ from taskyard_common.topology import Topology
 from .models import Checkpoint, Job, JobEventRow
 
 log = logging.getLogger("taskyard.api.projector")
-_FINAL = {"succeeded", "failed", "dead", "cancelled"}
 COALESCE_S = 0.01
 
 _jobs = Job.__table__
@@ -100,7 +99,7 @@ def apply_event(job: JobState, event: JobEvent, seq: int) -> list[dict]:
     if event.generation < job.generation:
         return extra
     kind, data = event.type, event.data
-    if job.status in FINAL_STATES and kind not in _FINAL:
+    if job.status in FINAL_STATES and kind not in FINAL_STATES:
         return extra  # e.g. a late `started` after the API cancelled the job
     job.updated_at = max(job.updated_at, event.at)
     if kind == "queued":
@@ -117,7 +116,7 @@ def apply_event(job: JobState, event: JobEvent, seq: int) -> list[dict]:
         job.status, job.worker_id = "waiting", None
     elif kind == "retrying":
         job.status, job.error = "retrying", data.get("error")
-    elif kind in _FINAL:
+    elif kind in FINAL_STATES:
         job.status, job.finished_at = kind, event.at
         job.attempt = max(job.attempt, event.attempt)
         if kind == "succeeded":
