@@ -1306,7 +1306,7 @@ def main(argv: list[str] | None = None) -> int:
                 proc.kill()
         stack.stop()
         stack.drop_db()
-        if ok or not os.environ.get("BENCH_KEEP_TMP"):
+        if not os.environ.get("BENCH_KEEP_TMP"):
             shutil.rmtree(tmp, ignore_errors=True)
 
     record = {

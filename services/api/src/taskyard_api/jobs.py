@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 
 from fastapi import HTTPException
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -16,6 +16,7 @@ from taskyard_common.schemas import FINAL_STATES, JobEvent
 from taskyard_common.telemetry import current_traceparent, tracer, tracing_on
 
 from .auth import Principal
+from .driver_insert import DriverInsert
 from .ids import JOB_ID, new_id
 from .job_types import KnownTypes
 from .models import Job
@@ -29,7 +30,6 @@ _tracer = tracer("taskyard.api")
 # Core (not ORM) UPDATE: an executemany with a status guard, so a row the projector already
 # moved past `queued` is left alone.
 _jobs = Job.__table__
-_INSERT_JOB = insert(_jobs)
 _ALL_NULL = dict.fromkeys(_jobs.columns.keys())
 _MARK_QUEUED = (
     update(_jobs)
@@ -121,7 +121,7 @@ class SubmitGroup:
 
 
 class QueuedMarker:
-    """After a job's publish is acked: mark its row `queued` and publish its `queued` event.
+    """After a job's publish is acked and its `queued` event sent: mark its row `queued`.
 
     Off the request path, and many jobs per transaction: a submit answers as soon as its message
     is in JOBS, and concurrent submits share one UPDATE. If this never happens (crash, database
@@ -131,12 +131,15 @@ class QueuedMarker:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], publisher: Publisher) -> None:
         self.sessions, self.publisher = sessions, publisher
-        self._todo: list[tuple[Job, float]] = []
+        self._todo: list[Job] = []
+        self._events: list[asyncio.Future] = []
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
 
-    def add(self, jobs: list[Job], published_at: float) -> None:
-        self._todo += [(job, published_at) for job in jobs]
+    def add(self, jobs: list[Job], events: list[asyncio.Future]) -> None:
+        """`events`: the publishes of these jobs' `queued` events, whose acks are checked here."""
+        self._todo += jobs
+        self._events += events
         self._wake.set()
 
     async def run_forever(self) -> None:
@@ -152,14 +155,17 @@ class QueuedMarker:
         async with self._lock:
             self._wake.clear()
             todo, self._todo = self._todo, []
-            if not todo:
-                return
-            now = time.time()
-            async with self.sessions() as session:
-                params = [{"b_id": job.id, "b_seq": job.stream_seq, "b_now": now} for job, _ in todo]
-                await session.execute(_MARK_QUEUED, params)
-                await session.commit()
-            await self.publisher.publish_events([_queued_event(job, at) for job, at in todo])
+            events, self._events = self._events, []
+            try:
+                if todo:
+                    now = time.time()
+                    async with self.sessions() as session:
+                        params = [{"b_id": j.id, "b_seq": j.stream_seq, "b_now": now} for j in todo]
+                        await session.execute(_MARK_QUEUED, params)
+                        await session.commit()
+            finally:
+                # Always: an unchecked publish whose ack never comes would hold a pending-ack slot.
+                await self.publisher.events_stored(events)
 
 
 class JobService:
@@ -173,6 +179,7 @@ class JobService:
         self.sessions, self.publisher, self.settings = sessions, publisher, settings
         self.known_types = known_types
         self.marker = QueuedMarker(sessions, publisher)
+        self._insert_jobs = DriverInsert(sessions.kw["bind"], _jobs)
         self._group = SubmitGroup(self._store_new)
 
     def _check_size(self, spec: JobCreate, where: str = "payload") -> None:
@@ -203,42 +210,35 @@ class JobService:
         now = time.time()
         if len(specs) == 1 and not specs[0].idempotency_key:
             return [(await self._group.submit(_new_row(specs[0], owner, now)), True)]
-        results: list[tuple[Job, bool]] = []
         async with self.sessions() as session:
             existing = await self._existing_by_key(session, specs, owner)
-            rows: list[dict] = []
-            for spec in specs:
-                if spec.idempotency_key and spec.idempotency_key in existing:
-                    results.append((existing[spec.idempotency_key], False))
-                    continue
-                row = _new_row(spec, owner, now)
-                job = _as_job(row)
-                rows.append(row)
-                results.append((job, True))
-                if spec.idempotency_key:
-                    existing[spec.idempotency_key] = job
-            try:
-                if rows:
-                    # Core executemany: one cached statement for any number of jobs, no ORM flush.
-                    await session.execute(_INSERT_JOB, rows)
-                await session.commit()
-            except IntegrityError:
-                # A concurrent request inserted the same idempotency key first: answer with its job.
-                await session.rollback()
-                if len(specs) != 1:
-                    raise HTTPException(
-                        409, "idempotency key submitted concurrently; retry the batch"
-                    ) from None
+        results: list[tuple[Job, bool]] = []
+        rows: list[dict] = []
+        for spec in specs:
+            if spec.idempotency_key and spec.idempotency_key in existing:
+                results.append((existing[spec.idempotency_key], False))
+                continue
+            row = _new_row(spec, owner, now)
+            job = _as_job(row)
+            rows.append(row)
+            results.append((job, True))
+            if spec.idempotency_key:
+                existing[spec.idempotency_key] = job
+        try:
+            await self._insert_jobs(rows)
+        except IntegrityError:
+            # A concurrent request inserted the same idempotency key first: answer with its job.
+            if len(specs) != 1:
+                raise HTTPException(409, "idempotency key submitted concurrently; retry the batch") from None
+            async with self.sessions() as session:
                 again = await self._existing_by_key(session, specs, owner)
-                return [(again[specs[0].idempotency_key], False)]
+            return [(again[specs[0].idempotency_key], False)]
         await self._after_insert([job for job, created in results if created])
         return results
 
     async def _store_new(self, rows: list[dict]) -> list[SimpleNamespace]:
         """SubmitGroup's writer: insert rows of jobs without idempotency keys, then publish them."""
-        async with self.sessions() as session:
-            await session.execute(_INSERT_JOB, rows)
-            await session.commit()
+        await self._insert_jobs(rows)
         jobs = [_as_job(row) for row in rows]
         await self._after_insert(jobs)
         return jobs
@@ -268,7 +268,11 @@ class JobService:
         queued = [job for job in jobs if job.id in seqs]
         for job in queued:
             job.status, job.stream_seq = "queued", seqs[job.id]
-        self.marker.add(queued, published_at)
+        # The `queued` events go out before the wake-up, so they are in EVENTS ahead of anything
+        # an executor reports about these jobs and a timeline never lacks its `queued`.
+        events = await self.publisher.send_events([_queued_event(job, published_at) for job in queued])
+        await self.publisher.wake(queued)
+        self.marker.add(queued, events)
 
     async def get_owned(self, session: AsyncSession, job_id: str, who: Principal) -> Job:
         job = await session.get(Job, job_id) if JOB_ID.fullmatch(job_id) else None

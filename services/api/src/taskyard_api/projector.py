@@ -24,7 +24,7 @@ from taskyard_common.topology import Topology
 from .models import Checkpoint, Job, JobEventRow
 
 log = logging.getLogger("taskyard.api.projector")
-COALESCE_S = 0.01
+COALESCE_S = 0.05
 
 _jobs = Job.__table__
 # What apply_event reads (and may write), loaded per batch...

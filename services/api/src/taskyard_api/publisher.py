@@ -1,5 +1,6 @@
 """Publishing to JOBS and EVENTS: the only place the API writes to NATS."""
 
+import asyncio
 import logging
 
 from nats.aio.client import Client as NatsClient
@@ -60,28 +61,38 @@ class Publisher:
             futures.append(await self.js.publish_async(subject, data, headers=headers))
         acks = await wait_acks(futures, timeout=10)
         seqs: dict[str, int] = {}
-        stored_in: set[str] = set()
         for job, ack in zip(jobs, acks, strict=True):
             if isinstance(ack, BaseException):
                 log.warning("publish of job %s failed (outbox will retry): %s", job.id, ack)
             else:
                 seqs[job.id] = ack.seq
-                stored_in.add(job.queue)
-        # One wake-up per queue per burst, sent after the acks so an executor that pulls on it
-        # finds the jobs stored. Not waited for: an executor that misses it polls anyway.
-        for queue in stored_in:
-            await self.nc.publish(self.topo.wake_subject(queue), b"")
         return seqs
 
-    async def publish_events(self, events: list[JobEvent]) -> None:
-        futures = [
+    async def wake(self, jobs: list[Job]) -> None:
+        """Tell idle executors that these jobs are stored: one wake-up per queue, naming the
+        priorities (executors then ask only those consumers). Core NATS, not waited for: an
+        executor that misses it polls anyway."""
+        priorities: dict[str, set[str]] = {}
+        for job in jobs:
+            priorities.setdefault(job.queue, set()).add(job.priority)
+        for queue, named in priorities.items():
+            await self.nc.publish(self.topo.wake_subject(queue), ",".join(sorted(named)).encode())
+
+    async def send_events(self, events: list[JobEvent]) -> list[asyncio.Future]:
+        """Publish events without waiting; pass the futures to `events_stored`."""
+        return [
             await self.js.publish_async(self.topo.event_subject(e.job_id), e.model_dump_json().encode())
             for e in events
         ]
+
+    async def events_stored(self, futures: list[asyncio.Future]) -> None:
         for result in await wait_acks(futures, timeout=10):
             if isinstance(result, BaseException):
                 # Events are the timeline; the row's own status is already written by the API.
                 log.warning("event publish failed: %s", result)
+
+    async def publish_events(self, events: list[JobEvent]) -> None:
+        await self.events_stored(await self.send_events(events))
 
     async def delete_queued(self, seq: int) -> bool:
         """Remove a not-yet-finished job message from JOBS; False when it is already gone."""
