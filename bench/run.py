@@ -1297,8 +1297,6 @@ def main(argv: list[str] | None = None) -> int:
         log(f"failed: {exc!r}")
         for name, _proc, path in stack.procs:
             log(f"--- last lines of {name}:\n{tail(path, 1500)}")
-        if os.environ.get("BENCH_KEEP_TMP"):
-            log(f"keeping {tmp} (BENCH_KEEP_TMP is set)")
         return 1
     finally:
         for _name, proc, _ in profiler.procs:
@@ -1306,7 +1304,9 @@ def main(argv: list[str] | None = None) -> int:
                 proc.kill()
         stack.stop()
         stack.drop_db()
-        if not os.environ.get("BENCH_KEEP_TMP"):
+        if os.environ.get("BENCH_KEEP_TMP"):
+            log(f"keeping {tmp} (BENCH_KEEP_TMP is set)")
+        else:
             shutil.rmtree(tmp, ignore_errors=True)
 
     record = {
