@@ -1284,12 +1284,10 @@ def main(argv: list[str] | None = None) -> int:
         args.profile_dir or f"{tempfile.gettempdir()}/taskyard-bench-profiles-{started:%Y%m%dT%H%M%SZ}"
     )
     profiler = Profiler(args.py_spy, profile_dir, stack)
-    ok = False
     try:
         stack.nats.start()
         stack.make_db()
         results = asyncio.run(measure(args, stack, profiler))
-        ok = True
     except KeyboardInterrupt as exc:
         log(f"interrupted ({exc or 'Ctrl-C'}); stopping everything")
         return 130

@@ -1,9 +1,11 @@
-"""Engine and sessions. SQLite: one connection in WAL mode; PostgreSQL: a pool."""
+"""Engine and sessions. SQLite: one connection in WAL mode, run inline; PostgreSQL: a pool."""
 
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from taskyard_common.settings import DbSettings
+
+from .sqlite_inline import inline_creator
 
 
 def make_engine(settings: DbSettings) -> AsyncEngine:
@@ -14,8 +16,13 @@ def make_engine(settings: DbSettings) -> AsyncEngine:
         # frees) and spreads the work over one aiosqlite thread per connection, all fighting for
         # the GIL. Queueing on the event loop instead cut submit→start p99 at 100 jobs/s from
         # ~850 ms to ~25 ms (docs/performance.md). Sessions are short; none is held across a wait.
+        # Inline: statements run on the loop's thread, not aiosqlite's (see sqlite_inline).
         engine = create_async_engine(
-            url, echo=settings.echo, connect_args={"timeout": 30}, pool_size=1, max_overflow=0
+            url,
+            echo=settings.echo,
+            async_creator=inline_creator(make_url(url).database or ":memory:", timeout=30),
+            pool_size=1,
+            max_overflow=0,
         )
 
         @event.listens_for(engine.sync_engine, "connect")

@@ -1,0 +1,125 @@
+"""A SQLite connection that runs each call on the event loop's own thread, for SQLAlchemy's
+aiosqlite dialect (`create_async_engine(..., async_creator=...)`).
+
+aiosqlite runs every call (cursor, execute, fetch, close, commit, rollback) on a worker thread and
+wakes the loop through its self-pipe when it is done: ~12 such hops per submitted job, each costing
+more CPU on this kind of VM (a futex wake, a socket write, a loop turn) than the SQLite work it
+carries, which for Taskyard's statements is tens of microseconds (docs/performance.md, change 16).
+Here the same calls complete before returning, so a statement costs what SQLite costs. The price:
+while a statement runs the loop waits, so a long one (a big listing, a WAL checkpoint) delays
+everything else for its duration. SQLite is the single-process laptop default; PostgreSQL is the
+database for load.
+"""
+
+import sqlite3
+from typing import Any
+
+
+class InlineCursor:
+    """The part of aiosqlite's cursor that SQLAlchemy's adapter awaits."""
+
+    __slots__ = ("_cursor",)
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+
+    async def __aenter__(self) -> "InlineCursor":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._cursor.close()
+
+    async def execute(self, sql: str, parameters: Any = ()) -> "InlineCursor":
+        self._cursor.execute(sql, parameters)
+        return self
+
+    async def executemany(self, sql: str, seq_of_parameters: Any) -> "InlineCursor":
+        self._cursor.executemany(sql, seq_of_parameters)
+        return self
+
+    async def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    async def fetchmany(self, size: int | None = None) -> list:
+        return self._cursor.fetchmany(self._cursor.arraysize if size is None else size)
+
+    async def fetchall(self) -> list:
+        return self._cursor.fetchall()
+
+    async def close(self) -> None:
+        self._cursor.close()
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self._cursor.lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return self._cursor.arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._cursor.arraysize = value
+
+
+class InlineConnection:
+    """The part of `aiosqlite.Connection` that SQLAlchemy's adapter and `DriverInsert` use."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._connection: sqlite3.Connection | None = conn  # the adapter checks it before commit
+
+    def cursor(self) -> InlineCursor:
+        return InlineCursor(self._conn.cursor())
+
+    async def execute(self, sql: str, parameters: Any = ()) -> InlineCursor:
+        return InlineCursor(self._conn.execute(sql, parameters))
+
+    async def executemany(self, sql: str, seq_of_parameters: Any) -> InlineCursor:
+        return InlineCursor(self._conn.executemany(sql, seq_of_parameters))
+
+    async def commit(self) -> None:
+        self._conn.commit()
+
+    async def rollback(self) -> None:
+        self._conn.rollback()
+
+    async def create_function(self, *args: Any, **kw: Any) -> None:
+        self._conn.create_function(*args, **kw)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            self._connection = None
+            self._conn.close()
+
+    def stop(self) -> None:
+        """Terminate (SQLAlchemy's `do_terminate`): close at once."""
+        if self._connection is not None:
+            self._connection = None
+            self._conn.close()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+    @property
+    def isolation_level(self) -> str | None:
+        return self._conn.isolation_level
+
+
+def inline_creator(path: str, timeout: float):
+    """`async_creator` for `create_async_engine`: a new inline connection to the file `path`."""
+
+    async def connect() -> InlineConnection:
+        # check_same_thread=False: SQLAlchemy may close a connection from a finalizer elsewhere.
+        return InlineConnection(sqlite3.connect(path, timeout=timeout, check_same_thread=False))
+
+    return connect
