@@ -1,6 +1,7 @@
 """The FastAPI application: wiring, lifespan, health."""
 
 import asyncio
+import gc
 import logging
 from contextlib import asynccontextmanager
 
@@ -82,6 +83,9 @@ async def lifespan(app: FastAPI):
         asyncio.create_task(state.queues.sample_forever()),
         asyncio.create_task(state.checkpoints.expire_forever(settings.checkpoint_expiry_interval_s)),
     ]
+    # What is loaded by now lives as long as the process: keep it out of the cyclic GC, whose
+    # full collections would otherwise walk it again and again (docs/performance.md, change 18).
+    gc.freeze()
     log.info("api ready: NATS %s, database %s", nats_settings.url, state.engine.url.render_as_string())
     try:
         yield

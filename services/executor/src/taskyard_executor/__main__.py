@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -89,6 +90,7 @@ async def serve(settings: ExecutorSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     tasks = [asyncio.create_task(t) for t in (worker.pull_forever(), beats.run_forever(), server.serve())]
+    gc.freeze()  # what is loaded by now lives as long as the process: out of the cyclic GC's walks
     log.info(
         "executor %s ready: queues=%s slots=%d handlers=%s",
         worker_id,
