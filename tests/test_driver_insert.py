@@ -1,0 +1,73 @@
+"""DriverInsert against a real database: the same rows a session writes, the same errors."""
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from taskyard_api.db import make_engine
+from taskyard_api.driver_insert import DriverInsert
+from taskyard_api.models import ApiKey
+from taskyard_api.models import Job as JobModel
+from taskyard_common.settings import DbSettings
+
+from .stack import run_async
+
+_jobs = JobModel.__table__
+
+
+def _row(job_id: str, **overrides) -> dict:
+    row = dict(
+        id=job_id, type="noop", queue="default", priority="normal", status="pending",
+        payload={"text": "é ☃ \u2028", "n": [1, 2.5, None]}, labels={"team": "data"},
+        timeout_s=10.0, max_attempts=3, backoff={"base_s": 1.0}, idempotency_key=None,
+        owner_id="k", generation=0, resume=0, attempt=0, last_event_seq=0, created_at=1.5,
+        updated_at=1.5, traceparent=None,
+    )  # fmt: skip
+    row.update(overrides)
+    return row
+
+
+async def _with_engine(db_url: str, body):
+    engine = make_engine(DbSettings(url=db_url))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(ApiKey.__table__).values(id="k", name="k", role="admin", key_hash="h", created_at=0)
+            )
+        return await body(engine)
+    finally:
+        await engine.dispose()
+
+
+def test_rows_match_a_session_insert_and_a_batch_is_all_or_nothing(db_url):
+    async def body(engine):
+        via_driver = DriverInsert(engine, _jobs)
+        async with engine.begin() as conn:  # the reference: SQLAlchemy's own executemany
+            await conn.execute(insert(_jobs), [_row("A" * 26), _row("C" * 26, payload=None)])
+        await via_driver([_row("B" * 26), _row("D" * 26, payload=None)])
+        # A duplicate id in the middle of a batch: nothing of that batch is stored.
+        with pytest.raises(IntegrityError):
+            await via_driver([_row("E" * 26), _row("B" * 26), _row("F" * 26)])
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(_jobs).order_by(_jobs.c.id))).mappings().all()
+            raw = (await conn.exec_driver_sql("SELECT id, CAST(payload AS TEXT) FROM jobs ORDER BY id")).all()
+        return [dict(r) for r in rows], raw
+
+    rows, raw = run_async(_with_engine(db_url, body))
+    assert [r["id"][0] for r in rows] == ["A", "B", "C", "D"]
+    a, b, c, d = rows
+    assert {**b, "id": a["id"]} == a  # every column, JSON included, as the session stored it
+    assert {**d, "id": c["id"]} == c
+    assert raw[1][1] == raw[0][1] and raw[3][1] == raw[2][1]  # even the stored text
+
+
+def test_driver_errors_come_out_as_sqlalchemy_errors(db_url):
+    async def body(engine):
+        with pytest.raises(DBAPIError) as caught:
+            await DriverInsert(engine, _jobs)([_row("G" * 26, owner_id="no-such-key")])
+        return caught.value
+
+    error = run_async(_with_engine(db_url, body))
+    # A foreign-key violation is an integrity error on both databases (SQLSTATE 23503 on PG).
+    assert isinstance(error, IntegrityError)
+    assert error.orig is not None
