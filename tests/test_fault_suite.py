@@ -62,6 +62,7 @@ def test_kill_executors_and_restart_nats_under_load(own_nats_stack):
     assert counts == {"succeeded": len(ids)}, counts
     assert_invariants(stack.db_url, ids)
     assert all(w.alive() for w in workers) and stack.api.alive()  # recovered without a restart
+    print(f"\n3 executors killed -9 and nats-server killed/restarted under {len(ids)} jobs: final {counts}")
 
 
 @dataclass
@@ -303,3 +304,4 @@ def test_soak_random_failures_timeouts_and_cancels(stack):
     counts = wait_all_final(stack.db_url, len(ids), timeout=180)
     assert_invariants(stack.db_url, ids, allow_cancel_race=True)
     assert counts.get("cancelled", 0) >= len(cancelled) * 0.5 and counts["succeeded"] > len(ids) * 0.5, counts
+    print(f"\nsoak: {len(ids)} jobs, {len(cancelled)} cancel requests accepted; final {counts}")
