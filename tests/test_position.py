@@ -48,9 +48,8 @@ def test_position_is_exact_against_a_brute_force_count(stack):
 
 
 def test_reason_goes_no_workers_then_behind_others_then_runs(stack):
-    # Short caches: the api may answer from a workers view up to workers_cache_s old, and an
-    # executor can be ready well within that of the last "no workers" answer.
-    stack.start_api(TASKYARD_API_QUEUE_STATE_CACHE_S="0.1", TASKYARD_API_WORKERS_CACHE_S="0.1")
+    # The api's default 1 s workers cache: "no workers" must still end once the executor is ready.
+    stack.start_api(TASKYARD_API_QUEUE_STATE_CACHE_S="0.1")
     with stack.http() as c:
         jobs = c.post(
             "/api/v1/jobs:batch",

@@ -51,6 +51,10 @@ class WorkerView:
         return self.state in ("healthy", "stuck", "stale")
 
 
+# How old a workers view may be when it says that nobody serves a queue.
+NONE_RECHECK_S = 0.1
+
+
 class WorkerRegistry:
     def __init__(
         self,
@@ -91,10 +95,11 @@ class WorkerRegistry:
             live.add(hb.id)
         self._live, self._at = live, time.monotonic()
 
-    async def workers(self) -> list[WorkerView]:
-        if time.monotonic() - self._at > self.ttl_s:
+    async def workers(self, max_age_s: float | None = None) -> list[WorkerView]:
+        max_age = self.ttl_s if max_age_s is None else max_age_s
+        if time.monotonic() - self._at > max_age:
             async with self._lock:
-                if time.monotonic() - self._at > self.ttl_s:
+                if time.monotonic() - self._at > max_age:
                     await self._refresh()
         now = time.time()
         views = []
@@ -121,4 +126,9 @@ class WorkerRegistry:
         return sorted(views, key=lambda v: (v.state == "gone", v.heartbeat.id))
 
     async def serving(self, queue: str) -> list[WorkerView]:
-        return [w for w in await self.workers() if queue in w.heartbeat.queues]
+        found = [w for w in await self.workers() if queue in w.heartbeat.queues]
+        if not any(w.live for w in found):
+            # "No live worker" is the answer people act on (go and start one): give it from a view
+            # at most NONE_RECHECK_S old, not ttl_s, so a worker that just came up is seen.
+            found = [w for w in await self.workers(NONE_RECHECK_S) if queue in w.heartbeat.queues]
+        return found

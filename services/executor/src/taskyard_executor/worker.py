@@ -137,9 +137,13 @@ class Worker:
                     continue
                 # Every consumer was empty: wait for a publish, or poll now and then for retries
                 # whose nak delay ran out (those publish nothing).
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self.settings.idle_poll_s)
+                try:
+                    # asyncio.timeout, not wait_for: no extra task between the wake-up and the pull.
+                    async with asyncio.timeout(self.settings.idle_poll_s):
+                        await self._wakeup.wait()
                     woken = True
+                except TimeoutError:
+                    pass
         finally:
             for sub in wake_subs:
                 with contextlib.suppress(NatsError):
