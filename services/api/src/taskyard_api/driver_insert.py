@@ -66,7 +66,7 @@ class DriverInsert:
             driver = (await conn.get_raw_connection()).driver_connection
             try:
                 if self._sqlite:
-                    # aiosqlite: the sqlite3 module opens the transaction before the first INSERT.
+                    # sqlite3 (inline, see sqlite_inline) opens the transaction before the INSERT.
                     try:
                         await driver.executemany(sql, params)
                         await driver.commit()

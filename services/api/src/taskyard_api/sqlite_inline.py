@@ -26,9 +26,6 @@ class InlineCursor:
     async def __aenter__(self) -> "InlineCursor":
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        self._cursor.close()
-
     async def execute(self, sql: str, parameters: Any = ()) -> "InlineCursor":
         self._cursor.execute(sql, parameters)
         return self
@@ -71,7 +68,8 @@ class InlineCursor:
 
 
 class InlineConnection:
-    """The part of `aiosqlite.Connection` that SQLAlchemy's adapter and `DriverInsert` use."""
+    """The part of `aiosqlite.Connection` that SQLAlchemy's adapter and `DriverInsert` use (a call
+    that nothing makes is left out)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -79,9 +77,6 @@ class InlineConnection:
 
     def cursor(self) -> InlineCursor:
         return InlineCursor(self._conn.cursor())
-
-    async def execute(self, sql: str, parameters: Any = ()) -> InlineCursor:
-        return InlineCursor(self._conn.execute(sql, parameters))
 
     async def executemany(self, sql: str, seq_of_parameters: Any) -> InlineCursor:
         return InlineCursor(self._conn.executemany(sql, seq_of_parameters))
@@ -96,19 +91,13 @@ class InlineConnection:
         self._conn.create_function(*args, **kw)
 
     async def close(self) -> None:
-        if self._connection is not None:
-            self._connection = None
-            self._conn.close()
+        self.stop()
 
     def stop(self) -> None:
-        """Terminate (SQLAlchemy's `do_terminate`): close at once."""
+        """Close now (also SQLAlchemy's `do_terminate`); closing twice is a no-op."""
         if self._connection is not None:
             self._connection = None
             self._conn.close()
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._conn.in_transaction
 
     @property
     def isolation_level(self) -> str | None:

@@ -127,7 +127,7 @@ class WorkerRegistry:
 
     async def serving(self, queue: str) -> list[WorkerView]:
         found = [w for w in await self.workers() if queue in w.heartbeat.queues]
-        if not any(w.live for w in found):
+        if not any(w.live for w in found) and time.monotonic() - self._at > NONE_RECHECK_S:
             # "No live worker" is the answer people act on (go and start one): give it from a view
             # at most NONE_RECHECK_S old, not ttl_s, so a worker that just came up is seen.
             found = [w for w in await self.workers(NONE_RECHECK_S) if queue in w.heartbeat.queues]

@@ -130,7 +130,8 @@ class Worker:
                             log.warning("pull failed (%s); NATS may be reconnecting", exc)
                             await asyncio.sleep(0.5)
                             got = 0
-                        self.empty.found(durable, empty=got < wanted, asked_at=sent)
+                        else:  # a failed pull says nothing about the consumer: no mark
+                            self.empty.found(durable, empty=got < wanted, asked_at=sent)
                         more = more or got >= wanted
                 woken = False
                 if more:
