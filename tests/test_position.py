@@ -109,8 +109,9 @@ def test_sigterm_worker_is_draining_then_gone(stack):
     stack.start_api(TASKYARD_API_WORKERS_CACHE_S="0.1")
     worker = stack.start_executor(handlers="handlers_for_tests", TASKYARD_EXECUTOR_DRAIN_GRACE_S="5")
     with stack.http() as c:
-        job = c.post("/api/v1/jobs", json={"type": "async_sleep", "payload": {"seconds": 2}}).json()
+        job = c.post("/api/v1/jobs", json={"type": "async_sleep", "payload": {"seconds": 3}}).json()
         stack.wait_status(job["id"], "running")
+        # The drain is announced at once (not at the next beat) and lasts until the job ends.
         worker.process.send_signal(15)
         seen = set()
         for _ in range(100):

@@ -10,12 +10,9 @@ import time
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError
-from nats.js.kv import KeyValue
-from pydantic import ValidationError
 
+from taskyard_common.heartbeats import HeartbeatReader
 from taskyard_common.payloads import BUILTIN_TYPES, payload_problems
-from taskyard_common.schemas import Heartbeat
 from taskyard_common.topology import Topology
 
 from .schemas import JobCreate
@@ -32,14 +29,13 @@ class KnownTypes:
     def __init__(
         self, js: JetStreamContext, topo: Topology, scan_interval_s: float = SCAN_INTERVAL_S
     ) -> None:
-        self.js, self.topo, self.scan_interval_s = js, topo, scan_interval_s
+        self.reader, self.scan_interval_s = HeartbeatReader(js, topo), scan_interval_s
         # Never shrinks: a type a worker once ran stays submittable while that worker is restarting
         # or scaled to zero; its jobs simply wait in the queue.
         self._seen: set[str] = set()
         self._scanned_at = float("-inf")
         self._scan_failed = False
         self._lock = asyncio.Lock()
-        self._kv: KeyValue | None = None
 
     async def problems(self, spec: JobCreate, index: int | None = None) -> list[str]:
         """What is wrong with ``spec``'s type or payload; ``index`` prefixes ``jobs[i].`` (batches)."""
@@ -73,22 +69,4 @@ class KnownTypes:
             self._scanned_at = time.monotonic()
 
     async def _advertised(self) -> set[str]:
-        if self._kv is None:
-            self._kv = await self.js.key_value(self.topo.workers_bucket)
-        try:
-            keys = await self._kv.keys()
-        except NoKeysError:
-            return set()
-        names: set[str] = set()
-        for key in keys:
-            try:
-                entry = await self._kv.get(key)
-            except KeyNotFoundError:
-                continue  # expired or deleted between keys() and get()
-            if entry.value is None:
-                continue  # an expired key can still answer, without a value
-            try:
-                names.update(Heartbeat.model_validate_json(entry.value).handlers)
-            except ValidationError:
-                log.warning("workers bucket key %s is not a Heartbeat; ignored", key)
-        return names
+        return {name for hb in await self.reader.read() for name in hb.handlers}

@@ -10,11 +10,9 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.errors import NoKeysError
-from pydantic import ValidationError
 
+from taskyard_common.heartbeats import HeartbeatReader
 from taskyard_common.schemas import Heartbeat
 from taskyard_common.topology import Topology
 
@@ -64,7 +62,7 @@ class WorkerRegistry:
         gone_keep_s: float = 3600,
         stuck_min_s: float = 300,
     ) -> None:
-        self.js, self.topo, self.ttl_s = js, topo, ttl_s
+        self.reader, self.ttl_s = HeartbeatReader(js, topo), ttl_s
         self.gone_keep_s, self.stuck_min_s = gone_keep_s, stuck_min_s
         self.interval_s = topo.settings.heartbeat_interval_s
         self._seen: dict[str, Heartbeat] = {}
@@ -74,26 +72,9 @@ class WorkerRegistry:
         self.typical_duration_s: dict[str, float] = {}
 
     async def _refresh(self) -> None:
-        kv = await self.js.key_value(self.topo.workers_bucket)
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            keys = []
-        live = set()
-        for key in keys:
-            try:
-                entry = await kv.get(key)
-            except NatsError:
-                continue  # expired between keys() and get()
-            if entry is None or entry.value is None:
-                continue  # nats-py returns value=None for an expired key: gone
-            try:
-                hb = Heartbeat.model_validate_json(entry.value)
-            except ValidationError:
-                continue
-            self._seen[hb.id] = hb
-            live.add(hb.id)
-        self._live, self._at = live, time.monotonic()
+        beats = await self.reader.read()
+        self._seen.update((hb.id, hb) for hb in beats)
+        self._live, self._at = {hb.id for hb in beats}, time.monotonic()
 
     async def workers(self, max_age_s: float | None = None) -> list[WorkerView]:
         max_age = self.ttl_s if max_age_s is None else max_age_s

@@ -63,6 +63,8 @@ class Worker:
         self.done = 0
         self.failed = 0
         self.draining = False
+        # Set when the heartbeat should say something new at once (draining) instead of next beat.
+        self.state_changed = asyncio.Event()
         self._cancelled_recently: dict[str, float] = {}
         self._wakeup = asyncio.Event()
         self.empty = EmptyMarks(settings.idle_poll_s)
@@ -163,6 +165,7 @@ class Worker:
     async def drain(self, grace_s: float) -> None:
         """Stop pulling; give running jobs `grace_s` to finish; hand the rest back at once."""
         self.draining = True
+        self.state_changed.set()
         self._wakeup.set()
         self._slot_freed.set()
         deadline = time.monotonic() + grace_s

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
-from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from pydantic import ValidationError
 
+from taskyard_common.heartbeats import HeartbeatReader
 from taskyard_common.schemas import Heartbeat
 from taskyard_common.topology import Topology
 
@@ -134,32 +134,6 @@ async def read_queues(js: JetStreamContext, topo: Topology, now: float) -> tuple
     return tuple(states)
 
 
-async def read_heartbeats(js: JetStreamContext, topo: Topology) -> list[Heartbeat]:
-    """The current heartbeat of every worker in the workers bucket."""
-    kv = await js.key_value(topo.workers_bucket)
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return []
-    beats = []
-    for key in keys:
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:
-            continue  # expired or deleted between keys() and get()
-        if entry.value is None:
-            continue  # an expired key can still answer, without a value: the worker is gone
-        try:
-            beats.append(Heartbeat.model_validate_json(entry.value))
-        except ValidationError as err:
-            log.warning(
-                "workers bucket key %s is not a Heartbeat: %s",
-                key,
-                err.errors(include_url=False, include_input=False)[:1],
-            )
-    return beats
-
-
 def count_workers(beats: list[Heartbeat], healthy_within_s: float, now: float) -> WorkerTotals:
     """Classify heartbeats: stale when older than `healthy_within_s`, else draining or healthy."""
     healthy = stale = draining = slots_total = slots_used = 0
@@ -214,11 +188,11 @@ async def lost_workers(
     return lost
 
 
-async def poll_once(js: JetStreamContext, topo: Topology) -> Snapshot:
+async def poll_once(js: JetStreamContext, topo: Topology, heartbeats: HeartbeatReader) -> Snapshot:
     """Read queue and worker state once."""
     now = time.time()
     queues = await read_queues(js, topo, now)
-    beats = await read_heartbeats(js, topo)
+    beats = await heartbeats.read()
     healthy_within_s = 2 * topo.settings.heartbeat_interval_s
     workers = count_workers(beats, healthy_within_s, now)
     live, stale = split_live(beats, healthy_within_s, now)
@@ -304,11 +278,12 @@ async def run_poller(
     before: Mapping[str, tuple[str, ...]] = {}
     before_at = 0.0
     marker_ttl_s = topo.workers_kv().ttl
+    heartbeats = HeartbeatReader(js, topo)
     while True:
         started = time.monotonic()
         try:
             async with asyncio.timeout(POLL_DEADLINE_S):
-                snapshot = await poll_once(js, topo)
+                snapshot = await poll_once(js, topo, heartbeats)
                 if snapshot.at - before_at > marker_ttl_s:
                     before = {}
                 lost = await lost_workers(js, topo, before, snapshot)
