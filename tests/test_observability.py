@@ -529,3 +529,32 @@ def test_metrics_service_counts_killed_workers_as_lost_and_drained_ones_not(stac
         "the killed worker to count as lost",
     )
     assert value("taskyard_queue_workers", queue="lossq") == 0
+
+
+def test_a_cancelled_running_job_counts_once_with_its_run_time(stack: Stack) -> None:
+    stack.start_api()
+    stack.start_executor(handlers="handlers_for_tests", slots=1)
+    metrics = start_metrics(stack)
+
+    def value(name: str, **labels: str) -> float | None:
+        return scrape(metrics).get((name, frozenset(labels.items())))
+
+    with stack.http() as c:
+        job = c.post("/api/v1/jobs", json={"type": "async_sleep", "payload": {"seconds": 60}}).json()
+        stack.wait_status(job["id"], "running")
+        assert c.post(f"/api/v1/jobs/{job['id']}/cancel").status_code == 200
+
+        # Both the API (the request) and the worker (the attempt stopped) publish `cancelled`.
+        def both_cancelled() -> list | None:
+            timeline = c.get(f"/api/v1/jobs/{job['id']}").json()["timeline"]
+            return timeline if [e["type"] for e in timeline].count("cancelled") == 2 else None
+
+        timeline = wait_for(both_cancelled, 20, "both cancelled events on the timeline")
+    wait_for(
+        lambda: value("taskyard_events_processed_total") == len(timeline),
+        20,
+        f"the metrics service to consume all {len(timeline)} events",
+    )
+    labels = {"queue": "default", "type": "async_sleep"}
+    assert value("taskyard_jobs_finished_total", **labels, status="cancelled") == 1
+    assert value("taskyard_job_run_duration_seconds_count", queue="default", priority="normal") == 1

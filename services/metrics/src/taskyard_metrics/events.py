@@ -73,7 +73,9 @@ def record_event(metrics: Metrics, event: JobEvent) -> None:
             metrics.checkpoint_decision.labels(
                 queue, event.data.get("kind", UNKNOWN), decision.get("status", UNKNOWN)
             ).observe(waited)
-    if kind in FINAL_EVENTS:
+    if kind in FINAL_EVENTS and not (kind == "cancelled" and event.worker_id):
+        # Every cancel is the API's `cancelled` event; a worker's own `cancelled` (worker_id set)
+        # only reports that the running attempt stopped, and how long it ran.
         metrics.finished.labels(queue, job_type, kind).inc()
     if kind in TIMED_EVENTS:
         # A job cancelled while still queued never ran: no duration_s, nothing to observe.
