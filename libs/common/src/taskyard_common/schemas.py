@@ -91,6 +91,23 @@ class JobEvent(BaseModel):
     generation: int = 0
     data: dict[str, Any] = Field(default_factory=dict)
 
+    @classmethod
+    def of(
+        cls, job: Any, kind: str, data: dict[str, Any] | None = None, attempt: int = 0, **fields: Any
+    ) -> "JobEvent":
+        """An event of `job`: a JobSpec, or the API's job row (the same field names)."""
+        return cls(
+            job_id=job.id,
+            type=kind,
+            attempt=attempt,
+            queue=job.queue,
+            priority=job.priority,
+            job_type=job.type,
+            generation=job.generation,
+            data=data or {},
+            **fields,
+        )
+
 
 class LogLine(BaseModel):
     """One log line, published to LOGS on taskyard.logs.<job_id>."""

@@ -138,22 +138,12 @@ class CheckpointService:
             )
             span.end(end_time=ns(now))
         if resume and fail:
-            await self.jobs.publisher.publish_events([self._event(job, "failed", error=job.error)])
+            await self.jobs.publisher.publish_events(
+                [JobEvent.of(job, "failed", {"error": job.error}, attempt=job.attempt)]
+            )
         elif resume:
             await self.jobs.publish_pending([job])
         return ck
-
-    def _event(self, job: Job, kind: str, **data) -> JobEvent:
-        return JobEvent(
-            job_id=job.id,
-            type=kind,
-            queue=job.queue,
-            priority=job.priority,
-            job_type=job.type,
-            generation=job.generation,
-            attempt=job.attempt,
-            data=data,
-        )
 
     async def _publish(self, ck: Checkpoint, job: Job | None, status, by, reason, answer, now) -> None:  # noqa: ANN001
         decision = {

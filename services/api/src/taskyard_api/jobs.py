@@ -39,15 +39,7 @@ _MARK_QUEUED = (
 
 
 def _queued_event(job: Job, at: float) -> JobEvent:
-    return JobEvent(
-        job_id=job.id,
-        type="queued",
-        at=at,
-        queue=job.queue,
-        priority=job.priority,
-        job_type=job.type,
-        data={"stream_seq": job.stream_seq, "generation": job.generation},
-    )
+    return JobEvent.of(job, "queued", {"stream_seq": job.stream_seq, "generation": job.generation}, at=at)
 
 
 def _new_row(spec: JobCreate, owner: Principal, now: float) -> dict:
@@ -302,15 +294,7 @@ class JobService:
             now = time.time()
             job.status, job.finished_at, job.updated_at = "cancelled", now, now
             await session.commit()
-        event = JobEvent(
-            job_id=job.id,
-            type="cancelled",
-            queue=job.queue,
-            priority=job.priority,
-            job_type=job.type,
-            attempt=job.attempt,
-            data={"by": who.name},
-        )
+        event = JobEvent.of(job, "cancelled", {"by": who.name}, attempt=job.attempt)
         await self.publisher.publish_events([event])
         return job
 

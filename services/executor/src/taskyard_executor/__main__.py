@@ -89,7 +89,8 @@ async def serve(settings: ExecutorSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    tasks = [asyncio.create_task(t) for t in (worker.pull_forever(), beats.run_forever(), server.serve())]
+    tasks = [asyncio.create_task(t) for t in (worker.pull_forever(), beats.run_forever())]
+    serving = asyncio.create_task(server.serve())
     gc.freeze()  # what is loaded by now lives as long as the process: out of the cyclic GC's walks
     log.info(
         "executor %s ready: queues=%s slots=%d handlers=%s",
@@ -103,12 +104,13 @@ async def serve(settings: ExecutorSettings) -> None:
     await worker.drain(settings.drain_grace_s)
     await beats.beat()
     await beats.remove()
-    server.should_exit = True
+    server.should_exit = True  # uvicorn stops on its own; cancelling it printed a traceback
     for task in tasks:
         task.cancel()
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    await serving
     await nc.drain()
     shutdown_tracing()
 

@@ -271,18 +271,7 @@ class Worker:
             span.set_attribute("taskyard.outcome", run.outcome or "handed_back")
 
     def _event(self, run: Running, kind: str, **data) -> JobEvent:
-        s = run.spec
-        return JobEvent(
-            job_id=s.id,
-            type=kind,
-            attempt=run.attempt,
-            worker_id=self.id,
-            queue=s.queue,
-            priority=s.priority,
-            job_type=s.type,
-            generation=s.generation,
-            data=data,
-        )
+        return JobEvent.of(run.spec, kind, data, attempt=run.attempt, worker_id=self.id)
 
     async def _run(self, run: Running) -> None:
         spec = run.spec
