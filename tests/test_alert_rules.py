@@ -108,14 +108,21 @@ def test_alerts_have_severity_summary_description_and_runbook() -> None:
 
 def test_scrape_targets_match_the_services_default_ports() -> None:
     config = yaml.safe_load(CONFIG.read_text())
-    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    services = yaml.safe_load((ROOT / "deploy" / "compose.yml").read_text())["services"]
     defaults = {
-        "taskyard-api": f"api:{ApiSettings.model_fields['port'].default}",
-        "taskyard-ui": f"ui:{UiSettings.model_fields['port'].default}",
-        "taskyard-metrics": f"metrics:{MetricsSettings.model_fields['port'].default}",
-        "taskyard-executor": f"executor:{ExecutorSettings.model_fields['port'].default}",
+        "api": ApiSettings.model_fields["port"].default,
+        "ui": UiSettings.model_fields["port"].default,
+        "metrics": MetricsSettings.model_fields["port"].default,
+        "executor": ExecutorSettings.model_fields["port"].default,
     }
-    for job, target in defaults.items():
-        assert targets[job] == [target], job
+    for name, port in defaults.items():
+        job = jobs[f"taskyard-{name}"]
+        if services[name].get("ports"):
+            assert job["static_configs"] == [{"targets": [f"{name}:{port}"]}], name
+        else:
+            # No host port, so compose can scale it (`--scale executor=N`): a static target would
+            # reach one replica per scrape, a different one each time. Docker's DNS lists them all.
+            assert job["dns_sd_configs"] == [{"names": [name], "type": "A", "port": port}], name
     # TaskyardServiceDown watches `up{job=~"taskyard-.*"}`: every service job must match it.
-    assert all(job.startswith("taskyard-") for job in defaults)
+    assert all(job.startswith("taskyard-") for job in jobs if job != "prometheus")
