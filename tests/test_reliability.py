@@ -5,7 +5,7 @@ import time
 import httpx
 import pytest
 
-from .stack import run_async
+from .stack import run_async, wait_until
 
 
 def submit(stack, **body) -> dict:
@@ -128,3 +128,40 @@ def test_sigterm_drains_running_job_and_hands_back_the_rest(stack):
     stack.start_executor(handlers="handlers_for_tests")
     second = stack.wait_status(long["id"], "running", timeout=10)
     assert second["attempt"] == 2
+
+
+def test_api_stopped_mid_projection_leaves_no_event_for_redelivery(stack):
+    stack.start_api()
+    stack.start_executor(slots=64)
+    with stack.http() as c:
+        ids = []
+        for _ in range(4):
+            r = c.post("/api/v1/jobs:batch", json={"jobs": [{"type": "noop"}] * 500})
+            ids += [j["id"] for j in r.json()["jobs"]]
+    # Events are flowing: stop the api while its projector holds a batch.
+    assert stack.api.terminate() in (0, -15), stack.api.output()[-2000:]
+
+    async def projector_ack_pending() -> int:
+        import nats
+
+        from taskyard_common.settings import NatsSettings
+        from taskyard_common.topology import Topology
+
+        topo = Topology(NatsSettings(prefix=stack.prefix))
+        nc = await nats.connect(stack.nats.url)
+        try:
+            info = await nc.jetstream().consumer_info(topo.events_stream, topo.projector_durable)
+            return info.num_ack_pending
+        finally:
+            await nc.close()
+
+    # What the projector had fetched was projected and acked, so the next api does not wait for
+    # ack_wait (60 s) to see it again.
+    assert run_async(projector_ack_pending()) == 0
+    assert "Traceback" not in stack.api.output()
+    stack.start_api()
+    unfinished = [("status", s) for s in ("pending", "queued", "running")] + [("limit", "1")]
+    with stack.http() as c:
+        wait_until(lambda: c.get("/api/v1/jobs", params=unfinished).json()["jobs"] == [], 30, "all projected")
+        bad = [("status", s) for s in ("failed", "dead", "cancelled")]
+        assert c.get("/api/v1/jobs", params=bad).json()["jobs"] == []

@@ -76,8 +76,9 @@ async def lifespan(app: FastAPI):
         state.js, state.topo, settings.workers_cache_s, settings.gone_keep_s, settings.stuck_min_s
     )
     state.workers.typical_duration_s = state.projector.typical_duration_s
+    projecting = asyncio.create_task(state.projector.run())
     tasks = [
-        asyncio.create_task(state.projector.run()),
+        projecting,
         asyncio.create_task(state.jobs.reconcile_forever()),
         asyncio.create_task(state.jobs.marker.run_forever()),
         asyncio.create_task(state.queues.sample_forever()),
@@ -90,9 +91,15 @@ async def lifespan(app: FastAPI):
     try:
         yield
     finally:
+        # The projector ends by itself within a fetch timeout (1 s), acking what it has in hand;
+        # the other loops hold nothing that is lost by cancelling them.
+        state.projector.stop()
         for task in tasks:
-            task.cancel()
+            if task is not projecting:
+                task.cancel()
         _, stuck = await asyncio.wait(tasks, timeout=5)
+        for task in stuck:
+            task.cancel()
         if stuck:
             log.warning("shutdown: %d background tasks did not stop in 5 s", len(stuck))
         try:

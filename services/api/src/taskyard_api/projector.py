@@ -5,9 +5,11 @@ moves for events newer than the last one it applied, so replaying the stream cha
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -146,6 +148,7 @@ class Projector:
     ) -> None:
         self.js, self.topo, self.sessions, self.batch = js, topo, sessions, batch
         self.applied = 0
+        self.stopping = False
         # Moving average of run time per job type (seconds): what "usually takes" means for `stuck`.
         self.typical_duration_s: dict[str, float] = {}
 
@@ -161,29 +164,38 @@ class Projector:
                 max_ack_pending=50_000,
             ),
         )
-        while True:
-            try:
-                msgs = await sub.fetch(self.batch, timeout=1)
-            except (NatsTimeout, TimeoutError):
-                continue
-            except Exception as exc:  # noqa: BLE001 - NATS reconnecting; the durable keeps our place
-                log.warning("projector fetch failed, retrying: %s", exc)
-                await asyncio.sleep(1)
-                continue
-            try:
-                await self.project(msgs)
-            except Exception as exc:  # noqa: BLE001 - DB down: hand the batch back, retry shortly
-                log.warning("projection of %d events failed, will retry: %s", len(msgs), exc)
+        try:
+            while not self.stopping:
+                try:
+                    msgs = await sub.fetch(self.batch, timeout=1)
+                except (NatsTimeout, TimeoutError):
+                    continue
+                except Exception as exc:  # noqa: BLE001 - NATS reconnecting; the durable keeps our place
+                    log.warning("projector fetch failed, retrying: %s", exc)
+                    await asyncio.sleep(1)
+                    continue
+                try:
+                    await self.project(msgs)
+                except Exception as exc:  # noqa: BLE001 - DB down: hand the batch back, retry shortly
+                    log.warning("projection of %d events failed, will retry: %s", len(msgs), exc)
+                    for msg in msgs:
+                        await msg.nak(delay=1)
+                    await asyncio.sleep(1)
+                    continue
                 for msg in msgs:
-                    await msg.nak(delay=1)
-                await asyncio.sleep(1)
-                continue
-            for msg in msgs:
-                await msg.ack()
-            if len(msgs) < self.batch:
-                # A trickle: let a few more events gather, so each transaction carries tens of them
-                # rather than one or two (the timeline is a few ms later, the api far cheaper).
-                await asyncio.sleep(COALESCE_S)
+                    await msg.ack()
+                if len(msgs) < self.batch:
+                    # A trickle: let a few more events gather, so each transaction carries tens of them
+                    # rather than one or two (the timeline is a few ms later, the api far cheaper).
+                    await asyncio.sleep(COALESCE_S)
+        finally:
+            # A subscription left behind holds nc.drain() at shutdown until its timeout.
+            with contextlib.suppress(NatsError):
+                await sub.unsubscribe()
+
+    def stop(self) -> None:
+        """Finish the batch in hand (projected and acked, not redelivered after ack_wait), then end."""
+        self.stopping = True
 
     def _learn_duration(self, event: JobEvent) -> None:
         duration = event.data.get("duration_s")
