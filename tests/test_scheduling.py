@@ -1,7 +1,10 @@
 """Strict priority, queue subsets, concurrent slots."""
 
+import json
 import time
 from datetime import datetime
+
+from .stack import run_async
 
 
 def started_at(job: dict) -> float:
@@ -51,3 +54,54 @@ def test_slots_run_async_and_blocking_handlers_concurrently(stack):
     done = [stack.wait_status(j["id"], "succeeded") for j in jobs]
     # All four ran at the same time: each started before any of them finished.
     assert max(started_at(j) for j in done) < min(finished_at(j) for j in done)
+
+
+def test_an_idle_worker_takes_a_stored_job_without_waiting_for_a_wake_up(stack):
+    # No API, so no wake-up: the job is published straight to JOBS. The idle poll is 30 s, so only
+    # the worker's armed long pull can start it within the 10 s allowed.
+    stack.start_executor(TASKYARD_EXECUTOR_IDLE_POLL_S="30")
+    time.sleep(0.5)  # the first round found every consumer empty and armed them
+
+    async def publish_and_wait() -> list[str]:
+        import nats
+
+        from taskyard_common.schemas import JobSpec
+        from taskyard_common.settings import NatsSettings
+        from taskyard_common.topology import Topology
+
+        topo = Topology(NatsSettings(prefix=stack.prefix))
+        nc = await nats.connect(stack.nats.url)
+        try:
+            js = nc.jetstream()
+            events = await js.subscribe(topo.event_subject("direct-1"), ordered_consumer=True)
+            spec = JobSpec(id="direct-1", type="noop", priority="low")
+            await js.publish(
+                topo.job_subject("default", "low"),
+                spec.model_dump_json().encode(),
+                headers={"Nats-Msg-Id": spec.id},
+            )
+            seen: list[str] = []
+            while "succeeded" not in seen:
+                msg = await events.next_msg(timeout=10)
+                seen.append(json.loads(msg.data)["type"])
+            return seen
+        finally:
+            await nc.close()
+
+    assert run_async(publish_and_wait()) == ["started", "succeeded"]
+
+
+def test_armed_pulls_never_take_more_jobs_than_free_slots(stack):
+    stack.start_api()
+    stack.start_executor(handlers="handlers_for_tests", slots=2)
+    time.sleep(0.5)  # idle: long pulls armed on two consumers (high, normal), one per free slot
+    specs = [
+        {"type": "async_sleep", "payload": {"seconds": 0.4}, "priority": p}
+        for p in ["low", "normal", "high"] * 2
+    ]
+    with stack.http() as c:
+        jobs = c.post("/api/v1/jobs:batch", json={"jobs": specs}).json()["jobs"]
+    done = [stack.wait_status(j["id"], "succeeded") for j in jobs]
+    spans = [(started_at(j), finished_at(j)) for j in done]
+    most = max(sum(1 for s, f in spans if s <= at < f) for at, _ in spans)
+    assert most <= 2, spans

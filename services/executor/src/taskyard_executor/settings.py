@@ -17,6 +17,8 @@ class ExecutorSettings(BaseSettings):
     port: int = 8743
     drain_grace_s: float = Field(30.0, ge=0)
     idle_poll_s: float = Field(0.2, gt=0)
+    # An idle worker's long pulls expire and are renewed this often; a drain waits for them.
+    armed_pull_s: float = Field(1.0, gt=0)
     max_result_bytes: int = 256 * 1024
     worker_id: str | None = None
 

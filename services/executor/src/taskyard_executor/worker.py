@@ -73,7 +73,7 @@ class Worker:
         self._subs: list = []
         from .puller import Puller
 
-        self.puller = Puller(nc, topo.jobs_stream, self._on_delivery)
+        self.puller = Puller(nc, topo.jobs_stream, self._on_delivery, self._armed_ended)
 
     # -- start / stop -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -90,15 +90,18 @@ class Worker:
         return self.settings.slots - len(self._tasks)
 
     async def pull_forever(self) -> None:
-        """Fill free slots: per queue, high before normal before low; sleep when all are empty.
+        """Fill free slots: per queue, high before normal before low; arm long pulls when all are empty.
 
         A round ends idle only when every pull came back short, i.e. each consumer was empty when
-        asked. The API sends a wake-up (core NATS, one per queue per publish burst, after the jobs are
-        stored, naming their priorities); the subscription stays open and the flag is cleared before
-        a round, so jobs stored during a round start the next one at once instead of waiting for the
-        idle poll. A round started by a wake-up skips the consumers just found empty that it does not
-        name (`EmptyMarks`): one pull per job instead of three at low rates. Every other round (a slot
-        freed under backlog, the idle poll) asks every consumer in order, as strict priority needs.
+        asked. Then the worker arms a long pull (`Puller.arm`) on each consumer it has a free slot
+        for, in priority order: the server hands over the next job as soon as it is stored. Consumers
+        left unarmed (fewer free slots than consumers) rely on the API's wake-up (core NATS, one per
+        queue per publish burst, after the jobs are stored, naming their priorities); the
+        subscription stays open and the flag is cleared before a round, so jobs stored during a round
+        start the next one at once. A round started by a wake-up skips the consumers just found empty
+        that it does not name (`EmptyMarks`). Every other round (a slot freed under backlog, the idle
+        poll) asks every unarmed consumer in order, as strict priority needs; under backlog nothing is
+        armed, so only the jobs that end an idle spell can come from an armed lower priority.
         """
         queues = list(self.settings.queues)
         turn = 0
@@ -109,37 +112,41 @@ class Worker:
         woken = False
         try:
             while not self.draining:
-                if self.free_slots <= 0:
+                if self.free_slots - self.puller.armed <= 0:
+                    # Every free slot is promised to an armed pull: wait for one to end (a job or
+                    # its expiry), or a running job to finish.
                     self._slot_freed.clear()
-                    await self._slot_freed.wait()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.settings.idle_poll_s):
+                            await self._slot_freed.wait()
                     woken = False
                     continue
                 self._wakeup.clear()
                 more = False
                 turn = (turn + 1) % len(queues)
-                for queue in queues[turn:] + queues[:turn]:
-                    for priority in PRIORITIES:
-                        wanted = self.free_slots
-                        if wanted <= 0 or self.draining:
-                            break
-                        durable = self.topo.exec_durable(queue, priority)
-                        if woken and self.empty.holds(durable):
-                            continue
-                        sent = time.monotonic()
-                        try:
-                            got = await self.puller.pull(durable, wanted)
-                        except NatsError as exc:
-                            log.warning("pull failed (%s); NATS may be reconnecting", exc)
-                            await asyncio.sleep(0.5)
-                            got = 0
-                        else:  # a failed pull says nothing about the consumer: no mark
-                            self.empty.found(durable, empty=got < wanted, asked_at=sent)
-                        more = more or got >= wanted
+                rotation = queues[turn:] + queues[:turn]
+                for durable in self._consumers(rotation):
+                    wanted = self.free_slots - self.puller.armed
+                    if wanted <= 0 or self.draining:
+                        break
+                    if self.puller.is_armed(durable) or (woken and self.empty.holds(durable)):
+                        continue
+                    sent = time.monotonic()
+                    try:
+                        got = await self.puller.pull(durable, wanted)
+                    except NatsError as exc:
+                        log.warning("pull failed (%s); NATS may be reconnecting", exc)
+                        await asyncio.sleep(0.5)
+                        got = 0
+                    else:  # a failed pull says nothing about the consumer: no mark
+                        self.empty.found(durable, empty=got < wanted, asked_at=sent)
+                    more = more or got >= wanted
                 woken = False
                 if more:
                     continue
-                # Every consumer was empty: wait for a publish, or poll now and then for retries
-                # whose nak delay ran out (those publish nothing).
+                await self._arm(rotation)
+                # Wait for a job (armed pull), a publish (wake-up), or poll now and then for the
+                # unarmed consumers' retries whose nak delay ran out (those publish nothing).
                 try:
                     # asyncio.timeout, not wait_for: no extra task between the wake-up and the pull.
                     async with asyncio.timeout(self.settings.idle_poll_s):
@@ -151,6 +158,27 @@ class Worker:
             for sub in wake_subs:
                 with contextlib.suppress(NatsError):
                     await sub.unsubscribe()
+
+    def _consumers(self, queues: list[str]) -> list[str]:
+        return [self.topo.exec_durable(queue, priority) for queue in queues for priority in PRIORITIES]
+
+    async def _arm(self, queues: list[str]) -> None:
+        """Arm a long pull on each unarmed consumer, in priority order, while a slot is free for it."""
+        for durable in self._consumers(queues):
+            if self.free_slots - self.puller.armed <= 0 or self.draining:
+                return
+            if not self.puller.is_armed(durable):
+                try:
+                    await self.puller.arm(durable, self.settings.armed_pull_s)
+                except NatsError as exc:
+                    log.warning("arming a pull failed (%s); NATS may be reconnecting", exc)
+                    return
+
+    def _armed_ended(self, durable: str, delivered: bool) -> None:
+        if delivered:
+            self.empty.woken(durable)  # it had a job: ask it again in the next round
+        self._slot_freed.set()
+        self._wakeup.set()
 
     def _wake_handler(self, queue: str):
         async def on_wake(msg: Msg) -> None:
@@ -169,7 +197,9 @@ class Worker:
         self._wakeup.set()
         self._slot_freed.set()
         deadline = time.monotonic() + grace_s
-        while self.running and time.monotonic() < deadline:
+        # An armed pull may still bring a job until it expires: wait for those too, so a job that
+        # arrives during the drain is finished or handed back like the others.
+        while (self.running or self.puller.armed) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         for run in list(self.running.values()):
             log.info("drain: handing job %s back to the queue", run.spec.id)
