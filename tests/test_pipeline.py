@@ -1,5 +1,9 @@
 """The job pipeline end to end: REST submit → JetStream → executor → events → database."""
 
+import json
+
+from .stack import run_async
+
 
 def test_noop_job_runs_and_has_a_timeline(stack):
     stack.start_api()
@@ -28,3 +32,35 @@ def test_shell_job_streams_stdout_and_stderr_as_logs(stack):
     by_stream = {(line["stream"], line["line"]) for line in lines}
     assert ("stdout", "out-line") in by_stream and ("stderr", "err-line") in by_stream
     assert [line["line"] for line in lines if line["stream"] == "stdout"] == ["out-line", "second"]
+
+
+def test_queued_is_stored_before_anything_an_idle_executor_reports(stack):
+    # An idle executor's armed pull gets each job as soon as JetStream stores it, before the api has
+    # its publish ack: the `queued` event must still be in EVENTS first.
+    stack.start_api()
+    stack.start_executor()
+    with stack.http() as c:
+        ids = [c.post("/api/v1/jobs", json={"type": "noop"}).json()["id"] for _ in range(40)]
+    for job_id in ids:
+        stack.wait_status(job_id, "succeeded")
+
+    async def event_types_in_stream_order() -> dict[str, list[str]]:
+        import nats
+
+        from taskyard_common.settings import NatsSettings
+        from taskyard_common.topology import Topology
+
+        topo = Topology(NatsSettings(prefix=stack.prefix))
+        nc = await nats.connect(stack.nats.url)
+        try:
+            sub = await nc.jetstream().subscribe(topo.event_subject(">"), ordered_consumer=True)
+            by_job: dict[str, list[str]] = {}
+            while sum(len(v) for v in by_job.values()) < 3 * len(ids):
+                event = json.loads((await sub.next_msg(timeout=10)).data)
+                by_job.setdefault(event["job_id"], []).append(event["type"])
+            return by_job
+        finally:
+            await nc.close()
+
+    by_job = run_async(event_types_in_stream_order())
+    assert all(by_job[job_id] == ["queued", "started", "succeeded"] for job_id in ids), by_job

@@ -39,7 +39,8 @@ _MARK_QUEUED = (
 
 
 def _queued_event(job: Job, at: float) -> JobEvent:
-    return JobEvent.of(job, "queued", {"stream_seq": job.stream_seq, "generation": job.generation}, at=at)
+    # Sent before the publish ack, so without the stream sequence (the row gets it: QueuedMarker).
+    return JobEvent.of(job, "queued", {"generation": job.generation}, at=at)
 
 
 def _new_row(spec: JobCreate, owner: Principal, now: float) -> dict:
@@ -263,13 +264,12 @@ class JobService:
         # The timeline's `queued` time is when the message went out: an executor may start the job
         # (and report `started`) before this API gets its publish acks back.
         published_at = time.time()
-        seqs = await self.publisher.publish_jobs(jobs)
+        seqs, events = await self.publisher.publish_jobs(
+            jobs, [_queued_event(job, published_at) for job in jobs]
+        )
         queued = [job for job in jobs if job.id in seqs]
         for job in queued:
             job.status, job.stream_seq = "queued", seqs[job.id]
-        # The `queued` events go out before the wake-up, so they are in EVENTS ahead of anything
-        # an executor reports about these jobs and a timeline never lacks its `queued`.
-        events = await self.publisher.send_events([_queued_event(job, published_at) for job in queued])
         await self.publisher.wake(queued)
         self.marker.add(queued, events)
 

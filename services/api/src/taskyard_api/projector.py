@@ -104,10 +104,10 @@ def apply_event(job: JobState, event: JobEvent, seq: int) -> list[dict]:
     if job.status in FINAL_STATES and kind not in FINAL_STATES:
         return extra  # e.g. a late `started` after the API cancelled the job
     job.updated_at = max(job.updated_at, event.at)
-    if kind == "queued":
-        if job.status == "pending":
-            job.status, job.stream_seq = "queued", data.get("stream_seq", job.stream_seq)
-    elif kind == "started":
+    # `queued` moves nothing: it is sent before JetStream acks the job (so it precedes `started`),
+    # and only QueuedMarker, which has the ack, may mark a row queued (else a failed publish would
+    # leave a `queued` row the outbox never republishes).
+    if kind == "started":
         if job.status == "running" and job.worker_id and event.attempt > job.attempt:
             extra.append(_row(job.id, None, "worker_lost", event.at, job.attempt, job.worker_id, {}))
         job.status, job.attempt, job.worker_id = "running", event.attempt, event.worker_id

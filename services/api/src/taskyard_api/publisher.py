@@ -43,15 +43,22 @@ class Publisher:
             await ensure_queue(self.js, self.topo, queue)
             self._queues.add(queue)
 
-    async def publish_jobs(self, jobs: list[Job]) -> dict[str, int]:
-        """Publish specs with Nats-Msg-Id = job id (dedupe); returns job id → stream seq of those acked.
+    async def publish_jobs(
+        self, jobs: list[Job], announcements: list[JobEvent]
+    ) -> tuple[dict[str, int], list[asyncio.Future]]:
+        """Publish specs with Nats-Msg-Id = job id (dedupe), each followed by its announcement (the
+        job's `queued` event); returns job id → stream seq of the jobs acked, and the events' futures
+        for `events_stored`.
 
-        Jobs whose publish failed are left out: they stay `pending` for the outbox reconciler.
+        An idle executor has the job as soon as JetStream stores it, before this API has the ack:
+        sent right behind the job on the same connection, the `queued` event is in EVENTS ahead of
+        anything an executor reports. Jobs whose publish failed are left out of the result: they
+        stay `pending` for the outbox reconciler (their `queued` event stays on the timeline).
         """
         for queue in {j.queue for j in jobs}:
             await self._ensure_queue(queue)
-        futures = []
-        for job in jobs:
+        futures, events = [], []
+        for job, event in zip(jobs, announcements, strict=True):
             spec = spec_of(job)
             subject = self.topo.job_subject(job.queue, job.priority)
             data = spec.model_dump_json().encode()
@@ -59,6 +66,7 @@ class Publisher:
             if job.traceparent:
                 headers["traceparent"] = job.traceparent
             futures.append(await self.js.publish_async(subject, data, headers=headers))
+            events.append(await self._send_event(event))
         acks = await wait_acks(futures, timeout=10)
         seqs: dict[str, int] = {}
         for job, ack in zip(jobs, acks, strict=True):
@@ -66,7 +74,7 @@ class Publisher:
                 log.warning("publish of job %s failed (outbox will retry): %s", job.id, ack)
             else:
                 seqs[job.id] = ack.seq
-        return seqs
+        return seqs, events
 
     async def wake(self, jobs: list[Job]) -> None:
         """Tell idle executors that these jobs are stored: one wake-up per queue, naming the
@@ -78,12 +86,11 @@ class Publisher:
         for queue, named in priorities.items():
             await self.nc.publish(self.topo.wake_subject(queue), ",".join(sorted(named)).encode())
 
-    async def send_events(self, events: list[JobEvent]) -> list[asyncio.Future]:
-        """Publish events without waiting; pass the futures to `events_stored`."""
-        return [
-            await self.js.publish_async(self.topo.event_subject(e.job_id), e.model_dump_json().encode())
-            for e in events
-        ]
+    async def _send_event(self, event: JobEvent) -> asyncio.Future:
+        """Publish an event without waiting; pass the future to `events_stored`."""
+        return await self.js.publish_async(
+            self.topo.event_subject(event.job_id), event.model_dump_json().encode()
+        )
 
     async def events_stored(self, futures: list[asyncio.Future]) -> None:
         for result in await wait_acks(futures, timeout=10):
@@ -92,7 +99,7 @@ class Publisher:
                 log.warning("event publish failed: %s", result)
 
     async def publish_events(self, events: list[JobEvent]) -> None:
-        await self.events_stored(await self.send_events(events))
+        await self.events_stored([await self._send_event(e) for e in events])
 
     async def delete_queued(self, seq: int) -> bool:
         """Remove a not-yet-finished job message from JOBS; False when it is already gone."""
