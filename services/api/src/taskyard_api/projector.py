@@ -35,7 +35,6 @@ _READ = (
     "generation",
     "attempt",
     "worker_id",
-    "stream_seq",
     "started_at",
     "updated_at",
     "last_event_seq",

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from taskyard_common.nats_util import consumer_of
+
 # An armed pull the server never answered (its connection was replaced) is forgotten this long
 # after its own expiry.
 ARMED_GRACE_S = 1.0
@@ -36,15 +38,6 @@ class _Pull:
     def finish(self) -> None:
         if not self.done.done():
             self.done.set_result(self.received)
-
-
-def consumer_of(msg: Msg) -> str:
-    """The consumer a delivered JetStream message came from, read off its ack subject.
-
-    Layouts: `$JS.ACK.<stream>.<consumer>.…` (9 tokens) and `$JS.ACK.<domain>.<account>.<stream>.<consumer>.…`.
-    """
-    tokens = msg.reply.split(".")
-    return tokens[3] if len(tokens) == 9 else tokens[5]
 
 
 class Puller:
