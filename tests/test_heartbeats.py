@@ -37,9 +37,9 @@ async def test_reads_live_workers_only_and_leaves_no_consumer_behind(nats_server
         finally:
             beating.cancel()
         assert all([hb.id for hb in beats] == ["w-live"] for beats in reads)
-        info = await js.stream_info(f"KV_{topo.workers_bucket}")
+        info = await js.stream_info(topo.workers_stream)
         assert info.state.consumer_count == 0
-        for stream in [f"KV_{topo.workers_bucket}"] + [cfg.name for cfg in topo.stream_configs()]:
+        for stream in [topo.workers_stream] + [cfg.name for cfg in topo.stream_configs()]:
             await js.delete_stream(stream)
     finally:
         await nc.close()

@@ -23,8 +23,8 @@ class HeartbeatReader:
     """Reads the workers bucket; NATS errors propagate (a failed read is not "no workers")."""
 
     def __init__(self, js: JetStreamContext, topo: Topology) -> None:
-        self.js, self.bucket = js, topo.workers_bucket
-        self.stream, self.prefix = f"KV_{self.bucket}", f"$KV.{self.bucket}."
+        self.js, self.bucket, self.stream = js, topo.workers_bucket, topo.workers_stream
+        self.prefix = f"$KV.{self.bucket}."
         self._kv: KeyValue | None = None
 
     async def read(self) -> list[Heartbeat]:

@@ -58,6 +58,11 @@ class Topology:
     def workers_bucket(self) -> str:
         return f"{self.prefix}_workers"
 
+    @property
+    def workers_stream(self) -> str:
+        """The stream JetStream keeps the workers bucket in (KV buckets are streams named KV_<bucket>)."""
+        return f"KV_{self.workers_bucket}"
+
     def job_subject(self, queue: str, priority: str) -> str:
         return f"{self.prefix}.jobs.{queue}.{priority}"
 
