@@ -86,6 +86,36 @@ def test_outbox_crash_between_insert_and_publish_runs_job_exactly_once(stack):
     assert done["attempt"] == 1
 
 
+def test_outbox_resending_a_stored_job_stores_no_second_queued_event(stack):
+    stack.start_api()
+    job = submit(stack, type="noop")
+    stack.wait_status(job["id"], "queued")
+    stack.api.terminate()
+
+    async def back_to_pending() -> None:
+        # As if the api had died after its publish, before QueuedMarker's UPDATE.
+        from sqlalchemy import text
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        engine = create_async_engine(stack.db_url)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE jobs SET status = 'pending', updated_at = 0 WHERE id = :id"), {"id": job["id"]}
+            )
+        await engine.dispose()
+
+    run_async(back_to_pending())
+    api = stack.start_api(TASKYARD_API_OUTBOX_GRACE_S="0.2", TASKYARD_API_OUTBOX_INTERVAL_S="0.2")
+    stack.wait_status(job["id"], "queued")
+    assert "outbox: republishing 1 pending jobs" in api.output()
+    stack.start_executor()
+    done = stack.wait_status(job["id"], "succeeded")
+    time.sleep(0.5)  # the projector's coalescing pause: a second `queued` would be in by now
+    with stack.http() as c:
+        done = c.get(f"/api/v1/jobs/{job['id']}").json()
+    assert types_of(done) == ["queued", "started", "succeeded"]
+
+
 def test_same_idempotency_key_returns_same_job(stack):
     stack.start_api()
     with stack.http() as c:

@@ -54,7 +54,8 @@ class Publisher:
         Sent right behind the job, the `queued` event was still stored after the executor's
         `started` now and then (1 of 6 runs of 40 jobs in the test); sent first, on the same
         connection, it never was (22 runs). Jobs whose publish failed are left out of the result:
-        they stay `pending` for the outbox reconciler (their `queued` event stays on the timeline).
+        they stay `pending` for the outbox reconciler. The event carries a Nats-Msg-Id too, so the
+        outbox sending both again stores no second `queued` (within EVENTS' duplicate window, 2 min).
         """
         for queue in {j.queue for j in jobs}:
             await self._ensure_queue(queue)
@@ -66,7 +67,7 @@ class Publisher:
             headers = {"Nats-Msg-Id": spec.msg_id}
             if job.traceparent:
                 headers["traceparent"] = job.traceparent
-            events.append(await self._send_event(event))
+            events.append(await self._send_event(event, msg_id=f"queued:{spec.msg_id}"))
             futures.append(await self.js.publish_async(subject, data, headers=headers))
         acks = await wait_acks(futures, timeout=10)
         seqs: dict[str, int] = {}
@@ -87,10 +88,12 @@ class Publisher:
         for queue, named in priorities.items():
             await self.nc.publish(self.topo.wake_subject(queue), ",".join(sorted(named)).encode())
 
-    async def _send_event(self, event: JobEvent) -> asyncio.Future:
+    async def _send_event(self, event: JobEvent, msg_id: str | None = None) -> asyncio.Future:
         """Publish an event without waiting; pass the future to `events_stored`."""
         return await self.js.publish_async(
-            self.topo.event_subject(event.job_id), event.model_dump_json().encode()
+            self.topo.event_subject(event.job_id),
+            event.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": msg_id} if msg_id else None,
         )
 
     async def events_stored(self, futures: list[asyncio.Future]) -> None:
