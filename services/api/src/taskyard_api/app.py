@@ -29,6 +29,7 @@ from .publisher import Publisher
 from .queue_state import QueueState
 from .ratelimit import FailureLimiter, TokenBucket
 from .settings import ApiSettings
+from .views import JsonAnswer
 from .workers import WorkerRegistry
 
 log = logging.getLogger("taskyard.api")
@@ -117,7 +118,7 @@ async def lifespan(app: FastAPI):
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
-    app = FastAPI(title="Taskyard API", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Taskyard API", version="0.1.0", lifespan=lifespan, default_response_class=JsonAnswer)
     app.state.settings = settings = settings or ApiSettings()
     app.state.submit_limit = TokenBucket(settings.submit_rate_per_s, settings.submit_burst)
     app.state.auth_failures = FailureLimiter(settings.auth_failures_limit, settings.auth_failures_window_s)

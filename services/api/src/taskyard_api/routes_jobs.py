@@ -3,7 +3,7 @@
 from datetime import datetime
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from nats.errors import Error as NatsError
 from sqlalchemy import bindparam, select
 
@@ -16,7 +16,7 @@ from .logs import follow_logs, read_logs
 from .models import Checkpoint, Job, JobEventRow
 from .ratelimit import too_many
 from .schemas import JobBatch, JobCreate
-from .views import job_out
+from .views import JsonAnswer, job_out
 from .waiting import WAITING_STATES, explain
 
 router = APIRouter(prefix="/api/v1")
@@ -38,7 +38,7 @@ def _svc(request: Request):
     return state.jobs
 
 
-# The hot routes answer with a JSONResponse of plain JSON values: returning the dict would make
+# The hot routes answer with a JsonAnswer of plain JSON values: returning the dict would make
 # FastAPI walk every value through jsonable_encoder, 45 % of the api's CPU on batch submits.
 
 
@@ -46,7 +46,7 @@ def _svc(request: Request):
 async def submit_job(body: JobCreate, request: Request, who: Principal = require("submitter")):
     _admit(request, who, 1)
     [(job, created)] = await _svc(request).submit([body], who)
-    return JSONResponse(job_out(job), 201 if created else 200)
+    return JsonAnswer(job_out(job), 201 if created else 200)
 
 
 @router.post("/jobs:batch", status_code=201)
@@ -56,7 +56,7 @@ async def submit_batch(body: JobBatch, request: Request, who: Principal = requir
         raise HTTPException(413, f"jobs: {len(body.jobs)} items exceeds the batch limit of {limit}")
     _admit(request, who, len(body.jobs))
     results = await _svc(request).submit(body.jobs, who)
-    return JSONResponse({"jobs": [job_out(job) for job, _ in results]}, 201)
+    return JsonAnswer({"jobs": [job_out(job) for job, _ in results]}, 201)
 
 
 def _timestamp(value: str | None, field: str) -> float | None:
@@ -114,7 +114,7 @@ async def list_jobs(
         rows = list(await session.execute(query))
     more = len(rows) > limit
     rows = rows[:limit]
-    return JSONResponse({"jobs": [job_out(j) for j in rows], "next_cursor": rows[-1].id if more else None})
+    return JsonAnswer({"jobs": [job_out(j) for j in rows], "next_cursor": rows[-1].id if more else None})
 
 
 _JOB_BY_ID = select(Job.__table__).where(Job.__table__.c.id == bindparam("job_id"))
@@ -155,7 +155,7 @@ async def get_job(job_id: str, request: Request, who: Principal = require("viewe
             out.update(await explain(job, timeline, state.queues, state.workers))
         except NatsError as exc:
             out["waiting_reason"] = {"code": "unknown", "message": f"NATS unavailable: {exc}", "evidence": {}}
-    return JSONResponse(out)
+    return JsonAnswer(out)
 
 
 @router.post("/jobs/{job_id}/cancel")
