@@ -147,6 +147,21 @@ def test_queues_overview_and_pause_resume(stack):
         assert c.post("/api/v1/queues/nope/pause").status_code == 404
 
 
+def test_queues_past_one_page_of_consumers_have_depth_and_positions(stack):
+    # 90 queues are 270 consumers: one JetStream consumer listing answers with 256 of them.
+    stack.start_api(TASKYARD_API_QUEUE_STATE_CACHE_S="0.1")
+    queues = [f"q{i:02d}" for i in range(90)]
+    with stack.http() as c:
+        r = c.post("/api/v1/jobs:batch", json={"jobs": [{"type": "noop", "queue": q} for q in queues]})
+        assert r.status_code == 201, r.text
+        listed = {q["queue"]: q["depth"] for q in c.get("/api/v1/queues").json()["queues"]}
+        assert {q: listed.get(q) for q in queues} == dict.fromkeys(queues, 1)
+        stack.wait_status(r.json()["jobs"][-1]["id"], "queued")
+        for job in r.json()["jobs"]:
+            seen = c.get(f"/api/v1/jobs/{job['id']}").json()
+            assert seen["queue_position"] == 0, (job["queue"], seen["waiting_reason"])
+
+
 def test_doctor_reports_missing_workers_with_a_fix(stack):
     stack.start_api(TASKYARD_API_QUEUE_STATE_CACHE_S="0.1")
     with stack.http() as c:

@@ -10,6 +10,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    ConsumerInfo,
     DeliverPolicy,
     KeyValueConfig,
     RetentionPolicy,
@@ -23,6 +24,8 @@ from .settings import NatsSettings
 PRIORITIES = ("high", "normal", "low")
 QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DUPLICATE_WINDOW_S = 600.0
+# JetStream's consumer list answers at most this many per request.
+CONSUMER_PAGE = 256
 
 
 @dataclass(frozen=True)
@@ -181,3 +184,22 @@ async def ensure_queue(js: JetStreamContext, topo: Topology, queue: str) -> None
             await js.consumer_info(topo.jobs_stream, topo.exec_durable(queue, priority))
         except NotFoundError:
             await js.add_consumer(topo.jobs_stream, topo.exec_consumer(queue, priority))
+
+
+async def executor_consumers(js: JetStreamContext, topo: Topology) -> list[tuple[str, str, ConsumerInfo]]:
+    """(queue, priority, info) of every executor consumer on JOBS, following the list's pages: one
+    request returns 256 consumers, i.e. 85 queues of three priorities."""
+    found: list[ConsumerInfo] = []
+    while True:
+        page = await js.consumers_info(topo.jobs_stream, offset=len(found) or None)
+        found.extend(page)
+        if len(page) < CONSUMER_PAGE:
+            break
+    out = []
+    for info in found:
+        parts = (info.config.filter_subject or "").split(".")  # <prefix>.jobs.<queue>.<priority>
+        if len(parts) == 4 and parts[:2] == [topo.prefix, "jobs"]:
+            queue, priority = parts[2], parts[3]
+            if info.name == topo.exec_durable(queue, priority):
+                out.append((queue, priority, info))
+    return out

@@ -1,6 +1,6 @@
 """Queue state from JetStream consumer info: depth, in flight, rates, and exact queue positions.
 
-One `consumers_info` call lists every consumer of JOBS; it is cached for `ttl_s`, so any number
+One consumer listing of JOBS (a request per 256 consumers) is cached for `ttl_s`, so any number
 of position or queue requests cost one JetStream API call per `ttl_s`, plus one Direct Get per
 position asked for. Nothing here scans the jobs table or the stream.
 """
@@ -16,7 +16,7 @@ from datetime import datetime
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from taskyard_common.topology import PRIORITIES, Topology
+from taskyard_common.topology import PRIORITIES, Topology, executor_consumers
 
 log = logging.getLogger("taskyard.api.queues")
 RATE_WINDOW_S = 60.0
@@ -65,14 +65,9 @@ class QueueState:
         self._at = 0.0
 
     async def _refresh(self) -> None:
-        prefix = f"{self.topo.prefix}.jobs."
         snaps = {}
         now = time.monotonic()
-        for info in await self.js.consumers_info(self.topo.jobs_stream):
-            subject = info.config.filter_subject or ""
-            if not subject.startswith(prefix):
-                continue
-            queue, _, priority = subject[len(prefix) :].rpartition(".")
+        for queue, priority, info in await executor_consumers(self.js, self.topo):
             snap = ConsumerSnap(
                 queue=queue,
                 priority=priority,

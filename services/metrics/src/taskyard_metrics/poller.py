@@ -19,15 +19,13 @@ from prometheus_client.registry import Collector
 
 from taskyard_common.heartbeats import HeartbeatReader
 from taskyard_common.schemas import Heartbeat
-from taskyard_common.topology import Topology
+from taskyard_common.topology import Topology, executor_consumers
 
 from .registry import Metrics
 from .state import ServiceState
 
 log = logging.getLogger("taskyard.metrics.poller")
 
-# JetStream's consumer list pages hold at most this many entries.
-CONSUMER_PAGE = 256
 # One poll may not hang on a half-dead connection for longer than this.
 POLL_DEADLINE_S = 10.0
 
@@ -71,24 +69,6 @@ class Snapshot:
     stale: frozenset[str] = frozenset()
 
 
-def parse_filter(prefix: str, subject: str | None) -> tuple[str, str] | None:
-    """(queue, priority) from an executor filter subject `<prefix>.jobs.<queue>.<priority>`."""
-    parts = (subject or "").split(".")
-    if len(parts) != 4 or parts[0] != prefix or parts[1] != "jobs":
-        return None
-    return parts[2], parts[3]
-
-
-async def list_consumers(js: JetStreamContext, stream: str) -> list[ConsumerInfo]:
-    """All consumers of `stream`, following JetStream's paging."""
-    found: list[ConsumerInfo] = []
-    while True:
-        page = await js.consumers_info(stream, offset=len(found) or None)
-        found.extend(page)
-        if len(page) < CONSUMER_PAGE:
-            return found
-
-
 async def oldest_age_s(
     js: JetStreamContext, stream: str, info: ConsumerInfo, subject: str, now: float
 ) -> float:
@@ -110,16 +90,8 @@ async def oldest_age_s(
 async def read_queues(js: JetStreamContext, topo: Topology, now: float) -> tuple[QueueState, ...]:
     """Per (queue, priority) figures from the executor consumers on the JOBS stream."""
     states = []
-    exec_prefix = f"{topo.prefix}_exec_"
-    for info in await list_consumers(js, topo.jobs_stream):
-        if not info.name.startswith(exec_prefix):
-            continue
-        subject = info.config.filter_subject
-        parsed = parse_filter(topo.prefix, subject)
-        if parsed is None:
-            log.debug("consumer %s has an unexpected filter %r; skipped", info.name, subject)
-            continue
-        queue, priority = parsed
+    for queue, priority, info in await executor_consumers(js, topo):
+        subject = topo.job_subject(queue, priority)
         states.append(
             QueueState(
                 queue=queue,

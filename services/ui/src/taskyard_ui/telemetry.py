@@ -35,7 +35,11 @@ API_ERRORS = Counter(
 
 
 class Telemetry:
-    """Pure ASGI middleware (no response buffering, so log streams pass straight through)."""
+    """Pure ASGI middleware (no response buffering, so log streams pass straight through).
+
+    The api's MetricsMiddleware is the same few lines; sharing it through taskyard-common would
+    put NATS and OpenTelemetry packages into the UI, which talks to nothing but the API over HTTP.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
