@@ -147,6 +147,17 @@ def test_queues_overview_and_pause_resume(stack):
         assert c.post("/api/v1/queues/nope/pause").status_code == 404
 
 
+def test_a_job_read_right_after_its_submit_is_queued_with_a_position(stack):
+    # Its row is marked `queued` up to 50 ms after the answer (QueuedMarker coalesces).
+    stack.start_api()
+    with stack.http() as c:
+        for _ in range(5):
+            job = c.post("/api/v1/jobs", json={"type": "noop"}).json()
+            seen = c.get(f"/api/v1/jobs/{job['id']}").json()
+            assert job["status"] == seen["status"] == "queued", seen["waiting_reason"]
+            assert seen["stream_seq"] == job["stream_seq"] and seen["queue_position"] is not None, seen["waiting_reason"]
+
+
 def test_queues_past_one_page_of_consumers_have_depth_and_positions(stack):
     # 90 queues are 270 consumers: one JetStream consumer listing answers with 256 of them.
     stack.start_api(TASKYARD_API_QUEUE_STATE_CACHE_S="0.1")

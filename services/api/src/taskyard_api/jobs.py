@@ -128,6 +128,8 @@ class QueuedMarker:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], publisher: Publisher) -> None:
         self.sessions, self.publisher = sessions, publisher
         self._todo: list[Job] = []
+        # Job id → stream seq of the jobs JetStream has acked whose rows are not marked yet.
+        self._stored: dict[str, int] = {}
         self._events: list[asyncio.Future] = []
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -135,8 +137,14 @@ class QueuedMarker:
     def add(self, jobs: list[Job], events: list[asyncio.Future]) -> None:
         """`events`: the publishes of these jobs' `queued` events, whose acks are checked here."""
         self._todo += jobs
+        self._stored.update((job.id, job.stream_seq) for job in jobs)
         self._events += events
         self._wake.set()
+
+    def stored_seq(self, job_id: str) -> int | None:
+        """The stream seq of a job this API has published whose row still says `pending`: for
+        up to MARK_COALESCE_S after its submit was answered `queued`."""
+        return self._stored.get(job_id)
 
     async def run_forever(self) -> None:
         while True:
@@ -164,6 +172,8 @@ class QueuedMarker:
                         await session.execute(_MARK_QUEUED, params)
                         await session.commit()
             finally:
+                for job in todo:  # marked, or left `pending` for the outbox when the UPDATE failed
+                    self._stored.pop(job.id, None)
                 # Always: an unchecked publish whose ack never comes would hold a pending-ack slot.
                 await self.publisher.events_stored(events)
 

@@ -122,6 +122,11 @@ class QueueState:
         snaps = await self.snapshot()
         own = snaps.get((queue, priority))
         if own is None:
+            # A queue's first job creates its consumers: a snapshot older than that does not know them.
+            self.invalidate()
+            snaps = await self.snapshot()
+            own = snaps.get((queue, priority))
+        if own is None:
             return Position(None, state="gone")
         if seq <= own.delivered_stream_seq:
             return Position(None, state="in_flight")

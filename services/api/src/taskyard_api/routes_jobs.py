@@ -1,6 +1,7 @@
 """/api/v1/jobs: submit, batch, list, get, cancel, retry, logs."""
 
 from datetime import datetime
+from types import SimpleNamespace
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
@@ -141,6 +142,10 @@ async def _load(request: Request, job_id: str) -> tuple[Job, list[JobEventRow]]:
 @router.get("/jobs/{job_id}")
 async def get_job(job_id: str, request: Request, who: Principal = require("viewer")):
     job, timeline = await _load(request, job_id)
+    seq = request.app.state.jobs.marker.stored_seq(job_id) if job.status == "pending" else None
+    if seq is not None:
+        # In JOBS already, its row not yet marked (QueuedMarker): say so, as the submit's answer did.
+        job = SimpleNamespace(**{**job._mapping, "status": "queued", "stream_seq": seq})
     out = job_out(job, timeline)
     out.update(queue_position=None, eta_seconds=None, eta_range=None, waiting_reason=None)
     if job.status == "waiting":
