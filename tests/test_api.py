@@ -6,6 +6,7 @@ import time
 import httpx
 
 from .conftest import create_key
+from .stack import run_async
 
 
 def count_jobs(c: httpx.Client) -> int:
@@ -80,8 +81,6 @@ def test_roles_and_key_lifecycle(stack):
             rows = (await conn.execute(text("SELECT key_hash FROM api_keys"))).scalars().all()
         await engine.dispose()
         return rows
-
-    from .stack import run_async
 
     hashes = run_async(stored_hashes())
     assert created["key"] not in hashes and all(len(h) == 64 for h in hashes)
@@ -186,6 +185,31 @@ def test_logs_follow_streams_live_lines_then_ends(stack):
                     arrival.append(time.monotonic())
     assert received == ["line-1", "line-2", "line-3"]
     assert arrival[2] - arrival[0] > 0.5  # lines arrived as they were written, not all at the end
+
+
+def test_many_log_reads_leave_no_consumer_behind(stack):
+    # A consumer per read lived 30 s on the server: ~1,000 reads in that time hit JetStream's limit.
+    stack.start_api()
+    stack.start_executor()
+    with stack.http() as c:
+        job = c.post("/api/v1/jobs", json={"type": "shell", "payload": {"command": ["seq", "3"]}}).json()
+        stack.wait_status(job["id"], "succeeded")
+        for _ in range(1200):
+            r = c.get(f"/api/v1/jobs/{job['id']}/logs")
+            assert r.status_code == 200 and [x["line"] for x in r.json()["lines"]] == ["1", "2", "3"], r.text
+        page = c.get(f"/api/v1/jobs/{job['id']}/logs", params={"limit": 2}).json()
+        rest = c.get(f"/api/v1/jobs/{job['id']}/logs", params={"after": page["next"]}).json()
+        assert [x["line"] for x in page["lines"] + rest["lines"]] == ["1", "2", "3"]
+
+    async def consumers_on_logs() -> int:
+        import nats
+
+        nc = await nats.connect(stack.nats.url)
+        info = await nc.jetstream().stream_info(f"{stack.prefix.upper()}_LOGS")
+        await nc.close()
+        return info.state.consumer_count
+
+    assert run_async(consumers_on_logs()) == 0
 
 
 def test_result_too_large_is_a_clear_failure(stack):

@@ -154,4 +154,8 @@ def test_checkpoint_metrics_pending_and_decision_latency(stack, tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert scrape(metrics.url, "taskyard_checkpoints_requested_total") == 1
-    assert scrape(stack.api.url, 'taskyard_checkpoints_pending{kind="approval"}') == 0
+    # The gauge is read from the database by the api's checkpoint loop (every 0.2 s here).
+    deadline = time.monotonic() + 10
+    while scrape(stack.api.url, 'taskyard_checkpoints_pending{kind="approval"}') != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)

@@ -155,7 +155,8 @@ def test_a_job_read_right_after_its_submit_is_queued_with_a_position(stack):
             job = c.post("/api/v1/jobs", json={"type": "noop"}).json()
             seen = c.get(f"/api/v1/jobs/{job['id']}").json()
             assert job["status"] == seen["status"] == "queued", seen["waiting_reason"]
-            assert seen["stream_seq"] == job["stream_seq"] and seen["queue_position"] is not None, seen["waiting_reason"]
+            reason = seen["waiting_reason"]
+            assert seen["stream_seq"] == job["stream_seq"] and seen["queue_position"] is not None, reason
 
 
 def test_queues_past_one_page_of_consumers_have_depth_and_positions(stack):

@@ -5,6 +5,7 @@ import time
 import httpx
 import pytest
 
+from .invariants import query, wait_all_final
 from .stack import run_async, wait_until
 
 
@@ -31,6 +32,33 @@ def test_retries_with_backoff_then_succeeds(stack):
     assert [e["attempt"] for e in retrying] == [1, 2]
     assert all(0 <= e["data"]["delay_s"] <= 0.3 for e in retrying)
     assert "flaky failure on attempt 2" in retrying[1]["data"]["error"]["message"]
+
+
+def test_a_burst_of_retries_all_run_again(stack):
+    # Each retry replays its job's events. With an ephemeral consumer per replay, ~1,000 of them hit
+    # JetStream's consumer limit; the other retries then died as "worker lost" after 2 × ack_wait.
+    stack.extra_env["TASKYARD_NATS_ACK_WAIT_S"] = "5"
+    stack.start_api()
+    for _ in range(2):
+        stack.start_executor(handlers="handlers_for_tests", slots=32)
+    spec = {"type": "chaos", "payload": {"fail_attempts": 1}, "max_attempts": 3, "backoff": {"base_s": 0.05}}
+    with stack.http() as c:
+        for _ in range(4):
+            r = c.post("/api/v1/jobs:batch", json={"jobs": [spec] * 500})
+            assert r.status_code == 201, r.text
+    counts = wait_all_final(stack.db_url, 2000, timeout=120)
+    assert counts == {"succeeded": 2000}, counts
+    assert query(stack.db_url, "SELECT MIN(attempt), MAX(attempt) FROM jobs") == [(2, 2)]
+
+    async def consumers_on_events() -> int:
+        import nats
+
+        nc = await nats.connect(stack.nats.url)
+        info = await nc.jetstream().stream_info(f"{stack.prefix.upper()}_EVENTS")
+        await nc.close()
+        return info.state.consumer_count
+
+    assert run_async(consumers_on_events()) == 1  # the api's projector
 
 
 def test_out_of_attempts_is_dead_and_inspectable(stack):

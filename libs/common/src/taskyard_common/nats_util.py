@@ -1,7 +1,9 @@
-"""Connecting to NATS the same way in every service."""
+"""Connecting to NATS the same way in every service, and small JetStream helpers."""
 
 import asyncio
+import json
 import logging
+from dataclasses import dataclass
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -73,3 +75,59 @@ def stream_seq(msg: Msg) -> int:
 def consumer_of(msg: Msg) -> str:
     """The consumer a delivered JetStream message came from, read off its ack subject."""
     return _ack_fields(msg)[1]
+
+
+# Messages per Direct Get request in read_subject.
+DIRECT_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A message read straight from a stream: its sequence and body."""
+
+    seq: int
+    data: bytes
+
+
+async def read_subject(
+    nc: NatsClient, stream: str, subject: str, after: int = 0, limit: int | None = None, timeout: float = 5.0
+) -> list[Stored]:
+    """The messages on `subject` with a stream sequence above `after`, oldest first, at most
+    `limit`: batched Direct Gets (the stream needs `allow_direct`), one request per 256.
+
+    No consumer is created. An ephemeral consumer per read stays on the server for its inactive
+    threshold: a burst of retries (each replays its job's events) or log reads reached JetStream's
+    consumer limit, and every read after that failed.
+    """
+    out: list[Stored] = []
+    replies: asyncio.Queue[Msg] = asyncio.Queue()
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=replies.put)
+    try:
+        while limit is None or len(out) < limit:
+            batch = DIRECT_BATCH if limit is None else min(DIRECT_BATCH, limit - len(out))
+            body = json.dumps({"seq": after + 1, "next_by_subj": subject, "batch": batch}).encode()
+            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", body, reply=inbox)
+            while True:
+                try:
+                    msg = await asyncio.wait_for(replies.get(), timeout)
+                except TimeoutError:
+                    raise nats.errors.TimeoutError from None
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if not status:
+                    after = int(headers["Nats-Sequence"])
+                    out.append(Stored(after, msg.data))
+                    continue
+                if status == "404":  # nothing (more) on the subject
+                    return out
+                if status != "204":
+                    raise nats.errors.Error(
+                        f"direct get from {stream}: {status} {headers.get('Description', '')}"
+                    )
+                if headers.get("Nats-Num-Pending", "0") == "0":  # 204: end of this batch
+                    return out
+                break
+    finally:
+        await sub.unsubscribe()
+    return out

@@ -1,23 +1,29 @@
 """Reading a job's log lines from the LOGS stream (the stream is the log store)."""
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.aio.client import Client as NatsClient
 
-from taskyard_common.nats_util import stream_seq
+from taskyard_common.nats_util import Stored, read_subject
 from taskyard_common.schemas import LogLine
 from taskyard_common.topology import Topology
 
 from .schemas import iso
 
+# A follower reads again this long after finding nothing new.
+FOLLOW_POLL_S = 0.5
+# ...and sends an SSE comment after this long without a line, so proxies keep the stream open.
+KEEPALIVE_S = 15.0
+FOLLOW_BATCH = 500
 
-def _line(msg) -> dict:  # noqa: ANN001
-    line = LogLine.model_validate_json(msg.data)
+
+def _line(stored: Stored) -> dict:
+    line = LogLine.model_validate_json(stored.data)
     return {
-        "seq": stream_seq(msg),
+        "seq": stored.seq,
         "stream": line.stream,
         "line": line.line,
         "at": iso(line.at),
@@ -25,59 +31,36 @@ def _line(msg) -> dict:  # noqa: ANN001
     }
 
 
-async def _reader(js: JetStreamContext, topo: Topology, job_id: str, after: int):
-    """An ephemeral, server-cleaned pull consumer over one job's log subject."""
-    config = ConsumerConfig(
-        ack_policy=AckPolicy.NONE,
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after else DeliverPolicy.ALL,
-        opt_start_seq=after + 1 if after else None,
-        inactive_threshold=30,
-        mem_storage=True,
-    )
-    return await js.pull_subscribe(topo.log_subject(job_id), stream=topo.logs_stream, config=config)
-
-
-async def read_logs(js: JetStreamContext, topo: Topology, job_id: str, after: int, limit: int) -> list[dict]:
-    sub = await _reader(js, topo, job_id, after)
-    try:
-        lines: list[dict] = []
-        pending = (await sub.consumer_info()).num_pending
-        while pending and len(lines) < limit:
-            try:
-                msgs = await sub.fetch(min(limit - len(lines), 500), timeout=2)
-            except (NatsTimeout, TimeoutError):
-                break
-            lines.extend(_line(m) for m in msgs)
-            pending = msgs[-1].metadata.num_pending
-        return lines
-    finally:
-        await sub.unsubscribe()
+async def read_logs(nc: NatsClient, topo: Topology, job_id: str, after: int, limit: int) -> list[dict]:
+    """Up to `limit` lines of a job after stream sequence `after` (Direct Gets, no consumer)."""
+    stored = await read_subject(nc, topo.logs_stream, topo.log_subject(job_id), after=after, limit=limit)
+    return [_line(s) for s in stored]
 
 
 async def follow_logs(
-    js: JetStreamContext,
+    nc: NatsClient,
     topo: Topology,
     job_id: str,
     after: int,
     final_status: Callable[[], Awaitable[str | None]],
 ) -> AsyncIterator[str]:
     """Server-Sent Events: every line as it is written; `end` once the job is final and drained."""
-    sub = await _reader(js, topo, job_id, after)
-    try:
-        while True:
-            try:
-                msgs = await sub.fetch(200, timeout=1)
-            except (NatsTimeout, TimeoutError):
-                msgs = []
-            for msg in msgs:
-                yield f"event: log\ndata: {json.dumps(_line(msg))}\n\n"
-            if msgs and msgs[-1].metadata.num_pending:
+    quiet_since = time.monotonic()
+    while True:
+        # Read after the status: an executor stores every line of a job before its final event,
+        # so once the job is final, this read has the last of them.
+        status = await final_status()
+        lines = await read_logs(nc, topo, job_id, after, FOLLOW_BATCH)
+        for line in lines:
+            yield f"event: log\ndata: {json.dumps(line)}\n\n"
+        if lines:
+            after, quiet_since = lines[-1]["seq"], time.monotonic()
+            if len(lines) == FOLLOW_BATCH:
                 continue
-            status = await final_status()
-            if status and (await sub.consumer_info()).num_pending == 0:
-                yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
-                return
-            if not msgs:
-                yield ": keep-alive\n\n"
-    finally:
-        await sub.unsubscribe()
+        if status:
+            yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+            return
+        if time.monotonic() - quiet_since > KEEPALIVE_S:
+            quiet_since = time.monotonic()
+            yield ": keep-alive\n\n"
+        await asyncio.sleep(FOLLOW_POLL_S)

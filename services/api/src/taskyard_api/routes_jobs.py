@@ -183,7 +183,7 @@ async def job_logs(
 ):
     await _load(request, job_id)
     state = request.app.state
-    lines = await read_logs(state.js, state.topo, job_id, after, limit)
+    lines = await read_logs(state.nc, state.topo, job_id, after, limit)
     return {"lines": lines, "next": lines[-1]["seq"] if lines else after}
 
 
@@ -200,7 +200,7 @@ async def job_logs_stream(
         return status if status in FINAL_STATES else None
 
     return StreamingResponse(
-        follow_logs(state.js, state.topo, job_id, after, final_status),
+        follow_logs(state.nc, state.topo, job_id, after, final_status),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.aio.client import Client as NatsClient
 
+from taskyard_common.nats_util import read_subject
 from taskyard_common.schemas import JobEvent
 from taskyard_common.topology import Topology
 
@@ -69,24 +69,13 @@ class Journal:
             )
 
 
-async def read_journal(js: JetStreamContext, topo: Topology, job_id: str, generation: int) -> Journal:
-    """Replay the job's EVENTS subject (an ephemeral consumer the server removes after use)."""
+async def read_journal(nc: NatsClient, topo: Topology, job_id: str, generation: int) -> Journal:
+    """Replay the job's EVENTS subject (Direct Gets: no consumer left on the server)."""
     journal = Journal()
-    config = ConsumerConfig(
-        ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=30, mem_storage=True
-    )
-    sub = await js.pull_subscribe(topo.event_subject(job_id), stream=topo.events_stream, config=config)
-    try:
-        pending = (await sub.consumer_info()).num_pending
-        while pending:
-            msgs = await sub.fetch(min(pending, 256), timeout=5)
-            for msg in msgs:
-                event = JobEvent.model_validate_json(msg.data)
-                if event.generation == generation:
-                    journal.apply(event)
-            pending = msgs[-1].metadata.num_pending
-    finally:
-        await sub.unsubscribe()
+    for stored in await read_subject(nc, topo.events_stream, topo.event_subject(job_id)):
+        event = JobEvent.model_validate_json(stored.data)
+        if event.generation == generation:
+            journal.apply(event)
     return journal
 
 

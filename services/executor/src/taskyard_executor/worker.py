@@ -307,7 +307,7 @@ class Worker:
         spec = run.spec
         # First runs have no history; a retry or a resumed job replays its finished steps/decisions.
         fresh = run.attempt == 1 and spec.resume == 0
-        journal = Journal() if fresh else await read_journal(self.js, self.topo, spec.id, spec.generation)
+        journal = Journal() if fresh else await read_journal(self.nc, self.topo, spec.id, spec.generation)
         if journal.outcome:
             # A worker reported the outcome, then died before its ack: do not run or report it twice.
             log.info("job %s already %s; dropping the redelivery", spec.id, journal.outcome)
