@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 
 from taskyard_common.embedded import EmbeddedNats, free_port
+from taskyard_common.settings import NatsSettings
+from taskyard_common.topology import Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("TASKYARD_TEST_DATABASE_URL")
@@ -163,8 +165,8 @@ class Stack:
         nc = await nats.connect(self.nats.url, allow_reconnect=False)
         try:
             js = nc.jetstream()
-            for kind in ("JOBS", "DEAD", "EVENTS", "LOGS", "KV"):
-                name = f"{self.prefix.upper()}_{kind}" if kind != "KV" else f"KV_{self.prefix}_workers"
+            topo = Topology(NatsSettings(prefix=self.prefix))
+            for name in [cfg.name for cfg in topo.stream_configs()] + [topo.workers_stream]:
                 try:
                     await js.delete_stream(name)
                 except NatsError:

@@ -88,9 +88,9 @@ class Puller:
         if self._armed.pop(durable, None) is not None:
             self.on_armed_end(durable, delivered)
 
-    @property
-    def armed(self) -> int:
-        """Armed pulls not yet answered: each may still bring one job (and needs a slot for it)."""
+    def armed_count(self) -> int:
+        """Armed pulls not yet answered: each may still bring one job (and needs a slot for it).
+        Forgets those past their expiry and grace, whose answer will never come."""
         now = time.monotonic()
         self._armed = {d: e for d, e in self._armed.items() if e[1] > now}
         return len(self._armed)

@@ -112,7 +112,7 @@ class Worker:
         woken = False
         try:
             while not self.draining:
-                if self.free_slots - self.puller.armed <= 0:
+                if self.free_slots - self.puller.armed_count() <= 0:
                     # Every free slot is promised to an armed pull: wait for one to end (a job or
                     # its expiry), or a running job to finish.
                     self._slot_freed.clear()
@@ -126,7 +126,7 @@ class Worker:
                 turn = (turn + 1) % len(queues)
                 rotation = queues[turn:] + queues[:turn]
                 for durable in self._consumers(rotation):
-                    wanted = self.free_slots - self.puller.armed
+                    wanted = self.free_slots - self.puller.armed_count()
                     if wanted <= 0 or self.draining:
                         break
                     if self.puller.is_armed(durable) or (woken and self.empty.holds(durable)):
@@ -165,7 +165,7 @@ class Worker:
     async def _arm(self, queues: list[str]) -> None:
         """Arm a long pull on each unarmed consumer, in priority order, while a slot is free for it."""
         for durable in self._consumers(queues):
-            if self.free_slots - self.puller.armed <= 0 or self.draining:
+            if self.free_slots - self.puller.armed_count() <= 0 or self.draining:
                 return
             if not self.puller.is_armed(durable):
                 try:
@@ -199,7 +199,7 @@ class Worker:
         deadline = time.monotonic() + grace_s
         # An armed pull may still bring a job until it expires: wait for those too, so a job that
         # arrives during the drain is finished or handed back like the others.
-        while (self.running or self.puller.armed) and time.monotonic() < deadline:
+        while (self.running or self.puller.armed_count()) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         for run in list(self.running.values()):
             log.info("drain: handing job %s back to the queue", run.spec.id)
