@@ -1297,8 +1297,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--big",
         type=int,
-        default=0,
-        help="also a second, last e2e run with this many jobs, e.g. 50000 (default 0: skip)",
+        default=None,
+        help="a second, last e2e run with this many jobs (default 50000; quick: 0, skipped)",
     )
     p.add_argument(
         "--backlog",
@@ -1321,6 +1321,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.latency_s = 3.0 if args.quick else 10.0
     if args.sleep_jobs is None:
         args.sleep_jobs = 500 if args.quick else 2000
+    if args.big is None:
+        args.big = 0 if args.quick else 50_000
     args.raw_samples = 100 if args.quick else 300
     if args.jobs < 1 or args.executors < 1 or args.slots < 1 or args.batch < 1 or args.latency_s <= 0:
         p.error("--jobs, --executors, --slots, --batch and --latency-seconds must be positive")
