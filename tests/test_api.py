@@ -1,12 +1,16 @@
 """REST API behaviour: validation, auth, batch, listing, cancel, retry, logs."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import httpx
+import pytest
 
 from .conftest import create_key
-from .stack import run_async
+from .stack import run_async, wait_until
 
 
 def count_jobs(c: httpx.Client) -> int:
@@ -210,6 +214,34 @@ def test_many_log_reads_leave_no_consumer_behind(stack):
         return info.state.consumer_count
 
     assert run_async(consumers_on_logs()) == 0
+
+
+def test_head_revision_is_alembics_head():
+    from alembic.script import ScriptDirectory
+
+    from taskyard_api.migrate import HEAD_REVISION, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head() == HEAD_REVISION
+
+
+def test_readiness_says_not_migrated_until_the_migration_runs(stack, tmp_path):
+    if not stack.db_url.startswith("sqlite"):
+        pytest.skip("one database is enough for readiness")
+    url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+    api = stack.start_api(wait=False, TASKYARD_DB_URL=url)
+
+    def readyz() -> tuple[int, str]:
+        try:
+            r = httpx.get(f"{api.url}/readyz", timeout=2)
+        except httpx.HTTPError as exc:
+            return 0, str(exc)
+        return r.status_code, r.text
+
+    wait_until(lambda: readyz()[0] == 503, timeout=30, what="the api to answer /readyz")
+    assert "not migrated" in readyz()[1]
+    env = {**os.environ, "TASKYARD_DB_URL": url}
+    subprocess.run([sys.executable, "-m", "taskyard_api", "migrate"], env=env, check=True, capture_output=True)
+    wait_until(lambda: readyz()[0] == 200, timeout=30, what="readiness after the migration")
 
 
 def test_result_too_large_is_a_clear_failure(stack):
