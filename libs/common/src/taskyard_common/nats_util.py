@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 log = logging.getLogger("taskyard.nats")
 
@@ -90,7 +92,13 @@ class Stored:
 
 
 async def read_subject(
-    nc: NatsClient, stream: str, subject: str, after: int = 0, limit: int | None = None, timeout: float = 5.0
+    nc: NatsClient,
+    stream: str,
+    subject: str,
+    after: int = 0,
+    limit: int | None = None,
+    timeout: float = 5.0,
+    leader: bool = False,
 ) -> list[Stored]:
     """The messages on `subject` with a stream sequence above `after`, oldest first, at most
     `limit`: batched Direct Gets (the stream needs `allow_direct`), one request per 256.
@@ -98,7 +106,23 @@ async def read_subject(
     No consumer is created. An ephemeral consumer per read stays on the server for its inactive
     threshold: a burst of retries (each replays its job's events) or log reads reached JetStream's
     consumer limit, and every read after that failed.
+
+    Any replica answers a Direct Get, and a follower may not have stored the newest messages yet
+    (what it has is a prefix of the stream). `leader=True` then asks the stream leader for what
+    follows, one request per message (usually one request that finds nothing): for reads that must
+    see everything already acked (a job's journal, the last lines of a finished job's log).
     """
+    out = await _read_direct(nc, stream, subject, after, limit, timeout)
+    if leader and (limit is None or len(out) < limit):
+        rest = None if limit is None else limit - len(out)
+        js = nc.jetstream(timeout=timeout)
+        out += await _read_from_leader(js, stream, subject, out[-1].seq if out else after, rest)
+    return out
+
+
+async def _read_direct(
+    nc: NatsClient, stream: str, subject: str, after: int, limit: int | None, timeout: float
+) -> list[Stored]:
     out: list[Stored] = []
     replies: asyncio.Queue[Msg] = asyncio.Queue()
     inbox = nc.new_inbox()
@@ -130,4 +154,18 @@ async def read_subject(
                 break
     finally:
         await sub.unsubscribe()
+    return out
+
+
+async def _read_from_leader(
+    js: JetStreamContext, stream: str, subject: str, after: int, limit: int | None
+) -> list[Stored]:
+    out: list[Stored] = []
+    while limit is None or len(out) < limit:
+        try:
+            msg = await js.get_msg(stream, seq=after + 1, subject=subject, next=True)
+        except NotFoundError:  # nothing (more) on the subject
+            break
+        after = msg.seq
+        out.append(Stored(after, msg.data or b""))
     return out

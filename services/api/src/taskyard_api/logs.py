@@ -31,9 +31,13 @@ def _line(stored: Stored) -> dict:
     }
 
 
-async def read_logs(nc: NatsClient, topo: Topology, job_id: str, after: int, limit: int) -> list[dict]:
-    """Up to `limit` lines of a job after stream sequence `after` (Direct Gets, no consumer)."""
-    stored = await read_subject(nc, topo.logs_stream, topo.log_subject(job_id), after=after, limit=limit)
+async def read_logs(
+    nc: NatsClient, topo: Topology, job_id: str, after: int, limit: int, leader: bool = False
+) -> list[dict]:
+    """Up to `limit` lines of a job after stream sequence `after` (Direct Gets, no consumer; with
+    several NATS nodes a follower may answer a few ms behind, unless `leader`)."""
+    subject = topo.log_subject(job_id)
+    stored = await read_subject(nc, topo.logs_stream, subject, after=after, limit=limit, leader=leader)
     return [_line(s) for s in stored]
 
 
@@ -48,9 +52,9 @@ async def follow_logs(
     quiet_since = time.monotonic()
     while True:
         # Read after the status: an executor stores every line of a job before its final event,
-        # so once the job is final, this read has the last of them.
+        # so once the job is final, this read (from the stream leader) has the last of them.
         status = await final_status()
-        lines = await read_logs(nc, topo, job_id, after, FOLLOW_BATCH)
+        lines = await read_logs(nc, topo, job_id, after, FOLLOW_BATCH, leader=bool(status))
         for line in lines:
             yield f"event: log\ndata: {json.dumps(line)}\n\n"
         if lines:

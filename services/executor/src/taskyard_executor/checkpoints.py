@@ -70,9 +70,10 @@ class Journal:
 
 
 async def read_journal(nc: NatsClient, topo: Topology, job_id: str, generation: int) -> Journal:
-    """Replay the job's EVENTS subject (Direct Gets: no consumer left on the server)."""
+    """Replay the job's EVENTS subject, read from the stream leader (no consumer is left on the
+    server, and a decision or step result already acked is always there)."""
     journal = Journal()
-    for stored in await read_subject(nc, topo.events_stream, topo.event_subject(job_id)):
+    for stored in await read_subject(nc, topo.events_stream, topo.event_subject(job_id), leader=True):
         event = JobEvent.model_validate_json(stored.data)
         if event.generation == generation:
             journal.apply(event)
