@@ -240,7 +240,9 @@ def test_readiness_says_not_migrated_until_the_migration_runs(stack, tmp_path):
     wait_until(lambda: readyz()[0] == 503, timeout=30, what="the api to answer /readyz")
     assert "not migrated" in readyz()[1]
     env = {**os.environ, "TASKYARD_DB_URL": url}
-    subprocess.run([sys.executable, "-m", "taskyard_api", "migrate"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "taskyard_api", "migrate"], env=env, check=True, capture_output=True
+    )
     wait_until(lambda: readyz()[0] == 200, timeout=30, what="readiness after the migration")
 
 
