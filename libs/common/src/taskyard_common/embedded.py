@@ -54,13 +54,14 @@ def wait_for_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> 
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
 
 
-# Go collects when the heap has grown by GOGC % over what was live (100 by default): nats-server's
-# RSS under a 50,000-job run reached 109–124 MiB for a live heap of ~55 MB. At 50 it peaked at
-# 94 MiB, and a 200,000-job run ran as fast as with 100 (180 instead of 235 MiB). A soft limit
-# (GOMEMLIMIT=80MiB) was tried first: once the live heap passed it (~200,000 jobs retained:
-# EVENTS keeps a subject per job, JOBS a message id per job for its duplicate window), the
-# collector ran without pause and that run was 26 % slower. A GOGC already set wins.
-DEFAULT_GOGC = "50"
+# Go collects when the heap has grown by GOGC % over what was live (100 by default), and what
+# nats-server keeps live grows with the jobs it retains (a subject per job in EVENTS, a message id
+# per job in JOBS' duplicate window: ~430 bytes a job). In the default bench (~68,000 jobs, the last
+# 50,000 in one run) its RSS peaked at 109–124 MiB with 100, 119.5 with 50 and 105 with 25, at the
+# same throughput; a 200,000-job run: 235, 180 and 152 MiB, 2,844 / 2,866 / 2,740 jobs/s. A soft
+# limit (GOMEMLIMIT=80MiB) was tried first: once the live heap passed it, the collector ran without
+# pause and the 200,000-job run was 26 % slower. A GOGC already set wins.
+DEFAULT_GOGC = "25"
 
 
 @dataclass
