@@ -293,6 +293,22 @@ async def raw_stream(js, name: str, subject: str) -> None:
     )
 
 
+async def fetch_and_ack(sub, nc, n: int, batch: int, end: float) -> tuple[float, int]:  # noqa: ANN001
+    """Fetch `batch` at a time and ack each until `n` arrived or the monotonic deadline `end`;
+    returns (when the last ack was flushed, perf_counter clock; how many arrived)."""
+    got = 0
+    while got < n and time.monotonic() < end:
+        try:
+            msgs = await sub.fetch(batch, timeout=1)
+        except TimeoutError:
+            continue
+        for msg in msgs:
+            await msg.ack()
+        got += len(msgs)
+    await nc.flush()
+    return time.perf_counter(), got
+
+
 async def raw_throughput(url: str, n: int, size: int, deadline_s: float) -> dict:
     """publish_async + gather acks, and concurrently fetch(100) + ack() until all n are consumed."""
     tag = secrets.token_hex(3)
@@ -311,20 +327,7 @@ async def raw_throughput(url: str, n: int, size: int, deadline_s: float) -> dict
         payload = secrets.token_hex(size // 2).encode()
         end = time.monotonic() + deadline_s
 
-        async def consume() -> tuple[float, int]:
-            got = 0
-            while got < n and time.monotonic() < end:
-                try:
-                    msgs = await sub.fetch(100, timeout=1)
-                except TimeoutError:
-                    continue
-                for msg in msgs:
-                    await msg.ack()
-                got += len(msgs)
-            await sub_nc.flush()
-            return time.perf_counter(), got
-
-        consumer = asyncio.create_task(consume())
+        consumer = asyncio.create_task(fetch_and_ack(sub, sub_nc, n, 100, end))
         t0 = time.perf_counter()
         futures = [await pjs.publish_async(subject, payload) for _ in range(n)]
         await asyncio.wait_for(asyncio.gather(*futures), deadline_s)
@@ -396,20 +399,8 @@ async def raw_job_pattern(url: str, n: int, size: int, deadline_s: float) -> dic
                     await msg.ack()
                 done += len(msgs)
 
-        async def project() -> tuple[float, int]:
-            got = 0
-            while got < 3 * n and time.monotonic() < end:
-                try:
-                    msgs = await event_sub.fetch(500, timeout=1)
-                except TimeoutError:
-                    continue
-                for msg in msgs:
-                    await msg.ack()
-                got += len(msgs)
-            await conns[2].flush()
-            return time.perf_counter(), got
-
-        tasks = [asyncio.create_task(execute()), asyncio.create_task(project())]
+        project = fetch_and_ack(event_sub, conns[2], 3 * n, 500, end)
+        tasks = [asyncio.create_task(execute()), asyncio.create_task(project)]
         t0 = time.perf_counter()
         for start in range(0, n, 500):
             futures = []
