@@ -151,7 +151,7 @@ def test_a_job_read_right_after_its_submit_is_queued_with_a_position(stack):
     # Its row is marked `queued` up to 50 ms after the answer (QueuedMarker coalesces).
     stack.start_api()
     with stack.http() as c:
-        for _ in range(5):
+        for _ in range(30):
             job = c.post("/api/v1/jobs", json={"type": "noop"}).json()
             seen = c.get(f"/api/v1/jobs/{job['id']}").json()
             assert job["status"] == seen["status"] == "queued", seen["waiting_reason"]

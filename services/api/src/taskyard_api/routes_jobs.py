@@ -141,8 +141,12 @@ async def _load(request: Request, job_id: str) -> tuple[Job, list[JobEventRow]]:
 
 @router.get("/jobs/{job_id}")
 async def get_job(job_id: str, request: Request, who: Principal = require("viewer")):
+    # Asked before the row is read: the marker forgets a job only once its UPDATE has committed,
+    # so a miss here means the read below sees `queued`. Asked after it, a commit in between gave
+    # a `pending` row and no seq (seen on PostgreSQL in CI).
+    stored = request.app.state.jobs.marker.stored_seq(job_id)
     job, timeline = await _load(request, job_id)
-    seq = request.app.state.jobs.marker.stored_seq(job_id) if job.status == "pending" else None
+    seq = stored if job.status == "pending" else None
     if seq is not None:
         # In JOBS already, its row not yet marked (QueuedMarker): say so, as the submit's answer did.
         job = SimpleNamespace(**{**job._mapping, "status": "queued", "stream_seq": seq})
