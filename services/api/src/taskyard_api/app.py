@@ -28,6 +28,7 @@ from .projector import Projector
 from .publisher import Publisher
 from .queue_state import QueueState
 from .ratelimit import FailureLimiter, TokenBucket
+from .retention import prune_forever
 from .settings import ApiSettings
 from .views import JsonAnswer
 from .workers import WorkerRegistry
@@ -84,6 +85,9 @@ async def lifespan(app: FastAPI):
         asyncio.create_task(state.jobs.marker.run_forever()),
         asyncio.create_task(state.queues.sample_forever()),
         asyncio.create_task(state.checkpoints.expire_forever(settings.checkpoint_expiry_interval_s)),
+        asyncio.create_task(
+            prune_forever(state.sessions, settings.finished_jobs_max_age_s, settings.prune_interval_s)
+        ),
     ]
     # What is loaded by now lives as long as the process: keep it out of the cyclic GC, whose
     # full collections would otherwise walk it again and again (docs/performance.md, change 18).

@@ -25,6 +25,11 @@ CHECKPOINTS_PENDING = Gauge(
 JOBS_SUBMITTED = Counter(
     "taskyard_api_jobs_submitted_total", "Jobs accepted by this API process", registry=REGISTRY
 )
+JOBS_PRUNED = Counter(
+    "taskyard_api_jobs_pruned_total",
+    "Finished jobs deleted from the database by this API process (retention)",
+    registry=REGISTRY,
+)
 
 
 class MetricsMiddleware:

@@ -26,7 +26,15 @@ def new_id(now: float | None = None) -> str:
         else:
             rand = int.from_bytes(os.urandom(10), "big") >> 1  # headroom for increments
         _last = (ms, rand)
-    value = (ms << 80) | rand
+    return _encode((ms << 80) | rand)
+
+
+def first_id_at(at: float) -> str:
+    """The smallest id minted at `at` (epoch s): every job created before then has a smaller one."""
+    return _encode(int(at * 1000) << 80)
+
+
+def _encode(value: int) -> str:
     chars = []
     for _ in range(26):
         chars.append(_ALPHABET[value & 31])

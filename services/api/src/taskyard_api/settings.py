@@ -31,6 +31,10 @@ class ApiSettings(BaseSettings):
     # A job held longer than max(this, 10 x its type's usual duration) marks its worker `stuck`.
     stuck_min_s: float = Field(300.0, gt=0)
     checkpoint_expiry_interval_s: float = Field(2.0, gt=0)
+    # Finished jobs (rows, timelines, checkpoints) are deleted this long after they ended; 0 keeps
+    # them forever. Checked every prune_interval_s by every replica (the deletes are idempotent).
+    finished_jobs_max_age_s: float = Field(30 * 86400.0, ge=0)
+    prune_interval_s: float = Field(600.0, gt=0)
     # Jobs a key may submit per second (a batch costs its size), with this much burst; per replica.
     submit_rate_per_s: float = Field(10_000.0, gt=0)
     submit_burst: float = Field(50_000.0, gt=0)
