@@ -295,3 +295,29 @@ def test_bootstrap_admin_key_and_production_guard(stack):
     if stack.db_url.startswith("sqlite"):
         assert "TASKYARD_DB_URL is SQLite" in out
     assert "BOOTSTRAP_ADMIN_KEY must be set" in out
+
+
+def test_a_queue_past_the_install_limit_is_refused_and_nothing_is_written(stack):
+    # nats-server 2.15 caps a stream at 1,000 consumers unless it sets its own max_consumers:
+    # before JOBS set one from TASKYARD_NATS_MAX_QUEUES, the 334th queue's jobs stayed `pending`.
+    stack.extra_env["TASKYARD_NATS_MAX_QUEUES"] = "3"
+    stack.start_api(TASKYARD_API_QUEUE_STATE_CACHE_S="0")
+    with stack.http() as c:
+        for queue in ("q1", "q2"):
+            assert c.post("/api/v1/jobs", json={"type": "noop", "queue": queue}).status_code == 201
+        r = c.post(
+            "/api/v1/jobs:batch", json={"jobs": [{"type": "noop", "queue": q} for q in ("q1", "q3", "q4")]}
+        )
+        assert r.status_code == 409 and r.json()["detail"].startswith("jobs[2].queue: queue 'q4'"), r.text
+        assert "TASKYARD_NATS_MAX_QUEUES" in r.json()["detail"]
+        assert count_jobs(c) == 2
+        assert c.post("/api/v1/jobs", json={"type": "noop", "queue": "q3"}).status_code == 201
+        r = c.post("/api/v1/jobs", json={"type": "noop", "queue": "q4"})
+        assert r.status_code == 409 and r.json()["detail"].startswith("queue: queue 'q4'"), r.text
+        assert count_jobs(c) == 3
+        assert {q["queue"] for q in c.get("/api/v1/queues").json()["queues"]} == {"q1", "q2", "q3"}
+        stream = next(ch for ch in c.get("/api/v1/doctor").json()["checks"] if "JOBS" in ch["name"])
+        assert stream["ok"], stream
+    executor = stack.start_executor(queues="q5", wait=False)
+    assert executor.process.wait(60) == 2
+    assert "queue 'q5' would be one more than the 3 queues" in executor.output()

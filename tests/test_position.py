@@ -160,9 +160,10 @@ def test_a_job_read_right_after_its_submit_is_queued_with_a_position(stack):
 
 
 def test_queues_past_one_page_of_consumers_have_depth_and_positions(stack):
-    # 90 queues are 270 consumers: one JetStream consumer listing answers with 256 of them.
+    # 340 queues are 1,020 consumers: one JetStream consumer listing answers with 256 of them, and
+    # nats-server 2.15 refuses a stream's 1,001st consumer unless the stream sets max_consumers.
     stack.start_api(TASKYARD_API_QUEUE_STATE_CACHE_S="0.1")
-    queues = [f"q{i:02d}" for i in range(90)]
+    queues = [f"q{i:03d}" for i in range(340)]
     with stack.http() as c:
         r = c.post("/api/v1/jobs:batch", json={"jobs": [{"type": "noop", "queue": q} for q in queues]})
         assert r.status_code == 201, r.text

@@ -16,6 +16,9 @@ class NatsSettings(BaseSettings):
     ack_wait_s: float = Field(30.0, gt=0)
     # Hard cap on deliveries at the consumer; per-job max_attempts is enforced by the executor.
     max_deliver: int = Field(100, ge=2)
+    # Queues JOBS can hold (three consumers each). nats-server 2.15 caps a stream at 1,000
+    # consumers unless the stream sets its own limit: without this, the 334th queue failed.
+    max_queues: int = Field(1000, ge=1, le=100_000)
     events_max_age_s: float = 7 * 86400
     logs_max_age_s: float = 7 * 86400
     logs_max_bytes: int = 1 << 30

@@ -26,6 +26,8 @@ QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DUPLICATE_WINDOW_S = 600.0
 # JetStream's consumer list answers at most this many per request.
 CONSUMER_PAGE = 256
+# JetStream's error code for "maximum consumers limit reached".
+MAX_CONSUMERS_REACHED = 10026
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class Topology:
                 storage=StorageType.FILE,
                 duplicate_window=DUPLICATE_WINDOW_S,
                 allow_direct=True,
+                max_consumers=len(PRIORITIES) * s.max_queues,
                 num_replicas=r,
             ),
             StreamConfig(
@@ -174,6 +177,10 @@ async def ensure_streams(js: JetStreamContext, topo: Topology) -> None:
     await js.create_key_value(topo.workers_kv())
 
 
+class QueueLimitReached(Exception):
+    """JOBS has no room for another queue's consumers (TASKYARD_NATS_MAX_QUEUES)."""
+
+
 async def ensure_queue(js: JetStreamContext, topo: Topology, queue: str) -> None:
     """Create the three priority consumers of one queue if they are missing.
 
@@ -183,7 +190,15 @@ async def ensure_queue(js: JetStreamContext, topo: Topology, queue: str) -> None
         try:
             await js.consumer_info(topo.jobs_stream, topo.exec_durable(queue, priority))
         except NotFoundError:
-            await js.add_consumer(topo.jobs_stream, topo.exec_consumer(queue, priority))
+            try:
+                await js.add_consumer(topo.jobs_stream, topo.exec_consumer(queue, priority))
+            except BadRequestError as exc:
+                if exc.err_code != MAX_CONSUMERS_REACHED:
+                    raise
+                raise QueueLimitReached(
+                    f"queue {queue!r} would be one more than the {topo.settings.max_queues} queues this "
+                    "install allows (TASKYARD_NATS_MAX_QUEUES): use an existing queue or raise the limit"
+                ) from None
 
 
 async def executor_consumers(js: JetStreamContext, topo: Topology) -> list[tuple[str, str, ConsumerInfo]]:
@@ -203,3 +218,33 @@ async def executor_consumers(js: JetStreamContext, topo: Topology) -> list[tuple
             if info.name == topo.exec_durable(queue, priority):
                 out.append((queue, priority, info))
     return out
+
+
+async def oldest_waiting_age_s(
+    js: JetStreamContext,
+    topo: Topology,
+    queue: str,
+    priority: str,
+    pending: int,
+    delivered_seq: int,
+    now: float,
+) -> float:
+    """Age of the first job of a queue/priority its consumer has not delivered yet (0 when none):
+    `pending` and `delivered_seq` are the consumer's num_pending and delivered.stream_seq."""
+    if not pending:
+        return 0.0
+    try:
+        # Direct get (JOBS has allow_direct) answers from any replica without the stream leader.
+        msg = await js.get_msg(
+            topo.jobs_stream,
+            seq=delivered_seq + 1,
+            subject=topo.job_subject(queue, priority),
+            next=True,
+            direct=True,
+        )
+    except NotFoundError:
+        return 0.0
+    if msg.time is None:
+        return 0.0
+    # Server time vs our clock: a little skew across hosts is expected, never report a negative age.
+    return max(0.0, now - msg.time.timestamp())

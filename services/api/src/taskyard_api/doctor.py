@@ -44,7 +44,7 @@ async def run_checks(state) -> list[dict]:  # noqa: ANN001 - FastAPI app.state
         got = info.config
         drift = [
             field
-            for field in ("retention", "storage", "subjects", "allow_direct")
+            for field in ("retention", "storage", "subjects", "allow_direct", "max_consumers")
             if getattr(cfg, field) is not None and getattr(got, field) != getattr(cfg, field)
         ]
         checks.append(

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from taskyard_common.schemas import FINAL_STATES, JobEvent
 from taskyard_common.telemetry import current_traceparent, tracer, tracing_on
+from taskyard_common.topology import QueueLimitReached
 
 from .auth import Principal
 from .driver_insert import DriverInsert
@@ -217,6 +218,7 @@ class JobService:
             problems += await self.known_types.problems(spec, None if len(specs) == 1 else i)
         if problems:
             raise HTTPException(422, "; ".join(problems[:10]))
+        await self._check_queues(specs)
         now = time.time()
         if len(specs) == 1 and not specs[0].idempotency_key:
             return [(await self._group.submit(_new_row(specs[0], owner, now)), True)]
@@ -245,6 +247,22 @@ class JobService:
             return [(again[specs[0].idempotency_key], False)]
         await self._after_insert([job for job, created in results if created])
         return results
+
+    async def _check_queues(self, specs: list[JobCreate]) -> None:
+        """A new queue gets its consumers before its first job is stored: past the install's queue
+        limit the submit is refused and nothing is written (stored, it could never be published)."""
+        first = {}
+        for i, spec in enumerate(specs):
+            first.setdefault(spec.queue, i)
+        for queue, i in first.items():
+            try:
+                await self.publisher.ensure_queue(queue)
+            except QueueLimitReached as exc:
+                raise HTTPException(
+                    409, f"{'queue' if len(specs) == 1 else f'jobs[{i}].queue'}: {exc}"
+                ) from None
+            except Exception as exc:  # noqa: BLE001 - NATS away: stored now, the outbox publishes it
+                log.warning("could not create the consumers of queue %r (the outbox retries): %s", queue, exc)
 
     async def _store_new(self, rows: list[dict]) -> list[SimpleNamespace]:
         """SubmitGroup's writer: insert rows of jobs without idempotency keys, then publish them."""

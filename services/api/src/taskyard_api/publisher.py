@@ -38,7 +38,8 @@ class Publisher:
         self.nc, self.js, self.topo = nc, js, topo
         self._queues: set[str] = set()
 
-    async def _ensure_queue(self, queue: str) -> None:
+    async def ensure_queue(self, queue: str) -> None:
+        """Its consumers exist (created on a queue's first job). Raises QueueLimitReached."""
         if queue not in self._queues:
             await ensure_queue(self.js, self.topo, queue)
             self._queues.add(queue)
@@ -58,7 +59,7 @@ class Publisher:
         outbox sending both again stores no second `queued` (within EVENTS' duplicate window, 2 min).
         """
         for queue in {j.queue for j in jobs}:
-            await self._ensure_queue(queue)
+            await self.ensure_queue(queue)
         futures, events = [], []
         for job, event in zip(jobs, announcements, strict=True):
             spec = spec_of(job)

@@ -16,6 +16,7 @@ async def list_queues(request: Request, who: Principal = require("viewer")):
     state = request.app.state
     snaps = await state.queues.snapshot()
     workers = await state.workers.workers()
+    ages = dict(zip(snaps, await state.queues.oldest_ages_s(list(snaps.values())), strict=True))
     out = []
     for queue in sorted({q for q, _ in snaps}):
         out_rate, in_rate = state.queues.rates(queue)
@@ -28,7 +29,7 @@ async def list_queues(request: Request, who: Principal = require("viewer")):
             priorities[p] = {
                 "depth": snap.num_pending,
                 "running": snap.num_ack_pending,
-                "oldest_waiting_s": round(await state.queues.oldest_age_s(queue, p), 3),
+                "oldest_waiting_s": round(ages[(queue, p)], 3),
                 "live_pulls": snap.num_waiting,
                 "redelivered": snap.num_redelivered,
             }
@@ -51,8 +52,7 @@ async def list_queues(request: Request, who: Principal = require("viewer")):
 
 async def _set_paused(request: Request, queue: str, paused: bool) -> dict:
     state = request.app.state
-    snaps = await state.queues.snapshot()
-    if not any(q == queue for q, _ in snaps):
+    if not await state.queues.queue_snapshot(queue):
         raise HTTPException(404, f"queue {queue} not found (no job was ever submitted to it)")
     for p in PRIORITIES:
         durable = state.topo.exec_durable(queue, p)

@@ -74,7 +74,7 @@ async def explain(job: Job, timeline: list[JobEventRow], queues: QueueState, wor
         return out
 
     pos = await queues.position(q, job.priority, job.stream_seq)
-    snaps = await queues.snapshot()
+    own = (await queues.queue_snapshot(q)).get(job.priority)
     serving = await workers.serving(q)
     live = [w for w in serving if w.live]
     slots = sum(w.heartbeat.slots for w in live)
@@ -85,7 +85,6 @@ async def explain(job: Job, timeline: list[JobEventRow], queues: QueueState, wor
     if pos.position is not None:
         out["eta_seconds"], out["eta_range"] = _eta(pos.position, [out_60, out_10], slots - busy)
 
-    own = snaps.get((q, job.priority))
     if own is not None and own.paused:
         out["waiting_reason"] = _reason(
             "queue_paused", f"Queue `{q}` is paused by an admin; resume it to continue."

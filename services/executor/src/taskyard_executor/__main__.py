@@ -20,7 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from taskyard_common.nats_util import connect
 from taskyard_common.settings import NatsSettings
 from taskyard_common.telemetry import setup_tracing, shutdown_tracing
-from taskyard_common.topology import Topology, ensure_streams
+from taskyard_common.topology import QueueLimitReached, Topology, ensure_streams
 
 from . import builtins  # noqa: F401 - registers the built-in job types
 from .heartbeat import HeartbeatPublisher
@@ -133,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides["port"] = args.port
     settings = ExecutorSettings(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except QueueLimitReached as exc:
+        print(f"taskyard-executor: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

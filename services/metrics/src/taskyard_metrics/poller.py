@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerInfo
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from taskyard_common.heartbeats import HeartbeatReader
 from taskyard_common.schemas import Heartbeat
-from taskyard_common.topology import Topology, executor_consumers
+from taskyard_common.topology import Topology, executor_consumers, oldest_waiting_age_s
 
 from .registry import Metrics
 from .state import ServiceState
@@ -69,41 +68,35 @@ class Snapshot:
     stale: frozenset[str] = frozenset()
 
 
-async def oldest_age_s(
-    js: JetStreamContext, stream: str, info: ConsumerInfo, subject: str, now: float
-) -> float:
-    """Age of the first message the consumer has not delivered yet, 0 when there is none."""
-    if not info.num_pending:
-        return 0.0
-    start = (info.delivered.stream_seq if info.delivered else 0) + 1
-    try:
-        # Direct get (JOBS has allow_direct) answers from any replica without the stream leader.
-        msg = await js.get_msg(stream, seq=start, subject=subject, next=True, direct=True)
-    except NotFoundError:
-        return 0.0
-    if msg.time is None:
-        return 0.0
-    # Server time vs our clock: a little skew across hosts is expected, never report a negative age.
-    return max(0.0, now - msg.time.timestamp())
-
-
 async def read_queues(js: JetStreamContext, topo: Topology, now: float) -> tuple[QueueState, ...]:
     """Per (queue, priority) figures from the executor consumers on the JOBS stream."""
-    states = []
-    for queue, priority, info in await executor_consumers(js, topo):
-        subject = topo.job_subject(queue, priority)
-        states.append(
-            QueueState(
-                queue=queue,
-                priority=priority,
-                depth=info.num_pending or 0,
-                in_flight=info.num_ack_pending or 0,
-                waiting_pulls=info.num_waiting or 0,
-                redelivered=info.num_redelivered or 0,
-                oldest_age_s=await oldest_age_s(js, topo.jobs_stream, info, subject, now),
+    consumers = await executor_consumers(js, topo)
+    ages = await asyncio.gather(
+        *(
+            oldest_waiting_age_s(
+                js,
+                topo,
+                queue,
+                priority,
+                info.num_pending or 0,
+                info.delivered.stream_seq if info.delivered else 0,
+                now,
             )
+            for queue, priority, info in consumers
         )
-    return tuple(states)
+    )
+    return tuple(
+        QueueState(
+            queue=queue,
+            priority=priority,
+            depth=info.num_pending or 0,
+            in_flight=info.num_ack_pending or 0,
+            waiting_pulls=info.num_waiting or 0,
+            redelivered=info.num_redelivered or 0,
+            oldest_age_s=age,
+        )
+        for (queue, priority, info), age in zip(consumers, ages, strict=True)
+    )
 
 
 def count_workers(beats: list[Heartbeat], healthy_within_s: float, now: float) -> WorkerTotals:
