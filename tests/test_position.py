@@ -145,6 +145,8 @@ def test_queues_overview_and_pause_resume(stack):
         assert c.post("/api/v1/queues/reports/resume").json()["paused"] is False
         stack.wait_status(job["id"], "succeeded")
         assert c.post("/api/v1/queues/nope/pause").status_code == 404
+        r = c.post("/api/v1/queues/%C3%BF%0A%07/resume")  # schemathesis found a 500 here
+        assert r.status_code == 422 and r.json()["detail"].startswith("queue: "), r.text
 
 
 def test_a_job_read_right_after_its_submit_is_queued_with_a_position(stack):

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, HTTPException, Request
 
-from taskyard_common.topology import PRIORITIES
+from taskyard_common.topology import PRIORITIES, QUEUE_NAME
 
 from .auth import Principal, require
 from .doctor import run_checks
@@ -52,6 +52,8 @@ async def list_queues(request: Request, who: Principal = require("viewer")):
 
 async def _set_paused(request: Request, queue: str, paused: bool) -> dict:
     state = request.app.state
+    if not QUEUE_NAME.fullmatch(queue):  # never a consumer name: NATS would refuse the lookup
+        raise HTTPException(422, f"queue: {queue[:70]!r} is not a queue name ({QUEUE_NAME.pattern})")
     if not await state.queues.queue_snapshot(queue):
         raise HTTPException(404, f"queue {queue} not found (no job was ever submitted to it)")
     for p in PRIORITIES:
