@@ -54,9 +54,9 @@ class QueueState:
         self._snaps: dict[tuple[str, str], ConsumerSnap] = {}
         self._at = 0.0
         self._lock = asyncio.Lock()
-        # queue → (when, priority → snap) for queues read on their own; and the reads in flight.
+        # queue → (when, priority → snap) for queues read on their own, and a lock per queue.
         self._by_queue: dict[str, tuple[float, dict[str, ConsumerSnap]]] = {}
-        self._reading: dict[str, asyncio.Future] = {}
+        self._queue_locks: dict[str, asyncio.Lock] = {}
         # (time, deliveries, pending) per (queue, priority): rates without per-job bookkeeping.
         self._samples: dict[tuple[str, str], deque] = {}
 
@@ -73,22 +73,17 @@ class QueueState:
 
     async def queue_snapshot(self, queue: str) -> dict[str, ConsumerSnap]:
         """priority → snap of one queue's consumers (empty: no such queue), at most `ttl_s` old."""
-        now = time.monotonic()
-        if now - self._at <= self.ttl_s and (listed := self._listed(queue)):
+        if time.monotonic() - self._at <= self.ttl_s and (listed := self._listed(queue)):
             return listed
-        cached = self._by_queue.get(queue)
-        if cached and now - cached[0] <= self.ttl_s:
-            return cached[1]
-        # Concurrent requests for one queue share one read.
-        if (reading := self._reading.get(queue)) is None:
-            reading = self._reading[queue] = asyncio.ensure_future(self._read_queue(queue))
-            reading.add_done_callback(lambda done: self._read_done(queue, done))
-        return await asyncio.shield(reading)
+        if fresh := self._read_lately(queue):
+            return fresh
+        # As in snapshot(): concurrent requests for one queue wait for one read.
+        async with self._queue_locks.setdefault(queue, asyncio.Lock()):
+            return self._read_lately(queue) or await self._read_queue(queue)
 
-    def _read_done(self, queue: str, done: asyncio.Future) -> None:
-        self._reading.pop(queue, None)
-        if not done.cancelled():
-            done.exception()  # retrieved: every caller may have gone meanwhile
+    def _read_lately(self, queue: str) -> dict[str, ConsumerSnap] | None:
+        cached = self._by_queue.get(queue)
+        return cached[1] if cached and time.monotonic() - cached[0] <= self.ttl_s else None
 
     def _listed(self, queue: str) -> dict[str, ConsumerSnap]:
         return {p: snap for p in PRIORITIES if (snap := self._snaps.get((queue, p)))}

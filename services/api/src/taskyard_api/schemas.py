@@ -8,9 +8,10 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 
 from taskyard_common.schemas import Backoff, Priority
+from taskyard_common.topology import QUEUE_NAME
 
 JOB_TYPE = r"^[A-Za-z0-9_.:-]{1,128}$"
-QUEUE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+QUEUE = QUEUE_NAME.pattern  # a queue name is part of subjects and consumer names
 MAX_DEPTH = 32
 
 
