@@ -201,9 +201,38 @@ async def ensure_queue(js: JetStreamContext, topo: Topology, queue: str) -> None
                 ) from None
 
 
-async def executor_consumers(js: JetStreamContext, topo: Topology) -> list[tuple[str, str, ConsumerInfo]]:
-    """(queue, priority, info) of every executor consumer on JOBS, following the list's pages: one
-    request returns 256 consumers, i.e. 85 queues of three priorities."""
+@dataclass(frozen=True)
+class ConsumerSnap:
+    """What the api and the metrics service read of one executor consumer (a queue × priority)."""
+
+    queue: str
+    priority: str
+    num_pending: int
+    num_ack_pending: int
+    num_waiting: int
+    num_redelivered: int
+    delivered_stream_seq: int
+    delivered_consumer_seq: int
+    paused: bool
+
+    @classmethod
+    def of(cls, queue: str, priority: str, info: ConsumerInfo) -> "ConsumerSnap":
+        return cls(
+            queue=queue,
+            priority=priority,
+            num_pending=info.num_pending or 0,
+            num_ack_pending=info.num_ack_pending or 0,
+            num_waiting=info.num_waiting or 0,
+            num_redelivered=info.num_redelivered or 0,
+            delivered_stream_seq=info.delivered.stream_seq if info.delivered else 0,
+            delivered_consumer_seq=info.delivered.consumer_seq if info.delivered else 0,
+            paused=bool(info.paused),
+        )
+
+
+async def executor_consumers(js: JetStreamContext, topo: Topology) -> list[ConsumerSnap]:
+    """Every executor consumer on JOBS, following the list's pages: one request returns 256
+    consumers, i.e. 85 queues of three priorities."""
     found: list[ConsumerInfo] = []
     while True:
         page = await js.consumers_info(topo.jobs_stream, offset=len(found) or None)
@@ -216,29 +245,22 @@ async def executor_consumers(js: JetStreamContext, topo: Topology) -> list[tuple
         if len(parts) == 4 and parts[:2] == [topo.prefix, "jobs"]:
             queue, priority = parts[2], parts[3]
             if info.name == topo.exec_durable(queue, priority):
-                out.append((queue, priority, info))
+                out.append(ConsumerSnap.of(queue, priority, info))
     return out
 
 
 async def oldest_waiting_age_s(
-    js: JetStreamContext,
-    topo: Topology,
-    queue: str,
-    priority: str,
-    pending: int,
-    delivered_seq: int,
-    now: float,
+    js: JetStreamContext, topo: Topology, consumer: ConsumerSnap, now: float
 ) -> float:
-    """Age of the first job of a queue/priority its consumer has not delivered yet (0 when none):
-    `pending` and `delivered_seq` are the consumer's num_pending and delivered.stream_seq."""
-    if not pending:
+    """Age of the first job the consumer has not delivered yet (0 when there is none)."""
+    if not consumer.num_pending:
         return 0.0
     try:
         # Direct get (JOBS has allow_direct) answers from any replica without the stream leader.
         msg = await js.get_msg(
             topo.jobs_stream,
-            seq=delivered_seq + 1,
-            subject=topo.job_subject(queue, priority),
+            seq=consumer.delivered_stream_seq + 1,
+            subject=topo.job_subject(consumer.queue, consumer.priority),
             next=True,
             direct=True,
         )

@@ -16,27 +16,19 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 
-from taskyard_common.topology import PRIORITIES, Topology, executor_consumers, oldest_waiting_age_s
+from taskyard_common.topology import (
+    PRIORITIES,
+    ConsumerSnap,
+    Topology,
+    executor_consumers,
+    oldest_waiting_age_s,
+)
 
 log = logging.getLogger("taskyard.api.queues")
 RATE_WINDOW_S = 60.0
 SHORT_WINDOW_S = 10.0
-
-
-@dataclass(frozen=True)
-class ConsumerSnap:
-    queue: str
-    priority: str
-    num_pending: int
-    num_ack_pending: int
-    num_waiting: int
-    num_redelivered: int
-    delivered_stream_seq: int
-    delivered_consumer_seq: int
-    paused: bool
 
 
 @dataclass(frozen=True)
@@ -100,7 +92,7 @@ class QueueState:
                 continue
             if isinstance(info, BaseException):
                 raise info
-            snaps[priority] = self._sampled(_snap(queue, priority, info))
+            snaps[priority] = self._sampled(ConsumerSnap.of(queue, priority, info))
         if snaps:  # no such queue is not remembered: its first job may create it any moment
             self._by_queue[queue] = (at, snaps)
         return snaps
@@ -108,8 +100,8 @@ class QueueState:
     async def _refresh(self) -> None:
         snaps = {}
         now = time.monotonic()
-        for queue, priority, info in await executor_consumers(self.js, self.topo):
-            snaps[(queue, priority)] = self._sampled(_snap(queue, priority, info))
+        for snap in await executor_consumers(self.js, self.topo):
+            snaps[(snap.queue, snap.priority)] = self._sampled(snap)
         self._snaps, self._at = snaps, now
 
     def _sampled(self, snap: ConsumerSnap) -> ConsumerSnap:
@@ -174,25 +166,4 @@ class QueueState:
     async def oldest_ages_s(self, snaps: list[ConsumerSnap]) -> list[float]:
         """Age of the oldest never-delivered job of each consumer (0 when none), read concurrently."""
         now = time.time()
-        return await asyncio.gather(
-            *(
-                oldest_waiting_age_s(
-                    self.js, self.topo, s.queue, s.priority, s.num_pending, s.delivered_stream_seq, now
-                )
-                for s in snaps
-            )
-        )
-
-
-def _snap(queue: str, priority: str, info: ConsumerInfo) -> ConsumerSnap:
-    return ConsumerSnap(
-        queue=queue,
-        priority=priority,
-        num_pending=info.num_pending or 0,
-        num_ack_pending=info.num_ack_pending or 0,
-        num_waiting=info.num_waiting or 0,
-        num_redelivered=info.num_redelivered or 0,
-        delivered_stream_seq=info.delivered.stream_seq if info.delivered else 0,
-        delivered_consumer_seq=info.delivered.consumer_seq if info.delivered else 0,
-        paused=bool(info.paused),
-    )
+        return await asyncio.gather(*(oldest_waiting_age_s(self.js, self.topo, s, now) for s in snaps))

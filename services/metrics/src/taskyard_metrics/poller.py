@@ -71,31 +71,18 @@ class Snapshot:
 async def read_queues(js: JetStreamContext, topo: Topology, now: float) -> tuple[QueueState, ...]:
     """Per (queue, priority) figures from the executor consumers on the JOBS stream."""
     consumers = await executor_consumers(js, topo)
-    ages = await asyncio.gather(
-        *(
-            oldest_waiting_age_s(
-                js,
-                topo,
-                queue,
-                priority,
-                info.num_pending or 0,
-                info.delivered.stream_seq if info.delivered else 0,
-                now,
-            )
-            for queue, priority, info in consumers
-        )
-    )
+    ages = await asyncio.gather(*(oldest_waiting_age_s(js, topo, c, now) for c in consumers))
     return tuple(
         QueueState(
-            queue=queue,
-            priority=priority,
-            depth=info.num_pending or 0,
-            in_flight=info.num_ack_pending or 0,
-            waiting_pulls=info.num_waiting or 0,
-            redelivered=info.num_redelivered or 0,
+            queue=c.queue,
+            priority=c.priority,
+            depth=c.num_pending,
+            in_flight=c.num_ack_pending,
+            waiting_pulls=c.num_waiting,
+            redelivered=c.num_redelivered,
             oldest_age_s=age,
         )
-        for (queue, priority, info), age in zip(consumers, ages, strict=True)
+        for c, age in zip(consumers, ages, strict=True)
     )
 
 
