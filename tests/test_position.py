@@ -150,7 +150,7 @@ def test_queues_overview_and_pause_resume(stack):
 
 
 def test_a_job_read_right_after_its_submit_is_queued_with_a_position(stack):
-    # Its row is marked `queued` up to 50 ms after the answer (QueuedMarker coalesces).
+    # The answer comes once the job's stream sequence is recorded: a read sees what it said.
     stack.start_api()
     with stack.http() as c:
         for _ in range(30):

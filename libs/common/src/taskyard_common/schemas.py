@@ -10,7 +10,6 @@ Priority = Literal["high", "normal", "low"]
 
 
 class JobState(StrEnum):
-    pending = "pending"
     queued = "queued"
     scheduled = "scheduled"
     running = "running"

@@ -82,7 +82,6 @@ async def lifespan(app: FastAPI):
     tasks = [
         projecting,
         asyncio.create_task(state.jobs.reconcile_forever()),
-        asyncio.create_task(state.jobs.marker.run_forever()),
         asyncio.create_task(state.queues.sample_forever()),
         asyncio.create_task(state.checkpoints.expire_forever(settings.checkpoint_expiry_interval_s)),
         asyncio.create_task(
@@ -107,11 +106,6 @@ async def lifespan(app: FastAPI):
             task.cancel()
         if stuck:
             log.warning("shutdown: %d background tasks did not stop in 5 s", len(stuck))
-        try:
-            async with asyncio.timeout(5):
-                await state.jobs.marker.flush()
-        except Exception as exc:  # noqa: BLE001 - unmarked rows are republished by the next start
-            log.warning("shutdown: could not mark the last published jobs queued: %s", exc)
         try:
             await asyncio.wait_for(state.nc.drain(), 5)
         except TimeoutError:

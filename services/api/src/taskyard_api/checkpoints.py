@@ -5,7 +5,6 @@ import logging
 import time
 from typing import Any
 
-from fastapi import HTTPException
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -13,9 +12,12 @@ from taskyard_common.schemas import JobEvent
 from taskyard_common.telemetry import context_from, ns, tracer
 
 from .auth import ROLES, Principal
+from .failures import DomainError, Forbidden, Invalid, NotFound, Refused
 from .http_metrics import CHECKPOINTS_PENDING
+from .job_store import JobStore
 from .jobs import JobService
-from .models import Checkpoint, Job
+from .lifecycle import Decided, JobRecord, transition
+from .models import Checkpoint
 from .schemas import iso
 
 log = logging.getLogger("taskyard.api.checkpoints")
@@ -67,7 +69,7 @@ class CheckpointService:
         except _Expired as expired:
             # Recorded after _decide's session is closed: the SQLite engine has one connection.
             await self._expire(ck_id)
-            raise HTTPException(409, f"checkpoint {ck_id} expired at {iso(expired.at)}") from None
+            raise Refused(f"checkpoint {ck_id} expired at {iso(expired.at)}") from None
 
     async def _decide(
         self,
@@ -82,46 +84,43 @@ class CheckpointService:
         async with self.sessions() as session:
             ck = await session.get(Checkpoint, ck_id)
             if ck is None:
-                raise HTTPException(404, f"checkpoint {ck_id} not found")
+                raise NotFound(f"checkpoint {ck_id} not found")
             if who is not None and not may_decide(ck, who):
                 allowed = ", ".join(ck.approvers)
-                raise HTTPException(
-                    403,
+                raise Forbidden(
                     f"checkpoint {ck.name!r} may be decided by {allowed}; you are {who.name} ({who.role})",
                 )
             if ck.status != "pending":
-                raise HTTPException(
-                    409,
+                raise Refused(
                     f"checkpoint {ck_id} was already {ck.status} by {ck.decided_by} at {iso(ck.decided_at)}",
                 )
             if who is not None and ck.expires_at <= now:
                 raise _Expired(ck.expires_at)
             if status == "answered":
                 if ck.kind != "question":
-                    raise HTTPException(409, f"checkpoint {ck_id} is an approval: approve or reject it")
+                    raise Refused(f"checkpoint {ck_id} is an approval: approve or reject it")
                 if ck.choices and answer not in ck.choices:
-                    raise HTTPException(422, f"answer: must be one of {ck.choices}")
+                    raise Invalid(f"answer: must be one of {ck.choices}")
             elif status == "approved" and ck.kind == "question":
-                raise HTTPException(409, f"checkpoint {ck_id} is a question: answer it")
+                raise Refused(f"checkpoint {ck_id} is a question: answer it")
             done = await session.execute(
                 update(Checkpoint)
                 .where(Checkpoint.id == ck_id, Checkpoint.status == "pending")
                 .values(status=status, decided_at=now, decided_by=by, reason=reason, answer=answer)
             )
             if done.rowcount != 1:
-                raise HTTPException(409, f"checkpoint {ck_id} was decided concurrently")
-            job = await session.get(Job, ck.job_id)
-            fail = status in ("rejected", "expired") and (ck.on_reject == "fail" or ck.kind == "question")
-            resume = job is not None and job.status == "waiting" and job.generation == ck.generation
-            if resume and fail:
-                job.status, job.finished_at, job.updated_at = "failed", now, now
-                job.error = {
+                raise Refused(f"checkpoint {ck_id} was decided concurrently")
+            job = await JobStore.get(session, ck.job_id)
+            failed = status in ("rejected", "expired") and (ck.on_reject == "fail" or ck.kind == "question")
+            error = None
+            if failed:
+                error = {
                     "type": "CheckpointRejected",
                     "message": f"checkpoint {ck.name!r} {status} by {by}: {reason}",
                 }
-            elif resume:
-                job.resume += 1
-                job.status, job.updated_at = "pending", now
+            after = transition(job, Decided(ck.generation, now, error)) if job is not None else None
+            if job is not None and after is not None and not await JobStore.save(session, job, after):
+                raise Refused(f"job {job.id} changed while checkpoint {ck_id} was decided; retry")
             await session.commit()
             await session.refresh(ck)
         await self._publish(ck, job, status, by, reason, answer, now)
@@ -137,15 +136,15 @@ class CheckpointService:
                 },
             )
             span.end(end_time=ns(now))
-        if resume and fail:
-            await self.jobs.publisher.publish_events(
-                [JobEvent.of(job, "failed", {"error": job.error}, attempt=job.attempt)]
-            )
-        elif resume:
-            await self.jobs.publish_pending([job])
+        if job is not None and after is not None and after is not job:
+            if after.status == "failed":
+                event = JobEvent.of(after, "failed", {"error": after.error}, attempt=after.attempt)
+                await self.jobs.publisher.publish_events([event])
+            else:
+                await self.jobs.publish([after])
         return ck
 
-    async def _publish(self, ck: Checkpoint, job: Job | None, status, by, reason, answer, now) -> None:  # noqa: ANN001
+    async def _publish(self, ck: Checkpoint, job: JobRecord | None, status, by, reason, answer, now) -> None:  # noqa: ANN001
         decision = {
             "status": status,
             "by": by,
@@ -167,8 +166,8 @@ class CheckpointService:
     async def _expire(self, ck_id: str) -> None:
         try:
             await self.decide(ck_id, None, "expired", reason="expired")
-        except HTTPException as exc:
-            log.debug("checkpoint %s not expired: %s", ck_id, exc.detail)  # decided first
+        except DomainError as exc:
+            log.debug("checkpoint %s not expired: %s", ck_id, exc.message)  # decided first
 
     async def _count_pending(self) -> None:
         async with self.sessions() as session:

@@ -6,6 +6,23 @@ from fastapi.responses import JSONResponse
 from nats.errors import Error as NatsError
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
+from .failures import DomainError, Forbidden, Invalid, NotFound, Refused, TooLarge, Unavailable
+
+# The one place a domain refusal becomes an HTTP status.
+HTTP_STATUS: dict[type[DomainError], int] = {
+    NotFound: 404,
+    Forbidden: 403,
+    Refused: 409,
+    TooLarge: 413,
+    Invalid: 422,
+    Unavailable: 503,
+    DomainError: 400,  # a refusal of no kind above (keep last: every kind matches it)
+}
+
+
+def http_status(exc: DomainError) -> int:
+    return next(code for kind, code in HTTP_STATUS.items() if isinstance(exc, kind))
+
 
 def _field(loc: tuple) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path")]
@@ -32,6 +49,10 @@ def _is_bad_value(exc: Exception) -> bool:
 
 
 def install(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def _refused(_: Request, exc: DomainError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=http_status(exc))
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": validation_detail(exc)}, status_code=422)

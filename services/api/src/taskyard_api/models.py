@@ -52,6 +52,8 @@ class Job(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
     stream_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Outbox: since when the job's current message waits to be published (None: JOBS has it).
+    outbox_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
     progress: Mapped[dict | None] = mapped_column(JsonType, nullable=True)
     result: Mapped[Any] = mapped_column(JsonType, nullable=True)
     error: Mapped[dict | None] = mapped_column(JsonType, nullable=True)

@@ -7,7 +7,7 @@ moves for events newer than the last one it applied, so replaying the stream cha
 import asyncio
 import contextlib
 import logging
-import time
+from typing import Any
 
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
@@ -23,61 +23,24 @@ from taskyard_common.nats_util import stream_seq
 from taskyard_common.schemas import FINAL_STATES, JobEvent
 from taskyard_common.topology import Topology
 
+from .job_store import record_of
+from .lifecycle import Reported, changes, lost_worker, transition
 from .models import Checkpoint, Job, JobEventRow
 
 log = logging.getLogger("taskyard.api.projector")
 COALESCE_S = 0.05
 
 _jobs = Job.__table__
-# What apply_event reads (and may write), loaded per batch...
-_READ = (
-    "status",
-    "generation",
-    "attempt",
-    "worker_id",
-    "started_at",
-    "updated_at",
-    "last_event_seq",
-)
-# ...and what it only writes: loading these (results can be large JSON) would be wasted work.
-_WRITE_ONLY = ("finished_at", "progress", "result", "error")
-_UNSET = object()
+_updates: dict[tuple[tuple[str, ...], bool], Any] = {}
 
 
-class JobState:
-    """The part of a job row that projection moves; `changes()` is what to write back."""
-
-    __slots__ = ("id", "_loaded", *_READ, *_WRITE_ONLY)
-
-    def __init__(self, row) -> None:  # noqa: ANN001 - a Row of (id, *_READ)
-        self.id, self._loaded = row[0], tuple(row[1:])
-        for name, value in zip(_READ, self._loaded, strict=True):
-            setattr(self, name, value)
-        for name in _WRITE_ONLY:
-            setattr(self, name, _UNSET)
-
-    def changes(self) -> dict:
-        """Only the columns that moved: writing back an unchanged one could undo a concurrent
-        write (PostgreSQL), e.g. put back `queued` over the API's `cancelled`."""
-        values = {
-            name: value
-            for name, old in zip(_READ, self._loaded, strict=True)
-            if (value := getattr(self, name)) != old
-        }
-        values.update((n, v) for n in _WRITE_ONLY if (v := getattr(self, n)) is not _UNSET)
-        return values
-
-
-_updates: dict[tuple[tuple[str, ...], bool], object] = {}
-
-
-def _update_jobs(columns: tuple[str, ...], unless_final: bool):
+def _update_jobs(columns: tuple[str, ...], unless_final: bool) -> Any:
     """UPDATE jobs SET <columns> WHERE id = :b_id, built once per column set and reused, so each
     batch is one cached executemany per set of columns (almost always one).
 
     `unless_final` adds `AND status NOT IN (final states)`: a non-final outcome (`started`,
-    `progress`, …) was computed from the batch's snapshot, and on PostgreSQL the API may have
-    committed `cancelled` since; that row must not be moved back.
+    `progress`, …) was decided from the batch's read, and on SQLite the API may have committed
+    `cancelled` since (on PostgreSQL the rows are locked for the batch); it must not be undone.
     """
     key = (columns, unless_final)
     stmt = _updates.get(key)
@@ -91,40 +54,6 @@ def _update_jobs(columns: tuple[str, ...], unless_final: bool):
             update(_jobs).where(*where).values({name: bindparam(f"b_{name}") for name in columns})
         )
     return stmt
-
-
-def apply_event(job: JobState, event: JobEvent, seq: int) -> list[dict]:
-    """Move `job` by one event; returns extra timeline rows the event implies (a lost worker)."""
-    extra: list[dict] = []
-    job.last_event_seq = seq
-    if event.generation < job.generation:
-        return extra
-    kind, data = event.type, event.data
-    if job.status in FINAL_STATES and kind not in FINAL_STATES:
-        return extra  # e.g. a late `started` after the API cancelled the job
-    job.updated_at = max(job.updated_at, event.at)
-    # `queued` moves nothing: it is sent before JetStream acks the job (so it precedes `started`),
-    # and only QueuedMarker, which has the ack, may mark a row queued (else a failed publish would
-    # leave a `queued` row the outbox never republishes).
-    if kind == "started":
-        if job.status == "running" and job.worker_id and event.attempt > job.attempt:
-            extra.append(_row(job.id, None, "worker_lost", event.at, job.attempt, job.worker_id, {}))
-        job.status, job.attempt, job.worker_id = "running", event.attempt, event.worker_id
-        job.started_at = job.started_at or event.at
-    elif kind == "progress":
-        job.progress = data
-    elif kind == "waiting":
-        job.status, job.worker_id = "waiting", None
-    elif kind == "retrying":
-        job.status, job.error = "retrying", data.get("error")
-    elif kind in FINAL_STATES:
-        job.status, job.finished_at = kind, event.at
-        job.attempt = max(job.attempt, event.attempt)
-        if kind == "succeeded":
-            job.result, job.error = data.get("result"), None
-        elif kind != "cancelled":
-            job.error = data.get("error")
-    return extra
 
 
 def _row(
@@ -146,7 +75,6 @@ class Projector:
         self, js: JetStreamContext, topo: Topology, sessions: async_sessionmaker[AsyncSession], batch: int
     ) -> None:
         self.js, self.topo, self.sessions, self.batch = js, topo, sessions, batch
-        self.applied = 0
         self.stopping = False
         # Moving average of run time per job type (seconds): what "usually takes" means for `stuck`.
         self.typical_duration_s: dict[str, float] = {}
@@ -213,12 +141,14 @@ class Projector:
             return
         events.sort(key=lambda pair: pair[0])
         async with self.sessions() as session:
-            ids = {e.job_id for _, e in events}
-            found = await session.execute(
-                select(_jobs.c.id, *(_jobs.c[name] for name in _READ)).where(_jobs.c.id.in_(ids))
-            )
-            jobs = {row[0]: JobState(row) for row in found}
-            moved: dict[str, JobState] = {}
+            read = select(_jobs).where(_jobs.c.id.in_({e.job_id for _, e in events}))
+            if session.bind.dialect.name == "postgresql":
+                # Several API processes project at once: lock this batch's jobs (in id order, so
+                # two batches never wait on each other in a circle) and decide from their rows
+                # as they are now; another batch of the same jobs waits for this commit.
+                read = read.order_by(_jobs.c.id).with_for_update()
+            before = {row.id: record_of(row) for row in await session.execute(read)}
+            jobs = dict(before)
             rows, checkpoints = [], []
             for seq, event in events:
                 self._learn_duration(event)
@@ -226,26 +156,26 @@ class Projector:
                     _row(event.job_id, seq, event.type, event.at, event.attempt, event.worker_id, event.data)
                 )
                 job = jobs.get(event.job_id)
-                if job is not None and seq > job.last_event_seq:
-                    rows.extend(apply_event(job, event, seq))
-                    moved[job.id] = job
-                if event.type == "waiting" and job is not None:
+                if job is None:
+                    continue  # pruned, or of another install's database: the timeline row stays
+                if seq > job.last_event_seq and lost_worker(job, event):
+                    rows.append(_row(job.id, None, "worker_lost", event.at, job.attempt, job.worker_id, {}))
+                jobs[job.id] = transition(job, Reported(event, seq))
+                if event.type == "waiting":
                     checkpoints.append(_checkpoint_row(event))
             await session.execute(_insert_ignoring(session, JobEventRow, "stream_seq"), rows)
             by_columns: dict[tuple[tuple[str, ...], bool], list[dict]] = {}
-            for job in moved.values():
-                values = job.changes()
+            for job_id, job in jobs.items():
+                if not (values := changes(before[job_id], job)):
+                    continue
                 params = {f"b_{name}": value for name, value in values.items()}
-                params["b_id"] = job.id
-                key = (tuple(values), job.status not in FINAL_STATES)
-                by_columns.setdefault(key, []).append(params)
+                params["b_id"] = job_id
+                by_columns.setdefault((tuple(values), not job.finished), []).append(params)
             for (columns, unless_final), params in by_columns.items():
                 await session.execute(_update_jobs(columns, unless_final), params)
             if checkpoints:
                 await session.execute(_insert_ignoring(session, Checkpoint, "id"), checkpoints)
             await session.commit()
-        self.applied += len(events)
-        self.last_applied_at = time.time()
 
 
 def _checkpoint_row(event: JobEvent) -> dict:

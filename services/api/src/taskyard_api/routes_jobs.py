@@ -1,7 +1,6 @@
 """/api/v1/jobs: submit, batch, list, get, cancel, retry, logs."""
 
 from datetime import datetime
-from types import SimpleNamespace
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
@@ -12,13 +11,17 @@ from taskyard_common.schemas import FINAL_STATES, JobState
 
 from .auth import Principal, require
 from .checkpoints import checkpoint_out
+from .failures import NotFound, Unavailable
 from .ids import JOB_ID
+from .job_store import JobStore, record_of
+from .jobs import JobService
+from .lifecycle import WAITING_STATES, JobRecord
 from .logs import follow_logs, read_logs
 from .models import Checkpoint, Job, JobEventRow
 from .ratelimit import too_many
 from .schemas import JobBatch, JobCreate
 from .views import JsonAnswer, job_out
-from .waiting import WAITING_STATES, explain
+from .waiting import explain
 
 router = APIRouter(prefix="/api/v1")
 
@@ -29,12 +32,12 @@ def _admit(request: Request, who: Principal, jobs: int) -> None:
         raise too_many(wait, f"key {who.name!r} submits too fast")
 
 
-def _svc(request: Request):
-    """The job service, refusing with 503 before anything is written while NATS is away."""
+def _svc(request: Request) -> JobService:
+    """The job service, refusing before anything is written while NATS is away."""
     state = request.app.state
     if not state.nc.is_connected:
-        raise HTTPException(
-            503, f"NATS unavailable: reconnecting to {state.nc.connected_url or 'server'}; retry shortly"
+        raise Unavailable(
+            f"NATS unavailable: reconnecting to {state.nc.connected_url or 'server'}; retry shortly"
         )
     return state.jobs
 
@@ -115,10 +118,11 @@ async def list_jobs(
         rows = list(await session.execute(query))
     more = len(rows) > limit
     rows = rows[:limit]
-    return JsonAnswer({"jobs": [job_out(j) for j in rows], "next_cursor": rows[-1].id if more else None})
+    return JsonAnswer(
+        {"jobs": [job_out(record_of(j)) for j in rows], "next_cursor": rows[-1].id if more else None}
+    )
 
 
-_JOB_BY_ID = select(Job.__table__).where(Job.__table__.c.id == bindparam("job_id"))
 _TIMELINE = (
     select(JobEventRow.__table__)
     .where(JobEventRow.__table__.c.job_id == bindparam("job_id"))
@@ -126,30 +130,22 @@ _TIMELINE = (
 )
 
 
-async def _load(request: Request, job_id: str) -> tuple[Job, list[JobEventRow]]:
+async def _load(request: Request, job_id: str) -> tuple[JobRecord, list[JobEventRow]]:
     """The job and its timeline as Core rows (read-only, same attribute names as the models):
     no ORM identity map or instance state for a read, the most frequent request there is."""
     if not JOB_ID.fullmatch(job_id):
         raise HTTPException(404, f"job {job_id[:40]!r} not found (ids are 26-character ULIDs)")
     async with request.app.state.sessions() as session:
-        job = (await session.execute(_JOB_BY_ID, {"job_id": job_id})).first()
+        job = await JobStore.get(session, job_id)
         if job is None:
-            raise HTTPException(404, f"job {job_id} not found")
+            raise NotFound(f"job {job_id} not found")
         timeline = list(await session.execute(_TIMELINE, {"job_id": job_id}))
     return job, timeline
 
 
 @router.get("/jobs/{job_id}")
 async def get_job(job_id: str, request: Request, who: Principal = require("viewer")):
-    # Asked before the row is read: the marker forgets a job only once its UPDATE has committed,
-    # so a miss here means the read below sees `queued`. Asked after it, a commit in between gave
-    # a `pending` row and no seq (seen on PostgreSQL in CI).
-    stored = request.app.state.jobs.marker.stored_seq(job_id)
     job, timeline = await _load(request, job_id)
-    seq = stored if job.status == "pending" else None
-    if seq is not None:
-        # In JOBS already, its row not yet marked (QueuedMarker): say so, as the submit's answer did.
-        job = SimpleNamespace(**{**job._mapping, "status": "queued", "stream_seq": seq})
     out = job_out(job, timeline)
     out.update(queue_position=None, eta_seconds=None, eta_range=None, waiting_reason=None)
     if job.status == "waiting":

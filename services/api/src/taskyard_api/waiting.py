@@ -2,12 +2,11 @@
 
 import time
 
-from .models import Job, JobEventRow
+from .lifecycle import JobRecord
+from .models import JobEventRow
 from .queue_state import SHORT_WINDOW_S, QueueState
 from .schemas import iso
 from .workers import WorkerRegistry
-
-WAITING_STATES = {"pending", "queued", "retrying", "scheduled", "waiting"}
 
 
 def _seconds(value: float) -> str:
@@ -28,13 +27,17 @@ def _eta(position: int, rates: list[float], free_slots: int) -> tuple[float | No
     return round(ahead / live[-1], 1), [round(lo, 1), round(hi, 1)]
 
 
-async def explain(job: Job, timeline: list[JobEventRow], queues: QueueState, workers: WorkerRegistry) -> dict:
+async def explain(
+    job: JobRecord, timeline: list[JobEventRow], queues: QueueState, workers: WorkerRegistry
+) -> dict:
     """The `queue_position`, `eta_seconds`, `eta_range` and `waiting_reason` of a waiting job."""
     out = {"queue_position": None, "eta_seconds": None, "eta_range": None, "waiting_reason": None}
     q = job.queue
-    if job.status == "pending":
+    if job.status == "queued" and job.outbox_at is not None:
         out["waiting_reason"] = _reason(
-            "submitting", "Accepted and stored; being handed to NATS (the outbox republishes it if needed)."
+            "publishing",
+            "Accepted and stored; being handed to NATS (the outbox publishes it if the first try failed).",
+            since=iso(job.outbox_at),
         )
         return out
     if job.status == "retrying":

@@ -55,7 +55,6 @@ BULK_REASONS = {
     "failed": "failed for another reason",
 }
 STATUS_WORDS = {
-    "pending": "Job accepted; handing it to the queue.",
     "queued": "Job is queued.",
     "scheduled": "Job is scheduled.",
     "running": "Job is running.",

@@ -21,7 +21,6 @@ HERE = Path(__file__).parent
 COOKIE = "taskyard_key"
 
 STATUSES = (
-    "pending",
     "queued",
     "scheduled",
     "running",

@@ -1,0 +1,103 @@
+"""Job records in the database: load, insert, and write back what the lifecycle core decided.
+
+Every write of a decision is guarded by what the decision was made from (the job's status,
+generation and resume), so two API processes, or the API and its projector, never overwrite each
+other's move: a guard that no longer matches writes nothing, and the caller decides again.
+"""
+
+from typing import Any
+
+from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from .driver_insert import DriverInsert
+from .lifecycle import COLUMNS, JobRecord, changes
+from .models import Job
+
+jobs_table = Job.__table__
+_BY_ID = select(jobs_table).where(jobs_table.c.id == bindparam("job_id"))
+_MARK_PUBLISHED = (
+    update(jobs_table)
+    .where(
+        jobs_table.c.id == bindparam("b_id"),
+        jobs_table.c.generation == bindparam("b_generation"),
+        jobs_table.c.resume == bindparam("b_resume"),
+    )
+    .values(stream_seq=bindparam("b_seq"), outbox_at=None)
+)
+
+
+def record_of(row: Row[Any]) -> JobRecord:
+    return JobRecord(**row._mapping)
+
+
+def row_of(job: JobRecord) -> dict[str, Any]:
+    return {name: getattr(job, name) for name in COLUMNS}
+
+
+class JobStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        # The submit path's INSERT goes straight through the driver (driver_insert).
+        self._insert = DriverInsert(engine, jobs_table)
+
+    async def insert(self, jobs: list[JobRecord]) -> None:
+        """All rows in one transaction, or none (IntegrityError on a taken idempotency key)."""
+        await self._insert([row_of(job) for job in jobs])
+
+    @staticmethod
+    async def get(session: AsyncSession, job_id: str) -> JobRecord | None:
+        row = (await session.execute(_BY_ID, {"job_id": job_id})).first()
+        return record_of(row) if row is not None else None
+
+    @staticmethod
+    async def save(session: AsyncSession, old: JobRecord, new: JobRecord) -> bool:
+        """Write `new` if the row is still `old` as far as a decision goes; False if it moved."""
+        values = changes(old, new)
+        if not values:
+            return True
+        done = await session.execute(
+            update(jobs_table)
+            .where(
+                jobs_table.c.id == old.id,
+                jobs_table.c.status == old.status,
+                jobs_table.c.generation == old.generation,
+                jobs_table.c.resume == old.resume,
+            )
+            .values(values)
+        )
+        return bool(done.rowcount == 1)  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+
+    @staticmethod
+    async def mark_published(session: AsyncSession, jobs: list[JobRecord]) -> None:
+        """Record the stream sequences of published messages (outbox done). A row retried or
+        resumed meanwhile has a newer message due, and keeps it due."""
+        if jobs:
+            params = [
+                {"b_id": j.id, "b_generation": j.generation, "b_resume": j.resume, "b_seq": j.stream_seq}
+                for j in jobs
+            ]
+            await session.execute(_MARK_PUBLISHED, params)
+
+    @staticmethod
+    async def outbox_due(session: AsyncSession, before: float, limit: int = 1000) -> list[JobRecord]:
+        """Jobs whose current message has waited for publishing since before `before`."""
+        rows = await session.execute(
+            select(jobs_table)
+            .where(jobs_table.c.outbox_at < before)
+            .order_by(jobs_table.c.outbox_at)
+            .limit(limit)
+        )
+        return [record_of(row) for row in rows]
+
+    @staticmethod
+    async def by_idempotency_key(
+        session: AsyncSession, owner_id: str, keys: list[str]
+    ) -> dict[str, JobRecord]:
+        if not keys:
+            return {}
+        rows = await session.execute(
+            select(jobs_table).where(
+                jobs_table.c.owner_id == owner_id, jobs_table.c.idempotency_key.in_(keys)
+            )
+        )
+        return {row.idempotency_key: record_of(row) for row in rows}

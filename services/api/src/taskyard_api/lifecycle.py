@@ -1,0 +1,226 @@
+"""The job lifecycle core: one typed job record and one pure transition function.
+
+Everything that moves a job goes through `transition`: submit and the outbox (`Published`), the
+projector (`Reported`: what an executor said), cancel, retry and checkpoint decisions. It does no
+I/O, so every legal and illegal move is tested in milliseconds (tests/unit/test_lifecycle.py);
+the callers load a record, ask the core, and write back `changes(old, new)` under a guard.
+
+Whether a job's current message is in JOBS is outbox bookkeeping (`outbox_at`), not a status:
+a submitted job is `queued` from the moment it is stored.
+"""
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from taskyard_common.schemas import FINAL_STATES, JobEvent
+
+from .failures import Refused
+
+# A job is waiting for a decision, a retry or a slot in these states (it may get a reason).
+WAITING_STATES = frozenset({"queued", "retrying", "waiting"})
+# Only these end states may be run again.
+RETRYABLE_STATES = frozenset({"failed", "dead", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRecord:
+    """A job as the API stores it: one row of `jobs`, field for column."""
+
+    id: str
+    type: str
+    queue: str
+    priority: str
+    status: str
+    payload: Any
+    labels: dict[str, str]
+    timeout_s: float
+    max_attempts: int
+    backoff: dict[str, float]
+    idempotency_key: str | None
+    owner_id: str
+    created_at: float
+    updated_at: float
+    traceparent: str | None = None
+    # Bumped by a manual retry: a new message generation (escapes JetStream's dedupe window).
+    generation: int = 0
+    # Continuations after checkpoint decisions within this generation.
+    resume: int = 0
+    attempt: int = 0
+    worker_id: str | None = None
+    # JOBS sequence of the job's current message, once JetStream acked it.
+    stream_seq: int | None = None
+    # Outbox: since when the current message waits to be published; None once JOBS has it.
+    outbox_at: float | None = None
+    progress: dict[str, Any] | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    # Highest EVENTS sequence applied: replays and stale events change nothing.
+    last_event_seq: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL_STATES
+
+    @property
+    def msg_id(self) -> str:
+        """Nats-Msg-Id of the current message (the same rule as JobSpec.msg_id)."""
+        if self.generation == 0 and self.resume == 0:
+            return self.id
+        return f"{self.id}:{self.generation}:{self.resume}"
+
+
+COLUMNS = tuple(f.name for f in fields(JobRecord))
+
+
+# --- what can happen to a job ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """JetStream acked the message of (generation, resume) at stream sequence `seq`."""
+
+    seq: int
+    generation: int
+    resume: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """An executor's (or the API's own) lifecycle event, projected from EVENTS at `seq`."""
+
+    event: JobEvent
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """A checkpoint of `generation` was decided: the job resumes, or fails with `error`."""
+
+    generation: int
+    at: float
+    error: dict[str, Any] | None = None
+
+
+Event = Published | Reported | Cancel | Retry | Decided
+
+
+def new_job(*, id: str, owner_id: str, now: float, traceparent: str | None, **spec: Any) -> JobRecord:
+    """A just-submitted job: `queued`, its message due for publishing now."""
+    return JobRecord(
+        id=id,
+        owner_id=owner_id,
+        status="queued",
+        created_at=now,
+        updated_at=now,
+        outbox_at=now,
+        traceparent=traceparent,
+        **spec,
+    )
+
+
+def transition(job: JobRecord, event: Event) -> JobRecord:
+    """The job after `event`, or `Refused` when a command may not apply to it."""
+    match event:
+        case Published():
+            return _published(job, event)
+        case Reported():
+            return _reported(job, event.event, event.seq)
+        case Cancel(at):
+            if job.finished:
+                raise Refused(f"job {job.id} is already {job.status}")
+            return replace(job, status="cancelled", finished_at=at, updated_at=at, outbox_at=None)
+        case Retry(at):
+            if job.status not in RETRYABLE_STATES:
+                raise Refused(f"job {job.id} is {job.status}; only failed, dead or cancelled jobs retry")
+            return _requeued(job, at, generation=job.generation + 1, resume=0)
+        case Decided():
+            return _decided(job, event)
+    raise TypeError(f"not a lifecycle event: {event!r}")
+
+
+def changes(old: JobRecord, new: JobRecord) -> dict[str, Any]:
+    """The columns that moved: writing back an unchanged one could undo a concurrent write."""
+    return {name: value for name in COLUMNS if (value := getattr(new, name)) != getattr(old, name)}
+
+
+def lost_worker(job: JobRecord, event: JobEvent) -> bool:
+    """A `started` of a later attempt while the job still runs: its worker died (the message was
+    redelivered after ack_wait), which the timeline shows as `worker_lost`."""
+    return (
+        event.type == "started"
+        and job.status == "running"
+        and job.worker_id is not None
+        and event.attempt > job.attempt
+        and event.generation == job.generation
+    )
+
+
+def _published(job: JobRecord, event: Published) -> JobRecord:
+    if (event.generation, event.resume) != (job.generation, job.resume):
+        return job  # the ack of an older message: the current one is still due
+    return replace(job, stream_seq=event.seq, outbox_at=None)
+
+
+def _requeued(job: JobRecord, at: float, *, generation: int, resume: int) -> JobRecord:
+    return replace(
+        job,
+        status="queued",
+        generation=generation,
+        resume=resume,
+        attempt=0 if generation != job.generation else job.attempt,
+        worker_id=None,
+        stream_seq=None,
+        outbox_at=at,
+        error=None,
+        result=None,
+        finished_at=None,
+        updated_at=at,
+    )
+
+
+def _decided(job: JobRecord, event: Decided) -> JobRecord:
+    if job.status != "waiting" or job.generation != event.generation:
+        return job  # the job moved on (cancelled, retried): the decision is only recorded
+    if event.error is not None:
+        return replace(job, status="failed", error=event.error, finished_at=event.at, updated_at=event.at)
+    return _requeued(job, event.at, generation=job.generation, resume=job.resume + 1)
+
+
+def _reported(job: JobRecord, event: JobEvent, seq: int) -> JobRecord:
+    if seq <= job.last_event_seq:
+        return job  # projected before (a replay)
+    if event.generation < job.generation or job.finished:
+        # An older run's event, or news of a job that has ended (a late `started` after a
+        # cancel, the executor's own `cancelled`): the timeline keeps it, the job stays.
+        return replace(job, last_event_seq=seq)
+    moved: dict[str, Any] = {"last_event_seq": seq, "updated_at": max(job.updated_at, event.at)}
+    kind, data = event.type, event.data
+    if kind == "started":
+        moved.update(status="running", attempt=event.attempt, worker_id=event.worker_id)
+        moved["started_at"] = job.started_at or event.at
+    elif kind == "progress":
+        moved["progress"] = data
+    elif kind == "waiting":
+        moved.update(status="waiting", worker_id=None)
+    elif kind == "retrying":
+        moved.update(status="retrying", error=data.get("error"))
+    elif kind in FINAL_STATES:
+        moved.update(status=kind, finished_at=event.at, attempt=max(job.attempt, event.attempt))
+        if kind == "succeeded":
+            moved.update(result=data.get("result"), error=None)
+        elif kind != "cancelled":
+            moved["error"] = data.get("error")
+    # `queued`, `step`, `decided`, … are timeline entries: the API wrote what they mean itself.
+    return replace(job, **moved)

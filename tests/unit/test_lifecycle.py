@@ -1,0 +1,226 @@
+"""The lifecycle core, move by move: every command in every state, every executor report."""
+
+from dataclasses import replace
+
+import pytest
+
+from taskyard_api.failures import Refused
+from taskyard_api.lifecycle import (
+    COLUMNS,
+    Cancel,
+    Decided,
+    JobRecord,
+    Published,
+    Reported,
+    Retry,
+    changes,
+    lost_worker,
+    new_job,
+    transition,
+)
+from taskyard_api.models import Job
+from taskyard_common.schemas import FINAL_STATES, JobEvent, JobState
+
+T0 = 1_700_000_000.0
+STATES = [s.value for s in JobState]
+UNFINISHED = [s for s in STATES if s not in FINAL_STATES]
+SPEC = {
+    "type": "noop",
+    "queue": "default",
+    "priority": "normal",
+    "payload": {"n": 1},
+    "labels": {},
+    "timeout_s": 60.0,
+    "max_attempts": 3,
+    "backoff": {"base_s": 1.0, "factor": 2.0, "max_s": 300.0},
+    "idempotency_key": None,
+}
+
+
+def job(**fields) -> JobRecord:
+    return replace(new_job(id="J1", owner_id="k1", now=T0, traceparent=None, **SPEC), **fields)
+
+
+def report(kind: str, seq: int, attempt: int = 1, generation: int = 0, at: float = T0 + 5, **data) -> Reported:
+    event = JobEvent(
+        job_id="J1", type=kind, at=at, attempt=attempt, worker_id="w1", generation=generation, data=data
+    )
+    return Reported(event, seq)
+
+
+def test_the_record_has_a_field_for_every_column_and_no_other():
+    assert set(COLUMNS) == set(Job.__table__.columns.keys())
+
+
+def test_a_new_job_is_queued_with_its_message_due():
+    new = job()
+    assert (new.status, new.outbox_at, new.stream_seq, new.attempt, new.generation) == ("queued", T0, None, 0, 0)
+    assert new.msg_id == "J1"
+
+
+def test_published_records_the_seq_and_ends_the_outbox_wait():
+    after = transition(job(), Published(seq=42, generation=0, resume=0))
+    assert (after.status, after.stream_seq, after.outbox_at) == ("queued", 42, None)
+    assert changes(job(), after) == {"stream_seq": 42, "outbox_at": None}
+
+
+def test_the_ack_of_an_older_message_changes_nothing():
+    retried = job(generation=1, outbox_at=T0 + 9)
+    assert transition(retried, Published(seq=7, generation=0, resume=0)) is retried
+    resumed = job(resume=2, outbox_at=T0 + 9)
+    assert transition(resumed, Published(seq=7, generation=0, resume=1)) is resumed
+
+
+@pytest.mark.parametrize("status", UNFINISHED)
+def test_cancel_ends_every_unfinished_job(status):
+    before = job(status=status, stream_seq=5, outbox_at=None)
+    after = transition(before, Cancel(at=T0 + 3))
+    assert (after.status, after.finished_at, after.updated_at) == ("cancelled", T0 + 3, T0 + 3)
+    assert after.finished
+
+
+def test_cancel_of_an_unpublished_job_drops_it_from_the_outbox():
+    assert transition(job(), Cancel(at=T0 + 1)).outbox_at is None
+
+
+@pytest.mark.parametrize("status", sorted(FINAL_STATES))
+def test_cancel_of_a_finished_job_is_refused(status):
+    with pytest.raises(Refused, match=f"job J1 is already {status}"):
+        transition(job(status=status), Cancel(at=T0))
+
+
+@pytest.mark.parametrize("status", ["failed", "dead", "cancelled"])
+def test_retry_runs_an_ended_job_again_as_a_new_generation(status):
+    before = job(
+        status=status, attempt=3, stream_seq=9, outbox_at=None, error={"type": "X"}, worker_id="w1",
+        finished_at=T0 + 2, resume=2,
+    )  # fmt: skip
+    after = transition(before, Retry(at=T0 + 10))
+    assert (after.status, after.generation, after.resume, after.attempt) == ("queued", 1, 0, 0)
+    assert (after.stream_seq, after.outbox_at, after.error, after.finished_at, after.worker_id) == (
+        None, T0 + 10, None, None, None,
+    )  # fmt: skip
+    assert after.msg_id == "J1:1:0"
+
+
+@pytest.mark.parametrize("status", [s for s in STATES if s not in ("failed", "dead", "cancelled")])
+def test_retry_of_a_job_that_has_not_failed_is_refused(status):
+    with pytest.raises(Refused, match=f"job J1 is {status}; only failed, dead or cancelled jobs retry"):
+        transition(job(status=status), Retry(at=T0))
+
+
+def test_an_approval_resumes_the_waiting_job_with_a_new_message():
+    waiting = job(status="waiting", attempt=1, stream_seq=4, outbox_at=None)
+    after = transition(waiting, Decided(generation=0, at=T0 + 8))
+    assert (after.status, after.resume, after.generation, after.attempt) == ("queued", 1, 0, 1)
+    assert (after.stream_seq, after.outbox_at) == (None, T0 + 8)
+    assert after.msg_id == "J1:0:1"
+
+
+def test_a_rejection_fails_the_waiting_job():
+    error = {"type": "CheckpointRejected", "message": "no"}
+    after = transition(job(status="waiting"), Decided(generation=0, at=T0 + 8, error=error))
+    assert (after.status, after.error, after.finished_at) == ("failed", error, T0 + 8)
+
+
+@pytest.mark.parametrize("status", [s for s in STATES if s != "waiting"])
+def test_a_decision_for_a_job_that_moved_on_changes_nothing(status):
+    before = job(status=status)
+    assert transition(before, Decided(generation=0, at=T0)) is before
+
+
+def test_a_decision_of_an_older_generation_changes_nothing():
+    before = job(status="waiting", generation=2)
+    assert transition(before, Decided(generation=1, at=T0)) is before
+
+
+def test_started_runs_the_job_on_its_worker():
+    after = transition(job(), report("started", seq=3, attempt=1))
+    assert (after.status, after.attempt, after.worker_id, after.started_at) == ("running", 1, "w1", T0 + 5)
+    assert after.last_event_seq == 3
+
+
+def test_a_later_start_keeps_the_first_start_time():
+    running = job(status="running", attempt=1, worker_id="w1", started_at=T0 + 1, last_event_seq=3)
+    after = transition(running, report("started", seq=9, attempt=2, at=T0 + 70))
+    assert (after.attempt, after.started_at) == (2, T0 + 1)
+
+
+def test_progress_waiting_and_retrying():
+    running = job(status="running", attempt=1, worker_id="w1")
+    assert transition(running, report("progress", seq=4, done=3)).progress == {"done": 3}
+    assert transition(running, report("progress", seq=4)).status == "running"
+    parked = transition(running, report("waiting", seq=4))
+    assert (parked.status, parked.worker_id) == ("waiting", None)
+    backing_off = transition(running, report("retrying", seq=4, error={"type": "E"}))
+    assert (backing_off.status, backing_off.error) == ("retrying", {"type": "E"})
+
+
+@pytest.mark.parametrize("outcome", ["succeeded", "failed", "dead", "cancelled"])
+def test_an_outcome_ends_the_job(outcome):
+    running = job(status="running", attempt=2, worker_id="w1", error={"type": "Old"})
+    after = transition(running, report(outcome, seq=8, attempt=2, result={"ok": 1}, error={"type": "E"}))
+    assert (after.status, after.finished_at, after.attempt) == (outcome, T0 + 5, 2)
+    expected = {
+        "succeeded": ({"ok": 1}, None),
+        "failed": (None, {"type": "E"}),
+        "dead": (None, {"type": "E"}),
+        "cancelled": (None, {"type": "Old"}),
+    }
+    assert (after.result, after.error) == expected[outcome]
+
+
+@pytest.mark.parametrize("status", sorted(FINAL_STATES))
+@pytest.mark.parametrize("kind", ["started", "progress", "retrying", "waiting", "succeeded", "failed", "dead"])
+def test_a_finished_job_stays_finished_whatever_is_reported_after(status, kind):
+    ended = job(status=status, finished_at=T0 + 1, last_event_seq=5)
+    after = transition(ended, report(kind, seq=6))
+    assert after == replace(ended, last_event_seq=6)
+
+
+def test_a_replayed_event_changes_nothing():
+    seen = job(status="running", attempt=1, worker_id="w1", last_event_seq=10)
+    assert transition(seen, report("succeeded", seq=10)) is seen
+    assert transition(seen, report("succeeded", seq=4)) is seen
+
+
+def test_an_event_of_an_older_generation_only_advances_the_sequence():
+    retried = job(status="queued", generation=1)
+    after = transition(retried, report("failed", seq=12, generation=0))
+    assert after == replace(retried, last_event_seq=12)
+
+
+@pytest.mark.parametrize("kind", ["queued", "step", "decided", "cancel_requested", "retried", "worker_lost"])
+def test_timeline_only_events_move_no_state(kind):
+    running = job(status="running", attempt=1, worker_id="w1")
+    after = transition(running, report(kind, seq=7, at=T0 + 9))
+    assert changes(running, after) == {"last_event_seq": 7, "updated_at": T0 + 9}
+
+
+def test_updated_at_never_goes_back():
+    fresh = job(status="running", attempt=1, worker_id="w1", updated_at=T0 + 50)
+    assert transition(fresh, report("progress", seq=7, at=T0 + 9)).updated_at == T0 + 50
+
+
+def test_a_start_of_a_later_attempt_on_a_running_job_means_its_worker_was_lost():
+    running = job(status="running", attempt=1, worker_id="w1")
+    assert lost_worker(running, report("started", seq=5, attempt=2).event)
+    assert not lost_worker(running, report("started", seq=5, attempt=1).event)
+    assert not lost_worker(job(status="retrying", attempt=1), report("started", seq=5, attempt=2).event)
+    assert not lost_worker(running, report("succeeded", seq=5, attempt=2).event)
+
+
+def test_changes_name_only_what_moved():
+    before = job()
+    assert changes(before, before) == {}
+    assert changes(before, replace(before, status="running", attempt=1)) == {"status": "running", "attempt": 1}
+
+
+def test_the_record_is_frozen():
+    with pytest.raises(AttributeError):
+        job().status = "running"  # type: ignore[misc]
+
+
+def test_an_unknown_event_is_a_programming_error():
+    with pytest.raises(TypeError):
+        transition(job(), "started")  # type: ignore[arg-type]
