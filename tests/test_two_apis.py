@@ -20,9 +20,13 @@ def test_a_job_submitted_on_one_api_reads_the_same_on_the_other(stack):
         for _ in range(20):
             answer = a.post("/api/v1/jobs", json={"type": "noop"}).json()
             seen = b.get(f"/api/v1/jobs/{answer['id']}").json()
-            assert (seen["status"], seen["stream_seq"]) == (answer["status"], answer["stream_seq"]) == (
-                "queued",
-                answer["stream_seq"],
+            assert (
+                (seen["status"], seen["stream_seq"])
+                == (answer["status"], answer["stream_seq"])
+                == (
+                    "queued",
+                    answer["stream_seq"],
+                )
             )
             assert answer["stream_seq"] is not None and seen["queue_position"] is not None, seen
 

@@ -41,7 +41,9 @@ def job(**fields) -> JobRecord:
     return replace(new_job(id="J1", owner_id="k1", now=T0, traceparent=None, **SPEC), **fields)
 
 
-def report(kind: str, seq: int, attempt: int = 1, generation: int = 0, at: float = T0 + 5, **data) -> Reported:
+def report(
+    kind: str, seq: int, attempt: int = 1, generation: int = 0, at: float = T0 + 5, **data
+) -> Reported:
     event = JobEvent(
         job_id="J1", type=kind, at=at, attempt=attempt, worker_id="w1", generation=generation, data=data
     )
@@ -54,7 +56,13 @@ def test_the_record_has_a_field_for_every_column_and_no_other():
 
 def test_a_new_job_is_queued_with_its_message_due():
     new = job()
-    assert (new.status, new.outbox_at, new.stream_seq, new.attempt, new.generation) == ("queued", T0, None, 0, 0)
+    assert (new.status, new.outbox_at, new.stream_seq, new.attempt, new.generation) == (
+        "queued",
+        T0,
+        None,
+        0,
+        0,
+    )
     assert new.msg_id == "J1"
 
 
@@ -171,7 +179,9 @@ def test_an_outcome_ends_the_job(outcome):
 
 
 @pytest.mark.parametrize("status", sorted(FINAL_STATES))
-@pytest.mark.parametrize("kind", ["started", "progress", "retrying", "waiting", "succeeded", "failed", "dead"])
+@pytest.mark.parametrize(
+    "kind", ["started", "progress", "retrying", "waiting", "succeeded", "failed", "dead"]
+)
 def test_a_finished_job_stays_finished_whatever_is_reported_after(status, kind):
     ended = job(status=status, finished_at=T0 + 1, last_event_seq=5)
     after = transition(ended, report(kind, seq=6))
@@ -213,7 +223,10 @@ def test_a_start_of_a_later_attempt_on_a_running_job_means_its_worker_was_lost()
 def test_changes_name_only_what_moved():
     before = job()
     assert changes(before, before) == {}
-    assert changes(before, replace(before, status="running", attempt=1)) == {"status": "running", "attempt": 1}
+    assert changes(before, replace(before, status="running", attempt=1)) == {
+        "status": "running",
+        "attempt": 1,
+    }
 
 
 def test_the_record_is_frozen():
