@@ -14,7 +14,9 @@ JOBS = "/api/v1/jobs"
 QUEUES = "/api/v1/queues"
 CHECKPOINTS = "/api/v1/checkpoints"
 CHECKPOINT_STATUSES = ("pending", "approved", "rejected", "answered", "expired")
-Params = list[tuple[str, str]]
+# Values are always str; the union is httpx's own (its `params` takes this list type, and list is
+# invariant, so list[tuple[str, str]] would not do).
+Params = list[tuple[str, str | int | float | bool | None]]
 
 
 def _same(data: Any) -> Any:

@@ -48,7 +48,9 @@ class State:
 
 def client() -> Client:
     """The current command's Client."""
-    return click.get_current_context().find_object(State).client
+    state = click.get_current_context().find_object(State)
+    assert state is not None, "the `taskyard` group sets up State before any command runs"
+    return state.client
 
 
 def fail(message: str, code: int) -> NoReturn:

@@ -14,6 +14,11 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    """`value` if the API sent an object there, else {} (a missing or malformed field)."""
+    return value if isinstance(value, dict) else {}
+
+
 def duration(seconds: float) -> str:
     """0.42 -> "0.4s", 60.2 -> "60s", 125 -> "2m05s", 3900 -> "1h05m", 97200 -> "1d03h"."""
     s = max(0.0, seconds)
@@ -58,7 +63,7 @@ def _eta(job: dict[str, Any]) -> str | None:
 
 def _capacity(reason: dict[str, Any]) -> str | None:
     code = reason.get("code")
-    evidence = reason.get("evidence") if isinstance(reason.get("evidence"), dict) else {}
+    evidence = _mapping(reason.get("evidence"))
     if code == "no_workers":
         return "no live workers"
     if code == "queue_paused":
@@ -76,8 +81,8 @@ def checkpoint_hint(job: dict[str, Any], reason: dict[str, Any]) -> str | None:
     code = reason.get("code")
     if code not in ("waiting_approval", "waiting_answer"):
         return None
-    ck = job.get("checkpoint") if isinstance(job.get("checkpoint"), dict) else {}
-    evidence = reason.get("evidence") if isinstance(reason.get("evidence"), dict) else {}
+    ck = _mapping(job.get("checkpoint"))
+    evidence = _mapping(reason.get("evidence"))
     ck_id = ck.get("id") or evidence.get("checkpoint_id")
     if not ck_id:
         return None

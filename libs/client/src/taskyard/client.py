@@ -31,6 +31,8 @@ from .errors import ConfigError, JobFailed, TaskyardError, error_from_response, 
 __all__ = ["AsyncClient", "Client", "FINAL_STATUSES", "JobFailed", "TaskyardError"]
 
 Job = dict[str, Any]
+# The classes below define a `list` method, which shadows the builtin in their annotations.
+Records = list[dict[str, Any]]
 # A log stream may be silent for long stretches (a quiet job); past this we reconnect rather than
 # trust a connection that might be half-open. Resuming from the last seq loses nothing.
 STREAM_IDLE_S = 60.0
@@ -257,7 +259,7 @@ class Client(_Base):
         """Create an API key (admin); the returned "key" is shown only this once."""
         return self._call(_calls.keys_create(name, role))
 
-    def keys_list(self) -> list[dict[str, Any]]:
+    def keys_list(self) -> Records:
         """All keys (admin): [{"id", "name", "role", "created_at", "revoked_at"}]."""
         return self._call(_calls.keys_list())
 
@@ -271,7 +273,7 @@ class Client(_Base):
 
     # Operations
 
-    def queues(self) -> list[dict[str, Any]]:
+    def queues(self) -> Records:
         """Every queue: [{"queue", "paused", "depth", "running", "jobs_per_s_in", "jobs_per_s_out",
         "workers", "slots", "slots_used", "priorities": {"high"|"normal"|"low": {"depth", "running",
         "oldest_waiting_s", "live_pulls", "redelivered"}}}]."""
@@ -285,7 +287,7 @@ class Client(_Base):
         """Start jobs from a paused `queue` again (admin). {"queue", "paused": False}."""
         return self._call(_calls.resume_queue(queue))
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self) -> Records:
         """Executors from their heartbeats: [{"id", "host", "pid", "queues", "slots", "slots_used",
         "running", "jobs_done", "jobs_failed", "state", "last_heartbeat_age_s", ...}]; `state` is
         healthy, stale, gone, draining or stuck."""
@@ -299,7 +301,7 @@ class Client(_Base):
 
     def checkpoints(
         self, status: str | None = "pending", job_id: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
+    ) -> Records:
         """Checkpoints, newest first: [{"id", "job_id", "kind" (approval|question), "name", "message",
         "data", "choices", "approvers", "on_reject", "status", "created_at", "expires_at",
         "decided_at", "decided_by", "reason", "answer"}]. `status` is pending, approved, rejected,
@@ -486,7 +488,7 @@ class AsyncClient(_Base):
         """See Client.keys_create."""
         return await self._call(_calls.keys_create(name, role))
 
-    async def keys_list(self) -> list[dict[str, Any]]:
+    async def keys_list(self) -> Records:
         """See Client.keys_list."""
         return await self._call(_calls.keys_list())
 
@@ -498,7 +500,7 @@ class AsyncClient(_Base):
         """See Client.readyz."""
         return await self._call(_calls.readyz())
 
-    async def queues(self) -> list[dict[str, Any]]:
+    async def queues(self) -> Records:
         """See Client.queues."""
         return await self._call(_calls.queues())
 
@@ -510,7 +512,7 @@ class AsyncClient(_Base):
         """See Client.resume_queue."""
         return await self._call(_calls.resume_queue(queue))
 
-    async def workers(self) -> list[dict[str, Any]]:
+    async def workers(self) -> Records:
         """See Client.workers."""
         return await self._call(_calls.workers())
 
@@ -520,7 +522,7 @@ class AsyncClient(_Base):
 
     async def checkpoints(
         self, status: str | None = "pending", job_id: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
+    ) -> Records:
         """See Client.checkpoints."""
         return await self._call(_calls.checkpoints(status, job_id, limit))
 

@@ -166,6 +166,7 @@ async def _read_from_leader(
             msg = await js.get_msg(stream, seq=after + 1, subject=subject, next=True)
         except NotFoundError:  # nothing (more) on the subject
             break
+        assert msg.seq is not None  # a stored message always has one; nats-py's field is Optional
         after = msg.seq
         out.append(Stored(after, msg.data or b""))
     return out

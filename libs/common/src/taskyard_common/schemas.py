@@ -92,7 +92,7 @@ class JobEvent(BaseModel):
 
     @classmethod
     def of(
-        cls, job: Any, kind: str, data: dict[str, Any] | None = None, attempt: int = 0, **fields: Any
+        cls, job: Any, kind: EventType, data: dict[str, Any] | None = None, attempt: int = 0, **fields: Any
     ) -> "JobEvent":
         """An event of `job`: a JobSpec, or the API's job row (the same field names)."""
         return cls(

@@ -11,7 +11,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 _provider: TracerProvider | None = None
 
@@ -27,7 +27,7 @@ def setup_tracing(service: str) -> bool:
     if disabled or exporter == "none" or (not exporter and not endpoint):
         return False
     if exporter == "console":
-        span_exporter = ConsoleSpanExporter()
+        span_exporter: SpanExporter = ConsoleSpanExporter()
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

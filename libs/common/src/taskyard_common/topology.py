@@ -158,10 +158,15 @@ class Topology:
             num_replicas=self.settings.replicas,
         )
 
+    @property
+    def workers_ttl_s(self) -> float:
+        """How long a heartbeat entry (or a clean exit's delete marker) lives in the workers bucket."""
+        return 3 * self.settings.heartbeat_interval_s
+
     def workers_kv(self) -> KeyValueConfig:
         return KeyValueConfig(
             bucket=self.workers_bucket,
-            ttl=3 * self.settings.heartbeat_interval_s,
+            ttl=self.workers_ttl_s,
             storage=StorageType.FILE,
             replicas=self.settings.replicas,
         )

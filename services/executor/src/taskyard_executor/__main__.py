@@ -10,6 +10,7 @@ import secrets
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
@@ -29,6 +30,14 @@ from .settings import ExecutorSettings
 from .worker import Worker
 
 log = logging.getLogger("taskyard.executor")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own SIGTERM/SIGINT handlers: the worker owns those (drain)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def health_app(worker: Worker) -> FastAPI:
@@ -79,11 +88,9 @@ async def serve(settings: ExecutorSettings) -> None:
     beats = HeartbeatPublisher(worker, topo)
     await beats.beat()
 
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(health_app(worker), host=settings.host, port=settings.port, log_level="warning")
     )
-    # The worker owns SIGTERM/SIGINT (drain); uvicorn must not install its own handlers.
-    server.capture_signals = contextlib.nullcontext
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

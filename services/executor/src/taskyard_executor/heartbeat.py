@@ -8,6 +8,7 @@ import socket
 import time
 
 from nats.errors import Error as NatsError
+from nats.js.kv import KeyValue
 
 from taskyard_common import __version__
 from taskyard_common.schemas import Heartbeat, RunningJob
@@ -22,7 +23,7 @@ class HeartbeatPublisher:
     def __init__(self, worker: Worker, topo: Topology) -> None:
         self.worker, self.topo = worker, topo
         self.started_at = time.time()
-        self.kv = None
+        self.kv: KeyValue | None = None
 
     def snapshot(self) -> Heartbeat:
         w = self.worker

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from taskyard_common.nats_util import consumer_of
 
@@ -53,7 +54,7 @@ class Puller:
         self._ids = itertools.count()
         self._current: _Pull | None = None
         self._lock = asyncio.Lock()
-        self._sub = None
+        self._sub: Subscription | None = None
         self._armed: dict[str, tuple[str, float]] = {}  # durable -> (request id, forget after)
 
     async def start(self) -> None:

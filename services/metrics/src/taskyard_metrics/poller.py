@@ -229,7 +229,7 @@ async def run_poller(
     # that exited cleanly may have left no trace. A single slow poll on a busy box forgets nothing.
     before: Mapping[str, tuple[str, ...]] = {}
     before_at = 0.0
-    marker_ttl_s = topo.workers_kv().ttl
+    marker_ttl_s = topo.workers_ttl_s
     heartbeats = HeartbeatReader(js, topo)
     while True:
         started = time.monotonic()

@@ -109,7 +109,8 @@ class MetricsService:
             nats_check = "disconnected from NATS (reconnecting)"
         else:
             try:
-                await nc.flush(timeout=READY_PING_TIMEOUT_S)
+                # nats-py annotates `timeout` as int; it is used as seconds, fractions work.
+                await nc.flush(timeout=READY_PING_TIMEOUT_S)  # type: ignore[arg-type]
                 nats_check = "ok"
             except (nats.errors.Error, TimeoutError) as err:
                 nats_check = f"NATS does not answer: {err!r}"
