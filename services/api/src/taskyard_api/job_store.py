@@ -7,14 +7,14 @@ other's move: a guard that no longer matches writes nothing, and the caller deci
 
 from typing import Any
 
-from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy import Row, Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from .driver_insert import DriverInsert
 from .lifecycle import COLUMNS, JobRecord, changes
 from .models import Job
 
-jobs_table = Job.__table__
+jobs_table: Table = Job.__table__  # type: ignore[assignment]  # a declarative model's Table
 _BY_ID = select(jobs_table).where(jobs_table.c.id == bindparam("job_id"))
 _MARK_PUBLISHED = (
     update(jobs_table)

@@ -72,7 +72,8 @@ class SubmitGroup:
         return await done
 
     def _next_group(self) -> list[tuple[list[JobRecord], asyncio.Future[list[JobRecord]]]]:
-        group, size = [], 0
+        group: list[tuple[list[JobRecord], asyncio.Future[list[JobRecord]]]] = []
+        size = 0
         while self._waiting and (not group or size + len(self._waiting[0][0]) <= GROUP_MAX):
             request = self._waiting.pop(0)
             group.append(request)

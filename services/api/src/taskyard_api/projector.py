@@ -14,7 +14,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
-from sqlalchemy import bindparam, literal, select, update
+from sqlalchemy import Table, bindparam, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -30,7 +30,7 @@ from .models import Checkpoint, Job, JobEventRow
 log = logging.getLogger("taskyard.api.projector")
 COALESCE_S = 0.05
 
-_jobs = Job.__table__
+_jobs: Table = Job.__table__  # type: ignore[assignment]  # a declarative model's Table
 _updates: dict[tuple[tuple[str, ...], bool], Any] = {}
 
 

@@ -8,24 +8,24 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from taskyard_common.nats_util import wait_acks
-from taskyard_common.schemas import JobEvent, JobSpec
+from taskyard_common.schemas import Backoff, JobEvent, JobSpec
 from taskyard_common.topology import Topology, ensure_queue
 
-from .models import Job
+from .lifecycle import JobRecord
 
 log = logging.getLogger("taskyard.api.publisher")
 
 
-def spec_of(job: Job) -> JobSpec:
+def spec_of(job: JobRecord) -> JobSpec:
     return JobSpec(
         id=job.id,
         type=job.type,
         payload=job.payload,
         queue=job.queue,
-        priority=job.priority,
+        priority=job.priority,  # type: ignore[arg-type]  # stored from a validated Priority
         timeout_s=job.timeout_s,
         max_attempts=job.max_attempts,
-        backoff=job.backoff,
+        backoff=Backoff.model_validate(job.backoff),
         labels=job.labels,
         submitted_at=job.created_at,
         generation=job.generation,
@@ -45,7 +45,7 @@ class Publisher:
             self._queues.add(queue)
 
     async def publish_jobs(
-        self, jobs: list[Job], announcements: list[JobEvent]
+        self, jobs: list[JobRecord], announcements: list[JobEvent]
     ) -> tuple[dict[str, int], list[asyncio.Future]]:
         """Publish specs with Nats-Msg-Id = job id (dedupe), each just after its announcement (the
         job's `queued` event); returns job id → stream seq of the jobs acked, and the events' futures
@@ -79,7 +79,7 @@ class Publisher:
                 seqs[job.id] = ack.seq
         return seqs, events
 
-    async def wake(self, jobs: list[Job]) -> None:
+    async def wake(self, jobs: list[JobRecord]) -> None:
         """Tell idle executors that these jobs are stored: one wake-up per queue, naming the
         priorities (executors then ask only those consumers). Core NATS, not waited for: an
         executor that misses it polls anyway."""

@@ -5,7 +5,8 @@ from fastapi.responses import JSONResponse
 
 from taskyard_common.telemetry import trace_id_of
 
-from .models import Job, JobEventRow
+from .lifecycle import JobRecord
+from .models import JobEventRow
 from .schemas import iso
 
 
@@ -17,7 +18,7 @@ class JsonAnswer(JSONResponse):
         return pydantic_core.to_json(content)
 
 
-def job_out(job: Job, timeline: list[JobEventRow] | None = None) -> dict:
+def job_out(job: JobRecord, timeline: list[JobEventRow] | None = None) -> dict:
     out = {
         "id": job.id,
         "type": job.type,
