@@ -18,12 +18,9 @@ def _json_text(value: object) -> str:
 def make_engine(settings: DbSettings) -> AsyncEngine:
     url = settings.url
     if url.startswith("sqlite"):
-        # One connection: SQLite has one writer at a time, and a pool of connections competing for
-        # it sleeps in SQLite's busy handler (growing sleeps that are not woken when the lock
-        # frees) and spreads the work over one aiosqlite thread per connection, all fighting for
-        # the GIL. Queueing on the event loop instead cut submit→start p99 at 100 jobs/s from
-        # ~850 ms to ~25 ms (docs/performance.md). Sessions are short; none is held across a wait.
-        # Inline: statements run on the loop's thread, not aiosqlite's (see sqlite_inline).
+        # One connection: SQLite has one writer at a time, and pooled connections waiting for it
+        # sleep in its busy handler instead of being woken (docs/performance.md, change 1).
+        # Sessions are short; none is held across a wait. Inline: see sqlite_inline.
         engine = create_async_engine(
             url,
             echo=settings.echo,

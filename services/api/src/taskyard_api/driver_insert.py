@@ -1,12 +1,9 @@
 """INSERT of many rows in one transaction straight through the database driver (the submit path).
 
-Through a SQLAlchemy session a one-row insert + commit cost ~1.3 ms on SQLite, of which ~1 ms was
-SQLAlchemy's own Python (session, execution context, per-row parameter processing; 5 driver calls)
-and 0.27 ms the driver: it was the largest share of submit→start latency and ~12 % of the api's CPU
-on batch submits (docs/performance.md). The SQL and the value conversion still come from SQLAlchemy
-(the table's columns, each column type's own bind processor, so JSON is stored exactly as a session
-would store it); only the execution skips it. The connection is the engine's pooled one, so on
-SQLite this queues for the single connection like every session does.
+A session's own Python was most of a one-row insert's cost (docs/performance.md, change 14). The
+SQL and the value conversion still come from SQLAlchemy (the table's columns and their bind
+processors, so JSON is stored as a session would store it); only the execution skips it, on the
+engine's pooled connection.
 """
 
 import sqlite3

@@ -47,16 +47,14 @@ class Publisher:
     async def publish_jobs(
         self, jobs: list[JobRecord], announcements: list[JobEvent]
     ) -> tuple[dict[str, int], list[asyncio.Future]]:
-        """Publish specs with Nats-Msg-Id = job id (dedupe), each just after its announcement (the
-        job's `queued` event); returns job id → stream seq of the jobs acked, and the events' futures
-        for `events_stored`.
+        """Publish specs with Nats-Msg-Id (dedupe), each just after its announcement (the job's
+        `queued` event); returns job id → stream seq of the jobs acked, and the events' futures for
+        `events_stored`. Jobs whose publish failed are left out: they stay due in the outbox.
 
-        An idle executor has the job as soon as JetStream stores it, before this API has the ack.
-        Sent right behind the job, the `queued` event was still stored after the executor's
-        `started` now and then (1 of 6 runs of 40 jobs in the test); sent first, on the same
-        connection, it never was (22 runs). Jobs whose publish failed are left out of the result:
-        they stay `pending` for the outbox reconciler. The event carries a Nats-Msg-Id too, so the
-        outbox sending both again stores no second `queued` (within EVENTS' duplicate window, 2 min).
+        The event goes first, on the same connection: an idle executor has the job as soon as
+        JetStream stores it, and its `started` must not land in EVENTS ahead of the `queued`
+        (docs/architecture.md, "Submit: outbox"). The event carries a Nats-Msg-Id too, so the
+        outbox sending both again stores no second `queued` (within EVENTS' duplicate window).
         """
         for queue in {j.queue for j in jobs}:
             await self.ensure_queue(queue)

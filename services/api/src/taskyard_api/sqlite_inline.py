@@ -1,14 +1,10 @@
 """A SQLite connection that runs each call on the event loop's own thread, for SQLAlchemy's
 aiosqlite dialect (`create_async_engine(..., async_creator=...)`).
 
-aiosqlite runs every call (cursor, execute, fetch, close, commit, rollback) on a worker thread and
-wakes the loop through its self-pipe when it is done: ~12 such hops per submitted job, each costing
-more CPU on this kind of VM (a futex wake, a socket write, a loop turn) than the SQLite work it
-carries, which for Taskyard's statements is tens of microseconds (docs/performance.md, change 16).
-Here the same calls complete before returning, so a statement costs what SQLite costs. The price:
-while a statement runs the loop waits, so a long one (a big listing, a WAL checkpoint) delays
-everything else for its duration. SQLite is the single-process laptop default; PostgreSQL is the
-database for load.
+aiosqlite hops to a worker thread and back for every call, which costs more than the SQLite work
+of Taskyard's statements (docs/performance.md, change 16). The price: while a statement runs the
+loop waits, so a long one delays everything else. SQLite is the one-process laptop default;
+PostgreSQL is the database for load.
 """
 
 import sqlite3
