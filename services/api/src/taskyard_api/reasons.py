@@ -5,6 +5,7 @@ conclusion it draws from them is made here, so each reason code can be checked b
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 from .position import Position
 from .schemas import iso
@@ -15,7 +16,7 @@ def seconds_text(value: float) -> str:
     return f"{value:.1f}s" if value < 10 else f"{value:.0f}s"
 
 
-def reason(code: str, message: str, **evidence) -> dict:
+def reason(code: str, message: str, **evidence: Any) -> dict[str, Any]:
     return {"code": code, "message": message, "evidence": evidence}
 
 
@@ -87,7 +88,12 @@ def queued_reason(
     live = [w for w in serving if w.live]
     slots = sum(w.heartbeat.slots for w in live)
     busy = sum(len(w.heartbeat.running) for w in live)
-    out = {"queue_position": pos.position, "eta_seconds": None, "eta_range": None, "waiting_reason": None}
+    out: dict[str, Any] = {
+        "queue_position": pos.position,
+        "eta_seconds": None,
+        "eta_range": None,
+        "waiting_reason": None,
+    }
     if pos.position is not None:
         out["eta_seconds"], out["eta_range"] = eta(pos.position, [rate_long, rate_short], slots - busy)
 
