@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from taskyard import AsyncClient, Client, TaskyardError
+from taskyard_common.embedded import free_port
 
 
 def cli(stack, *args: str, key: str | None = None) -> subprocess.CompletedProcess:
@@ -73,3 +74,17 @@ async def test_sdk_sync_and_async(stack):
         jobs = await client.submit_batch([{"type": "noop"}, {"type": "noop"}])
         finals = [await client.wait(j["id"], timeout=30) for j in jobs]
         assert {j["status"] for j in finals} == {"succeeded"}
+
+
+def test_cli_unreachable_exits_4_with_one_line_and_no_traceback():
+    url = f"http://127.0.0.1:{free_port()}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "taskyard", "--url", url, "--api-key", "k", "status", "01J"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 4
+    assert proc.stdout == ""
+    assert proc.stderr.startswith(f"error: cannot reach Taskyard API at {url}: ")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

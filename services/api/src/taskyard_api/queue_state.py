@@ -12,7 +12,6 @@ import json
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
 
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -26,18 +25,11 @@ from taskyard_common.topology import (
     oldest_waiting_age_s,
 )
 
+from .position import Position, from_direct_get, rates_over, without_lookup
+
 log = logging.getLogger("taskyard.api.queues")
 RATE_WINDOW_S = 60.0
 SHORT_WINDOW_S = 10.0
-
-
-@dataclass(frozen=True)
-class Position:
-    """Jobs that will be delivered before this one (0 = next), or why there is no position."""
-
-    position: int | None
-    higher: int = 0
-    state: str = "waiting"  # waiting | in_flight | gone
 
 
 class QueueState:
@@ -125,21 +117,8 @@ class QueueState:
 
     def rates(self, queue: str, window_s: float = RATE_WINDOW_S) -> tuple[float, float]:
         """(deliveries/s, arrivals/s) of a queue over the last `window_s`, all priorities."""
-        out = arrivals = 0.0
-        for priority in PRIORITIES:
-            samples = self._samples.get((queue, priority))
-            if not samples:
-                continue
-            newest = samples[-1]
-            oldest = next((s for s in samples if newest[0] - s[0] <= window_s), newest)
-            span = newest[0] - oldest[0]
-            if span <= 0:
-                continue
-            delivered = newest[1] - oldest[1]
-            out += delivered / span
-            # Arrivals = what was delivered plus how much the backlog grew (cancels count as 0).
-            arrivals += max(0, delivered + newest[2] - oldest[2]) / span
-        return out, arrivals
+        per_priority = [rates_over(self._samples.get((queue, p), ()), window_s) for p in PRIORITIES]
+        return sum(r[0] for r in per_priority), sum(r[1] for r in per_priority)
 
     def queues(self) -> list[str]:
         return sorted({q for q, _ in self._snaps})
@@ -147,21 +126,12 @@ class QueueState:
     async def position(self, queue: str, priority: str, seq: int) -> Position:
         """Exact position of stream sequence `seq` (see NATS_NOTES: Direct Get + num_pending)."""
         snaps = await self.queue_snapshot(queue)
-        own = snaps.get(priority)
-        if own is None:
-            return Position(None, state="gone")
-        if seq <= own.delivered_stream_seq:
-            return Position(None, state="in_flight")
+        if settled := without_lookup(snaps.get(priority), seq):
+            return settled
         subject = self.topo.job_subject(queue, priority)
         body = json.dumps({"seq": seq, "next_by_subj": subject, "batch": 1}).encode()
         reply = await self.nc.request(f"$JS.API.DIRECT.GET.{self.topo.jobs_stream}", body, timeout=5)
-        headers = reply.headers or {}
-        if headers.get("Status") or int(headers.get("Nats-Sequence", 0)) != seq:
-            return Position(None, state="gone")
-        after = int(headers.get("Nats-Num-Pending", 0))
-        higher = sum(snaps[p].num_pending for p in PRIORITIES[: PRIORITIES.index(priority)] if p in snaps)
-        # Clamp: the cached num_pending may be a moment older than the Direct Get.
-        return Position(higher + max(0, own.num_pending - 1 - after), higher=higher)
+        return from_direct_get(snaps, priority, seq, reply.headers or {})
 
     async def oldest_ages_s(self, snaps: list[ConsumerSnap]) -> list[float]:
         """Age of the oldest never-delivered job of each consumer (0 when none), read concurrently."""

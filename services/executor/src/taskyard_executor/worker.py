@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 
@@ -29,16 +28,11 @@ from .errors import JobError, ResultTooLarge, as_job_error
 from .logsink import Emitter
 from .pull_marks import EmptyMarks
 from .registry import Registry, invoke
+from .retry_policy import after_failure, lost_on_last_attempt
 from .settings import ExecutorSettings
 
 log = logging.getLogger("taskyard.executor")
 _tracer = tracer("taskyard.executor")
-
-
-def backoff_delay(spec: JobSpec, attempt: int) -> float:
-    """Exponential backoff with full jitter, capped."""
-    b = spec.backoff
-    return random.uniform(0, min(b.max_s, b.base_s * b.factor ** max(0, attempt - 1)))
 
 
 @dataclass
@@ -256,7 +250,7 @@ class Worker:
         run = Running(spec, msg, attempt)
         self.running[spec.id] = run
         try:
-            if attempt > spec.max_attempts:
+            if lost_on_last_attempt(attempt, spec.max_attempts):
                 # The previous attempt's worker died (no outcome was reported): nothing left to try.
                 error = {
                     "type": "WorkerLost",
@@ -380,10 +374,9 @@ class Worker:
         spec = run.spec
         error = err.to_dict()
         self.failed += 1
-        if err.retryable and run.attempt < spec.max_attempts:
-            delay = (
-                err.defer_s if getattr(err, "defer_s", None) is not None else backoff_delay(spec, run.attempt)
-            )
+        decision = after_failure(err, run.attempt, spec)
+        if decision.outcome == "retrying":
+            delay = decision.delay_s
             await self.emitter.event(
                 self._event(
                     run, "retrying", error=error, delay_s=round(delay, 3), next_at=time.time() + delay
@@ -393,7 +386,7 @@ class Worker:
             run.outcome = "retrying"
             await run.msg.nak(delay=delay)
             return
-        if err.retryable:
+        if decision.outcome == "dead":
             await self._dead(run, error)
         else:
             await self._finish(run, "failed", ack="term", error=error)

@@ -1,0 +1,72 @@
+"""Queue position and rate arithmetic from plain consumer numbers (no NATS calls here).
+
+QueueState reads the consumers and asks the Direct Get; the formulas (NATS_NOTES, "Exact queue
+position") live here so they can be checked with hand-built numbers:
+
+- no consumer for the job's queue × priority: the job is gone;
+- stream sequence ≤ the consumer's `delivered.stream_seq`: it was delivered (in flight);
+- Direct Get `{"seq": S, "next_by_subj": subject}` answering another sequence (or a status): gone;
+- else position = Σ num_pending of higher priorities + max(0, num_pending − 1 − Nats-Num-Pending).
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from taskyard_common.topology import PRIORITIES, ConsumerSnap
+
+
+@dataclass(frozen=True)
+class Position:
+    """Jobs that will be delivered before this one (0 = next), or why there is no position."""
+
+    position: int | None
+    higher: int = 0
+    state: str = "waiting"  # waiting | in_flight | gone
+
+
+GONE = Position(None, state="gone")
+IN_FLIGHT = Position(None, state="in_flight")
+
+
+def without_lookup(own: ConsumerSnap | None, seq: int) -> Position | None:
+    """The answer the job's own consumer gives alone (gone, in flight), or None: ask the stream."""
+    if own is None:
+        return GONE
+    if seq <= own.delivered_stream_seq:
+        return IN_FLIGHT
+    return None
+
+
+def higher_pending(snaps: Mapping[str, ConsumerSnap], priority: str) -> int:
+    """Never-delivered jobs of the priorities above `priority`: strict priority serves them first."""
+    return sum(snaps[p].num_pending for p in PRIORITIES[: PRIORITIES.index(priority)] if p in snaps)
+
+
+def from_direct_get(
+    snaps: Mapping[str, ConsumerSnap], priority: str, seq: int, headers: Mapping[str, str]
+) -> Position:
+    """Position of stream sequence `seq` from the Direct Get reply headers (see module docstring)."""
+    if headers.get("Status") or int(headers.get("Nats-Sequence", 0)) != seq:
+        return GONE
+    after = int(headers.get("Nats-Num-Pending", 0))
+    higher = higher_pending(snaps, priority)
+    # Clamp: the cached num_pending may be a moment older than the Direct Get.
+    return Position(higher + max(0, snaps[priority].num_pending - 1 - after), higher=higher)
+
+
+Sample = tuple[float, int, int]  # (monotonic time, delivered consumer seq, num_pending)
+
+
+def rates_over(samples: Sequence[Sample], window_s: float) -> tuple[float, float]:
+    """(deliveries/s, arrivals/s) of one consumer between its newest sample and the oldest one at
+    most `window_s` before it; (0, 0) without two samples apart in time."""
+    if not samples:
+        return 0.0, 0.0
+    newest = samples[-1]
+    oldest = next((s for s in samples if newest[0] - s[0] <= window_s), newest)
+    span = newest[0] - oldest[0]
+    if span <= 0:
+        return 0.0, 0.0
+    delivered = newest[1] - oldest[1]
+    # Arrivals = what was delivered plus how much the backlog grew (cancels count as 0).
+    return delivered / span, max(0, delivered + newest[2] - oldest[2]) / span

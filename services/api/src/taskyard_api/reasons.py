@@ -1,0 +1,148 @@
+"""Why a job is not running yet, decided from plain values: no NATS, no database, no clock.
+
+waiting.explain gathers the inputs (events, queue position, consumers, workers, rates); every
+conclusion it draws from them is made here, so each reason code can be checked by hand.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+from .position import Position
+from .schemas import iso
+from .workers import WorkerView
+
+
+def seconds_text(value: float) -> str:
+    return f"{value:.1f}s" if value < 10 else f"{value:.0f}s"
+
+
+def reason(code: str, message: str, **evidence: Any) -> dict[str, Any]:
+    return {"code": code, "message": message, "evidence": evidence}
+
+
+def eta(position: int, rates: Sequence[float], free_slots: int) -> tuple[float | None, list[float] | None]:
+    """Seconds until this job starts: (position + 1) / recent start rate, as a range over windows.
+
+    `rates` are start rates over the long then the short window; the estimate uses the last one.
+    Without any start lately it is 0 when a slot is free for it, else unknown.
+    """
+    live = [r for r in rates if r > 0]
+    if not live:
+        return (0.0, [0.0, 0.0]) if free_slots > position else (None, None)
+    ahead = position + 1
+    lo, hi = ahead / max(live), ahead / min(live)
+    return round(ahead / live[-1], 1), [round(lo, 1), round(hi, 1)]
+
+
+def publishing_reason(outbox_at: float) -> dict:
+    """Stored but not yet in NATS: the outbox holds it since `outbox_at`."""
+    return reason(
+        "publishing",
+        "Accepted and stored; being handed to NATS (the outbox publishes it if the first try failed).",
+        since=iso(outbox_at),
+    )
+
+
+def retry_reason(attempt: int, max_attempts: int, retrying: dict, now: float) -> dict:
+    """A failed attempt waits out its backoff; `retrying` is the data of the last `retrying` event."""
+    next_at = retrying.get("next_at")
+    error = (retrying.get("error") or {}).get("message", "an error")
+    when = f"next try at {iso(next_at)} (in {max(0, next_at - now):.0f}s)" if next_at else "next try soon"
+    return reason(
+        "retry_backoff",
+        f"Attempt {attempt} of {max_attempts} failed ({error}); {when}.",
+        attempt=attempt,
+        next_at=iso(next_at),
+        error=error,
+    )
+
+
+def checkpoint_reason(ck: dict) -> dict:
+    """Parked at a checkpoint; `ck` is the `checkpoint` of the last `waiting` event."""
+    question = ck.get("kind") == "question"
+    who = ", ".join(ck.get("approvers") or ["admin"])
+    what = f"an answer to {ck.get('message')!r}" if question else f"approval of `{ck.get('name')}`"
+    return reason(
+        "waiting_answer" if question else "waiting_approval",
+        f"Waiting for {what} by {who} (expires at {iso(ck.get('expires_at'))}); it holds no worker slot.",
+        checkpoint_id=ck.get("id"),
+        name=ck.get("name"),
+        approvers=ck.get("approvers"),
+        expires_at=iso(ck.get("expires_at")),
+    )
+
+
+def queued_reason(
+    queue: str,
+    pos: Position,
+    paused: bool,
+    serving: Sequence[WorkerView],
+    rate_long: float,
+    rate_short: float,
+) -> dict:
+    """Position, ETA and reason of a job in NATS: `serving` are the workers listed for its queue
+    (live or not), `rate_long`/`rate_short` the queue's start rates over the long/short window.
+
+    The first that applies wins: queue_paused, starting, no_workers, all_busy, behind_others, next.
+    """
+    live = [w for w in serving if w.live]
+    slots = sum(w.heartbeat.slots for w in live)
+    busy = sum(len(w.heartbeat.running) for w in live)
+    out: dict[str, Any] = {
+        "queue_position": pos.position,
+        "eta_seconds": None,
+        "eta_range": None,
+        "waiting_reason": None,
+    }
+    if pos.position is not None:
+        out["eta_seconds"], out["eta_range"] = eta(pos.position, [rate_long, rate_short], slots - busy)
+
+    if paused:
+        out["waiting_reason"] = reason(
+            "queue_paused", f"Queue `{queue}` is paused by an admin; resume it to continue."
+        )
+    elif pos.state == "in_flight":
+        out["waiting_reason"] = reason("starting", "Delivered to a worker; it is starting now.")
+    elif not live:
+        out["waiting_reason"] = _no_workers(queue, [w for w in serving if not w.live])
+    elif busy >= slots:
+        next_free = f"; next free slot expected in ~{seconds_text(1 / rate_long)}" if rate_long > 0 else ""
+        out["waiting_reason"] = reason(
+            "all_busy",
+            f"All {slots} slots on {len(live)} worker(s) serving `{queue}` are busy; position {pos.position}{next_free}.",
+            slots=slots,
+            busy=busy,
+            workers=len(live),
+            position=pos.position,
+        )
+    elif pos.position:
+        eta_s = out["eta_seconds"]
+        eta_text = f"; ETA ~{seconds_text(eta_s)}" if eta_s is not None else ""
+        out["waiting_reason"] = reason(
+            "behind_others",
+            f"{pos.position} job(s) will start before it ({pos.higher} of higher priority){eta_text}.",
+            position=pos.position,
+            higher_priority=pos.higher,
+            slots=slots,
+            busy=busy,
+        )
+    else:
+        out["waiting_reason"] = reason(
+            "next", f"Next in line; {slots - busy} free slot(s) on queue `{queue}`."
+        )
+    return out
+
+
+def _no_workers(queue: str, not_live: Sequence[WorkerView]) -> dict:
+    """Nobody live serves the queue; name the most recently seen worker (gone or draining) if any."""
+    start = f"Start one: python -m taskyard_executor --queues {queue}"
+    if not not_live:
+        return reason("no_workers", f"No worker is serving queue `{queue}`. {start}")
+    last = min(not_live, key=lambda w: w.age_s)
+    return reason(
+        "no_workers",
+        f"No live worker serves queue `{queue}`; the last one ({last.heartbeat.id}) was {last.state}, "
+        f"last seen {last.age_s:.0f}s ago. {start}",
+        last_worker=last.heartbeat.id,
+        last_seen_s=round(last.age_s, 1),
+    )
