@@ -126,6 +126,10 @@ def test_ui_users_are_counted_per_address_and_sign_in_during_a_brute_force(stack
     with httpx.Client(base_url=ui.url, timeout=30) as c:
         codes = [sign_in(c, guessed_key(), attacker).status_code for _ in range(30)]
         assert codes[:20] == [401] * 20 and set(codes[20:]) == {429}
+        # And straight at the API from the UI's own address: a UI call that did not name its user
+        # would now be refused with 429.
+        with httpx.Client(base_url=stack.api.url, timeout=30) as direct:
+            assert {attempt(direct, guessed_key()) for _ in range(25)} == {401, 429}
         # Someone else mistyping their key is told so, not rate limited with the attacker.
         typo = sign_in(c, guessed_key(), user)
         assert typo.status_code == 401 and "not accepted" in typo.text
@@ -134,3 +138,11 @@ def test_ui_users_are_counted_per_address_and_sign_in_during_a_brute_force(stack
             assert ok.status_code == 303 and ok.headers["location"] == "/", ok.text[:500]
             page = c.get("/", headers={"X-Forwarded-For": address})  # the cookie is in the jar
             assert page.status_code == 200, page.text[:500]
+    # The streams (live views, log relay) pass the user's address on too: a stale key there is
+    # "signed out", not rate limited with the attacker.
+    with httpx.Client(base_url=ui.url, timeout=30, cookies={"taskyard_key": guessed_key()}) as c:
+        logs = c.get("/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV/logs/stream", headers={"X-Forwarded-For": user})
+        assert logs.status_code == 401, logs.text
+        with c.stream("GET", "/live/dashboard", headers={"X-Forwarded-For": user}) as live:
+            events = (line for line in live.iter_lines() if line.startswith("event:"))
+            assert next(events) == "event: signed-out"
