@@ -127,6 +127,11 @@ class Stack:
         svc = self.spawn("executor", "taskyard_executor", args, "TASKYARD_EXECUTOR_PORT", **env)
         return self.wait_ready(svc) if wait else svc
 
+    def start_ui(self, wait: bool = True, **env: str) -> Service:
+        """The web UI against this stack's API (start_api() first)."""
+        svc = self.spawn("ui", "taskyard_ui", [], "TASKYARD_UI_PORT", TASKYARD_UI_API_URL=self.api.url, **env)
+        return self.wait_ready(svc) if wait else svc
+
     @property
     def api(self) -> Service:
         assert self._api is not None, "start_api() first"

@@ -7,6 +7,7 @@ import ast
 import functools
 import importlib.metadata
 import importlib.util
+import ipaddress
 import json
 import os
 import re
@@ -464,8 +465,8 @@ def test_migrate_runs_as_a_job(rendered):
 
 def test_prod_overlay_replicates_and_dev_runs_everything(rendered):
     prod, dev = rendered["prod"], rendered["dev"]
-    (config,) = by_kind(prod, "ConfigMap").values()
-    assert config["data"]["TASKYARD_NATS_REPLICAS"] == "3"
+    configs = {name.rsplit("-", 1)[0]: o["data"] for name, o in by_kind(prod, "ConfigMap").items()}
+    assert configs["taskyard-config"]["TASKYARD_NATS_REPLICAS"] == "3"
     assert by_kind(prod, "Deployment")["taskyard-api"]["spec"]["replicas"] >= 2
     assert "taskyard-db" not in {name.rsplit("-", 1)[0] for name in by_kind(prod, "Secret")}, (
         "prod reads the database URL from a Secret created out of band"
@@ -473,6 +474,36 @@ def test_prod_overlay_replicates_and_dev_runs_everything(rendered):
     assert {"nats", "postgres"} <= set(by_kind(dev, "Deployment")), "dev runs NATS and PostgreSQL itself"
     for objects in (prod, dev):
         assert all(o["metadata"].get("namespace", NAMESPACE) == NAMESPACE for o in objects)
+
+
+def test_forwarded_addresses_are_believed_only_from_configured_proxies(rendered):
+    """The UI pods and the ingress controller (the pod network) in the overlays; nobody in the base."""
+    for build, objects in rendered.items():
+        proxies = {name.rsplit("-", 1)[0]: o["data"] for name, o in by_kind(objects, "ConfigMap").items()}
+        proxies = proxies["taskyard-proxies"]
+        for service, setting in (
+            ("api", "TASKYARD_API_FORWARDED_ALLOW_IPS"),
+            ("ui", "TASKYARD_UI_FORWARDED_ALLOW_IPS"),
+        ):
+            (container,) = pod_specs(objects)[f"Deployment/taskyard-{service}"]["containers"]
+            (ref,) = [e["valueFrom"]["configMapKeyRef"] for e in container["env"] if e["name"] == setting]
+            assert ref["name"].startswith("taskyard-proxies-") and ref["key"] == service, build
+            trusted = ApiSettings(forwarded_allow_ips=proxies[service]).trusted_proxies
+            if build.startswith("base"):
+                assert trusted == [], build
+            else:  # the kubeadm/kind/minikube pod network, nothing wider
+                assert "10.244.0.0/16" in trusted and "0.0.0.0/0" not in trusted, build
+
+
+@pytest.mark.parametrize("variant", ["single", "cluster"])
+def test_compose_api_believes_forwarded_addresses_from_the_ui_only(variant):
+    model = compose_model(*COMPOSE_VARIANTS[variant])
+    services = model["services"]
+    ui_address = services["ui"]["networks"]["default"]["ipv4_address"]
+    assert services["api"]["environment"]["TASKYARD_API_FORWARDED_ALLOW_IPS"] == ui_address
+    (subnet,) = [c["subnet"] for c in model["networks"]["default"]["ipam"]["config"]]
+    assert ipaddress.ip_address(ui_address) in ipaddress.ip_network(subnet)
+    assert services["ui"]["environment"]["TASKYARD_UI_FORWARDED_ALLOW_IPS"] == ""
 
 
 def test_keda_scales_executors_on_the_default_queue_consumers(rendered):

@@ -63,15 +63,7 @@ def page(browser: Browser):
 
 def start_ui(stack: Stack) -> Service:
     stack.start_api()
-    ui = stack.spawn(
-        "ui",
-        "taskyard_ui",
-        [],
-        "TASKYARD_UI_PORT",
-        TASKYARD_UI_API_URL=stack.api.url,
-        TASKYARD_UI_LIVE_INTERVAL_S="0.3",
-    )
-    return stack.wait_ready(ui)
+    return stack.start_ui(TASKYARD_UI_LIVE_INTERVAL_S="0.3")
 
 
 def sign_in(page: Page, ui: Service, key: str) -> None:

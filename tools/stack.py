@@ -111,7 +111,17 @@ class Launcher:
         a, p = self.args, self.ports
         self.nats.start()
         self.run_once("taskyard_api", "migrate")
-        self.spawn("api", "taskyard_api", "TASKYARD_API_PORT", self.ports["api"])
+        # The UI calls the API from 127.0.0.1 and names each browser in X-Forwarded-For: trusting it
+        # from 127.0.0.1 counts failed keys per browser (any local process may then name one; on a
+        # laptop those are the user's own). docs/operations.md, "Client addresses behind proxies".
+        trust = os.environ.get("TASKYARD_API_FORWARDED_ALLOW_IPS", "127.0.0.1")
+        self.spawn(
+            "api",
+            "taskyard_api",
+            "TASKYARD_API_PORT",
+            self.ports["api"],
+            TASKYARD_API_FORWARDED_ALLOW_IPS=trust,
+        )
         self.wait_ready("api", self.ports["api"])
         key = self.admin_key()
         for i in range(a.executors):

@@ -49,7 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
 
     settings = ApiSettings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    # proxy_headers off: uvicorn's default trusts X-Forwarded-For from 127.0.0.1 (any local
+    # process could pick its own address); the app honours it only from forwarded_allow_ips.
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level="warning", proxy_headers=False
+    )
     return 0
 
 

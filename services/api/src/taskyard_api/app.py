@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import text
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from taskyard_common.nats_util import connect
 from taskyard_common.settings import DbSettings, NatsSettings
@@ -121,6 +122,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.submit_limit = TokenBucket(settings.submit_rate_per_s, settings.submit_burst)
     app.state.auth_failures = FailureLimiter(settings.auth_failures_limit, settings.auth_failures_window_s)
     app.add_middleware(MetricsMiddleware)
+    if settings.trusted_proxies:  # added last: outermost, so everything inside sees the real client
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     errors.install(app)
     app.include_router(routes_jobs.router)
     app.include_router(routes_keys.router)

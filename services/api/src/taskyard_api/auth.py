@@ -1,6 +1,8 @@
 """API keys: stored as SHA-256 hashes (keys are 256-bit random, so a slow hash buys nothing)."""
 
 import hashlib
+import ipaddress
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -10,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .models import ApiKey
+from .ratelimit import too_many
 
 ROLES = ("viewer", "submitter", "admin")
 _RANK = {role: i for i, role in enumerate(ROLES)}
@@ -88,6 +91,35 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
+# `ty_<12-hex id>_<secret>` (create_key); the id is public-ish (listed to admins), the secret is not.
+_KEY_ID = re.compile(r"^ty_([0-9a-f]{12})_")
+
+
+def client_bucket(host: str) -> str:
+    """The failure bucket of a client address: IPv6 by /64 (one subscriber's usual allocation)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return f"addr:{host[:64]}"  # not an address (a proxy sent something else): still bounded
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped:
+            return f"addr:{ip.ipv4_mapped}"
+        return f"addr:{ipaddress.IPv6Network((ip, 64), strict=False)}"
+    return f"addr:{ip}"
+
+
+def failure_buckets(host: str, key: str) -> list[str]:
+    """Where a failed attempt counts: its client address, and the key id it claims (if it has one).
+
+    The address bucket catches one client trying many keys (random ids or one id); the id bucket
+    catches many addresses guessing the secret of one real key.
+    """
+    buckets = [client_bucket(host)]
+    if match := _KEY_ID.match(key):
+        buckets.append(f"id:{match[1]}")
+    return buckets
+
+
 def require(role: str):
     """FastAPI dependency: a valid, unrevoked key with at least `role`."""
 
@@ -95,12 +127,14 @@ def require(role: str):
         key = _presented_key(request)
         if not key:
             raise HTTPException(401, "missing API key: send 'Authorization: Bearer <key>'")
-        client = request.client.host if request.client else "?"
-        failures = request.app.state.auth_failures
-        failures.check(client)  # brute force: a client guessing keys is slowed to a crawl
+        # The key is checked before any limit: a valid key is always admitted, so a client guessing
+        # keys (even from the same address, even for the same key id) never locks its owner out.
         principal = await request.app.state.keys.lookup(key)
         if principal is None:
-            failures.failed(client)
+            host = request.client.host if request.client else "?"
+            wait = request.app.state.auth_failures.failed(failure_buckets(host, key))
+            if wait:
+                raise too_many(wait, "too many invalid API keys from this client or for this key id")
             raise HTTPException(401, "unknown or revoked API key")
         if not principal.at_least(role):
             raise HTTPException(

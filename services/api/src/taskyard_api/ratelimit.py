@@ -2,6 +2,8 @@
 
 import math
 import time
+from collections import OrderedDict
+from collections.abc import Iterable
 
 from fastapi import HTTPException
 
@@ -35,26 +37,35 @@ def too_many(wait_s: float, what: str) -> HTTPException:
 
 
 class FailureLimiter:
-    """After `limit` unknown-key attempts from one client within `window_s`, refuse it for the window."""
+    """Failed key attempts, counted per bucket (a client address, a key id); a full bucket gets 429.
 
-    def __init__(self, limit: int, window_s: float) -> None:
-        self.limit, self.window_s = limit, window_s
-        self._failures: dict[str, list[float]] = {}
+    Only failures are counted and only failures are refused: the caller checks the key first and
+    admits a valid one whatever the buckets hold, so nobody's bad keys ever lock a valid key out.
+    A bucket is a fixed window (its first failure + `window_s`) with a count, and at most
+    `max_buckets` are kept, the least recently failing dropped first: an attacker sending random key
+    ids cannot grow memory without bound, and cannot push out its own address's bucket with them
+    (that bucket fails on every attempt, so it is always the most recent).
+    """
 
-    def check(self, client: str) -> None:
-        recent = self._recent(client)
-        if len(recent) >= self.limit:
-            raise too_many(
-                recent[0] + self.window_s - time.monotonic(), "too many invalid API keys from this client"
-            )
+    def __init__(self, limit: int, window_s: float, max_buckets: int = 50_000) -> None:
+        self.limit, self.window_s, self.max_buckets = limit, window_s, max_buckets
+        self._buckets: OrderedDict[str, tuple[float, int]] = OrderedDict()  # name -> (window end, count)
 
-    def failed(self, client: str) -> None:
-        recent = self._recent(client)
-        recent.append(time.monotonic())
-        if len(self._failures) > 100_000:
-            self._failures.clear()
-        self._failures[client] = recent
+    def failed(self, buckets: Iterable[str]) -> float:
+        """Count one failure in each bucket; the seconds to wait if one is now past the limit, else 0."""
+        now = time.monotonic()
+        wait = 0.0
+        for name in buckets:
+            ends, count = self._buckets.pop(name, (0.0, 0))
+            if ends <= now:
+                ends, count = now + self.window_s, 0
+            count += 1
+            self._buckets[name] = (ends, count)  # re-inserted: now the most recent
+            if count > self.limit:
+                wait = max(wait, ends - now)
+        while len(self._buckets) > self.max_buckets:
+            self._buckets.popitem(last=False)
+        return wait
 
-    def _recent(self, client: str) -> list[float]:
-        cutoff = time.monotonic() - self.window_s
-        return [t for t in self._failures.get(client, []) if t > cutoff]
+    def __len__(self) -> int:
+        return len(self._buckets)

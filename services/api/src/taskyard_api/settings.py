@@ -1,9 +1,23 @@
 """API settings (TASKYARD_API_*)."""
 
+import ipaddress
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def proxy_list(value: str) -> list[str]:
+    """`"10.0.0.5, 10.244.0.0/16"` as a list; ValueError naming an entry that is no IP or network."""
+    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"forwarded_allow_ips: {entry!r} is not an IP address or network (CIDR)"
+            ) from None
+    return entries
 
 
 class ApiSettings(BaseSettings):
@@ -38,11 +52,26 @@ class ApiSettings(BaseSettings):
     # Jobs a key may submit per second (a batch costs its size), with this much burst; per replica.
     submit_rate_per_s: float = Field(10_000.0, gt=0)
     submit_burst: float = Field(50_000.0, gt=0)
-    # Invalid keys from one client address before it gets 429s for the rest of the window.
+    # Invalid keys from one client address (or for one key id) before further invalid keys from it
+    # get 429 for the rest of the window; a valid key is never refused by this.
     auth_failures_limit: int = Field(20, ge=1)
     auth_failures_window_s: float = Field(60.0, gt=0)
+    # Peers (IPs or CIDRs, comma-separated) whose X-Forwarded-For names the client: the UI, an
+    # ingress, a reverse proxy. Empty: the header is ignored from everyone, and the TCP peer is the
+    # client (uvicorn's own default trusts it from 127.0.0.1, i.e. from any local process).
+    forwarded_allow_ips: str = ""
     # Fault injection for the outbox test: exit right after the pending row is committed.
     fault_crash_after_insert: bool = False
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, value: str) -> str:
+        proxy_list(value)
+        return value
+
+    @property
+    def trusted_proxies(self) -> list[str]:
+        return proxy_list(self.forwarded_allow_ips)
 
     def production_problems(self, db_url: str) -> list[str]:
         """Why this configuration must not run in production (empty when it may)."""

@@ -14,7 +14,15 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    # proxy_headers off: uvicorn's default trusts X-Forwarded-For from 127.0.0.1; the app honours
+    # it only from forwarded_allow_ips (create_app).
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        proxy_headers=False,
+    )
 
 
 if __name__ == "__main__":

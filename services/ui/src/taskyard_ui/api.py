@@ -52,16 +52,29 @@ def checkpoint_path(ck_id: str, suffix: str = "") -> str:
     return f"/api/v1/checkpoints/{quote(ck_id, safe='')}{suffix}"
 
 
+def api_headers(key: str, browser: str | None) -> dict[str, str]:
+    """Headers of every API call: the user's key, and the user's address.
+
+    X-Forwarded-For names the browser, so the API counts failed keys per person rather than once
+    for the whole UI; the API believes it only from peers in its TASKYARD_API_FORWARDED_ALLOW_IPS.
+    """
+    headers = {"Authorization": f"Bearer {key}"}
+    if browser:
+        headers["X-Forwarded-For"] = browser
+    return headers
+
+
 class ApiClient:
     """Thin, typed-enough wrapper: every call raises ApiUnavailable, ApiUnauthorized or ApiError."""
 
-    def __init__(self, http: httpx.AsyncClient, key: str) -> None:
+    def __init__(self, http: httpx.AsyncClient, key: str, browser: str | None = None) -> None:
         self.http = http
         self.key = key
+        self.browser = browser
 
     @property
     def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
+        return api_headers(self.key, self.browser)
 
     async def call(self, method: str, path: str, *, params: Any = None, json: Any = None) -> Any:
         """One request; returns the decoded JSON body (None for an empty body)."""

@@ -7,6 +7,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from . import (
     routes_approvals,
@@ -47,6 +48,8 @@ def create_app(settings: UiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(SecurityHeaders)
     app.add_middleware(Telemetry)
+    if settings.trusted_proxies:  # added last: outermost, so every route sees the browser's address
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.state.who_cache = {}
     for module in (

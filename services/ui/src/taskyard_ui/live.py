@@ -23,7 +23,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .api import ApiClient, ApiError, ApiUnauthorized, ApiUnavailable
-from .web import COOKIE, digest
+from .web import COOKIE, digest, user_api
 
 log = logging.getLogger("taskyard.ui.live")
 
@@ -44,7 +44,7 @@ def live_client(request: Request) -> ApiClient | Response:
     key = request.cookies.get(COOKIE)
     if not key:
         return JSONResponse({"detail": "not signed in"}, status_code=401)
-    return ApiClient(request.app.state.http, key)
+    return user_api(request, key)
 
 
 async def _events(request: Request, produce: Producer, seen: str) -> AsyncIterator[str]:

@@ -3,8 +3,8 @@
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from .api import ApiClient, ApiError, ApiUnauthorized, ApiUnavailable
-from .web import COOKIE, render, safe_next
+from .api import ApiError, ApiUnauthorized, ApiUnavailable
+from .web import COOKIE, render, safe_next, user_api
 
 router = APIRouter()
 
@@ -32,7 +32,7 @@ async def login(request: Request, api_key: str = Form(""), next: str = Form("/")
     if not key:
         return again("Enter an API key.", 422)
     try:
-        await ApiClient(request.app.state.http, key).whoami()
+        await user_api(request, key).whoami()
     except ApiUnauthorized:
         return again("This API key was not accepted: it is unknown or revoked.", 401)
     except ApiUnavailable as err:

@@ -15,9 +15,9 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from .api import detail_of, job_path
+from .api import api_headers, detail_of, job_path
 from .telemetry import API_ERRORS
-from .web import COOKIE, JOB_ID
+from .web import COOKIE, JOB_ID, browser_address
 
 log = logging.getLogger("taskyard.ui.logs")
 router = APIRouter()
@@ -51,7 +51,7 @@ class Relay:
             "GET",
             job_path(self.job_id, "/logs/stream"),
             params={"after": str(self.after)},
-            headers={"Authorization": f"Bearer {self.key}", "Accept": "text/event-stream"},
+            headers={**api_headers(self.key, browser_address(self.request)), "Accept": "text/event-stream"},
             # No read timeout: a job may print nothing for minutes (the API sends keep-alives anyway).
             timeout=httpx.Timeout(self.request.app.state.settings.api_timeout_s, read=None),
         )

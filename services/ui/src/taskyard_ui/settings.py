@@ -1,6 +1,8 @@
 """Settings of the web UI (TASKYARD_UI_*)."""
 
-from pydantic import Field
+import ipaddress
+
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,3 +23,31 @@ class UiSettings(BaseSettings):
     live_interval_s: float = Field(2.0, gt=0, le=60)
     # How long one live connection lasts before the browser reconnects (bounds stale connections).
     live_max_s: float = Field(300.0, gt=0)
+    # Peers (IPs or CIDRs, comma-separated) whose X-Forwarded-For names the browser: an ingress or
+    # reverse proxy in front of the UI. Empty: the TCP peer is the browser. The UI passes the
+    # browser's address on to the API (X-Forwarded-For), which counts failed keys per address
+    # when it trusts the UI (TASKYARD_API_FORWARDED_ALLOW_IPS).
+    forwarded_allow_ips: str = ""
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, value: str) -> str:
+        cls.proxies(value)
+        return value
+
+    @staticmethod
+    def proxies(value: str) -> list[str]:
+        """The list in `value`; ValueError naming an entry that is no IP address or network."""
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"forwarded_allow_ips: {entry!r} is not an IP address or network (CIDR)"
+                ) from None
+        return entries
+
+    @property
+    def trusted_proxies(self) -> list[str]:
+        return self.proxies(self.forwarded_allow_ips)

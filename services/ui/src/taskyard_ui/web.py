@@ -242,6 +242,16 @@ def here(request: Request) -> str:
     return "/"
 
 
+def browser_address(request: Request) -> str | None:
+    """The user's address (the TCP peer, or what a trusted proxy in front of the UI said it is)."""
+    return request.client.host if request.client else None
+
+
+def user_api(request: Request, key: str) -> ApiClient:
+    """An API client acting for this request's user: their key, their address."""
+    return ApiClient(request.app.state.http, key, browser_address(request))
+
+
 async def api_for(request: Request) -> ApiClient:
     """FastAPI dependency: an API client with the signed-in user's key, or a trip to /login.
 
@@ -250,6 +260,6 @@ async def api_for(request: Request) -> ApiClient:
     key = request.cookies.get(COOKIE)
     if not key:
         raise NeedLogin(here(request))
-    api = ApiClient(request.app.state.http, key)
+    api = user_api(request, key)
     await whoami(request, api)
     return api
