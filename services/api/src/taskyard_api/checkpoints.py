@@ -108,7 +108,7 @@ class CheckpointService:
                 .where(Checkpoint.id == ck_id, Checkpoint.status == "pending")
                 .values(status=status, decided_at=now, decided_by=by, reason=reason, answer=answer)
             )
-            if done.rowcount != 1:
+            if done.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
                 raise Refused(f"checkpoint {ck_id} was decided concurrently")
             job = await JobStore.get(session, ck.job_id)
             failed = status in ("rejected", "expired") and (ck.on_reject == "fail" or ck.kind == "question")

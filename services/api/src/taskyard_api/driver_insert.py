@@ -61,6 +61,7 @@ class DriverInsert:
         params = self._params(rows, names, processors)
         async with self.engine.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None  # a pooled connection that is checked out is open
             try:
                 if self._sqlite:
                     # sqlite3 (inline, see sqlite_inline) opens the transaction before the INSERT.

@@ -142,7 +142,7 @@ class Projector:
         events.sort(key=lambda pair: pair[0])
         async with self.sessions() as session:
             read = select(_jobs).where(_jobs.c.id.in_({e.job_id for _, e in events}))
-            if session.bind.dialect.name == "postgresql":
+            if session.get_bind().dialect.name == "postgresql":
                 # Several API processes project at once: lock this batch's jobs (in id order, so
                 # two batches never wait on each other in a circle) and decide from their rows
                 # as they are now; another batch of the same jobs waits for this commit.
@@ -171,8 +171,8 @@ class Projector:
                 params = {f"b_{name}": value for name, value in values.items()}
                 params["b_id"] = job_id
                 by_columns.setdefault((tuple(values), not job.finished), []).append(params)
-            for (columns, unless_final), params in by_columns.items():
-                await session.execute(_update_jobs(columns, unless_final), params)
+            for (columns, unless_final), batch in by_columns.items():
+                await session.execute(_update_jobs(columns, unless_final), batch)
             if checkpoints:
                 await session.execute(_insert_ignoring(session, Checkpoint, "id"), checkpoints)
             await session.commit()
@@ -204,5 +204,5 @@ def _insert_ignoring(session: AsyncSession, model, key: str):  # noqa: ANN001
     compiled once and cached; a multi-row `.values()` compiled anew for every batch and was 12 % of
     the api's CPU under load (docs/performance.md, "What was changed").
     """
-    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     return insert(model.__table__).on_conflict_do_nothing(index_elements=[key])

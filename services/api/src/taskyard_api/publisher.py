@@ -2,10 +2,12 @@
 
 import asyncio
 import logging
+from typing import cast
 
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from taskyard_common.nats_util import wait_acks
 from taskyard_common.schemas import Backoff, JobEvent, JobSpec
@@ -74,7 +76,7 @@ class Publisher:
             if isinstance(ack, BaseException):
                 log.warning("publish of job %s failed (outbox will retry): %s", job.id, ack)
             else:
-                seqs[job.id] = ack.seq
+                seqs[job.id] = cast(PubAck, ack).seq
         return seqs, events
 
     async def wake(self, jobs: list[JobRecord]) -> None:

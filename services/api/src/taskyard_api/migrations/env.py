@@ -22,7 +22,10 @@ def _run(connection) -> None:  # noqa: ANN001
 
 
 async def _run_async() -> None:
-    engine = create_async_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise SystemExit("no database URL: set TASKYARD_DB_URL")
+    engine = create_async_engine(url)
     async with engine.connect() as connection:
         await connection.run_sync(_run)
         await connection.commit()
