@@ -23,7 +23,6 @@ from taskyard_common.settings import NatsSettings
 from taskyard_common.telemetry import setup_tracing, shutdown_tracing
 from taskyard_common.topology import QueueLimitReached, Topology, ensure_streams
 
-from . import builtins  # noqa: F401 - registers the built-in job types
 from .heartbeat import HeartbeatPublisher
 from .registry import registry
 from .settings import ExecutorSettings
