@@ -137,10 +137,8 @@ class Supervisor:
             )
             await asyncio.wait(stuck, timeout=1)
         for task in tasks:  # retrieve the outcome, so asyncio does not log "never retrieved"
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                log.warning(
-                    "%s shutdown: %s ended with %s", self.service, task.get_name(), _say(task.exception())
-                )
+            if task.done() and not task.cancelled() and (err := task.exception()) is not None:
+                log.warning("%s shutdown: %s ended with %s", self.service, task.get_name(), _say(err))
 
     async def _keep(self, entry: _Task) -> None:
         while not self._stopping:
@@ -201,7 +199,8 @@ def _counters(service: str, registry: CollectorRegistry) -> tuple[Counter, Count
 
 async def _wait(interval_s: float | None, wake: asyncio.Event | None) -> None:
     if wake is None:
-        await asyncio.sleep(interval_s)  # type: ignore[arg-type] - every() checks one is given
+        assert interval_s is not None  # every() refuses neither
+        await asyncio.sleep(interval_s)
         return
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(interval_s):
