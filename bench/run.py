@@ -46,7 +46,7 @@ from taskyard_common.embedded import EmbeddedNats, free_port, nats_server_binary
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PREFIX = "bench"
-NOT_FINAL = ("queued", "scheduled", "running", "retrying", "waiting")
+NOT_FINAL = ("queued", "running", "retrying", "waiting")
 BAD_FINAL = ("failed", "dead", "cancelled")
 # The bench client's HTTP connections; the open-loop run keeps at most this many requests in flight.
 CONNECTIONS = 32

@@ -5,7 +5,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 JOB_STATUSES = (
-    "queued", "scheduled", "running", "retrying", "waiting", "succeeded", "failed", "cancelled", "dead",
+    "queued", "running", "retrying", "waiting", "succeeded", "failed", "cancelled", "dead",
 )  # fmt: skip
 
 

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-WAITING_STATUSES = frozenset({"queued", "scheduled", "retrying", "waiting"})
+WAITING_STATUSES = frozenset({"queued", "retrying", "waiting"})
 PRIORITIES = ("high", "normal", "low")
 # RUNNING column: at most this many job ids per worker, then "+N".
 RUNNING_SHOWN = 3

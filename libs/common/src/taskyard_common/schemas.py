@@ -11,7 +11,6 @@ Priority = Literal["high", "normal", "low"]
 
 class JobState(StrEnum):
     queued = "queued"
-    scheduled = "scheduled"
     running = "running"
     retrying = "retrying"
     waiting = "waiting"

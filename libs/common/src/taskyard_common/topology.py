@@ -101,9 +101,6 @@ class Topology:
         """Core NATS, no stream: the API says "new jobs stored in `queue`" so idle executors pull."""
         return f"{self.prefix}.control.wake.{queue}"
 
-    def max_deliveries_advisory(self) -> str:
-        return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.jobs_stream}.*"
-
     def stream_configs(self) -> list[StreamConfig]:
         s, r = self.settings, self.settings.replicas
         return [

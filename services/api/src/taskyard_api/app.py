@@ -14,6 +14,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from taskyard_common.nats_util import connect
 from taskyard_common.settings import DbSettings, NatsSettings
+from taskyard_common.supervise import Supervisor
 from taskyard_common.telemetry import setup_tracing, shutdown_tracing
 from taskyard_common.topology import Topology, ensure_streams
 
@@ -27,9 +28,9 @@ from .jobs import JobService
 from .migrate import is_current
 from .projector import Projector
 from .publisher import Publisher
-from .queue_state import QueueState
+from .queue_state import SAMPLE_INTERVAL_S, QueueState
 from .ratelimit import FailureLimiter, TokenBucket
-from .retention import prune_forever
+from .retention import prune_old
 from .settings import ApiSettings
 from .views import JsonAnswer
 from .workers import WorkerRegistry
@@ -79,16 +80,22 @@ async def lifespan(app: FastAPI):
         state.js, state.topo, settings.workers_cache_s, settings.gone_keep_s, settings.stuck_min_s
     )
     state.workers.typical_duration_s = state.projector.typical_duration_s
-    projecting = asyncio.create_task(state.projector.run())
-    tasks = [
-        projecting,
-        asyncio.create_task(state.jobs.reconcile_forever()),
-        asyncio.create_task(state.queues.sample_forever()),
-        asyncio.create_task(state.checkpoints.expire_forever(settings.checkpoint_expiry_interval_s)),
-        asyncio.create_task(
-            prune_forever(state.sessions, settings.finished_jobs_max_age_s, settings.prune_interval_s)
-        ),
-    ]
+    state.supervisor = supervisor = Supervisor("api", REGISTRY)
+    # The projector finishes the batch in hand on stop (acked, not redelivered after ack_wait).
+    supervisor.start("projector", state.projector.run, stop=state.projector.stop)
+    supervisor.every("outbox", settings.outbox_interval_s, state.jobs.reconcile_once)
+    # NATS away shows in /readyz already; a failed sample needs no warning every 2 s.
+    supervisor.every(
+        "queue-sampler", SAMPLE_INTERVAL_S, state.queues.sample, at_start=True, level=logging.DEBUG
+    )
+    supervisor.every("checkpoint-expiry", settings.checkpoint_expiry_interval_s, state.checkpoints.expire_due)
+    if max_age_s := settings.finished_jobs_max_age_s:  # 0: finished jobs are kept forever
+        supervisor.every(
+            "retention",
+            settings.prune_interval_s,
+            lambda: prune_old(state.sessions, max_age_s),
+            at_start=True,
+        )
     # What is loaded by now lives as long as the process: keep it out of the cyclic GC, whose
     # full collections would otherwise walk it again and again (docs/performance.md, change 18).
     gc.freeze()
@@ -97,16 +104,8 @@ async def lifespan(app: FastAPI):
         yield
     finally:
         # The projector ends by itself within a fetch timeout (1 s), acking what it has in hand;
-        # the other loops hold nothing that is lost by cancelling them.
-        state.projector.stop()
-        for task in tasks:
-            if task is not projecting:
-                task.cancel()
-        _, stuck = await asyncio.wait(tasks, timeout=5)
-        for task in stuck:
-            task.cancel()
-        if stuck:
-            log.warning("shutdown: %d background tasks did not stop in 5 s", len(stuck))
+        # the other tasks hold nothing that is lost by cancelling them.
+        await supervisor.stop(timeout_s=5)
         try:
             await asyncio.wait_for(state.nc.drain(), 5)
         except TimeoutError:
@@ -138,6 +137,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def readyz(request: Request):
         state = request.app.state
         checks = {"nats": "ok" if state.nc.is_connected else "disconnected", "db": "ok"}
+        checks.update(state.supervisor.checks())  # a background task that died and waits to restart
         try:
             async with asyncio.timeout(3):
                 async with state.engine.connect() as conn:

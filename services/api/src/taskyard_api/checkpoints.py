@@ -1,6 +1,5 @@
 """Deciding checkpoints: approve, reject, answer, expire — then resume or fail the job."""
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -183,21 +182,17 @@ class CheckpointService:
         for kind in ("approval", "question"):
             CHECKPOINTS_PENDING.labels(kind).set(rows.get(kind, 0))
 
-    async def expire_forever(self, interval_s: float = 2.0) -> None:
-        """Checkpoints past their deadline are rejected with reason `expired`."""
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                async with self.sessions() as session:
-                    due = list(
-                        await session.scalars(
-                            select(Checkpoint.id)
-                            .where(Checkpoint.status == "pending", Checkpoint.expires_at <= time.time())
-                            .limit(100)
-                        )
-                    )
-                for ck_id in due:
-                    await self._expire(ck_id)
-                await self._count_pending()
-            except Exception as exc:  # noqa: BLE001 - DB/NATS away: try again next round
-                log.warning("checkpoint expiry failed, will retry: %s", exc)
+    async def expire_due(self) -> None:
+        """Checkpoints past their deadline are rejected with reason `expired` (a round of the
+        api's Supervisor, every checkpoint_expiry_interval_s)."""
+        async with self.sessions() as session:
+            due = list(
+                await session.scalars(
+                    select(Checkpoint.id)
+                    .where(Checkpoint.status == "pending", Checkpoint.expires_at <= time.time())
+                    .limit(100)
+                )
+            )
+        for ck_id in due:
+            await self._expire(ck_id)
+        await self._count_pending()

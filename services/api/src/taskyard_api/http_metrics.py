@@ -22,9 +22,6 @@ LATENCY = Histogram(
 CHECKPOINTS_PENDING = Gauge(
     "taskyard_checkpoints_pending", "Checkpoints waiting for a decision.", ["kind"], registry=REGISTRY
 )
-JOBS_SUBMITTED = Counter(
-    "taskyard_api_jobs_submitted_total", "Jobs accepted by this API process", registry=REGISTRY
-)
 JOBS_PRUNED = Counter(
     "taskyard_api_jobs_pruned_total",
     "Finished jobs deleted from the database by this API process (retention)",

@@ -263,16 +263,9 @@ class JobService:
         [job] = await self.publish([job])
         return job
 
-    async def reconcile_forever(self) -> None:
-        """Outbox: publish the messages a crash or a NATS outage left unpublished."""
-        while True:
-            await asyncio.sleep(self.settings.outbox_interval_s)
-            try:
-                await self.reconcile_once()
-            except Exception as exc:  # noqa: BLE001 - keep the loop alive through DB/NATS outages
-                log.warning("outbox reconcile failed, will retry: %s", exc)
-
     async def reconcile_once(self) -> int:
+        """Outbox: publish the messages a crash or a NATS outage left unpublished (every
+        outbox_interval_s, run by the api's Supervisor)."""
         async with self.sessions() as session:
             due = await JobStore.outbox_due(session, time.time() - self.settings.outbox_grace_s)
         if due:

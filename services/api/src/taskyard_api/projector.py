@@ -80,6 +80,9 @@ class Projector:
         self.typical_duration_s: dict[str, float] = {}
 
     async def run(self) -> None:
+        """Subscribe, then project until `stop()`. Run supervised (app.py): a failure (NATS away,
+        the durable consumer deleted, the database down) ends it, and the restart subscribes again,
+        which re-creates a consumer that is gone; the durable keeps our place meanwhile."""
         sub = await self.js.pull_subscribe(
             f"{self.topo.prefix}.events.>",
             durable=self.topo.projector_durable,
@@ -97,18 +100,14 @@ class Projector:
                     msgs = await sub.fetch(self.batch, timeout=1)
                 except (NatsTimeout, TimeoutError):
                     continue
-                except Exception as exc:  # noqa: BLE001 - NATS reconnecting; the durable keeps our place
-                    log.warning("projector fetch failed, retrying: %s", exc)
-                    await asyncio.sleep(1)
-                    continue
                 try:
                     await self.project(msgs)
-                except Exception as exc:  # noqa: BLE001 - DB down: hand the batch back, retry shortly
-                    log.warning("projection of %d events failed, will retry: %s", len(msgs), exc)
+                except Exception:
+                    # Hand the batch back now rather than after ack_wait; the restart retries it.
                     for msg in msgs:
-                        await msg.nak(delay=1)
-                    await asyncio.sleep(1)
-                    continue
+                        with contextlib.suppress(NatsError):
+                            await msg.nak(delay=1)
+                    raise
                 for msg in msgs:
                     await msg.ack()
                 if len(msgs) < self.batch:

@@ -30,6 +30,7 @@ from .position import Position, from_direct_get, rates_over, without_lookup
 log = logging.getLogger("taskyard.api.queues")
 RATE_WINDOW_S = 60.0
 SHORT_WINDOW_S = 10.0
+SAMPLE_INTERVAL_S = 2.0
 
 
 class QueueState:
@@ -105,15 +106,11 @@ class QueueState:
             samples.popleft()
         return snap
 
-    async def sample_forever(self, interval_s: float = 2.0) -> None:
-        """Keep rate samples flowing even when nobody asks (ETA needs a recent history)."""
-        while True:
-            try:
-                async with self._lock:
-                    await self._refresh()
-            except Exception as exc:  # noqa: BLE001 - NATS away: the next round tries again
-                log.debug("queue state sample failed: %s", exc)
-            await asyncio.sleep(interval_s)
+    async def sample(self) -> None:
+        """One sample; run every SAMPLE_INTERVAL_S so rate samples flow even when nobody asks
+        (ETA needs a recent history)."""
+        async with self._lock:
+            await self._refresh()
 
     def rates(self, queue: str, window_s: float = RATE_WINDOW_S) -> tuple[float, float]:
         """(deliveries/s, arrivals/s) of a queue over the last `window_s`, all priorities."""

@@ -58,15 +58,7 @@ async def prune_finished(sessions: async_sessionmaker[AsyncSession], ended_befor
         await asyncio.sleep(0)  # let requests in between batches
 
 
-async def prune_forever(
-    sessions: async_sessionmaker[AsyncSession], max_age_s: float, interval_s: float
-) -> None:
-    if not max_age_s:
-        return  # kept forever
-    while True:
-        try:
-            if pruned := await prune_finished(sessions, time.time() - max_age_s):
-                log.info("retention: deleted %d jobs that ended more than %.0f s ago", pruned, max_age_s)
-        except Exception as exc:  # noqa: BLE001 - database away: the next round catches up
-            log.warning("retention: pruning finished jobs failed, will retry: %s", exc)
-        await asyncio.sleep(interval_s)
+async def prune_old(sessions: async_sessionmaker[AsyncSession], max_age_s: float) -> None:
+    """One retention round (every prune_interval_s, run by the api's Supervisor)."""
+    if pruned := await prune_finished(sessions, time.time() - max_age_s):
+        log.info("retention: deleted %d jobs that ended more than %.0f s ago", pruned, max_age_s)

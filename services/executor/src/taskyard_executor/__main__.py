@@ -20,10 +20,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from taskyard_common.nats_util import connect
 from taskyard_common.settings import NatsSettings
+from taskyard_common.supervise import Supervisor
 from taskyard_common.telemetry import setup_tracing, shutdown_tracing
 from taskyard_common.topology import QueueLimitReached, Topology, ensure_streams
 
-from . import builtins  # noqa: F401 - registers the built-in job types
 from .heartbeat import HeartbeatPublisher
 from .registry import registry
 from .settings import ExecutorSettings
@@ -41,9 +41,12 @@ class _Server(uvicorn.Server):
 
 
 def health_app(worker: Worker) -> FastAPI:
+    """/healthz, /readyz, /metrics; `app.state.supervisor` runs the worker's background tasks and
+    counts their restarts on this app's registry."""
     app = FastAPI(title="Taskyard executor", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = CollectorRegistry()
     ProcessCollector(registry=metrics)
+    app.state.supervisor = supervisor = Supervisor("executor", metrics)
     Gauge("taskyard_executor_slots", "Configured slots", registry=metrics).set_function(
         lambda: worker.settings.slots
     )
@@ -60,10 +63,12 @@ def health_app(worker: Worker) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz():
-        ok = worker.nc.is_connected and not worker.draining
+        tasks = supervisor.checks()
+        ok = worker.nc.is_connected and not worker.draining and all(v == "ok" for v in tasks.values())
         body = {
             "status": "ready" if ok else "unready",
             "nats": "ok" if worker.nc.is_connected else "disconnected",
+            "checks": tasks,
         }
         return JSONResponse(body, 200 if ok else 503)
 
@@ -88,15 +93,18 @@ async def serve(settings: ExecutorSettings) -> None:
     beats = HeartbeatPublisher(worker, topo)
     await beats.beat()
 
-    server = _Server(
-        uvicorn.Config(health_app(worker), host=settings.host, port=settings.port, log_level="warning")
-    )
+    app = health_app(worker)
+    supervisor: Supervisor = app.state.supervisor
+    server = _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    tasks = [asyncio.create_task(t) for t in (worker.pull_forever(), beats.run_forever())]
+    supervisor.start("pull", worker.pull_forever)  # returns once the worker drains
+    # A beat every interval, and at once when the worker's state changes (a drain is announced
+    # while jobs finish).
+    supervisor.every("heartbeat", nats_settings.heartbeat_interval_s, beats.beat, wake=worker.state_changed)
     serving = asyncio.create_task(server.serve())
     gc.freeze()  # what is loaded by now lives as long as the process: out of the cyclic GC's walks
     log.info(
@@ -109,14 +117,11 @@ async def serve(settings: ExecutorSettings) -> None:
     await stop.wait()
     log.info("executor %s draining (grace %.0fs)", worker_id, settings.drain_grace_s)
     await worker.drain(settings.drain_grace_s)
+    # Stopped before the last beat and the removal, so no periodic beat puts the key back.
+    await supervisor.stop()
     await beats.beat()
     await beats.remove()
     server.should_exit = True  # uvicorn stops on its own; cancelling it printed a traceback
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     await serving
     await nc.drain()
     shutdown_tracing()

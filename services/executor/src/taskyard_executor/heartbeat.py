@@ -1,7 +1,5 @@
 """Heartbeats into the workers KV bucket (its TTL turns a silent worker into a missing key)."""
 
-import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -49,19 +47,6 @@ class HeartbeatPublisher:
         if self.kv is None:
             self.kv = await self.worker.js.key_value(self.topo.workers_bucket)
         await self.kv.put(self.worker.id, self.snapshot().model_dump_json().encode())
-
-    async def run_forever(self) -> None:
-        changed = self.worker.state_changed
-        while True:
-            changed.clear()
-            try:
-                await self.beat()
-            except NatsError as exc:
-                log.warning("heartbeat failed (%s); NATS may be reconnecting", exc)
-            # A drain is announced at once: the API and UI show "draining" while jobs finish.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.topo.settings.heartbeat_interval_s):
-                    await changed.wait()
 
     async def remove(self) -> None:
         """A clean exit deletes the key at once instead of waiting for the TTL."""

@@ -192,17 +192,7 @@ def _ident(fn: Callable[..., Any]) -> str:
 
 
 _pool: ProcessPoolExecutor | None = None
-_pool_workers: int | None = None
 _pool_lock = threading.Lock()
-
-
-def configure_process_pool(max_workers: int | None) -> None:
-    """Set the size of the pool used by ``blocking="process"`` handlers (before first use)."""
-    global _pool_workers
-    with _pool_lock:
-        if _pool is not None:
-            raise RuntimeError("the process pool is already running; call shutdown_process_pool() first")
-        _pool_workers = max_workers
 
 
 def _get_pool() -> ProcessPoolExecutor:
@@ -211,9 +201,7 @@ def _get_pool() -> ProcessPoolExecutor:
         if _pool is None:
             # spawn, not fork: forking a process that runs an event loop and threads can copy held
             # locks into the child and deadlock it.
-            _pool = ProcessPoolExecutor(
-                max_workers=_pool_workers, mp_context=multiprocessing.get_context("spawn")
-            )
+            _pool = ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn"))
         return _pool
 
 

@@ -126,15 +126,9 @@ class ApiClient:
     async def workers(self) -> list[dict]:
         return (await self.call("GET", "/api/v1/workers"))["workers"]
 
-    async def checkpoints(self, params: list[tuple[str, str]]) -> list[dict] | None:
-        """Checkpoints matching `params`, or None when this API has no checkpoints at all (404)."""
-        try:
-            body = await self.call("GET", "/api/v1/checkpoints", params=params)
-        except ApiError as err:
-            if err.status in (404, 405):
-                return None
-            raise
-        return body.get("checkpoints", []) if isinstance(body, dict) else []
+    async def checkpoints(self, params: list[tuple[str, str]]) -> list[dict]:
+        """Checkpoints matching `params`."""
+        return (await self.call("GET", "/api/v1/checkpoints", params=params))["checkpoints"]
 
     async def checkpoint(self, ck_id: str) -> dict:
         return await self.call("GET", checkpoint_path(ck_id))

@@ -56,7 +56,6 @@ BULK_REASONS = {
 }
 STATUS_WORDS = {
     "queued": "Job is queued.",
-    "scheduled": "Job is scheduled.",
     "running": "Job is running.",
     "retrying": "Job failed and will be retried.",
     "waiting": "Job is waiting for a decision.",
@@ -276,8 +275,7 @@ def _check_id(job_id: str) -> None:
 
 
 async def _job_checkpoints(api: ApiClient, job_id: str) -> list[dict]:
-    found = await api.checkpoints([("job_id", job_id), ("limit", "20")])
-    return found or []
+    return await api.checkpoints([("job_id", job_id), ("limit", "20")])
 
 
 def job_fragments(job: dict, checkpoints: list[dict], who: dict | None) -> dict[str, str]:

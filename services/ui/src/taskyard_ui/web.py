@@ -22,7 +22,6 @@ COOKIE = "taskyard_key"
 
 STATUSES = (
     "queued",
-    "scheduled",
     "running",
     "retrying",
     "waiting",
