@@ -83,6 +83,7 @@ async def lifespan(app: FastAPI):
         projecting,
         asyncio.create_task(state.jobs.reconcile_forever()),
         asyncio.create_task(state.queues.sample_forever()),
+        asyncio.create_task(state.workers.watch_forever()),
         asyncio.create_task(state.checkpoints.expire_forever(settings.checkpoint_expiry_interval_s)),
         asyncio.create_task(
             prune_forever(state.sessions, settings.finished_jobs_max_age_s, settings.prune_interval_s)

@@ -1,10 +1,13 @@
 """Queue state from JetStream consumer info: depth, in flight, rates, and exact queue positions.
 
 One consumer listing of JOBS (a request per 256 consumers) is cached for `ttl_s` and serves the
-queues overview. A job's position needs only its own queue's three consumers: they come from that
-listing while it is fresh, else from three consumer-info requests of their own, cached per queue
-for `ttl_s` too (listing 340 queues took ~110 ms, 55 ms of it the api's CPU; it grows with the
-queues). Plus one Direct Get per position asked for. Nothing here scans the jobs table or the stream.
+queues overview (listing 340 queues took ~110 ms, 55 ms of it the api's CPU; it grows with the
+queues). A job's position is never cached: it needs only its own queue's three consumers, read by
+three concurrent consumer-info requests (~0.3 ms) that begin after the position was asked for,
+alongside one Direct Get. Concurrent askers of one queue share a read (single flight): one that
+arrives while a read is under way waits for the next, which begins after it arrived. So a position
+describes the queue as it was during its own request. Nothing here scans the jobs table or the
+stream.
 """
 
 import asyncio
@@ -29,6 +32,8 @@ from taskyard_common.topology import (
 log = logging.getLogger("taskyard.api.queues")
 RATE_WINDOW_S = 60.0
 SHORT_WINDOW_S = 10.0
+# Rates need a sample now and then, not one per position read (rates() walks the samples).
+SAMPLE_EVERY_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class Position:
     position: int | None
     higher: int = 0
     state: str = "waiting"  # waiting | in_flight | gone
+    paused: bool = False  # its consumer, read in the same request
 
 
 class QueueState:
@@ -46,7 +52,7 @@ class QueueState:
         self._snaps: dict[tuple[str, str], ConsumerSnap] = {}
         self._at = 0.0
         self._lock = asyncio.Lock()
-        # queue → (when, priority → snap) for queues read on their own, and a lock per queue.
+        # queue → (when its read began, priority → snap) of the newest read, and a lock per queue.
         self._by_queue: dict[str, tuple[float, dict[str, ConsumerSnap]]] = {}
         self._queue_locks: dict[str, asyncio.Lock] = {}
         # (time, deliveries, pending) per (queue, priority): rates without per-job bookkeeping.
@@ -64,21 +70,17 @@ class QueueState:
         self._by_queue.clear()
 
     async def queue_snapshot(self, queue: str) -> dict[str, ConsumerSnap]:
-        """priority → snap of one queue's consumers (empty: no such queue), at most `ttl_s` old."""
-        if time.monotonic() - self._at <= self.ttl_s and (listed := self._listed(queue)):
-            return listed
-        if fresh := self._read_lately(queue):
-            return fresh
-        # As in snapshot(): concurrent requests for one queue wait for one read.
+        """priority → snap of one queue's consumers (empty: no such queue), read after this call.
+
+        Single flight: the lock is fair, so callers that arrive during read N queue behind the
+        one that starts read N+1 and take its result, which began after all of them arrived.
+        """
+        asked = time.monotonic()
         async with self._queue_locks.setdefault(queue, asyncio.Lock()):
-            return self._read_lately(queue) or await self._read_queue(queue)
-
-    def _read_lately(self, queue: str) -> dict[str, ConsumerSnap] | None:
-        cached = self._by_queue.get(queue)
-        return cached[1] if cached and time.monotonic() - cached[0] <= self.ttl_s else None
-
-    def _listed(self, queue: str) -> dict[str, ConsumerSnap]:
-        return {p: snap for p in PRIORITIES if (snap := self._snaps.get((queue, p)))}
+            done = self._by_queue.get(queue)
+            if done and done[0] >= asked:
+                return done[1]
+            return await self._read_queue(queue)
 
     async def _read_queue(self, queue: str) -> dict[str, ConsumerSnap]:
         at = time.monotonic()
@@ -93,7 +95,7 @@ class QueueState:
             if isinstance(info, BaseException):
                 raise info
             snaps[priority] = self._sampled(ConsumerSnap.of(queue, priority, info))
-        if snaps:  # no such queue is not remembered: its first job may create it any moment
+        if snaps:  # names asked for that are no queue are not kept
             self._by_queue[queue] = (at, snaps)
         return snaps
 
@@ -105,9 +107,11 @@ class QueueState:
         self._snaps, self._at = snaps, now
 
     def _sampled(self, snap: ConsumerSnap) -> ConsumerSnap:
-        """Keep (time, deliveries, pending) of every read for `rates`."""
+        """Keep (time, deliveries, pending) of a read every SAMPLE_EVERY_S for `rates`."""
         now = time.monotonic()
         samples = self._samples.setdefault((snap.queue, snap.priority), deque())
+        if samples and now - samples[-1][0] < SAMPLE_EVERY_S:
+            return snap
         samples.append((now, snap.delivered_consumer_seq, snap.num_pending))
         while samples and now - samples[0][0] > RATE_WINDOW_S + 5:
             samples.popleft()
@@ -145,23 +149,30 @@ class QueueState:
         return sorted({q for q, _ in self._snaps})
 
     async def position(self, queue: str, priority: str, seq: int) -> Position:
-        """Exact position of stream sequence `seq` (see NATS_NOTES: Direct Get + num_pending)."""
-        snaps = await self.queue_snapshot(queue)
+        """Exact position of stream sequence `seq` (see NATS_NOTES: Direct Get + num_pending).
+
+        Consumer info and the Direct Get are asked at once, both after this call began. Jobs
+        only leave the front and join the back, so num_pending − 1 − (jobs after `seq`) is the
+        count before `seq` when the consumer info was read, give or take jobs submitted between
+        the two reads (they lower it; the clamp keeps it ≥ 0).
+        """
+        subject = self.topo.job_subject(queue, priority)
+        body = json.dumps({"seq": seq, "next_by_subj": subject, "batch": 1}).encode()
+        snaps, reply = await asyncio.gather(
+            self.queue_snapshot(queue),
+            self.nc.request(f"$JS.API.DIRECT.GET.{self.topo.jobs_stream}", body, timeout=5),
+        )
         own = snaps.get(priority)
         if own is None:
             return Position(None, state="gone")
         if seq <= own.delivered_stream_seq:
-            return Position(None, state="in_flight")
-        subject = self.topo.job_subject(queue, priority)
-        body = json.dumps({"seq": seq, "next_by_subj": subject, "batch": 1}).encode()
-        reply = await self.nc.request(f"$JS.API.DIRECT.GET.{self.topo.jobs_stream}", body, timeout=5)
+            return Position(None, state="in_flight", paused=own.paused)
         headers = reply.headers or {}
         if headers.get("Status") or int(headers.get("Nats-Sequence", 0)) != seq:
-            return Position(None, state="gone")
+            return Position(None, state="gone", paused=own.paused)
         after = int(headers.get("Nats-Num-Pending", 0))
         higher = sum(snaps[p].num_pending for p in PRIORITIES[: PRIORITIES.index(priority)] if p in snaps)
-        # Clamp: the cached num_pending may be a moment older than the Direct Get.
-        return Position(higher + max(0, own.num_pending - 1 - after), higher=higher)
+        return Position(higher + max(0, own.num_pending - 1 - after), higher=higher, paused=own.paused)
 
     async def oldest_ages_s(self, snaps: list[ConsumerSnap]) -> list[float]:
         """Age of the oldest never-delivered job of each consumer (0 when none), read concurrently."""

@@ -77,7 +77,6 @@ async def explain(
         return out
 
     pos = await queues.position(q, job.priority, job.stream_seq)
-    own = (await queues.queue_snapshot(q)).get(job.priority)
     serving = await workers.serving(q)
     live = [w for w in serving if w.live]
     slots = sum(w.heartbeat.slots for w in live)
@@ -88,7 +87,7 @@ async def explain(
     if pos.position is not None:
         out["eta_seconds"], out["eta_range"] = _eta(pos.position, [out_60, out_10], slots - busy)
 
-    if own is not None and own.paused:
+    if pos.paused:
         out["waiting_reason"] = _reason(
             "queue_paused", f"Queue `{q}` is paused by an admin; resume it to continue."
         )

@@ -51,17 +51,24 @@ class HeartbeatPublisher:
         await self.kv.put(self.worker.id, self.snapshot().model_dump_json().encode())
 
     async def run_forever(self) -> None:
+        """Beat every interval, and soon after a change (a job started or ended, a drain began).
+
+        A change is published `heartbeat_coalesce_s` after it happens, with every other change
+        made by then: a burst of starts is one KV put, not one per job, and what the API shows as
+        busy trails the worker by about that window instead of up to a whole interval.
+        """
         changed = self.worker.state_changed
+        coalesce_s = self.worker.settings.heartbeat_coalesce_s
         while True:
             changed.clear()
             try:
                 await self.beat()
             except NatsError as exc:
                 log.warning("heartbeat failed (%s); NATS may be reconnecting", exc)
-            # A drain is announced at once: the API and UI show "draining" while jobs finish.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.topo.settings.heartbeat_interval_s):
                     await changed.wait()
+                    await asyncio.sleep(coalesce_s)
 
     async def remove(self) -> None:
         """A clean exit deletes the key at once instead of waiting for the TTL."""
