@@ -2,12 +2,12 @@
 
 One consumer listing of JOBS (a request per 256 consumers) is cached for `ttl_s` and serves the
 queues overview (listing 340 queues took ~110 ms, 55 ms of it the api's CPU; it grows with the
-queues). A job's position is never cached: it needs only its own queue's three consumers, read by
-three concurrent consumer-info requests (~0.3 ms) that begin after the position was asked for,
-alongside one Direct Get. Concurrent askers of one queue share a read (single flight): one that
-arrives while a read is under way waits for the next, which begins after it arrived. So a position
-describes the queue as it was during its own request. Nothing here scans the jobs table or the
-stream.
+queues). A job's position is never cached: it needs its own consumer and those of the higher
+priorities of its queue, read by concurrent consumer-info requests (~0.3 ms) that begin after the
+position was asked for, alongside one Direct Get. Concurrent askers of one consumer share a read
+(single flight): one that arrives while a read is under way waits for the next, which begins
+after it arrived. So a position describes the queue as it was during its own request. Nothing
+here scans the jobs table or the stream.
 """
 
 import asyncio
@@ -52,9 +52,9 @@ class QueueState:
         self._snaps: dict[tuple[str, str], ConsumerSnap] = {}
         self._at = 0.0
         self._lock = asyncio.Lock()
-        # queue → (when its read began, priority → snap) of the newest read, and a lock per queue.
-        self._by_queue: dict[str, tuple[float, dict[str, ConsumerSnap]]] = {}
-        self._queue_locks: dict[str, asyncio.Lock] = {}
+        # (queue, priority) → (when it began, snap) of the newest read of that consumer; its lock.
+        self._reads: dict[tuple[str, str], tuple[float, ConsumerSnap]] = {}
+        self._read_locks: dict[tuple[str, str], asyncio.Lock] = {}
         # (time, deliveries, pending) per (queue, priority): rates without per-job bookkeeping.
         self._samples: dict[tuple[str, str], deque] = {}
 
@@ -67,37 +67,33 @@ class QueueState:
 
     def invalidate(self) -> None:
         self._at = 0.0
-        self._by_queue.clear()
 
     async def queue_snapshot(self, queue: str) -> dict[str, ConsumerSnap]:
-        """priority → snap of one queue's consumers (empty: no such queue), read after this call.
+        """priority → snap of one queue's consumers (empty: no such queue), read after this call."""
+        snaps = await asyncio.gather(*(self.consumer(queue, p) for p in PRIORITIES))
+        return {p: snap for p, snap in zip(PRIORITIES, snaps, strict=True) if snap}
+
+    async def consumer(self, queue: str, priority: str) -> ConsumerSnap | None:
+        """One executor consumer as read after this call began (None: no such consumer).
 
         Single flight: the lock is fair, so callers that arrive during read N queue behind the
         one that starts read N+1 and take its result, which began after all of them arrived.
         """
+        key = (queue, priority)
         asked = time.monotonic()
-        async with self._queue_locks.setdefault(queue, asyncio.Lock()):
-            done = self._by_queue.get(queue)
+        async with self._read_locks.setdefault(key, asyncio.Lock()):
+            done = self._reads.get(key)
             if done and done[0] >= asked:
                 return done[1]
-            return await self._read_queue(queue)
-
-    async def _read_queue(self, queue: str) -> dict[str, ConsumerSnap]:
-        at = time.monotonic()
-        durables = [self.topo.exec_durable(queue, p) for p in PRIORITIES]
-        infos = await asyncio.gather(
-            *(self.js.consumer_info(self.topo.jobs_stream, d) for d in durables), return_exceptions=True
-        )
-        snaps = {}
-        for priority, info in zip(PRIORITIES, infos, strict=True):
-            if isinstance(info, NotFoundError):
-                continue
-            if isinstance(info, BaseException):
-                raise info
-            snaps[priority] = self._sampled(ConsumerSnap.of(queue, priority, info))
-        if snaps:  # names asked for that are no queue are not kept
-            self._by_queue[queue] = (at, snaps)
-        return snaps
+            began = time.monotonic()
+            durable = self.topo.exec_durable(queue, priority)
+            try:
+                info = await self.js.consumer_info(self.topo.jobs_stream, durable)
+            except NotFoundError:
+                return None  # not remembered: the queue's first job may create it any moment
+            snap = self._sampled(ConsumerSnap.of(queue, priority, info))
+            self._reads[key] = (began, snap)
+            return snap
 
     async def _refresh(self) -> None:
         snaps = {}
@@ -158,11 +154,13 @@ class QueueState:
         """
         subject = self.topo.job_subject(queue, priority)
         body = json.dumps({"seq": seq, "next_by_subj": subject, "batch": 1}).encode()
-        snaps, reply = await asyncio.gather(
-            self.queue_snapshot(queue),
+        # Only its own consumer and the higher priorities' count: a `high` job reads one.
+        upto = PRIORITIES[: PRIORITIES.index(priority) + 1]
+        *snaps, reply = await asyncio.gather(
+            *(self.consumer(queue, p) for p in upto),
             self.nc.request(f"$JS.API.DIRECT.GET.{self.topo.jobs_stream}", body, timeout=5),
         )
-        own = snaps.get(priority)
+        own = snaps[-1]
         if own is None:
             return Position(None, state="gone")
         if seq <= own.delivered_stream_seq:
@@ -171,7 +169,7 @@ class QueueState:
         if headers.get("Status") or int(headers.get("Nats-Sequence", 0)) != seq:
             return Position(None, state="gone", paused=own.paused)
         after = int(headers.get("Nats-Num-Pending", 0))
-        higher = sum(snaps[p].num_pending for p in PRIORITIES[: PRIORITIES.index(priority)] if p in snaps)
+        higher = sum(snap.num_pending for snap in snaps[:-1] if snap)
         return Position(higher + max(0, own.num_pending - 1 - after), higher=higher, paused=own.paused)
 
     async def oldest_ages_s(self, snaps: list[ConsumerSnap]) -> list[float]:
