@@ -13,6 +13,7 @@ after the previous one instead.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -136,7 +137,9 @@ class WorkerRegistry:
                             self._apply(entry)
                 finally:
                     self.watching = False
-                    await watcher.stop()
+                    # Suppressed here, so an error while stopping never hides a cancellation.
+                    with contextlib.suppress(NatsError):
+                        await watcher.stop()
             except NatsError as exc:
                 log.warning("workers watch failed (%s); listing instead until it is back", exc)
             await asyncio.sleep(retry_s)
