@@ -2,9 +2,11 @@
 
 Fills a real nats-server's JOBS stream through the Taskyard topology (three priorities of one
 queue, some cancelled out of the middle), then times the API's position computation
-(`QueueState.position`: cached consumer info + one Direct Get) for random queued jobs, and
-checks a sample against a brute-force count. Baseline in the same run: a bare JetStream
-consumer-info request. Writes bench/results/position-<time>.json.
+(`QueueState.position`: the consumer info of its priority and the higher ones, read per call, and
+one Direct Get, all at once) for random queued jobs, and checks a sample against a brute-force
+count. Baselines in the same run, interleaved with the position queries so a busy machine weighs
+on all alike: a bare JetStream consumer-info request, and a bare Direct Get (what a position cost
+when consumer info was cached). Writes bench/results/position-<time>.json.
 """
 
 import argparse
@@ -62,7 +64,7 @@ async def main(n: int, queries: int) -> dict:
         for seq in cancelled:
             await js.delete_msg(topo.jobs_stream, seq)
         queued = [(s, p) for s, p in seqs if s not in cancelled]
-        state = QueueState(nc, js, topo, ttl_s=0.5)
+        state = QueueState(nc, js, topo)
         await state.snapshot()
 
         # Exactness on a sample: brute force = higher priorities' jobs + older jobs of its own.
@@ -73,21 +75,24 @@ async def main(n: int, queries: int) -> dict:
             got = await state.position("default", prio, seq)
             assert got.position == higher + own, (seq, prio, got, higher + own)
 
-        latencies = []
+        latencies, baseline, direct = [], [], []
         for seq, prio in rng.sample(queued, queries):
             t = time.perf_counter()
             await state.position("default", prio, seq)
             latencies.append((time.perf_counter() - t) * 1000)
-        baseline = []
-        for _ in range(queries):
             t = time.perf_counter()
             await js.consumer_info(topo.jobs_stream, topo.exec_durable("default", "normal"))
             baseline.append((time.perf_counter() - t) * 1000)
+            body = json.dumps({"seq": seq, "next_by_subj": topo.job_subject("default", prio), "batch": 1})
+            t = time.perf_counter()
+            await nc.request(f"$JS.API.DIRECT.GET.{topo.jobs_stream}", body.encode(), timeout=5)
+            direct.append((time.perf_counter() - t) * 1000)
         await nc.close()
     finally:
         server.stop()
     p = {"p50": pct(latencies, 50), "p99": pct(latencies, 99), "max": round(max(latencies), 3)}
     b = {"p50": pct(baseline, 50), "p99": pct(baseline, 99)}
+    d = {"p50": pct(direct, 50), "p99": pct(direct, 99)}
     return {
         "queued": len(queued),
         "cancelled_gaps": len(cancelled),
@@ -95,6 +100,7 @@ async def main(n: int, queries: int) -> dict:
         "exact_on_sample": 50,
         "position_ms": p,
         "consumer_info_ms": b,
+        "direct_get_ms": d,
         "ratio_p50": round(p["p50"] / b["p50"], 2),
     }
 
@@ -112,6 +118,9 @@ if __name__ == "__main__":
     print(f"  position query  p50 {result['position_ms']['p50']} ms  p99 {result['position_ms']['p99']} ms")
     print(
         f"  consumer info   p50 {result['consumer_info_ms']['p50']} ms  p99 {result['consumer_info_ms']['p99']} ms (baseline)"
+    )
+    print(
+        f"  direct get      p50 {result['direct_get_ms']['p50']} ms  p99 {result['direct_get_ms']['p99']} ms"
     )
     print(
         f"  ratio p50 {result['ratio_p50']}x; exact against brute force on {result['exact_on_sample']} samples"

@@ -107,7 +107,7 @@ def test_higher_pending_per_priority():
 def test_a_paused_queue_keeps_its_positions():
     # Pausing stops deliveries, not the order: the position is what it will be on resume.
     snaps = {"high": snap("high", pending=2, paused=True), "normal": snap("normal", pending=3, paused=True)}
-    assert from_direct_get(snaps, "normal", 9, found(9, after=0)) == Position(4, higher=2)
+    assert from_direct_get(snaps, "normal", 9, found(9, after=0)) == Position(4, higher=2, paused=True)
 
 
 def test_a_stale_num_pending_is_clamped_to_zero_not_negative():

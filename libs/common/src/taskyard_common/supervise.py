@@ -74,12 +74,14 @@ class Supervisor:
         fn: Unit,
         *,
         wake: asyncio.Event | None = None,
+        settle_s: float = 0.0,
         at_start: bool = False,
         level: int = logging.WARNING,
     ) -> None:
         """Call `fn()` every `interval_s` (and whenever `wake` is set, if given; `interval_s=None`:
         only then). A round that raises is logged at `level` and counted; the next round follows as
-        usual. `at_start`: the first round runs at once instead of after the first wait."""
+        usual. `settle_s`: a woken round waits that long first, so a burst of wake-ups is one round.
+        `at_start`: the first round runs at once instead of after the first wait."""
         if interval_s is None and wake is None:
             raise ValueError("every() needs an interval, a wake event or both")
         self.failures.labels(name)
@@ -89,6 +91,8 @@ class Supervisor:
             while True:
                 if not first:
                     await _wait(interval_s, wake)
+                    if settle_s and wake is not None and wake.is_set():
+                        await asyncio.sleep(settle_s)
                 first = False
                 if wake is not None:
                     wake.clear()  # set again during fn: one more round right after

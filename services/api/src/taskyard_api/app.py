@@ -83,6 +83,7 @@ async def lifespan(app: FastAPI):
     state.supervisor = supervisor = Supervisor("api", REGISTRY)
     # The projector finishes the batch in hand on stop (acked, not redelivered after ack_wait).
     supervisor.start("projector", state.projector.run, stop=state.projector.stop)
+    supervisor.start("workers-watch", state.workers.watch)
     supervisor.every("outbox", settings.outbox_interval_s, state.jobs.reconcile_once)
     # NATS away shows in /readyz already; a failed sample needs no warning every 2 s.
     supervisor.every(

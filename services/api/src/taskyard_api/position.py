@@ -22,6 +22,7 @@ class Position:
     position: int | None
     higher: int = 0
     state: str = "waiting"  # waiting | in_flight | gone
+    paused: bool = False  # its consumer, read in the same request
 
 
 GONE = Position(None, state="gone")
@@ -33,7 +34,7 @@ def without_lookup(own: ConsumerSnap | None, seq: int) -> Position | None:
     if own is None:
         return GONE
     if seq <= own.delivered_stream_seq:
-        return IN_FLIGHT
+        return Position(None, state="in_flight", paused=own.paused)
     return None
 
 
@@ -46,12 +47,13 @@ def from_direct_get(
     snaps: Mapping[str, ConsumerSnap], priority: str, seq: int, headers: Mapping[str, str]
 ) -> Position:
     """Position of stream sequence `seq` from the Direct Get reply headers (see module docstring)."""
+    own = snaps[priority]
     if headers.get("Status") or int(headers.get("Nats-Sequence", 0)) != seq:
-        return GONE
+        return Position(None, state="gone", paused=own.paused)
     after = int(headers.get("Nats-Num-Pending", 0))
     higher = higher_pending(snaps, priority)
-    # Clamp: the cached num_pending may be a moment older than the Direct Get.
-    return Position(higher + max(0, snaps[priority].num_pending - 1 - after), higher=higher)
+    # Clamp: jobs submitted between the consumer read and the Direct Get lower the difference.
+    return Position(higher + max(0, own.num_pending - 1 - after), higher=higher, paused=own.paused)
 
 
 Sample = tuple[float, int, int]  # (monotonic time, delivered consumer seq, num_pending)

@@ -1,10 +1,13 @@
 """Queue state from JetStream consumer info: depth, in flight, rates, and exact queue positions.
 
 One consumer listing of JOBS (a request per 256 consumers) is cached for `ttl_s` and serves the
-queues overview. A job's position needs only its own queue's three consumers: they come from that
-listing while it is fresh, else from three consumer-info requests of their own, cached per queue
-for `ttl_s` too (listing 340 queues took ~110 ms, 55 ms of it the api's CPU; it grows with the
-queues). Plus one Direct Get per position asked for. Nothing here scans the jobs table or the stream.
+queues overview (listing 340 queues took ~110 ms, 55 ms of it the api's CPU; it grows with the
+queues). A job's position is never cached: it needs its own consumer and those of the higher
+priorities of its queue, read by concurrent consumer-info requests (~0.3 ms) that begin after the
+position was asked for, alongside one Direct Get. Concurrent askers of one consumer share a read
+(single flight): one that arrives while a read is under way waits for the next, which begins
+after it arrived. So a position describes the queue as it was during its own request. Nothing
+here scans the jobs table or the stream.
 """
 
 import asyncio
@@ -30,6 +33,9 @@ from .position import Position, from_direct_get, rates_over, without_lookup
 log = logging.getLogger("taskyard.api.queues")
 RATE_WINDOW_S = 60.0
 SHORT_WINDOW_S = 10.0
+# Rates need a sample now and then, not one per position read (rates() walks the samples).
+SAMPLE_EVERY_S = 0.25
+# Without readers, a sample this often keeps the ETA's history recent (a supervised loop).
 SAMPLE_INTERVAL_S = 2.0
 
 
@@ -39,9 +45,9 @@ class QueueState:
         self._snaps: dict[tuple[str, str], ConsumerSnap] = {}
         self._at = 0.0
         self._lock = asyncio.Lock()
-        # queue → (when, priority → snap) for queues read on their own, and a lock per queue.
-        self._by_queue: dict[str, tuple[float, dict[str, ConsumerSnap]]] = {}
-        self._queue_locks: dict[str, asyncio.Lock] = {}
+        # (queue, priority) → (when it began, snap) of the newest read of that consumer; its lock.
+        self._reads: dict[tuple[str, str], tuple[float, ConsumerSnap]] = {}
+        self._read_locks: dict[tuple[str, str], asyncio.Lock] = {}
         # (time, deliveries, pending) per (queue, priority): rates without per-job bookkeeping.
         self._samples: dict[tuple[str, str], deque] = {}
 
@@ -54,41 +60,33 @@ class QueueState:
 
     def invalidate(self) -> None:
         self._at = 0.0
-        self._by_queue.clear()
 
     async def queue_snapshot(self, queue: str) -> dict[str, ConsumerSnap]:
-        """priority → snap of one queue's consumers (empty: no such queue), at most `ttl_s` old."""
-        if time.monotonic() - self._at <= self.ttl_s and (listed := self._listed(queue)):
-            return listed
-        if fresh := self._read_lately(queue):
-            return fresh
-        # As in snapshot(): concurrent requests for one queue wait for one read.
-        async with self._queue_locks.setdefault(queue, asyncio.Lock()):
-            return self._read_lately(queue) or await self._read_queue(queue)
+        """priority → snap of one queue's consumers (empty: no such queue), read after this call."""
+        snaps = await asyncio.gather(*(self.consumer(queue, p) for p in PRIORITIES))
+        return {p: snap for p, snap in zip(PRIORITIES, snaps, strict=True) if snap}
 
-    def _read_lately(self, queue: str) -> dict[str, ConsumerSnap] | None:
-        cached = self._by_queue.get(queue)
-        return cached[1] if cached and time.monotonic() - cached[0] <= self.ttl_s else None
+    async def consumer(self, queue: str, priority: str) -> ConsumerSnap | None:
+        """One executor consumer as read after this call began (None: no such consumer).
 
-    def _listed(self, queue: str) -> dict[str, ConsumerSnap]:
-        return {p: snap for p in PRIORITIES if (snap := self._snaps.get((queue, p)))}
-
-    async def _read_queue(self, queue: str) -> dict[str, ConsumerSnap]:
-        at = time.monotonic()
-        durables = [self.topo.exec_durable(queue, p) for p in PRIORITIES]
-        infos = await asyncio.gather(
-            *(self.js.consumer_info(self.topo.jobs_stream, d) for d in durables), return_exceptions=True
-        )
-        snaps = {}
-        for priority, info in zip(PRIORITIES, infos, strict=True):
-            if isinstance(info, NotFoundError):
-                continue
-            if isinstance(info, BaseException):
-                raise info
-            snaps[priority] = self._sampled(ConsumerSnap.of(queue, priority, info))
-        if snaps:  # no such queue is not remembered: its first job may create it any moment
-            self._by_queue[queue] = (at, snaps)
-        return snaps
+        Single flight: the lock is fair, so callers that arrive during read N queue behind the
+        one that starts read N+1 and take its result, which began after all of them arrived.
+        """
+        key = (queue, priority)
+        asked = time.monotonic()
+        async with self._read_locks.setdefault(key, asyncio.Lock()):
+            done = self._reads.get(key)
+            if done and done[0] >= asked:
+                return done[1]
+            began = time.monotonic()
+            durable = self.topo.exec_durable(queue, priority)
+            try:
+                info = await self.js.consumer_info(self.topo.jobs_stream, durable)
+            except NotFoundError:
+                return None  # not remembered: the queue's first job may create it any moment
+            snap = self._sampled(ConsumerSnap.of(queue, priority, info))
+            self._reads[key] = (began, snap)
+            return snap
 
     async def _refresh(self) -> None:
         snaps = {}
@@ -98,17 +96,18 @@ class QueueState:
         self._snaps, self._at = snaps, now
 
     def _sampled(self, snap: ConsumerSnap) -> ConsumerSnap:
-        """Keep (time, deliveries, pending) of every read for `rates`."""
+        """Keep (time, deliveries, pending) of a read every SAMPLE_EVERY_S for `rates`."""
         now = time.monotonic()
         samples = self._samples.setdefault((snap.queue, snap.priority), deque())
+        if samples and now - samples[-1][0] < SAMPLE_EVERY_S:
+            return snap
         samples.append((now, snap.delivered_consumer_seq, snap.num_pending))
         while samples and now - samples[0][0] > RATE_WINDOW_S + 5:
             samples.popleft()
         return snap
 
     async def sample(self) -> None:
-        """One sample; run every SAMPLE_INTERVAL_S so rate samples flow even when nobody asks
-        (ETA needs a recent history)."""
+        """One sample of every consumer, so rate samples flow even when nobody asks."""
         async with self._lock:
             await self._refresh()
 
@@ -121,14 +120,23 @@ class QueueState:
         return sorted({q for q, _ in self._snaps})
 
     async def position(self, queue: str, priority: str, seq: int) -> Position:
-        """Exact position of stream sequence `seq` (see NATS_NOTES: Direct Get + num_pending)."""
-        snaps = await self.queue_snapshot(queue)
-        if settled := without_lookup(snaps.get(priority), seq):
-            return settled
+        """Exact position of stream sequence `seq` (see NATS_NOTES: Direct Get + num_pending).
+
+        Consumer info and the Direct Get are asked at once, both after this call began. Jobs
+        only leave the front and join the back, so num_pending − 1 − (jobs after `seq`) is the
+        count before `seq` when the consumer info was read, give or take jobs submitted between
+        the two reads (they lower it; the clamp keeps it ≥ 0).
+        """
         subject = self.topo.job_subject(queue, priority)
         body = json.dumps({"seq": seq, "next_by_subj": subject, "batch": 1}).encode()
-        reply = await self.nc.request(f"$JS.API.DIRECT.GET.{self.topo.jobs_stream}", body, timeout=5)
-        return from_direct_get(snaps, priority, seq, reply.headers or {})
+        # Only its own consumer and the higher priorities' count: a `high` job reads one.
+        upto = PRIORITIES[: PRIORITIES.index(priority) + 1]
+        lookup = self.nc.request(f"$JS.API.DIRECT.GET.{self.topo.jobs_stream}", body, timeout=5)
+        snaps, reply = await asyncio.gather(asyncio.gather(*(self.consumer(queue, p) for p in upto)), lookup)
+        if settled := without_lookup(snaps[-1], seq):
+            return settled
+        known = {p: snap for p, snap in zip(upto, snaps, strict=True) if snap}
+        return from_direct_get(known, priority, seq, reply.headers or {})
 
     async def oldest_ages_s(self, snaps: list[ConsumerSnap]) -> list[float]:
         """Age of the oldest never-delivered job of each consumer (0 when none), read concurrently."""

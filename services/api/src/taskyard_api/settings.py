@@ -37,8 +37,10 @@ class ApiSettings(BaseSettings):
     outbox_interval_s: float = Field(2.0, gt=0)
     projector_batch: int = Field(1000, gt=0)
     key_cache_s: float = Field(5.0, ge=0)
-    # Consumer info and heartbeats are cached this long: a UI polling many jobs costs one call.
+    # The queues overview's consumer listing is cached this long (positions never are: they read
+    # their queue's consumers per request, shared by concurrent requests).
     queue_state_cache_s: float = Field(0.5, ge=0)
+    # Which workers are live is listed this often; their slot use comes from a KV watch, current.
     workers_cache_s: float = Field(1.0, ge=0)
     # A worker whose heartbeat expired stays listed as `gone` this long.
     gone_keep_s: float = Field(3600.0, ge=0)

@@ -35,8 +35,7 @@ async def explain(
         return out
 
     pos = await queues.position(q, job.priority, job.stream_seq)
-    own = (await queues.queue_snapshot(q)).get(job.priority)
     serving = await workers.serving(q)
     out_60, _ = queues.rates(q)
     out_10, _ = queues.rates(q, SHORT_WINDOW_S)
-    return queued_reason(q, pos, own is not None and own.paused, serving, out_60, out_10)
+    return queued_reason(q, pos, pos.paused, serving, out_60, out_10)

@@ -102,9 +102,16 @@ async def serve(settings: ExecutorSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     supervisor.start("pull", worker.pull_forever)  # returns once the worker drains
-    # A beat every interval, and at once when the worker's state changes (a drain is announced
-    # while jobs finish).
-    supervisor.every("heartbeat", nats_settings.heartbeat_interval_s, beats.beat, wake=worker.state_changed)
+    # A beat every interval, and soon after the worker's state changes (a job started or ended, a
+    # drain began): the changes of one coalescing window go out as one KV put, so what the API
+    # shows as busy trails the worker by about that window, not up to a whole interval.
+    supervisor.every(
+        "heartbeat",
+        nats_settings.heartbeat_interval_s,
+        beats.beat,
+        wake=worker.state_changed,
+        settle_s=settings.heartbeat_coalesce_s,
+    )
     serving = asyncio.create_task(server.serve())
     gc.freeze()  # what is loaded by now lives as long as the process: out of the cyclic GC's walks
     log.info(

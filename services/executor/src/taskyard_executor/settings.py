@@ -19,6 +19,9 @@ class ExecutorSettings(BaseSettings):
     idle_poll_s: float = Field(0.2, gt=0)
     # An idle worker's long pulls expire and are renewed this often; a drain waits for them.
     armed_pull_s: float = Field(1.0, gt=0)
+    # A job starting or ending publishes the heartbeat after this window, so a burst of starts is
+    # one KV put and slot use shown by the API trails the truth by about this much (docs/api.md).
+    heartbeat_coalesce_s: float = Field(0.05, ge=0, le=1)
     max_result_bytes: int = 256 * 1024
     worker_id: str | None = None
 

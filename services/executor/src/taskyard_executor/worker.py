@@ -57,7 +57,8 @@ class Worker:
         self.done = 0
         self.failed = 0
         self.draining = False
-        # Set when the heartbeat should say something new at once (draining) instead of next beat.
+        # Set when the heartbeat should say something new now instead of at the next beat: a job
+        # started or ended (slots in use), or a drain began. The publisher coalesces a burst.
         self.state_changed = asyncio.Event()
         self._cancelled_recently: dict[str, float] = {}
         self._wakeup = asyncio.Event()
@@ -249,6 +250,7 @@ class Worker:
             return
         run = Running(spec, msg, attempt)
         self.running[spec.id] = run
+        self.state_changed.set()
         try:
             if lost_on_last_attempt(attempt, spec.max_attempts):
                 # The previous attempt's worker died (no outcome was reported): nothing left to try.
@@ -264,6 +266,7 @@ class Worker:
             log.error("job %s: NATS error while reporting (%s); it will be redelivered", spec.id, exc)
         finally:
             self.running.pop(spec.id, None)
+            self.state_changed.set()
             self.emitter.forget(spec.id)
 
     async def _traced_run(self, run: Running) -> None:
