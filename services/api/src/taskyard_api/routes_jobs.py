@@ -95,6 +95,7 @@ def _timestamp(value: str | None) -> float | None:
     return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
 
 
+LABEL_FILTER = LABEL_NAME.removesuffix("$") + r"=[^\x00]{0,256}$"
 _TIME_DOC = (
     "Epoch seconds or an ISO 8601 date/date-time (UTC unless it has an offset; Feb 29 of a "
     "non-leap year means March 1)"
