@@ -91,8 +91,9 @@ def test_unicode_huge_lines_and_odd_ids(stack):
         stack.wait_status(big["id"], "succeeded")
         [line] = c.get(f"/api/v1/jobs/{big['id']}/logs").json()["lines"]
         assert len(line["line"]) < 70_000 and line["line"].endswith("truncated at 65536 bytes]")
-        for bad in ("..%2F..%2Fetc%2Fpasswd", "x" * 300, "%00"):
+        for bad in ("..%2F..%2Fetc%2Fpasswd", "x" * 300):
             assert c.get(f"/api/v1/jobs/{bad}").status_code == 404
+        assert c.get("/api/v1/jobs/%00").status_code == 422  # NUL: refused before any lookup
 
 
 def test_submissions_are_rate_limited_per_key_with_retry_after(stack):
