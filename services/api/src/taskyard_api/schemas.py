@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic.json_schema import JsonDict
 
 from taskyard_common.payloads import BUILTIN_TYPES
 from taskyard_common.schemas import Backoff, Priority
@@ -16,7 +17,7 @@ MAX_DEPTH = 32
 LABEL_NAME = r"^[A-Za-z0-9_.-]{1,63}$"
 LabelName = Annotated[str, StringConstraints(pattern=LABEL_NAME)]
 LabelValue = Annotated[str, StringConstraints(max_length=256)]
-JSON_VALUE = {"x-json-value": True}
+JSON_VALUE: JsonDict = {"x-json-value": True}
 """Marks an Any field: api_doc makes it a JsonValue (no NUL characters, as the input checks enforce)."""
 TYPE_RULE = (
     f"A built-in type ({', '.join(BUILTIN_TYPES)}; its payload must fit that type's model, see "
