@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, field_validator
-from pydantic.json_schema import JsonDict
+from pydantic.config import JsonDict
 
 from taskyard_common.payloads import BUILTIN_TYPES
 from taskyard_common.schemas import Backoff, Priority
