@@ -18,7 +18,7 @@ from taskyard_common.supervise import Supervisor
 from taskyard_common.telemetry import setup_tracing, shutdown_tracing
 from taskyard_common.topology import Topology, ensure_streams
 
-from . import errors, routes_checkpoints, routes_jobs, routes_keys, routes_queues
+from . import api_doc, errors, routes_checkpoints, routes_jobs, routes_keys, routes_queues
 from .auth import KeyCache, ensure_key
 from .checkpoints import CheckpointService
 from .db import make_engine, make_sessionmaker
@@ -125,6 +125,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     if settings.trusted_proxies:  # added last: outermost, so everything inside sees the real client
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     errors.install(app)
+    api_doc.install(app)
     app.include_router(routes_jobs.router)
     app.include_router(routes_keys.router)
     app.include_router(routes_queues.router)

@@ -1,17 +1,20 @@
 """/api/v1/checkpoints: the approvals inbox."""
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from .api_doc import answers
 from .auth import Principal, require
 from .checkpoints import checkpoint_out
+from .input_checks import CheckedRoute
 from .models import Checkpoint
+from .schemas import JSON_VALUE
 
-router = APIRouter(prefix="/api/v1")
-STATUSES = {"pending", "approved", "rejected", "answered", "expired"}
+router = APIRouter(prefix="/api/v1", route_class=CheckedRoute)
+CheckpointStatus = Literal["pending", "approved", "rejected", "answered", "expired"]
 
 
 class Approve(BaseModel):
@@ -26,22 +29,20 @@ class Reject(BaseModel):
 
 class Answer(BaseModel):
     model_config = {"extra": "forbid"}
-    answer: Any
+    answer: Any = Field(json_schema_extra=JSON_VALUE)
     reason: str | None = Field(None, max_length=2000)
 
 
-@router.get("/checkpoints")
+@router.get("/checkpoints", responses=answers())
 async def list_checkpoints(
     request: Request,
-    status: str | None = None,
+    status: CheckpointStatus | None = None,
     job_id: str | None = None,
     limit: int = Query(100, ge=1, le=500),
     who: Principal = require("viewer"),
 ):
     query = select(Checkpoint).order_by(Checkpoint.created_at.desc()).limit(limit)
     if status:
-        if status not in STATUSES:
-            raise HTTPException(422, f"status: {status!r} is not one of {', '.join(sorted(STATUSES))}")
         query = query.where(Checkpoint.status == status)
     if job_id:
         query = query.where(Checkpoint.job_id == job_id)
@@ -49,7 +50,7 @@ async def list_checkpoints(
         return {"checkpoints": [checkpoint_out(c) for c in await session.scalars(query)]}
 
 
-@router.get("/checkpoints/{ck_id}")
+@router.get("/checkpoints/{ck_id}", responses=answers(404))
 async def get_checkpoint(ck_id: str, request: Request, who: Principal = require("viewer")):
     async with request.app.state.sessions() as session:
         ck = await session.get(Checkpoint, ck_id)
@@ -58,7 +59,7 @@ async def get_checkpoint(ck_id: str, request: Request, who: Principal = require(
     return checkpoint_out(ck)
 
 
-@router.post("/checkpoints/{ck_id}/approve")
+@router.post("/checkpoints/{ck_id}/approve", responses=answers(404, 409))
 async def approve(
     ck_id: str, request: Request, body: Approve | None = None, who: Principal = require("viewer")
 ):
@@ -68,14 +69,18 @@ async def approve(
     return checkpoint_out(ck)
 
 
-@router.post("/checkpoints/{ck_id}/reject")
+@router.post("/checkpoints/{ck_id}/reject", responses=answers(404, 409))
 async def reject(ck_id: str, body: Reject, request: Request, who: Principal = require("viewer")):
     return checkpoint_out(
         await request.app.state.checkpoints.decide(ck_id, who, "rejected", reason=body.reason)
     )
 
 
-@router.post("/checkpoints/{ck_id}/answer")
+@router.post(
+    "/checkpoints/{ck_id}/answer",
+    responses=answers(404, 409),
+    description="`answer` must be one of the checkpoint's `choices` when it has any, else a 422.",
+)
 async def answer(ck_id: str, body: Answer, request: Request, who: Principal = require("viewer")):
     ck = await request.app.state.checkpoints.decide(
         ck_id, who, "answered", reason=body.reason, answer=body.answer

@@ -5,19 +5,21 @@ import time
 from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import select
 
+from .api_doc import answers
 from .auth import Principal, create_key, require
+from .input_checks import CheckedRoute
 from .models import ApiKey
 from .schemas import KeyCreate, iso
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", route_class=CheckedRoute)
 
 
-@router.get("/whoami")
+@router.get("/whoami", responses=answers())
 async def whoami(who: Principal = require("viewer")):
     return {"id": who.id, "name": who.name, "role": who.role}
 
 
-@router.post("/keys", status_code=201)
+@router.post("/keys", status_code=201, responses=answers())
 async def keys_create(body: KeyCreate, request: Request, who: Principal = require("admin")):
     async with request.app.state.sessions() as session:
         row, plain = await create_key(session, body.name, body.role)
@@ -25,7 +27,7 @@ async def keys_create(body: KeyCreate, request: Request, who: Principal = requir
     return {"id": row.id, "name": row.name, "role": row.role, "key": plain, "created_at": iso(row.created_at)}
 
 
-@router.get("/keys")
+@router.get("/keys", responses=answers())
 async def keys_list(request: Request, who: Principal = require("admin")):
     async with request.app.state.sessions() as session:
         rows = await session.scalars(select(ApiKey).order_by(ApiKey.created_at))
@@ -43,7 +45,7 @@ async def keys_list(request: Request, who: Principal = require("admin")):
         }
 
 
-@router.delete("/keys/{key_id}", status_code=204)
+@router.delete("/keys/{key_id}", status_code=204, responses=answers(404))
 async def keys_revoke(key_id: str, request: Request, who: Principal = require("admin")):
     async with request.app.state.sessions() as session:
         row = await session.get(ApiKey, key_id)

@@ -1,17 +1,20 @@
 """/api/v1/queues, /api/v1/workers, /api/v1/doctor."""
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 
 from taskyard_common.topology import PRIORITIES, QUEUE_NAME
 
+from .api_doc import answers
 from .auth import Principal, require
 from .doctor import run_checks
+from .input_checks import CheckedRoute
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", route_class=CheckedRoute)
+QueueName = Path(pattern=QUEUE_NAME.pattern, description="A queue name, as in a job's `queue`")
 PAUSE_FOREVER = "2999-01-01T00:00:00Z"
 
 
-@router.get("/queues")
+@router.get("/queues", responses=answers())
 async def list_queues(request: Request, who: Principal = require("viewer")):
     state = request.app.state
     snaps = await state.queues.snapshot()
@@ -52,8 +55,6 @@ async def list_queues(request: Request, who: Principal = require("viewer")):
 
 async def _set_paused(request: Request, queue: str, paused: bool) -> dict:
     state = request.app.state
-    if not QUEUE_NAME.fullmatch(queue):  # never a consumer name: NATS would refuse the lookup
-        raise HTTPException(422, f"queue: {queue[:70]!r} is not a queue name ({QUEUE_NAME.pattern})")
     if not await state.queues.queue_snapshot(queue):
         raise HTTPException(404, f"queue {queue} not found (no job was ever submitted to it)")
     for p in PRIORITIES:
@@ -66,22 +67,23 @@ async def _set_paused(request: Request, queue: str, paused: bool) -> dict:
     return {"queue": queue, "paused": paused}
 
 
-@router.post("/queues/{queue}/pause")
-async def pause_queue(queue: str, request: Request, who: Principal = require("admin")):
+# The pattern is checked before any NATS lookup: a non-name is never a consumer name NATS accepts.
+@router.post("/queues/{queue}/pause", responses=answers(404))
+async def pause_queue(queue: str = QueueName, *, request: Request, who: Principal = require("admin")):
     return await _set_paused(request, queue, True)
 
 
-@router.post("/queues/{queue}/resume")
-async def resume_queue(queue: str, request: Request, who: Principal = require("admin")):
+@router.post("/queues/{queue}/resume", responses=answers(404))
+async def resume_queue(queue: str = QueueName, *, request: Request, who: Principal = require("admin")):
     return await _set_paused(request, queue, False)
 
 
-@router.get("/workers")
+@router.get("/workers", responses=answers())
 async def list_workers(request: Request, who: Principal = require("viewer")):
     return {"workers": [w.to_dict() for w in await request.app.state.workers.workers()]}
 
 
-@router.get("/doctor")
+@router.get("/doctor", responses=answers())
 async def doctor(request: Request, who: Principal = require("admin")):
     checks = await run_checks(request.app.state)
     return {"ok": all(c["ok"] for c in checks), "checks": checks}

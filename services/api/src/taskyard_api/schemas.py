@@ -1,18 +1,29 @@
 """Request and response bodies of the REST API."""
 
 import json
-import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic.config import JsonDict
 
+from taskyard_common.payloads import BUILTIN_TYPES
 from taskyard_common.schemas import Backoff, Priority
 from taskyard_common.topology import QUEUE_NAME
 
 JOB_TYPE = r"^[A-Za-z0-9_.:-]{1,128}$"
 QUEUE = QUEUE_NAME.pattern  # a queue name is part of subjects and consumer names
 MAX_DEPTH = 32
+LABEL_NAME = r"^[A-Za-z0-9_.-]{1,63}$"
+LabelName = Annotated[str, StringConstraints(pattern=LABEL_NAME)]
+LabelValue = Annotated[str, StringConstraints(max_length=256)]
+JSON_VALUE: JsonDict = {"x-json-value": True}
+"""Marks an Any field: api_doc makes it a JsonValue (no NUL characters, as the input checks enforce)."""
+TYPE_RULE = (
+    f"A built-in type ({', '.join(BUILTIN_TYPES)}; its payload must fit that type's model, see "
+    "docs/api.md) or a type some worker has registered (its handler names, read from worker "
+    "heartbeats). Any other type is a 422 `type: unknown job type`."
+)
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -30,34 +41,37 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
+class BackoffIn(Backoff):
+    """Backoff as submitted: unknown fields are a typo, not a newer sender (as they may be on NATS)."""
+
+    model_config = {"extra": "forbid"}
+
+
 class JobCreate(BaseModel):
     model_config = {"extra": "forbid"}
 
-    type: str = Field(pattern=JOB_TYPE)
-    payload: Any = None
+    type: str = Field(pattern=JOB_TYPE, description=TYPE_RULE)
+    payload: Any = Field(
+        None,
+        description=f"Any JSON value nested at most {MAX_DEPTH} levels; at most the server's "
+        "TASKYARD_API_MAX_PAYLOAD_BYTES (256 KiB by default) as compact JSON, else a 413.",
+        json_schema_extra=JSON_VALUE,
+    )
     queue: str = Field("default", pattern=QUEUE)
     priority: Priority = "normal"
     timeout_s: float = Field(3600.0, gt=0, le=7 * 86400)
     max_attempts: int = Field(3, ge=1, le=100)
-    backoff: Backoff = Field(default_factory=Backoff)
+    backoff: BackoffIn = Field(default_factory=BackoffIn)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
-    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    labels: dict[LabelName, LabelValue] = Field(
+        default_factory=dict, max_length=32, json_schema_extra={"additionalProperties": False}
+    )
 
     @field_validator("payload")
     @classmethod
     def _payload_shape(cls, value: Any) -> Any:
         if _depth(value, MAX_DEPTH) > MAX_DEPTH:
             raise ValueError(f"payload nests deeper than {MAX_DEPTH} levels")
-        return value
-
-    @field_validator("labels")
-    @classmethod
-    def _labels_shape(cls, value: dict[str, str]) -> dict[str, str]:
-        for k, v in value.items():
-            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,63}", k):
-                raise ValueError(f"label name {k!r} must match [A-Za-z0-9_.-]{{1,63}}")
-            if len(v) > 256 or "\x00" in v:
-                raise ValueError(f"label {k!r}: value longer than 256 chars or contains NUL")
         return value
 
     def payload_size(self) -> int:
@@ -78,4 +92,4 @@ def iso(ts: float | None) -> str | None:
 class KeyCreate(BaseModel):
     model_config = {"extra": "forbid"}
     name: str = Field(min_length=1, max_length=100)
-    role: str = Field(pattern=r"^(viewer|submitter|admin)$")
+    role: Literal["viewer", "submitter", "admin"]
