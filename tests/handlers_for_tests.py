@@ -82,3 +82,19 @@ async def chaos(payload, ctx):
     if ctx.attempt <= payload.get("fail_attempts", 0):
         raise RuntimeError(f"chaos failure on attempt {ctx.attempt}")
     return {"attempt": ctx.attempt}
+
+
+@handler("echo")
+def echo(payload):
+    """Its payload back as its result (what a workflow node hands its children)."""
+    return payload
+
+
+@handler("fails_until_file")
+def fails_until_file(payload):
+    """Fails while `payload.path` does not exist: the test decides when a retry may succeed."""
+    import os
+
+    if not os.path.exists(payload["path"]):
+        raise RuntimeError(f"{payload['path']} is not there yet")
+    return {"ok": True}

@@ -6,7 +6,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from taskyard_api.db import make_engine
 from taskyard_api.driver_insert import DriverInsert
-from taskyard_api.models import ApiKey
+from taskyard_api.models import ApiKey, JobEdge
 from taskyard_api.models import Job as JobModel
 from taskyard_common.settings import DbSettings
 
@@ -41,13 +41,23 @@ async def _with_engine(db_url: str, body):
 
 def test_rows_match_a_session_insert_and_a_batch_is_all_or_nothing(db_url):
     async def body(engine):
-        via_driver = DriverInsert(engine, _jobs)
+        via_driver = DriverInsert(engine)
         async with engine.begin() as conn:  # the reference: SQLAlchemy's own executemany
             await conn.execute(insert(_jobs), [_row("A" * 26), _row("C" * 26, payload=None)])
-        await via_driver([_row("B" * 26), _row("D" * 26, payload=None)])
+        await via_driver((_jobs, [_row("B" * 26), _row("D" * 26, payload=None)]))
         # A duplicate id in the middle of a batch: nothing of that batch is stored.
         with pytest.raises(IntegrityError):
-            await via_driver([_row("E" * 26), _row("B" * 26), _row("F" * 26)])
+            await via_driver((_jobs, [_row("E" * 26), _row("B" * 26), _row("F" * 26)]))
+        # Two tables in one call: a failure in the second leaves nothing of the first either.
+        edges = JobEdge.__table__
+        with pytest.raises(IntegrityError):
+            await via_driver(
+                (_jobs, [_row("H" * 26)]),
+                (
+                    edges,
+                    [{"parent_id": "A" * 26, "child_id": "H" * 26, "on": "succeeded", "state": "open"}] * 2,
+                ),
+            )
         async with engine.connect() as conn:
             rows = (await conn.execute(select(_jobs).order_by(_jobs.c.id))).mappings().all()
             raw = (await conn.exec_driver_sql("SELECT id, CAST(payload AS TEXT) FROM jobs ORDER BY id")).all()
@@ -64,7 +74,7 @@ def test_rows_match_a_session_insert_and_a_batch_is_all_or_nothing(db_url):
 def test_driver_errors_come_out_as_sqlalchemy_errors(db_url):
     async def body(engine):
         with pytest.raises(DBAPIError) as caught:
-            await DriverInsert(engine, _jobs)([_row("G" * 26, owner_id="no-such-key")])
+            await DriverInsert(engine)((_jobs, [_row("G" * 26, owner_id="no-such-key")]))
         return caught.value
 
     error = run_async(_with_engine(db_url, body))

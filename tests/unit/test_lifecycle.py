@@ -11,8 +11,12 @@ from taskyard_api.lifecycle import (
     Decided,
     JobRecord,
     Published,
+    Rearm,
+    Released,
     Reported,
     Retry,
+    Skipped,
+    Unrunnable,
     changes,
     lost_worker,
     new_job,
@@ -237,3 +241,53 @@ def test_the_record_is_frozen():
 def test_an_unknown_event_is_a_programming_error():
     with pytest.raises(TypeError):
         transition(job(), "started")  # type: ignore[arg-type]
+
+
+def test_a_job_with_parents_starts_blocked_with_nothing_to_publish():
+    blocked = new_job(id="J1", owner_id="k1", now=T0, traceparent=None, blocked=True, **SPEC)
+    assert (blocked.status, blocked.outbox_at, blocked.finished) == ("blocked", None, False)
+
+
+def test_released_queues_a_blocked_job_with_its_inputs():
+    blocked = job(status="blocked", outbox_at=None)
+    after = transition(blocked, Released(at=T0 + 4, payload={"n": 1, "x": 2}))
+    assert (after.status, after.outbox_at, after.payload) == ("queued", T0 + 4, {"n": 1, "x": 2})
+
+
+def test_skipped_and_unrunnable_end_a_blocked_job_naming_why():
+    blocked = job(status="blocked", outbox_at=None)
+    skipped = transition(blocked, Skipped(at=T0 + 4, parent_id="P", why="parent P failed"))
+    assert (skipped.status, skipped.finished_at, skipped.error["parent"]) == ("skipped", T0 + 4, "P")
+    failed = transition(blocked, Unrunnable(at=T0 + 4, error={"type": "InputMissing", "message": "m"}))
+    assert (failed.status, failed.error["type"]) == ("failed", "InputMissing")
+
+
+@pytest.mark.parametrize("status", [s for s in STATES if s != "blocked"])
+def test_gate_moves_leave_a_job_that_is_not_blocked_alone(status):
+    before = job(status=status)
+    assert transition(before, Released(at=T0, payload=None)) is before
+    assert transition(before, Skipped(at=T0, parent_id="P", why="w")) is before
+    assert transition(before, Unrunnable(at=T0, error={})) is before
+
+
+@pytest.mark.parametrize("status", ["failed", "dead", "cancelled", "skipped"])
+def test_rearm_makes_an_ended_descendant_wait_again_as_a_new_generation(status):
+    after = transition(job(status=status, attempt=2, error={"type": "E"}), Rearm(at=T0 + 9))
+    assert (after.status, after.generation, after.attempt, after.error, after.outbox_at) == (
+        "blocked",
+        1,
+        0,
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize("status", ["succeeded", "queued", "running", "blocked"])
+def test_rearm_leaves_a_succeeded_or_unfinished_job_alone(status):
+    before = job(status=status)
+    assert transition(before, Rearm(at=T0)) is before
+
+
+def test_a_skipped_job_is_not_retried_on_its_own():
+    with pytest.raises(Refused):
+        transition(job(status="skipped"), Retry(at=T0))

@@ -10,6 +10,7 @@ Priority = Literal["high", "normal", "low"]
 
 
 class JobState(StrEnum):
+    blocked = "blocked"  # waits for its parents (depends_on, a workflow's needs)
     queued = "queued"
     running = "running"
     retrying = "retrying"
@@ -18,9 +19,12 @@ class JobState(StrEnum):
     failed = "failed"
     cancelled = "cancelled"
     dead = "dead"
+    skipped = "skipped"  # a parent ended in a way its edge does not accept: never ran
 
 
-FINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled, JobState.dead})
+FINAL_STATES = frozenset(
+    {JobState.succeeded, JobState.failed, JobState.cancelled, JobState.dead, JobState.skipped}
+)
 
 
 class Backoff(BaseModel):

@@ -18,7 +18,7 @@ from taskyard_common.supervise import Supervisor
 from taskyard_common.telemetry import setup_tracing, shutdown_tracing
 from taskyard_common.topology import Topology, ensure_streams
 
-from . import api_doc, errors, routes_checkpoints, routes_jobs, routes_keys, routes_queues
+from . import api_doc, errors, routes_checkpoints, routes_jobs, routes_keys, routes_queues, routes_work
 from .auth import KeyCache, ensure_key
 from .checkpoints import CheckpointService
 from .db import make_engine, make_sessionmaker
@@ -72,7 +72,9 @@ async def lifespan(app: FastAPI):
     await ensure_streams(state.js, state.topo)
     publisher = Publisher(state.nc, state.js, state.topo)
     state.jobs = JobService(state.sessions, publisher, state.settings, KnownTypes(state.js, state.topo))
-    state.projector = Projector(state.js, state.topo, state.sessions, state.settings.projector_batch)
+    state.projector = Projector(
+        state.js, state.topo, state.sessions, state.settings.projector_batch, state.jobs.publish
+    )
     settings = state.settings
     state.checkpoints = CheckpointService(state.sessions, state.jobs)
     state.queues = QueueState(state.nc, state.js, state.topo, settings.queue_state_cache_s)
@@ -85,6 +87,7 @@ async def lifespan(app: FastAPI):
     supervisor.start("projector", state.projector.run, stop=state.projector.stop)
     supervisor.start("workers-watch", state.workers.watch)
     supervisor.every("outbox", settings.outbox_interval_s, state.jobs.reconcile_once)
+    supervisor.every("gate-sweeper", settings.gate_sweep_interval_s, state.jobs.sweep_gates, at_start=True)
     # NATS away shows in /readyz already; a failed sample needs no warning every 2 s.
     supervisor.every(
         "queue-sampler", SAMPLE_INTERVAL_S, state.queues.sample, at_start=True, level=logging.DEBUG
@@ -130,6 +133,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(routes_keys.router)
     app.include_router(routes_queues.router)
     app.include_router(routes_checkpoints.router)
+    app.include_router(routes_work.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():

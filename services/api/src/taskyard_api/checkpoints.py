@@ -139,6 +139,7 @@ class CheckpointService:
             if after.status == "failed":
                 event = JobEvent.of(after, "failed", {"error": after.error}, attempt=after.attempt)
                 await self.jobs.publisher.publish_events([event])
+                await self.jobs.settle([after])  # what waits for it is skipped
             else:
                 await self.jobs.publish([after])
         return ck

@@ -17,30 +17,31 @@ _DRIVER_ERRORS = (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError, 
 
 
 class DriverInsert:
-    """`await insert(rows)`: rows are dicts with the same keys (column names), all committed or none.
+    """`await insert((table, rows), …)`: rows of one table are dicts with the same keys (column
+    names); every row of every table is committed, or none.
 
     Driver errors come out as SQLAlchemy's `IntegrityError` (unique key) or `DBAPIError`, the
     same exceptions a session raises, so callers and the API's error handlers treat them alike.
     """
 
-    def __init__(self, engine: AsyncEngine, table: Table) -> None:
-        self.engine, self.table = engine, table
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
         self.dialect = engine.sync_engine.dialect
         self._sqlite = self.dialect.name == "sqlite"
-        self._prepared: dict[tuple[str, ...], tuple[str, list]] = {}
+        self._prepared: dict[tuple[str, tuple[str, ...]], tuple[str, list]] = {}
 
-    def _prepare(self, names: tuple[str, ...]) -> tuple[str, list]:
-        prepared = self._prepared.get(names)
+    def _prepare(self, table: Table, names: tuple[str, ...]) -> tuple[str, list]:
+        prepared = self._prepared.get((table.name, names))
         if prepared is None:
             quote = self.dialect.identifier_preparer.quote
             marks = ["?"] * len(names) if self._sqlite else [f"${i}" for i in range(1, len(names) + 1)]
             sql = (
-                f"INSERT INTO {self.dialect.identifier_preparer.format_table(self.table)} "
+                f"INSERT INTO {self.dialect.identifier_preparer.format_table(table)} "
                 f"({', '.join(quote(n) for n in names)}) VALUES ({', '.join(marks)})"
             )
-            columns = [self.table.columns[n] for n in names]
+            columns = [table.columns[n] for n in names]
             processors = [c.type.dialect_impl(self.dialect).bind_processor(self.dialect) for c in columns]
-            prepared = self._prepared[names] = (sql, processors)
+            prepared = self._prepared[(table.name, names)] = (sql, processors)
         return prepared
 
     def _params(self, rows: list[dict], names: tuple[str, ...], processors: list) -> list[tuple]:
@@ -53,27 +54,36 @@ class DriverInsert:
             out.append(tuple(values))
         return out
 
-    async def __call__(self, rows: list[dict]) -> None:
-        if not rows:
+    async def __call__(self, *batches: tuple[Table, list[dict]]) -> None:
+        statements = []
+        for table, rows in batches:
+            if rows:
+                names = tuple(rows[0])
+                sql, processors = self._prepare(table, names)
+                statements.append((sql, self._params(rows, names, processors)))
+        if not statements:
             return
-        names = tuple(rows[0])
-        sql, processors = self._prepare(names)
-        params = self._params(rows, names, processors)
         async with self.engine.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
             assert driver is not None  # a pooled connection that is checked out is open
+            sql = statements[0][0]
             try:
                 if self._sqlite:
                     # sqlite3 (inline, see sqlite_inline) opens the transaction before the INSERT.
                     try:
-                        await driver.executemany(sql, params)
+                        for sql, params in statements:
+                            await driver.executemany(sql, params)
                         await driver.commit()
                     except BaseException:
                         await driver.rollback()
                         raise
-                else:
+                elif len(statements) == 1:
                     # asyncpg runs an executemany in a transaction of its own (all rows or none).
-                    await driver.executemany(sql, params)
+                    await driver.executemany(*statements[0])
+                else:
+                    async with driver.transaction():
+                        for sql, params in statements:
+                            await driver.executemany(sql, params)
             except _DRIVER_ERRORS as exc:
                 raise _as_sqlalchemy(exc, sql) from exc
 

@@ -7,7 +7,7 @@ other's move: a guard that no longer matches writes nothing, and the caller deci
 
 from typing import Any
 
-from sqlalchemy import Row, Table, bindparam, select, update
+from sqlalchemy import Row, Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from .driver_insert import DriverInsert
@@ -28,7 +28,11 @@ _MARK_PUBLISHED = (
 
 
 def record_of(row: Row[Any]) -> JobRecord:
-    return JobRecord(**row._mapping)
+    """The record of a row of `jobs` (extra columns of a join are left out)."""
+    mapping = row._mapping
+    if len(mapping) == len(COLUMNS):
+        return JobRecord(**mapping)
+    return JobRecord(**{name: mapping[name] for name in COLUMNS})
 
 
 def row_of(job: JobRecord) -> dict[str, Any]:
@@ -38,16 +42,28 @@ def row_of(job: JobRecord) -> dict[str, Any]:
 class JobStore:
     def __init__(self, engine: AsyncEngine) -> None:
         # The submit path's INSERT goes straight through the driver (driver_insert).
-        self._insert = DriverInsert(engine, jobs_table)
+        self._insert = DriverInsert(engine)
 
-    async def insert(self, jobs: list[JobRecord]) -> None:
-        """All rows in one transaction, or none (IntegrityError on a taken idempotency key)."""
-        await self._insert([row_of(job) for job in jobs])
+    async def insert(self, jobs: list[JobRecord], *others: tuple[Table, list[dict[str, Any]]]) -> None:
+        """New jobs and what comes with them (their edges, batch, workflow), in one transaction or
+        not at all (IntegrityError on a taken idempotency key)."""
+        await self._insert((jobs_table, [row_of(job) for job in jobs]), *others)
+
+    @staticmethod
+    async def add(session: AsyncSession, jobs: list[JobRecord]) -> None:
+        """New jobs inside the session's transaction (callbacks created by the gate keeper)."""
+        if jobs:
+            await session.execute(insert(jobs_table), [row_of(job) for job in jobs])
 
     @staticmethod
     async def get(session: AsyncSession, job_id: str) -> JobRecord | None:
         row = (await session.execute(_BY_ID, {"job_id": job_id})).first()
         return record_of(row) if row is not None else None
+
+    @staticmethod
+    async def get_many(session: AsyncSession, ids: list[str]) -> dict[str, JobRecord]:
+        rows = await session.execute(select(jobs_table).where(jobs_table.c.id.in_(ids)))
+        return {row.id: record_of(row) for row in rows}
 
     @staticmethod
     async def save(session: AsyncSession, old: JobRecord, new: JobRecord) -> bool:

@@ -15,7 +15,7 @@ from taskyard_common.heartbeats import HeartbeatReader
 from taskyard_common.payloads import BUILTIN_TYPES, payload_problems
 from taskyard_common.topology import Topology
 
-from .schemas import JobCreate
+from .schemas import JobFields
 
 log = logging.getLogger("taskyard.api.job_types")
 
@@ -37,9 +37,8 @@ class KnownTypes:
         self._scan_failed = False
         self._lock = asyncio.Lock()
 
-    async def problems(self, spec: JobCreate, index: int | None = None) -> list[str]:
-        """What is wrong with ``spec``'s type or payload; ``index`` prefixes ``jobs[i].`` (batches)."""
-        prefix = "" if index is None else f"jobs[{index}]."
+    async def problems(self, spec: JobFields, prefix: str = "") -> list[str]:
+        """What is wrong with ``spec``'s type or payload; ``prefix`` names it (``jobs[3].``)."""
         if spec.type in BUILTIN_TYPES:
             return [prefix + p for p in payload_problems(spec.type, spec.payload)]
         if spec.type in self._seen:

@@ -10,7 +10,10 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
+from sqlalchemy import Table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -18,26 +21,36 @@ from taskyard_common.schemas import JobEvent
 from taskyard_common.telemetry import current_traceparent, tracer, tracing_on
 from taskyard_common.topology import QueueLimitReached
 
+from . import gates
 from .auth import Principal
 from .failures import Forbidden, Invalid, NotFound, Refused, TooLarge
+from .gates import edges_table
 from .ids import JOB_ID, new_id
 from .job_store import JobStore
 from .job_types import KnownTypes
 from .lifecycle import Cancel, Event, JobRecord, Published, Retry, new_job, transition
+from .plan import Item, check_graph
 from .publisher import Publisher
-from .schemas import JobCreate
+from .schemas import JobFields
 from .settings import ApiSettings
 
 log = logging.getLogger("taskyard.api.jobs")
 _tracer = tracer("taskyard.api")
 
+# What a job record takes from a request's spec (the rest is where it sits: name, parents, …).
+JOB_FIELDS = set(JobFields.model_fields)
 # Most jobs one grouped INSERT carries (like a jobs:batch request).
 GROUP_MAX = 500
 # How often a command decides again when a concurrent writer moved the job under it.
 DECIDE_TRIES = 5
 
 
-def _new_record(spec: JobCreate, owner: Principal, now: float) -> JobRecord:
+def _may_see(who: Principal, job: JobRecord) -> bool:
+    return who.at_least("admin") or job.owner_id == who.id
+
+
+def _new_record(item: Item, owner: Principal, now: float, member: dict[str, Any]) -> JobRecord:
+    spec = item.spec
     job_id = new_id(now)
     traceparent = None
     if tracing_on():
@@ -45,11 +58,39 @@ def _new_record(spec: JobCreate, owner: Principal, now: float) -> JobRecord:
         attrs = {"taskyard.job.id": job_id, "taskyard.queue": spec.queue, "taskyard.type": spec.type}
         with _tracer.start_as_current_span("taskyard.job.enqueue", attributes=attrs):
             traceparent = current_traceparent()
-    return new_job(id=job_id, owner_id=owner.id, now=now, traceparent=traceparent, **spec.model_dump())
+    return new_job(
+        id=job_id,
+        owner_id=owner.id,
+        now=now,
+        traceparent=traceparent,
+        blocked=bool(item.parents),
+        node=item.name,
+        inputs=item.inputs,
+        **member,
+        **spec.model_dump(include=JOB_FIELDS),
+    )
 
 
 def _queued_event(job: JobRecord, at: float) -> JobEvent:
     return JobEvent.of(job, "queued", {"generation": job.generation}, at=at)
+
+
+@dataclass
+class Submission:
+    """New jobs and the rows stored with them in the same transaction (edges, batch, workflow)."""
+
+    jobs: list[JobRecord]
+    others: list[tuple[Table, list[dict[str, Any]]]] = field(default_factory=list)
+
+
+def _merged(group: list[Submission]) -> Submission:
+    if len(group) == 1:
+        return group[0]
+    by_table: dict[str, tuple[Table, list[dict[str, Any]]]] = {}
+    for sub in group:
+        for table, rows in sub.others:
+            by_table.setdefault(table.name, (table, []))[1].extend(rows)
+    return Submission([job for sub in group for job in sub.jobs], list(by_table.values()))
 
 
 class SubmitGroup:
@@ -58,26 +99,26 @@ class SubmitGroup:
     A lone request goes straight through.
     """
 
-    def __init__(self, store: Callable[[list[JobRecord]], Awaitable[list[JobRecord]]]) -> None:
+    def __init__(self, store: Callable[[Submission], Awaitable[list[JobRecord]]]) -> None:
         self._store = store
-        self._waiting: list[tuple[list[JobRecord], asyncio.Future[list[JobRecord]]]] = []
+        self._waiting: list[tuple[Submission, asyncio.Future[list[JobRecord]]]] = []
         self._writer: asyncio.Task[None] | None = None  # the task writing groups, while there are any
 
-    async def submit(self, jobs: list[JobRecord]) -> list[JobRecord]:
-        """`jobs` once they are stored and their publish was attempted, in order."""
+    async def submit(self, submission: Submission) -> list[JobRecord]:
+        """Its jobs once they are stored and their publish was attempted, in order."""
         done: asyncio.Future[list[JobRecord]] = asyncio.get_running_loop().create_future()
-        self._waiting.append((jobs, done))
+        self._waiting.append((submission, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_all())
         return await done
 
-    def _next_group(self) -> list[tuple[list[JobRecord], asyncio.Future[list[JobRecord]]]]:
-        group: list[tuple[list[JobRecord], asyncio.Future[list[JobRecord]]]] = []
+    def _next_group(self) -> list[tuple[Submission, asyncio.Future[list[JobRecord]]]]:
+        group: list[tuple[Submission, asyncio.Future[list[JobRecord]]]] = []
         size = 0
-        while self._waiting and (not group or size + len(self._waiting[0][0]) <= GROUP_MAX):
+        while self._waiting and (not group or size + len(self._waiting[0][0].jobs) <= GROUP_MAX):
             request = self._waiting.pop(0)
             group.append(request)
-            size += len(request[0])
+            size += len(request[0].jobs)
         return group
 
     async def _write_all(self) -> None:
@@ -86,16 +127,16 @@ class SubmitGroup:
         while self._waiting:
             group = self._next_group()
             try:
-                stored = await self._store([job for jobs, _ in group for job in jobs])
+                stored = await self._store(_merged([sub for sub, _ in group]))
             except IntegrityError as exc:
                 if len(group) == 1:
                     _answer(group[0][1], exc)
                     continue
                 # A taken idempotency key fails the whole INSERT: write each request on its own,
                 # so only the one that holds the key gets the error.
-                for jobs, done in group:
+                for sub, done in group:
                     try:
-                        _answer(done, await self._store(jobs))
+                        _answer(done, await self._store(sub))
                     except Exception as one:  # noqa: BLE001 - that request answers with it
                         _answer(done, one)
                 continue
@@ -104,9 +145,9 @@ class SubmitGroup:
                     _answer(done, exc)
                 continue
             start = 0
-            for jobs, done in group:
-                _answer(done, stored[start : start + len(jobs)])
-                start += len(jobs)
+            for sub, done in group:
+                _answer(done, stored[start : start + len(sub.jobs)])
+                start += len(sub.jobs)
 
 
 def _answer(done: asyncio.Future[list[JobRecord]], outcome: list[JobRecord] | BaseException) -> None:
@@ -131,76 +172,121 @@ class JobService:
         self.store = JobStore(sessions.kw["bind"])
         self._group = SubmitGroup(self._store_new)
 
-    async def submit(self, specs: list[JobCreate], owner: Principal) -> list[tuple[JobRecord, bool]]:
-        """Store and publish new jobs; returns (job, created) in order. A batch is accepted whole
-        or not at all: every item is checked before anything is written."""
-        with _tracer.start_as_current_span("taskyard.submit", attributes={"taskyard.jobs": len(specs)}):
-            await self._check(specs)
-            return await self._submit(specs, owner)
+    async def submit(
+        self, items: list[Item], owner: Principal, *extra: tuple[Table, dict[str, Any]], **member: Any
+    ) -> list[tuple[JobRecord, bool]]:
+        """Store and publish new jobs; returns (job, created) in order. A request is accepted whole
+        or not at all: every item is checked before anything is written. `extra`: rows stored with
+        the jobs (their batch, their workflow); `member`: columns every job gets (batch_id, …)."""
+        with _tracer.start_as_current_span("taskyard.submit", attributes={"taskyard.jobs": len(items)}):
+            stored_parents = await self._check(items, owner)
+            return await self._submit(items, owner, stored_parents, list(extra), member)
 
-    async def _check(self, specs: list[JobCreate]) -> None:
-        def field(i: int, name: str) -> str:
-            return name if len(specs) == 1 else f"jobs[{i}].{name}"
-
+    async def _check(self, items: list[Item], owner: Principal) -> dict[str, JobRecord]:
+        """Refuse what can never run; returns the stored jobs named as parents."""
         limit = self.settings.max_payload_bytes
-        for i, spec in enumerate(specs):
-            if (size := spec.payload_size()) > limit:
-                raise TooLarge(f"{field(i, 'payload')}: {size} bytes exceeds the limit of {limit}")
+        for item in items:
+            if (size := item.spec.payload_size()) > limit:
+                raise TooLarge(f"{item.field('payload')}: {size} bytes exceeds the limit of {limit}")
         problems: list[str] = []
-        for i, spec in enumerate(specs):
-            problems += await self.known_types.problems(spec, None if len(specs) == 1 else i)
+        for item in items:
+            problems += await self.known_types.problems(item.spec, item.where)
         if problems:
             raise Invalid("; ".join(problems[:10]))
+        parent_ids = check_graph(items)
+        parents: dict[str, JobRecord] = {}
+        if parent_ids:
+            async with self.sessions() as session:
+                parents = await JobStore.get_many(session, parent_ids)
+            for item in items:
+                for dep in item.parents:
+                    job = parents.get(dep.job)
+                    if dep.job in parent_ids and (job is None or not _may_see(owner, job)):
+                        raise Invalid(f"{item.field(item.parents_field)}: job {dep.job} not found")
         # A new queue gets its consumers before its first job is stored: past the install's queue
         # limit the submit is refused and nothing is written (stored, it could never be published).
-        first: dict[str, int] = {}
-        for i, spec in enumerate(specs):
-            first.setdefault(spec.queue, i)
-        for queue, i in first.items():
+        first: dict[str, Item] = {}
+        for item in items:
+            first.setdefault(item.spec.queue, item)
+        for queue, item in first.items():
             try:
                 await self.publisher.ensure_queue(queue)
             except QueueLimitReached as exc:
-                raise Refused(f"{field(i, 'queue')}: {exc}") from None
+                raise Refused(f"{item.field('queue')}: {exc}") from None
             except Exception as exc:  # noqa: BLE001 - NATS away: stored now, the outbox publishes it
                 log.warning("could not create the consumers of queue %r (the outbox retries): %s", queue, exc)
+        return parents
 
-    async def _submit(self, specs: list[JobCreate], owner: Principal) -> list[tuple[JobRecord, bool]]:
+    async def _submit(
+        self,
+        items: list[Item],
+        owner: Principal,
+        parents: dict[str, JobRecord],
+        extra: list[tuple[Table, dict[str, Any]]],
+        member: dict[str, Any],
+    ) -> list[tuple[JobRecord, bool]]:
         now = time.time()
-        keys = [spec.idempotency_key for spec in specs if spec.idempotency_key]
+        keys = [item.spec.idempotency_key for item in items if item.spec.idempotency_key]
         existing: dict[str, JobRecord] = {}
         if keys:
             async with self.sessions() as session:
                 existing = await JobStore.by_idempotency_key(session, owner.id, keys)
         results: list[tuple[JobRecord, bool]] = []
-        new: list[JobRecord] = []
-        for spec in specs:
-            key = spec.idempotency_key
+        by_name: dict[str, str] = {}  # name in the request → job id
+        for item in items:
+            key = item.spec.idempotency_key
             if key and key in existing:
                 results.append((existing[key], False))
-                continue
-            job = _new_record(spec, owner, now)
-            new.append(job)
-            results.append((job, True))
-            if key:
-                existing[key] = job  # the same key twice in one batch is one job
+            else:
+                job = _new_record(item, owner, now, member)
+                results.append((job, True))
+                if key:
+                    existing[key] = job  # the same key twice in one batch is one job
+            if item.name:
+                by_name[item.name] = results[-1][0].id
+        new = [job for job, created in results if created]
+        edges = [
+            {"parent_id": by_name.get(dep.job, dep.job), "child_id": job.id, "on": dep.on, "state": "open"}
+            for item, (job, created) in zip(items, results, strict=True)
+            if created
+            for dep in item.parents
+        ]
+        submission = Submission(new, [(edges_table, edges)] + [(t, [row]) for t, row in extra])
         try:
-            stored = iter(await self._group.submit(new) if new else [])
+            stored = iter(await self._group.submit(submission) if new else [])
         except IntegrityError:
             # A concurrent request stored the same idempotency key first: answer with its job.
-            if len(specs) != 1:
+            if len(items) != 1:
                 raise Refused("idempotency key submitted concurrently; retry the batch") from None
             async with self.sessions() as session:
                 again = await JobStore.by_idempotency_key(session, owner.id, keys)
             return [(again[keys[0]], False)]
         by_id = {job.id: job for job in stored}
+        if ended := [job for job in parents.values() if job.finished]:
+            # Parents that ended before their children were stored: settle those edges now (the
+            # gate keeper closes each edge once, whoever gets there first).
+            for job in await self.settle(ended):
+                by_id[job.id] = job
         return [(by_id.get(job.id, job), created) for job, created in results]
 
-    async def _store_new(self, jobs: list[JobRecord]) -> list[JobRecord]:
+    async def _store_new(self, submission: Submission) -> list[JobRecord]:
         """The one insert path (SubmitGroup's writer): insert the rows, then publish them."""
-        await self.store.insert(jobs)
+        await self.store.insert(submission.jobs, *submission.others)
         if self.settings.fault_crash_after_insert:
             os._exit(99)
-        return await self.publish(jobs)
+        queued = [job for job in submission.jobs if job.outbox_at is not None]
+        published = {job.id: job for job in await self.publish(queued)}
+        return [published.get(job.id, job) for job in submission.jobs]
+
+    async def settle(self, ended: list[JobRecord]) -> list[JobRecord]:
+        """Run the gate keeper for jobs that ended outside the projector (cancel, a checkpoint's
+        rejection, parents found ended at submit); publish what it released. Returns the jobs it
+        moved, as they are now."""
+        async with self.sessions() as session:
+            opened = await gates.settle(session, ended)
+            await session.commit()
+        published = await self.publish(opened.released)
+        return published + opened.ended
 
     async def publish(self, jobs: list[JobRecord]) -> list[JobRecord]:
         """Publish the jobs' current messages and record the stream sequences JetStream gave them.
@@ -247,21 +333,58 @@ class JobService:
                     return old, new
         raise Refused(f"job {job_id} keeps changing; retry")
 
-    async def cancel(self, job_id: str, who: Principal) -> JobRecord:
-        """Cancel at once: drop the queued message and tell any executor running it to kill it."""
-        old, job = await self.decide(job_id, who, Cancel(time.time()))
-        if old.stream_seq is not None:
-            await self.publisher.delete_queued(old.stream_seq)
-        await self.publisher.broadcast_cancel(job.id)
-        event = JobEvent.of(job, "cancelled", {"by": who.name}, attempt=job.attempt, at=job.updated_at)
-        await self.publisher.publish_events([event])
-        return job
+    async def cancel(self, job_id: str, who: Principal, descendants: str = "cascade") -> JobRecord:
+        """Cancel at once: drop the queued message and tell any executor running it to kill it.
+        `descendants`: `cascade` cancels what waits for it too; `leave` lets their edges decide
+        (skipped, or run if they wait for it to finish whatever the outcome)."""
+        now = time.time()
+        moves = [await self.decide(job_id, who, Cancel(now))]
+        if descendants == "cascade":
+            async with self.sessions() as session:
+                waiting = await gates.descendants(session, [job_id])
+            for child in waiting:
+                try:
+                    moves.append(await self.decide(child, who, Cancel(now)))
+                except (Refused, NotFound, Forbidden):
+                    continue  # ended already, or not the caller's to cancel
+        for old, job in moves:
+            if old.stream_seq is not None and old.outbox_at is None:
+                await self.publisher.delete_queued(old.stream_seq)
+            if old.status != "blocked":  # it may be on an executor (or about to be)
+                await self.publisher.broadcast_cancel(job.id)
+        events = [
+            JobEvent.of(job, "cancelled", {"by": who.name}, attempt=job.attempt, at=now) for _, job in moves
+        ]
+        await self.publisher.publish_events(events)
+        await self.settle([job for _, job in moves])
+        return moves[0][1]
 
     async def retry(self, job_id: str, who: Principal) -> JobRecord:
-        """Run a finished job again as a new message generation (escapes the dedupe window)."""
-        _, job = await self.decide(job_id, who, Retry(time.time()))
-        [job] = await self.publish([job])
-        return job
+        """Run a finished job again as a new message generation (escapes the dedupe window); what
+        waited for it and did not succeed waits for it again."""
+        now = time.time()
+        for _ in range(DECIDE_TRIES):
+            async with self.sessions() as session:
+                old = await self.get_owned(session, job_id, who)
+                job = transition(old, Retry(now))
+                if not await JobStore.save(session, old, job):
+                    continue
+                opened = await gates.rearm(session, [job], now)
+                await session.commit()
+            [job] = await self.publish([job])
+            await self.publish(opened.released)
+            return job
+        raise Refused(f"job {job_id} keeps changing; retry")
+
+    async def sweep_gates(self) -> int:
+        """Settle the edges of ended jobs that nobody settled (a crash between a cancel's commit and
+        its settle): every `gate_sweep_interval_s`, run by the api's Supervisor."""
+        async with self.sessions() as session:
+            ended = await gates.unsettled_parents(session)
+        if ended:
+            log.info("gates: settling %d ended jobs' open edges", len(ended))
+            await self.settle(ended)
+        return len(ended)
 
     async def reconcile_once(self) -> int:
         """Outbox: publish the messages a crash or a NATS outage left unpublished (every

@@ -16,10 +16,12 @@ from taskyard_common.schemas import FINAL_STATES, JobEvent
 
 from .failures import Refused
 
-# A job is waiting for a decision, a retry or a slot in these states (it may get a reason).
-WAITING_STATES = frozenset({"queued", "retrying", "waiting"})
+# A job is waiting for a decision, a retry, its parents or a slot in these states (it gets a reason).
+WAITING_STATES = frozenset({"blocked", "queued", "retrying", "waiting"})
 # Only these end states may be run again.
 RETRYABLE_STATES = frozenset({"failed", "dead", "cancelled"})
+# Edge conditions: the child runs once its parent ended so.
+EDGE_ACCEPTS = {"succeeded": frozenset({"succeeded"}), "finished": FINAL_STATES}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,6 +60,13 @@ class JobRecord:
     last_event_seq: int = 0
     started_at: float | None = None
     finished_at: float | None = None
+    # Work made of many jobs: the batch and the workflow it belongs to, its name there.
+    batch_id: str | None = None
+    workflow_id: str | None = None
+    node: str | None = None
+    # Workflow inputs: payload key → "<parent node>/<JSON pointer into its result>", resolved
+    # into the payload when the job is released.
+    inputs: dict[str, str] | None = None
 
     @property
     def finished(self) -> bool:
@@ -113,18 +122,53 @@ class Decided:
     error: dict[str, Any] | None = None
 
 
-Event = Published | Reported | Cancel | Retry | Decided
+@dataclass(frozen=True, slots=True)
+class Released:
+    """Every parent ended as its edge asks: the job may run, with `payload` (inputs resolved)."""
+
+    at: float
+    payload: Any
 
 
-def new_job(*, id: str, owner_id: str, now: float, traceparent: str | None, **spec: Any) -> JobRecord:
-    """A just-submitted job: `queued`, its message due for publishing now."""
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A parent ended in a way the edge does not accept (or could not give an input)."""
+
+    at: float
+    parent_id: str
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unrunnable:
+    """A blocked job that can never run as asked (an input its parent's result lacks): failed."""
+
+    at: float
+    error: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Rearm:
+    """Wait for parents again (their retry re-runs this job too)."""
+
+    at: float
+
+
+Event = Published | Reported | Cancel | Retry | Decided | Released | Skipped | Unrunnable | Rearm
+
+
+def new_job(
+    *, id: str, owner_id: str, now: float, traceparent: str | None, blocked: bool = False, **spec: Any
+) -> JobRecord:
+    """A just-submitted job: `queued`, its message due for publishing now; or `blocked` until its
+    parents end (nothing to publish until then)."""
     return JobRecord(
         id=id,
         owner_id=owner_id,
-        status="queued",
+        status="blocked" if blocked else "queued",
         created_at=now,
         updated_at=now,
-        outbox_at=now,
+        outbox_at=None if blocked else now,
         traceparent=traceparent,
         **spec,
     )
@@ -147,6 +191,27 @@ def transition(job: JobRecord, event: Event) -> JobRecord:
             return _requeued(job, at, generation=job.generation + 1, resume=0)
         case Decided():
             return _decided(job, event)
+        case Released(at, payload):
+            if job.status != "blocked":
+                return job  # cancelled meanwhile: stays so
+            return replace(job, status="queued", payload=payload, outbox_at=at, updated_at=at)
+        case Skipped(at, parent_id, why):
+            if job.status != "blocked":
+                return job
+            error = {"type": "ParentNotDone", "message": why, "parent": parent_id}
+            return replace(job, status="skipped", error=error, finished_at=at, updated_at=at)
+        case Unrunnable(at, error):
+            if job.status != "blocked":
+                return job
+            return replace(job, status="failed", error=error, finished_at=at, updated_at=at)
+        case Rearm(at):
+            if not job.finished or job.status == "succeeded":
+                return job
+            return replace(
+                _requeued(job, at, generation=job.generation + 1, resume=0),
+                status="blocked",
+                outbox_at=None,
+            )
     raise TypeError(f"not a lifecycle event: {event!r}")
 
 

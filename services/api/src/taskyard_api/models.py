@@ -30,6 +30,8 @@ class Job(Base):
         UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency"),
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_queue_id", "queue", "id"),
+        Index("ix_jobs_batch_status", "batch_id", "status"),
+        Index("ix_jobs_workflow", "workflow_id"),
     )
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True)
@@ -62,6 +64,54 @@ class Job(Base):
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    batch_id: Mapped[str | None] = mapped_column(String(26), nullable=True)
+    workflow_id: Mapped[str | None] = mapped_column(String(26), nullable=True)
+    node: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    inputs: Mapped[dict | None] = mapped_column(JsonType, nullable=True)
+
+
+class JobEdge(Base):
+    """`child` waits for `parent` to end as `on` asks. `state` is open until the gate keeper
+    settles the edge, exactly once: accepted (the child may run) or refused (it is skipped)."""
+
+    __tablename__ = "job_edges"
+    __table_args__ = (
+        Index("ix_job_edges_child_state", "child_id", "state"),
+        Index("ix_job_edges_state", "state"),
+    )
+
+    parent_id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    child_id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    on: Mapped[str] = mapped_column(String(16))  # succeeded | finished
+    state: Mapped[str] = mapped_column(String(16))  # open | accepted | refused
+
+
+class Batch(Base):
+    """Jobs submitted together; their callbacks run once, when the last of them has ended."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    total: Mapped[int] = mapped_column(Integer)
+    # Callback job specs by outcome (on_success / on_failure / on_complete), run once.
+    callbacks: Mapped[dict] = mapped_column(JsonType, default=dict)
+    created_at: Mapped[float] = mapped_column(Float)
+    completed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Workflow(Base):
+    """A DAG of jobs (its nodes); its status is derived from theirs."""
+
+    __tablename__ = "workflows"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    on_failure: Mapped[str] = mapped_column(String(16))  # stop | continue
+    created_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 

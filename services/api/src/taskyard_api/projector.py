@@ -7,6 +7,7 @@ moves for events newer than the last one it applied, so replaying the stream cha
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.errors import Error as NatsError
@@ -23,8 +24,9 @@ from taskyard_common.nats_util import stream_seq
 from taskyard_common.schemas import FINAL_STATES, JobEvent
 from taskyard_common.topology import Topology
 
+from . import gates
 from .job_store import record_of
-from .lifecycle import Reported, changes, lost_worker, transition
+from .lifecycle import JobRecord, Reported, changes, lost_worker, transition
 from .models import Checkpoint, Job, JobEventRow
 
 log = logging.getLogger("taskyard.api.projector")
@@ -72,9 +74,16 @@ def _row(
 
 class Projector:
     def __init__(
-        self, js: JetStreamContext, topo: Topology, sessions: async_sessionmaker[AsyncSession], batch: int
+        self,
+        js: JetStreamContext,
+        topo: Topology,
+        sessions: async_sessionmaker[AsyncSession],
+        batch: int,
+        publish: Callable[[list[JobRecord]], Awaitable[list[JobRecord]]],
     ) -> None:
         self.js, self.topo, self.sessions, self.batch = js, topo, sessions, batch
+        # Publishes the jobs a projected outcome released (their gates opened); see gates.
+        self.publish = publish
         self.stopping = False
         # Moving average of run time per job type (seconds): what "usually takes" means for `stuck`.
         self.typical_duration_s: dict[str, float] = {}
@@ -174,7 +183,13 @@ class Projector:
                 await session.execute(_update_jobs(columns, unless_final), batch)
             if checkpoints:
                 await session.execute(_insert_ignoring(session, Checkpoint, "id"), checkpoints)
+            # Outcomes and what they open commit together; the released jobs are due in the
+            # outbox, so a crash before the publish below loses nothing.
+            ended = [job for job_id, job in jobs.items() if job.finished and not before[job_id].finished]
+            opened = await gates.settle(session, ended) if ended else None
             await session.commit()
+        if opened and opened.released:
+            await self.publish(opened.released)
 
 
 def _checkpoint_row(event: JobEvent) -> dict:

@@ -146,3 +146,38 @@ def _no_workers(queue: str, not_live: Sequence[WorkerView]) -> dict:
         last_worker=last.heartbeat.id,
         last_seen_s=round(last.age_s, 1),
     )
+
+
+def blocked_reason(parents: Sequence[tuple[str, str | None, str, dict[str, Any]]]) -> dict[str, Any]:
+    """Why a `blocked` job waits: each open parent (id, name, status, its own position/ETA).
+    The job's ETA is its slowest parent's, when every parent has one."""
+    if not parents:
+        return {
+            "queue_position": None,
+            "eta_seconds": None,
+            "eta_range": None,
+            "waiting_reason": reason("blocked", "Its parents have ended; it is being released."),
+        }
+    words, evidence, etas = [], [], []
+    for job_id, name, status, seen in parents:
+        label = name or job_id
+        detail = status
+        if seen.get("queue_position") is not None:
+            detail += f", position {seen['queue_position']}"
+        if seen.get("eta_seconds") is not None:
+            detail += f", ETA ~{seconds_text(seen['eta_seconds'])}"
+        etas.append(seen.get("eta_seconds"))
+        words.append(f"{label} ({detail})")
+        evidence.append(
+            {"id": job_id, "name": name, "status": status, "queue_position": seen.get("queue_position"),
+             "eta_seconds": seen.get("eta_seconds")}
+        )  # fmt: skip
+    known = None if any(e is None for e in etas) else max(e for e in etas if e is not None)
+    return {
+        "queue_position": None,
+        "eta_seconds": known,
+        "eta_range": None,
+        "waiting_reason": reason(
+            "blocked", f"Waiting for {len(parents)} parent(s): {', '.join(words)}.", parents=evidence
+        ),
+    }

@@ -1,7 +1,7 @@
 """/api/v1/jobs: submit, batch, list, get, cancel, retry, logs."""
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
@@ -11,8 +11,10 @@ from sqlalchemy import bindparam, select
 
 from taskyard_common.schemas import FINAL_STATES, JobState
 
+from . import gates
 from .api_doc import answers
 from .auth import Principal, require
+from .batches import submit_batch_of
 from .checkpoints import checkpoint_out
 from .failures import NotFound, Unavailable
 from .ids import JOB_ID
@@ -22,7 +24,9 @@ from .jobs import JobService
 from .lifecycle import WAITING_STATES, JobRecord
 from .logs import follow_logs, read_logs
 from .models import Checkpoint, Job, JobEventRow
+from .plan import as_items
 from .ratelimit import too_many
+from .reasons import blocked_reason
 from .schemas import LABEL_NAME, JobBatch, JobCreate
 from .views import JsonAnswer, job_out
 from .waiting import explain
@@ -67,18 +71,16 @@ def _svc(request: Request) -> JobService:
 )
 async def submit_job(body: JobCreate, request: Request, who: Principal = require("submitter")):
     _admit(request, who, 1)
-    [(job, created)] = await _svc(request).submit([body], who)
+    [(job, created)] = await _svc(request).submit(as_items([body], many=False), who)
     return JsonAnswer(job_out(job), 201 if created else 200)
 
 
 @router.post("/jobs:batch", status_code=201, responses=answers(409, 413))
 async def submit_batch(body: JobBatch, request: Request, who: Principal = require("submitter")):
-    limit = request.app.state.settings.max_batch
-    if len(body.jobs) > limit:
-        raise HTTPException(413, f"jobs: {len(body.jobs)} items exceeds the batch limit of {limit}")
+    """The jobs as one batch (its id in `batch_id`; `GET /api/v1/batches/{id}` for its progress)."""
     _admit(request, who, len(body.jobs))
-    results = await _svc(request).submit(body.jobs, who)
-    return JsonAnswer({"jobs": [job_out(job) for job, _ in results]}, 201)
+    batch, results = await submit_batch_of(_svc(request), request, body, who)
+    return JsonAnswer({"batch_id": batch["id"], "jobs": [job_out(job) for job, _ in results]}, 201)
 
 
 def _timestamp(value: str | None) -> float | None:
@@ -174,18 +176,44 @@ async def get_job(job_id: str, request: Request, who: Principal = require("viewe
                 select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.status == "pending")
             )
         out["checkpoint"] = checkpoint_out(ck) if ck else None
+    state = request.app.state
+    async with state.sessions() as session:
+        out["parents"], out["children"] = await gates.family(session, job.id)
     if job.status in WAITING_STATES:
-        state = request.app.state
         try:
-            out.update(await explain(job, timeline, state.queues, state.workers))
+            if job.status == "blocked":
+                out.update(await _blocked(request, job))
+            else:
+                out.update(await explain(job, timeline, state.queues, state.workers))
         except NatsError as exc:
             out["waiting_reason"] = {"code": "unknown", "message": f"NATS unavailable: {exc}", "evidence": {}}
     return JsonAnswer(out)
 
 
+async def _blocked(request: Request, job: JobRecord) -> dict:
+    """A blocked job's reason: its open parents, each with its own state, position and ETA."""
+    state = request.app.state
+    async with state.sessions() as session:
+        parents = await gates.open_parents(session, job.id)
+    seen = []
+    for parent, _on in parents:
+        about: dict = {}
+        if parent.status == "queued":
+            about = await explain(parent, [], state.queues, state.workers)
+        seen.append((parent.id, parent.node, parent.status, about))
+    return blocked_reason(seen)
+
+
 @router.post("/jobs/{job_id}/cancel", responses=answers(404, 409))
-async def cancel_job(job_id: str, request: Request, who: Principal = require("submitter")):
-    return job_out(await _svc(request).cancel(job_id, who))
+async def cancel_job(
+    job_id: str,
+    request: Request,
+    descendants: Literal["cascade", "leave"] = Query(
+        "cascade", description="cascade: cancel what waits for it too; leave: let their edges decide"
+    ),
+    who: Principal = require("submitter"),
+):
+    return job_out(await _svc(request).cancel(job_id, who, descendants))
 
 
 @router.post("/jobs/{job_id}/retry", responses=answers(404, 409))

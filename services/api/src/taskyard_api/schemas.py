@@ -47,7 +47,22 @@ class BackoffIn(Backoff):
     model_config = {"extra": "forbid"}
 
 
-class JobCreate(BaseModel):
+NODE_NAME = r"^[A-Za-z0-9_.:-]{1,128}$"
+NodeName = Annotated[str, StringConstraints(pattern=NODE_NAME)]
+MAX_PARENTS = 100
+
+
+class Dependency(BaseModel):
+    """Run after `job` ended as `on` asks: `succeeded` (else this job is skipped) or `finished`."""
+
+    model_config = {"extra": "forbid"}
+    job: NodeName = Field(description="A job id, or the `name` of a job in the same request.")
+    on: Literal["succeeded", "finished"] = "succeeded"
+
+
+class JobFields(BaseModel):
+    """What a job is: the fields of a submit, of a batch member and of a workflow node."""
+
     model_config = {"extra": "forbid"}
 
     type: str = Field(pattern=JOB_TYPE, description=TYPE_RULE)
@@ -78,9 +93,56 @@ class JobCreate(BaseModel):
         return len(json.dumps(self.payload, separators=(",", ":")).encode())
 
 
+class JobCreate(JobFields):
+    name: NodeName | None = Field(None, description="Its name within the request, for `depends_on`.")
+    depends_on: list[NodeName | Dependency] = Field(
+        default_factory=list,
+        max_length=MAX_PARENTS,
+        description="Parents: job ids, or names of jobs in the same request (a plain string waits "
+        "for success). While a parent is open the job is `blocked`; a parent that ends in a way "
+        "its edge does not accept makes it `skipped`.",
+    )
+
+    def parents(self) -> list[Dependency]:
+        return [d if isinstance(d, Dependency) else Dependency(job=d) for d in self.depends_on]
+
+
 class JobBatch(BaseModel):
     model_config = {"extra": "forbid"}
     jobs: list[JobCreate] = Field(min_length=1)
+
+
+class BatchCreate(JobBatch):
+    """A batch: its members, and callback jobs run once when the last member has ended, given
+    the batch's summary in `payload.batch`."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    on_success: JobFields | None = Field(None, description="Runs if every member succeeded.")
+    on_failure: JobFields | None = Field(None, description="Runs if any member did not succeed.")
+    on_complete: JobFields | None = Field(None, description="Runs in either case.")
+
+
+class WorkflowNode(JobFields):
+    """A workflow's node: a job with an `id` (its name), the nodes it `needs`, and `inputs`."""
+
+    id: NodeName
+    needs: list[NodeName] = Field(default_factory=list, max_length=MAX_PARENTS)
+    inputs: dict[LabelName, str] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="payload key → `<node>` or `<node>/<JSON pointer>` into that node's result, "
+        "filled in when this node is released (a missing path fails it). The node must be needed.",
+    )
+
+
+class WorkflowCreate(BaseModel):
+    model_config = {"extra": "forbid"}
+    name: str | None = Field(None, min_length=1, max_length=200)
+    nodes: list[WorkflowNode] = Field(min_length=1)
+    on_failure: Literal["stop", "continue"] = Field(
+        "stop",
+        description="stop: a failed node skips every node not yet started; continue: only its descendants.",
+    )
 
 
 def iso(ts: float | None) -> str | None:

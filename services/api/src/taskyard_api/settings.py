@@ -35,6 +35,8 @@ class ApiSettings(BaseSettings):
     # Pending rows older than this are republished by the outbox reconciler.
     outbox_grace_s: float = Field(5.0, gt=0)
     outbox_interval_s: float = Field(2.0, gt=0)
+    # Ended jobs whose open edges nobody settled (a crash mid-cancel) are settled this often.
+    gate_sweep_interval_s: float = Field(30.0, gt=0)
     projector_batch: int = Field(1000, gt=0)
     key_cache_s: float = Field(5.0, ge=0)
     # The queues overview's consumer listing is cached this long (positions never are: they read

@@ -43,6 +43,9 @@ def job_out(job: JobRecord, timeline: list[JobEventRow] | None = None) -> dict:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
         "trace_id": trace_id_of(job.traceparent),
+        "batch_id": job.batch_id,
+        "workflow_id": job.workflow_id,
+        "name": job.node,
     }
     if timeline is not None:
         out["timeline"] = [

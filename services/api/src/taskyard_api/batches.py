@@ -1,0 +1,149 @@
+"""Batches: jobs submitted together, their progress, and callbacks run once when the last ends."""
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Table, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskyard_common.schemas import FINAL_STATES
+
+from .auth import Principal
+from .failures import Invalid, TooLarge
+from .gates import as_dict
+from .ids import new_id
+from .job_store import JobStore, jobs_table, record_of
+from .lifecycle import JobRecord, new_job
+from .models import Batch
+from .plan import as_items
+from .schemas import BatchCreate, JobBatch, JobFields, iso
+
+if TYPE_CHECKING:
+    from .jobs import JobService
+
+batches_table: Table = Batch.__table__  # type: ignore[assignment]  # a declarative model's Table
+# Failures grouped by error type, each with at most this many examples.
+EXAMPLES = 5
+
+
+def batch_row(
+    owner_id: str, total: int, name: str | None, callbacks: dict[str, Any], now: float
+) -> dict[str, Any]:
+    return {
+        "id": new_id(now),
+        "owner_id": owner_id,
+        "name": name,
+        "total": total,
+        "callbacks": callbacks,
+        "created_at": now,
+        "completed_at": None,
+    }
+
+
+async def counts(session: AsyncSession, batch_id: str) -> dict[str, int]:
+    """Members by status: one indexed GROUP BY over (batch_id, status)."""
+    j = jobs_table.c
+    rows = await session.execute(
+        select(j.status, func.count()).where(j.batch_id == batch_id).group_by(j.status)
+    )
+    return dict(rows.tuples().all())
+
+
+async def failures(session: AsyncSession, batch_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+    """Members that did not succeed, grouped by error type, with examples."""
+    j = jobs_table.c
+    rows = await session.execute(
+        select(j.id, j.node, j.status, j.error)
+        .where(j.batch_id == batch_id, j.status.in_(["failed", "dead", "cancelled", "skipped"]))
+        .order_by(j.id)
+        .limit(limit)
+    )
+    groups: dict[str, dict[str, Any]] = {}
+    for job_id, node, status, error in rows.tuples():
+        kind = (error or {}).get("type") or status
+        group = groups.setdefault(kind, {"error": kind, "count": 0, "examples": []})
+        group["count"] += 1
+        if len(group["examples"]) < EXAMPLES:
+            message = (error or {}).get("message")
+            group["examples"].append({"id": job_id, "name": node, "status": status, "message": message})
+    return sorted(groups.values(), key=lambda g: -g["count"])
+
+
+def summary(batch: Any, by_status: dict[str, int], failed: list[dict[str, Any]]) -> dict[str, Any]:
+    done = sum(n for status, n in by_status.items() if status in FINAL_STATES)
+    return {
+        "id": batch.id,
+        "name": batch.name,
+        "total": batch.total,
+        "done": done,
+        "succeeded": by_status.get("succeeded", 0),
+        "percent": round(100 * done / batch.total, 1) if batch.total else 100.0,
+        "counts": by_status,
+        "failures": failed,
+        "created_at": iso(batch.created_at),
+        "completed_at": iso(batch.completed_at),
+    }
+
+
+async def complete_batch(session: AsyncSession, batch_id: str, now: float) -> list[JobRecord]:
+    """Claim the batch's completion (once: a conditional UPDATE) and store its callback jobs, due
+    for publishing. Returns them; none if another writer completed it first."""
+    won = await session.execute(
+        update(batches_table)
+        .where(batches_table.c.id == batch_id, batches_table.c.completed_at.is_(None))
+        .values(completed_at=now)
+        .returning(batches_table)
+    )
+    batch = won.first()
+    if batch is None or not batch.callbacks:
+        return []
+    by_status = await counts(session, batch_id)
+    failed = await failures(session, batch_id)
+    info = summary(batch, by_status, failed)
+    all_ok = by_status.get("succeeded", 0) == batch.total
+    wanted = ["on_complete", "on_success" if all_ok else "on_failure"]
+    jobs = []
+    for kind in wanted:
+        if (spec := batch.callbacks.get(kind)) is not None:
+            jobs.append(_callback(JobFields.model_validate(spec), batch.owner_id, kind, info, now))
+    await JobStore.add(session, jobs)
+    return jobs
+
+
+def _callback(spec: JobFields, owner_id: str, kind: str, info: dict[str, Any], now: float) -> JobRecord:
+    payload = as_dict(spec.payload)
+    payload["batch"] = info
+    fields = spec.model_dump(exclude={"payload"})
+    return new_job(
+        id=new_id(now), owner_id=owner_id, now=now, traceparent=None, payload=payload, node=kind, **fields
+    )
+
+
+async def members(session: AsyncSession, batch_id: str, statuses: list[str]) -> list[JobRecord]:
+    j = jobs_table.c
+    rows = await session.execute(
+        select(jobs_table).where(j.batch_id == batch_id, j.status.in_(statuses)).order_by(j.id)
+    )
+    return [record_of(row) for row in rows]
+
+
+async def submit_batch_of(
+    svc: "JobService", request: Any, body: JobBatch, who: Principal
+) -> tuple[dict[str, Any], list[tuple[JobRecord, bool]]]:
+    """Store `body`'s jobs as one batch (with its callbacks, if a BatchCreate), in one transaction."""
+    limit = request.app.state.settings.max_batch
+    if len(body.jobs) > limit:
+        raise TooLarge(f"jobs: {len(body.jobs)} items exceeds the batch limit of {limit}")
+    callbacks: dict[str, Any] = {}
+    name = None
+    if isinstance(body, BatchCreate):
+        name = body.name
+        for kind in ("on_success", "on_failure", "on_complete"):
+            if (spec := getattr(body, kind)) is not None:
+                problems = await svc.known_types.problems(spec, f"{kind}.")
+                if problems:
+                    raise Invalid("; ".join(problems))
+                callbacks[kind] = spec.model_dump(mode="json")
+    row = batch_row(who.id, len(body.jobs), name, callbacks, time.time())
+    results = await svc.submit(as_items(body.jobs, many=True), who, (batches_table, row), batch_id=row["id"])
+    return row, results

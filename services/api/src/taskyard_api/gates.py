@@ -1,0 +1,319 @@
+"""The gate keeper: jobs that wait for other jobs (dependencies, workflow needs, batch callbacks).
+
+A waiting job is stored `blocked` with one `job_edges` row per parent, and is not in JOBS. When
+parents end, `settle` closes their open edges, each exactly once (an `UPDATE … WHERE state =
+'open' RETURNING` decides who closes it, whichever api process or path noticed), then looks at
+each child under a row lock: a refused edge skips it (and, through its own edges, its children),
+no open edge left releases it, with its workflow inputs resolved from its parents' results. It runs
+inside the caller's transaction, so a parent's outcome and what it opens commit together; released
+jobs are due in the outbox (`outbox_at`), so a crash before their publish loses nothing.
+"""
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sqlalchemy import Table, and_, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from taskyard_common.schemas import FINAL_STATES
+
+from .job_store import JobStore, jobs_table, record_of
+from .lifecycle import JobRecord, Rearm, Released, Skipped, Unrunnable, transition
+from .models import Batch, JobEdge, Workflow
+
+edges_table: Table = JobEdge.__table__  # type: ignore[assignment]  # a declarative model's Table
+batches_table: Table = Batch.__table__  # type: ignore[assignment]
+workflows_table: Table = Workflow.__table__  # type: ignore[assignment]
+_FINAL = sorted(FINAL_STATES)
+
+
+class InputMissing(Exception):
+    pass
+
+
+def resolve_pointer(doc: Any, pointer: str) -> Any:
+    """RFC 6901 JSON pointer into `doc` ("" is the whole document); InputMissing if absent."""
+    if pointer == "":
+        return doc
+    if not pointer.startswith("/"):
+        raise InputMissing(f"JSON pointer {pointer!r} must start with '/'")
+    for token in pointer[1:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        if isinstance(doc, dict) and token in doc:
+            doc = doc[token]
+        elif isinstance(doc, list) and token.isdigit() and int(token) < len(doc):
+            doc = doc[int(token)]
+        else:
+            raise InputMissing(f"no {pointer!r} in the result")
+    return doc
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """ "scan/findings/0" → ("scan", "/findings/0"); "scan" → ("scan", "")."""
+    node, slash, pointer = ref.partition("/")
+    return node, slash + pointer
+
+
+def as_dict(payload: Any) -> dict[str, Any]:
+    """A payload to add keys to: a dict as it is, nothing as {}, anything else under `payload`."""
+    if isinstance(payload, dict):
+        return dict(payload)
+    return {} if payload is None else {"payload": payload}
+
+
+def with_inputs(job: JobRecord, results: dict[str, Any]) -> Any:
+    """The job's payload with each input filled from its parent's result (by node name)."""
+    if not job.inputs:
+        return job.payload
+    payload = as_dict(job.payload)
+    for key, ref in job.inputs.items():
+        node, pointer = split_ref(ref)
+        if node not in results:
+            raise InputMissing(f"input {key!r}: no result from {node!r}")
+        try:
+            payload[key] = resolve_pointer(results[node], pointer)
+        except InputMissing as exc:
+            raise InputMissing(f"input {key!r}: {exc} of {node!r}") from None
+    return payload
+
+
+@dataclass
+class Opened:
+    """What a settle changed: jobs to publish after the commit, and jobs that ended with it."""
+
+    released: list[JobRecord] = field(default_factory=list)
+    ended: list[JobRecord] = field(default_factory=list)
+
+
+async def settle(session: AsyncSession, ended: list[JobRecord], now: float | None = None) -> Opened:
+    """Close the open edges of `ended` (jobs that reached a final state in this transaction) and
+    move their children; cascades through children that end here (skipped, failed inputs)."""
+    now = time.time() if now is None else now
+    out = Opened()
+    frontier = {job.id: job.status for job in ended if job.finished}
+    while frontier:
+        closed = await _close_edges(session, frontier)
+        children = await _lock(session, {child for _, child, _ in closed})
+        if not children:
+            break
+        refused = {child: parent for parent, child, accepted in closed if not accepted}
+        still_open = await _open_counts(session, list(children))
+        ready = [c for c in children.values() if c.status == "blocked" and not still_open.get(c.id)]
+        results = await _parent_results(session, [c for c in ready if c.id not in refused and c.inputs])
+        frontier = {}
+        for child in children.values():
+            if child.status != "blocked":
+                continue  # cancelled meanwhile: stays so
+            if child.id in refused:
+                parent = refused[child.id]
+                why = f"parent {parent} {frontier_status(ended, out, parent)}: the edge asks for success"
+                new = transition(child, Skipped(now, parent, why))
+            elif still_open.get(child.id):
+                continue
+            else:
+                try:
+                    new = transition(child, Released(now, with_inputs(child, results.get(child.id, {}))))
+                except InputMissing as exc:
+                    error = {"type": "InputMissing", "message": str(exc)}
+                    new = transition(child, Unrunnable(now, error))
+            if not await JobStore.save(session, child, new):
+                continue  # another writer moved it first (a cancel): its own move stands
+            if new.finished:
+                frontier[new.id] = new.status
+                out.ended.append(new)
+            else:
+                out.released.append(new)
+    await _stop_workflows(session, ended + out.ended, now, out)
+    await _complete_batches(session, ended + out.ended, now, out)
+    return out
+
+
+async def _stop_workflows(session: AsyncSession, ended: list[JobRecord], now: float, out: Opened) -> None:
+    """A node that failed stops a workflow whose policy is `stop`: what has not started yet (its
+    blocked nodes) is skipped; what runs finishes."""
+    failed = {job.workflow_id: job for job in ended if job.workflow_id and job.status in ("failed", "dead")}
+    if not failed:
+        return
+    w, j = workflows_table.c, jobs_table.c
+    stopping = await session.scalars(select(w.id).where(w.id.in_(list(failed)), w.on_failure == "stop"))
+    for workflow_id in stopping:
+        cause = failed[workflow_id]
+        rows = await session.execute(
+            select(jobs_table).where(j.workflow_id == workflow_id, j.status == "blocked").order_by(j.id)
+        )
+        for child in (record_of(row) for row in rows):
+            why = f"workflow stopped: node {cause.node!r} ({cause.id}) {cause.status}"
+            new = transition(child, Skipped(now, cause.id, why))
+            new = replace(new, error={**(new.error or {}), "type": "WorkflowStopped"})
+            if await JobStore.save(session, child, new):
+                out.ended.append(new)
+
+
+async def descendants(session: AsyncSession, roots: list[str]) -> list[str]:
+    """Every job that waits, directly or not, for one of `roots`, parents before children."""
+    seen: dict[str, None] = {}
+    frontier = list(roots)
+    while frontier:
+        rows = await session.scalars(
+            select(edges_table.c.child_id).where(edges_table.c.parent_id.in_(frontier))
+        )
+        frontier = [child for child in dict.fromkeys(rows) if child not in seen and child not in roots]
+        seen.update(dict.fromkeys(frontier))
+    return list(seen)
+
+
+async def rearm(session: AsyncSession, roots: list[JobRecord], now: float) -> Opened:
+    """After `roots` were retried: what waited for them and did not succeed (skipped, failed,
+    stopped siblings of a workflow) waits again, its edges open, and runs when they are done.
+    Finished siblings are left alone."""
+    targets = await descendants(session, [job.id for job in roots])
+    for workflow_id in {job.workflow_id for job in roots if job.workflow_id}:
+        j = jobs_table.c
+        stopped = await session.execute(
+            select(j.id, j.error).where(j.workflow_id == workflow_id, j.status == "skipped")
+        )
+        targets += [i for i, error in stopped.tuples() if (error or {}).get("type") == "WorkflowStopped"]
+    jobs = await _lock(session, set(targets))
+    again = [job for job in jobs.values() if job.finished and job.status != "succeeded"]
+    if not again:
+        return Opened()
+    ids = [job.id for job in again]
+    await session.execute(update(edges_table).where(edges_table.c.child_id.in_(ids)).values(state="open"))
+    for job in again:
+        await JobStore.save(session, job, transition(job, Rearm(now)))
+    # Their parents that stay ended (finished siblings, other branches) close those edges again.
+    e, j = edges_table.c, jobs_table.c
+    rows = await session.execute(
+        select(jobs_table).where(
+            j.id.in_(select(e.parent_id).where(e.child_id.in_(ids))), j.status.in_(_FINAL)
+        )
+    )
+    return await settle(session, [record_of(row) for row in rows], now)
+
+
+def frontier_status(ended: list[JobRecord], out: Opened, parent: str) -> str:
+    for job in (*ended, *out.ended):
+        if job.id == parent:
+            return job.status
+    return "ended"
+
+
+async def _close_edges(session: AsyncSession, ended: dict[str, str]) -> list[tuple[str, str, bool]]:
+    """(parent, child, accepted) of each edge this call closed (none another writer closed)."""
+    succeeded = [p for p, status in ended.items() if status == "succeeded"]
+    other = [p for p, status in ended.items() if status != "succeeded"]
+    e = edges_table.c
+    closed: list[tuple[str, str, bool]] = []
+    plans = [
+        (succeeded, None, "accepted"),  # a success satisfies either kind of edge
+        (other, "finished", "accepted"),
+        (other, "succeeded", "refused"),
+    ]
+    for parents, on, state in plans:
+        if not parents:
+            continue
+        where = [e.parent_id.in_(parents), e.state == "open"]
+        if on is not None:
+            where.append(e.on == on)
+        rows = await session.execute(
+            update(edges_table).where(*where).values(state=state).returning(e.parent_id, e.child_id)
+        )
+        closed += [(parent, child, state == "accepted") for parent, child in rows]
+    return closed
+
+
+async def _lock(session: AsyncSession, ids: set[str]) -> dict[str, JobRecord]:
+    """The children, locked for this transaction on PostgreSQL (in id order: no lock cycles), so
+    two api processes closing a child's last two edges count them one after the other."""
+    if not ids:
+        return {}
+    query = select(jobs_table).where(jobs_table.c.id.in_(ids)).order_by(jobs_table.c.id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return {row.id: record_of(row) for row in await session.execute(query)}
+
+
+async def _open_counts(session: AsyncSession, children: list[str]) -> dict[str, int]:
+    e = edges_table.c
+    rows = await session.execute(
+        select(e.child_id, func.count())
+        .where(e.child_id.in_(children), e.state == "open")
+        .group_by(e.child_id)
+    )
+    return {child: count for child, count in rows.tuples()}
+
+
+async def _parent_results(session: AsyncSession, children: list[JobRecord]) -> dict[str, dict[str, Any]]:
+    """child id → {parent node name: parent result} for children with workflow inputs."""
+    if not children:
+        return {}
+    e, j = edges_table.c, jobs_table.c
+    rows = await session.execute(
+        select(e.child_id, j.node, j.result)
+        .join(jobs_table, j.id == e.parent_id)
+        .where(e.child_id.in_([c.id for c in children]))
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for child, node, result in rows.tuples():
+        out.setdefault(child, {})[node] = result
+    return out
+
+
+async def _complete_batches(session: AsyncSession, ended: list[JobRecord], now: float, out: Opened) -> None:
+    """A batch whose last member ended here completes, once: its callbacks become jobs."""
+    from .batches import complete_batch  # batches builds on this module
+
+    for batch_id in {job.batch_id for job in ended if job.batch_id}:
+        left = await session.scalar(
+            select(jobs_table.c.id)
+            .where(jobs_table.c.batch_id == batch_id, jobs_table.c.status.not_in(_FINAL))
+            .limit(1)
+        )
+        if left is None:
+            out.released += await complete_batch(session, batch_id, now)
+
+
+async def open_parents(session: AsyncSession, child_id: str) -> list[tuple[JobRecord, str]]:
+    """The parents a blocked job still waits for, with the condition of each edge."""
+    e, j = edges_table.c, jobs_table.c
+    rows = await session.execute(
+        select(jobs_table, e.on)
+        .join(edges_table, and_(e.parent_id == j.id, e.child_id == child_id, e.state == "open"))
+        .order_by(j.id)
+        .limit(20)
+    )
+    return [(record_of(row), row.on) for row in rows]
+
+
+async def unsettled_parents(session: AsyncSession, limit: int = 500) -> list[JobRecord]:
+    """Ended jobs that still have open edges: settled by the sweeper (a crash between a cancel's
+    commit and its settle, a parent that ended while its child was being submitted)."""
+    e, j = edges_table.c, jobs_table.c
+    rows = await session.execute(
+        select(jobs_table)
+        .where(j.id.in_(select(e.parent_id).where(e.state == "open")), j.status.in_(_FINAL))
+        .limit(limit)
+    )
+    return [record_of(row) for row in rows]
+
+
+async def family(session: AsyncSession, job_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The job's parents and children: id, name, status, the edge's condition and state."""
+    e, j = edges_table.c, jobs_table.c
+    out: list[list[dict[str, Any]]] = []
+    for mine, theirs in ((e.child_id, e.parent_id), (e.parent_id, e.child_id)):
+        rows = await session.execute(
+            select(j.id, j.node, j.status, e.on, e.state)
+            .join(edges_table, theirs == j.id)
+            .where(mine == job_id)
+            .order_by(j.id)
+            .limit(200)
+        )
+        out.append(
+            [
+                {"id": i, "name": n, "status": status, "on": on, "edge": state}
+                for i, n, status, on, state in rows.tuples()
+            ]
+        )
+    return out[0], out[1]

@@ -1,0 +1,142 @@
+"""/api/v1/batches and /api/v1/workflows: work made of many jobs."""
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from taskyard_common.schemas import FINAL_STATES
+
+from . import batches, workflows
+from .api_doc import answers
+from .auth import Principal, require
+from .failures import DomainError, NotFound, Unavailable
+from .ids import JOB_ID
+from .input_checks import CheckedRoute
+from .job_store import jobs_table
+from .jobs import JobService
+from .lifecycle import RETRYABLE_STATES
+from .schemas import NODE_NAME, BatchCreate, WorkflowCreate
+from .views import JsonAnswer, job_out
+
+router = APIRouter(prefix="/api/v1", route_class=CheckedRoute)
+_UNFINISHED = sorted({"blocked", "queued", "running", "retrying", "waiting"})
+
+
+def _svc(request: Request) -> JobService:
+    state = request.app.state
+    if not state.nc.is_connected:
+        raise Unavailable("NATS unavailable: reconnecting; retry shortly")
+    return state.jobs
+
+
+async def _batch(request: Request, batch_id: str) -> Any:
+    row = None
+    if JOB_ID.fullmatch(batch_id):
+        async with request.app.state.sessions() as session:
+            query = select(batches.batches_table).where(batches.batches_table.c.id == batch_id)
+            row = (await session.execute(query)).first()
+    if row is None:
+        raise NotFound(f"batch {batch_id[:40]} not found")
+    return row
+
+
+async def _progress(request: Request, batch: Any) -> dict[str, Any]:
+    state = request.app.state
+    async with state.sessions() as session:
+        by_status = await batches.counts(session, batch.id)
+        failed = await batches.failures(session, batch.id)
+        queue = await session.scalar(
+            select(jobs_table.c.queue).where(jobs_table.c.batch_id == batch.id).limit(1)
+        )
+    out = batches.summary(batch, by_status, failed)
+    left = batch.total - out["done"]
+    rate, _ = state.queues.rates(queue) if queue else (0.0, 0.0)
+    out["eta_seconds"] = 0.0 if left == 0 else (round(left / rate, 1) if rate > 0 else None)
+    return out
+
+
+@router.post("/batches", status_code=201, responses=answers(409, 413))
+async def create_batch(body: BatchCreate, request: Request, who: Principal = require("submitter")):
+    """Submit jobs as a batch, with callbacks run once when the last member has ended."""
+    batch, results = await batches.submit_batch_of(_svc(request), request, body, who)
+    return JsonAnswer({"batch_id": batch["id"], "jobs": [job_out(job) for job, _ in results]}, 201)
+
+
+@router.get("/batches/{batch_id}", responses=answers(404))
+async def get_batch(batch_id: str, request: Request, who: Principal = require("viewer")):
+    """Progress: counts by status, percent done, ETA, failures grouped by error with examples."""
+    return JsonAnswer(await _progress(request, await _batch(request, batch_id)))
+
+
+async def _each(request: Request, who: Principal, ids: list[str], action: str) -> dict[str, Any]:
+    svc = _svc(request)
+    done, refused = 0, []
+    for job_id in ids:
+        try:
+            await (svc.retry(job_id, who) if action == "retry" else svc.cancel(job_id, who, "leave"))
+            done += 1
+        except DomainError as exc:
+            refused.append({"id": job_id, "reason": exc.message})
+    return {{"retry": "retried", "cancel": "cancelled"}[action]: done, "refused": refused[:100]}
+
+
+@router.post("/batches/{batch_id}/retry", responses=answers(403, 404))
+async def retry_batch(batch_id: str, request: Request, who: Principal = require("submitter")):
+    """Run the members that failed, died or were cancelled again (succeeded ones stay)."""
+    batch = await _batch(request, batch_id)
+    async with request.app.state.sessions() as session:
+        failed = await batches.members(session, batch.id, sorted(RETRYABLE_STATES))
+    return await _each(request, who, [job.id for job in failed], "retry")
+
+
+@router.post("/batches/{batch_id}/cancel", responses=answers(403, 404))
+async def cancel_batch(batch_id: str, request: Request, who: Principal = require("submitter")):
+    batch = await _batch(request, batch_id)
+    async with request.app.state.sessions() as session:
+        open_ = await batches.members(session, batch.id, _UNFINISHED)
+    return await _each(request, who, [job.id for job in open_], "cancel")
+
+
+@router.post("/workflows", status_code=201, responses=answers(409, 413))
+async def create_workflow(body: WorkflowCreate, request: Request, who: Principal = require("submitter")):
+    """Store a DAG of jobs; nodes run as their `needs` succeed, with `inputs` from their results."""
+    workflow_id = await workflows.create(_svc(request), body, who)
+    async with request.app.state.sessions() as session:
+        loaded = await workflows.load(session, workflow_id)
+    return JsonAnswer(workflows.view(*loaded), 201)
+
+
+@router.get("/workflows/{workflow_id}", responses=answers(404))
+async def get_workflow(workflow_id: str, request: Request, who: Principal = require("viewer")):
+    """Its status (derived from its nodes), counts, nodes with their state, and edges."""
+    async with request.app.state.sessions() as session:
+        loaded = await workflows.load(session, workflow_id)
+    return JsonAnswer(workflows.view(*loaded))
+
+
+@router.post("/workflows/{workflow_id}/cancel", responses=answers(403, 404))
+async def cancel_workflow(workflow_id: str, request: Request, who: Principal = require("submitter")):
+    async with request.app.state.sessions() as session:
+        _, nodes, _ = await workflows.load(session, workflow_id)
+    ids = [job.id for job in nodes if job.status not in FINAL_STATES]
+    return await _each(request, who, ids, "cancel")
+
+
+class NodeRetry(BaseModel):
+    model_config = {"extra": "forbid"}
+    node: str = Field(pattern=NODE_NAME, description="The node to run again (and what depends on it).")
+
+
+@router.post("/workflows/{workflow_id}/retry", responses=answers(403, 404, 409))
+async def retry_workflow_node(
+    workflow_id: str, body: NodeRetry, request: Request, who: Principal = require("submitter")
+):
+    """Run a failed node again, and the nodes that depend on it; finished siblings stay."""
+    async with request.app.state.sessions() as session:
+        _, nodes, _ = await workflows.load(session, workflow_id)
+    job = next((n for n in nodes if n.node == body.node), None)
+    if job is None:
+        raise NotFound(f"node: {body.node!r} is not a node of workflow {workflow_id}")
+    return job_out(await _svc(request).retry(job.id, who))

@@ -1,0 +1,188 @@
+"""Work made of many jobs, end to end: dependencies, workflows and batches on real processes."""
+
+import time
+
+from .invariants import query, wait_all_final
+from .stack import wait_until
+
+HANDLERS = "handlers_for_tests"
+
+
+def _timeline_types(job: dict) -> list[str]:
+    return [e["type"] for e in job["timeline"]]
+
+
+def test_a_diamond_workflow_joins_both_results_into_the_last_node(stack):
+    stack.start_api()
+    stack.start_executor(handlers=HANDLERS)
+    spec = {
+        "nodes": [
+            {"id": "scan", "type": "echo", "payload": {"findings": ["a", "b"]}},
+            {"id": "compliance", "type": "echo", "payload": {"ok": True}, "needs": ["scan"],
+             "inputs": {"found": "scan/findings/1"}},
+            {"id": "review", "type": "echo", "payload": {"by": "vera"}, "needs": ["scan"]},
+            {"id": "notify", "type": "echo", "needs": ["compliance", "review", "scan"],
+             "inputs": {"compliance": "compliance/ok", "review": "review/by", "all": "scan"}},
+        ]
+    }  # fmt: skip
+    with stack.http() as c:
+        created = c.post("/api/v1/workflows", json=spec)
+        assert created.status_code == 201, created.text
+        workflow = created.json()
+        nodes = {n["id"]: n for n in workflow["nodes"]}
+        assert nodes["scan"]["status"] in ("queued", "running", "succeeded")
+        assert nodes["notify"]["status"] == "blocked"
+        wait_until(
+            lambda: c.get(f"/api/v1/workflows/{workflow['id']}").json()["status"] == "succeeded",
+            30,
+            "the workflow to succeed",
+        )
+        done = {n["id"]: n for n in c.get(f"/api/v1/workflows/{workflow['id']}").json()["nodes"]}
+        notify = c.get(f"/api/v1/jobs/{done['notify']['job_id']}").json()
+    assert notify["result"] == {"compliance": True, "review": "vera", "all": {"findings": ["a", "b"]}}
+    assert done["compliance"]["result"] == {"ok": True, "found": "b"}
+    # notify started only after both of its parents had ended.
+    assert notify["started_at"] >= max(done["compliance"]["finished_at"], done["review"]["finished_at"])
+    assert {p["name"] for p in notify["parents"]} == {"compliance", "review", "scan"}
+
+
+def test_a_blocked_job_names_its_open_parents_and_a_skipped_one_the_parent_that_failed(stack):
+    stack.start_api()
+    stack.start_executor(handlers=HANDLERS)  # registers the test handlers; serves `default` only
+    with stack.http() as c:
+        parent = c.post("/api/v1/jobs", json={"type": "always_fails", "max_attempts": 1, "queue": "held"})
+        assert parent.status_code == 201, parent.text
+        parent = parent.json()
+        batch = c.post(
+            "/api/v1/jobs:batch",
+            json={"jobs": [
+                {"type": "noop", "name": "child", "depends_on": [parent["id"]]},
+                {"type": "noop", "name": "grandchild", "depends_on": ["child"]},
+                {"type": "noop", "name": "anyway", "depends_on": [{"job": parent["id"], "on": "finished"}]},
+            ]},
+        )  # fmt: skip
+        assert batch.status_code == 201, batch.text
+        child, grandchild, anyway = batch.json()["jobs"]
+        assert child["status"] == "blocked" and batch.json()["batch_id"]
+        seen = c.get(f"/api/v1/jobs/{child['id']}").json()
+        reason = seen["waiting_reason"]
+        assert reason["code"] == "blocked", reason
+        assert f"{parent['id']} (queued, position 0" in reason["message"], reason
+        assert reason["evidence"]["parents"][0]["status"] == "queued"
+        # Nobody serves `held` yet: the parent waits at position 0; now someone does.
+        stack.start_executor(queues="held", handlers=HANDLERS)
+        stack.wait_status(parent["id"], "dead")
+        skipped = stack.wait_status(child["id"], "skipped")
+        assert skipped["error"]["parent"] == parent["id"]
+        assert f"parent {parent['id']} dead" in skipped["error"]["message"]
+        cascaded = stack.wait_status(grandchild["id"], "skipped")
+        assert cascaded["error"]["parent"] == child["id"]
+        stack.wait_status(anyway["id"], "succeeded")  # `on: finished` runs whatever the outcome
+
+
+def test_retrying_a_failed_middle_node_reruns_it_and_its_descendants_only(stack, tmp_path):
+    stack.start_api()
+    stack.start_executor(handlers=HANDLERS)
+    flag = tmp_path / "may-succeed"
+    spec = {
+        "nodes": [
+            {"id": "top", "type": "echo", "payload": {}},
+            {"id": "sibling", "type": "echo", "payload": {}, "needs": ["top"]},
+            {"id": "middle", "type": "fails_until_file", "payload": {"path": str(flag)}, "max_attempts": 1,
+             "needs": ["top"]},
+            {"id": "bottom", "type": "echo", "needs": ["middle"]},
+            {"id": "after-sibling", "type": "echo", "needs": ["sibling"]},
+        ],
+        "on_failure": "continue",
+    }  # fmt: skip
+    with stack.http() as c:
+        workflow = c.post("/api/v1/workflows", json=spec).json()
+        url = f"/api/v1/workflows/{workflow['id']}"
+        wait_until(lambda: c.get(url).json()["status"] == "failed", 30, "the middle node to fail")
+        nodes = {n["id"]: n for n in c.get(url).json()["nodes"]}
+        assert nodes["bottom"]["status"] == "skipped" and nodes["after-sibling"]["status"] == "succeeded"
+        flag.write_text("yes")
+        retried = c.post(f"{url}/retry", json={"node": "middle"})
+        assert retried.status_code == 200, retried.text
+        wait_until(lambda: c.get(url).json()["status"] == "succeeded", 30, "the workflow to succeed")
+        ids = {n["id"]: n["job_id"] for n in c.get(url).json()["nodes"]}
+    runs = dict(
+        query(
+            stack.db_url,
+            "SELECT j.node, COUNT(e.id) FROM jobs j LEFT JOIN job_events e ON e.job_id = j.id "
+            f"AND e.type = 'started' WHERE j.workflow_id = '{workflow['id']}' GROUP BY j.node",
+        )
+    )
+    assert runs == {"top": 1, "sibling": 1, "after-sibling": 1, "middle": 2, "bottom": 1}, runs
+    assert len(ids) == 5
+
+
+def test_a_batch_with_five_failures_reports_them_calls_back_once_and_retries_only_those(stack, tmp_path):
+    stack.start_api()
+    stack.start_executor(handlers=HANDLERS, slots=16)
+    flag = tmp_path / "fixed"
+    jobs = [
+        {"type": "fails_until_file", "payload": {"path": str(flag)}, "max_attempts": 1}
+        if i % 40 == 7
+        else {"type": "noop"}
+        for i in range(200)
+    ]
+    body = {"jobs": jobs, "name": "nightly", "on_complete": {"type": "echo", "payload": {"note": "done"}}}
+    with stack.http() as c:
+        created = c.post("/api/v1/batches", json=body)
+        assert created.status_code == 201, created.text
+        batch_id = created.json()["batch_id"]
+        failing = {
+            j["id"] for j, spec in zip(created.json()["jobs"], jobs, strict=True) if spec["type"] != "noop"
+        }
+        assert len(failing) == 5
+        wait_until(lambda: c.get(f"/api/v1/batches/{batch_id}").json()["done"] == 200, 60, "the batch to end")
+        progress = c.get(f"/api/v1/batches/{batch_id}").json()
+        assert (progress["succeeded"], progress["total"], progress["percent"]) == (195, 200, 100.0)
+        [group] = progress["failures"]
+        assert group["count"] == 5 and {e["id"] for e in group["examples"]} == failing
+
+        # The callback ran once, given the summary naming the five.
+        def callback() -> list:
+            return query(stack.db_url, "SELECT id, payload FROM jobs WHERE node = 'on_complete'")
+
+        wait_until(lambda: len(callback()) == 1, 30, "the on_complete callback")
+        cb_id = callback()[0][0]
+        cb = stack.wait_status(cb_id, "succeeded")
+        named = {e["id"] for g in cb["result"]["batch"]["failures"] for e in g["examples"]}
+        assert named == failing and cb["result"]["note"] == "done"
+        flag.write_text("ok")
+        retried = c.post(f"/api/v1/batches/{batch_id}/retry").json()
+        assert retried == {"retried": 5, "refused": []}
+        wait_until(lambda: c.get(f"/api/v1/batches/{batch_id}").json()["succeeded"] == 200, 60, "all 200")
+    started = dict(
+        query(
+            stack.db_url,
+            "SELECT j.id, COUNT(*) FROM jobs j JOIN job_events e ON e.job_id = j.id AND e.type = 'started' "
+            f"WHERE j.batch_id = '{batch_id}' GROUP BY j.id",
+        )
+    )
+    assert {i for i, n in started.items() if n == 2} == failing
+    assert all(n == 1 for i, n in started.items() if i not in failing) and len(started) == 200
+    time.sleep(1)
+    assert len(callback()) == 1  # once per completion: the retry's second completion has none
+
+
+def test_bad_graphs_are_422s_naming_the_node_and_store_nothing(stack):
+    stack.start_api()
+    cases = [
+        ({"nodes": [{"id": "a", "type": "noop", "needs": ["b"]}, {"id": "b", "type": "noop", "needs": ["a"]}]},
+         "nodes[0].needs: a cycle (a → b → a)"),
+        ({"nodes": [{"id": "a", "type": "noop", "needs": ["ghost"]}]},
+         "nodes[0].needs: unknown 'ghost' (neither a job id nor a name in this request)"),
+        ({"nodes": [{"id": "a", "type": "no-such-type"}]}, "nodes[0].type: unknown job type 'no-such-type'"),
+        ({"nodes": [{"id": "a\u0000b", "type": "noop"}]}, "nodes[0].id: NUL character not allowed"),
+        ({"nodes": [{"id": "a", "type": "noop"}, {"id": "a", "type": "noop"}]}, "nodes[1].id: 'a' is used twice"),
+    ]  # fmt: skip
+    with stack.http() as c:
+        for body, message in cases:
+            r = c.post("/api/v1/workflows", json=body)
+            assert r.status_code == 422 and r.json()["detail"].startswith(message), (message, r.text)
+    assert query(stack.db_url, "SELECT COUNT(*) FROM jobs")[0][0] == 0
+    assert query(stack.db_url, "SELECT COUNT(*) FROM workflows")[0][0] == 0
+    assert wait_all_final(stack.db_url, 0, 1) == {}
