@@ -11,6 +11,7 @@ from taskyard_common.schemas import FINAL_STATES
 from .auth import Principal
 from .failures import Invalid, TooLarge
 from .gates import as_dict
+from .http_metrics import WORK_CREATED
 from .ids import new_id
 from .job_store import JobStore, jobs_table, record_of
 from .lifecycle import JobRecord, new_job
@@ -19,6 +20,7 @@ from .plan import as_items
 from .schemas import BatchCreate, JobBatch, JobFields, iso
 
 if TYPE_CHECKING:
+    from .gates import Opened
     from .jobs import JobService
 
 batches_table: Table = Batch.__table__  # type: ignore[assignment]  # a declarative model's Table
@@ -85,7 +87,7 @@ def summary(batch: Any, by_status: dict[str, int], failed: list[dict[str, Any]])
     }
 
 
-async def complete_batch(session: AsyncSession, batch_id: str, now: float) -> list[JobRecord]:
+async def complete_batch(session: AsyncSession, batch_id: str, now: float, out: "Opened") -> list[JobRecord]:
     """Claim the batch's completion (once: a conditional UPDATE) and store its callback jobs, due
     for publishing. Returns them; none if another writer completed it first."""
     won = await session.execute(
@@ -95,7 +97,10 @@ async def complete_batch(session: AsyncSession, batch_id: str, now: float) -> li
         .returning(batches_table)
     )
     batch = won.first()
-    if batch is None or not batch.callbacks:
+    if batch is None:
+        return []
+    out.batches.append((batch.created_at, now))
+    if not batch.callbacks:
         return []
     by_status = await counts(session, batch_id)
     failed = await failures(session, batch_id)
@@ -146,4 +151,5 @@ async def submit_batch_of(
                 callbacks[kind] = spec.model_dump(mode="json")
     row = batch_row(who.id, len(body.jobs), name, callbacks, time.time())
     results = await svc.submit(as_items(body.jobs, many=True), who, (batches_table, row), batch_id=row["id"])
+    WORK_CREATED.labels("batch").inc()
     return row, results

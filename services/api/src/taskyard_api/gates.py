@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskyard_common.schemas import FINAL_STATES
 
+from .http_metrics import BATCH_DURATION, BATCHES_COMPLETED, GATE_MOVES, GATE_RELEASE
 from .job_store import JobStore, jobs_table, record_of
 from .lifecycle import JobRecord, Rearm, Released, Skipped, Unrunnable, transition
 from .models import Batch, JobEdge, Workflow
@@ -84,6 +85,27 @@ class Opened:
 
     released: list[JobRecord] = field(default_factory=list)
     ended: list[JobRecord] = field(default_factory=list)
+    # Release latency of each released job (s since the parent that opened its last edge ended).
+    waited: list[float] = field(default_factory=list)
+    # (created_at, completed_at) of the batches completed here.
+    batches: list[tuple[float, float]] = field(default_factory=list)
+
+    def count(self) -> None:
+        """Into the api's metrics, once the transaction that made these moves has committed."""
+        gated = [job for job in self.released if job.node not in CALLBACK_NODES]
+        if gated:
+            GATE_MOVES.labels("released").inc(len(gated))
+        for job in self.ended:
+            GATE_MOVES.labels("skipped" if job.status == "skipped" else "failed").inc()
+        for waited in self.waited:
+            GATE_RELEASE.observe(waited)
+        for created, completed in self.batches:
+            BATCHES_COMPLETED.inc()
+            BATCH_DURATION.observe(completed - created)
+
+
+# Node names of batch callbacks (jobs the gate keeper creates rather than releases).
+CALLBACK_NODES = frozenset({"on_success", "on_failure", "on_complete"})
 
 
 async def settle(session: AsyncSession, ended: list[JobRecord], now: float | None = None) -> Opened:
@@ -98,6 +120,8 @@ async def settle(session: AsyncSession, ended: list[JobRecord], now: float | Non
         if not children:
             break
         refused = {child: parent for parent, child, accepted in closed if not accepted}
+        ended_at = {job.id: job.finished_at or now for job in (*ended, *out.ended)}
+        last_end = {child: ended_at.get(parent, now) for parent, child, _ in closed}
         still_open = await _open_counts(session, list(children))
         ready = [c for c in children.values() if c.status == "blocked" and not still_open.get(c.id)]
         results = await _parent_results(session, [c for c in ready if c.id not in refused and c.inputs])
@@ -124,6 +148,7 @@ async def settle(session: AsyncSession, ended: list[JobRecord], now: float | Non
                 out.ended.append(new)
             else:
                 out.released.append(new)
+                out.waited.append(max(0.0, now - last_end.get(child.id, now)))
     await _stop_workflows(session, ended + out.ended, now, out)
     await _complete_batches(session, ended + out.ended, now, out)
     return out
@@ -271,7 +296,7 @@ async def _complete_batches(session: AsyncSession, ended: list[JobRecord], now: 
             .limit(1)
         )
         if left is None:
-            out.released += await complete_batch(session, batch_id, now)
+            out.released += await complete_batch(session, batch_id, now, out)
 
 
 async def open_parents(session: AsyncSession, child_id: str) -> list[tuple[JobRecord, str]]:

@@ -28,6 +28,32 @@ JOBS_PRUNED = Counter(
     registry=REGISTRY,
 )
 
+GATE_MOVES = Counter(
+    "taskyard_api_gate_moves_total",
+    "Jobs the gate keeper of this API process moved: released (parents done), skipped (a parent "
+    "ended as its edge does not accept), failed (an input missing). Counted after the commit.",
+    ["move"],
+    registry=REGISTRY,
+)
+GATE_RELEASE = Histogram(
+    "taskyard_api_gate_release_seconds",
+    "From the end of the parent that opened a job's last edge to the job's release.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+WORK_CREATED = Counter(
+    "taskyard_api_work_created_total", "Batches and workflows stored.", ["kind"], registry=REGISTRY
+)
+BATCHES_COMPLETED = Counter(
+    "taskyard_api_batches_completed_total", "Batches whose last member ended.", registry=REGISTRY
+)
+BATCH_DURATION = Histogram(
+    "taskyard_api_batch_duration_seconds",
+    "From a batch's submit to the end of its last member.",
+    buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400),
+    registry=REGISTRY,
+)
+
 
 class MetricsMiddleware:
     """Counts and times every HTTP request.

@@ -285,6 +285,7 @@ class JobService:
         async with self.sessions() as session:
             opened = await gates.settle(session, ended)
             await session.commit()
+        opened.count()
         published = await self.publish(opened.released)
         return published + opened.ended
 
@@ -371,6 +372,7 @@ class JobService:
                     continue
                 opened = await gates.rearm(session, [job], now)
                 await session.commit()
+            opened.count()
             [job] = await self.publish([job])
             await self.publish(opened.released)
             return job

@@ -188,8 +188,10 @@ class Projector:
             ended = [job for job_id, job in jobs.items() if job.finished and not before[job_id].finished]
             opened = await gates.settle(session, ended) if ended else None
             await session.commit()
-        if opened and opened.released:
-            await self.publish(opened.released)
+        if opened:
+            opened.count()
+            if opened.released:
+                await self.publish(opened.released)
 
 
 def _checkpoint_row(event: JobEvent) -> dict:

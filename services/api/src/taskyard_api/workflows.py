@@ -11,6 +11,7 @@ from taskyard_common.schemas import FINAL_STATES
 from .auth import Principal
 from .failures import NotFound
 from .gates import edges_table
+from .http_metrics import WORK_CREATED
 from .ids import JOB_ID, new_id
 from .job_store import jobs_table, record_of
 from .jobs import JobService
@@ -34,6 +35,7 @@ async def create(svc: JobService, body: WorkflowCreate, who: Principal) -> str:
         "finished_at": None,
     }
     await svc.submit(workflow_items(body.nodes), who, (workflows_table, row), workflow_id=row["id"])
+    WORK_CREATED.labels("workflow").inc()
     return str(row["id"])
 
 
