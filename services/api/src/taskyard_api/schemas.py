@@ -49,7 +49,8 @@ class BackoffIn(Backoff):
 
 NODE_NAME = r"^[A-Za-z0-9_.:-]{1,128}$"
 NodeName = Annotated[str, StringConstraints(pattern=NODE_NAME)]
-MAX_PARENTS = 100
+# A join may wait for a whole fan-out (a 1 → 998 → 1 workflow's last node has 998 parents).
+MAX_PARENTS = 10_000
 
 
 class Dependency(BaseModel):
