@@ -369,10 +369,12 @@ def rules_with_short_for(tmp_path: Path) -> Path:
 class Prometheus:
     """A `prometheus` process on 127.0.0.1 scraping one target every second."""
 
-    def __init__(self, tmp: Path, target_port: int, rules: Path) -> None:
+    def __init__(
+        self, tmp: Path, target_port: int, rules: Path, alertmanager_port: int | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = {
+        config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(rules)],
             "scrape_configs": [
@@ -382,6 +384,9 @@ class Prometheus:
                 }
             ],
         }
+        if alertmanager_port is not None:
+            targets = [f"127.0.0.1:{alertmanager_port}"]
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": targets}]}]}
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = tmp / "prometheus.log"
         with open(self.log, "wb") as out:
@@ -435,14 +440,14 @@ class Prometheus:
 
 
 @pytest.fixture
-def prometheus_for(tmp_path: Path) -> Iterator[Callable[[Service], Prometheus]]:
+def prometheus_for(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
     """Starts Prometheus against a service on demand; always stopped at the end of the test."""
     started: list[Prometheus] = []
 
-    def start(svc: Service) -> Prometheus:
+    def start(svc: Service, alertmanager_port: int | None = None) -> Prometheus:
         home = tmp_path / "prometheus"
         home.mkdir()
-        prom = Prometheus(home, svc.port, rules_with_short_for(home))
+        prom = Prometheus(home, svc.port, rules_with_short_for(home), alertmanager_port)
         started.append(prom)
         prom.wait_ready()
         return prom
