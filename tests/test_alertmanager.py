@@ -240,6 +240,7 @@ def test_no_worker_alert_reaches_the_receiver_and_then_its_resolution(
     metrics: Service = start_metrics(stack)
     prom = prometheus_for(metrics, alertmanager.port)
 
+    submitted = time.monotonic()
     with stack.http() as c:
         ids = []
         for _ in range(3):
@@ -252,6 +253,7 @@ def test_no_worker_alert_reaches_the_receiver_and_then_its_resolution(
         90,
         "the no-worker alert at the webhook receiver",
     )
+    print(f"no-worker alert at the receiver {time.monotonic() - submitted:.1f} s after the submit")
     assert firing["labels"]["queue"] == "orphan" and firing["labels"]["severity"] == "critical"
     assert firing["annotations"]["summary"] == "Queue orphan: jobs queued but no live worker serves it"
     assert firing["annotations"]["runbook"].startswith("`taskyard workers`")
@@ -263,10 +265,12 @@ def test_no_worker_alert_reaches_the_receiver_and_then_its_resolution(
     stack.start_executor(queues="orphan", slots=4)
     for job_id in ids:
         stack.wait_status(job_id, "succeeded")
+    done = time.monotonic()
     (resolved,) = wait_for(
         lambda: receiver.webhook_alerts("TaskyardJobsQueuedNoWorkers", "resolved"),
         90,
         "the no-worker alert's resolution at the webhook receiver",
     )
+    print(f"resolution at the receiver {time.monotonic() - done:.1f} s after the last job succeeded")
     assert resolved["labels"]["queue"] == "orphan"
     assert not prom.alerts("TaskyardJobsQueuedNoWorkers")
