@@ -36,6 +36,7 @@ GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "taskyard.rules.yml"
 DATASOURCE_UID = "taskyard-prometheus"
+DATASOURCE_VARIABLE = {"type": "prometheus", "uid": "${datasource}"}
 
 # Series Prometheus makes itself, not any exporter.
 PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS", "ALERTS_FOR_STATE"}
@@ -194,7 +195,12 @@ def recorded_metrics() -> set[str]:
 
 
 def test_dashboards_and_provisioning_fit_together() -> None:
-    assert {p.stem for p in DASHBOARDS} == {"taskyard-overview", "taskyard-queue", "taskyard-workers"}
+    assert {p.stem for p in DASHBOARDS} == {
+        "taskyard-overview",
+        "taskyard-queue",
+        "taskyard-workers",
+        "taskyard-slo",
+    }
     datasources = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
     (ds,) = datasources["datasources"]
     assert ds["type"] == "prometheus" and ds["uid"] == DATASOURCE_UID
@@ -214,14 +220,38 @@ def test_dashboards_and_provisioning_fit_together() -> None:
             assert panel["title"]
             if panel["type"] == "row":
                 continue
-            assert panel["datasource"]["uid"] == DATASOURCE_UID, panel["title"]
+            # The dashboard's own data-source variable, never a fixed uid: importable into any Grafana.
+            assert panel["datasource"] == DATASOURCE_VARIABLE, f"{path.name}: {panel['title']}"
             assert panel["targets"], f"{path.name}: {panel['title']} has no query"
             for target in panel["targets"]:
-                assert target["datasource"]["uid"] == DATASOURCE_UID
+                assert target["datasource"] == DATASOURCE_VARIABLE, f"{path.name}: {panel['title']}"
                 assert target["expr"].strip()
-    queue = load(GRAFANA / "dashboards" / "taskyard-queue.json")
-    assert [v["name"] for v in queue["templating"]["list"]] == ["queue"]
-    assert all('queue=~"$queue"' in expr for _, expr in dashboard_queries(queue))
+            if panel["type"] == "heatmap":
+                assert panel["fieldConfig"]["defaults"]["unit"] == "s", panel["title"]
+        variables = board["templating"]["list"]
+        assert variables[0] | {"current": {}} == {
+            "name": "datasource",
+            "label": "Data source",
+            "type": "datasource",
+            "query": "prometheus",
+            "current": {},
+            "hide": 0,
+            "refresh": 1,
+            "regex": "",
+            "options": [],
+        }
+        for var in variables[1:]:
+            assert var["datasource"] == DATASOURCE_VARIABLE, var["name"]
+        assert DATASOURCE_UID not in path.read_text(), f"{path.name} names the provisioned uid"
+    for name in ("taskyard-queue", "taskyard-slo"):
+        board = load(GRAFANA / "dashboards" / f"{name}.json")
+        (queue,) = [v for v in board["templating"]["list"] if v["name"] == "queue"]
+        assert queue["includeAll"] and queue["allValue"] == ".*", name
+        assert all('queue=~"$queue"' in expr for _, expr in dashboard_queries(board)), name
+    overview = load(GRAFANA / "dashboards" / "taskyard-overview.json")
+    approvals = [p for p in all_panels(overview["panels"]) if "approvals" in p["title"].lower()]
+    assert any(p["type"] == "gauge" for p in approvals)
+    assert any("taskyard_checkpoints_pending" in t["expr"] for p in approvals for t in p.get("targets", []))
 
 
 @needs_promtool
