@@ -212,8 +212,11 @@ def alert(name: str, ends_in_s: float = 300, **labels: str) -> dict:
 def test_nats_down_holds_back_the_dead_jobs_alert(alertmanager: Alertmanager, receiver: Receiver) -> None:
     nats_down = alert("TaskyardNatsDown", severity="critical", job="taskyard-metrics")
     dead = alert("TaskyardDeadJobs", severity="warning", queue="default")
-    alertmanager.post(nats_down, dead)
+    # The cause first, as in an outage; its consequence once Alertmanager has it (and its
+    # inhibitor, which learns of alerts asynchronously, has had time to see it).
+    alertmanager.post(nats_down)
     wait_for(lambda: receiver.webhook_alerts("TaskyardNatsDown", "firing"), 30, "the NATS page")
+    alertmanager.post(dead)
     status = wait_for(
         lambda: (s := alertmanager.alert_state("TaskyardDeadJobs"))["inhibitedBy"] and s, 30, "the inhibition"
     )
