@@ -42,11 +42,11 @@ SECRETS = {
 }
 SERVICES = ("api", "executor", "metrics", "ui")
 OVERLAYS = ("dev", "prod")
-COMPONENTS = ("network-policies", "prometheus-operator", "keda", "hpa")
+COMPONENTS = ("network-policies", "prometheus-operator", "keda", "hpa", "alertmanager")
 # Every component alone, and the largest sets that go together (keda and hpa exclude each other).
 COMPONENT_SETS = [(c,) for c in COMPONENTS] + [
-    ("network-policies", "prometheus-operator", "keda"),
-    ("network-policies", "prometheus-operator", "hpa"),
+    ("network-policies", "prometheus-operator", "alertmanager", "keda"),
+    ("network-policies", "prometheus-operator", "alertmanager", "hpa"),
 ]
 CRD_KINDS = {
     "ServiceMonitor": "monitoring.coreos.com/v1",
@@ -383,6 +383,7 @@ def test_base_with_components_renders_and_validates(tmp_path, components):
         "prometheus-operator": {"ServiceMonitor", "PrometheusRule"},
         "keda": {"ScaledObject"},
         "hpa": {"HorizontalPodAutoscaler"},
+        "alertmanager": {"Deployment", "Service", "NetworkPolicy"},
     }
     for component in components:
         assert expected[component] <= kinds, component
@@ -507,7 +508,7 @@ def test_compose_api_believes_forwarded_addresses_from_the_ui_only(variant):
 
 
 def test_keda_scales_executors_on_the_default_queue_consumers(rendered):
-    objects = rendered["base+network-policies+prometheus-operator+keda"]
+    objects = rendered["base+network-policies+prometheus-operator+alertmanager+keda"]
     (scaled,) = by_kind(objects, "ScaledObject").values()
     assert scaled["spec"]["scaleTargetRef"]["name"] in by_kind(objects, "Deployment")
     assert "replicas" not in by_kind(objects, "Deployment")["taskyard-executor"]["spec"]
@@ -526,7 +527,7 @@ def test_keda_scales_executors_on_the_default_queue_consumers(rendered):
 
 
 def test_servicemonitor_scrapes_every_service_under_the_rules_job_names(rendered):
-    objects = rendered["base+network-policies+prometheus-operator+keda"]
+    objects = rendered["base+network-policies+prometheus-operator+alertmanager+keda"]
     (monitor,) = by_kind(objects, "ServiceMonitor").values()
     selector = monitor["spec"]["selector"]
     selected = []

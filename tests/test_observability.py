@@ -36,6 +36,7 @@ GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "taskyard.rules.yml"
 DATASOURCE_UID = "taskyard-prometheus"
+DATASOURCE_VARIABLE = {"type": "prometheus", "uid": "${datasource}"}
 
 # Series Prometheus makes itself, not any exporter.
 PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS", "ALERTS_FOR_STATE"}
@@ -194,7 +195,12 @@ def recorded_metrics() -> set[str]:
 
 
 def test_dashboards_and_provisioning_fit_together() -> None:
-    assert {p.stem for p in DASHBOARDS} == {"taskyard-overview", "taskyard-queue", "taskyard-workers"}
+    assert {p.stem for p in DASHBOARDS} == {
+        "taskyard-overview",
+        "taskyard-queue",
+        "taskyard-workers",
+        "taskyard-slo",
+    }
     datasources = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
     (ds,) = datasources["datasources"]
     assert ds["type"] == "prometheus" and ds["uid"] == DATASOURCE_UID
@@ -214,14 +220,38 @@ def test_dashboards_and_provisioning_fit_together() -> None:
             assert panel["title"]
             if panel["type"] == "row":
                 continue
-            assert panel["datasource"]["uid"] == DATASOURCE_UID, panel["title"]
+            # The dashboard's own data-source variable, never a fixed uid: importable into any Grafana.
+            assert panel["datasource"] == DATASOURCE_VARIABLE, f"{path.name}: {panel['title']}"
             assert panel["targets"], f"{path.name}: {panel['title']} has no query"
             for target in panel["targets"]:
-                assert target["datasource"]["uid"] == DATASOURCE_UID
+                assert target["datasource"] == DATASOURCE_VARIABLE, f"{path.name}: {panel['title']}"
                 assert target["expr"].strip()
-    queue = load(GRAFANA / "dashboards" / "taskyard-queue.json")
-    assert [v["name"] for v in queue["templating"]["list"]] == ["queue"]
-    assert all('queue=~"$queue"' in expr for _, expr in dashboard_queries(queue))
+            if panel["type"] == "heatmap":
+                assert panel["fieldConfig"]["defaults"]["unit"] == "s", panel["title"]
+        variables = board["templating"]["list"]
+        assert variables[0] | {"current": {}} == {
+            "name": "datasource",
+            "label": "Data source",
+            "type": "datasource",
+            "query": "prometheus",
+            "current": {},
+            "hide": 0,
+            "refresh": 1,
+            "regex": "",
+            "options": [],
+        }
+        for var in variables[1:]:
+            assert var["datasource"] == DATASOURCE_VARIABLE, var["name"]
+        assert DATASOURCE_UID not in path.read_text(), f"{path.name} names the provisioned uid"
+    for name in ("taskyard-queue", "taskyard-slo"):
+        board = load(GRAFANA / "dashboards" / f"{name}.json")
+        (queue,) = [v for v in board["templating"]["list"] if v["name"] == "queue"]
+        assert queue["includeAll"] and queue["allValue"] == ".*", name
+        assert all('queue=~"$queue"' in expr for _, expr in dashboard_queries(board)), name
+    overview = load(GRAFANA / "dashboards" / "taskyard-overview.json")
+    approvals = [p for p in all_panels(overview["panels"]) if "approvals" in p["title"].lower()]
+    assert any(p["type"] == "gauge" for p in approvals)
+    assert any("taskyard_checkpoints_pending" in t["expr"] for p in approvals for t in p.get("targets", []))
 
 
 @needs_promtool
@@ -369,10 +399,12 @@ def rules_with_short_for(tmp_path: Path) -> Path:
 class Prometheus:
     """A `prometheus` process on 127.0.0.1 scraping one target every second."""
 
-    def __init__(self, tmp: Path, target_port: int, rules: Path) -> None:
+    def __init__(
+        self, tmp: Path, target_port: int, rules: Path, alertmanager_port: int | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = {
+        config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(rules)],
             "scrape_configs": [
@@ -382,6 +414,9 @@ class Prometheus:
                 }
             ],
         }
+        if alertmanager_port is not None:
+            targets = [f"127.0.0.1:{alertmanager_port}"]
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": targets}]}]}
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = tmp / "prometheus.log"
         with open(self.log, "wb") as out:
@@ -435,14 +470,14 @@ class Prometheus:
 
 
 @pytest.fixture
-def prometheus_for(tmp_path: Path) -> Iterator[Callable[[Service], Prometheus]]:
+def prometheus_for(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
     """Starts Prometheus against a service on demand; always stopped at the end of the test."""
     started: list[Prometheus] = []
 
-    def start(svc: Service) -> Prometheus:
+    def start(svc: Service, alertmanager_port: int | None = None) -> Prometheus:
         home = tmp_path / "prometheus"
         home.mkdir()
-        prom = Prometheus(home, svc.port, rules_with_short_for(home))
+        prom = Prometheus(home, svc.port, rules_with_short_for(home), alertmanager_port)
         started.append(prom)
         prom.wait_ready()
         return prom

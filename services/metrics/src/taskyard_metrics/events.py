@@ -22,6 +22,8 @@ FINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "dead"})
 # Events after which the executor reports how long the attempt ran (data["duration_s"]).
 TIMED_EVENTS = FINAL_EVENTS | {"retrying"}
 UNKNOWN = "unknown"
+# taskyard_job_wait_target_total{outcome}: the attempt started within its queue's wait target or not.
+WAIT_OUTCOMES = ("met", "missed")
 
 
 def _number(value: object) -> float | None:
@@ -41,6 +43,9 @@ def init_series(metrics: Metrics, queue: str, job_type: str) -> None:
     metrics.started.labels(queue, job_type)
     metrics.retries.labels(queue, job_type)
     metrics.worker_lost.labels(queue)
+    for outcome in WAIT_OUTCOMES:
+        metrics.wait_slo.labels(queue, outcome)
+    metrics.wait_target.labels(queue).set(metrics.target_for(queue))
     for status in FINAL_EVENTS:
         metrics.finished.labels(queue, job_type, status)
 
@@ -59,6 +64,8 @@ def record_event(metrics: Metrics, event: JobEvent) -> None:
         wait = _number(event.data.get("wait_s"))
         if wait is not None:
             metrics.queue_wait.labels(queue, priority).observe(wait)
+            outcome = "met" if wait <= metrics.target_for(queue) else "missed"
+            metrics.wait_slo.labels(queue, outcome).inc()
     elif kind == "retrying":
         metrics.retries.labels(queue, job_type).inc()
     elif kind == "worker_lost":

@@ -60,6 +60,9 @@ class Metrics:
     """Every metric fed by the EVENTS stream, plus process metrics, on a private registry."""
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    # Queue-wait SLO targets (MetricsSettings.wait_target_s / wait_targets), in seconds.
+    wait_target_s: float = 60.0
+    wait_targets: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -111,6 +114,20 @@ class Metrics:
             buckets=WAIT_BUCKETS_S,
             registry=r,
         )
+        # The queue-wait SLI, counted against each queue's own target: the histogram's buckets are
+        # fixed for every queue, a per-queue target is not.
+        self.wait_slo = Counter(
+            "taskyard_job_wait_target_total",
+            "Started attempts by whether they waited at most their queue's wait target.",
+            ["queue", "outcome"],
+            registry=r,
+        )
+        self.wait_target = Gauge(
+            "taskyard_job_wait_target_seconds",
+            "The queue-wait target of each queue seen (TASKYARD_METRICS_WAIT_TARGET_S / _WAIT_TARGETS).",
+            ["queue"],
+            registry=r,
+        )
         self.checkpoints_requested = Counter(
             "taskyard_checkpoints_requested_total",
             "Checkpoints (approvals, questions) jobs paused at.",
@@ -143,3 +160,7 @@ class Metrics:
             "Unix time of the last successful JetStream/KV read (queue and worker gauges date from it).",
             registry=r,
         )
+
+    def target_for(self, queue: str) -> float:
+        """The queue-wait target of `queue` in seconds."""
+        return self.wait_targets.get(queue, self.wait_target_s)

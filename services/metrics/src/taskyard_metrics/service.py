@@ -12,7 +12,7 @@ from taskyard_common.topology import Topology, ensure_streams
 from .events import run_consumer
 from .poller import SnapshotCollector, run_poller
 from .registry import Metrics
-from .settings import MetricsSettings
+from .settings import MetricsSettings, parse_wait_targets
 from .state import ServiceState
 
 log = logging.getLogger("taskyard.metrics")
@@ -27,7 +27,9 @@ class MetricsService:
     def __init__(self, settings: MetricsSettings, nats_settings: NatsSettings) -> None:
         self.settings = settings
         self.topo = Topology(nats_settings)
-        self.metrics = Metrics()
+        self.metrics = Metrics(
+            wait_target_s=settings.wait_target_s, wait_targets=parse_wait_targets(settings.wait_targets)
+        )
         self.collector = SnapshotCollector()
         self.metrics.registry.register(self.collector)
         self.state = ServiceState()

@@ -1,7 +1,24 @@
 """Settings of the metrics service (TASKYARD_METRICS_*); NATS comes from taskyard_common's NatsSettings."""
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def parse_wait_targets(text: str) -> dict[str, float]:
+    """`"batch=3600, reports=600"` -> {"batch": 3600.0, "reports": 600.0}; ValueError naming the bad entry."""
+    targets: dict[str, float] = {}
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        queue, sep, seconds = entry.partition("=")
+        try:
+            value = float(seconds) if sep and queue.strip() else -1.0
+        except ValueError:
+            value = -1.0
+        if value <= 0:
+            raise ValueError(f"{entry!r} is not QUEUE=SECONDS with SECONDS > 0")
+        targets[queue.strip()] = value
+    return targets
 
 
 class MetricsSettings(BaseSettings):
@@ -17,3 +34,13 @@ class MetricsSettings(BaseSettings):
     fetch_batch: int = Field(256, ge=1, le=10_000)
     fetch_timeout_s: float = Field(1.0, gt=0)
     log_level: str = "info"
+    # Queue-wait SLO (docs/operations.md, "SLOs"): a started attempt meets it when it waited at most
+    # its queue's target. One default, overridden per queue as "batch=3600,reports=600".
+    wait_target_s: float = Field(60.0, gt=0)
+    wait_targets: str = ""
+
+    @field_validator("wait_targets")
+    @classmethod
+    def _check_wait_targets(cls, value: str) -> str:
+        parse_wait_targets(value)
+        return value
