@@ -3,28 +3,55 @@
 A job's `type` must be built-in or registered by a worker (a rule that changes while the server
 runs, so the document describes it instead of enumerating it): a generated type that fits the
 pattern is replaced by `noop`, which every executor runs and whose payload may be any JSON.
-Types that break the pattern are left alone, so negative cases stay negative.
+Work made of many jobs must form a graph that can run: names unique, parents that exist, no
+cycle, inputs from parents. A generated graph whose parts fit the schema is made runnable:
+unique names, and no parents or inputs. Parts that break the schema are left alone, so negative
+cases stay negative.
 """
 
 import re
 
 import schemathesis
 
-from taskyard_api.schemas import JOB_TYPE
+from taskyard_api.schemas import JOB_TYPE, NODE_NAME
+
+SUBMITS = ("/api/v1/jobs", "/api/v1/jobs:batch", "/api/v1/batches", "/api/v1/workflows")
 
 
-def _known_type(job: object) -> None:
-    if isinstance(job, dict) and isinstance(job.get("type"), str) and re.fullmatch(JOB_TYPE, job["type"]):
+def _names(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, str)
+        and re.fullmatch(NODE_NAME, v)
+        or isinstance(v, dict)
+        and isinstance(v.get("job"), str)
+        and re.fullmatch(NODE_NAME, v["job"])
+        for v in value
+    )
+
+
+def _runnable(job: object, i: int) -> None:
+    if not isinstance(job, dict):
+        return
+    if isinstance(job.get("type"), str) and re.fullmatch(JOB_TYPE, job["type"]):
         job["type"] = "noop"
+    for key in ("name", "id"):
+        if isinstance(job.get(key), str) and re.fullmatch(NODE_NAME, job[key]):
+            job[key] = f"n{i}"
+    for key in ("depends_on", "needs"):
+        if _names(job.get(key)):
+            job[key] = []
+    if isinstance(job.get("inputs"), dict) and all(isinstance(v, str) for v in job["inputs"].values()):
+        job["inputs"] = {}
 
 
 @schemathesis.hook
 def before_call(context, case, kwargs):
-    if case.operation.path not in ("/api/v1/jobs", "/api/v1/jobs:batch") or case.method != "POST":
+    if case.operation.path not in SUBMITS or case.method != "POST" or not isinstance(case.body, dict):
         return
-    if not isinstance(case.body, dict):
-        return
-    _known_type(case.body)
-    if isinstance(case.body.get("jobs"), list):
-        for job in case.body["jobs"]:
-            _known_type(job)
+    _runnable(case.body, 0)
+    for many in ("jobs", "nodes"):
+        if isinstance(case.body.get(many), list):
+            for i, job in enumerate(case.body[many]):
+                _runnable(job, i)
+    for callback in ("on_success", "on_failure", "on_complete"):
+        _runnable(case.body.get(callback), 0)

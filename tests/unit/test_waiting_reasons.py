@@ -241,3 +241,23 @@ def test_eta(position, rates, free, expected):
 )
 def test_seconds_text(value, text):
     assert seconds_text(value) == text
+
+
+def test_a_blocked_job_names_each_open_parent_and_takes_the_slowest_eta():
+    from taskyard_api.reasons import blocked_reason
+
+    out = blocked_reason(
+        [
+            ("01A", "scan", "running", {}),
+            ("01B", None, "queued", {"queue_position": 4, "eta_seconds": 12.0}),
+        ]
+    )
+    reason = out["waiting_reason"]
+    assert reason["code"] == "blocked"
+    assert reason["message"] == "Waiting for 2 parent(s): scan (running), 01B (queued, position 4, ETA ~12s)."
+    assert [p["status"] for p in reason["evidence"]["parents"]] == ["running", "queued"]
+    assert out["eta_seconds"] is None  # a running parent has no ETA of its own
+    both = blocked_reason(
+        [("01A", "a", "queued", {"eta_seconds": 3.0}), ("01B", "b", "queued", {"eta_seconds": 9.5})]
+    )
+    assert both["eta_seconds"] == 9.5
