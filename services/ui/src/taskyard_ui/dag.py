@@ -6,6 +6,7 @@ are ordered by the mean position of their parents (one barycenter pass), which k
 from crossing in the shapes workflows usually have (fan-out, fan-in, diamonds).
 """
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,13 +75,49 @@ def node_reason(node: dict[str, Any], open_parents: list[tuple[str, str]]) -> st
         names = ", ".join(f"{name} ({state})" for name, state in open_parents)
         return f"Waiting for {len(open_parents)} parent(s): {names}."
     error = node.get("error")
+    result = node.get("result")
     if isinstance(error, dict) and error:
         return ": ".join(str(error[k]) for k in ("type", "message") if error.get(k)) or "error"
+    if status == "succeeded" and result is not None:
+        text = json.dumps(result, separators=(", ", ": "), ensure_ascii=False)
+        return "Result " + (text if len(text) <= 120 else text[:119] + "…")
     if status == "running":
         return f"Running, attempt {node.get('attempt', 1)}."
     if status == "queued":
         return "Queued: open the job for its position and ETA."
     return str(status)
+
+
+def _curve(x1: float, y1: float, x2: float, y2: float) -> str:
+    bend = (x2 - x1) / 2
+    return f"C{x1 + bend:g},{y1:g} {x2 - bend:g},{y2:g} {x2:g},{y2:g}"
+
+
+def _route(
+    start: tuple[int, int],
+    end: tuple[int, int],
+    layers: dict[int, list[str]],
+    corner: dict[str, tuple[int, int]],
+    level: int,
+) -> str:
+    """A parent's right side to a child's left side. An edge that skips layers crosses each one
+    beside its boxes, in the gap nearest to its straight line, not through a node."""
+    x, y = start[0] + NODE_W, start[1] + NODE_H / 2
+    x2, y2 = end[0], end[1] + NODE_H / 2
+    path = [f"M{x:g},{y:g}"]
+    between = [lvl for lvl in sorted(layers) if level < lvl and corner[layers[lvl][0]][0] < x2]
+    for lvl in between:
+        left = corner[layers[lvl][0]][0]
+        share = (left + NODE_W / 2 - x) / max(1.0, x2 - x)
+        want = y + (y2 - y) * share
+        tops = sorted(corner[n][1] for n in layers[lvl])
+        if any(top - GAP_Y / 2 < want < top + NODE_H + GAP_Y / 2 for top in tops):
+            gaps = [tops[0] - GAP_Y / 2] + [top + NODE_H + GAP_Y / 2 for top in tops]
+            want = min(gaps, key=lambda g: abs(g - want))
+        path += [_curve(x, y, left, want), f"L{left + NODE_W:g},{want:g}"]
+        x, y = left + NODE_W, want
+    path.append(_curve(x, y, x2, y2))
+    return " ".join(path)
 
 
 def layout(workflow: dict[str, Any]) -> Layout:
@@ -137,15 +174,7 @@ def layout(workflow: dict[str, Any]) -> Layout:
             )
         )
     for edge in edge_rows:
-        (px, py), (cx, cy) = corner[edge["from"]], corner[edge["to"]]
-        x1, y1, x2, y2 = px + NODE_W, py + NODE_H // 2, cx, cy + NODE_H // 2
-        bend = GAP_X // 2
+        route = _route(corner[edge["from"]], corner[edge["to"]], layers, corner, depth[edge["from"]])
         state = str(edge.get("state"))
-        out.edges.append(
-            Edge(
-                path=f"M{x1},{y1} C{x1 + bend},{y1} {x2 - bend},{y2} {x2},{y2}",
-                state=state,
-                title=f"{edge['from']} → {edge['to']}: {state}",
-            )
-        )
+        out.edges.append(Edge(path=route, state=state, title=f"{edge['from']} → {edge['to']}: {state}"))
     return out
