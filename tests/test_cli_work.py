@@ -13,6 +13,19 @@ from .test_cli import cli
 HANDLERS = "handlers_for_tests"
 
 
+def cli_in(stack, cwd, *args: str) -> subprocess.CompletedProcess:
+    """The CLI run from `cwd` (a relative --glob and the jobs' directory are relative to it)."""
+    env = {**os.environ, "TASKYARD_URL": stack.api.url, "TASKYARD_API_KEY": stack.admin_key}
+    return subprocess.run(
+        [sys.executable, "-m", "taskyard", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def in_a_terminal(stack, *args: str, timeout: float = 90) -> tuple[int, str]:
     """Run the CLI with its stdout on a pseudo-terminal (what a person at a shell sees)."""
     master, slave = pty.openpty()
@@ -105,9 +118,9 @@ def test_batch_run_over_a_glob_reports_failures_then_retry_failed_in_a_terminal(
     for i in range(12):
         (data / f"part-{i:02}.csv").write_text("bad\n" if i in (3, 8) else "ok\n")
     (data / "notes.txt").write_text("not matched\n")
-    pattern = str(data / "*.csv")
-    run = cli(stack, "batch", "run", "--glob", pattern, "--name", "csvs", "--max-attempts", "1",
-              "--watch", "--", "grep", "-q", "ok", "{}")  # fmt: skip
+    # A relative glob, and a relative path in each job: they run in the directory the CLI ran in.
+    run = cli_in(stack, tmp_path, "batch", "run", "--glob", "data/*.csv", "--name", "csvs",
+                 "--max-attempts", "1", "--watch", "--", "grep", "-q", "ok", "{}")  # fmt: skip
     assert run.returncode == 1, run.stderr
     batch_id = run.stderr.split()[1].rstrip(":")
     assert "12 jobs submitted" in run.stderr
@@ -140,6 +153,7 @@ def test_batch_and_workflow_cancel_what_has_not_run(stack, tmp_path):
                   "--", "cat")  # fmt: skip
     assert created.returncode == 0, created.stderr
     body = json.loads(created.stdout)
+    assert {j["payload"]["cwd"] for j in body["jobs"]} == {os.getcwd()}  # the CLI's directory
     assert [j["payload"]["command"] for j in body["jobs"]] == [
         ["cat", str(tmp_path / f"{i}.txt")] for i in range(3)
     ]

@@ -97,6 +97,9 @@ def test_batch_members_are_shell_jobs_with_only_the_options_given():
         {"type": "shell", "payload": {"command": ["proc", "a.csv"]}, "queue": "etl"},
         {"type": "shell", "payload": {"command": ["proc", "b.csv"]}, "queue": "etl"},
     ]
+    assert batch_members(["a"], ["cat"], {}, "/srv/in") == [
+        {"type": "shell", "payload": {"command": ["cat", "a"], "cwd": "/srv/in"}}
+    ]
     body = create_batch(members, "nightly", {"on_complete": {"type": "noop"}, "on_failure": None}).body
     assert body == {"jobs": members, "name": "nightly", "on_complete": {"type": "noop"}}
 

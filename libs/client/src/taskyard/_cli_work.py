@@ -162,6 +162,11 @@ def batch() -> None:
 @batch.command("run", context_settings={"allow_interspersed_args": False})
 @click.option("--glob", "pattern", required=True, metavar="PATTERN", help="Files to process ('**' recurses).")
 @click.option("--name", metavar="NAME", help="A name for the batch.")
+@click.option(
+    "--cwd",
+    metavar="DIR",
+    help="Directory the jobs run in, on the worker [default: this one]; '' leaves it to the worker.",
+)
 @job_options
 @click.option("--watch", is_flag=True, help="Follow the progress until every job has ended.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"batch_id", "jobs"} (with --watch: progress).')
@@ -169,6 +174,7 @@ def batch() -> None:
 def batch_run(
     pattern: str,
     name: str | None,
+    cwd: str | None,
     queue: str | None,
     priority: str | None,
     timeout_s: float | None,
@@ -179,7 +185,8 @@ def batch_run(
     command: tuple[str, ...],
 ) -> None:
     """Submit one shell job per path matching --glob, running COMMAND with `{}` replaced by the
-    path (appended when COMMAND has no `{}`). Paths are as matched here: workers must see them.
+    path (appended when COMMAND has no `{}`). Paths are as matched here and jobs run in this
+    directory (--cwd): workers must see the same files (one machine, or a shared mount).
 
     \b
       taskyard batch run --glob 'data/*.csv' -- python proc.py {}
@@ -195,7 +202,8 @@ def batch_run(
         "labels": _labels(labels),
     }
     ty = client()
-    created = ty.create_batch(batch_members(paths, command, options), name=name)
+    workdir = str(Path.cwd()) if cwd is None else cwd
+    created = ty.create_batch(batch_members(paths, command, options, workdir or None), name=name)
     batch_id = created["batch_id"]
     if not watch:
         if as_json:

@@ -54,10 +54,14 @@ def expand(command: Sequence[str], path: str) -> list[str]:
     return [word.replace(PLACEHOLDER, path) for word in command]
 
 
-def batch_members(paths: Iterable[str], command: Sequence[str], options: dict[str, Any]) -> list[dict]:
-    """One `shell` job per path (argv form: a path with spaces stays one argument)."""
+def batch_members(
+    paths: Iterable[str], command: Sequence[str], options: dict[str, Any], cwd: str | None = None
+) -> list[dict]:
+    """One `shell` job per path (argv form: a path with spaces stays one argument), run in `cwd`
+    (None: wherever the worker runs)."""
     shared = {k: v for k, v in options.items() if v is not None}
-    return [{"type": "shell", "payload": {"command": expand(command, p)}, **shared} for p in paths]
+    where = {"cwd": cwd} if cwd else {}
+    return [{"type": "shell", "payload": {"command": expand(command, p), **where}, **shared} for p in paths]
 
 
 def not_succeeded(progress: dict[str, Any]) -> int:
