@@ -275,9 +275,8 @@ def _progress_bar(ty: Client, batch_id: str) -> dict[str, Any]:
         TextColumn("{task.fields[counts]} · {task.fields[eta]}"),
     )
     with Progress(*columns, console=Console(), transient=False) as bar:
-        task = bar.add_task(
-            f"batch {progress.get('name') or batch_id}", total=progress.get("total"), counts="", eta=""
-        )
+        title = f"batch {progress.get('name') or batch_id}"
+        task = bar.add_task(title, total=progress.get("total"), counts=counts_text(progress), eta="")
         while True:
             eta = "done" if batch_done(progress) else eta_text(progress.get("eta_seconds"))
             bar.update(task, completed=progress.get("done", 0), counts=counts_text(progress), eta=eta)
