@@ -9,8 +9,12 @@ from urllib.parse import quote
 
 from ._sse import SSEEvent
 
-FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "dead"})
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "dead", "skipped"})
 JOBS = "/api/v1/jobs"
+BATCHES = "/api/v1/batches"
+WORKFLOWS = "/api/v1/workflows"
+# A workflow's own status (derived from its nodes) once none of them may run any more.
+WORKFLOW_FINAL = frozenset({"succeeded", "failed", "cancelled", "completed"})
 QUEUES = "/api/v1/queues"
 CHECKPOINTS = "/api/v1/checkpoints"
 CHECKPOINT_STATUSES = ("pending", "approved", "rejected", "answered", "expired")
@@ -103,6 +107,59 @@ def retry(job_id: str) -> Call:
 
 def logs(job_id: str, after: int = 0, limit: int = 1000) -> Call:
     return Call("GET", job_path(job_id, "/logs"), params=[("after", str(after)), ("limit", str(limit))])
+
+
+def _at(base: str, item_id: str, suffix: str = "") -> str:
+    return f"{base}/{quote(str(item_id), safe='')}{suffix}"
+
+
+def create_batch(
+    specs: Iterable[Mapping[str, Any]], name: str | None = None, callbacks: Mapping[str, Any] | None = None
+) -> Call:
+    """POST /api/v1/batches; `callbacks` maps on_success/on_failure/on_complete to a job spec."""
+    body: dict[str, Any] = {"jobs": [dict(s) for s in specs]}
+    if name is not None:
+        body["name"] = name
+    body.update({k: dict(v) for k, v in (callbacks or {}).items() if v is not None})
+    return Call("POST", BATCHES, body=body)
+
+
+def batch(batch_id: str) -> Call:
+    return Call("GET", _at(BATCHES, batch_id))
+
+
+def retry_batch(batch_id: str) -> Call:
+    return Call("POST", _at(BATCHES, batch_id, "/retry"))
+
+
+def cancel_batch(batch_id: str) -> Call:
+    return Call("POST", _at(BATCHES, batch_id, "/cancel"))
+
+
+def submit_workflow(spec: Mapping[str, Any]) -> Call:
+    return Call("POST", WORKFLOWS, body=dict(spec))
+
+
+def workflow(workflow_id: str) -> Call:
+    return Call("GET", _at(WORKFLOWS, workflow_id))
+
+
+def cancel_workflow(workflow_id: str) -> Call:
+    return Call("POST", _at(WORKFLOWS, workflow_id, "/cancel"))
+
+
+def retry_workflow_node(workflow_id: str, node: str) -> Call:
+    return Call("POST", _at(WORKFLOWS, workflow_id, "/retry"), body={"node": node})
+
+
+def batch_done(progress: Mapping[str, Any]) -> bool:
+    """Every member of the batch has ended (its progress as GET /api/v1/batches/{id} answers it)."""
+    return bool(progress.get("done", 0) >= progress.get("total", 0))
+
+
+def workflow_done(workflow: Mapping[str, Any]) -> bool:
+    """No node of the workflow may run any more."""
+    return workflow.get("status") in WORKFLOW_FINAL
 
 
 def whoami() -> Call:

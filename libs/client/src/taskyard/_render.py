@@ -5,7 +5,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 JOB_STATUSES = (
-    "queued", "running", "retrying", "waiting", "succeeded", "failed", "cancelled", "dead",
+    "blocked", "queued", "running", "retrying", "waiting", "succeeded", "failed", "cancelled", "dead",
+    "skipped",
 )  # fmt: skip
 
 

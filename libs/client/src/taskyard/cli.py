@@ -1,7 +1,7 @@
 """The `taskyard` command line, built on taskyard.Client.
 
 Commands live in _cli_jobs (jobs and logs), _cli_keys (identity, keys), _cli_ops (workers,
-queues, doctor) and _cli_checkpoints (the approvals inbox); a new command module only has to
+queues, doctor), _cli_checkpoints (the approvals inbox) and _cli_work (workflows, batches); a new command module only has to
 export COMMANDS and be added to _MODULES below.
 """
 
@@ -9,15 +9,15 @@ from typing import Any
 
 import click
 
-from . import _cli_checkpoints, _cli_jobs, _cli_keys, _cli_ops
+from . import _cli_checkpoints, _cli_jobs, _cli_keys, _cli_ops, _cli_work
 from ._cli_common import BadInput, State, report
 from .errors import TaskyardError
 
-_MODULES = [_cli_jobs, _cli_keys, _cli_ops, _cli_checkpoints]
+_MODULES = [_cli_jobs, _cli_keys, _cli_ops, _cli_checkpoints, _cli_work]
 
 EPILOG = """\b
-Exit codes: 0 ok · 1 the job failed (wait, run, submit --wait; run passes on the job's own code)
-            or doctor found a problem
+Exit codes: 0 ok · 1 the job failed (wait, run, submit --wait; run passes on the job's own code),
+            a watched workflow or batch did not fully succeed, or doctor found a problem
             2 usage or bad input · 3 the API refused (4xx) · 4 API unreachable or 5xx
 \b
 Configuration: --url/--api-key, else TASKYARD_URL/TASKYARD_API_KEY, else the JSON file at

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -188,7 +188,7 @@ class Client(_Base):
     def wait(
         self, job_id: str, timeout: float | None = None, poll: float = 0.25, *, raise_on_failure: bool = False
     ) -> Job:
-        """Poll until the job is final (succeeded, failed, cancelled, dead) and return it.
+        """Poll until the job is final (succeeded, failed, cancelled, dead, skipped) and return it.
 
         Raises TimeoutError after `timeout` seconds, and JobFailed for a final status other than
         succeeded when `raise_on_failure` is set.
@@ -248,6 +248,83 @@ class Client(_Base):
             if delay is None:
                 raise problem
             time.sleep(delay)
+
+    # Work made of many jobs: batches and workflows
+
+    def create_batch(
+        self,
+        specs: Iterable[Mapping[str, Any]],
+        *,
+        name: str | None = None,
+        on_success: Mapping[str, Any] | None = None,
+        on_failure: Mapping[str, Any] | None = None,
+        on_complete: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Submit jobs as one batch: {"batch_id", "jobs"}. The callbacks (job specs) run once when
+        the last member has ended: on_success if all succeeded, on_failure if not, on_complete always."""
+        callbacks = {"on_success": on_success, "on_failure": on_failure, "on_complete": on_complete}
+        return self._call(_calls.create_batch(specs, name, callbacks))
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        """A batch's progress: {"id", "name", "total", "done", "succeeded", "percent", "counts" (by
+        status), "failures" (grouped by error, with examples), "eta_seconds", "created_at", "completed_at"}."""
+        return self._call(_calls.batch(batch_id))
+
+    def retry_batch(self, batch_id: str) -> dict[str, Any]:
+        """Run the members that failed, died or were cancelled again: {"retried": n, "refused": [...]}."""
+        return self._call(_calls.retry_batch(batch_id))
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """Cancel the members not yet finished: {"cancelled": n, "refused": [...]}."""
+        return self._call(_calls.cancel_batch(batch_id))
+
+    def wait_batch(self, batch_id: str, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any]:
+        """Poll until every member has ended; returns the progress. TimeoutError after `timeout` s."""
+        return self._poll(lambda: self.batch(batch_id), _calls.batch_done, f"batch {batch_id}", timeout, poll)
+
+    def submit_workflow(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """Store a workflow ({"name"?, "on_failure"?: stop|continue, "nodes": [{"id", "type",
+        "payload", "needs", "inputs", ...}]}); returns it as workflow() does."""
+        return self._call(_calls.submit_workflow(spec))
+
+    def workflow(self, workflow_id: str) -> dict[str, Any]:
+        """{"id", "name", "status", "on_failure", "counts", "created_at", "nodes": [{"id", "job_id",
+        "type", "status", "attempt", "error", "result", "started_at", "finished_at"}], "edges":
+        [{"from", "to", "state"}]}; status is running, succeeded, failed, cancelled or completed."""
+        return self._call(_calls.workflow(workflow_id))
+
+    def cancel_workflow(self, workflow_id: str) -> dict[str, Any]:
+        """Cancel every node not yet finished: {"cancelled": n, "refused": [...]}."""
+        return self._call(_calls.cancel_workflow(workflow_id))
+
+    def retry_workflow_node(self, workflow_id: str, node: str) -> Job:
+        """Run a failed node again, and the nodes that depend on it; returns the node's job."""
+        return self._call(_calls.retry_workflow_node(workflow_id, node))
+
+    def wait_workflow(
+        self, workflow_id: str, timeout: float | None = None, poll: float = 0.5
+    ) -> dict[str, Any]:
+        """Poll until the workflow is no longer running; returns it. TimeoutError after `timeout` s."""
+        return self._poll(
+            lambda: self.workflow(workflow_id), _calls.workflow_done, f"workflow {workflow_id}", timeout, poll
+        )
+
+    @staticmethod
+    def _poll(
+        read: Callable[[], dict[str, Any]],
+        done: Callable[[dict[str, Any]], bool],
+        what: str,
+        timeout: float | None,
+        poll: float,
+    ) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            seen = read()
+            if done(seen):
+                return seen
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"{what} is not finished after {timeout}s")
+            time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
 
     # Keys and identity
 
@@ -479,6 +556,47 @@ class AsyncClient(_Base):
             if delay is None:
                 raise problem
             await asyncio.sleep(delay)
+
+    async def create_batch(
+        self,
+        specs: Iterable[Mapping[str, Any]],
+        *,
+        name: str | None = None,
+        on_success: Mapping[str, Any] | None = None,
+        on_failure: Mapping[str, Any] | None = None,
+        on_complete: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """See Client.create_batch."""
+        callbacks = {"on_success": on_success, "on_failure": on_failure, "on_complete": on_complete}
+        return await self._call(_calls.create_batch(specs, name, callbacks))
+
+    async def batch(self, batch_id: str) -> dict[str, Any]:
+        """See Client.batch."""
+        return await self._call(_calls.batch(batch_id))
+
+    async def retry_batch(self, batch_id: str) -> dict[str, Any]:
+        """See Client.retry_batch."""
+        return await self._call(_calls.retry_batch(batch_id))
+
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """See Client.cancel_batch."""
+        return await self._call(_calls.cancel_batch(batch_id))
+
+    async def submit_workflow(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """See Client.submit_workflow."""
+        return await self._call(_calls.submit_workflow(spec))
+
+    async def workflow(self, workflow_id: str) -> dict[str, Any]:
+        """See Client.workflow."""
+        return await self._call(_calls.workflow(workflow_id))
+
+    async def cancel_workflow(self, workflow_id: str) -> dict[str, Any]:
+        """See Client.cancel_workflow."""
+        return await self._call(_calls.cancel_workflow(workflow_id))
+
+    async def retry_workflow_node(self, workflow_id: str, node: str) -> Job:
+        """See Client.retry_workflow_node."""
+        return await self._call(_calls.retry_workflow_node(workflow_id, node))
 
     async def whoami(self) -> dict[str, Any]:
         """See Client.whoami."""

@@ -48,6 +48,11 @@ def job_path(job_id: str, suffix: str = "") -> str:
     return f"/api/v1/jobs/{quote(job_id, safe='')}{suffix}"
 
 
+def work_path(kind: str, item_id: str, suffix: str = "") -> str:
+    """API path of a batch or a workflow (`kind`: batches or workflows), the id percent-encoded."""
+    return f"/api/v1/{kind}/{quote(item_id, safe='')}{suffix}"
+
+
 def checkpoint_path(ck_id: str, suffix: str = "") -> str:
     return f"/api/v1/checkpoints/{quote(ck_id, safe='')}{suffix}"
 
@@ -136,3 +141,20 @@ class ApiClient:
     async def decide(self, ck_id: str, action: str, body: dict) -> dict:
         """approve / reject / answer one checkpoint."""
         return await self.call("POST", checkpoint_path(ck_id, f"/{action}"), json=body)
+
+    async def workflow(self, workflow_id: str) -> dict:
+        return await self.call("GET", work_path("workflows", workflow_id))
+
+    async def cancel_workflow(self, workflow_id: str) -> dict:
+        return await self.call("POST", work_path("workflows", workflow_id, "/cancel"))
+
+    async def retry_node(self, workflow_id: str, node: str) -> dict:
+        """Run a failed node again (and what depends on it)."""
+        return await self.call("POST", work_path("workflows", workflow_id, "/retry"), json={"node": node})
+
+    async def batch(self, batch_id: str) -> dict:
+        return await self.call("GET", work_path("batches", batch_id))
+
+    async def retry_batch(self, batch_id: str) -> dict:
+        """Run the batch's failed, dead and cancelled members again."""
+        return await self.call("POST", work_path("batches", batch_id, "/retry"))

@@ -17,6 +17,7 @@ from . import (
     routes_logs,
     routes_service,
     routes_submit,
+    routes_work,
     routes_workers,
 )
 from .api import ApiError, ApiUnauthorized, ApiUnavailable
@@ -61,6 +62,7 @@ def create_app(settings: UiSettings | None = None) -> FastAPI:
         routes_submit,
         routes_workers,
         routes_approvals,
+        routes_work,
     ):
         app.include_router(module.router)
 

@@ -63,6 +63,8 @@ STATUS_WORDS = {
     "failed": "Job failed.",
     "cancelled": "Job was cancelled.",
     "dead": "Job is dead: it failed on every attempt.",
+    "blocked": "Job waits for its parents.",
+    "skipped": "Job was skipped: a parent did not end as it needed.",
 }
 
 

@@ -21,6 +21,7 @@ HERE = Path(__file__).parent
 COOKIE = "taskyard_key"
 
 STATUSES = (
+    "blocked",
     "queued",
     "running",
     "retrying",
@@ -29,8 +30,9 @@ STATUSES = (
     "failed",
     "cancelled",
     "dead",
+    "skipped",
 )
-FINAL = frozenset({"succeeded", "failed", "cancelled", "dead"})
+FINAL = frozenset({"succeeded", "failed", "cancelled", "dead", "skipped"})
 RETRYABLE = frozenset({"failed", "dead", "cancelled"})
 # API job ids are ULIDs; anything else cannot be a job and is not sent to the API at all.
 JOB_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")

@@ -1,0 +1,178 @@
+"""`taskyard workflow ...` and `taskyard batch ...` as real processes against the real stack."""
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+
+from .test_cli import cli
+
+HANDLERS = "handlers_for_tests"
+
+
+def cli_in(stack, cwd, *args: str) -> subprocess.CompletedProcess:
+    """The CLI run from `cwd` (a relative --glob and the jobs' directory are relative to it)."""
+    env = {**os.environ, "TASKYARD_URL": stack.api.url, "TASKYARD_API_KEY": stack.admin_key}
+    return subprocess.run(
+        [sys.executable, "-m", "taskyard", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def in_a_terminal(stack, *args: str, timeout: float = 90) -> tuple[int, str]:
+    """Run the CLI with its stdout on a pseudo-terminal (what a person at a shell sees)."""
+    master, slave = pty.openpty()
+    env = {
+        **os.environ,
+        "TASKYARD_URL": stack.api.url,
+        "TASKYARD_API_KEY": stack.admin_key,
+        "TERM": "xterm-256color",
+        "COLUMNS": "140",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "taskyard", *args], env=env, stdout=slave, stderr=slave, close_fds=True
+    )
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    return code, b"".join(chunks).decode(errors="replace")
+
+
+def test_workflow_run_watch_fail_retry_node_and_status(stack, tmp_path):
+    stack.start_api()
+    stack.start_executor(handlers=HANDLERS)
+    flag = tmp_path / "fixed"
+    spec = tmp_path / "flow.yaml"
+    spec.write_text(
+        f"""
+name: nightly
+on_failure: continue
+nodes:
+  scan: {{type: echo, payload: {{findings: [a, b]}}}}
+  check:
+    type: fails_until_file
+    payload: {{path: "{flag}"}}
+    max_attempts: 1
+    needs: [scan]
+  report: {{type: echo, needs: [check, scan], inputs: {{found: scan/findings/1}}}}
+"""
+    )
+    run = cli(stack, "workflow", "run", str(spec), "--watch")
+    assert run.returncode == 1, run.stderr
+    lines = run.stdout.splitlines()
+    assert "check: dead · JobError: RuntimeError:" in run.stdout, run.stdout
+    assert "report: skipped · ParentNotDone: parent" in run.stdout, run.stdout
+    skipped_at = next(i for i, line in enumerate(lines) if line.startswith("report: skipped"))
+    assert lines.index("scan: succeeded") < skipped_at
+    workflow_id = run.stderr.split()[1]
+    summary = next(line for line in lines if line.startswith("workflow "))
+    assert summary == f"workflow {workflow_id} nightly · failed · 1 succeeded · 1 dead · 1 skipped"
+
+    flag.write_text("ok")
+    retried = cli(stack, "workflow", "retry", workflow_id, "--node", "check")
+    assert retried.returncode == 0 and retried.stdout.startswith("check: queued"), retried.stdout
+    watched = cli(stack, "workflow", "status", workflow_id, "--watch", "--json")
+    assert watched.returncode == 0, watched.stderr
+    done = json.loads(watched.stdout)
+    assert done["status"] == "succeeded"
+    report = next(n for n in done["nodes"] if n["id"] == "report")
+    assert report["result"] == {"found": "b"}
+
+    missing = cli(stack, "workflow", "status", "01JXXXXXXXXXXXXXXXXXXXXXXX")
+    assert missing.returncode == 3 and "404" in missing.stderr and "not found" in missing.stderr
+    bad = tmp_path / "cycle.json"
+    bad.write_text(json.dumps({"nodes": [{"id": "a", "type": "noop", "needs": ["a"]}]}))
+    refused = cli(stack, "workflow", "run", str(bad))
+    assert refused.returncode == 3 and "nodes[0].needs" in refused.stderr, refused.stderr
+
+
+def test_batch_run_over_a_glob_reports_failures_then_retry_failed_in_a_terminal(stack, tmp_path):
+    stack.start_api()
+    stack.start_executor(slots=8)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(12):
+        (data / f"part-{i:02}.csv").write_text("bad\n" if i in (3, 8) else "ok\n")
+    (data / "notes.txt").write_text("not matched\n")
+    # A relative glob, and a relative path in each job: they run in the directory the CLI ran in.
+    run = cli_in(stack, tmp_path, "batch", "run", "--glob", "data/*.csv", "--name", "csvs",
+                 "--max-attempts", "1", "--watch", "--", "grep", "-q", "ok", "{}")  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    batch_id = run.stderr.split()[1].rstrip(":")
+    assert "12 jobs submitted" in run.stderr
+    last = [line for line in run.stdout.splitlines() if line.startswith("batch ")][-1]
+    assert last == f"batch {batch_id} csvs · 12/12 done (100.0%) · 10 succeeded · 2 dead · complete", last
+    assert "  2 × ShellCommandFailed" in run.stdout or "  2 × " in run.stdout, run.stdout
+
+    status = json.loads(cli(stack, "batch", "status", batch_id, "--json").stdout)
+    [group] = status["failures"]
+    failed_ids = {e["id"] for e in group["examples"]}
+    assert group["count"] == 2 and len(failed_ids) == 2
+
+    for i in (3, 8):
+        (data / f"part-{i:02}.csv").write_text("ok\n")
+    retried = cli(stack, "batch", "retry", batch_id, "--failed")
+    assert retried.returncode == 0 and retried.stdout.strip() == "retried 2", retried.stdout
+    code, screen = in_a_terminal(stack, "batch", "status", batch_id, "--watch")
+    assert code == 0, screen
+    assert "━" in screen and "12/12" in screen and "12 succeeded" in screen, screen
+
+    empty = cli(stack, "batch", "run", "--glob", str(data / "*.parquet"), "--", "cat", "{}")
+    assert empty.returncode == 2 and empty.stderr.startswith("error: --glob: no file matches")
+
+
+def test_batch_and_workflow_cancel_what_has_not_run(stack, tmp_path):
+    stack.start_api()  # no executor serves `held`: everything waits
+    for i in range(3):
+        (tmp_path / f"{i}.txt").write_text("x")
+    created = cli(stack, "batch", "run", "--glob", str(tmp_path / "*.txt"), "--queue", "held", "--json",
+                  "--", "cat")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    body = json.loads(created.stdout)
+    assert {j["payload"]["cwd"] for j in body["jobs"]} == {os.getcwd()}  # the CLI's directory
+    assert [j["payload"]["command"] for j in body["jobs"]] == [
+        ["cat", str(tmp_path / f"{i}.txt")] for i in range(3)
+    ]
+    cancelled = cli(stack, "batch", "cancel", body["batch_id"])
+    assert cancelled.stdout.strip() == "cancelled 3", cancelled.stdout + cancelled.stderr
+    status = cli(stack, "batch", "status", body["batch_id"])
+    assert "3/3 done (100.0%) · 3 cancelled · complete" in status.stdout, status.stdout
+
+    spec = tmp_path / "wf.json"
+    spec.write_text(json.dumps({"nodes": [
+        {"id": "first", "type": "noop", "queue": "held"},
+        {"id": "second", "type": "noop", "queue": "held", "needs": ["first"]},
+    ]}))  # fmt: skip
+    workflow_id = cli(stack, "workflow", "run", str(spec)).stdout.strip()
+    shown = cli(stack, "workflow", "status", workflow_id)
+    assert "second  blocked" in shown.stdout and "waits for its parents" in shown.stdout, shown.stdout
+    # Cancelling `first` may skip `second` (its edge asks for success) before its own turn comes.
+    assert cli(stack, "workflow", "cancel", workflow_id).stdout.startswith("cancelled ")
+    final = json.loads(cli(stack, "workflow", "status", workflow_id, "--json").stdout)
+    assert final["status"] == "cancelled"
+    statuses = {n["id"]: n["status"] for n in final["nodes"]}
+    assert statuses["first"] == "cancelled" and statuses["second"] in ("cancelled", "skipped"), statuses
