@@ -13,7 +13,7 @@ import re
 
 import schemathesis
 
-from taskyard_api.schemas import JOB_TYPE, NODE_NAME
+from taskyard_api.schemas import JOB_TYPE, LABEL_NAME, NODE_NAME
 
 SUBMITS = ("/api/v1/jobs", "/api/v1/jobs:batch", "/api/v1/batches", "/api/v1/workflows")
 
@@ -40,7 +40,10 @@ def _runnable(job: object, i: int) -> None:
     for key in ("depends_on", "needs"):
         if _names(job.get(key)):
             job[key] = []
-    if isinstance(job.get("inputs"), dict) and all(isinstance(v, str) for v in job["inputs"].values()):
+    inputs = job.get("inputs")
+    if isinstance(inputs, dict) and all(
+        isinstance(v, str) and re.fullmatch(LABEL_NAME, k) for k, v in inputs.items()
+    ):
         job["inputs"] = {}
 
 

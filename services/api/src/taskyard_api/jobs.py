@@ -245,6 +245,10 @@ class JobService:
             if item.name:
                 by_name[item.name] = results[-1][0].id
         new = [job for job, created in results if created]
+        for table, row in extra:
+            if table.name == "batches":
+                # A member whose idempotency key names a stored job is that job, not a member.
+                row["total"] = len(new)
         edges = [
             {"parent_id": by_name.get(dep.job, dep.job), "child_id": job.id, "on": dep.on, "state": "open"}
             for item, (job, created) in zip(items, results, strict=True)
@@ -253,7 +257,7 @@ class JobService:
         ]
         submission = Submission(new, [(edges_table, edges)] + [(t, [row]) for t, row in extra])
         try:
-            stored = iter(await self._group.submit(submission) if new else [])
+            stored = iter(await self._group.submit(submission) if new or extra else [])
         except IntegrityError:
             # A concurrent request stored the same idempotency key first: answer with its job.
             if len(items) != 1:

@@ -131,6 +131,7 @@ class WorkflowNode(JobFields):
     inputs: dict[LabelName, str] = Field(
         default_factory=dict,
         max_length=32,
+        json_schema_extra={"additionalProperties": False},
         description="payload key → `<node>` or `<node>/<JSON pointer>` into that node's result, "
         "filled in when this node is released (a missing path fails it). The node must be needed.",
     )
