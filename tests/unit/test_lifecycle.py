@@ -158,6 +158,15 @@ def test_a_later_start_keeps_the_first_start_time():
     assert (after.attempt, after.started_at) == (2, T0 + 1)
 
 
+def test_a_hand_back_queues_the_job_again_without_spending_its_attempt():
+    running = job(status="running", attempt=1, worker_id="w1", started_at=T0 + 1, last_event_seq=3)
+    back = transition(running, report("handed_back", seq=4, attempt=1))
+    assert (back.status, back.worker_id, back.attempt) == ("queued", None, 1)
+    again = transition(back, report("started", seq=5, attempt=1, at=T0 + 9))
+    assert (again.status, again.attempt, again.started_at) == ("running", 1, T0 + 1)
+    assert not lost_worker(back, report("started", seq=5, attempt=1).event)
+
+
 def test_progress_waiting_and_retrying():
     running = job(status="running", attempt=1, worker_id="w1")
     assert transition(running, report("progress", seq=4, done=3)).progress == {"done": 3}

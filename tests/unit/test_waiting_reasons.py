@@ -99,6 +99,12 @@ def test_paused_queue_wins_over_everything():
     }
 
 
+def test_a_paused_queue_gives_no_eta_even_with_recent_starts():
+    out = queued_reason("q", Position(2), paused=True, serving=[worker("w1")], rate_long=5.0, rate_short=5.0)
+    assert code(out) == "queue_paused"
+    assert (out["queue_position"], out["eta_seconds"], out["eta_range"]) == (2, None, None)
+
+
 def test_delivered_job_is_starting():
     out = queued_reason("q", IN_FLIGHT, paused=False, serving=[], rate_long=1.0, rate_short=1.0)
     assert code(out) == "starting"

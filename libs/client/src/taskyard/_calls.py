@@ -202,6 +202,32 @@ def doctor() -> Call:
     return Call("GET", "/api/v1/doctor")
 
 
+def control_worker(worker_id: str, action: str) -> Call:
+    return Call("POST", f"/api/v1/workers/{quote(str(worker_id), safe='')}/{action}")
+
+
+def pause_all(paused: bool) -> Call:
+    return Call("POST", f"{QUEUES}:{'pause' if paused else 'resume'}")
+
+
+def audit(
+    actor: str | None = None,
+    action: str | None = None,
+    since: str | None = None,
+    outcome: str | None = None,
+    cursor: int | None = None,
+    limit: int = 100,
+) -> Call:
+    given = {"actor": actor, "action": action, "since": since, "outcome": outcome, "cursor": cursor}
+    params: Params = [(k, str(v)) for k, v in given.items() if v is not None]
+    params.append(("limit", limit))
+    return Call("GET", "/api/v1/audit", params=params)
+
+
+def notifications(job_id: str) -> Call:
+    return Call("GET", job_path(job_id, "/notifications"))
+
+
 def checkpoint_path(ck_id: str, suffix: str = "") -> str:
     return f"{CHECKPOINTS}/{quote(str(ck_id), safe='')}{suffix}"
 

@@ -9,10 +9,24 @@ from typing import Any
 import click
 
 from ._cli_common import EXIT_JOB_FAILED, EXIT_OK, BadInput, LinePrinter, client, print_json
-from ._render import JOB_HEADERS, exit_code, job_row, parse_labels, parse_statuses, status_line, table
+from ._render import (
+    JOB_HEADERS,
+    exit_code,
+    job_row,
+    parse_labels,
+    parse_statuses,
+    short_time,
+    status_line,
+    table,
+)
 from ._render_ops import waiting_lines
 
 LOG_PAGE = 1000
+# What `status --json` prints: the summary, not the timeline (`get` prints everything).
+STATUS_FIELDS = (
+    "id", "status", "queue", "priority", "attempt", "max_attempts", "worker_id",
+    "queue_position", "eta_seconds", "eta_range", "waiting_reason", "error",
+)  # fmt: skip
 
 
 def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -155,9 +169,13 @@ def get(job_id: str) -> None:
 
 @click.command()
 @click.argument("job_id", metavar="ID")
-def status(job_id: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the job's status fields as JSON.")
+def status(job_id: str, as_json: bool) -> None:
     """Print a one-line summary of a job (a waiting one: position, ETA, why)."""
     job = client().get(job_id)
+    if as_json:
+        print_json({k: job.get(k) for k in STATUS_FIELDS})
+        return
     click.echo("\n".join(waiting_lines(job) or [status_line(job)]))
 
 
@@ -241,10 +259,25 @@ def logs(follow: bool, job_id: str) -> None:
 @click.command()
 @click.argument("job_id", metavar="ID")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Give up (exit 1) after this long.")
-def wait(job_id: str, timeout: float | None) -> None:
-    """Wait until a job is final; exit 0 if it succeeded, 1 otherwise."""
+@click.option("--quiet", "-q", is_flag=True, help="Print only the final line, even on a terminal.")
+def wait(job_id: str, timeout: float | None, quiet: bool) -> None:
+    """Wait until a job is final; exit 0 if it succeeded, 1 otherwise.
+
+    On a terminal each change of state (queued → running → …, a new attempt, a new reason) is
+    printed to stderr as it happens; the final line goes to stdout."""
+    ty = client()
+    shown: list[str] = []
+
+    def changed(job: dict[str, Any]) -> None:
+        reason = (job.get("waiting_reason") or {}).get("code")
+        key = f"{job.get('status')}/{job.get('attempt')}/{reason}"
+        if not shown or shown[-1] != key:
+            shown.append(key)
+            click.echo("\n".join(waiting_lines(job) or [status_line(job)]), err=True)
+
+    follow = None if quiet or not sys.stderr.isatty() else changed
     try:
-        job = client().wait(job_id, timeout=timeout)
+        job = ty.wait(job_id, timeout=timeout, on_change=follow)
     except TimeoutError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_JOB_FAILED)
@@ -252,4 +285,27 @@ def wait(job_id: str, timeout: float | None) -> None:
     sys.exit(EXIT_OK if job.get("status") == "succeeded" else EXIT_JOB_FAILED)
 
 
-COMMANDS = [submit, run, get, status, list_, cancel, retry, logs, wait]
+@click.command()
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the webhook and its deliveries as JSON.")
+def notifications(job_id: str, as_json: bool) -> None:
+    """A job's webhook (`notify`) and each delivery: status, tries and the receiver's answers."""
+    found = client().notifications(job_id)
+    if as_json:
+        print_json(found)
+        return
+    hook = found.get("notify")
+    if not hook:
+        click.echo(f"job {job_id} has no webhook", err=True)
+        return
+    click.echo(f"webhook {hook['url']} on {', '.join(hook['on'])}")
+    for n in found.get("notifications") or []:
+        click.echo(
+            f"  {n['outcome']}: {n['status']} after {n['attempts']} tr{'y' if n['attempts'] == 1 else 'ies'}"
+        )
+        for d in n.get("deliveries") or []:
+            answer = d.get("status_code") or d.get("error")
+            click.echo(f"    {short_time(d.get('at'))}  {answer}  {d.get('ms')} ms")
+
+
+COMMANDS = [submit, run, get, status, list_, cancel, retry, logs, wait, notifications]

@@ -2,15 +2,19 @@
 
 import click
 
-from ._cli_common import client
+from ._cli_common import client, print_json
 from ._render import short_time, table
 
 
 @click.command()
-def whoami() -> None:
+@click.option("--json", "as_json", is_flag=True, help='Print {"id", "name", "role", "url"}.')
+def whoami(as_json: bool) -> None:
     """Show the name and role of the API key in use, and the API URL."""
     ty = client()
     me = ty.whoami()
+    if as_json:
+        print_json({**me, "url": ty.url})
+        return
     click.echo(f"{me.get('name')} · {me.get('role')} · {ty.url}")
 
 
@@ -32,8 +36,12 @@ def keys_create(name: str, role: str) -> None:
 
 
 @keys.command("list")
-def keys_list() -> None:
+@click.option("--json", "as_json", is_flag=True, help='Print {"keys": [...]}.')
+def keys_list(as_json: bool) -> None:
     """List keys, revoked ones included."""
+    if as_json:
+        print_json({"keys": client().keys_list()})
+        return
     rows = [
         [str(k.get("id")), str(k.get("name")), str(k.get("role")), short_time(k.get("created_at")),
          short_time(k.get("revoked_at")) if k.get("revoked_at") else "-"]

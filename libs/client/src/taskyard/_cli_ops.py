@@ -6,7 +6,7 @@ from typing import Any
 import click
 
 from ._cli_common import client, print_json
-from ._render import table
+from ._render import short_time, table
 from ._render_ops import QUEUE_HEADERS, WORKER_HEADERS, check_lines, queue_row, worker_row
 from .client import Client
 from .errors import TaskyardError
@@ -15,11 +15,33 @@ EXIT_PROBLEMS = 1  # doctor found something to fix (or could not reach the API)
 API_FIX = "start it (./taskw up) or set TASKYARD_URL"
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--all", "all_", is_flag=True, help="Also list gone workers (kept for an hour).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"workers": [...]}.')
-def workers(all_: bool, as_json: bool) -> None:
-    """List executors with their health, slots and running jobs."""
+@click.pass_context
+def workers(ctx: click.Context, all_: bool, as_json: bool) -> None:
+    """List executors with their health, slots and running jobs (the default), or drain/stop one (admin)."""
+    if ctx.invoked_subcommand is None:
+        _list_workers(all_, as_json)
+
+
+@workers.command("drain")
+@click.argument("worker_id", metavar="ID")
+def workers_drain(worker_id: str) -> None:
+    """Stop ID pulling; running jobs finish within its grace or are handed back (no attempt spent); it exits."""
+    client().drain_worker(worker_id)
+    click.echo(f"worker {worker_id} draining: it shows `draining`, then `gone` (taskyard workers --all)")
+
+
+@workers.command("stop")
+@click.argument("worker_id", metavar="ID")
+def workers_stop(worker_id: str) -> None:
+    """Hand ID's running jobs back to their queues at once (no attempt spent); it exits."""
+    client().stop_worker(worker_id)
+    click.echo(f"worker {worker_id} stopping: its running jobs go back to their queues")
+
+
+def _list_workers(all_: bool, as_json: bool) -> None:
     found = [w for w in client().workers() if all_ or w.get("state") != "gone"]
     if as_json:
         print_json({"workers": found})
@@ -58,20 +80,61 @@ def queues_list(ctx: click.Context, as_json: bool) -> None:
     _list_queues(as_json or bool(ctx.parent and ctx.parent.params.get("as_json")))
 
 
+def _one_or_all(queue: str | None, all_: bool) -> str | None:
+    if bool(queue) == all_:
+        raise click.UsageError("name one QUEUE, or --all")
+    return queue
+
+
 @queues.command("pause")
-@click.argument("queue")
-def queues_pause(queue: str) -> None:
-    """Stop starting jobs from QUEUE; running jobs finish, new ones wait."""
-    client().pause_queue(queue)
+@click.argument("queue", required=False)
+@click.option("--all", "all_", is_flag=True, help="Pause every queue.")
+def queues_pause(queue: str | None, all_: bool) -> None:
+    """Stop starting jobs from QUEUE (or all); running jobs finish, new ones wait."""
+    if _one_or_all(queue, all_) is None:
+        done = client().pause_all(True)
+        click.echo(f"paused {len(done['queues'])} queue(s) (resume: taskyard queues resume --all)")
+        return
+    client().pause_queue(str(queue))
     click.echo(f"queue {queue} paused (resume: taskyard queues resume {queue})")
 
 
 @queues.command("resume")
-@click.argument("queue")
-def queues_resume(queue: str) -> None:
-    """Start jobs from a paused QUEUE again."""
-    client().resume_queue(queue)
+@click.argument("queue", required=False)
+@click.option("--all", "all_", is_flag=True, help="Resume every queue.")
+def queues_resume(queue: str | None, all_: bool) -> None:
+    """Start jobs from a paused QUEUE (or all) again."""
+    if _one_or_all(queue, all_) is None:
+        done = client().pause_all(False)
+        click.echo(f"resumed {len(done['queues'])} queue(s)")
+        return
+    client().resume_queue(str(queue))
     click.echo(f"queue {queue} resumed")
+
+
+@click.command()
+@click.option("--actor", metavar="NAME", help="A key's name or id.")
+@click.option("--action", metavar="ACTION", help="e.g. worker.drain, or a prefix like key.")
+@click.option("--since", metavar="TIME", help="Epoch seconds or ISO 8601.")
+@click.option("--refused", is_flag=True, help="Only refused attempts (403).")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help='Print {"events": [...], "next_cursor": ...}.')
+def audit(
+    actor: str | None, action: str | None, since: str | None, refused: bool, limit: int, as_json: bool
+) -> None:
+    """Admin actions and refused attempts at them, newest first (admin)."""
+    page = client().audit(
+        actor=actor, action=action, since=since, outcome="refused" if refused else None, limit=limit
+    )
+    if as_json:
+        print_json(page)
+        return
+    rows = [
+        [short_time(e.get("at")), str((e.get("actor") or {}).get("name")), str(e.get("action")),
+         str(e.get("target") or "-"), str(e.get("outcome")), str(e.get("client") or "-")]
+        for e in page.get("events") or []
+    ]  # fmt: skip
+    click.echo(table(["AT (UTC)", "ACTOR", "ACTION", "TARGET", "OUTCOME", "FROM"], rows))
 
 
 def _api_check(ty: Client) -> tuple[dict[str, Any], bool]:
@@ -95,7 +158,8 @@ def _api_check(ty: Client) -> tuple[dict[str, Any], bool]:
 
 
 @click.command()
-def doctor() -> None:
+@click.option("--json", "as_json", is_flag=True, help='Print {"ok": ..., "checks": [...]}.')
+def doctor(as_json: bool) -> None:
     """Check the install (admin): API, NATS, consumers, database, workers.
 
     Prints ✓/✗ per check with how to fix each problem; exits 0 when all pass, 1 otherwise.
@@ -104,7 +168,10 @@ def doctor() -> None:
     api, answered = _api_check(ty)
     checks = [api]
     if not answered:
-        click.echo("\n".join(check_lines(checks)))
+        if as_json:
+            print_json({"ok": False, "checks": checks})
+        else:
+            click.echo("\n".join(check_lines(checks)))
         sys.exit(EXIT_PROBLEMS)
     try:
         report = ty.doctor()
@@ -112,9 +179,12 @@ def doctor() -> None:
         click.echo("\n".join(check_lines(checks)))
         raise  # the usual one-line error: 403 for a non-admin key is exit 3
     checks += [c for c in report.get("checks") or [] if isinstance(c, dict)]
-    click.echo("\n".join(check_lines(checks)))
     healthy = report.get("ok", True) is True and all(c.get("ok") for c in checks)
+    if as_json:
+        print_json({"ok": healthy, "checks": checks})
+    else:
+        click.echo("\n".join(check_lines(checks)))
     sys.exit(0 if healthy else EXIT_PROBLEMS)
 
 
-COMMANDS = [workers, queues, doctor]
+COMMANDS = [workers, queues, doctor, audit]

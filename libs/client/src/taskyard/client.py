@@ -186,16 +186,25 @@ class Client(_Base):
         return self._call(_calls.retry(job_id))
 
     def wait(
-        self, job_id: str, timeout: float | None = None, poll: float = 0.25, *, raise_on_failure: bool = False
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        poll: float = 0.25,
+        *,
+        raise_on_failure: bool = False,
+        on_change: Callable[[Job], None] | None = None,
     ) -> Job:
         """Poll until the job is final (succeeded, failed, cancelled, dead, skipped) and return it.
 
         Raises TimeoutError after `timeout` seconds, and JobFailed for a final status other than
-        succeeded when `raise_on_failure` is set.
+        succeeded when `raise_on_failure` is set. `on_change(job)` is called with every poll's job
+        (the CLI prints the ones that differ).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             job = self.get(job_id)
+            if on_change is not None:
+                on_change(job)
             if job.get("status") in FINAL_STATUSES:
                 return self._final(job, raise_on_failure)
             if deadline is not None and time.monotonic() >= deadline:
@@ -373,6 +382,29 @@ class Client(_Base):
     def doctor(self) -> dict[str, Any]:
         """Health checks (admin): {"ok": bool, "checks": [{"name", "ok", "detail", "fix"}]}."""
         return self._call(_calls.doctor())
+
+    def drain_worker(self, worker_id: str) -> dict[str, Any]:
+        """Drain a worker (admin): running jobs finish within its grace or are handed back (no
+        attempt spent), then it exits. {"worker", "action", "state_before"}."""
+        return self._call(_calls.control_worker(worker_id, "drain"))
+
+    def stop_worker(self, worker_id: str) -> dict[str, Any]:
+        """Stop a worker (admin): running jobs are handed back at once, then it exits."""
+        return self._call(_calls.control_worker(worker_id, "stop"))
+
+    def pause_all(self, paused: bool = True) -> dict[str, Any]:
+        """Pause (or resume) every queue (admin). {"queues": [...], "paused"}."""
+        return self._call(_calls.pause_all(paused))
+
+    def audit(self, **filters: Any) -> dict[str, Any]:
+        """Audit log page (admin), newest first: {"events": [...], "next_cursor"}; filters: actor,
+        action (or a prefix ending in "."), since, outcome ("ok"|"refused"), cursor, limit."""
+        return self._call(_calls.audit(**filters))
+
+    def notifications(self, job_id: str) -> dict[str, Any]:
+        """A job's webhook and its deliveries: {"notify", "notifications": [{"status", "attempts",
+        "deliveries": [{"at", "status_code", "error", "ms"}]}]}."""
+        return self._call(_calls.notifications(job_id))
 
     # Checkpoints (the approvals inbox)
 
@@ -637,6 +669,26 @@ class AsyncClient(_Base):
     async def doctor(self) -> dict[str, Any]:
         """See Client.doctor."""
         return await self._call(_calls.doctor())
+
+    async def drain_worker(self, worker_id: str) -> dict[str, Any]:
+        """See Client.drain_worker."""
+        return await self._call(_calls.control_worker(worker_id, "drain"))
+
+    async def stop_worker(self, worker_id: str) -> dict[str, Any]:
+        """See Client.stop_worker."""
+        return await self._call(_calls.control_worker(worker_id, "stop"))
+
+    async def pause_all(self, paused: bool = True) -> dict[str, Any]:
+        """See Client.pause_all."""
+        return await self._call(_calls.pause_all(paused))
+
+    async def audit(self, **filters: Any) -> dict[str, Any]:
+        """See Client.audit."""
+        return await self._call(_calls.audit(**filters))
+
+    async def notifications(self, job_id: str) -> dict[str, Any]:
+        """See Client.notifications."""
+        return await self._call(_calls.notifications(job_id))
 
     async def checkpoints(
         self, status: str | None = "pending", job_id: str | None = None, limit: int = 100

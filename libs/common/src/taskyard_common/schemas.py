@@ -75,6 +75,7 @@ EventType = Literal[
     "waiting",
     "decided",
     "step",
+    "handed_back",  # a draining or stopped worker returned the job unfinished (no attempt spent)
 ]
 
 

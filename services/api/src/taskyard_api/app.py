@@ -18,7 +18,19 @@ from taskyard_common.supervise import Supervisor
 from taskyard_common.telemetry import setup_tracing, shutdown_tracing
 from taskyard_common.topology import Topology, ensure_streams
 
-from . import api_doc, errors, routes_checkpoints, routes_jobs, routes_keys, routes_queues, routes_work
+from . import (
+    api_doc,
+    errors,
+    routes_audit,
+    routes_checkpoints,
+    routes_jobs,
+    routes_keys,
+    routes_notify,
+    routes_queues,
+    routes_work,
+    routes_workers,
+)
+from .audit import prune_audit
 from .auth import KeyCache, ensure_key
 from .checkpoints import CheckpointService
 from .db import make_engine, make_sessionmaker
@@ -26,6 +38,7 @@ from .http_metrics import REGISTRY, MetricsMiddleware
 from .job_types import KnownTypes
 from .jobs import JobService
 from .migrate import is_current
+from .notify import Notifier
 from .projector import Projector
 from .publisher import Publisher
 from .queue_state import SAMPLE_INTERVAL_S, QueueState
@@ -82,6 +95,15 @@ async def lifespan(app: FastAPI):
         state.js, state.topo, settings.workers_cache_s, settings.gone_keep_s, settings.stuck_min_s
     )
     state.workers.typical_duration_s = state.projector.typical_duration_s
+    secret = settings.webhook_secret.get_secret_value().encode() if settings.webhook_secret else None
+    state.notifier = Notifier(
+        state.sessions,
+        secret,
+        timeout_s=settings.notify_timeout_s,
+        backoff_max_s=settings.notify_backoff_max_s,
+        max_tries=settings.notify_max_tries,
+    )
+    state.projector.notifier = state.notifier
     state.supervisor = supervisor = Supervisor("api", REGISTRY)
     # The projector finishes the batch in hand on stop (acked, not redelivered after ack_wait).
     supervisor.start("projector", state.projector.run, stop=state.projector.stop)
@@ -100,6 +122,20 @@ async def lifespan(app: FastAPI):
             lambda: prune_old(state.sessions, max_age_s),
             at_start=True,
         )
+    supervisor.every(
+        "notify",
+        settings.notify_interval_s,
+        state.notifier.deliver_due,
+        wake=state.notifier.wake,
+        settle_s=0.02,
+    )
+    if audit_age_s := settings.audit_max_age_s:  # 0: audit events are kept forever
+        supervisor.every(
+            "audit-retention",
+            settings.prune_interval_s,
+            lambda: prune_audit(state.sessions, audit_age_s),
+            at_start=True,
+        )
     # What is loaded by now lives as long as the process: keep it out of the cyclic GC, whose
     # full collections would otherwise walk it again and again (docs/performance.md, change 18).
     gc.freeze()
@@ -110,6 +146,7 @@ async def lifespan(app: FastAPI):
         # The projector ends by itself within a fetch timeout (1 s), acking what it has in hand;
         # the other tasks hold nothing that is lost by cancelling them.
         await supervisor.stop(timeout_s=5)
+        await state.notifier.close()
         try:
             await asyncio.wait_for(state.nc.drain(), 5)
         except TimeoutError:
@@ -134,6 +171,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(routes_queues.router)
     app.include_router(routes_checkpoints.router)
     app.include_router(routes_work.router)
+    app.include_router(routes_workers.router)
+    app.include_router(routes_audit.router)
+    app.include_router(routes_notify.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():

@@ -137,6 +137,10 @@ def require(role: str):
                 raise too_many(wait, "too many invalid API keys from this client or for this key id")
             raise HTTPException(401, "unknown or revoked API key")
         if not principal.at_least(role):
+            if role == "admin":  # a refused admin action is audited too
+                from .audit import refused  # not at the top: audit imports Principal from here
+
+                await refused(request, principal, role)
             raise HTTPException(
                 403, f"role '{principal.role}' may not do this; '{role}' or higher is required"
             )

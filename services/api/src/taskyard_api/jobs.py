@@ -29,6 +29,8 @@ from .ids import JOB_ID, new_id
 from .job_store import JobStore
 from .job_types import KnownTypes
 from .lifecycle import Cancel, Event, JobRecord, Published, Retry, new_job, transition
+from .models import JobNotify
+from .notify import webhook_rows
 from .plan import Item, check_graph
 from .publisher import Publisher
 from .schemas import JobFields
@@ -37,8 +39,9 @@ from .settings import ApiSettings
 log = logging.getLogger("taskyard.api.jobs")
 _tracer = tracer("taskyard.api")
 
+job_notify_table: Table = JobNotify.__table__  # type: ignore[assignment]  # a declarative model's Table
 # What a job record takes from a request's spec (the rest is where it sits: name, parents, …).
-JOB_FIELDS = set(JobFields.model_fields)
+JOB_FIELDS = set(JobFields.model_fields) - {"notify"}  # the webhook is a row of its own
 # Most jobs one grouped INSERT carries (like a jobs:batch request).
 GROUP_MAX = 500
 # How often a command decides again when a concurrent writer moved the job under it.
@@ -186,6 +189,10 @@ class JobService:
         """Refuse what can never run; returns the stored jobs named as parents."""
         limit = self.settings.max_payload_bytes
         for item in items:
+            if item.spec.notify and not self.settings.webhook_secret:
+                raise Invalid(
+                    f"{item.field('notify')}: this api has no TASKYARD_API_WEBHOOK_SECRET to sign webhooks with"
+                )
             if (size := item.spec.payload_size()) > limit:
                 raise TooLarge(f"{item.field('payload')}: {size} bytes exceeds the limit of {limit}")
         problems: list[str] = []
@@ -255,7 +262,19 @@ class JobService:
             if created
             for dep in item.parents
         ]
-        submission = Submission(new, [(edges_table, edges)] + [(t, [row]) for t, row in extra])
+        # A job's webhook is stored with it: no outcome is projected before the webhook is known.
+        hooks = webhook_rows(
+            [
+                (job.id, hook)
+                for item, (job, created) in zip(items, results, strict=True)
+                if created
+                and (hook := item.spec.notify or self.settings.notify_queue_defaults.get(item.spec.queue))
+            ],
+            now,
+        )
+        submission = Submission(
+            new, [(edges_table, edges), (job_notify_table, hooks)] + [(t, [row]) for t, row in extra]
+        )
         try:
             stored = iter(await self._group.submit(submission) if new or extra else [])
         except IntegrityError:

@@ -281,6 +281,9 @@ def _reported(job: JobRecord, event: JobEvent, seq: int) -> JobRecord:
         moved.update(status="waiting", worker_id=None)
     elif kind == "retrying":
         moved.update(status="retrying", error=data.get("error"))
+    elif kind == "handed_back":
+        # A draining or stopped worker returned it unfinished: queued again, the attempt unspent.
+        moved.update(status="queued", worker_id=None)
     elif kind in FINAL_STATES:
         moved.update(status=kind, finished_at=event.at, attempt=max(job.attempt, event.attempt))
         if kind == "succeeded":

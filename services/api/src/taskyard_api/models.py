@@ -155,3 +155,61 @@ class Checkpoint(Base):
     decided_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     answer: Mapped[Any] = mapped_column(JsonType, nullable=True)
+
+
+class AuditEvent(Base):
+    """One admin action (or a refused attempt at one): who, when, what, from where."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_at", "at"),
+        Index("ix_audit_events_actor_at", "actor_name", "at"),
+        Index("ix_audit_events_action_at", "action", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[float] = mapped_column(Float)
+    actor_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    actor_name: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    actor_role: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | refused
+    client: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[dict] = mapped_column(JsonType, default=dict)
+
+
+class JobNotify(Base):
+    """A job's webhook: where to POST, and on which outcomes. Stored before the job itself, so no
+    outcome can be projected before the projector knows whom to tell."""
+
+    __tablename__ = "job_notify"
+
+    job_id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    on: Mapped[list] = mapped_column(JsonType)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Notification(Base):
+    """One webhook to deliver (or delivered): enqueued by the projector in the transaction that
+    records the outcome, claimed by one api process at a time with a conditional UPDATE."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_status_next", "status", "next_at"),)
+
+    # job id : generation : resume : outcome — the same outcome projected twice is one row.
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(26), index=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(Text)
+    body: Mapped[dict] = mapped_column(JsonType)
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivering | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[float] = mapped_column(Float)
+    claimed_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Every try and its answer: [{at, status_code, error, ms}], newest last (bounded).
+    deliveries: Mapped[list] = mapped_column(JsonType, default=list)
+    created_at: Mapped[float] = mapped_column(Float)
+    delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)

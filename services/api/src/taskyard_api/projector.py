@@ -90,6 +90,8 @@ class Projector:
         self.stopping = False
         # Moving average of run time per job type (seconds): what "usually takes" means for `stuck`.
         self.typical_duration_s: dict[str, float] = {}
+        # Job webhooks (notify.Notifier): outcomes enqueue a delivery in the batch's transaction.
+        self.notifier: Any = None
 
     async def run(self) -> None:
         """Subscribe, then project until `stop()`. Run supervised (app.py): a failure (NATS away,
@@ -190,7 +192,13 @@ class Projector:
             # outbox, so a crash before the publish below loses nothing.
             ended = [job for job_id, job in jobs.items() if job.finished and not before[job_id].finished]
             opened = await gates.settle(session, ended) if ended else None
+            enqueued = 0
+            if self.notifier is not None:
+                moved = [job for job_id, job in jobs.items() if job.status != before[job_id].status]
+                enqueued = await self.notifier.enqueue(session, moved)
             await session.commit()
+        if enqueued:
+            self.notifier.wake.set()
         if opened:
             opened.count()
             if opened.released:

@@ -94,7 +94,8 @@ def queued_reason(
         "eta_range": None,
         "waiting_reason": None,
     }
-    if pos.position is not None:
+    # A paused queue starts nothing: no rate says when it will be resumed, so no ETA.
+    if pos.position is not None and not paused:
         out["eta_seconds"], out["eta_range"] = eta(pos.position, [rate_long, rate_short], slots - busy)
 
     if paused:

@@ -16,7 +16,7 @@ from taskyard_common.schemas import FINAL_STATES
 
 from .http_metrics import JOBS_PRUNED
 from .ids import first_id_at
-from .models import Checkpoint, Job, JobEventRow
+from .models import Checkpoint, Job, JobEventRow, JobNotify, Notification
 
 log = logging.getLogger("taskyard.api.retention")
 # Jobs per transaction: SQLite statements run on the api's event loop, so a batch is a pause
@@ -50,6 +50,8 @@ async def prune_finished(sessions: async_sessionmaker[AsyncSession], ended_befor
             if ids:
                 await session.execute(delete(JobEventRow).where(JobEventRow.job_id.in_(ids)))
                 await session.execute(delete(Checkpoint).where(Checkpoint.job_id.in_(ids)))
+                await session.execute(delete(Notification).where(Notification.job_id.in_(ids)))
+                await session.execute(delete(JobNotify).where(JobNotify.job_id.in_(ids)))
             await session.commit()
         pruned += len(ids)
         JOBS_PRUNED.inc(len(ids))

@@ -6,6 +6,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from . import audit
 from .api_doc import answers
 from .auth import Principal, require
 from .checkpoints import checkpoint_out
@@ -66,14 +67,15 @@ async def approve(
     ck = await request.app.state.checkpoints.decide(
         ck_id, who, "approved", reason=body.reason if body else None
     )
+    await audit.record(request, who, "checkpoint.approve", ck_id, job_id=ck.job_id, name=ck.name)
     return checkpoint_out(ck)
 
 
 @router.post("/checkpoints/{ck_id}/reject", responses=answers(404, 409))
 async def reject(ck_id: str, body: Reject, request: Request, who: Principal = require("viewer")):
-    return checkpoint_out(
-        await request.app.state.checkpoints.decide(ck_id, who, "rejected", reason=body.reason)
-    )
+    ck = await request.app.state.checkpoints.decide(ck_id, who, "rejected", reason=body.reason)
+    await audit.record(request, who, "checkpoint.reject", ck_id, job_id=ck.job_id, name=ck.name)
+    return checkpoint_out(ck)
 
 
 @router.post(
@@ -85,4 +87,5 @@ async def answer(ck_id: str, body: Answer, request: Request, who: Principal = re
     ck = await request.app.state.checkpoints.decide(
         ck_id, who, "answered", reason=body.reason, answer=body.answer
     )
+    await audit.record(request, who, "checkpoint.answer", ck_id, job_id=ck.job_id, name=ck.name)
     return checkpoint_out(ck)

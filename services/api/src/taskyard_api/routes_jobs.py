@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, select
 
 from taskyard_common.schemas import FINAL_STATES, JobState
 
-from . import gates
+from . import audit, gates
 from .api_doc import answers
 from .auth import Principal, require
 from .batches import submit_batch_of
@@ -213,12 +213,18 @@ async def cancel_job(
     ),
     who: Principal = require("submitter"),
 ):
-    return job_out(await _svc(request).cancel(job_id, who, descendants))
+    job = await _svc(request).cancel(job_id, who, descendants)
+    if who.at_least("admin"):  # an admin may act on anyone's job: that is on the record
+        await audit.record(request, who, "job.cancel", job_id, owner=job.owner_id)
+    return job_out(job)
 
 
 @router.post("/jobs/{job_id}/retry", responses=answers(404, 409))
 async def retry_job(job_id: str, request: Request, who: Principal = require("submitter")):
-    return job_out(await _svc(request).retry(job_id, who))
+    job = await _svc(request).retry(job_id, who)
+    if who.at_least("admin"):
+        await audit.record(request, who, "job.retry", job_id, owner=job.owner_id)
+    return job_out(job)
 
 
 @router.get("/jobs/{job_id}/logs", responses=answers(404))

@@ -5,6 +5,7 @@ import time
 from fastapi import APIRouter, HTTPException, Request, Response
 from sqlalchemy import select
 
+from . import audit
 from .api_doc import answers
 from .auth import Principal, create_key, require
 from .input_checks import CheckedRoute
@@ -24,6 +25,7 @@ async def keys_create(body: KeyCreate, request: Request, who: Principal = requir
     async with request.app.state.sessions() as session:
         row, plain = await create_key(session, body.name, body.role)
         await session.commit()
+    await audit.record(request, who, "key.create", row.id, name=row.name, role=row.role)
     return {"id": row.id, "name": row.name, "role": row.role, "key": plain, "created_at": iso(row.created_at)}
 
 
@@ -54,5 +56,6 @@ async def keys_revoke(key_id: str, request: Request, who: Principal = require("a
         if row.revoked_at is None:
             row.revoked_at = time.time()
             await session.commit()
+            await audit.record(request, who, "key.revoke", key_id, name=row.name, role=row.role)
     request.app.state.keys.forget()
     return Response(status_code=204)

@@ -4,6 +4,7 @@ from fastapi import APIRouter, HTTPException, Path, Request
 
 from taskyard_common.topology import PRIORITIES, QUEUE_NAME
 
+from . import audit
 from .api_doc import answers
 from .auth import Principal, require
 from .doctor import run_checks
@@ -53,7 +54,7 @@ async def list_queues(request: Request, who: Principal = require("viewer")):
     return {"queues": out}
 
 
-async def _set_paused(request: Request, queue: str, paused: bool) -> dict:
+async def set_paused(request: Request, queue: str, paused: bool) -> dict:
     state = request.app.state
     if not await state.queues.queue_snapshot(queue):
         raise HTTPException(404, f"queue {queue} not found (no job was ever submitted to it)")
@@ -70,12 +71,16 @@ async def _set_paused(request: Request, queue: str, paused: bool) -> dict:
 # The pattern is checked before any NATS lookup: a non-name is never a consumer name NATS accepts.
 @router.post("/queues/{queue}/pause", responses=answers(404))
 async def pause_queue(queue: str = QueueName, *, request: Request, who: Principal = require("admin")):
-    return await _set_paused(request, queue, True)
+    out = await set_paused(request, queue, True)
+    await audit.record(request, who, "queue.pause", queue)
+    return out
 
 
 @router.post("/queues/{queue}/resume", responses=answers(404))
 async def resume_queue(queue: str = QueueName, *, request: Request, who: Principal = require("admin")):
-    return await _set_paused(request, queue, False)
+    out = await set_paused(request, queue, False)
+    await audit.record(request, who, "queue.resume", queue)
+    return out
 
 
 @router.get("/workers", responses=answers())

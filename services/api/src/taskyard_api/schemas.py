@@ -47,6 +47,24 @@ class BackoffIn(Backoff):
     model_config = {"extra": "forbid"}
 
 
+NotifyOutcome = Literal["succeeded", "failed", "dead", "waiting"]
+DEFAULT_NOTIFY_ON: tuple[NotifyOutcome, ...] = ("failed", "dead")
+
+
+class NotifySpec(BaseModel):
+    """A webhook for a job's outcomes: a signed POST to `url` (docs/api.md, "Job notifications")."""
+
+    model_config = {"extra": "forbid"}
+    # Explicit ranges, no `\s`: Rust's regex (pydantic) and Python's disagree on what it covers.
+    url: str = Field(pattern=r"^https?://[^\x00-\x20\x7f]{1,2000}$", description="http(s) URL to POST to")
+    on: list[NotifyOutcome] = Field(
+        default_factory=lambda: list(DEFAULT_NOTIFY_ON),
+        min_length=1,
+        max_length=4,
+        description="Outcomes to tell: `waiting` is a job paused for a person",
+    )
+
+
 NODE_NAME = r"^[A-Za-z0-9_.:-]{1,128}$"
 NodeName = Annotated[str, StringConstraints(pattern=NODE_NAME)]
 # A join may wait for a whole fan-out (a 1 → 998 → 1 workflow's last node has 998 parents).
@@ -81,6 +99,11 @@ class JobFields(BaseModel):
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     labels: dict[LabelName, LabelValue] = Field(
         default_factory=dict, max_length=32, json_schema_extra={"additionalProperties": False}
+    )
+    notify: NotifySpec | None = Field(
+        None,
+        description="A webhook on chosen outcomes, signed with the api's TASKYARD_API_WEBHOOK_SECRET "
+        "(a 422 when the api has none); default: the queue's, if TASKYARD_API_NOTIFY_QUEUE_DEFAULTS names it",
     )
 
     @field_validator("payload")

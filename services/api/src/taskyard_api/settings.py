@@ -6,6 +6,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .schemas import NotifySpec
+
 
 def proxy_list(value: str) -> list[str]:
     """`"10.0.0.5, 10.244.0.0/16"` as a list; ValueError naming an entry that is no IP or network."""
@@ -64,6 +66,17 @@ class ApiSettings(BaseSettings):
     # ingress, a reverse proxy. Empty: the header is ignored from everyone, and the TCP peer is the
     # client (uvicorn's own default trusts it from 127.0.0.1, i.e. from any local process).
     forwarded_allow_ips: str = ""
+    # Audit events (admin actions, refused attempts) are deleted this long after; 0 keeps them.
+    audit_max_age_s: float = Field(365 * 86400.0, ge=0)
+    # Signs job webhooks (HMAC-SHA256, header Taskyard-Signature); without it `notify` is refused.
+    webhook_secret: SecretStr | None = None
+    # A webhook for every job of a queue that names none: JSON {"queue": {"url": ..., "on": [...]}}.
+    notify_queue_defaults: dict[str, NotifySpec] = {}
+    notify_interval_s: float = Field(1.0, gt=0)
+    notify_timeout_s: float = Field(10.0, gt=0)
+    # Retries wait 1, 2, 4, … s up to this; after notify_max_tries a delivery is `failed`.
+    notify_backoff_max_s: float = Field(300.0, gt=0)
+    notify_max_tries: int = Field(20, ge=1)
     # Fault injection for the outbox test: exit right after the pending row is committed.
     fault_crash_after_insert: bool = False
 
@@ -71,6 +84,13 @@ class ApiSettings(BaseSettings):
     @classmethod
     def _proxy_addresses(cls, value: str) -> str:
         proxy_list(value)
+        return value
+
+    @field_validator("notify_queue_defaults")
+    @classmethod
+    def _defaults_need_a_secret(cls, value: dict, info) -> dict:  # noqa: ANN001
+        if value and not info.data.get("webhook_secret"):
+            raise ValueError("notify_queue_defaults: set TASKYARD_API_WEBHOOK_SECRET to sign the webhooks")
         return value
 
     @property

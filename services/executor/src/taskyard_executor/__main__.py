@@ -121,9 +121,16 @@ async def serve(settings: ExecutorSettings) -> None:
         settings.slots,
         ",".join(registry.names()),
     )
-    await stop.wait()
-    log.info("executor %s draining (grace %.0fs)", worker_id, settings.drain_grace_s)
-    await worker.drain(settings.drain_grace_s)
+    # A signal, or a drain/stop sent over NATS (`taskyard workers drain|stop`): either way the
+    # worker drains, removes its heartbeat and exits.
+    asked = asyncio.create_task(worker.exit_requested.wait())
+    signalled = asyncio.create_task(stop.wait())
+    await asyncio.wait({asked, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    asked.cancel()
+    signalled.cancel()
+    grace = worker.exit_grace_s if worker.exit_requested.is_set() else settings.drain_grace_s
+    log.info("executor %s draining (grace %.0fs)", worker_id, grace)
+    await worker.drain(grace)
     # Stopped before the last beat and the removal, so no periodic beat puts the key back.
     await supervisor.stop()
     await beats.beat()

@@ -52,10 +52,16 @@ class Journal:
     decisions: dict[str, Decision] = field(default_factory=dict)
     # Set when this generation already reported its final outcome (its ack was lost).
     outcome: str | None = None
+    # Deliveries a draining or stopped worker handed back, per continuation (`resume`): they
+    # count toward the message's deliveries but were no attempt (see `attempt_of`).
+    handed_back: dict[int, int] = field(default_factory=dict)
 
     def apply(self, event: JobEvent) -> None:
         if event.type in ("succeeded", "failed", "dead"):
             self.outcome = event.type
+        elif event.type == "handed_back":
+            resume = int(event.data.get("resume", 0))
+            self.handed_back[resume] = self.handed_back.get(resume, 0) + 1
         elif event.type == "step":
             self.steps[event.data["name"]] = event.data.get("result")
         elif event.type == "decided":
@@ -67,6 +73,12 @@ class Journal:
                 answer=d.get("answer"),
                 by=d.get("by"),
             )
+
+
+def attempt_of(delivery: int, journal: Journal, resume: int) -> int:
+    """The attempt a delivery is: its delivery count less the hand-backs of the same message (a
+    continuation after a checkpoint is a new message, whose deliveries count from 1 again)."""
+    return max(1, delivery - journal.handed_back.get(resume, 0))
 
 
 async def read_journal(nc: NatsClient, topo: Topology, job_id: str, generation: int) -> Journal:

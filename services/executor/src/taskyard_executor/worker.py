@@ -22,7 +22,7 @@ from taskyard_common.schemas import JobEvent, JobSpec, LogLine
 from taskyard_common.telemetry import context_from, ns, tracer, tracing_on
 from taskyard_common.topology import PRIORITIES, Topology, ensure_queue
 
-from .checkpoints import Journal, Suspended, read_journal
+from .checkpoints import Journal, Suspended, attempt_of, read_journal
 from .context import JobContext
 from .errors import JobError, ResultTooLarge, as_job_error
 from .logsink import Emitter
@@ -40,6 +40,8 @@ class Running:
     spec: JobSpec
     msg: Msg
     attempt: int
+    # What earlier deliveries of this generation recorded; empty on a first delivery.
+    journal: Journal = field(default_factory=Journal)
     task: asyncio.Task | None = None
     cancel_requested: bool = False
     outcome: str | None = None
@@ -57,6 +59,9 @@ class Worker:
         self.done = 0
         self.failed = 0
         self.draining = False
+        # Set by a drain/stop control message: the process drains with `exit_grace_s`, then exits.
+        self.exit_requested = asyncio.Event()
+        self.exit_grace_s = settings.drain_grace_s
         # Set when the heartbeat should say something new now instead of at the next beat: a job
         # started or ended (slots in use), or a drain began. The publisher coalesces a burst.
         self.state_changed = asyncio.Event()
@@ -201,8 +206,7 @@ class Worker:
             run.cancel_requested = False
             if run.task:
                 run.task.cancel()
-            with contextlib.suppress(NatsError):
-                await run.msg.nak()
+            await self._hand_back(run)
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -224,8 +228,28 @@ class Worker:
             run.cancel_requested = True
             run.task.cancel()
 
-    async def _on_drain(self, _: Msg) -> None:
-        asyncio.create_task(self.drain(self.settings.drain_grace_s))
+    async def _hand_back(self, run: Running) -> None:
+        """Return a running job to its queue without spending an attempt.
+
+        The `handed_back` event goes to the job's journal before the nak: the redelivery's
+        delivery count includes this one, and whoever runs it next subtracts the hand-backs it
+        reads there (`attempt_of`). Should the event not be stored, there is no nak either: the
+        delivery comes back after ack_wait and counts as a lost worker's attempt, as a crash would.
+        """
+        try:
+            await self.emitter.event(self._event(run, "handed_back", resume=run.spec.resume, reason="drain"))
+            await self.emitter.flush(run.spec.id)
+            await run.msg.nak()
+        except NatsError as exc:
+            log.warning("job %s: hand-back not recorded (%s); redelivered after ack_wait", run.spec.id, exc)
+
+    async def _on_drain(self, msg: Msg) -> None:
+        """`drain` (default): finish running jobs within the grace, hand back the rest, exit.
+        `stop`: hand everything back at once and exit. The process's main loop does the work."""
+        mode = msg.data.decode(errors="replace").strip() if msg.data else "drain"
+        self.exit_grace_s = 0.0 if mode == "stop" else self.settings.drain_grace_s
+        log.info("%s requested over NATS (grace %.0fs)", mode or "drain", self.exit_grace_s)
+        self.exit_requested.set()
 
     # -- one delivery ---------------------------------------------------------------------------
     def _on_delivery(self, msg: Msg) -> None:
@@ -244,14 +268,21 @@ class Worker:
             log.error("malformed job message on %s dropped: %s", msg.subject, exc)
             await msg.term()
             return
-        attempt = msg.metadata.num_delivered
         if spec.id in self._cancelled_recently:
             await msg.ack()
             return
-        run = Running(spec, msg, attempt)
+        delivery = msg.metadata.num_delivered
+        run = Running(spec, msg, delivery)
         self.running[spec.id] = run
         self.state_changed.set()
         try:
+            if delivery > 1 or spec.resume:
+                # A retry, a redelivery or a continuation replays its journal; hand-backs in it
+                # were deliveries but no attempts.
+                run.journal = await read_journal(self.nc, self.topo, spec.id, spec.generation)
+                run.attempt = attempt = attempt_of(delivery, run.journal, spec.resume)
+            else:
+                attempt = delivery
             if lost_on_last_attempt(attempt, spec.max_attempts):
                 # The previous attempt's worker died (no outcome was reported): nothing left to try.
                 error = {
@@ -284,7 +315,7 @@ class Worker:
             "taskyard.attempt": run.attempt,
             "taskyard.worker": self.id,
         }
-        if run.attempt == 1 and not spec.resume:
+        if run.msg.metadata.num_delivered == 1 and not spec.resume:
             wait = _tracer.start_span(
                 "taskyard.job.queue_wait", context=parent, start_time=ns(spec.submitted_at), attributes=attrs
             )
@@ -302,9 +333,10 @@ class Worker:
 
     async def _run(self, run: Running) -> None:
         spec = run.spec
-        # First runs have no history; a retry or a resumed job replays its finished steps/decisions.
-        fresh = run.attempt == 1 and spec.resume == 0
-        journal = Journal() if fresh else await read_journal(self.nc, self.topo, spec.id, spec.generation)
+        # First runs have no history; a retry or a resumed job replays its finished steps/decisions
+        # (read by _handle). A handed-back first attempt is no fresh start: its steps are kept.
+        fresh = run.msg.metadata.num_delivered == 1 and spec.resume == 0
+        journal = run.journal
         if journal.outcome:
             # A worker reported the outcome, then died before its ack: do not run or report it twice.
             log.info("job %s already %s; dropping the redelivery", spec.id, journal.outcome)

@@ -131,6 +131,19 @@ class ApiClient:
     async def workers(self) -> list[dict]:
         return (await self.call("GET", "/api/v1/workers"))["workers"]
 
+    async def control_worker(self, worker_id: str, action: str) -> dict:
+        """drain / stop one worker (admin)."""
+        return await self.call("POST", f"/api/v1/workers/{quote(worker_id, safe='')}/{action}")
+
+    async def pause_all(self, paused: bool) -> dict:
+        return await self.call("POST", f"/api/v1/queues:{'pause' if paused else 'resume'}")
+
+    async def audit(self, params: list[tuple[str, str]]) -> dict:
+        return await self.call("GET", "/api/v1/audit", params=params)
+
+    async def notifications(self, job_id: str) -> dict:
+        return await self.call("GET", job_path(job_id, "/notifications"))
+
     async def checkpoints(self, params: list[tuple[str, str]]) -> list[dict]:
         """Checkpoints matching `params`."""
         return (await self.call("GET", "/api/v1/checkpoints", params=params))["checkpoints"]

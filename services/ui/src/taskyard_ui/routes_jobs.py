@@ -293,8 +293,8 @@ def job_fragments(job: dict, checkpoints: list[dict], who: dict | None) -> dict[
 async def _detail(
     request: Request, api: ApiClient, job_id: str, status_code: int = 200, error: str | None = None
 ) -> Response:
-    job, checkpoints, who = await asyncio.gather(
-        api.get_job(job_id), _job_checkpoints(api, job_id), whoami(request, api)
+    job, checkpoints, who, webhook = await asyncio.gather(
+        api.get_job(job_id), _job_checkpoints(api, job_id), whoami(request, api), api.notifications(job_id)
     )
     notice = NOTICES.get(request.query_params.get("done", "")) if error is None else None
     fragments = job_fragments(job, checkpoints, who)
@@ -308,6 +308,7 @@ async def _detail(
         error=error,
         fragments=fragments,
         live_hash=digest(fragments),
+        webhook=webhook,
     )
 
 

@@ -20,21 +20,21 @@ STATE_WORDS = {
 }
 
 
-def workers_fragments(workers: list[dict]) -> dict[str, str]:
+def workers_fragments(workers: list[dict], admin: bool = False) -> dict[str, str]:
     counts: dict[str, int] = {}
     for w in workers:
         counts[w["state"]] = counts.get(w["state"], 0) + 1
     return {
         "workers-table": render_fragment(
-            "_workers_table.html", workers=workers, counts=counts, state_words=STATE_WORDS
+            "_workers_table.html", workers=workers, counts=counts, state_words=STATE_WORDS, admin=admin
         )
     }
 
 
 @router.get("/workers", response_class=HTMLResponse)
 async def workers_page(request: Request, api: ApiClient = Depends(api_for)):
-    await whoami(request, api)
-    fragments = workers_fragments(await api.workers())
+    who = await whoami(request, api)
+    fragments = workers_fragments(await api.workers(), admin=who.get("role") == "admin")
     return render(
         request,
         "workers.html",
@@ -52,6 +52,7 @@ async def workers_live(request: Request) -> Response:
         return api
 
     async def produce() -> dict[str, Any]:
-        return {"fragments": workers_fragments(await api.workers())}
+        admin = (await whoami(request, api)).get("role") == "admin"
+        return {"fragments": workers_fragments(await api.workers(), admin=admin)}
 
     return live_response(request, produce)
