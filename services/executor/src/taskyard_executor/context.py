@@ -8,7 +8,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from taskyard_common.schemas import JobSpec, LogLine
+from taskyard_common.schemas import EventType, JobSpec, LogLine
 
 from .checkpoints import Decision, Journal, Suspended, checkpoint_request
 from .errors import PermanentError
@@ -17,7 +17,7 @@ Stream = Literal["stdout", "stderr", "log"]
 EmitLog = Callable[[LogLine], Awaitable[None]]
 EmitProgress = Callable[[float, str], Awaitable[None]]
 # Publishes a lifecycle event of this attempt and waits until JetStream has stored it.
-EmitEvent = Callable[[str, dict], Awaitable[None]]
+EmitEvent = Callable[[EventType, dict], Awaitable[None]]
 
 _STREAMS = frozenset({"stdout", "stderr", "log"})
 
@@ -182,7 +182,7 @@ class JobContext:
             )
         )
 
-    async def _event(self, kind: str, data: dict) -> None:
+    async def _event(self, kind: EventType, data: dict) -> None:
         if self._emit_event is None:
             raise RuntimeError("this context cannot record events (no runner attached)")
         await self._emit_event(kind, data)

@@ -16,9 +16,10 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 from pydantic import ValidationError
 
-from taskyard_common.schemas import JobEvent, JobSpec, LogLine
+from taskyard_common.schemas import EventType, JobEvent, JobSpec, LogLine
 from taskyard_common.telemetry import context_from, ns, tracer, tracing_on
 from taskyard_common.topology import PRIORITIES, Topology, ensure_queue
 
@@ -307,7 +308,7 @@ class Worker:
             return
         spec = run.spec
         parent = context_from(headers=run.msg.headers)
-        attrs = {
+        attrs: dict[str, AttributeValue] = {
             "taskyard.job.id": spec.id,
             "taskyard.queue": spec.queue,
             "taskyard.type": spec.type,
@@ -328,7 +329,7 @@ class Worker:
                 span.set_status(Status(StatusCode.ERROR, run.outcome))
             span.set_attribute("taskyard.outcome", run.outcome or "handed_back")
 
-    def _event(self, run: Running, kind: str, **data) -> JobEvent:
+    def _event(self, run: Running, kind: EventType, **data) -> JobEvent:
         return JobEvent.of(run.spec, kind, data, attempt=run.attempt, worker_id=self.id)
 
     async def _run(self, run: Running) -> None:
@@ -352,7 +353,7 @@ class Worker:
         async def emit_progress(pct: float, message: str) -> None:
             await self.emitter.event(self._event(run, "progress", pct=pct, message=message))
 
-        async def emit_event(kind: str, data: dict) -> None:
+        async def emit_event(kind: EventType, data: dict) -> None:
             await self.emitter.event(self._event(run, kind, **data))
             await self.emitter.flush(spec.id)
 
@@ -411,6 +412,7 @@ class Worker:
         self.failed += 1
         decision = after_failure(err, run.attempt, spec)
         if decision.outcome == "retrying":
+            assert decision.delay_s is not None  # a retry always has its delay
             delay = decision.delay_s
             await self.emitter.event(
                 self._event(
@@ -437,7 +439,7 @@ class Worker:
         )
         await self._finish(run, "dead", ack="term", error=error)
 
-    async def _finish(self, run: Running, kind: str, ack: str, **data) -> None:
+    async def _finish(self, run: Running, kind: EventType, ack: str, **data) -> None:
         run.outcome = kind
         duration = round(time.time() - run.started, 6)
         await self.emitter.event(self._event(run, kind, duration_s=duration, **data))
