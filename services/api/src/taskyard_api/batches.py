@@ -118,7 +118,7 @@ async def complete_batch(session: AsyncSession, batch_id: str, now: float, out: 
 def _callback(spec: JobFields, owner_id: str, kind: str, info: dict[str, Any], now: float) -> JobRecord:
     payload = as_dict(spec.payload)
     payload["batch"] = info
-    fields = spec.model_dump(exclude={"payload"})
+    fields = spec.model_dump(exclude={"payload", "notify"})  # a callback's own webhook: not yet
     return new_job(
         id=new_id(now), owner_id=owner_id, now=now, traceparent=None, payload=payload, node=kind, **fields
     )
