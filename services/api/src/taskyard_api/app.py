@@ -18,7 +18,17 @@ from taskyard_common.supervise import Supervisor
 from taskyard_common.telemetry import setup_tracing, shutdown_tracing
 from taskyard_common.topology import Topology, ensure_streams
 
-from . import api_doc, errors, routes_checkpoints, routes_jobs, routes_keys, routes_queues, routes_work
+from . import (
+    api_doc,
+    errors,
+    rollups,
+    routes_checkpoints,
+    routes_console,
+    routes_jobs,
+    routes_keys,
+    routes_queues,
+    routes_work,
+)
 from .auth import KeyCache, ensure_key
 from .checkpoints import CheckpointService
 from .db import make_engine, make_sessionmaker
@@ -93,6 +103,7 @@ async def lifespan(app: FastAPI):
         "queue-sampler", SAMPLE_INTERVAL_S, state.queues.sample, at_start=True, level=logging.DEBUG
     )
     supervisor.every("checkpoint-expiry", settings.checkpoint_expiry_interval_s, state.checkpoints.expire_due)
+    supervisor.every("rollup-prune", 3600, lambda: rollups.prune(state.sessions), at_start=True)
     if max_age_s := settings.finished_jobs_max_age_s:  # 0: finished jobs are kept forever
         supervisor.every(
             "retention",
@@ -130,6 +141,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     errors.install(app)
     api_doc.install(app)
     app.include_router(routes_jobs.router)
+    app.include_router(routes_console.router)
     app.include_router(routes_keys.router)
     app.include_router(routes_queues.router)
     app.include_router(routes_checkpoints.router)
