@@ -68,7 +68,24 @@ def test_worker_and_queue_rows_and_check_lines():
         "priorities": {"high": {"depth": 1, "oldest_waiting_s": 3.0},
                        "normal": {"depth": 8, "oldest_waiting_s": 75.0}, "low": {"depth": 3}},
     }  # fmt: skip
-    assert queue_row(queue) == ["default", "yes", "12 (h1 n8 l3)", "2", "75s", "1.50", "0.00", "1", "2/4"]
+    assert queue_row(queue) == [
+        "default",
+        "yes",
+        "12 (h1 n8 l3)",
+        "2",
+        "75s",
+        "1.50",
+        "0.00",
+        "1",
+        "2/4",
+        "-",
+        "-",
+    ]
+    queue["counts"] = {
+        "1h": {"succeeded": 5, "failed": 1, "dead": 0},
+        "24h": {"succeeded": 9, "failed": 2, "dead": 1},
+    }
+    assert queue_row(queue)[-2:] == ["5/1/0", "9/2/1"]
     checks = [
         {"name": "nats", "ok": True, "detail": "connected", "fix": ""},
         {"name": "workers for etl", "ok": False, "detail": "0 live", "fix": "start one"},

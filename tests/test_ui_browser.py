@@ -153,7 +153,7 @@ def test_fresh_install_getting_started_then_example_job_waits_for_a_worker(stack
     # Back on the dashboard the panel is gone and the job is counted.
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Dashboard").click()
     expect(page.get_by_role("region", name="Getting started")).to_have_count(0)
-    expect(page.locator("#chart-finished-summary")).to_contain_text("1 job finished in the last 60 min")
+    expect(page.locator("#chart-1-summary")).to_contain_text("1 job in the last 1 h")
     expect(page.get_by_role("region", name="Latest jobs, newest first")).to_contain_text(job_id)
 
 

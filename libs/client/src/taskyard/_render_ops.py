@@ -152,7 +152,19 @@ def worker_row(worker: dict[str, Any]) -> list[str]:
     ]
 
 
-QUEUE_HEADERS = ["QUEUE", "PAUSED", "DEPTH", "RUNNING", "OLDEST", "IN/s", "OUT/s", "WORKERS", "SLOTS"]
+QUEUE_HEADERS = [
+    "QUEUE",
+    "PAUSED",
+    "DEPTH",
+    "RUNNING",
+    "OLDEST",
+    "IN/s",
+    "OUT/s",
+    "WORKERS",
+    "SLOTS",
+    "OK/FAIL/DEAD 1h",
+    "24h",
+]
 
 
 def _rate(value: Any) -> str:
@@ -176,7 +188,16 @@ def queue_row(queue: dict[str, Any]) -> list[str]:
         _rate(queue.get("jobs_per_s_out")),
         str(len(queue.get("workers") or [])),
         f"{queue.get('slots_used', 0)}/{queue.get('slots', 0)}",
+        *(_counts(queue, window) for window in ("1h", "24h")),
     ]
+
+
+def _counts(queue: dict[str, Any], window: str) -> str:
+    """`succeeded/failed/dead` over the window (APIs before the rollups: `-`)."""
+    counts = (queue.get("counts") or {}).get(window)
+    if not counts:
+        return "-"
+    return "/".join(str(counts.get(k, 0)) for k in ("succeeded", "failed", "dead"))
 
 
 def check_lines(checks: list[dict[str, Any]]) -> list[str]:

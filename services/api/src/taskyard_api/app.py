@@ -21,8 +21,10 @@ from taskyard_common.topology import Topology, ensure_streams
 from . import (
     api_doc,
     errors,
+    rollups,
     routes_audit,
     routes_checkpoints,
+    routes_console,
     routes_jobs,
     routes_keys,
     routes_notify,
@@ -115,6 +117,7 @@ async def lifespan(app: FastAPI):
         "queue-sampler", SAMPLE_INTERVAL_S, state.queues.sample, at_start=True, level=logging.DEBUG
     )
     supervisor.every("checkpoint-expiry", settings.checkpoint_expiry_interval_s, state.checkpoints.expire_due)
+    supervisor.every("rollup-prune", 3600, lambda: rollups.prune(state.sessions), at_start=True)
     if max_age_s := settings.finished_jobs_max_age_s:  # 0: finished jobs are kept forever
         supervisor.every(
             "retention",
@@ -167,6 +170,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     errors.install(app)
     api_doc.install(app)
     app.include_router(routes_jobs.router)
+    app.include_router(routes_console.router)
     app.include_router(routes_keys.router)
     app.include_router(routes_queues.router)
     app.include_router(routes_checkpoints.router)

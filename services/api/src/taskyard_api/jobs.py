@@ -383,6 +383,65 @@ class JobService:
         await self.settle([job for _, job in moves])
         return moves[0][1]
 
+    async def decide_many(
+        self, job_ids: list[str], who: Principal, event: Event
+    ) -> list[tuple[JobRecord, JobRecord]]:
+        """Apply one command to many jobs in one transaction: (before, after) of each job it moved.
+        A job the command may not apply to (Refused), or that a concurrent writer moved (its guard
+        no longer matches), is left as it is and not returned."""
+        moved: list[tuple[JobRecord, JobRecord]] = []
+        async with self.sessions() as session:
+            for old in (await JobStore.get_many(session, job_ids)).values():
+                if not who.at_least("admin") and old.owner_id != who.id:
+                    continue
+                try:
+                    new = transition(old, event)
+                except Refused:
+                    continue
+                if await JobStore.save(session, old, new):
+                    moved.append((old, new))
+            await session.commit()
+        return moved
+
+    async def cancel_many(self, job_ids: list[str], who: Principal) -> list[JobRecord]:
+        """`cancel` for many jobs at once (bulk actions); returns the jobs it cancelled."""
+        moved = await self.decide_many(job_ids, who, Cancel(time.time()))
+        for old, job in moved:
+            if old.stream_seq is not None and old.outbox_at is None:
+                await self.publisher.delete_queued(old.stream_seq)
+            if old.status != "blocked":  # it may be on an executor (or about to be)
+                await self.publisher.broadcast_cancel(job.id)
+        events = [
+            JobEvent.of(job, "cancelled", {"by": who.name}, attempt=job.attempt, at=job.updated_at)
+            for _, job in moved
+        ]
+        await self.publisher.publish_events(events)
+        # What waited for them: their edges decide (the gate keeper), as `cancel(..., "leave")`.
+        await self.settle([job for _, job in moved])
+        return [job for _, job in moved]
+
+    async def retry_many(self, job_ids: list[str], who: Principal) -> list[JobRecord]:
+        """`retry` for many jobs at once (bulk actions): one transaction, one publish burst."""
+        now = time.time()
+        moved: list[JobRecord] = []
+        async with self.sessions() as session:
+            for old in (await JobStore.get_many(session, job_ids)).values():
+                if not who.at_least("admin") and old.owner_id != who.id:
+                    continue
+                try:
+                    new = transition(old, Retry(now))
+                except Refused:
+                    continue
+                if await JobStore.save(session, old, new):
+                    moved.append(new)
+            # As `retry`: what waited for them and did not succeed waits for them again.
+            opened = await gates.rearm(session, moved, now)
+            await session.commit()
+        opened.count()
+        retried = await self.publish(moved)
+        await self.publish(opened.released)
+        return retried
+
     async def retry(self, job_id: str, who: Principal) -> JobRecord:
         """Run a finished job again as a new message generation (escapes the dedupe window); what
         waited for it and did not succeed waits for it again."""

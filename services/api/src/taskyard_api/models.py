@@ -32,6 +32,9 @@ class Job(Base):
         Index("ix_jobs_queue_id", "queue", "id"),
         Index("ix_jobs_batch_status", "batch_id", "status"),
         Index("ix_jobs_workflow", "workflow_id"),
+        Index("ix_jobs_finished_at_id", "finished_at", "id"),
+        Index("ix_jobs_started_at_id", "started_at", "id"),
+        Index("ix_jobs_status_finished_id", "status", "finished_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True)
@@ -213,3 +216,18 @@ class Notification(Base):
     deliveries: Mapped[list] = mapped_column(JsonType, default=list)
     created_at: Mapped[float] = mapped_column(Float)
     delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class JobRollup(Base):
+    """Per-minute counts per queue: outcomes (kind = succeeded/failed/dead/cancelled/retrying, the
+    error class for failures) and queue waits (kind = started, wait_bucket = rollups.WAIT_BUCKETS
+    index). Kept by the projector, read by the charts and the queue counts (rollups.py)."""
+
+    __tablename__ = "job_rollups"
+
+    minute: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # epoch seconds // 60
+    queue: Mapped[str] = mapped_column(String(63), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    error_class: Mapped[str] = mapped_column(String(100), primary_key=True, server_default="")
+    wait_bucket: Mapped[int] = mapped_column(Integer, primary_key=True, server_default="-1")
+    n: Mapped[int] = mapped_column(BigInteger)

@@ -24,7 +24,7 @@ from taskyard_common.nats_util import stream_seq
 from taskyard_common.schemas import FINAL_STATES, JobEvent
 from taskyard_common.topology import Topology
 
-from . import gates
+from . import gates, rollups
 from .job_store import record_of
 from .lifecycle import JobRecord, Reported, changes, lost_worker, transition
 from .models import Checkpoint, Job, JobEventRow
@@ -163,6 +163,7 @@ class Projector:
             before = {row.id: record_of(row) for row in await session.execute(read)}
             jobs = dict(before)
             rows, checkpoints = [], []
+            tally = rollups.Tally()
             for seq, event in events:
                 self._learn_duration(event)
                 rows.append(
@@ -173,7 +174,8 @@ class Projector:
                     continue  # pruned, or of another install's database: the timeline row stays
                 if seq > job.last_event_seq and lost_worker(job, event):
                     rows.append(_row(job.id, None, "worker_lost", event.at, job.attempt, job.worker_id, {}))
-                jobs[job.id] = transition(job, Reported(event, seq))
+                jobs[job.id] = moved = transition(job, Reported(event, seq))
+                tally.moved(job, moved, event.at)
                 if event.type == "waiting":
                     checkpoints.append(_checkpoint_row(event))
             await session.execute(_insert_ignoring(session, JobEventRow, "stream_seq"), rows)
@@ -194,8 +196,9 @@ class Projector:
             opened = await gates.settle(session, ended) if ended else None
             enqueued = 0
             if self.notifier is not None:
-                moved = [job for job_id, job in jobs.items() if job.status != before[job_id].status]
-                enqueued = await self.notifier.enqueue(session, moved)
+                changed = [job for job_id, job in jobs.items() if job.status != before[job_id].status]
+                enqueued = await self.notifier.enqueue(session, changed)
+            await rollups.add(session, tally)
             await session.commit()
         if enqueued:
             self.notifier.wake.set()

@@ -29,6 +29,7 @@ from taskyard_common.topology import (
 )
 
 from .position import Position, from_direct_get, rates_over, without_lookup
+from .queue_history import DepthHistory
 
 log = logging.getLogger("taskyard.api.queues")
 RATE_WINDOW_S = 60.0
@@ -50,6 +51,7 @@ class QueueState:
         self._read_locks: dict[tuple[str, str], asyncio.Lock] = {}
         # (time, deliveries, pending) per (queue, priority): rates without per-job bookkeeping.
         self._samples: dict[tuple[str, str], deque] = {}
+        self.history = DepthHistory()
 
     async def snapshot(self) -> dict[tuple[str, str], ConsumerSnap]:
         if time.monotonic() - self._at > self.ttl_s:
@@ -110,6 +112,7 @@ class QueueState:
         """One sample of every consumer, so rate samples flow even when nobody asks."""
         async with self._lock:
             await self._refresh()
+        self.history.record(self._snaps)
 
     def rates(self, queue: str, window_s: float = RATE_WINDOW_S) -> tuple[float, float]:
         """(deliveries/s, arrivals/s) of a queue over the last `window_s`, all priorities."""

@@ -8,7 +8,7 @@ from .api_doc import answers
 from .audit import event_out, list_events
 from .auth import Principal, require
 from .input_checks import CheckedRoute
-from .routes_jobs import _TIME_DOC, TIMESTAMP, _timestamp
+from .job_search import TIME_DOC, TIMESTAMP, epoch
 
 router = APIRouter(prefix="/api/v1", route_class=CheckedRoute)
 
@@ -20,7 +20,7 @@ async def read_audit(
     action: str | None = Query(
         None, max_length=64, description="An action (`worker.drain`), or a prefix ending in `.` (`key.`)"
     ),
-    since: str | None = Query(None, pattern=TIMESTAMP, description=_TIME_DOC),
+    since: str | None = Query(None, pattern=TIMESTAMP, description=TIME_DOC),
     outcome: Literal["ok", "refused"] | None = None,
     cursor: int | None = Query(None, ge=1, le=2**62, description="`next_cursor` of the previous page"),
     limit: int = Query(100, ge=1, le=500),
@@ -31,7 +31,7 @@ async def read_audit(
             session,
             actor=actor,
             action=action,
-            since=_timestamp(since),
+            since=epoch(since),
             outcome=outcome,
             before_id=cursor,
             limit=limit,

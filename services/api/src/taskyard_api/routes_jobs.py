@@ -1,6 +1,5 @@
 """/api/v1/jobs: submit, batch, list, get, cancel, retry, logs."""
 
-from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -19,6 +18,20 @@ from .checkpoints import checkpoint_out
 from .failures import NotFound, Unavailable
 from .ids import JOB_ID
 from .input_checks import CheckedRoute
+from .job_search import (
+    ID_PREFIX,
+    LABEL_FILTER,
+    MAX_ERROR_TEXT,
+    MAX_PAYLOAD_FILTER,
+    PAYLOAD_DOC,
+    SORT_PATTERN,
+    SORTS,
+    TIME_DOC,
+    TIMESTAMP,
+    JobFilter,
+    encode_cursor,
+    page_query,
+)
 from .job_store import JobStore, record_of
 from .jobs import JobService
 from .lifecycle import WAITING_STATES, JobRecord
@@ -27,18 +40,12 @@ from .models import Checkpoint, Job, JobEventRow
 from .plan import as_items
 from .ratelimit import too_many
 from .reasons import blocked_reason
-from .schemas import LABEL_NAME, JobBatch, JobCreate
+from .schemas import QUEUE, JobBatch, JobCreate
 from .views import JsonAnswer, job_out
 from .waiting import explain
 
 router = APIRouter(prefix="/api/v1", route_class=CheckedRoute)
-# Epoch seconds, or an ISO 8601 date or date-time (no offset: UTC). The pattern admits no
-# impossible day but Feb 29 of a non-leap year (leap years are beyond a regex), read as March 1.
-TIMESTAMP = (
-    r"^(-?[0-9]{1,12}(\.[0-9]{1,9})?"
-    r"|[1-9][0-9]{3}-((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)|(0[13578]|1[02])-31|02-29)"
-    r"([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?)$"
-)
+QUEUE_OR_NOTHING = "^(" + QUEUE.removeprefix("^").removesuffix("$") + ")?$"
 
 
 def _admit(request: Request, who: Principal, jobs: int) -> None:
@@ -83,65 +90,58 @@ async def submit_batch(body: JobBatch, request: Request, who: Principal = requir
     return JsonAnswer({"batch_id": batch["id"], "jobs": [job_out(job) for job, _ in results]}, 201)
 
 
-def _timestamp(value: str | None) -> float | None:
-    """Epoch seconds of a TIMESTAMP-shaped value (the route checked the pattern)."""
-    if value is None:
-        return None
-    if "-" not in value[1:]:
-        return float(value)
-    try:
-        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        # Only Feb 29 of a non-leap year gets past the pattern: as a bound it means March 1st.
-        at = datetime.fromisoformat(value.replace("Z", "+00:00").replace("-02-29", "-03-01", 1))
-    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
-
-
-LABEL_FILTER = LABEL_NAME.removesuffix("$") + r"=[^\x00]{0,256}$"
-_TIME_DOC = (
-    "Epoch seconds or an ISO 8601 date/date-time (UTC unless it has an offset; Feb 29 of a "
-    "non-leap year means March 1)"
-)
-
-
 @router.get("/jobs", responses=answers())
 async def list_jobs(
     request: Request,
     status: list[JobState] = Query(default=[]),
-    queue: str | None = None,
+    queue: str | None = Query(None, pattern=QUEUE_OR_NOTHING, description="A queue name (empty: any queue)"),
     type: str | None = None,
     label: list[Annotated[str, StringConstraints(pattern=LABEL_FILTER)]] = Query(
         default=[], description="`name=value`: jobs with that label (all must match)"
     ),
-    created_after: str | None = Query(None, pattern=TIMESTAMP, description=_TIME_DOC),
-    created_before: str | None = Query(None, pattern=TIMESTAMP, description=_TIME_DOC),
-    cursor: str | None = None,
+    id_prefix: str | None = Query(None, pattern=ID_PREFIX, description="The id's first characters"),
+    error: str | None = Query(
+        None, min_length=1, max_length=MAX_ERROR_TEXT, description="Error text contains"
+    ),
+    payload: str | None = Query(None, max_length=MAX_PAYLOAD_FILTER, description=PAYLOAD_DOC),
+    created_after: str | None = Query(None, pattern=TIMESTAMP, description=TIME_DOC),
+    created_before: str | None = Query(None, pattern=TIMESTAMP, description=TIME_DOC),
+    finished_after: str | None = Query(None, pattern=TIMESTAMP, description=TIME_DOC),
+    finished_before: str | None = Query(None, pattern=TIMESTAMP, description=TIME_DOC),
+    sort: str = Query(
+        "-created_at",
+        pattern=SORT_PATTERN,
+        description=f"One of {', '.join(SORTS)}; `-` first for descending. Sorting by a time "
+        "lists only the jobs that have it.",
+    ),
+    cursor: str | None = Query(None, max_length=200),
     limit: int = Query(50, ge=1, le=500),
     who: Principal = require("viewer"),
 ):
-    # Core rows, as in _load: listing 500 jobs built 500 ORM instances to read them once.
-    query = select(Job.__table__).order_by(Job.id.desc()).limit(limit + 1)
-    if status:
-        query = query.where(Job.status.in_([s.value for s in status]))
-    if queue:
-        query = query.where(Job.queue == queue)
-    if type:
-        query = query.where(Job.type == type)
-    for item in label:
-        name, _, value = item.partition("=")
-        query = query.where(Job.labels[name].as_string() == value)
-    if (after := _timestamp(created_after)) is not None:
-        query = query.where(Job.created_at >= after)
-    if (before := _timestamp(created_before)) is not None:
-        query = query.where(Job.created_at < before)
-    if cursor:
-        query = query.where(Job.id < cursor)
+    found = JobFilter.checked(
+        status=status,
+        queue=queue,
+        type=type,
+        label=label,
+        id_prefix=id_prefix,
+        error=error,
+        payload=payload,
+        created_after=created_after,
+        created_before=created_before,
+        finished_after=finished_after,
+        finished_before=finished_before,
+    )
     async with request.app.state.sessions() as session:
-        rows = list(await session.execute(query))
+        dialect = session.get_bind().dialect.name
+        # Core rows, as in _load: listing 500 jobs built 500 ORM instances to read them once.
+        rows = list(await session.execute(page_query(found, dialect, sort, cursor, limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
     return JsonAnswer(
-        {"jobs": [job_out(record_of(j)) for j in rows], "next_cursor": rows[-1].id if more else None}
+        {
+            "jobs": [job_out(record_of(j)) for j in rows],
+            "next_cursor": encode_cursor(sort, rows[-1]) if more else None,
+        }
     )
 
 

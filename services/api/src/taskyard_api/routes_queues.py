@@ -4,7 +4,7 @@ from fastapi import APIRouter, HTTPException, Path, Request
 
 from taskyard_common.topology import PRIORITIES, QUEUE_NAME
 
-from . import audit
+from . import audit, rollups
 from .api_doc import answers
 from .auth import Principal, require
 from .doctor import run_checks
@@ -15,12 +15,15 @@ QueueName = Path(pattern=QUEUE_NAME.pattern, description="A queue name, as in a 
 PAUSE_FOREVER = "2999-01-01T00:00:00Z"
 
 
-@router.get("/queues", responses=answers())
-async def list_queues(request: Request, who: Principal = require("viewer")):
+async def queue_rows(request: Request, only: str | None = None) -> list[dict]:
+    """What GET /queues says of each queue (or of `only`): depth, rates, workers, recent counts."""
     state = request.app.state
     snaps = await state.queues.snapshot()
+    if only is not None:
+        snaps = {key: snap for key, snap in snaps.items() if key[0] == only}
     workers = await state.workers.workers()
     ages = dict(zip(snaps, await state.queues.oldest_ages_s(list(snaps.values())), strict=True))
+    counts = await rollups.recent_counts(state.sessions)
     out = []
     for queue in sorted({q for q, _ in snaps}):
         out_rate, in_rate = state.queues.rates(queue)
@@ -43,15 +46,22 @@ async def list_queues(request: Request, who: Principal = require("viewer")):
                 "paused": any(s.paused for (q, _), s in snaps.items() if q == queue),
                 "depth": sum(p["depth"] for p in priorities.values()),
                 "running": sum(p["running"] for p in priorities.values()),
+                "oldest_waiting_s": max((p["oldest_waiting_s"] for p in priorities.values()), default=0.0),
                 "jobs_per_s_in": round(in_rate, 3),
                 "jobs_per_s_out": round(out_rate, 3),
                 "workers": [w.heartbeat.id for w in serving],
                 "slots": sum(w.heartbeat.slots for w in serving),
                 "slots_used": sum(len(w.heartbeat.running) for w in serving),
                 "priorities": priorities,
+                "counts": counts.get(queue) or rollups.empty_counts(),
             }
         )
-    return {"queues": out}
+    return out
+
+
+@router.get("/queues", responses=answers())
+async def list_queues(request: Request, who: Principal = require("viewer")):
+    return {"queues": await queue_rows(request)}
 
 
 async def set_paused(request: Request, queue: str, paused: bool) -> dict:

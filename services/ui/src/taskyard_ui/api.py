@@ -128,6 +128,30 @@ class ApiClient:
         action = "pause" if paused else "resume"
         return await self.call("POST", f"/api/v1/queues/{quote(queue, safe='')}/{action}")
 
+    async def queue(self, queue: str, minutes: int = 60) -> dict:
+        return await self.call(
+            "GET", f"/api/v1/queues/{quote(queue, safe='')}", params={"minutes": str(minutes)}
+        )
+
+    async def stats(self, window: str, queue: str | None = None) -> dict:
+        params = {"window": window, **({"queue": queue} if queue else {})}
+        return await self.call("GET", "/api/v1/stats", params=params)
+
+    async def bulk(self, action: str, filter: dict, dry_run: bool) -> dict:
+        """Retry / cancel / discard every job `filter` matches (admin); dry_run only counts."""
+        return await self.call(
+            "POST", "/api/v1/jobs:bulk", json={"action": action, "filter": filter, "dry_run": dry_run}
+        )
+
+    async def keys(self) -> list[dict]:
+        return (await self.call("GET", "/api/v1/keys"))["keys"]
+
+    async def create_key(self, name: str, role: str) -> dict:
+        return await self.call("POST", "/api/v1/keys", json={"name": name, "role": role})
+
+    async def revoke_key(self, key_id: str) -> None:
+        await self.call("DELETE", f"/api/v1/keys/{quote(key_id, safe='')}")
+
     async def workers(self) -> list[dict]:
         return (await self.call("GET", "/api/v1/workers"))["workers"]
 

@@ -12,6 +12,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from . import (
     routes_approvals,
     routes_auth,
+    routes_console,
     routes_control,
     routes_dashboard,
     routes_jobs,
@@ -65,6 +66,7 @@ def create_app(settings: UiSettings | None = None) -> FastAPI:
         routes_approvals,
         routes_work,
         routes_control,
+        routes_console,
     ):
         app.include_router(module.router)
 

@@ -129,3 +129,90 @@ def hour_charts(jobs: list[dict], start: float, end: float, bucket_s: int = 60) 
         ),
         bar_chart("Failures", ("failure", "failures"), failed, start, end, bucket_s, "bar-fail"),
     )
+
+
+def counts_chart(
+    title: str, units: tuple[str, str], counts: list[float], start: float, bucket_s: int, css: str
+) -> Chart:
+    """A bar chart of ready-made per-bucket values (the API's rollup series)."""
+    peak = max(counts) if counts else 0
+    slot = WIDTH / max(1, len(counts))
+    gap = 1 if slot > 4 else 0
+    plot_h = PLOT_BOTTOM - PLOT_TOP
+    bars = []
+    for i, value in enumerate(counts):
+        h = (value / peak) * plot_h if peak else 0
+        if value and h < 2:
+            h = 2
+        at = start + i * bucket_s
+        shown = f"{value:g}"
+        bars.append(
+            Bar(
+                x=round(i * slot + gap / 2, 2),
+                y=round(PLOT_BOTTOM - h, 2),
+                width=round(slot - gap, 2),
+                height=round(h, 2),
+                count=int(value) if float(value).is_integer() else value,  # type: ignore[arg-type]
+                label=f"{_when(at, bucket_s)}: {shown} {units[0] if value == 1 else units[1]}",
+            )
+        )
+    total = sum(counts)
+    span = len(counts) * bucket_s
+    summary = (
+        f"{total:g} {units[0] if total == 1 else units[1]} in the last {_span(span)}; "
+        f"at most {peak:g} per {_span(bucket_s)}."
+        if total
+        else f"No {units[1]} in the last {_span(span)}."
+    )
+    return Chart(
+        title=title,
+        unit=units[1],
+        bars=bars,
+        total=int(total) if float(total).is_integer() else total,  # type: ignore[arg-type]
+        peak=int(peak) if float(peak).is_integer() else peak,  # type: ignore[arg-type]
+        bucket_s=bucket_s,
+        span_s=span,
+        start_label=_when(start, bucket_s),
+        end_label="now",
+        css=css,
+        summary=summary,
+    )
+
+
+def _span(seconds: int) -> str:
+    if seconds >= 86400 and seconds % 86400 == 0:
+        return f"{seconds // 86400} d"
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 60} min"
+
+
+def _when(ts: float, bucket_s: int) -> str:
+    fmt = "%H:%M" if bucket_s < 3600 else "%a %H:%M"
+    return datetime.fromtimestamp(ts, UTC).strftime(fmt) + " UTC"
+
+
+def stats_charts(stats: dict) -> list[Chart]:
+    """The charts of one /api/v1/stats answer: succeeded, failed/dead, queue wait p95 (and p50)."""
+    buckets = stats["buckets"]
+    step = stats["bucket_s"]
+    start = parse_ts(buckets[0]["at"]) if buckets else 0.0
+    start = start or 0.0
+    ok = [b["succeeded"] for b in buckets]
+    failed = [b["failed"] + b["dead"] for b in buckets]
+    p95 = [round((b["wait_p95_s"] or 0) * 1000) for b in buckets]
+    charts = [
+        counts_chart("Succeeded", ("job", "jobs"), ok, start, step, "bar-ok"),
+        counts_chart("Failed or dead", ("failure", "failures"), failed, start, step, "bar-fail"),
+        counts_chart("Queue wait p95", ("ms", "ms"), p95, start, step, "bar-wait"),
+    ]
+    waits = [b["wait_p50_s"] for b in buckets if b["wait_p50_s"] is not None]
+    p95s = [b["wait_p95_s"] for b in buckets if b["wait_p95_s"] is not None]
+    charts[2].summary = (
+        f"Queue wait, from queued to started: p50 ≤ {max(waits) * 1000:g} ms, p95 ≤ {max(p95s) * 1000:g} ms "
+        "at worst in this window (per bucket, as bucket upper bounds)."
+        if p95s
+        else "No job started in this window."
+    )
+    charts[2].total = int(max(p95s) * 1000) if p95s else 0
+    return charts

@@ -1,27 +1,23 @@
 """The dashboard (charts, queues, workers, approvals, failures), its live parts, and queue pause/resume."""
 
 import asyncio
-import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from .api import ApiClient, ApiError
-from .charts import hour_charts
+from .charts import stats_charts
 from .live import live_client, live_response
-from .web import api_for, digest, iso_utc, parse_ts, render, render_fragment, safe_next, whoami
+from .web import api_for, digest, render, render_fragment, safe_next, whoami
 
 router = APIRouter()
 
 LATEST = 10
 FAILURES = 8
 APPROVALS = 8
-# The charts read finished jobs of the last hour from the jobs list, newest first, at most this many
-# (CHART_PAGES × CHART_PAGE_SIZE): on a very busy install they cover a shorter span, and say so.
-CHART_PAGE_SIZE = 500
-CHART_PAGES = 2
-HOUR = 3600
+# Chart windows (the API's rollups): label of each.
+WINDOWS = {"1h": "1 hour", "24h": "24 hours", "7d": "7 days"}
 # What the "run an example job" button submits (the executor's shell payload: `command` as argv).
 EXAMPLE_JOB = {
     "type": "shell",
@@ -34,37 +30,26 @@ NOTICES = {
 }
 
 
-async def _chart_jobs(api: ApiClient, since: float) -> tuple[list[dict], bool]:
-    """Finished jobs created since `since`, newest first, capped; True when the cap cut it short."""
-    params = [
-        ("status", "succeeded"),
-        ("status", "failed"),
-        ("status", "dead"),
-        ("created_after", iso_utc(since)),
-        ("limit", str(CHART_PAGE_SIZE)),
-    ]
-    jobs: list[dict] = []
-    cursor = None
-    for _ in range(CHART_PAGES):
-        page = await api.list_jobs(params + ([("cursor", cursor)] if cursor else []))
-        jobs.extend(page["jobs"])
-        cursor = page.get("next_cursor")
-        if not cursor:
-            return jobs, False
-    return jobs, True
+def _window(value: str) -> str:
+    return value if value in WINDOWS else "1h"
 
 
-async def _live_parts(api: ApiClient) -> dict[str, Any]:
-    """Queues, workers and pending approvals: the parts of the dashboard that refresh live."""
-    queues, workers, checkpoints = await asyncio.gather(
-        api.queues(), api.workers(), api.checkpoints([("status", "pending"), ("limit", str(APPROVALS))])
+async def _live_parts(api: ApiClient, window: str) -> dict[str, Any]:
+    """Charts, queues, workers and pending approvals: the parts of the dashboard that refresh live."""
+    queues, workers, checkpoints, stats = await asyncio.gather(
+        api.queues(),
+        api.workers(),
+        api.checkpoints([("status", "pending"), ("limit", str(APPROVALS))]),
+        api.stats(window),
     )
-    return {"queues": queues, "workers": workers, "checkpoints": checkpoints}
+    return {"queues": queues, "workers": workers, "checkpoints": checkpoints, "stats": stats}
 
 
 def _fragments(parts: dict[str, Any], who: dict) -> dict[str, str]:
     ctx = {**parts, "who": who}
+    charts = stats_charts(parts["stats"])
     return {
+        "dash-charts": render_fragment("_charts.html", charts=charts, stats=parts["stats"], chart_id="chart"),
         "dash-queues": render_fragment("_dash_queues.html", **ctx),
         "dash-workers": render_fragment("_dash_workers.html", **ctx),
         "dash-approvals": render_fragment("_dash_approvals.html", **ctx),
@@ -72,24 +57,15 @@ def _fragments(parts: dict[str, Any], who: dict) -> dict[str, str]:
 
 
 @router.get("/", response_class=HTMLResponse)
-async def dashboard(request: Request, api: ApiClient = Depends(api_for)):
-    """Throughput and failures over the last hour, queues, workers, approvals, recent failures."""
-    now = time.time()
-    who, latest, failures, parts, (chart_jobs, capped) = await asyncio.gather(
+async def dashboard(request: Request, window: str = "1h", api: ApiClient = Depends(api_for)):
+    """Live charts (1 h / 24 h / 7 d), queues, workers, approvals, recent failures."""
+    window = _window(window)
+    who, latest, failures, parts = await asyncio.gather(
         whoami(request, api),
         api.list_jobs([("limit", str(LATEST))]),
         api.list_jobs([("status", "failed"), ("status", "dead"), ("limit", str(FAILURES))]),
-        _live_parts(api),
-        _chart_jobs(api, now - HOUR),
+        _live_parts(api, window),
     )
-    # Whole minutes: 60 bars, the last one the minute now running.
-    end = (now // 60 + 1) * 60
-    start = end - HOUR
-    if capped and chart_jobs:
-        # Only the newest jobs were read: start the charts at the oldest of them, not an hour ago.
-        oldest = parse_ts(min(j["created_at"] for j in chart_jobs)) or start
-        start = max(start, oldest // 60 * 60)
-    throughput, failed = hour_charts(chart_jobs, start, end)
     fragments = _fragments(parts, who)
     return render(
         request,
@@ -97,9 +73,8 @@ async def dashboard(request: Request, api: ApiClient = Depends(api_for)):
         active="dashboard",
         latest=latest["jobs"],
         failures=failures["jobs"],
-        charts=(throughput, failed),
-        capped=capped,
-        chart_cap=CHART_PAGES * CHART_PAGE_SIZE,
+        window=window,
+        windows=WINDOWS,
         fragments=fragments,
         live_hash=digest(fragments),
         notice=NOTICES.get(request.query_params.get("done", "")),
@@ -113,9 +88,11 @@ async def dashboard_live(request: Request) -> Response:
     if isinstance(api, Response):
         return api
 
+    window = _window(request.query_params.get("window", "1h"))
+
     async def produce() -> dict[str, Any]:
         who = await whoami(request, api)
-        return {"fragments": _fragments(await _live_parts(api), who)}
+        return {"fragments": _fragments(await _live_parts(api, window), who)}
 
     return live_response(request, produce)
 

@@ -115,6 +115,9 @@ async def jobs_list(
     since: str = "",
     created_from: str = "",
     created_to: str = "",
+    error: str = "",
+    payload: str = "",
+    sort: str = "",
     id: str = "",
     cursor: str = "",
     page: str = "1",
@@ -131,11 +134,16 @@ async def jobs_list(
         "since": since,
         "created_from": created_from,
         "created_to": created_to,
+        "error": error,
+        "payload": payload,
+        "sort": sort,
     }
     filters = {k: v.strip() for k, v in raw.items() if v.strip()}
     errors: list[str] = []
     params: list[tuple[str, str]] = [
-        (k, filters[k]) for k in ("status", "queue", "type", "label") if k in filters
+        (k, filters[k])
+        for k in ("status", "queue", "type", "label", "error", "payload", "sort")
+        if k in filters
     ]
     if "since" in filters:
         if filters["since"] in SINCE:
@@ -170,11 +178,8 @@ async def jobs_list(
         elif len(prefix) == ULID_LEN:
             errors.append(f"Job id: no job has the id {search}.")
             prefix = None
-        elif not cursor:
-            # Ids sort by creation, newest first, and the API lists ids below the cursor: pad with
-            # the highest ULID digit one place past an id's length, so the bound sorts after every
-            # id with this prefix, the all-"Z" one included (padding to 26 left it out, 1 in 32).
-            cursor = prefix + "Z" * (ULID_LEN - len(prefix) + 1)
+        else:
+            params.append(("id_prefix", prefix))
 
     notice, bulk_error = _bulk_message(dict(request.query_params))
     jobs: list[dict] = []
@@ -190,10 +195,6 @@ async def jobs_list(
         else:
             jobs = result["jobs"]
             more = result.get("next_cursor")
-            if prefix:
-                matching = [j for j in jobs if j["id"].startswith(prefix)]
-                more = more if len(matching) == len(jobs) else None  # past the last match
-                jobs = matching
             if more:
                 query = {**filters, **({"id": search} if prefix else {})}
                 next_url = "/jobs?" + urlencode({**query, "cursor": more, "page": str(page_no + 1)})
@@ -218,7 +219,17 @@ async def jobs_list(
         since_labels=SINCE_LABELS,
         admin=who.get("role") == "admin",
         back=_strip_bulk(current),
+        sort=filters.get("sort", ""),
+        sort_url=lambda field: (
+            "/jobs?" + urlencode({**here_query, "sort": _next_sort(filters.get("sort", ""), field)})
+        ),
+        api_filter=[(k, v) for k, v in params if k != "sort"],
     )
+
+
+def _next_sort(current: str, field: str) -> str:
+    """Clicking a column sorts by it, newest/highest first; clicking again turns the order round."""
+    return field if current == f"-{field}" else f"-{field}"
 
 
 def _strip_bulk(url: str) -> str:

@@ -145,3 +145,31 @@ async def log_stream(request: Request, job_id: str) -> Response:
         status = upstream.status_code if upstream.status_code in (401, 403, 404) else 502
         return JSONResponse({"detail": detail_of(upstream)}, status_code=status)
     return StreamingResponse(relay.events(upstream), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+LOG_DOWNLOAD_MAX = 100_000  # lines; a runaway job's log is cut there and says so
+
+
+@router.get("/jobs/{job_id}/log.txt")
+async def log_download(request: Request, job_id: str) -> Response:
+    """The job's whole log as text (`<time> <stream> <line>` per line), read page by page."""
+    from .web import api_for  # the download follows the same sign-in rules as the pages
+
+    if not JOB_ID.match(job_id):
+        return JSONResponse({"detail": "unknown job"}, status_code=404)
+    api = await api_for(request)
+    out: list[str] = []
+    after = 0
+    while len(out) < LOG_DOWNLOAD_MAX:
+        page = await api.call(
+            "GET", job_path(job_id, "/logs"), params={"after": str(after), "limit": "10000"}
+        )
+        for line in page["lines"]:
+            out.append(f"{line.get('at', '')} {line.get('stream', 'log')} {line.get('line', '')}")
+        if not page["lines"]:
+            break
+        after = page["next"]
+    if len(out) >= LOG_DOWNLOAD_MAX:
+        out.append(f"… cut at {LOG_DOWNLOAD_MAX} lines")
+    headers = {"Content-Disposition": f'attachment; filename="{job_id}.log"'}
+    return Response("\n".join(out) + "\n", media_type="text/plain; charset=utf-8", headers=headers)

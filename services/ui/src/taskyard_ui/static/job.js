@@ -15,6 +15,23 @@
   var trimmed = false;
   var ended = false;
   var source = new EventSource(box.dataset.src);
+  var search = document.getElementById("log-search");
+  var matches = document.getElementById("log-matches");
+  var query = "";
+
+  // Search within the log: lines without the text are hidden, the count is announced.
+  function applySearch() {
+    query = search.value.trim().toLowerCase();
+    var shown = 0;
+    var rows = box.children;
+    for (var i = 0; i < rows.length; i++) {
+      var text = rows[i].querySelector(".ln-text").textContent.toLowerCase();
+      rows[i].hidden = query !== "" && text.indexOf(query) < 0;
+      if (!rows[i].hidden) shown += 1;
+    }
+    matches.textContent = query ? shown + " of " + rows.length + " lines match" : "";
+  }
+  if (search) search.addEventListener("input", applySearch);
 
   function say(text) {
     status.textContent = text;
@@ -28,16 +45,24 @@
     var kind = line.stream === "stdout" || line.stream === "stderr" ? line.stream : "log";
     var row = document.createElement("div");
     row.className = "ln ln-" + kind;
+    var when = document.createElement("time");
+    when.className = "ln-time";
+    if (line.at) {
+      when.dateTime = line.at;
+      when.textContent = String(line.at).slice(11, 23);
+    }
     var tag = document.createElement("span");
     tag.className = "ln-tag";
     tag.textContent = kind === "log" ? "taskyard" : kind;
     var text = document.createElement("span");
     text.className = "ln-text";
     text.textContent = line.line;
+    row.appendChild(when);
     row.appendChild(tag);
     row.appendChild(text);
     box.appendChild(row);
     count += 1;
+    if (query) row.hidden = line.line.toLowerCase().indexOf(query) < 0;
     if (box.childElementCount > MAX_LINES) {
       box.removeChild(box.firstElementChild);
       trimmed = true;
