@@ -13,6 +13,7 @@ FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "dead"})
 JOBS = "/api/v1/jobs"
 QUEUES = "/api/v1/queues"
 CHECKPOINTS = "/api/v1/checkpoints"
+INPUTS = "/api/v1/inputs"
 CHECKPOINT_STATUSES = ("pending", "approved", "rejected", "answered", "expired")
 # Values are always str; the union is httpx's own (its `params` takes this list type, and list is
 # invariant, so list[tuple[str, str]] would not do).

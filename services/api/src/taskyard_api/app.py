@@ -12,13 +12,24 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from taskyard_common.artifact_store import ArtifactStore
 from taskyard_common.nats_util import connect
-from taskyard_common.settings import DbSettings, NatsSettings
+from taskyard_common.settings import ArtifactSettings, DbSettings, NatsSettings
 from taskyard_common.supervise import Supervisor
 from taskyard_common.telemetry import setup_tracing, shutdown_tracing
 from taskyard_common.topology import Topology, ensure_streams
 
-from . import api_doc, errors, routes_checkpoints, routes_jobs, routes_keys, routes_queues, routes_work
+from . import (
+    api_doc,
+    errors,
+    routes_artifacts,
+    routes_checkpoints,
+    routes_jobs,
+    routes_keys,
+    routes_queues,
+    routes_work,
+)
+from .artifacts import ArtifactService
 from .auth import KeyCache, ensure_key
 from .checkpoints import CheckpointService
 from .db import make_engine, make_sessionmaker
@@ -70,6 +81,10 @@ async def lifespan(app: FastAPI):
     state.nc = await _connect_nats(nats_settings)
     state.js = state.nc.jetstream(timeout=10)
     await ensure_streams(state.js, state.topo)
+    artifact_settings = ArtifactSettings()
+    store = ArtifactStore(state.js, state.topo, artifact_settings)
+    await store.ensure()
+    state.artifacts = ArtifactService(store, artifact_settings)
     publisher = Publisher(state.nc, state.js, state.topo)
     state.jobs = JobService(state.sessions, publisher, state.settings, KnownTypes(state.js, state.topo))
     state.projector = Projector(
@@ -134,6 +149,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(routes_queues.router)
     app.include_router(routes_checkpoints.router)
     app.include_router(routes_work.router)
+    app.include_router(routes_artifacts.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():

@@ -13,6 +13,7 @@ from . import (
     routes_approvals,
     routes_auth,
     routes_dashboard,
+    routes_files,
     routes_jobs,
     routes_logs,
     routes_service,
@@ -61,6 +62,7 @@ def create_app(settings: UiSettings | None = None) -> FastAPI:
         routes_submit,
         routes_workers,
         routes_approvals,
+        routes_files,
     ):
         app.include_router(module.router)
 
