@@ -204,16 +204,23 @@ class ArtifactStore:
                 )
             )
         except BaseException:
-            for future in pending:
-                future.cancel()
-            with contextlib.suppress(NatsError):
-                await asyncio.shield(self.js.purge_stream(self.stream, subject=subject))
+            await asyncio.shield(self._discard(subject, pending))
             raise
         if old is not None and old.get("nuid") != nuid:
             # The name was taken: its old chunks are garbage now (what nats-py's put does too).
             with contextlib.suppress(NatsError):
                 await self.js.purge_stream(self.stream, subject=self._chunk_subject(old["nuid"]))
         return StoredFile(name, total, sha, count, mtime)
+
+    async def _discard(self, subject: str, pending: deque[asyncio.Future]) -> None:
+        """Purge a refused upload's chunks once those in flight are stored: a purge can overtake
+        a publish still on its way (the stream applies them separately), leaving a chunk behind."""
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=10)
+            for future in late:
+                future.cancel()
+        with contextlib.suppress(NatsError):
+            await self.js.purge_stream(self.stream, subject=subject)
 
     async def _publish(self, subject: str, data: bytes, pending: deque[asyncio.Future]) -> None:
         pending.append(await self.js.publish_async(subject, data))
