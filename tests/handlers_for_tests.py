@@ -98,3 +98,9 @@ def fails_until_file(payload):
     if not os.path.exists(payload["path"]):
         raise RuntimeError(f"{payload['path']} is not there yet")
     return {"ok": True}
+
+
+@handler("tests.save_artifact")
+async def save_artifact(payload, ctx):
+    """Stores bytes as an output named payload["name"] (test_artifacts)."""
+    return await ctx.save_artifact(b"saved by handler", payload["name"])

@@ -8,18 +8,37 @@ cycle, inputs from parents. A generated graph whose parts fit the schema is made
 unique names, and no parents or inputs. Parts that break the schema are left alone, so negative
 cases stay negative.
 
+A job's input files must be uploaded first (a rule of the server's state): schema-valid ones are
+dropped; output names the schema admits but the worded rule refuses become "out/**". An upload's
+path names its body's sha256: a schema-valid one is made the right one.
+
 A job's `notify` needs the api's TASKYARD_API_WEBHOOK_SECRET (another rule in words): this api has
 none, so a well-formed `notify` is dropped (a malformed one stays, and must be a 422).
 """
 
+import hashlib
 import re
 
 import schemathesis
 from pydantic import ValidationError
 
-from taskyard_api.schemas import JOB_TYPE, LABEL_NAME, NODE_NAME, NotifySpec
+from taskyard_api.schemas import FILE_NAME, JOB_TYPE, LABEL_NAME, NODE_NAME, NotifySpec
+from taskyard_common.artifact_names import BadName, normalise
 
 SUBMITS = ("/api/v1/jobs", "/api/v1/jobs:batch", "/api/v1/batches", "/api/v1/workflows")
+
+
+def _fits(name: object) -> bool:
+    """A schema-valid file name (docs/artifacts.md states the rest of the rule in words)."""
+    return isinstance(name, str) and re.fullmatch(FILE_NAME, name) is not None
+
+
+def _ok(name: str) -> bool:
+    try:
+        normalise(name)
+    except BadName:
+        return False
+    return True
 
 
 def _names(value: object) -> bool:
@@ -46,6 +65,12 @@ def _runnable(job: object, i: int) -> None:
     for key in ("depends_on", "needs"):
         if _names(job.get(key)):
             job[key] = []
+    if isinstance(job.get("inputs"), list) and all(
+        isinstance(f, dict) and _fits(f.get("path")) for f in job["inputs"]
+    ):
+        job["inputs"] = []  # files not uploaded here
+    if isinstance(job.get("outputs"), list):
+        job["outputs"] = [o if not _fits(o) or _ok(o) else "out/**" for o in job["outputs"]]
     inputs = job.get("inputs")
     if isinstance(inputs, dict) and all(
         isinstance(v, str) and re.fullmatch(LABEL_NAME, k) for k, v in inputs.items()
@@ -77,6 +102,15 @@ def _json_object_filter(where: object) -> None:
 
 @schemathesis.hook
 def before_call(context, case, kwargs):
+    if case.operation.path == "/api/v1/inputs/{sha256}" and case.method == "PUT":
+        # The bytes the transport will send (case.body may be a binary wrapper, not bytes).
+        sent = case.as_transport_kwargs(base_url="http://127.0.0.1")
+        raw = next((sent[k] for k in ("data", "content", "body") if sent.get(k) is not None), b"")
+        body = raw if isinstance(raw, bytes) else str(raw).encode()
+        sha = (case.path_parameters or {}).get("sha256")
+        if isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha):
+            case.path_parameters["sha256"] = hashlib.sha256(body).hexdigest()
+        return
     if case.operation.path == "/api/v1/jobs" and case.method == "GET":
         _json_object_filter(case.query)
         if (

@@ -74,6 +74,7 @@ class Stack:
             TASKYARD_NATS_HEARTBEAT_INTERVAL_S="1",
             # JetStream reserves each stream's max_bytes: 1 GiB per test would exhaust the server.
             TASKYARD_NATS_LOGS_MAX_BYTES=str(32 * 1024 * 1024),
+            TASKYARD_ARTIFACTS_BUCKET_MAX_BYTES=str(64 * 1024 * 1024),
             PYTHONUNBUFFERED="1",
             PYTHONPATH=str(ROOT / "tests"),
         )
@@ -171,7 +172,10 @@ class Stack:
         try:
             js = nc.jetstream()
             topo = Topology(NatsSettings(prefix=self.prefix))
-            for name in [cfg.name for cfg in topo.stream_configs()] + [topo.workers_stream]:
+            for name in [cfg.name for cfg in topo.stream_configs()] + [
+                topo.workers_stream,
+                topo.artifacts_stream,
+            ]:
                 try:
                     await js.delete_stream(name)
                 except NatsError:

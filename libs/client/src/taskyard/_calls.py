@@ -17,6 +17,7 @@ WORKFLOWS = "/api/v1/workflows"
 WORKFLOW_FINAL = frozenset({"succeeded", "failed", "cancelled", "completed"})
 QUEUES = "/api/v1/queues"
 CHECKPOINTS = "/api/v1/checkpoints"
+INPUTS = "/api/v1/inputs"
 CHECKPOINT_STATUSES = ("pending", "approved", "rejected", "answered", "expired")
 # Values are always str; the union is httpx's own (its `params` takes this list type, and list is
 # invariant, so list[tuple[str, str]] would not do).

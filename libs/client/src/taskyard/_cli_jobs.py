@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ._cli_common import EXIT_JOB_FAILED, EXIT_OK, BadInput, LinePrinter, client, print_json
+from ._cli_files import file_options, upload
 from ._render import (
     JOB_HEADERS,
     exit_code,
@@ -74,6 +75,7 @@ def _payload(text: str | None, path: str | None) -> Any:
 @click.option("--payload", metavar="JSON", help="Payload as a JSON document.")
 @click.option("--payload-file", metavar="PATH|-", help="Read the JSON payload from a file (- for stdin).")
 @job_options
+@file_options
 @click.option("--idempotency-key", metavar="KEY", help="Submitting the same key again returns the same job.")
 @click.option(
     "--wait", "wait_", is_flag=True, help="Wait until the job is final; exit 1 unless it succeeded."
@@ -88,6 +90,8 @@ def submit(
     timeout_s: float | None,
     max_attempts: int | None,
     labels: tuple[str, ...],
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
     idempotency_key: str | None,
     wait_: bool,
     as_json: bool,
@@ -100,7 +104,7 @@ def submit(
     ty = client()
     job = ty.submit(
         type, body, queue=queue, priority=priority, timeout_s=timeout_s, max_attempts=max_attempts,
-        idempotency_key=idempotency_key, labels=label_map,
+        idempotency_key=idempotency_key, labels=label_map, inputs=upload(ty, inputs), outputs=list(outputs),
     )  # fmt: skip
     if as_json and not wait_:
         print_json(job)
@@ -118,6 +122,7 @@ def submit(
 
 @click.command(context_settings={"allow_interspersed_args": False})
 @job_options
+@file_options
 @click.option("--shell", is_flag=True, help="Run COMMAND through the shell (its words joined by spaces).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
@@ -126,6 +131,8 @@ def run(
     timeout_s: float | None,
     max_attempts: int | None,
     labels: tuple[str, ...],
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
     shell: bool,
     command: tuple[str, ...],
 ) -> None:
@@ -134,6 +141,7 @@ def run(
     \b
       taskyard run -- make test
       taskyard run --shell -- 'du -sh /var/* | sort -h'
+      taskyard run --input data.csv --output 'out/**' -- python proc.py data.csv
     """
     payload: dict[str, Any] = (
         {"command": " ".join(command), "shell": True} if shell else {"command": [*command]}
@@ -142,7 +150,7 @@ def run(
     ty = client()
     job = ty.submit(
         "shell", payload, queue=queue, priority=priority, timeout_s=timeout_s, max_attempts=max_attempts,
-        labels=label_map,
+        labels=label_map, inputs=upload(ty, inputs), outputs=list(outputs),
     )  # fmt: skip
     job_id = job["id"]
     # Status notes go to stderr so stdout carries only the command's own output.
@@ -157,6 +165,8 @@ def run(
         sys.exit(130)
     if final.get("status") != "succeeded":
         click.echo(f"taskyard: {status_line(final)}", err=True)
+    if outputs:
+        click.echo(f"taskyard: outputs: taskyard download {job_id} [--to DIR]", err=True)
     sys.exit(exit_code(final))
 
 

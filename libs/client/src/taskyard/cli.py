@@ -9,11 +9,11 @@ from typing import Any
 
 import click
 
-from . import _cli_checkpoints, _cli_jobs, _cli_keys, _cli_ops, _cli_work
+from . import _cli_checkpoints, _cli_files, _cli_jobs, _cli_keys, _cli_ops, _cli_work
 from ._cli_common import BadInput, State, report
 from .errors import TaskyardError
 
-_MODULES = [_cli_jobs, _cli_keys, _cli_ops, _cli_checkpoints, _cli_work]
+_MODULES = [_cli_jobs, _cli_keys, _cli_ops, _cli_checkpoints, _cli_work, _cli_files]
 
 EPILOG = """\b
 Exit codes: 0 ok · 1 the job failed (wait, run, submit --wait; run passes on the job's own code),

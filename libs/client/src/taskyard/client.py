@@ -14,15 +14,18 @@ cannot be reached (status_code 0).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-from . import _calls
+from . import _calls, _files
 from ._calls import FINAL_STATUSES, Call, LogFollow
 from ._config import resolve
 from ._sse import SSEDecoder
@@ -122,15 +125,80 @@ class Client(_Base):
         backoff: Mapping[str, float] | None = None,
         idempotency_key: str | None = None,
         labels: Mapping[str, str] | None = None,
+        inputs: list[dict[str, Any]] | None = None,
+        outputs: list[str] | None = None,
     ) -> Job:
         """Submit one job; returns it (the existing job when `idempotency_key` matched one).
-        Options left as None take the server's defaults."""
+        Options left as None take the server's defaults. `inputs` are refs from upload_inputs();
+        `outputs` are globs relative to the job's working directory, collected after the run."""
         spec = _calls.job_spec(
             type, payload, queue=queue, priority=priority, timeout_s=timeout_s, max_attempts=max_attempts,
             backoff=dict(backoff) if backoff else None, idempotency_key=idempotency_key,
-            labels=dict(labels) if labels else None,
+            labels=dict(labels) if labels else None, inputs=inputs or None, outputs=outputs or None,
         )  # fmt: skip
         return self._call(_calls.submit(spec))
+
+    # Files
+
+    def upload_input(self, path: str | Path, name: str | None = None) -> dict[str, Any]:
+        """Upload one file (streamed; skipped when the server has its sha256 already); returns the
+        input ref {"path", "sha256", "size"} for submit(inputs=[...]). `name` defaults to the
+        file's base name: where the job finds it in its working directory."""
+        path = Path(path)
+        sha = _files.sha256_of(path)
+        size = path.stat().st_size
+        at = f"{_calls.INPUTS}/{sha}"
+        try:
+            known = self._http.get(at)
+            if known.status_code == 404:
+                headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+                known = self._http.put(
+                    at, content=_files.file_chunks(path), headers=headers, timeout=self._stream_timeout()
+                )
+        except httpx.TransportError as exc:
+            raise unreachable(self.url, exc) from exc
+        if not known.is_success:
+            raise error_from_response(known)
+        return {"path": name or path.name, "sha256": sha, "size": size}
+
+    def upload_inputs(self, paths: list[str]) -> list[dict[str, Any]]:
+        """Upload files and directories (as `--input` names them: see _files.expand_inputs)."""
+        return [self.upload_input(local, name) for name, local in _files.expand_inputs(paths)]
+
+    def artifacts(self, job_id: str) -> dict[str, Any]:
+        """The job's inputs and outputs: {"inputs": [...], "outputs": [{name, size, sha256, url}]}."""
+        return self._call(_calls.Call("GET", _calls.job_path(job_id, "/artifacts")))
+
+    def download(self, job_id: str, name: str, to: str | Path = ".") -> Path:
+        """Stream output `name` to `to`/`name`; checks size and sha256 before the file appears."""
+        target = _files.safe_target(Path(to), name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(f".{target.name}.part")
+        digest, size = hashlib.sha256(), 0
+        url = _calls.job_path(job_id, "/artifacts/" + quote(name))
+        try:
+            with self._http.stream("GET", url, timeout=self._stream_timeout()) as response:
+                if not response.is_success:
+                    response.read()
+                    raise error_from_response(response)
+                expected = response.headers.get("x-taskyard-sha256")
+                with open(part, "wb") as out:
+                    for chunk in response.iter_bytes(_files.CHUNK):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
+        except httpx.TransportError as exc:
+            part.unlink(missing_ok=True)
+            raise unreachable(self.url, exc) from exc
+        if expected and digest.hexdigest() != expected:
+            part.unlink(missing_ok=True)
+            raise TaskyardError(0, f"download of {name!r}: sha256 {digest.hexdigest()} is not {expected}")
+        part.replace(target)
+        return target
+
+    def download_all(self, job_id: str, to: str | Path = ".") -> list[Path]:
+        """Every output of the job under `to` (kept relative paths)."""
+        return [self.download(job_id, item["name"], to) for item in self.artifacts(job_id)["outputs"]]
 
     def submit_batch(self, specs: Iterable[Mapping[str, Any]]) -> list[Job]:
         """Submit many jobs atomically (JobCreate dicts, e.g. {"type": "noop", "queue": "q"}); jobs in order."""

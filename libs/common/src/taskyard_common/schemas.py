@@ -35,6 +35,14 @@ class Backoff(BaseModel):
     max_s: float = Field(300.0, gt=0, le=86400)
 
 
+class InputFile(BaseModel):
+    """A file staged into the job's working directory before it runs (content in the artifact store)."""
+
+    path: str  # normalised relative path (artifact_names)
+    sha256: str
+    size: int = 0
+
+
 class JobSpec(BaseModel):
     """The JOBS message body: everything an executor needs to run the job, no database needed."""
 
@@ -52,6 +60,9 @@ class JobSpec(BaseModel):
     generation: int = 0
     # Bumped each time a job continues after a checkpoint decision (same generation, same journal).
     resume: int = 0
+    # Files staged into the working directory, and globs (relative to it) collected after the run.
+    inputs: list[InputFile] = Field(default_factory=list)
+    outputs: list[str] = Field(default_factory=list)
 
     @property
     def msg_id(self) -> str:

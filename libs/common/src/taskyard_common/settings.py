@@ -32,3 +32,28 @@ class DbSettings(BaseSettings):
 
     url: str = "sqlite+aiosqlite:///./data/taskyard.db"
     echo: bool = False
+
+
+class ArtifactSettings(BaseSettings):
+    """Job input and output files in JetStream's Object Store (TASKYARD_ARTIFACTS_*).
+
+    The api and the executors read the same variables: the api refuses what is over a limit
+    before anything is stored, the executor refuses outputs over the per-job limit.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TASKYARD_ARTIFACTS_")
+
+    # One file (an upload or an output). Over it: a 413 naming the limit, nothing stored.
+    max_file_bytes: int = Field(5 << 30, gt=0)
+    # All inputs of one job, and (separately) all its outputs.
+    max_job_bytes: int = Field(10 << 30, gt=0)
+    max_files_per_job: int = Field(1000, ge=1, le=10_000)
+    # The whole bucket (the stream's max_bytes; JetStream reserves it on the server).
+    bucket_max_bytes: int = Field(20 << 30, gt=0)
+    # Objects expire this long after they were written; at least the api's finished-job retention
+    # by default (30 days), so a job's outputs live as long as its row.
+    max_age_s: float = Field(30 * 86400.0, gt=0)
+    # Chunk size in the store (nats-py's Object Store uses 128 KiB; fewer messages are faster).
+    chunk_bytes: int = Field(256 * 1024, ge=1024, le=1024 * 1024)
+    # Where executors create job working directories (default: the system temp dir).
+    work_root: str | None = None

@@ -68,6 +68,26 @@ class Topology:
         """The stream JetStream keeps the workers bucket in (KV buckets are streams named KV_<bucket>)."""
         return f"KV_{self.workers_bucket}"
 
+    @property
+    def artifacts_bucket(self) -> str:
+        """The Object Store bucket of job inputs and outputs (artifact_store)."""
+        return f"{self.prefix}_artifacts"
+
+    @property
+    def artifacts_stream(self) -> str:
+        """The stream JetStream keeps the artifacts bucket in (Object Stores are OBJ_<bucket>)."""
+        return f"OBJ_{self.artifacts_bucket}"
+
+    @staticmethod
+    def input_object(sha256: str) -> str:
+        """An input file's object: content-addressed, so a file shared by many jobs is stored once."""
+        return f"in/{sha256}"
+
+    @staticmethod
+    def output_object(job_id: str, name: str) -> str:
+        """An output of a job: `name` is already normalised (artifact_names)."""
+        return f"out/{job_id}/{name}"
+
     def job_subject(self, queue: str, priority: str) -> str:
         return f"{self.prefix}.jobs.{queue}.{priority}"
 

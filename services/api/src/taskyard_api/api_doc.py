@@ -23,13 +23,14 @@ _WHY = {
     403: "The key's role may not do this",
     404: "Not found",
     409: "Conflicts with the current state (already final, decided concurrently, queue limit reached)",
-    413: "Too large (payload bytes or batch items over the configured limit)",
+    413: "Too large (payload bytes, batch items, or file bytes over the configured limit)",
     422: (
         "Invalid input, named by field: schema violations, unknown job types, bad built-in payloads, "
         "NUL characters, NaN/Infinity, JSON nested deeper than 64 levels"
     ),
     429: "Rate limited (submissions per key, or failed key attempts per client); see Retry-After",
     503: "NATS or the database is unavailable; retry shortly",
+    507: "The artifact store is full (TASKYARD_ARTIFACTS_BUCKET_MAX_BYTES)",
 }
 COMMON = (401, 403, 422, 429, 503)
 """What any authenticated route may answer: auth, input checks, throttling, a dependency away."""

@@ -12,8 +12,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from taskyard_common.artifact_store import ArtifactStore
 from taskyard_common.nats_util import connect
-from taskyard_common.settings import DbSettings, NatsSettings
+from taskyard_common.settings import ArtifactSettings, DbSettings, NatsSettings
 from taskyard_common.supervise import Supervisor
 from taskyard_common.telemetry import setup_tracing, shutdown_tracing
 from taskyard_common.topology import Topology, ensure_streams
@@ -22,6 +23,7 @@ from . import (
     api_doc,
     errors,
     rollups,
+    routes_artifacts,
     routes_audit,
     routes_checkpoints,
     routes_console,
@@ -32,6 +34,7 @@ from . import (
     routes_work,
     routes_workers,
 )
+from .artifacts import ArtifactService
 from .audit import prune_audit
 from .auth import KeyCache, ensure_key
 from .checkpoints import CheckpointService
@@ -85,6 +88,10 @@ async def lifespan(app: FastAPI):
     state.nc = await _connect_nats(nats_settings)
     state.js = state.nc.jetstream(timeout=10)
     await ensure_streams(state.js, state.topo)
+    artifact_settings = ArtifactSettings()
+    store = ArtifactStore(state.js, state.topo, artifact_settings)
+    await store.ensure()
+    state.artifacts = ArtifactService(store, artifact_settings)
     publisher = Publisher(state.nc, state.js, state.topo)
     state.jobs = JobService(state.sessions, publisher, state.settings, KnownTypes(state.js, state.topo))
     state.projector = Projector(
@@ -178,6 +185,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(routes_workers.router)
     app.include_router(routes_audit.router)
     app.include_router(routes_notify.router)
+    app.include_router(routes_artifacts.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():

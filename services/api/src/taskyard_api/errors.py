@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse
 from nats.errors import Error as NatsError
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
-from .failures import DomainError, Forbidden, Invalid, NotFound, Refused, TooLarge, Unavailable
+from .failures import DomainError, Forbidden, Invalid, NotFound, Refused, StorageFull, TooLarge, Unavailable
 
 # The one place a domain refusal becomes an HTTP status.
 HTTP_STATUS: dict[type[DomainError], int] = {
@@ -16,6 +16,7 @@ HTTP_STATUS: dict[type[DomainError], int] = {
     TooLarge: 413,
     Invalid: 422,
     Unavailable: 503,
+    StorageFull: 507,
     DomainError: 400,  # a refusal of no kind above (keep last: every kind matches it)
 }
 

@@ -31,5 +31,9 @@ class TooLarge(DomainError):
     pass
 
 
+class StorageFull(DomainError):
+    """The artifact store has no room left (its bucket limit or the server's storage)."""
+
+
 class Unavailable(DomainError):
     """A dependency (NATS) is away; nothing was written, retry shortly."""

@@ -71,6 +71,7 @@ def _new_record(item: Item, owner: Principal, now: float, member: dict[str, Any]
         inputs=item.inputs,
         **member,
         **spec.model_dump(include=JOB_FIELDS),
+        artifacts=spec.artifacts(),
     )
 
 

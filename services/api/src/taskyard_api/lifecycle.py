@@ -67,6 +67,8 @@ class JobRecord:
     # Workflow inputs: payload key → "<parent node>/<JSON pointer into its result>", resolved
     # into the payload when the job is released.
     inputs: dict[str, str] | None = None
+    # Input files and output globs ({"inputs": [...], "outputs": [...]}), None for a job without files.
+    artifacts: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:

@@ -73,6 +73,9 @@ class Job(Base):
     node: Mapped[str | None] = mapped_column(String(128), nullable=True)
     inputs: Mapped[dict | None] = mapped_column(JsonType, nullable=True)
 
+    # Input files and output globs of a job that has them (docs/artifacts.md); NULL for most jobs.
+    artifacts: Mapped[dict | None] = mapped_column(JsonType, nullable=True)
+
 
 class JobEdge(Base):
     """`child` waits for `parent` to end as `on` asks. `state` is open until the gate keeper

@@ -32,6 +32,7 @@ def spec_of(job: JobRecord) -> JobSpec:
         submitted_at=job.created_at,
         generation=job.generation,
         resume=job.resume,
+        **(job.artifacts or {}),
     )
 
 

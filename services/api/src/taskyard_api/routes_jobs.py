@@ -78,6 +78,7 @@ def _svc(request: Request) -> JobService:
 )
 async def submit_job(body: JobCreate, request: Request, who: Principal = require("submitter")):
     _admit(request, who, 1)
+    await request.app.state.artifacts.check_inputs([body])
     [(job, created)] = await _svc(request).submit(as_items([body], many=False), who)
     return JsonAnswer(job_out(job), 201 if created else 200)
 
@@ -86,6 +87,7 @@ async def submit_job(body: JobCreate, request: Request, who: Principal = require
 async def submit_batch(body: JobBatch, request: Request, who: Principal = require("submitter")):
     """The jobs as one batch (its id in `batch_id`; `GET /api/v1/batches/{id}` for its progress)."""
     _admit(request, who, len(body.jobs))
+    await request.app.state.artifacts.check_inputs(body.jobs, "jobs")
     batch, results = await submit_batch_of(_svc(request), request, body, who)
     return JsonAnswer({"batch_id": batch["id"], "jobs": [job_out(job) for job, _ in results]}, 201)
 

@@ -4,9 +4,10 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
 from pydantic.config import JsonDict
 
+from taskyard_common.artifact_names import BadName, normalise
 from taskyard_common.payloads import BUILTIN_TYPES
 from taskyard_common.schemas import Backoff, Priority
 from taskyard_common.topology import QUEUE_NAME
@@ -65,6 +66,54 @@ class NotifySpec(BaseModel):
     )
 
 
+# What the schema can say of a file name; the rest (no `..` segment, no `C:` drive, segments of
+# at most 255 bytes, not only `.`/`/`) is stated in words (docs/artifacts.md) and checked by
+# artifact_names.normalise, as a 422 naming the field.
+FILE_NAME = r"^[^/\\\x00-\x1f\x7f][^\\\x00-\x1f\x7f]*$"
+NAME_RULE = (
+    "A relative path: no leading `/`, no `..` segment, no backslash, no control characters, no "
+    "`C:` drive, segments of at most 255 bytes (docs/artifacts.md); else a 422 naming the field."
+)
+
+
+class InputRef(BaseModel):
+    """An uploaded file (PUT /api/v1/inputs/{sha256}) and where the job sees it."""
+
+    model_config = {"extra": "forbid"}
+    path: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="Where the job finds the file in its working directory. " + NAME_RULE,
+        json_schema_extra={"pattern": FILE_NAME},
+    )
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="The upload's sha256 (64 lower-case hex)")
+    size: int = Field(0, ge=0, description="Ignored: the stored size is used")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _name(value)
+
+
+def _name(value: str) -> str:
+    try:
+        return normalise(value)
+    except BadName as exc:
+        raise ValueError(str(exc)) from None
+
+
+OutputGlob = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=1024),
+    AfterValidator(_name),
+    Field(
+        description="A glob relative to the working directory. " + NAME_RULE,
+        # Documented, not enforced as a pattern: normalise's message says which rule broke.
+        json_schema_extra={"pattern": FILE_NAME},
+    ),
+]
+
+
 NODE_NAME = r"^[A-Za-z0-9_.:-]{1,128}$"
 NodeName = Annotated[str, StringConstraints(pattern=NODE_NAME)]
 # A join may wait for a whole fan-out (a 1 → 998 → 1 workflow's last node has 998 parents).
@@ -106,6 +155,10 @@ class JobFields(BaseModel):
         "(a 422 when the api has none); default: the queue's, if TASKYARD_API_NOTIFY_QUEUE_DEFAULTS names it",
     )
 
+    def artifacts(self) -> dict[str, Any] | None:
+        """The `artifacts` column (files in and out): only a submitted job (JobCreate) has files."""
+        return None
+
     @field_validator("payload")
     @classmethod
     def _payload_shape(cls, value: Any) -> Any:
@@ -126,6 +179,25 @@ class JobCreate(JobFields):
         "for success). While a parent is open the job is `blocked`; a parent that ends in a way "
         "its edge does not accept makes it `skipped`.",
     )
+
+    # Files (docs/artifacts.md); not on JobFields, whose `inputs` means a workflow node's inputs.
+    inputs: list[InputRef] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Files staged into the job's working directory before it runs; each must have "
+        "been uploaded first (PUT /api/v1/inputs/{sha256}), else a 422 naming `inputs[i].sha256`",
+    )
+    outputs: list[OutputGlob] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Globs relative to the working directory (`out/**`), collected after the run",
+    )
+
+    def artifacts(self) -> dict[str, Any] | None:
+        """The `artifacts` column: None for the (usual) job without files."""
+        if not self.inputs and not self.outputs:
+            return None
+        return {"inputs": [i.model_dump() for i in self.inputs], "outputs": list(self.outputs)}
 
     def parents(self) -> list[Dependency]:
         return [d if isinstance(d, Dependency) else Dependency(job=d) for d in self.depends_on]

@@ -47,6 +47,8 @@ def job_out(job: JobRecord, timeline: list[JobEventRow] | None = None) -> dict:
         "workflow_id": job.workflow_id,
         "name": job.node,
     }
+    if job.artifacts:
+        out["inputs"], out["outputs"] = job.artifacts["inputs"], job.artifacts["outputs"]
     if timeline is not None:
         out["timeline"] = [
             {"type": e.type, "at": iso(e.at), "attempt": e.attempt, "worker_id": e.worker_id, "data": e.data}

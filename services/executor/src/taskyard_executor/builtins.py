@@ -112,16 +112,25 @@ async def shell(payload: Any, ctx: JobContext) -> dict[str, Any]:
             raise InvalidPayload("payload.command: must be a non-empty string or list of strings")
     else:
         cmd = p.command
-    return await run_process(ctx, cmd, shell=p.shell, env=p.env, cwd=p.cwd, inherit_env=p.inherit_env)
+    cwd = _cwd(ctx, p.cwd)
+    return await run_process(ctx, cmd, shell=p.shell, env=p.env, cwd=cwd, inherit_env=p.inherit_env)
+
+
+def _cwd(ctx: JobContext, cwd: str | None) -> str | None:
+    """A job with files runs in its working directory (a relative payload.cwd is inside it)."""
+    if ctx.workdir is None:
+        return cwd
+    return os.path.join(ctx.workdir, cwd) if cwd else str(ctx.workdir)
 
 
 @registry.handler("python")
 async def python(payload: Any, ctx: JobContext) -> dict[str, Any]:
     """Run a Python script (inline ``script`` or a file ``path``) with this executor's interpreter."""
     p = _parse(PythonPayload, payload)
-    opts: dict[str, Any] = {"shell": False, "env": p.env, "cwd": p.cwd, "inherit_env": p.inherit_env}
+    cwd = _cwd(ctx, p.cwd)
+    opts: dict[str, Any] = {"shell": False, "env": p.env, "cwd": cwd, "inherit_env": p.inherit_env}
     if p.path is not None:
-        target = Path(p.cwd or ".") / p.path
+        target = Path(cwd or ".") / p.path
         if not await asyncio.to_thread(target.is_file):
             raise PermanentError(f"payload.path: script file not found: {str(target)!r}")
         # -u: unbuffered, so output reaches the log as it is printed, not at exit.

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from taskyard_common.schemas import EventType, JobSpec, LogLine
@@ -18,6 +20,8 @@ EmitLog = Callable[[LogLine], Awaitable[None]]
 EmitProgress = Callable[[float, str], Awaitable[None]]
 # Publishes a lifecycle event of this attempt and waits until JetStream has stored it.
 EmitEvent = Callable[[EventType, dict], Awaitable[None]]
+# Stores an output (a file or bytes) under a name; returns {"name", "size", "sha256"}.
+SaveArtifact = Callable[[str, "Path | bytes"], Awaitable[dict[str, Any]]]
 
 _STREAMS = frozenset({"stdout", "stderr", "log"})
 
@@ -53,6 +57,28 @@ class JobContext:
         self.journal = journal if journal is not None else Journal()
         self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._sync: SyncJobContext | None = None
+        # Set by the runner for a job with input files or output globs (staging.Workspace).
+        self.workdir: Path | None = None
+        self.inputs: list[Path] = []
+        self._save_artifact: SaveArtifact | None = None
+
+    async def save_artifact(self, data: bytes | str | os.PathLike[str], name: str) -> dict[str, Any]:
+        """Store `data` as the job output `name` (a relative path; no absolute path, no `..`).
+
+        `data` is bytes, or the path of a file (relative paths are read from the working
+        directory when the job has one). Returns ``{"name", "size", "sha256"}``; the output is
+        listed on the job (GET /api/v1/jobs/{id}/artifacts) once the attempt ends.
+        """
+        if self._save_artifact is None:
+            raise RuntimeError("this context cannot store artifacts (no runner attached)")
+        if isinstance(data, bytes | bytearray | memoryview):
+            return await self._save_artifact(name, bytes(data))
+        path = Path(data)
+        if not path.is_absolute() and self.workdir is not None:
+            path = self.workdir / path
+        if not await asyncio.to_thread(path.is_file):
+            raise ValueError(f"save_artifact: {str(path)!r} is not a file")
+        return await self._save_artifact(name, path)
 
     @property
     def payload(self) -> Any:
@@ -243,6 +269,18 @@ class SyncJobContext:
         self._call(self._ctx._event("step", {"name": name, "result": result}))
         self._ctx.journal.steps[name] = result
         return result
+
+    @property
+    def workdir(self) -> Path | None:
+        return self._ctx.workdir
+
+    @property
+    def inputs(self) -> list[Path]:
+        return self._ctx.inputs
+
+    def save_artifact(self, data: bytes | str | os.PathLike[str], name: str) -> dict[str, Any]:
+        """Blocking :meth:`JobContext.save_artifact`."""
+        return self._call(self._ctx.save_artifact(data, name))
 
     def checkpoint(self, name: str, data: Any = None, **options: Any) -> Decision:
         """Blocking :meth:`JobContext.checkpoint`."""

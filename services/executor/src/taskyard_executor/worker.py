@@ -19,7 +19,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 from pydantic import ValidationError
 
+from taskyard_common.artifact_store import ArtifactStore
 from taskyard_common.schemas import EventType, JobEvent, JobSpec, LogLine
+from taskyard_common.settings import ArtifactSettings
 from taskyard_common.telemetry import context_from, ns, tracer, tracing_on
 from taskyard_common.topology import PRIORITIES, Topology, ensure_queue
 
@@ -31,8 +33,10 @@ from .pull_marks import EmptyMarks
 from .registry import Registry, invoke
 from .retry_policy import after_failure, lost_on_last_attempt
 from .settings import ExecutorSettings
+from .staging import Outputs, Workspace
 
 log = logging.getLogger("taskyard.executor")
+_OUTCOMES = frozenset({"succeeded", "failed", "retrying", "cancelled", "dead", "waiting"})
 _tracer = tracer("taskyard.executor")
 
 
@@ -47,6 +51,7 @@ class Running:
     cancel_requested: bool = False
     outcome: str | None = None
     started: float = field(default_factory=time.time)
+    outputs: Outputs | None = None
 
 
 class Worker:
@@ -56,6 +61,7 @@ class Worker:
         self.nc, self.js, self.topo = nc, nc.jetstream(timeout=10), topo
         self.settings, self.registry, self.id = settings, registry, worker_id
         self.emitter = Emitter(self.js, topo)
+        self.artifacts = ArtifactStore(self.js, topo, ArtifactSettings())
         self.running: dict[str, Running] = {}
         self.done = 0
         self.failed = 0
@@ -80,6 +86,7 @@ class Worker:
     async def start(self) -> None:
         for queue in self.settings.queues:
             await ensure_queue(self.js, self.topo, queue)
+        await self.artifacts.ensure()
         await self.puller.start()
         self._subs.append(await self.nc.subscribe(self.topo.cancel_subject(), cb=self._on_cancel))
         self._subs.append(await self.nc.subscribe(self.topo.drain_subject(self.id), cb=self._on_drain))
@@ -330,6 +337,12 @@ class Worker:
             span.set_attribute("taskyard.outcome", run.outcome or "handed_back")
 
     def _event(self, run: Running, kind: EventType, **data) -> JobEvent:
+        if run.outputs is not None and kind in _OUTCOMES:
+            # The outcome names the outputs this attempt stored: that is the job's listing.
+            if run.outputs.stored:
+                data["artifacts"] = run.outputs.stored
+            if run.outputs.refused:
+                data["artifact_errors"] = run.outputs.refused[:100]
         return JobEvent.of(run.spec, kind, data, attempt=run.attempt, worker_id=self.id)
 
     async def _run(self, run: Running) -> None:
@@ -369,7 +382,7 @@ class Worker:
         keepalive = asyncio.create_task(self._keep_alive(run.msg))
         try:
             entry = self.registry.get(spec.type)  # UnknownJobType: permanent failure
-            run.task = asyncio.create_task(invoke(entry, ctx))
+            run.task = asyncio.create_task(self._invoke_with_files(entry, ctx, run))
             try:
                 result = await asyncio.wait_for(run.task, spec.timeout_s)
             except TimeoutError:
@@ -398,6 +411,28 @@ class Worker:
             keepalive.cancel()
         self.done += 1
         await self._finish(run, "succeeded", ack="ack", result=result)
+
+    async def _invoke_with_files(self, entry, ctx: JobContext, run: Running):  # noqa: ANN001, ANN202
+        """Run the handler; a job with input files or output globs runs in its own working
+        directory, inputs staged before and outputs collected after, whatever the outcome."""
+        run.outputs = outputs = Outputs(self.artifacts, run.spec)
+        ctx._save_artifact = outputs.save
+        spec = run.spec
+        if not spec.inputs and not spec.outputs:
+            return await invoke(entry, ctx)
+        workspace = Workspace(self.artifacts, spec, run.attempt)
+        try:
+            ctx.workdir = await workspace.open()
+            ctx.inputs = workspace.inputs
+            try:
+                return await invoke(entry, ctx)
+            finally:
+                if spec.outputs:
+                    await outputs.collect(ctx.workdir, spec.outputs)
+                for problem in outputs.refused:
+                    await ctx.log(f"[taskyard] {problem}")
+        finally:
+            await workspace.close()
 
     async def _keep_alive(self, msg: Msg) -> None:
         interval = self.topo.settings.ack_wait_s / 3

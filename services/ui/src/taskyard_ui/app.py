@@ -15,6 +15,7 @@ from . import (
     routes_console,
     routes_control,
     routes_dashboard,
+    routes_files,
     routes_jobs,
     routes_logs,
     routes_service,
@@ -67,6 +68,7 @@ def create_app(settings: UiSettings | None = None) -> FastAPI:
         routes_work,
         routes_control,
         routes_console,
+        routes_files,
     ):
         app.include_router(module.router)
 

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from .api import ApiClient, ApiError
+from .api import ApiClient, ApiError, job_path
 from .live import live_client, live_response
 from .web import (
     FINAL,
@@ -304,8 +304,12 @@ def job_fragments(job: dict, checkpoints: list[dict], who: dict | None) -> dict[
 async def _detail(
     request: Request, api: ApiClient, job_id: str, status_code: int = 200, error: str | None = None
 ) -> Response:
-    job, checkpoints, who, webhook = await asyncio.gather(
-        api.get_job(job_id), _job_checkpoints(api, job_id), whoami(request, api), api.notifications(job_id)
+    job, checkpoints, who, webhook, files = await asyncio.gather(
+        api.get_job(job_id),
+        _job_checkpoints(api, job_id),
+        whoami(request, api),
+        api.notifications(job_id),
+        api.call("GET", job_path(job_id, "/artifacts")),
     )
     notice = NOTICES.get(request.query_params.get("done", "")) if error is None else None
     fragments = job_fragments(job, checkpoints, who)
@@ -315,6 +319,7 @@ async def _detail(
         status_code,
         active="jobs",
         job=job,
+        files=files,
         notice=notice,
         error=error,
         fragments=fragments,
