@@ -7,12 +7,15 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from taskyard_common.topology import QUEUE_NAME
 
 from .conftest import create_key
 
 
+# Forty operations through every phase: minutes on a busy machine (the subprocess has its own bound).
+@pytest.mark.timeout(660)
 def test_schemathesis_all_checks_find_nothing(stack):
     """Every check against the real api: statuses, error shapes and rules match the document, and
     what the document allows is accepted. Bounds are the test's own: a batch limit of 50 keeps
