@@ -118,7 +118,9 @@ async def complete_batch(session: AsyncSession, batch_id: str, now: float, out: 
 def _callback(spec: JobFields, owner_id: str, kind: str, info: dict[str, Any], now: float) -> JobRecord:
     payload = as_dict(spec.payload)
     payload["batch"] = info
-    fields = spec.model_dump(exclude={"payload", "notify"})  # a callback's own webhook: not yet
+    # Its own webhook: not yet. An idempotency key: none (it runs once per completion; a key
+    # that names a stored job would make its insert fail).
+    fields = spec.model_dump(exclude={"payload", "notify", "idempotency_key"})
     return new_job(
         id=new_id(now), owner_id=owner_id, now=now, traceparent=None, payload=payload, node=kind, **fields
     )
