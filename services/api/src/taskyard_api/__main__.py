@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     # proxy_headers off: uvicorn's default trusts X-Forwarded-For from 127.0.0.1 (any local
     # process could pick its own address); the app honours it only from forwarded_allow_ips.
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
         proxy_headers=False,
         log_config=uvicorn_log_config(),
     )

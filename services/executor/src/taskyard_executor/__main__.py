@@ -18,10 +18,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from taskyard_common.logging_setup import setup_logging, uvicorn_log_config
 from taskyard_common.nats_util import connect
 from taskyard_common.settings import NatsSettings
 from taskyard_common.supervise import Supervisor
-from taskyard_common.logging_setup import setup_logging, uvicorn_log_config
 from taskyard_common.telemetry import setup_tracing, shutdown_tracing
 from taskyard_common.topology import QueueLimitReached, Topology, ensure_streams
 
@@ -96,9 +96,11 @@ async def serve(settings: ExecutorSettings) -> None:
 
     app = health_app(worker)
     supervisor: Supervisor = app.state.supervisor
-    server = _Server(uvicorn.Config(
+    server = _Server(
+        uvicorn.Config(
             app, host=settings.host, port=settings.port, log_level="warning", log_config=uvicorn_log_config()
-        ))
+        )
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
