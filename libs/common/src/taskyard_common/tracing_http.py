@@ -10,6 +10,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 if TYPE_CHECKING:  # taskyard-common needs no starlette at run time; every HTTP service has it
+    from fastapi.telemetry import TelemetryConfig
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .telemetry import tracing_on
@@ -36,7 +37,8 @@ class TracingMiddleware:
         method = scope["method"]
         with self.tracer.start_as_current_span(
             method,
-            context=propagate.extract(carrier),
+            # No traceparent: stay in the current context (a framework span may already be open).
+            context=propagate.extract(carrier) if "traceparent" in carrier else None,
             kind=SpanKind.SERVER,
             attributes={"http.request.method": method, "url.path": scope["path"]},
         ) as span:
@@ -65,3 +67,13 @@ async def inject_traceparent(request: Any) -> None:
     when no span is current (tracing off).
     """
     propagate.inject(request.headers)
+
+
+def is_untraced(scope: Any) -> bool:
+    """Whether a request is a probe or scrape (kept out of traces)."""
+    return scope.get("path") in UNTRACED_PATHS
+
+
+# FastAPI (>= 0.16x) traces natively once a provider is set: its own server spans would duplicate
+# TracingMiddleware's, and it would trace probes. Keep its operation spans, minus the probes.
+FASTAPI_TELEMETRY: "TelemetryConfig" = {"tracing": False, "exclude": is_untraced}

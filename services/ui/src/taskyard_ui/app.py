@@ -10,7 +10,7 @@ from fastapi.staticfiles import StaticFiles
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from taskyard_common.telemetry import setup_tracing, shutdown_tracing
-from taskyard_common.tracing_http import TracingMiddleware, inject_traceparent
+from taskyard_common.tracing_http import FASTAPI_TELEMETRY, TracingMiddleware, inject_traceparent
 
 from . import (
     routes_approvals,
@@ -58,7 +58,14 @@ def create_app(settings: UiSettings | None = None) -> FastAPI:
             yield
         shutdown_tracing()
 
-    app = FastAPI(title="Taskyard UI", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="Taskyard UI",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        telemetry=FASTAPI_TELEMETRY,
+    )
     app.state.settings = settings
     app.add_middleware(SecurityHeaders)
     app.add_middleware(Telemetry)
