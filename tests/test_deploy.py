@@ -507,7 +507,40 @@ def test_compose_api_believes_forwarded_addresses_from_the_ui_only(variant):
     assert services["ui"]["environment"]["TASKYARD_UI_FORWARDED_ALLOW_IPS"] == ""
 
 
-def test_keda_scales_executors_on_the_default_queue_consumers(rendered):
+def keda_generator():
+    spec = importlib.util.spec_from_file_location(
+        "sync_scaledobject", K8S / "components" / "keda" / "sync_scaledobject.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_keda_scaledobject_is_generated_from_the_queue_list():
+    gen = keda_generator()
+    assert gen.TARGET.read_text() == gen.render(), (
+        "scaledobject.yaml is stale: python deploy/k8s/components/keda/sync_scaledobject.py"
+    )
+    assert gen.PRIORITIES == PRIORITIES
+
+
+def test_keda_generator_writes_three_triggers_per_listed_queue_and_refuses_bad_names(tmp_path):
+    gen = keda_generator()
+    listed = tmp_path / "queues.txt"
+    listed.write_text("# comment\ndefault\n\nreports\n")
+    text = gen.render(listed)
+    validate_k8s(text)
+    (scaled,) = docs(text)
+    topo = Topology(NatsSettings())
+    assert [t["metadata"]["consumer"] for t in scaled["spec"]["triggers"]] == [
+        topo.exec_durable(q, p) for q in ("default", "reports") for p in PRIORITIES
+    ]
+    listed.write_text("Bad Queue\n")
+    with pytest.raises(SystemExit, match="Bad Queue"):
+        gen.render(listed)
+
+
+def test_keda_scales_executors_on_the_listed_queues_consumers(rendered):
     objects = rendered["base+network-policies+prometheus-operator+alertmanager+keda"]
     (scaled,) = by_kind(objects, "ScaledObject").values()
     assert scaled["spec"]["scaleTargetRef"]["name"] in by_kind(objects, "Deployment")
@@ -516,7 +549,7 @@ def test_keda_scales_executors_on_the_default_queue_consumers(rendered):
     triggers = scaled["spec"]["triggers"]
     assert {t["type"] for t in triggers} == {"nats-jetstream"}
     assert sorted(t["metadata"]["consumer"] for t in triggers) == sorted(
-        topo.exec_durable("default", p) for p in PRIORITIES
+        topo.exec_durable(q, p) for q in keda_generator().queues() for p in PRIORITIES
     )
     for t in triggers:
         meta = t["metadata"]

@@ -3,11 +3,11 @@
 import argparse
 import asyncio
 import json
-import logging
 import sys
 
 import uvicorn
 
+from taskyard_common.logging_setup import setup_logging, uvicorn_log_config
 from taskyard_common.settings import DbSettings
 
 from .settings import ApiSettings
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     key.add_argument("name")
     key.add_argument("--role", default="admin", choices=["viewer", "submitter", "admin"])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging("taskyard-api")
     if args.command == "migrate":
         from .migrate import upgrade
 
@@ -52,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     # proxy_headers off: uvicorn's default trusts X-Forwarded-For from 127.0.0.1 (any local
     # process could pick its own address); the app honours it only from forwarded_allow_ips.
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level="warning", proxy_headers=False
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        proxy_headers=False,
+        log_config=uvicorn_log_config(),
     )
     return 0
 

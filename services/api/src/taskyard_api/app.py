@@ -18,6 +18,7 @@ from taskyard_common.settings import ArtifactSettings, DbSettings, NatsSettings
 from taskyard_common.supervise import Supervisor
 from taskyard_common.telemetry import setup_tracing, shutdown_tracing
 from taskyard_common.topology import Topology, ensure_streams
+from taskyard_common.tracing_http import FASTAPI_TELEMETRY, TracingMiddleware
 
 from . import (
     api_doc,
@@ -167,11 +168,18 @@ async def lifespan(app: FastAPI):
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
-    app = FastAPI(title="Taskyard API", version="0.1.0", lifespan=lifespan, default_response_class=JsonAnswer)
+    app = FastAPI(
+        title="Taskyard API",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=JsonAnswer,
+        telemetry=FASTAPI_TELEMETRY,
+    )
     app.state.settings = settings = settings or ApiSettings()
     app.state.submit_limit = TokenBucket(settings.submit_rate_per_s, settings.submit_burst)
     app.state.auth_failures = FailureLimiter(settings.auth_failures_limit, settings.auth_failures_window_s)
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(TracingMiddleware, service="taskyard.api")
     if settings.trusted_proxies:  # added last: outermost, so everything inside sees the real client
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     errors.install(app)

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from taskyard_common.logging_setup import setup_logging, uvicorn_log_config
 from taskyard_common.nats_util import connect
 from taskyard_common.settings import NatsSettings
 from taskyard_common.supervise import Supervisor
@@ -95,7 +96,11 @@ async def serve(settings: ExecutorSettings) -> None:
 
     app = health_app(worker)
     supervisor: Supervisor = app.state.supervisor
-    server = _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning"))
+    server = _Server(
+        uvicorn.Config(
+            app, host=settings.host, port=settings.port, log_level="warning", log_config=uvicorn_log_config()
+        )
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.port:
         overrides["port"] = args.port
     settings = ExecutorSettings(**overrides)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging("taskyard-executor")
     try:
         asyncio.run(serve(settings))
     except QueueLimitReached as exc:

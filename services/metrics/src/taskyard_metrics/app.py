@@ -8,6 +8,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from taskyard_common.settings import NatsSettings
+from taskyard_common.telemetry import setup_tracing, shutdown_tracing
+from taskyard_common.tracing_http import FASTAPI_TELEMETRY, TracingMiddleware
 
 from .service import MetricsService
 from .settings import MetricsSettings
@@ -19,14 +21,23 @@ def create_app(settings: MetricsSettings | None = None, nats_settings: NatsSetti
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        setup_tracing("taskyard-metrics")
         service.start()
         try:
             yield
         finally:
             await service.stop()
+            shutdown_tracing()
 
-    app = FastAPI(title="Taskyard metrics", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Taskyard metrics",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        telemetry=FASTAPI_TELEMETRY,
+    )
     app.state.service = service
+    app.add_middleware(TracingMiddleware, service="taskyard.metrics")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -1,8 +1,8 @@
 """`python -m taskyard_ui`: serve the web UI with uvicorn."""
 
-import logging
-
 import uvicorn
+
+from taskyard_common.logging_setup import setup_logging, uvicorn_log_config
 
 from .app import create_app
 from .settings import UiSettings
@@ -11,9 +11,7 @@ from .settings import UiSettings
 def main() -> None:
     """Run until SIGINT/SIGTERM."""
     settings = UiSettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging("taskyard-ui", settings.log_level)
     # proxy_headers off: uvicorn's default trusts X-Forwarded-For from 127.0.0.1; the app honours
     # it only from forwarded_allow_ips (create_app).
     uvicorn.run(
@@ -21,6 +19,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=uvicorn_log_config(),
         proxy_headers=False,
     )
 

@@ -9,6 +9,9 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from taskyard_common.telemetry import setup_tracing, shutdown_tracing
+from taskyard_common.tracing_http import FASTAPI_TELEMETRY, TracingMiddleware, inject_traceparent
+
 from . import (
     routes_approvals,
     routes_auth,
@@ -44,14 +47,29 @@ def create_app(settings: UiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(base_url=settings.api_url, timeout=settings.api_timeout_s) as http:
+        setup_tracing("taskyard-ui")
+        # The hook puts traceparent on every API call, so the API's spans join the UI's trace.
+        async with httpx.AsyncClient(
+            base_url=settings.api_url,
+            timeout=settings.api_timeout_s,
+            event_hooks={"request": [inject_traceparent]},
+        ) as http:
             app.state.http = http
             yield
+        shutdown_tracing()
 
-    app = FastAPI(title="Taskyard UI", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="Taskyard UI",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        telemetry=FASTAPI_TELEMETRY,
+    )
     app.state.settings = settings
     app.add_middleware(SecurityHeaders)
     app.add_middleware(Telemetry)
+    app.add_middleware(TracingMiddleware, service="taskyard.ui")
     if settings.trusted_proxies:  # added last: outermost, so every route sees the browser's address
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
