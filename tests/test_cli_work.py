@@ -218,7 +218,8 @@ def test_batch_run_stages_each_file_and_batch_download_gets_every_output(stack, 
                  "--output", "out/**", "--watch", "--", "sh", "-c", script)  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     assert "inputs: 1 files" in run.stderr and "batch files: 3 matched, 2 distinct" in run.stderr
-    batch_id = run.stderr.split("batch ", 1)[1].split(":")[0]
+    submitted = next(line for line in run.stderr.splitlines() if line.endswith("jobs submitted"))
+    batch_id = submitted.split()[1].rstrip(":")
 
     listing = Client(stack.api.url, stack.admin_key).batch_artifacts(batch_id)
     members = listing["members"]
