@@ -176,3 +176,78 @@ def test_batch_and_workflow_cancel_what_has_not_run(stack, tmp_path):
     assert final["status"] == "cancelled"
     statuses = {n["id"]: n["status"] for n in final["nodes"]}
     assert statuses["first"] == "cancelled" and statuses["second"] in ("cancelled", "skipped"), statuses
+
+
+async def _stored_object_names(stack) -> list[str]:
+    """Every object in the stack's artifacts bucket, read from JetStream itself (not the api)."""
+    import nats
+
+    from taskyard_common.settings import NatsSettings
+    from taskyard_common.topology import Topology
+
+    nc = await nats.connect(stack.nats.url)
+    try:
+        store = await nc.jetstream().object_store(
+            Topology(NatsSettings(prefix=stack.prefix)).artifacts_bucket
+        )
+        return sorted(info.name for info in await store.list())
+    finally:
+        await nc.close()
+
+
+def test_batch_run_stages_each_file_and_batch_download_gets_every_output(stack, tmp_path):
+    """batch run --glob with --input/--output: each file staged where `{}` names it, a shared input
+    and two files of equal contents stored once; batch download puts each member's outputs under
+    its own folder with the right bytes and sha256."""
+    import hashlib
+
+    from taskyard import Client
+
+    from .stack import run_async
+
+    stack.start_api()
+    stack.start_executor(slots=3)
+    work = tmp_path / "laptop"
+    (work / "data").mkdir(parents=True)
+    (work / "shared.cfg").write_text("header\n")
+    contents = {"a.csv": "1,2\n", "b.csv": "3,4\n", "c.csv": "1,2\n"}  # a and c: the same bytes
+    for name, text in contents.items():
+        (work / "data" / name).write_text(text)
+    script = "mkdir -p out && cat shared.cfg {} | tr a-z A-Z > out/r.txt && echo {} > out/which.txt"
+    run = cli_in(stack, work, "batch", "run", "--glob", "data/*.csv", "--input", "shared.cfg",
+                 "--output", "out/**", "--watch", "--", "sh", "-c", script)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "inputs: 1 files" in run.stderr and "batch files: 3 matched, 2 distinct" in run.stderr
+    submitted = next(line for line in run.stderr.splitlines() if line.endswith("jobs submitted"))
+    batch_id = submitted.split()[1].rstrip(":")
+
+    listing = Client(stack.api.url, stack.admin_key).batch_artifacts(batch_id)
+    members = listing["members"]
+    assert len(members) == 3 and {m["status"] for m in members} == {"succeeded"}
+    shared = {i["sha256"] for m in members for i in m["inputs"] if i["path"] == "shared.cfg"}
+    assert len(shared) == 1  # every member names the one stored copy
+    objects = run_async(_stored_object_names(stack))
+    inputs = [o for o in objects if o.startswith("in/")]
+    assert len(inputs) == 3, objects  # shared.cfg, a.csv == c.csv, b.csv
+    assert len([o for o in objects if o.startswith("out/")]) == 6, objects
+
+    dest = tmp_path / "got"
+    down = cli(stack, "batch", "download", batch_id, "--to", str(dest))
+    assert down.returncode == 0, down.stderr
+    assert "6 files from 3 of 3 members" in down.stderr
+    by_member = {m["job_id"]: {o["name"]: o for o in m["outputs"]} for m in members}
+    seen = set()
+    for job_id, outputs in by_member.items():
+        folder = dest / job_id / "out"
+        staged = (folder / "which.txt").read_text().strip()  # where the job saw its file: `{}`
+        seen.add(staged)
+        assert (folder / "r.txt").read_text() == ("header\n" + contents[staged.split("/")[1]]).upper()
+        for name, item in outputs.items():
+            data = (dest / job_id / name).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == item["sha256"] and len(data) == item["size"]
+    assert seen == {"data/a.csv", "data/b.csv", "data/c.csv"}
+
+    listed = cli(stack, "batch", "download", batch_id, "--list")
+    assert listed.returncode == 0 and listed.stdout.count("out/r.txt") == 3, listed.stdout
+    missing = cli(stack, "batch", "download", "01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    assert missing.returncode != 0 and "not found" in missing.stderr

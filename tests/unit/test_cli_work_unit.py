@@ -183,3 +183,12 @@ def test_a_bad_spec_file_exits_2_naming_the_file(runner, tmp_path):
 def test_batch_retry_asks_for_failed(runner):
     out = runner.invoke(cli, ["batch", "retry", "B1"])
     assert out.exit_code == 2 and "--failed" in out.output
+
+
+def test_a_matched_file_is_staged_at_its_relative_path_or_its_base_name():
+    from taskyard._files import staged_name
+
+    assert staged_name("data/a.csv") == "data/a.csv"  # `{}` names it where the job sees it
+    assert staged_name("./data/a.csv") == "data/a.csv"
+    assert staged_name("/abs/data/a.csv") == "a.csv"  # an absolute path would leave the workdir
+    assert staged_name("../up/a.csv") == "a.csv"

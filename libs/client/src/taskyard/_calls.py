@@ -129,6 +129,10 @@ def batch(batch_id: str) -> Call:
     return Call("GET", _at(BATCHES, batch_id))
 
 
+def batch_artifacts(batch_id: str) -> Call:
+    return Call("GET", _at(BATCHES, batch_id, "/artifacts"))
+
+
 def retry_batch(batch_id: str) -> Call:
     return Call("POST", _at(BATCHES, batch_id, "/retry"))
 

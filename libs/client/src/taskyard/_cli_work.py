@@ -10,8 +10,10 @@ from typing import Any
 
 import click
 
-from ._calls import batch_done, workflow_done
+from . import _files
+from ._calls import FINAL_STATUSES, batch_done, workflow_done
 from ._cli_common import EXIT_JOB_FAILED, EXIT_OK, BadInput, client, print_json
+from ._cli_files import file_options, upload
 from ._cli_jobs import _labels, job_options
 from ._render_work import (
     batch_line,
@@ -165,8 +167,17 @@ def batch() -> None:
 @click.option(
     "--cwd",
     metavar="DIR",
-    help="Directory the jobs run in, on the worker [default: this one]; '' leaves it to the worker.",
+    help="Directory the jobs run in, on the worker [default: this one; with files: the job's own "
+    "working directory]; '' leaves it to the worker.",
 )
+@click.option(
+    "--upload",
+    "upload_each",
+    is_flag=True,
+    help="Upload each matched file and stage it in its job's working directory (implied by "
+    "--input and --output).",
+)
+@file_options
 @job_options
 @click.option("--watch", is_flag=True, help="Follow the progress until every job has ended.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"batch_id", "jobs"} (with --watch: progress).')
@@ -175,6 +186,9 @@ def batch_run(
     pattern: str,
     name: str | None,
     cwd: str | None,
+    upload_each: bool,
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
     queue: str | None,
     priority: str | None,
     timeout_s: float | None,
@@ -188,8 +202,13 @@ def batch_run(
     path (appended when COMMAND has no `{}`). Paths are as matched here and jobs run in this
     directory (--cwd): workers must see the same files (one machine, or a shared mount).
 
+    With --upload, --input or --output, each matched file is uploaded instead (once per sha256)
+    and staged in its job's working directory at the path `{}` names; --input files go to every
+    job, --output globs are collected per job (`taskyard batch download ID`).
+
     \b
       taskyard batch run --glob 'data/*.csv' -- python proc.py {}
+      taskyard batch run --glob 'data/*.csv' --input proc.py --output 'out/**' -- python proc.py {}
     """
     paths = sorted(globbing.glob(pattern, recursive=True))
     if not paths:
@@ -202,8 +221,12 @@ def batch_run(
         "labels": _labels(labels),
     }
     ty = client()
-    workdir = str(Path.cwd()) if cwd is None else cwd
-    created = ty.create_batch(batch_members(paths, command, options, workdir or None), name=name)
+    if upload_each or inputs or outputs:
+        members = _members_with_files(ty, paths, command, options, cwd, inputs, outputs)
+    else:
+        workdir = str(Path.cwd()) if cwd is None else cwd
+        members = batch_members(paths, command, options, workdir or None)
+    created = ty.create_batch(members, name=name)
     batch_id = created["batch_id"]
     if not watch:
         if as_json:
@@ -213,6 +236,65 @@ def batch_run(
         return
     click.echo(f"batch {batch_id}: {len(paths)} jobs submitted", err=True)
     _watch_batch(ty, batch_id, as_json)
+
+
+def _members_with_files(
+    ty: Client,
+    paths: list[str],
+    command: tuple[str, ...],
+    options: dict[str, Any],
+    cwd: str | None,
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
+) -> list[dict[str, Any]]:
+    """One job per matched file, staged as its input (`{}` is where the job sees it); the shared
+    --input refs are uploaded once and named by every job."""
+    shared = upload(ty, inputs) or []
+    names = [_files.staged_name(p) for p in paths]
+    if len(set(names)) < len(names):
+        raise BadInput("--glob: two matched files would be staged at the same name; use a relative pattern")
+    refs = [ty.upload_input(path, name) for path, name in zip(paths, names, strict=True)]
+    click.echo(
+        f"batch files: {len(refs)} matched, {len({r['sha256'] for r in refs})} distinct, "
+        f"{sum(r['size'] for r in refs)} bytes",
+        err=True,
+    )
+    members = batch_members(names, command, options, cwd or None)
+    for member, ref in zip(members, refs, strict=True):
+        member["inputs"] = [ref, *(r for r in shared if r["path"] != ref["path"])]
+        if outputs:
+            member["outputs"] = list(outputs)
+    return members
+
+
+@batch.command("download")
+@click.argument("batch_id", metavar="ID")
+@click.option("--to", "to", default=".", show_default=True, metavar="DIR", help="Directory to write into.")
+@click.option("--list", "list_only", is_flag=True, help="List each member's outputs instead.")
+def batch_download(batch_id: str, to: str, list_only: bool) -> None:
+    """Download every member's outputs, each member's under DIR/<job id>/; checks each sha256."""
+    from ._render import table
+
+    ty = client()
+    members = ty.batch_artifacts(batch_id)["members"]
+    rows = [(m["job_id"], o) for m in members for o in m["outputs"]]
+    unfinished = [m["job_id"] for m in members if m["status"] not in FINAL_STATUSES]
+    if unfinished:
+        click.echo(f"{len(unfinished)} members have not ended: their outputs are not all collected", err=True)
+    if list_only:
+        click.echo(
+            table(
+                ["JOB", "NAME", "SIZE", "SHA256"], [[j, o["name"], o["size"], o["sha256"]] for j, o in rows]
+            )
+        )
+        return
+    for job_id, item in rows:
+        try:
+            path = ty.download(job_id, item["name"], Path(to) / job_id)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        click.echo(f"{path}  {item['size']} bytes  sha256 {item['sha256']}")
+    click.echo(f"{len(rows)} files from {len({j for j, _ in rows})} of {len(members)} members", err=True)
 
 
 @batch.command("status")

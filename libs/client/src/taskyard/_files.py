@@ -42,6 +42,16 @@ def expand_inputs(paths: list[str]) -> list[tuple[str, Path]]:
     return list(out.items())
 
 
+def staged_name(matched: str) -> str:
+    """Where a file matched by `batch run --glob` sits in its job's working directory (what `{}`
+    becomes): the path as matched when it is relative and stays inside (`data/a.csv`), otherwise
+    its base name (`/abs/a.csv`, `../a.csv` → `a.csv`)."""
+    path = PurePosixPath(Path(matched).as_posix())
+    if path.is_absolute() or any(p in ("..", ".") for p in path.parts) or "\\" in matched:
+        return path.name
+    return path.as_posix()
+
+
 def file_chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as src:
         while chunk := src.read(CHUNK):

@@ -36,6 +36,7 @@ __all__ = ["AsyncClient", "Client", "FINAL_STATUSES", "JobFailed", "TaskyardErro
 Job = dict[str, Any]
 # The classes below define a `list` method, which shadows the builtin in their annotations.
 Records = list[dict[str, Any]]
+Paths = list[Path]  # `list` is also a Client method: annotations below it name this alias
 # A log stream may be silent for long stretches (a quiet job); past this we reconnect rather than
 # trust a connection that might be half-open. Resuming from the last seq loses nothing.
 STREAM_IDLE_S = 60.0
@@ -346,6 +347,18 @@ class Client(_Base):
         """A batch's progress: {"id", "name", "total", "done", "succeeded", "percent", "counts" (by
         status), "failures" (grouped by error, with examples), "eta_seconds", "created_at", "completed_at"}."""
         return self._call(_calls.batch(batch_id))
+
+    def batch_artifacts(self, batch_id: str) -> dict[str, Any]:
+        """Every member's files: {"batch_id", "members": [{"job_id", "status", "inputs", "outputs"}]}."""
+        return self._call(_calls.batch_artifacts(batch_id))
+
+    def download_batch(self, batch_id: str, to: str | Path = ".") -> Paths:
+        """Every member's outputs, each member's under `to`/<its job id>/ (sha256 checked, streamed)."""
+        return [
+            self.download(member["job_id"], item["name"], Path(to) / member["job_id"])
+            for member in self.batch_artifacts(batch_id)["members"]
+            for item in member["outputs"]
+        ]
 
     def retry_batch(self, batch_id: str) -> dict[str, Any]:
         """Run the members that failed, died or were cancelled again: {"retried": n, "refused": [...]}."""

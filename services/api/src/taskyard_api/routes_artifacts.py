@@ -1,4 +1,5 @@
-"""/api/v1/inputs (upload a job's input file) and /api/v1/jobs/{id}/artifacts (list, download).
+"""/api/v1/inputs (upload a job's input file), /api/v1/jobs/{id}/artifacts (list, download) and
+/api/v1/batches/{id}/artifacts (every member's listing, for `taskyard batch download`).
 
 Bodies stream both ways: an upload goes to the Object Store chunk by chunk as it arrives, a
 download leaves it the same way, so the api holds a few chunks per transfer, never a file.
@@ -9,10 +10,12 @@ from urllib.parse import quote
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import StreamingResponse
 
+from . import batches
 from .api_doc import answers
 from .auth import Principal, require
 from .input_checks import CheckedRoute
 from .routes_jobs import _load, _svc
+from .routes_work import _batch
 from .views import JsonAnswer
 
 router = APIRouter(prefix="/api/v1", route_class=CheckedRoute)
@@ -83,4 +86,21 @@ async def download_artifact(job_id: str, name: str, request: Request, who: Princ
             "X-Taskyard-Sha256": stored.sha256,
             "Content-Disposition": f"attachment; filename*=UTF-8''{filename}",
         },
+    )
+
+
+@router.get("/batches/{batch_id}/artifacts", responses=answers(404))
+async def list_batch_artifacts(batch_id: str, request: Request, who: Principal = require("viewer")):
+    """Each member's inputs and outputs, as GET /api/v1/jobs/{id}/artifacts answers them, with its
+    status: {"batch_id", "members": [{"job_id", "status", "inputs", "outputs"}]} in job id order.
+    The files themselves download one by one from each member's `url`s (streamed)."""
+    batch = await _batch(request, batch_id)
+    async with request.app.state.sessions() as session:
+        members = await batches.member_timelines(session, batch.id)
+    listing = request.app.state.artifacts.listing
+    return JsonAnswer(
+        {
+            "batch_id": batch.id,
+            "members": [{**listing(job, timeline), "status": job.status} for job, timeline in members],
+        }
     )
