@@ -28,6 +28,11 @@ JOBS_PRUNED = Counter(
     registry=REGISTRY,
 )
 
+EVENTS_UNPROJECTABLE = Counter(
+    "taskyard_api_events_unprojectable_total",
+    "Events the projector could not apply even alone (logged with their EVENTS sequence, skipped).",
+    registry=REGISTRY,
+)
 GATE_MOVES = Counter(
     "taskyard_api_gate_moves_total",
     "Jobs the gate keeper of this API process moved: released (parents done), skipped (a parent "

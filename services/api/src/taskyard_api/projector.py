@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import Table, bindparam, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from taskyard_common.nats_util import stream_seq
@@ -25,11 +26,25 @@ from taskyard_common.schemas import FINAL_STATES, JobEvent
 from taskyard_common.topology import Topology
 
 from . import gates, rollups
+from .http_metrics import EVENTS_UNPROJECTABLE
 from .job_store import record_of
 from .lifecycle import JobRecord, Reported, changes, lost_worker, transition
 from .models import Checkpoint, Job, JobEventRow
 
 log = logging.getLogger("taskyard.api.projector")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Did a batch fail because something is away (NATS, the database: retried after the restart)
+    rather than because of an event this code cannot project (isolated and skipped)? Unsure means
+    an outage: skipping events while the database is down would lose them."""
+    if isinstance(exc, DataError | IntegrityError):
+        return False
+    if isinstance(exc, DBAPIError):
+        return not str(getattr(exc.orig, "sqlstate", "") or "").startswith(("22", "23"))
+    return isinstance(exc, NatsError | ConnectionError | OSError | TimeoutError)
+
+
 # After a short batch, wait this long for more events, so a trickle of events shares transactions.
 # Short, because a parent's outcome waits this long before the gate keeper releases its children
 # (50 ms made the release take ~40 ms at p50; docs/performance.md).
@@ -116,12 +131,13 @@ class Projector:
                     continue
                 try:
                     await self.project(msgs)
-                except Exception:
-                    # Hand the batch back now rather than after ack_wait; the restart retries it.
-                    for msg in msgs:
-                        with contextlib.suppress(NatsError):
-                            await msg.nak(delay=1)
-                    raise
+                except Exception as exc:
+                    if is_outage(exc):
+                        # Hand the batch back now rather than after ack_wait; the restart retries it.
+                        await _nak(msgs)
+                        raise
+                    await self._one_by_one(msgs)
+                    continue
                 for msg in msgs:
                     await msg.ack()
                 if len(msgs) < self.batch:
@@ -132,6 +148,25 @@ class Projector:
             # A subscription left behind holds nc.drain() at shutdown until its timeout.
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
+
+    async def _one_by_one(self, msgs: list) -> None:
+        """A batch failed for a reason other than an outage: project its events alone, so one
+        event the code cannot project (a bug, a malformed event) does not stop projection for
+        everyone, forever. That event is logged, counted and terminated (never redelivered)."""
+        for msg in msgs:
+            try:
+                await self.project([msg])
+            except Exception as exc:
+                if is_outage(exc):
+                    await _nak(msgs[msgs.index(msg) :])
+                    raise
+                EVENTS_UNPROJECTABLE.inc()
+                log.exception(
+                    "cannot project event %s (EVENTS seq %s): skipped", msg.subject, stream_seq(msg)
+                )
+                await msg.term()
+                continue
+            await msg.ack()
 
     def stop(self) -> None:
         """Finish the batch in hand (projected and acked, not redelivered after ack_wait), then end."""
@@ -206,6 +241,12 @@ class Projector:
             opened.count()
             if opened.released:
                 await self.publish(opened.released)
+
+
+async def _nak(msgs: list) -> None:
+    for msg in msgs:
+        with contextlib.suppress(NatsError):
+            await msg.nak(delay=1)
 
 
 def _checkpoint_row(event: JobEvent) -> dict:
