@@ -170,6 +170,14 @@ def test_bulk_retry_by_filter_of_5000_dead_jobs_each_once_and_recorded(stack):
             timeline = c.get(f"/api/v1/jobs/{job_id}").json()["timeline"]
             marks = [e for e in timeline if e["type"] == "bulk_retry"]
             assert len(marks) == 1 and marks[0]["data"]["by"] == "admin", timeline
+        # And once in the audit log, with what matched and changed.
+        events = c.get("/api/v1/audit", params={"action": "jobs.bulk_retry", "outcome": "ok"}).json()[
+            "events"
+        ]
+        assert [(e["actor"]["name"], e["detail"]["changed"]) for e in events] == [
+            ("admin", 5000),
+            ("admin", 0),
+        ]
         # Again: nothing is dead any more, so nothing changes.
         again = c.post("/api/v1/jobs:bulk", json={"action": "retry", "filter": flt}).json()
         assert again["changed"] == 0 and again["matched"] == 0
