@@ -148,3 +148,26 @@ def test_notify_needs_a_signing_secret(stack):
         assert r.status_code == 422 and r.json()["detail"].startswith("notify:"), r.text
         bad = c.post("/api/v1/jobs", json={"type": "noop", "notify": {"url": "ftp://x", "on": ["failed"]}})
         assert bad.status_code == 422 and "notify.url" in bad.json()["detail"]
+
+
+def test_a_batch_and_a_workflow_notify_each_member(stack, tmp_path, receiver_port):
+    stack.start_api(TASKYARD_API_WEBHOOK_SECRET=SECRET)
+    stack.start_executor()
+    url = f"http://127.0.0.1:{receiver_port}/hook"
+    receiver = Receiver(tmp_path, receiver_port)
+    try:
+        with stack.http() as c:
+            notify = {"url": url, "on": ["succeeded"]}
+            batch = c.post("/api/v1/batches", json={"jobs": [{"type": "noop"}] * 3, "notify": notify})
+            assert batch.status_code == 201, batch.text
+            flow = c.post(
+                "/api/v1/workflows",
+                json={"nodes": [{"id": "a", "type": "noop"}, {"id": "b", "type": "noop", "needs": ["a"]}],
+                      "notify": notify},
+            )  # fmt: skip
+            assert flow.status_code == 201, flow.text
+        wait_until(lambda: len(receiver.events()) == 5, 60, "a delivery per member")
+        members = {j["id"] for j in batch.json()["jobs"]} | {n["job_id"] for n in flow.json()["nodes"]}
+        assert {e["job"]["id"] for e in receiver.events()} == members
+    finally:
+        receiver.stop()

@@ -16,7 +16,7 @@ from .ids import new_id
 from .job_store import JobStore, jobs_table, record_of
 from .lifecycle import JobRecord, new_job
 from .models import Batch, JobEventRow
-from .plan import as_items
+from .plan import as_items, with_notify
 from .schemas import BatchCreate, JobBatch, JobFields, iso
 
 if TYPE_CHECKING:
@@ -167,6 +167,7 @@ async def submit_batch_of(
                     raise Invalid("; ".join(problems))
                 callbacks[kind] = spec.model_dump(mode="json")
     row = batch_row(who.id, len(body.jobs), name, callbacks, time.time())
-    results = await svc.submit(as_items(body.jobs, many=True), who, (batches_table, row), batch_id=row["id"])
+    items = with_notify(as_items(body.jobs, many=True), getattr(body, "notify", None))
+    results = await svc.submit(items, who, (batches_table, row), batch_id=row["id"])
     WORK_CREATED.labels("batch").inc()
     return row, results

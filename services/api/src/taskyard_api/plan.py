@@ -4,7 +4,7 @@ Pure: the API turns a batch request's `name`/`depends_on` or a workflow's `id`/`
 `Item`s, and `check_graph` refuses what can never run, naming the item, with nothing written.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .failures import Invalid
@@ -96,6 +96,13 @@ def _cycle(names: dict[str, Item], stuck: set[str]) -> list[str]:
         if node in path:
             return [*path[path.index(node) :], node]
         path.append(node)
+
+
+def with_notify(items: list[Item], notify: Any) -> list[Item]:
+    """A batch's or workflow's `notify` is each member's webhook, unless the member has its own."""
+    if notify is None:
+        return items
+    return [replace(i, spec=i.spec.model_copy(update={"notify": i.spec.notify or notify})) for i in items]
 
 
 def as_items(jobs: list[Any], many: bool) -> list[Item]:

@@ -213,6 +213,7 @@ class BatchCreate(JobBatch):
     the batch's summary in `payload.batch`."""
 
     name: str | None = Field(None, min_length=1, max_length=200)
+    notify: NotifySpec | None = Field(None, description="Each member's webhook, unless it has its own.")
     on_success: JobFields | None = Field(None, description="Runs if every member succeeded.")
     on_failure: JobFields | None = Field(None, description="Runs if any member did not succeed.")
     on_complete: JobFields | None = Field(None, description="Runs in either case.")
@@ -236,6 +237,7 @@ class WorkflowCreate(BaseModel):
     model_config = {"extra": "forbid"}
     name: str | None = Field(None, min_length=1, max_length=200)
     nodes: list[WorkflowNode] = Field(min_length=1)
+    notify: NotifySpec | None = Field(None, description="Each node's webhook, unless it has its own.")
     on_failure: Literal["stop", "continue"] = Field(
         "stop",
         description="stop: a failed node skips every node not yet started; continue: only its descendants.",

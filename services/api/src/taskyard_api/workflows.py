@@ -17,7 +17,7 @@ from .job_store import jobs_table, record_of
 from .jobs import JobService
 from .lifecycle import JobRecord
 from .models import Workflow
-from .plan import workflow_items
+from .plan import with_notify, workflow_items
 from .schemas import WorkflowCreate, iso
 
 workflows_table: Table = Workflow.__table__  # type: ignore[assignment]  # a declarative model's Table
@@ -34,7 +34,8 @@ async def create(svc: JobService, body: WorkflowCreate, who: Principal) -> str:
         "created_at": now,
         "finished_at": None,
     }
-    await svc.submit(workflow_items(body.nodes), who, (workflows_table, row), workflow_id=row["id"])
+    items = with_notify(workflow_items(body.nodes), body.notify)
+    await svc.submit(items, who, (workflows_table, row), workflow_id=row["id"])
     WORK_CREATED.labels("workflow").inc()
     return str(row["id"])
 
