@@ -171,3 +171,25 @@ def test_a_batch_and_a_workflow_notify_each_member(stack, tmp_path, receiver_por
         assert {e["job"]["id"] for e in receiver.events()} == members
     finally:
         receiver.stop()
+
+
+def test_an_outcome_the_api_decides_is_notified_too(stack, tmp_path, receiver_port):
+    stack.start_api(TASKYARD_API_WEBHOOK_SECRET=SECRET)
+    stack.start_executor(handlers="handlers_for_tests")
+    url = f"http://127.0.0.1:{receiver_port}/hook"
+    receiver = Receiver(tmp_path, receiver_port)
+    try:
+        with stack.http() as c:
+            job = c.post(
+                "/api/v1/jobs",
+                json={"type": "deploy", "payload": {"counter_file": str(tmp_path / "n")},
+                      "notify": {"url": url, "on": ["failed"]}},
+            ).json()  # fmt: skip
+            ck = stack.wait_status(job["id"], "waiting")["checkpoint"]
+            assert c.post(f"/api/v1/checkpoints/{ck['id']}/reject", json={"reason": "no"}).status_code == 200
+            stack.wait_status(job["id"], "failed")
+        wait_until(lambda: len(receiver.events()) == 1, 30, "the rejection's webhook")
+        [event] = receiver.events()
+        assert (event["job"]["id"], event["event"]) == (job["id"], "job.failed")
+    finally:
+        receiver.stop()

@@ -231,8 +231,13 @@ class Projector:
             opened = await gates.settle(session, ended) if ended else None
             enqueued = 0
             if self.notifier is not None:
-                changed = [job for job_id, job in jobs.items() if job.status != before[job_id].status]
-                enqueued = await self.notifier.enqueue(session, changed)
+                # Moved here, ended by the API (a checkpoint's rejection arrives as a `failed` event
+                # on a job it already failed), or ended by the gate keeper: one delivery id per
+                # outcome, so seeing an outcome twice stores it once.
+                changed = [
+                    job for job_id, job in jobs.items() if job.status != before[job_id].status or job.finished
+                ]
+                enqueued = await self.notifier.enqueue(session, changed + (opened.ended if opened else []))
             await rollups.add(session, tally)
             await session.commit()
         if enqueued:
