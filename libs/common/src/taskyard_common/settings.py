@@ -1,5 +1,7 @@
 """One settings class per concern, each with its own environment prefix."""
 
+import ipaddress
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -57,3 +59,17 @@ class ArtifactSettings(BaseSettings):
     chunk_bytes: int = Field(256 * 1024, ge=1024, le=1024 * 1024)
     # Where executors create job working directories (default: the system temp dir).
     work_root: str | None = None
+
+
+def proxy_list(value: str) -> list[str]:
+    """`"10.0.0.5, 10.244.0.0/16"` as a list (the trusted proxies of a service's
+    `forwarded_allow_ips`); ValueError naming an entry that is no IP address or network."""
+    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"forwarded_allow_ips: {entry!r} is not an IP address or network (CIDR)"
+            ) from None
+    return entries

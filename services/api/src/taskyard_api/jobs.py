@@ -372,17 +372,23 @@ class JobService:
                     moves.append(await self.decide(child, who, Cancel(now)))
                 except (Refused, NotFound, Forbidden):
                     continue  # ended already, or not the caller's to cancel
+        await self._cancelled(moves, who)
+        return moves[0][1]
+
+    async def _cancelled(self, moves: list[tuple[JobRecord, JobRecord]], who: Principal) -> None:
+        """After cancels were stored: drop their queued messages, stop them on executors, put
+        `cancelled` on their timelines, and let what waited for them follow its edges."""
         for old, job in moves:
             if old.stream_seq is not None and old.outbox_at is None:
                 await self.publisher.delete_queued(old.stream_seq)
             if old.status != "blocked":  # it may be on an executor (or about to be)
                 await self.publisher.broadcast_cancel(job.id)
         events = [
-            JobEvent.of(job, "cancelled", {"by": who.name}, attempt=job.attempt, at=now) for _, job in moves
+            JobEvent.of(job, "cancelled", {"by": who.name}, attempt=job.attempt, at=job.updated_at)
+            for _, job in moves
         ]
         await self.publisher.publish_events(events)
         await self.settle([job for _, job in moves])
-        return moves[0][1]
 
     async def decide_many(
         self, job_ids: list[str], who: Principal, event: Event
@@ -407,18 +413,7 @@ class JobService:
     async def cancel_many(self, job_ids: list[str], who: Principal) -> list[JobRecord]:
         """`cancel` for many jobs at once (bulk actions); returns the jobs it cancelled."""
         moved = await self.decide_many(job_ids, who, Cancel(time.time()))
-        for old, job in moved:
-            if old.stream_seq is not None and old.outbox_at is None:
-                await self.publisher.delete_queued(old.stream_seq)
-            if old.status != "blocked":  # it may be on an executor (or about to be)
-                await self.publisher.broadcast_cancel(job.id)
-        events = [
-            JobEvent.of(job, "cancelled", {"by": who.name}, attempt=job.attempt, at=job.updated_at)
-            for _, job in moved
-        ]
-        await self.publisher.publish_events(events)
-        # What waited for them: their edges decide (the gate keeper), as `cancel(..., "leave")`.
-        await self.settle([job for _, job in moved])
+        await self._cancelled(moved, who)  # what waited for them follows its edges ("leave")
         return [job for _, job in moved]
 
     async def retry_many(self, job_ids: list[str], who: Principal) -> list[JobRecord]:

@@ -1,25 +1,13 @@
 """API settings (TASKYARD_API_*)."""
 
-import ipaddress
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from taskyard_common.settings import proxy_list
+
 from .schemas import NotifySpec
-
-
-def proxy_list(value: str) -> list[str]:
-    """`"10.0.0.5, 10.244.0.0/16"` as a list; ValueError naming an entry that is no IP or network."""
-    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
-    for entry in entries:
-        try:
-            ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            raise ValueError(
-                f"forwarded_allow_ips: {entry!r} is not an IP address or network (CIDR)"
-            ) from None
-    return entries
 
 
 class ApiSettings(BaseSettings):

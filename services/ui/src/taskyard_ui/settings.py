@@ -1,9 +1,9 @@
 """Settings of the web UI (TASKYARD_UI_*)."""
 
-import ipaddress
-
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from taskyard_common.settings import proxy_list
 
 
 class UiSettings(BaseSettings):
@@ -32,22 +32,9 @@ class UiSettings(BaseSettings):
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _proxy_addresses(cls, value: str) -> str:
-        cls.proxies(value)
+        proxy_list(value)
         return value
-
-    @staticmethod
-    def proxies(value: str) -> list[str]:
-        """The list in `value`; ValueError naming an entry that is no IP address or network."""
-        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
-        for entry in entries:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise ValueError(
-                    f"forwarded_allow_ips: {entry!r} is not an IP address or network (CIDR)"
-                ) from None
-        return entries
 
     @property
     def trusted_proxies(self) -> list[str]:
-        return self.proxies(self.forwarded_allow_ips)
+        return proxy_list(self.forwarded_allow_ips)
