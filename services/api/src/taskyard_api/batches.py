@@ -3,7 +3,7 @@
 import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskyard_common.schemas import FINAL_STATES
@@ -13,9 +13,9 @@ from .failures import Invalid, TooLarge
 from .gates import as_dict
 from .http_metrics import WORK_CREATED
 from .ids import new_id
-from .job_store import JobStore, jobs_table, record_of
+from .job_store import JobStore, record_of
 from .lifecycle import JobRecord, new_job
-from .models import Batch, JobEventRow
+from .models import JobEventRow, batches_table, jobs_table
 from .plan import as_items, with_notify
 from .schemas import BatchCreate, JobBatch, JobFields, iso
 
@@ -23,19 +23,17 @@ if TYPE_CHECKING:
     from .gates import Opened
     from .jobs import JobService
 
-batches_table: Table = Batch.__table__  # type: ignore[assignment]  # a declarative model's Table
 # Failures grouped by error type, each with at most this many examples.
 EXAMPLES = 5
 
 
-def batch_row(
-    owner_id: str, total: int, name: str | None, callbacks: dict[str, Any], now: float
-) -> dict[str, Any]:
+def batch_row(owner_id: str, name: str | None, callbacks: dict[str, Any], now: float) -> dict[str, Any]:
+    """The `batches` row. How many members it has is not stored: its jobs say (a member whose
+    idempotency key names a stored job is that job, which stays where it was)."""
     return {
         "id": new_id(now),
         "owner_id": owner_id,
         "name": name,
-        "total": total,
         "callbacks": callbacks,
         "created_at": now,
         "completed_at": None,
@@ -72,14 +70,15 @@ async def failures(session: AsyncSession, batch_id: str, limit: int = 1000) -> l
 
 
 def summary(batch: Any, by_status: dict[str, int], failed: list[dict[str, Any]]) -> dict[str, Any]:
+    total = sum(by_status.values())
     done = sum(n for status, n in by_status.items() if status in FINAL_STATES)
     return {
         "id": batch.id,
         "name": batch.name,
-        "total": batch.total,
+        "total": total,
         "done": done,
         "succeeded": by_status.get("succeeded", 0),
-        "percent": round(100 * done / batch.total, 1) if batch.total else 100.0,
+        "percent": round(100 * done / total, 1) if total else 100.0,
         "counts": by_status,
         "failures": failed,
         "created_at": iso(batch.created_at),
@@ -105,7 +104,7 @@ async def complete_batch(session: AsyncSession, batch_id: str, now: float, out: 
     by_status = await counts(session, batch_id)
     failed = await failures(session, batch_id)
     info = summary(batch, by_status, failed)
-    all_ok = by_status.get("succeeded", 0) == batch.total
+    all_ok = by_status.get("succeeded", 0) == info["total"]
     wanted = ["on_complete", "on_success" if all_ok else "on_failure"]
     jobs = []
     for kind in wanted:
@@ -166,7 +165,7 @@ async def submit_batch_of(
                 if problems:
                     raise Invalid("; ".join(problems))
                 callbacks[kind] = spec.model_dump(mode="json")
-    row = batch_row(who.id, len(body.jobs), name, callbacks, time.time())
+    row = batch_row(who.id, name, callbacks, time.time())
     items = with_notify(as_items(body.jobs, many=True), getattr(body, "notify", None))
     results = await svc.submit(items, who, (batches_table, row), batch_id=row["id"])
     WORK_CREATED.labels("batch").inc()

@@ -20,10 +20,10 @@ from taskyard_common.schemas import FINAL_STATES
 from .auth import Principal
 from .failures import Invalid
 from .job_search import JobFilter, where
-from .job_store import jobs_table as jobs
 from .jobs import JobService
 from .lifecycle import RETRYABLE_STATES
 from .models import Checkpoint, JobEventRow
+from .models import jobs_table as jobs
 
 log = logging.getLogger("taskyard.api.bulk")
 PAGE = 500

@@ -13,19 +13,16 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import Table, and_, func, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskyard_common.schemas import FINAL_STATES
 
 from .http_metrics import BATCH_DURATION, BATCHES_COMPLETED, GATE_MOVES, GATE_RELEASE
-from .job_store import JobStore, jobs_table, record_of
+from .job_store import JobStore, record_of
 from .lifecycle import JobRecord, Rearm, Released, Skipped, Unrunnable, transition
-from .models import Batch, JobEdge, Workflow
+from .models import edges_table, jobs_table, workflows_table
 
-edges_table: Table = JobEdge.__table__  # type: ignore[assignment]  # a declarative model's Table
-batches_table: Table = Batch.__table__  # type: ignore[assignment]
-workflows_table: Table = Workflow.__table__  # type: ignore[assignment]
 _FINAL = sorted(FINAL_STATES)
 
 
@@ -116,7 +113,8 @@ async def settle(session: AsyncSession, ended: list[JobRecord], now: float | Non
     frontier = {job.id: job.status for job in ended if job.finished}
     while frontier:
         closed = await _close_edges(session, frontier)
-        children = await _lock(session, {child for _, child, _ in closed})
+        # Locked: two api processes closing a child's last two edges count them one after the other.
+        children = await JobStore.lock_many(session, {child for _, child, _ in closed})
         if not children:
             break
         refused = {child: parent for parent, child, accepted in closed if not accepted}
@@ -199,7 +197,7 @@ async def rearm(session: AsyncSession, roots: list[JobRecord], now: float) -> Op
             select(j.id, j.error).where(j.workflow_id == workflow_id, j.status == "skipped")
         )
         targets += [i for i, error in stopped.tuples() if (error or {}).get("type") == "WorkflowStopped"]
-    jobs = await _lock(session, set(targets))
+    jobs = await JobStore.lock_many(session, set(targets))
     again = [job for job in jobs.values() if job.finished and job.status != "succeeded"]
     if not again:
         return Opened()
@@ -246,17 +244,6 @@ async def _close_edges(session: AsyncSession, ended: dict[str, str]) -> list[tup
         )
         closed += [(parent, child, state == "accepted") for parent, child in rows]
     return closed
-
-
-async def _lock(session: AsyncSession, ids: set[str]) -> dict[str, JobRecord]:
-    """The children, locked for this transaction on PostgreSQL (in id order: no lock cycles), so
-    two api processes closing a child's last two edges count them one after the other."""
-    if not ids:
-        return {}
-    query = select(jobs_table).where(jobs_table.c.id.in_(ids)).order_by(jobs_table.c.id)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    return {row.id: record_of(row) for row in await session.execute(query)}
 
 
 async def _open_counts(session: AsyncSession, children: list[str]) -> dict[str, int]:

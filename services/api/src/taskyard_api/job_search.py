@@ -21,7 +21,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from taskyard_common.schemas import JobState
 
 from .failures import Invalid
-from .job_store import jobs_table as jobs
+from .models import jobs_table as jobs
 from .schemas import LABEL_NAME, QUEUE
 
 # Epoch seconds, or an ISO 8601 date or date-time (no offset: UTC). The pattern admits no

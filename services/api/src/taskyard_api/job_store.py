@@ -12,9 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from .driver_insert import DriverInsert
 from .lifecycle import COLUMNS, JobRecord, changes
-from .models import Job
+from .models import jobs_table
 
-jobs_table: Table = Job.__table__  # type: ignore[assignment]  # a declarative model's Table
 _BY_ID = select(jobs_table).where(jobs_table.c.id == bindparam("job_id"))
 _MARK_PUBLISHED = (
     update(jobs_table)
@@ -64,6 +63,17 @@ class JobStore:
     async def get_many(session: AsyncSession, ids: list[str]) -> dict[str, JobRecord]:
         rows = await session.execute(select(jobs_table).where(jobs_table.c.id.in_(ids)))
         return {row.id: record_of(row) for row in rows}
+
+    @staticmethod
+    async def lock_many(session: AsyncSession, ids: set[str]) -> dict[str, JobRecord]:
+        """The jobs, their rows locked for this transaction on PostgreSQL (in id order, so two
+        transactions never wait on each other in a circle); SQLite has one writer anyway."""
+        if not ids:
+            return {}
+        query = select(jobs_table).where(jobs_table.c.id.in_(ids)).order_by(jobs_table.c.id)
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        return {row.id: record_of(row) for row in await session.execute(query)}
 
     @staticmethod
     async def save(session: AsyncSession, old: JobRecord, new: JobRecord) -> bool:

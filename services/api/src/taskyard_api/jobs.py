@@ -24,12 +24,11 @@ from taskyard_common.topology import QueueLimitReached
 from . import gates
 from .auth import Principal
 from .failures import Forbidden, Invalid, NotFound, Refused, TooLarge
-from .gates import edges_table
 from .ids import JOB_ID, new_id
 from .job_store import JobStore
 from .job_types import KnownTypes
 from .lifecycle import Cancel, Event, JobRecord, Published, Retry, new_job, transition
-from .models import JobNotify
+from .models import edges_table, job_notify_table
 from .notify import webhook_rows
 from .plan import Item, check_graph
 from .publisher import Publisher
@@ -39,13 +38,25 @@ from .settings import ApiSettings
 log = logging.getLogger("taskyard.api.jobs")
 _tracer = tracer("taskyard.api")
 
-job_notify_table: Table = JobNotify.__table__  # type: ignore[assignment]  # a declarative model's Table
 # What a job record takes from a request's spec (the rest is where it sits: name, parents, …).
 JOB_FIELDS = set(JobFields.model_fields) - {"notify"}  # the webhook is a row of its own
 # Most jobs one grouped INSERT carries (like a jobs:batch request).
 GROUP_MAX = 500
 # How often a command decides again when a concurrent writer moved the job under it.
 DECIDE_TRIES = 5
+
+
+# Work a command's transaction does after its own writes (the gate keeper's), committed with them.
+Follow = Callable[[AsyncSession, list[JobRecord]], Awaitable[gates.Opened]]
+
+
+def _rearm(now: float) -> Follow:
+    """After retries: what waited for the retried jobs and did not succeed waits for them again."""
+
+    async def follow(session: AsyncSession, jobs: list[JobRecord]) -> gates.Opened:
+        return await gates.rearm(session, jobs, now)
+
+    return follow
 
 
 def _may_see(who: Principal, job: JobRecord) -> bool:
@@ -253,10 +264,6 @@ class JobService:
             if item.name:
                 by_name[item.name] = results[-1][0].id
         new = [job for job, created in results if created]
-        for table, row in extra:
-            if table.name == "batches":
-                # A member whose idempotency key names a stored job is that job, not a member.
-                row["total"] = len(new)
         edges = [
             {"parent_id": by_name.get(dep.job, dep.job), "child_id": job.id, "on": dep.on, "state": "open"}
             for item, (job, created) in zip(items, results, strict=True)
@@ -342,20 +349,24 @@ class JobService:
         job = await JobStore.get(session, job_id) if JOB_ID.fullmatch(job_id) else None
         if job is None:
             raise NotFound(f"job {job_id[:40]} not found")
-        if not who.at_least("admin") and job.owner_id != who.id:
+        if not _may_see(who, job):
             raise Forbidden("only an admin or the job's submitter may change it")
         return job
 
-    async def decide(self, job_id: str, who: Principal, event: Event) -> tuple[JobRecord, JobRecord]:
-        """Apply a command to a job and store it: (before, after). Decided again if a concurrent
-        writer (the projector, another API process) moved the job in between."""
+    async def decide(
+        self, job_id: str, who: Principal, event: Event, follow: Follow | None = None
+    ) -> tuple[JobRecord, JobRecord, gates.Opened]:
+        """Apply a command to a job and store it: (before, after, what `follow` opened in the same
+        transaction). Decided again if a concurrent writer (the projector, another API process)
+        moved the job in between."""
         for _ in range(DECIDE_TRIES):
             async with self.sessions() as session:
                 old = await self.get_owned(session, job_id, who)
                 new = transition(old, event)
                 if await JobStore.save(session, old, new):
+                    opened = await follow(session, [new]) if follow else gates.Opened()
                     await session.commit()
-                    return old, new
+                    return old, new, opened
         raise Refused(f"job {job_id} keeps changing; retry")
 
     async def cancel(self, job_id: str, who: Principal, descendants: str = "cascade") -> JobRecord:
@@ -363,13 +374,13 @@ class JobService:
         `descendants`: `cascade` cancels what waits for it too; `leave` lets their edges decide
         (skipped, or run if they wait for it to finish whatever the outcome)."""
         now = time.time()
-        moves = [await self.decide(job_id, who, Cancel(now))]
+        moves = [(await self.decide(job_id, who, Cancel(now)))[:2]]
         if descendants == "cascade":
             async with self.sessions() as session:
                 waiting = await gates.descendants(session, [job_id])
             for child in waiting:
                 try:
-                    moves.append(await self.decide(child, who, Cancel(now)))
+                    moves.append((await self.decide(child, who, Cancel(now)))[:2])
                 except (Refused, NotFound, Forbidden):
                     continue  # ended already, or not the caller's to cancel
         await self._cancelled(moves, who)
@@ -391,15 +402,15 @@ class JobService:
         await self.settle([job for _, job in moves])
 
     async def decide_many(
-        self, job_ids: list[str], who: Principal, event: Event
-    ) -> list[tuple[JobRecord, JobRecord]]:
-        """Apply one command to many jobs in one transaction: (before, after) of each job it moved.
-        A job the command may not apply to (Refused), or that a concurrent writer moved (its guard
-        no longer matches), is left as it is and not returned."""
+        self, job_ids: list[str], who: Principal, event: Event, follow: Follow | None = None
+    ) -> tuple[list[tuple[JobRecord, JobRecord]], gates.Opened]:
+        """Apply one command to many jobs in one transaction: (before, after) of each job it moved,
+        and what `follow` opened in that transaction. A job the command may not apply to (Refused),
+        or that a concurrent writer moved (its guard no longer matches), is left as it is."""
         moved: list[tuple[JobRecord, JobRecord]] = []
         async with self.sessions() as session:
             for old in (await JobStore.get_many(session, job_ids)).values():
-                if not who.at_least("admin") and old.owner_id != who.id:
+                if not _may_see(who, old):
                     continue
                 try:
                     new = transition(old, event)
@@ -407,54 +418,36 @@ class JobService:
                     continue
                 if await JobStore.save(session, old, new):
                     moved.append((old, new))
+            opened = await follow(session, [new for _, new in moved]) if follow else gates.Opened()
             await session.commit()
-        return moved
+        return moved, opened
 
     async def cancel_many(self, job_ids: list[str], who: Principal) -> list[JobRecord]:
         """`cancel` for many jobs at once (bulk actions); returns the jobs it cancelled."""
-        moved = await self.decide_many(job_ids, who, Cancel(time.time()))
+        moved, _ = await self.decide_many(job_ids, who, Cancel(time.time()))
         await self._cancelled(moved, who)  # what waited for them follows its edges ("leave")
         return [job for _, job in moved]
 
     async def retry_many(self, job_ids: list[str], who: Principal) -> list[JobRecord]:
         """`retry` for many jobs at once (bulk actions): one transaction, one publish burst."""
         now = time.time()
-        moved: list[JobRecord] = []
-        async with self.sessions() as session:
-            for old in (await JobStore.get_many(session, job_ids)).values():
-                if not who.at_least("admin") and old.owner_id != who.id:
-                    continue
-                try:
-                    new = transition(old, Retry(now))
-                except Refused:
-                    continue
-                if await JobStore.save(session, old, new):
-                    moved.append(new)
-            # As `retry`: what waited for them and did not succeed waits for them again.
-            opened = await gates.rearm(session, moved, now)
-            await session.commit()
-        opened.count()
-        retried = await self.publish(moved)
-        await self.publish(opened.released)
-        return retried
+        moved, opened = await self.decide_many(job_ids, who, Retry(now), follow=_rearm(now))
+        return await self._retried([job for _, job in moved], opened)
 
     async def retry(self, job_id: str, who: Principal) -> JobRecord:
         """Run a finished job again as a new message generation (escapes the dedupe window); what
         waited for it and did not succeed waits for it again."""
         now = time.time()
-        for _ in range(DECIDE_TRIES):
-            async with self.sessions() as session:
-                old = await self.get_owned(session, job_id, who)
-                job = transition(old, Retry(now))
-                if not await JobStore.save(session, old, job):
-                    continue
-                opened = await gates.rearm(session, [job], now)
-                await session.commit()
-            opened.count()
-            [job] = await self.publish([job])
-            await self.publish(opened.released)
-            return job
-        raise Refused(f"job {job_id} keeps changing; retry")
+        _, job, opened = await self.decide(job_id, who, Retry(now), follow=_rearm(now))
+        [job] = await self._retried([job], opened)
+        return job
+
+    async def _retried(self, jobs: list[JobRecord], opened: gates.Opened) -> list[JobRecord]:
+        """After retries were stored: publish them and what they rearmed and released at once."""
+        opened.count()
+        retried = await self.publish(jobs)
+        await self.publish(opened.released)
+        return retried
 
     async def sweep_gates(self) -> int:
         """Settle the edges of ended jobs that nobody settled (a crash between a cancel's commit and

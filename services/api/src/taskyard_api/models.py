@@ -1,8 +1,19 @@
 """Database tables. The API is their only writer."""
 
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -101,7 +112,6 @@ class Batch(Base):
     id: Mapped[str] = mapped_column(String(26), primary_key=True)
     owner_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    total: Mapped[int] = mapped_column(Integer)
     # Callback job specs by outcome (on_success / on_failure / on_complete), run once.
     callbacks: Mapped[dict] = mapped_column(JsonType, default=dict)
     created_at: Mapped[float] = mapped_column(Float)
@@ -234,3 +244,13 @@ class JobRollup(Base):
     error_class: Mapped[str] = mapped_column(String(100), primary_key=True, server_default="")
     wait_bucket: Mapped[int] = mapped_column(Integer, primary_key=True, server_default="-1")
     n: Mapped[int] = mapped_column(BigInteger)
+
+
+# The Core tables the API writes with statements of its own (mypy sees `Model.__table__` as a
+# FromClause, which `update()` and `insert()` do not take).
+jobs_table = cast(Table, Job.__table__)
+edges_table = cast(Table, JobEdge.__table__)
+batches_table = cast(Table, Batch.__table__)
+workflows_table = cast(Table, Workflow.__table__)
+job_notify_table = cast(Table, JobNotify.__table__)
+rollups_table = cast(Table, JobRollup.__table__)

@@ -15,7 +15,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
-from sqlalchemy import Table, bindparam, literal, select, update
+from sqlalchemy import bindparam, literal, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
@@ -27,9 +27,9 @@ from taskyard_common.topology import Topology
 
 from . import gates, rollups
 from .http_metrics import EVENTS_UNPROJECTABLE
-from .job_store import record_of
+from .job_store import JobStore
 from .lifecycle import JobRecord, Reported, changes, lost_worker, transition
-from .models import Checkpoint, Job, JobEventRow
+from .models import Checkpoint, JobEventRow, jobs_table
 
 log = logging.getLogger("taskyard.api.projector")
 
@@ -50,7 +50,7 @@ def is_outage(exc: BaseException) -> bool:
 # (50 ms made the release take ~40 ms at p50; docs/performance.md).
 COALESCE_S = 0.005
 
-_jobs: Table = Job.__table__  # type: ignore[assignment]  # a declarative model's Table
+_jobs = jobs_table
 _updates: dict[tuple[tuple[str, ...], bool], Any] = {}
 
 
@@ -189,13 +189,9 @@ class Projector:
             return
         events.sort(key=lambda pair: pair[0])
         async with self.sessions() as session:
-            read = select(_jobs).where(_jobs.c.id.in_({e.job_id for _, e in events}))
-            if session.get_bind().dialect.name == "postgresql":
-                # Several API processes project at once: lock this batch's jobs (in id order, so
-                # two batches never wait on each other in a circle) and decide from their rows
-                # as they are now; another batch of the same jobs waits for this commit.
-                read = read.order_by(_jobs.c.id).with_for_update()
-            before = {row.id: record_of(row) for row in await session.execute(read)}
+            # Several api processes project at once: decide from this batch's rows as they are
+            # now; another batch of the same jobs waits for this commit.
+            before = await JobStore.lock_many(session, {e.job_id for _, e in events})
             jobs = dict(before)
             rows, checkpoints = [], []
             tally = rollups.Tally()

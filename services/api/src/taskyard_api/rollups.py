@@ -13,17 +13,17 @@ import time
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import Table, delete, func, literal_column, select
+from sqlalchemy import delete, func, literal_column, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .failures import Invalid
 from .lifecycle import JobRecord
-from .models import JobRollup
+from .models import rollups_table
 from .schemas import iso
 
-rollups: Table = JobRollup.__table__  # type: ignore[assignment]  # a declarative model's Table
+rollups = rollups_table
 # Upper bounds (seconds) of the queue-wait buckets; the last one catches everything longer.
 WAIT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 86400)
 OUTCOMES = ("succeeded", "failed", "dead", "cancelled", "retrying")

@@ -14,7 +14,7 @@ from . import batches
 from .api_doc import answers
 from .auth import Principal, require
 from .input_checks import CheckedRoute
-from .routes_jobs import _load, _svc
+from .routes_jobs import _load, job_service
 from .routes_work import _batch
 from .views import JsonAnswer
 
@@ -36,7 +36,7 @@ def _file_out(stored) -> dict:  # noqa: ANN001 - a StoredFile
 @router.get("/inputs/{sha256}", responses=answers(404))
 async def input_info(request: Request, sha256: str = SHA256, who: Principal = require("submitter")):
     """Whether an input is stored already (clients skip the upload when it is)."""
-    _svc(request)
+    job_service(request)
     return JsonAnswer(_file_out(await request.app.state.artifacts.input_info(sha256)))
 
 
@@ -54,7 +54,7 @@ async def upload_input(request: Request, sha256: str = SHA256, who: Principal = 
     """
     length = request.headers.get("content-length")
     declared = int(length) if length and length.isdigit() else None
-    _svc(request)
+    job_service(request)
     stored, created = await request.app.state.artifacts.upload(sha256, request.stream(), declared)
     return JsonAnswer(_file_out(stored), 201 if created else 200)
 
@@ -75,7 +75,7 @@ async def download_artifact(job_id: str, name: str, request: Request, who: Princ
     """One output, streamed, with its size (Content-Length) and sha256 (X-Taskyard-Sha256).
     Only names in the job's listing are served (they are normalised): any other is a 404."""
     job, timeline = await _load(request, job_id)
-    _svc(request)
+    job_service(request)
     stored, chunks = await request.app.state.artifacts.open(job, timeline, name)
     filename = quote(name.rsplit("/", 1)[-1])
     return StreamingResponse(

@@ -8,8 +8,9 @@ from . import audit, rollups
 from .api_doc import answers
 from .auth import Principal, require
 from .bulk import BulkRequest, BulkService
-from .failures import NotFound, Unavailable
+from .failures import NotFound
 from .input_checks import CheckedRoute
+from .routes_jobs import job_service
 from .routes_queues import QueueName, queue_rows
 from .schemas import iso
 
@@ -53,8 +54,8 @@ async def bulk_action(body: BulkRequest, request: Request, who: Principal = requ
     """Retry, cancel or discard every job the filter matches (in the states the action applies
     to), in pages; `dry_run` only counts. The answer says how many matched and changed."""
     state = request.app.state
-    if not body.dry_run and body.action != "discard" and not state.nc.is_connected:
-        raise Unavailable("NATS unavailable: reconnecting; retry shortly")
+    if not body.dry_run and body.action != "discard":
+        job_service(request)  # refuses while NATS is away: retry and cancel publish
     answer = await BulkService(state.sessions, state.jobs).run(body, who)
     if not body.dry_run:
         # Beside the `bulk_<action>` entry on each changed job's timeline: one line in the audit log.

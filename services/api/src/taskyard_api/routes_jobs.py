@@ -54,7 +54,7 @@ def _admit(request: Request, who: Principal, jobs: int) -> None:
         raise too_many(wait, f"key {who.name!r} submits too fast")
 
 
-def _svc(request: Request) -> JobService:
+def job_service(request: Request) -> JobService:
     """The job service, refusing before anything is written while NATS is away."""
     state = request.app.state
     if not state.nc.is_connected:
@@ -79,7 +79,7 @@ def _svc(request: Request) -> JobService:
 async def submit_job(body: JobCreate, request: Request, who: Principal = require("submitter")):
     _admit(request, who, 1)
     await request.app.state.artifacts.check_inputs([body])
-    [(job, created)] = await _svc(request).submit(as_items([body], many=False), who)
+    [(job, created)] = await job_service(request).submit(as_items([body], many=False), who)
     return JsonAnswer(job_out(job), 201 if created else 200)
 
 
@@ -88,7 +88,7 @@ async def submit_batch(body: JobBatch, request: Request, who: Principal = requir
     """The jobs as one batch (its id in `batch_id`; `GET /api/v1/batches/{id}` for its progress)."""
     _admit(request, who, len(body.jobs))
     await request.app.state.artifacts.check_inputs(body.jobs, "jobs")
-    batch, results = await submit_batch_of(_svc(request), request, body, who)
+    batch, results = await submit_batch_of(job_service(request), request, body, who)
     return JsonAnswer({"batch_id": batch["id"], "jobs": [job_out(job) for job, _ in results]}, 201)
 
 
@@ -215,7 +215,7 @@ async def cancel_job(
     ),
     who: Principal = require("submitter"),
 ):
-    job = await _svc(request).cancel(job_id, who, descendants)
+    job = await job_service(request).cancel(job_id, who, descendants)
     if who.at_least("admin"):  # an admin may act on anyone's job: that is on the record
         await audit.record(request, who, "job.cancel", job_id, owner=job.owner_id)
     return job_out(job)
@@ -223,7 +223,7 @@ async def cancel_job(
 
 @router.post("/jobs/{job_id}/retry", responses=answers(404, 409))
 async def retry_job(job_id: str, request: Request, who: Principal = require("submitter")):
-    job = await _svc(request).retry(job_id, who)
+    job = await job_service(request).retry(job_id, who)
     if who.at_least("admin"):
         await audit.record(request, who, "job.retry", job_id, owner=job.owner_id)
     return job_out(job)

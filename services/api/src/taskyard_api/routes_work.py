@@ -11,12 +11,12 @@ from taskyard_common.schemas import FINAL_STATES
 from . import batches, workflows
 from .api_doc import answers
 from .auth import Principal, require
-from .failures import DomainError, NotFound, Unavailable
+from .failures import DomainError, NotFound
 from .ids import JOB_ID
 from .input_checks import CheckedRoute
-from .job_store import jobs_table
-from .jobs import JobService
 from .lifecycle import RETRYABLE_STATES
+from .models import batches_table, jobs_table
+from .routes_jobs import job_service
 from .schemas import NODE_NAME, BatchCreate, WorkflowCreate
 from .views import JsonAnswer, job_out
 
@@ -24,18 +24,11 @@ router = APIRouter(prefix="/api/v1", route_class=CheckedRoute)
 _UNFINISHED = sorted({"blocked", "queued", "running", "retrying", "waiting"})
 
 
-def _svc(request: Request) -> JobService:
-    state = request.app.state
-    if not state.nc.is_connected:
-        raise Unavailable("NATS unavailable: reconnecting; retry shortly")
-    return state.jobs
-
-
 async def _batch(request: Request, batch_id: str) -> Any:
     row = None
     if JOB_ID.fullmatch(batch_id):
         async with request.app.state.sessions() as session:
-            query = select(batches.batches_table).where(batches.batches_table.c.id == batch_id)
+            query = select(batches_table).where(batches_table.c.id == batch_id)
             row = (await session.execute(query)).first()
     if row is None:
         raise NotFound(f"batch {batch_id[:40]} not found")
@@ -51,7 +44,7 @@ async def _progress(request: Request, batch: Any) -> dict[str, Any]:
             select(jobs_table.c.queue).where(jobs_table.c.batch_id == batch.id).limit(1)
         )
     out = batches.summary(batch, by_status, failed)
-    left = batch.total - out["done"]
+    left = out["total"] - out["done"]
     rate, _ = state.queues.rates(queue) if queue else (0.0, 0.0)
     out["eta_seconds"] = 0.0 if left == 0 else (round(left / rate, 1) if rate > 0 else None)
     return out
@@ -60,7 +53,7 @@ async def _progress(request: Request, batch: Any) -> dict[str, Any]:
 @router.post("/batches", status_code=201, responses=answers(409, 413))
 async def create_batch(body: BatchCreate, request: Request, who: Principal = require("submitter")):
     """Submit jobs as a batch, with callbacks run once when the last member has ended."""
-    batch, results = await batches.submit_batch_of(_svc(request), request, body, who)
+    batch, results = await batches.submit_batch_of(job_service(request), request, body, who)
     return JsonAnswer({"batch_id": batch["id"], "jobs": [job_out(job) for job, _ in results]}, 201)
 
 
@@ -71,7 +64,7 @@ async def get_batch(batch_id: str, request: Request, who: Principal = require("v
 
 
 async def _each(request: Request, who: Principal, ids: list[str], action: str) -> dict[str, Any]:
-    svc = _svc(request)
+    svc = job_service(request)
     done, refused = 0, []
     for job_id in ids:
         try:
@@ -102,7 +95,7 @@ async def cancel_batch(batch_id: str, request: Request, who: Principal = require
 @router.post("/workflows", status_code=201, responses=answers(409, 413))
 async def create_workflow(body: WorkflowCreate, request: Request, who: Principal = require("submitter")):
     """Store a DAG of jobs; nodes run as their `needs` succeed, with `inputs` from their results."""
-    workflow_id = await workflows.create(_svc(request), body, who)
+    workflow_id = await workflows.create(job_service(request), body, who)
     async with request.app.state.sessions() as session:
         loaded = await workflows.load(session, workflow_id)
     return JsonAnswer(workflows.view(*loaded), 201)
@@ -139,4 +132,4 @@ async def retry_workflow_node(
     job = next((n for n in nodes if n.node == body.node), None)
     if job is None:
         raise NotFound(f"node: {body.node!r} is not a node of workflow {workflow_id}")
-    return job_out(await _svc(request).retry(job.id, who))
+    return job_out(await job_service(request).retry(job.id, who))

@@ -3,24 +3,21 @@
 import time
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskyard_common.schemas import FINAL_STATES
 
 from .auth import Principal
 from .failures import NotFound
-from .gates import edges_table
 from .http_metrics import WORK_CREATED
 from .ids import JOB_ID, new_id
-from .job_store import jobs_table, record_of
+from .job_store import record_of
 from .jobs import JobService
 from .lifecycle import JobRecord
-from .models import Workflow
+from .models import edges_table, jobs_table, workflows_table
 from .plan import with_notify, workflow_items
 from .schemas import WorkflowCreate, iso
-
-workflows_table: Table = Workflow.__table__  # type: ignore[assignment]  # a declarative model's Table
 
 
 async def create(svc: JobService, body: WorkflowCreate, who: Principal) -> str:

@@ -39,7 +39,6 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=26), nullable=False),
         sa.Column("owner_id", sa.String(length=32), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=True),
-        sa.Column("total", sa.Integer(), nullable=False),
         sa.Column("callbacks", JSON, nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("completed_at", sa.Float(), nullable=True),
