@@ -7,8 +7,12 @@ import pytest
 from taskyard_api.failures import Refused
 from taskyard_api.lifecycle import (
     COLUMNS,
+    GATED_STATES,
+    Admitted,
+    Approved,
     Cancel,
     Decided,
+    Due,
     JobRecord,
     Published,
     Rearm,
@@ -275,8 +279,85 @@ def test_skipped_and_unrunnable_end_a_blocked_job_naming_why():
 def test_gate_moves_leave_a_job_that_is_not_blocked_alone(status):
     before = job(status=status)
     assert transition(before, Released(at=T0, payload=None)) is before
-    assert transition(before, Skipped(at=T0, parent_id="P", why="w")) is before
     assert transition(before, Unrunnable(at=T0, error={})) is before
+    if status not in GATED_STATES:  # a stopped workflow skips what any gate still holds
+        assert transition(before, Skipped(at=T0, parent_id="P", why="w")) is before
+
+
+# --- time and flow gates -------------------------------------------------------------------------
+
+
+def gated(**fields) -> JobRecord:
+    return new_job(id="J1", owner_id="k1", now=T0, traceparent=None, **{**SPEC, **fields})
+
+
+def test_a_job_passes_its_gates_in_order_parents_time_approval_keys():
+    approval = {"approvers": ["admin"], "expires_at": T0 + 60, "decision": None}
+    every = dict(run_at=T0 + 5, approval=approval, concurrency_key="k", concurrency={"limit": 1})
+    blocked = new_job(id="J1", owner_id="k1", now=T0, traceparent=None, blocked=True, **{**SPEC, **every})
+    assert blocked.status == "blocked"
+    scheduled = transition(blocked, Released(at=T0 + 1, payload=None))
+    assert (scheduled.status, scheduled.outbox_at) == ("scheduled", None)
+    assert transition(scheduled, Due(at=T0 + 4.9)) is scheduled  # too early: the timer woke early
+    held = transition(scheduled, Due(at=T0 + 5))
+    assert (held.status, held.outbox_at) == ("needs_approval", None)
+    throttled = transition(held, Approved(at=T0 + 6, approved=True, by="ops"))
+    assert (throttled.status, throttled.outbox_at, throttled.approval["decision"]["by"]) == (
+        "throttled",
+        None,
+        "ops",
+    )
+    queued = transition(throttled, Admitted(at=T0 + 7))
+    assert (queued.status, queued.outbox_at) == ("queued", T0 + 7)
+
+
+@pytest.mark.parametrize(
+    ("fields", "status"),
+    [
+        ({"run_at": T0 + 1}, "scheduled"),
+        ({"run_at": T0 - 1}, "queued"),  # a time in the past is now
+        ({"approval": {"approvers": ["admin"], "decision": None}}, "needs_approval"),
+        ({"rate_key": "openai", "rate": {"per_s": 5, "burst": 1}}, "throttled"),
+        ({"concurrency_key": "tenant:a", "concurrency": {"limit": 2}}, "throttled"),
+        ({}, "queued"),
+    ],
+)
+def test_a_new_job_starts_at_its_first_closed_gate(fields, status):
+    job_ = gated(**fields)
+    assert (job_.status, job_.outbox_at) == (status, T0 if status == "queued" else None)
+
+
+def test_a_rejected_or_expired_approval_cancels_the_job_with_the_decision():
+    held = gated(approval={"approvers": ["admin"], "decision": None})
+    rejected = transition(held, Approved(at=T0 + 3, approved=False, by="ops", comment="not today"))
+    assert (rejected.status, rejected.finished_at) == ("cancelled", T0 + 3)
+    assert rejected.error == {"type": "ApprovalRejected", "message": "rejected by ops: not today"}
+    expired = transition(held, Approved(at=T0 + 3, approved=False, by=None))
+    assert expired.error["message"] == "approval expired"
+    with pytest.raises(Refused):
+        transition(job(status="queued"), Approved(at=T0, approved=True, by="ops"))
+
+
+@pytest.mark.parametrize("status", [s for s in STATES if s != "throttled"])
+def test_admitted_and_due_move_only_their_own_gate(status):
+    before = job(status=status, run_at=T0 - 1)
+    assert transition(before, Admitted(at=T0)) is before
+    if status != "scheduled":
+        assert transition(before, Due(at=T0)) is before
+
+
+def test_a_retry_with_a_delay_is_scheduled_and_a_retry_with_a_key_is_throttled():
+    failed = job(status="failed", concurrency_key="k", concurrency={"limit": 1})
+    later = transition(failed, Retry(at=T0, run_at=T0 + 30))
+    assert (later.status, later.run_at, later.generation, later.outbox_at) == ("scheduled", T0 + 30, 1, None)
+    now = transition(failed, Retry(at=T0))
+    assert (now.status, now.run_at) == ("throttled", None)
+
+
+@pytest.mark.parametrize("status", sorted(GATED_STATES))
+def test_a_gated_job_cancels(status):
+    after = transition(job(status=status, outbox_at=None), Cancel(at=T0 + 2))
+    assert (after.status, after.finished_at) == ("cancelled", T0 + 2)
 
 
 @pytest.mark.parametrize("status", ["failed", "dead", "cancelled", "skipped"])

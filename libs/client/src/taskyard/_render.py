@@ -5,7 +5,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 JOB_STATUSES = (
-    "blocked", "queued", "running", "retrying", "waiting", "succeeded", "failed", "cancelled", "dead",
+    "blocked", "scheduled", "needs_approval", "throttled", "queued", "running", "retrying", "waiting", "succeeded", "failed", "cancelled", "dead",
     "skipped",
 )  # fmt: skip
 

@@ -11,6 +11,9 @@ Priority = Literal["high", "normal", "low"]
 
 class JobState(StrEnum):
     blocked = "blocked"  # waits for its parents (depends_on, a workflow's needs)
+    scheduled = "scheduled"  # waits for its time (run_at, delay_s)
+    needs_approval = "needs_approval"  # waits for a person's yes before it may start
+    throttled = "throttled"  # waits for a place under its concurrency or rate key
     queued = "queued"
     running = "running"
     retrying = "retrying"

@@ -119,10 +119,8 @@ def _callback(spec: JobFields, owner_id: str, kind: str, info: dict[str, Any], n
     payload["batch"] = info
     # Its own webhook: not yet. An idempotency key: none (it runs once per completion; a key
     # that names a stored job would make its insert fail).
-    fields = spec.model_dump(exclude={"payload", "notify", "idempotency_key"}) | {"idempotency_key": None}
-    return new_job(
-        id=new_id(now), owner_id=owner_id, now=now, traceparent=None, payload=payload, node=kind, **fields
-    )
+    fields = spec.record_fields(now) | {"payload": payload, "idempotency_key": None}
+    return new_job(id=new_id(now), owner_id=owner_id, now=now, traceparent=None, node=kind, **fields)
 
 
 async def members(session: AsyncSession, batch_id: str, statuses: list[str]) -> list[JobRecord]:

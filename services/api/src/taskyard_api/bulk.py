@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from taskyard_common.schemas import FINAL_STATES
+from taskyard_common.schemas import FINAL_STATES, JobState
 
 from .auth import Principal
 from .failures import Invalid
@@ -31,7 +31,7 @@ Action = Literal["retry", "cancel", "discard"]
 # The states each action applies to: the rest of a filter's matches are left alone.
 APPLIES_TO: dict[str, frozenset[str]] = {
     "retry": RETRYABLE_STATES,
-    "cancel": frozenset({"queued", "running", "retrying", "waiting", "blocked"}),
+    "cancel": frozenset(JobState) - FINAL_STATES,
     "discard": frozenset(FINAL_STATES),
 }
 

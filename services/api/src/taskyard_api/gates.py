@@ -20,7 +20,7 @@ from taskyard_common.schemas import FINAL_STATES
 
 from .http_metrics import BATCH_DURATION, BATCHES_COMPLETED, GATE_MOVES, GATE_RELEASE
 from .job_store import JobStore, record_of
-from .lifecycle import JobRecord, Rearm, Released, Skipped, Unrunnable, transition
+from .lifecycle import GATED_STATES, JobRecord, Rearm, Released, Skipped, Unrunnable, transition
 from .models import edges_table, jobs_table, workflows_table
 
 _FINAL = sorted(FINAL_STATES)
@@ -163,7 +163,9 @@ async def _stop_workflows(session: AsyncSession, ended: list[JobRecord], now: fl
     for workflow_id in stopping:
         cause = failed[workflow_id]
         rows = await session.execute(
-            select(jobs_table).where(j.workflow_id == workflow_id, j.status == "blocked").order_by(j.id)
+            select(jobs_table)
+            .where(j.workflow_id == workflow_id, j.status.in_(sorted(GATED_STATES)))
+            .order_by(j.id)
         )
         for child in (record_of(row) for row in rows):
             why = f"workflow stopped: node {cause.node!r} ({cause.id}) {cause.status}"

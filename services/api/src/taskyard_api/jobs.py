@@ -27,19 +27,16 @@ from .failures import Forbidden, Invalid, NotFound, Refused, TooLarge
 from .ids import JOB_ID, new_id
 from .job_store import JobStore
 from .job_types import KnownTypes
-from .lifecycle import Cancel, Event, JobRecord, Published, Retry, new_job, transition
+from .lifecycle import GATED_STATES, Cancel, Event, JobRecord, Published, Retry, new_job, transition
 from .models import edges_table, job_notify_table
 from .notify import webhook_rows
 from .plan import Item, check_graph
 from .publisher import Publisher
-from .schemas import JobFields
 from .settings import ApiSettings
 
 log = logging.getLogger("taskyard.api.jobs")
 _tracer = tracer("taskyard.api")
 
-# What a job record takes from a request's spec (the rest is where it sits: name, parents, …).
-JOB_FIELDS = set(JobFields.model_fields) - {"notify"}  # the webhook is a row of its own
 # Most jobs one grouped INSERT carries (like a jobs:batch request).
 GROUP_MAX = 500
 # How often a command decides again when a concurrent writer moved the job under it.
@@ -81,7 +78,7 @@ def _new_record(item: Item, owner: Principal, now: float, member: dict[str, Any]
         node=item.name,
         inputs=item.inputs,
         **member,
-        **spec.model_dump(include=JOB_FIELDS),
+        **spec.record_fields(now),
         artifacts=spec.artifacts(),
     )
 
@@ -392,7 +389,7 @@ class JobService:
         for old, job in moves:
             if old.stream_seq is not None and old.outbox_at is None:
                 await self.publisher.delete_queued(old.stream_seq)
-            if old.status != "blocked":  # it may be on an executor (or about to be)
+            if old.status not in GATED_STATES:  # it may be on an executor (or about to be)
                 await self.publisher.broadcast_cancel(job.id)
         events = [
             JobEvent.of(job, "cancelled", {"by": who.name}, attempt=job.attempt, at=job.updated_at)

@@ -6,7 +6,9 @@ I/O, so every legal and illegal move is tested in milliseconds (tests/unit/test_
 the callers load a record, ask the core, and write back `changes(old, new)` under a guard.
 
 Whether a job's current message is in JOBS is outbox bookkeeping (`outbox_at`), not a status:
-a submitted job is `queued` from the moment it is stored.
+a submitted job is `queued` from the moment it is stored, unless a gate holds it. Gates are
+passed in one order (`gate_status`): parents (`blocked`), its time (`scheduled`), a person's yes
+(`needs_approval`), a place under its concurrency or rate key (`throttled`), then `queued`.
 """
 
 from dataclasses import dataclass, fields, replace
@@ -16,8 +18,12 @@ from taskyard_common.schemas import FINAL_STATES, JobEvent
 
 from .failures import Refused
 
-# A job is waiting for a decision, a retry, its parents or a slot in these states (it gets a reason).
-WAITING_STATES = frozenset({"blocked", "queued", "retrying", "waiting"})
+# Held by a gate: stored, not in JOBS, waiting for the gate to open (docs/gates.md).
+GATED_STATES = frozenset({"blocked", "scheduled", "needs_approval", "throttled"})
+# A job is waiting for a decision, a retry, a gate or a slot in these states (it gets a reason).
+WAITING_STATES = GATED_STATES | {"queued", "retrying", "waiting"}
+# A job holds its place under its concurrency key from admission until it ends.
+KEY_HOLDING_STATES = frozenset({"queued", "running", "retrying", "waiting"})
 # Only these end states may be run again.
 RETRYABLE_STATES = frozenset({"failed", "dead", "cancelled"})
 # Edge conditions: the child runs once its parent ended so.
@@ -69,10 +75,24 @@ class JobRecord:
     inputs: dict[str, str] | None = None
     # Input files and output globs ({"inputs": [...], "outputs": [...]}), None for a job without files.
     artifacts: dict[str, Any] | None = None
+    # Gates beside parents (None: no such gate). Not before this time (epoch s):
+    run_at: float | None = None
+    # A person's yes before it starts: {"approvers": [...], "expires_at": t, "decision": None | {...}}.
+    approval: dict[str, Any] | None = None
+    # At most `concurrency["limit"]` jobs of this key hold a place at once (KEY_HOLDING_STATES).
+    concurrency_key: str | None = None
+    concurrency: dict[str, Any] | None = None
+    # Jobs of this key are admitted no faster than `rate` ({"per_s": r, "burst": b}).
+    rate_key: str | None = None
+    rate: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:
         return self.status in FINAL_STATES
+
+    @property
+    def approved(self) -> bool:
+        return self.approval is None or bool((self.approval.get("decision") or {}).get("approved"))
 
     @property
     def msg_id(self) -> str:
@@ -113,6 +133,8 @@ class Cancel:
 @dataclass(frozen=True, slots=True)
 class Retry:
     at: float
+    # Run again no earlier than this (a retry with a delay): `scheduled` until then.
+    run_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,24 +178,81 @@ class Rearm:
     at: float
 
 
-Event = Published | Reported | Cancel | Retry | Decided | Released | Skipped | Unrunnable | Rearm
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A scheduled job's time came (the gate timer noticed at `at`)."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Approved:
+    """A person said yes (`approved`) or no to a job that needs approval before it starts; `at`
+    past the approval's `expires_at` with no decision is its expiry (`by` None)."""
+
+    at: float
+    approved: bool
+    by: str | None
+    comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """Its concurrency and rate keys have a place for it: the job may go to JOBS."""
+
+    at: float
+
+
+Event = (
+    Published
+    | Reported
+    | Cancel
+    | Retry
+    | Decided
+    | Released
+    | Skipped
+    | Unrunnable
+    | Rearm
+    | Due
+    | Approved
+    | Admitted
+)
+
+
+def gate_status(job: JobRecord, now: float) -> str:
+    """Where a job stands once its parents are done: the first gate after them that is still
+    closed, else `queued`. A job with a concurrency or rate key always passes `throttled`: the gate
+    keeper admits it (in the same transaction when there is room), so nobody jumps that queue."""
+    if job.run_at is not None and job.run_at > now:
+        return "scheduled"
+    if not job.approved:
+        return "needs_approval"
+    if job.concurrency_key is not None or job.rate_key is not None:
+        return "throttled"
+    return "queued"
+
+
+def _gated(job: JobRecord, at: float, status: str | None = None) -> JobRecord:
+    """`job` moved to `status` (default: its first closed gate), its message due when queued."""
+    status = status or gate_status(job, at)
+    return replace(job, status=status, outbox_at=at if status == "queued" else None, updated_at=at)
 
 
 def new_job(
     *, id: str, owner_id: str, now: float, traceparent: str | None, blocked: bool = False, **spec: Any
 ) -> JobRecord:
-    """A just-submitted job: `queued`, its message due for publishing now; or `blocked` until its
-    parents end (nothing to publish until then)."""
-    return JobRecord(
+    """A just-submitted job: `queued`, its message due for publishing now; or held by its first
+    closed gate (`blocked` until its parents end, `scheduled`, …) with nothing to publish yet."""
+    job = JobRecord(
         id=id,
         owner_id=owner_id,
-        status="blocked" if blocked else "queued",
+        status="queued",
         created_at=now,
         updated_at=now,
-        outbox_at=None if blocked else now,
         traceparent=traceparent,
         **spec,
     )
+    return _gated(job, now, "blocked" if blocked else None)
 
 
 def transition(job: JobRecord, event: Event) -> JobRecord:
@@ -187,18 +266,29 @@ def transition(job: JobRecord, event: Event) -> JobRecord:
             if job.finished:
                 raise Refused(f"job {job.id} is already {job.status}")
             return replace(job, status="cancelled", finished_at=at, updated_at=at, outbox_at=None)
-        case Retry(at):
+        case Retry(at, run_at):
             if job.status not in RETRYABLE_STATES:
                 raise Refused(f"job {job.id} is {job.status}; only failed, dead or cancelled jobs retry")
-            return _requeued(job, at, generation=job.generation + 1, resume=0)
+            again = replace(_requeued(job, at, generation=job.generation + 1, resume=0), run_at=run_at)
+            return _gated(again, at)
         case Decided():
             return _decided(job, event)
         case Released(at, payload):
             if job.status != "blocked":
                 return job  # cancelled meanwhile: stays so
-            return replace(job, status="queued", payload=payload, outbox_at=at, updated_at=at)
+            return _gated(replace(job, payload=payload), at)
+        case Due(at):
+            if job.status != "scheduled" or job.run_at is None or job.run_at > at:
+                return job
+            return _gated(job, at)
+        case Approved():
+            return _approved(job, event)
+        case Admitted(at):
+            if job.status != "throttled":
+                return job
+            return _gated(job, at, "queued")
         case Skipped(at, parent_id, why):
-            if job.status != "blocked":
+            if job.status not in GATED_STATES:
                 return job
             error = {"type": "ParentNotDone", "message": why, "parent": parent_id}
             return replace(job, status="skipped", error=error, finished_at=at, updated_at=at)
@@ -215,6 +305,18 @@ def transition(job: JobRecord, event: Event) -> JobRecord:
                 outbox_at=None,
             )
     raise TypeError(f"not a lifecycle event: {event!r}")
+
+
+def _approved(job: JobRecord, event: Approved) -> JobRecord:
+    if job.status != "needs_approval" or job.approval is None:
+        raise Refused(f"job {job.id} is {job.status}; it is not waiting for approval")
+    decision = {"approved": event.approved, "by": event.by, "at": event.at, "comment": event.comment}
+    decided = replace(job, approval={**job.approval, "decision": decision})
+    if event.approved:
+        return _gated(decided, event.at)
+    why = "approval expired" if event.by is None else f"rejected by {event.by}"
+    error = {"type": "ApprovalRejected", "message": why + (f": {event.comment}" if event.comment else "")}
+    return replace(decided, status="cancelled", error=error, finished_at=event.at, updated_at=event.at)
 
 
 def changes(old: JobRecord, new: JobRecord) -> dict[str, Any]:

@@ -46,6 +46,10 @@ class Job(Base):
         Index("ix_jobs_finished_at_id", "finished_at", "id"),
         Index("ix_jobs_started_at_id", "started_at", "id"),
         Index("ix_jobs_status_finished_id", "status", "finished_at", "id"),
+        # The gate timer's next due job: one index range, not a scan per tick.
+        Index("ix_jobs_status_run_at", "status", "run_at"),
+        Index("ix_jobs_concurrency_key_status", "concurrency_key", "status"),
+        Index("ix_jobs_rate_key_status", "rate_key", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True)
@@ -86,6 +90,29 @@ class Job(Base):
 
     # Input files and output globs of a job that has them (docs/artifacts.md); NULL for most jobs.
     artifacts: Mapped[dict | None] = mapped_column(JsonType, nullable=True)
+
+    # Gates beside parents (lifecycle.gate_status); NULL where a job has no such gate.
+    run_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    approval: Mapped[dict | None] = mapped_column(JsonType, nullable=True)
+    concurrency_key: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    concurrency: Mapped[dict | None] = mapped_column(JsonType, nullable=True)
+    rate_key: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    rate: Mapped[dict | None] = mapped_column(JsonType, nullable=True)
+
+
+class GateKey(Base):
+    """A concurrency or rate key: its row is locked while the gate keeper admits its jobs, so two
+    api processes never admit past the limit; a rate key's token bucket lives here (it survives
+    restarts)."""
+
+    __tablename__ = "gate_keys"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # concurrency | rate
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    # The latest submitted job's settings for this key ({"limit", "strategy"} or {"per_s", "burst"}).
+    settings: Mapped[dict] = mapped_column(JsonType, default=dict)
+    tokens: Mapped[float] = mapped_column(Float, default=0.0)
+    refilled_at: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class JobEdge(Base):
@@ -254,3 +281,4 @@ batches_table = cast(Table, Batch.__table__)
 workflows_table = cast(Table, Workflow.__table__)
 job_notify_table = cast(Table, JobNotify.__table__)
 rollups_table = cast(Table, JobRollup.__table__)
+gate_keys_table = cast(Table, GateKey.__table__)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from taskyard_common.schemas import FINAL_STATES
+from taskyard_common.schemas import FINAL_STATES, JobState
 
 from . import batches, workflows
 from .api_doc import answers
@@ -21,7 +21,7 @@ from .schemas import NODE_NAME, BatchCreate, WorkflowCreate
 from .views import JsonAnswer, job_out
 
 router = APIRouter(prefix="/api/v1", route_class=CheckedRoute)
-_UNFINISHED = sorted({"blocked", "queued", "running", "retrying", "waiting"})
+_UNFINISHED = sorted(str(s) for s in set(JobState) - FINAL_STATES)
 
 
 async def _batch(request: Request, batch_id: str) -> Any:

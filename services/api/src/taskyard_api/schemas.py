@@ -4,7 +4,15 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic.config import JsonDict
 
 from taskyard_common.artifact_names import BadName, normalise
@@ -128,6 +136,62 @@ class Dependency(BaseModel):
     on: Literal["succeeded", "finished"] = "succeeded"
 
 
+# A concurrency or rate key: printable, at most 256 characters (it is a column and a lock row).
+GateKeyName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+ConcurrencyStrategy = Literal["queue", "round_robin", "cancel_newest", "cancel_in_progress", "keep_latest"]
+
+
+class ConcurrencySpec(BaseModel):
+    """At most `limit` jobs of `key` are queued in JOBS or running at once (docs/gates.md)."""
+
+    model_config = {"extra": "forbid"}
+    key: GateKeyName = Field(description="e.g. `tenant:acme`; shared by every job that names it")
+    limit: int = Field(ge=1, le=100_000)
+    strategy: ConcurrencyStrategy = Field(
+        "queue",
+        description="When the key is full: `queue` (FIFO within the key, priority first), "
+        "`round_robin` (across the keys of `group`), `cancel_newest` (refuse the new job), "
+        "`cancel_in_progress` (the new job replaces the running one), `keep_latest` (only the "
+        "newest waiting job per key is kept)",
+    )
+    group: GateKeyName | None = Field(None, description="Keys served in turn (`round_robin`)")
+
+
+class RateSpec(BaseModel):
+    """Jobs of `key` are admitted no faster than `per_s` (or `per_min`), `burst` at once."""
+
+    model_config = {"extra": "forbid"}
+    key: GateKeyName
+    per_s: float | None = Field(None, gt=0, le=100_000)
+    per_min: float | None = Field(None, gt=0, le=6_000_000)
+    burst: int = Field(1, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> "RateSpec":
+        if (self.per_s is None) == (self.per_min is None):
+            raise ValueError("give exactly one of per_s and per_min")
+        return self
+
+    def per_second(self) -> float:
+        return self.per_s if self.per_s is not None else (self.per_min or 0) / 60
+
+
+class ApprovalSpec(BaseModel):
+    """A person must approve the job before it may start (docs/gates.md)."""
+
+    model_config = {"extra": "forbid"}
+    before_start: Literal[True] = True
+    approvers: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] = Field(
+        default_factory=lambda: ["admin"],
+        min_length=1,
+        max_length=20,
+        description="Roles (that role or higher) or key names who may approve",
+    )
+    expires_s: float = Field(
+        86400.0, gt=0, le=30 * 86400, description="Unanswered this long after submit: cancelled"
+    )
+
+
 class JobFields(BaseModel):
     """What a job is: the fields of a submit, of a batch member and of a workflow node."""
 
@@ -155,9 +219,45 @@ class JobFields(BaseModel):
         "(a 422 when the api has none); default: the queue's, if TASKYARD_API_NOTIFY_QUEUE_DEFAULTS names it",
     )
 
+    run_at: AwareDatetime | None = Field(
+        None, description="Not before this time (RFC 3339 with an offset); `scheduled` until then"
+    )
+    delay_s: float | None = Field(None, gt=0, le=366 * 86400, description="Not before now + this")
+    concurrency: ConcurrencySpec | None = None
+    rate: RateSpec | None = None
+    approval: ApprovalSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_time(self) -> "JobFields":
+        if self.run_at is not None and self.delay_s is not None:
+            raise ValueError("give run_at or delay_s, not both")
+        return self
+
     def artifacts(self) -> dict[str, Any] | None:
         """The `artifacts` column (files in and out): only a submitted job (JobCreate) has files."""
         return None
+
+    def record_fields(self, now: float) -> dict[str, Any]:
+        """The job record's columns (lifecycle.JobRecord) this spec fills, as asked at `now`: the
+        webhook is a row of its own, gates are stored as their columns."""
+        return self.model_dump(include=_RECORD_FIELDS) | self._gate_columns(now)
+
+    def _gate_columns(self, now: float) -> dict[str, Any]:
+        run_at = self.run_at.timestamp() if self.run_at else (now + self.delay_s if self.delay_s else None)
+        out: dict[str, Any] = {"run_at": run_at}
+        if self.approval is not None:
+            out["approval"] = {
+                "approvers": self.approval.approvers,
+                "expires_at": now + self.approval.expires_s,
+                "decision": None,
+            }
+        if self.concurrency is not None:
+            out["concurrency_key"] = self.concurrency.key
+            out["concurrency"] = self.concurrency.model_dump(exclude={"key"})
+        if self.rate is not None:
+            out["rate_key"] = self.rate.key
+            out["rate"] = {"per_s": self.rate.per_second(), "burst": self.rate.burst}
+        return out
 
     @field_validator("payload")
     @classmethod
@@ -168,6 +268,16 @@ class JobFields(BaseModel):
 
     def payload_size(self) -> int:
         return len(json.dumps(self.payload, separators=(",", ":")).encode())
+
+
+_RECORD_FIELDS = set(JobFields.model_fields) - {
+    "notify",
+    "run_at",
+    "delay_s",
+    "concurrency",
+    "rate",
+    "approval",
+}
 
 
 class JobCreate(JobFields):

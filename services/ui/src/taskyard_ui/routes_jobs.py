@@ -64,6 +64,9 @@ STATUS_WORDS = {
     "cancelled": "Job was cancelled.",
     "dead": "Job is dead: it failed on every attempt.",
     "blocked": "Job waits for its parents.",
+    "scheduled": "Job waits for its time.",
+    "needs_approval": "Job waits for a person's approval before it may start.",
+    "throttled": "Job waits for a place under its concurrency or rate key.",
     "skipped": "Job was skipped: a parent did not end as it needed.",
 }
 

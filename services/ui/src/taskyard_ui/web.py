@@ -22,6 +22,9 @@ COOKIE = "taskyard_key"
 
 STATUSES = (
     "blocked",
+    "scheduled",
+    "needs_approval",
+    "throttled",
     "queued",
     "running",
     "retrying",
