@@ -267,3 +267,19 @@ def test_a_blocked_job_names_each_open_parent_and_takes_the_slowest_eta():
         [("01A", "a", "queued", {"eta_seconds": 3.0}), ("01B", "b", "queued", {"eta_seconds": 9.5})]
     )
     assert both["eta_seconds"] == 9.5
+
+
+def test_a_scheduled_job_says_when_and_how_long_until_then():
+    from taskyard_api.reasons import duration_text, scheduled_reason
+
+    out = scheduled_reason(run_at=1_800_000_180.0, now=1_800_000_000.0)
+    assert out["code"] == "scheduled"
+    assert out["message"] == "Scheduled for 2027-01-15T08:03:00Z (in 3 min); it is not queued before then."
+    assert out["evidence"] == {"run_at": "2027-01-15T08:03:00Z", "seconds_left": 180.0}
+    assert [duration_text(s) for s in (3.25, 42, 61, 7500, 3 * 86400 + 4 * 3600)] == [
+        "3.2s",
+        "42s",
+        "1 min",
+        "2 h 5 min",
+        "3 d 4 h",
+    ]

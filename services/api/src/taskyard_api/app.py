@@ -40,6 +40,7 @@ from .audit import prune_audit
 from .auth import KeyCache, ensure_key
 from .checkpoints import CheckpointService
 from .db import make_engine, make_sessionmaker
+from .gate_timer import DueJobs, GateTimer
 from .http_metrics import REGISTRY, MetricsMiddleware
 from .job_types import KnownTypes
 from .jobs import JobService
@@ -96,7 +97,7 @@ async def lifespan(app: FastAPI):
     publisher = Publisher(state.nc, state.js, state.topo)
     state.jobs = JobService(state.sessions, publisher, state.settings, KnownTypes(state.js, state.topo))
     state.projector = Projector(
-        state.js, state.topo, state.sessions, state.settings.projector_batch, state.jobs.publish
+        state.js, state.topo, state.sessions, state.settings.projector_batch, state.jobs.follow
     )
     settings = state.settings
     state.checkpoints = CheckpointService(state.sessions, state.jobs)
@@ -119,6 +120,8 @@ async def lifespan(app: FastAPI):
     supervisor.start("projector", state.projector.run, stop=state.projector.stop)
     supervisor.start("workers-watch", state.workers.watch)
     supervisor.every("outbox", settings.outbox_interval_s, state.jobs.reconcile_once)
+    state.gate_timer = GateTimer([DueJobs(state.sessions, state.jobs)], state.jobs.gates_changed)
+    supervisor.start("gate-timer", state.gate_timer.run, stop=state.gate_timer.stop)
     supervisor.every("gate-sweeper", settings.gate_sweep_interval_s, state.jobs.sweep_gates, at_start=True)
     # NATS away shows in /readyz already; a failed sample needs no warning every 2 s.
     supervisor.every(

@@ -78,20 +78,26 @@ def with_inputs(job: JobRecord, results: dict[str, Any]) -> Any:
 
 @dataclass
 class Opened:
-    """What a settle changed: jobs to publish after the commit, and jobs that ended with it."""
+    """What a settle changed: jobs to publish after the commit, jobs it moved onto a later gate
+    (their time, an approval, a key: JobService.after_gates acts on them), and jobs that ended."""
 
     released: list[JobRecord] = field(default_factory=list)
+    gated: list[JobRecord] = field(default_factory=list)
     ended: list[JobRecord] = field(default_factory=list)
     # Release latency of each released job (s since the parent that opened its last edge ended).
     waited: list[float] = field(default_factory=list)
     # (created_at, completed_at) of the batches completed here.
     batches: list[tuple[float, float]] = field(default_factory=list)
 
+    def add(self, job: JobRecord) -> None:
+        """A job the gate keeper let past its parents: due for publishing, or held by its next gate."""
+        (self.released if job.status == "queued" else self.gated).append(job)
+
     def count(self) -> None:
         """Into the api's metrics, once the transaction that made these moves has committed."""
-        gated = [job for job in self.released if job.node not in CALLBACK_NODES]
-        if gated:
-            GATE_MOVES.labels("released").inc(len(gated))
+        moved = [job for job in self.released + self.gated if job.node not in CALLBACK_NODES]
+        if moved:
+            GATE_MOVES.labels("released").inc(len(moved))
         for job in self.ended:
             GATE_MOVES.labels("skipped" if job.status == "skipped" else "failed").inc()
         for waited in self.waited:
@@ -145,7 +151,7 @@ async def settle(session: AsyncSession, ended: list[JobRecord], now: float | Non
                 frontier[new.id] = new.status
                 out.ended.append(new)
             else:
-                out.released.append(new)
+                out.add(new)
                 out.waited.append(max(0.0, now - last_end.get(child.id, now)))
     await _stop_workflows(session, ended + out.ended, now, out)
     await _complete_batches(session, ended + out.ended, now, out)
@@ -285,7 +291,8 @@ async def _complete_batches(session: AsyncSession, ended: list[JobRecord], now: 
             .limit(1)
         )
         if left is None:
-            out.released += await complete_batch(session, batch_id, now, out)
+            for job in await complete_batch(session, batch_id, now, out):
+                out.add(job)
 
 
 async def open_parents(session: AsyncSession, child_id: str) -> list[tuple[JobRecord, str]]:

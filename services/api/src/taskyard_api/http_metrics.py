@@ -46,6 +46,12 @@ GATE_RELEASE = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
+GATE_DUE_LAG = Histogram(
+    "taskyard_api_gate_due_lag_seconds",
+    "From a scheduled job's run_at to the gate timer opening it.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
 WORK_CREATED = Counter(
     "taskyard_api_work_created_total", "Batches and workflows stored.", ["kind"], registry=REGISTRY
 )

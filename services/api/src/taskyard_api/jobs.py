@@ -182,6 +182,8 @@ class JobService:
         self.sessions, self.publisher, self.settings = sessions, publisher, settings
         self.known_types = known_types
         self.store = JobStore(sessions.kw["bind"])
+        # Set when a job was stored with a time to wait for: the gate timer recomputes its sleep.
+        self.gates_changed = asyncio.Event()
         self._group = SubmitGroup(self._store_new)
 
     async def submit(
@@ -290,6 +292,8 @@ class JobService:
                 again = await JobStore.by_idempotency_key(session, owner.id, keys)
             return [(again[keys[0]], False)]
         by_id = {job.id: job for job in stored}
+        for job in await self.after_gates([job for job in by_id.values() if job.status in GATED_STATES]):
+            by_id[job.id] = job
         if ended := [job for job in parents.values() if job.finished]:
             # Parents that ended before their children were stored: settle those edges now (the
             # gate keeper closes each edge once, whoever gets there first).
@@ -313,13 +317,26 @@ class JobService:
         async with self.sessions() as session:
             opened = await gates.settle(session, ended)
             await session.commit()
+        return await self.follow(opened) + opened.ended
+
+    async def follow(self, opened: gates.Opened) -> list[JobRecord]:
+        """After the transaction in which the gate keeper moved jobs committed: count the moves,
+        publish what it released, and let the next gates act on what it moved onto them. Returns
+        the released and gated jobs as they are now."""
         opened.count()
-        published = await self.publish(opened.released)
-        return published + opened.ended
+        return await self.publish(opened.released) + await self.after_gates(opened.gated)
+
+    async def after_gates(self, jobs: list[JobRecord]) -> list[JobRecord]:
+        """Jobs that were just stored on a gate other than their parents: the gate timer learns of
+        new times. Returns the jobs as they are now."""
+        if any(job.status == "scheduled" for job in jobs):
+            self.gates_changed.set()
+        return jobs
 
     async def publish(self, jobs: list[JobRecord]) -> list[JobRecord]:
         """Publish the jobs' current messages and record the stream sequences JetStream gave them.
         Returns the jobs as they are now; one whose publish failed is still due in the outbox."""
+        jobs = [job for job in jobs if job.outbox_at is not None]  # a gate holds the others
         if not jobs:
             return []
         # The timeline's `queued` time is when the message went out: an executor may start the job
@@ -431,20 +448,25 @@ class JobService:
         moved, opened = await self.decide_many(job_ids, who, Retry(now), follow=_rearm(now))
         return await self._retried([job for _, job in moved], opened)
 
-    async def retry(self, job_id: str, who: Principal) -> JobRecord:
-        """Run a finished job again as a new message generation (escapes the dedupe window); what
-        waited for it and did not succeed waits for it again."""
+    async def retry(self, job_id: str, who: Principal, delay_s: float | None = None) -> JobRecord:
+        """Run a finished job again as a new message generation (escapes the dedupe window), after
+        `delay_s` if given; what waited for it and did not succeed waits for it again."""
         now = time.time()
-        _, job, opened = await self.decide(job_id, who, Retry(now), follow=_rearm(now))
+        run_at = now + delay_s if delay_s else None
+        _, job, opened = await self.decide(job_id, who, Retry(now, run_at), follow=_rearm(now))
         [job] = await self._retried([job], opened)
         return job
 
     async def _retried(self, jobs: list[JobRecord], opened: gates.Opened) -> list[JobRecord]:
-        """After retries were stored: publish them and what they rearmed and released at once."""
-        opened.count()
-        retried = await self.publish(jobs)
-        await self.publish(opened.released)
-        return retried
+        """After retries were stored: publish them and what they rearmed and released at once (a
+        retry with a delay waits for its time, one with a key for its place)."""
+        by_id = {job.id: job for job in jobs}
+        for job in await self.publish(jobs) + await self.after_gates(
+            [j for j in jobs if j.status in GATED_STATES]
+        ):
+            by_id[job.id] = job
+        await self.follow(opened)
+        return list(by_id.values())
 
     async def sweep_gates(self) -> int:
         """Settle the edges of ended jobs that nobody settled (a crash between a cancel's commit and

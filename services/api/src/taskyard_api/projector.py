@@ -97,11 +97,11 @@ class Projector:
         topo: Topology,
         sessions: async_sessionmaker[AsyncSession],
         batch: int,
-        publish: Callable[[list[JobRecord]], Awaitable[list[JobRecord]]],
+        follow: Callable[[gates.Opened], Awaitable[list[JobRecord]]],
     ) -> None:
         self.js, self.topo, self.sessions, self.batch = js, topo, sessions, batch
         # Publishes the jobs a projected outcome released (their gates opened); see gates.
-        self.publish = publish
+        self.follow = follow
         self.stopping = False
         # Moving average of run time per job type (seconds): what "usually takes" means for `stuck`.
         self.typical_duration_s: dict[str, float] = {}
@@ -239,9 +239,7 @@ class Projector:
         if enqueued:
             self.notifier.wake.set()
         if opened:
-            opened.count()
-            if opened.released:
-                await self.publish(opened.released)
+            await self.follow(opened)
 
 
 async def _nak(msgs: list) -> None:

@@ -57,6 +57,31 @@ def retry_reason(attempt: int, max_attempts: int, retrying: dict, now: float) ->
     )
 
 
+def duration_text(seconds: float) -> str:
+    """3.2s, 42s, 3 min, 2 h 5 min, 3 d 4 h: how long, as a person says it."""
+    if seconds < 60:
+        return seconds_text(max(0.0, seconds))
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def scheduled_reason(run_at: float, now: float) -> dict:
+    """Waits for its time (`run_at`, `delay_s`, a retry with a delay): not in NATS until then."""
+    left = max(0.0, run_at - now)
+    return reason(
+        "scheduled",
+        f"Scheduled for {iso(run_at)} (in {duration_text(left)}); it is not queued before then.",
+        run_at=iso(run_at),
+        seconds_left=round(left, 3),
+    )
+
+
 def checkpoint_reason(ck: dict) -> dict:
     """Parked at a checkpoint; `ck` is the `checkpoint` of the last `waiting` event."""
     question = ck.get("kind") == "question"

@@ -222,8 +222,15 @@ async def cancel_job(
 
 
 @router.post("/jobs/{job_id}/retry", responses=answers(404, 409))
-async def retry_job(job_id: str, request: Request, who: Principal = require("submitter")):
-    job = await job_service(request).retry(job_id, who)
+async def retry_job(
+    job_id: str,
+    request: Request,
+    delay_s: float | None = Query(
+        None, gt=0, le=366 * 86400, description="Run again no earlier than this many seconds from now"
+    ),
+    who: Principal = require("submitter"),
+):
+    job = await job_service(request).retry(job_id, who, delay_s)
     if who.at_least("admin"):
         await audit.record(request, who, "job.retry", job_id, owner=job.owner_id)
     return job_out(job)

@@ -46,7 +46,15 @@ def job_out(job: JobRecord, timeline: list[JobEventRow] | None = None) -> dict:
         "batch_id": job.batch_id,
         "workflow_id": job.workflow_id,
         "name": job.node,
+        "run_at": iso(job.run_at),
     }
+    # Gates beside parents, as asked (docs/gates.md); absent for a job without them.
+    if job.approval is not None:
+        out["approval"] = {**job.approval, "expires_at": iso(job.approval.get("expires_at"))}
+    if job.concurrency_key is not None:
+        out["concurrency"] = {"key": job.concurrency_key, **(job.concurrency or {})}
+    if job.rate_key is not None:
+        out["rate"] = {"key": job.rate_key, **(job.rate or {})}
     if job.artifacts:
         out["inputs"], out["outputs"] = job.artifacts["inputs"], job.artifacts["outputs"]
     if timeline is not None:

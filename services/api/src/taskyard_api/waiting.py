@@ -8,7 +8,7 @@ import time
 from .lifecycle import JobRecord
 from .models import JobEventRow
 from .queue_state import SHORT_WINDOW_S, QueueState
-from .reasons import checkpoint_reason, publishing_reason, queued_reason, retry_reason
+from .reasons import checkpoint_reason, publishing_reason, queued_reason, retry_reason, scheduled_reason
 from .workers import WorkerRegistry
 
 
@@ -29,6 +29,14 @@ async def explain(
     if job.status == "retrying":
         reason = retry_reason(job.attempt, job.max_attempts, _last(timeline, "retrying"), time.time())
         return {**out, "waiting_reason": reason}
+    if job.status == "scheduled" and job.run_at is not None:
+        now = time.time()
+        # Its ETA is at least its time: what the queue adds then is not known yet.
+        return {
+            **out,
+            "eta_seconds": round(max(0.0, job.run_at - now), 1),
+            "waiting_reason": scheduled_reason(job.run_at, now),
+        }
     if job.status == "waiting":
         return {**out, "waiting_reason": checkpoint_reason(_last(timeline, "waiting").get("checkpoint", {}))}
     if job.status != "queued" or job.stream_seq is None:

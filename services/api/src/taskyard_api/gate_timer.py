@@ -1,0 +1,119 @@
+"""One timer for every gate that opens at a time: a job's `run_at`, a rate key's next token, ….
+
+Each source says when its next gate is due (one indexed query, not a scan) and opens what is due
+when asked. The timer sleeps until the earliest due time over all sources, or until the API stores
+something with an earlier time (`wake`), and at most `max_sleep_s`: another api process may have
+stored it. Opening is guarded by the lifecycle core's guarded writes, so two api processes whose
+timers fire together open each gate once.
+"""
+
+import asyncio
+import logging
+import time
+from typing import Protocol
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from .http_metrics import GATE_DUE_LAG
+from .job_store import JobStore
+from .jobs import JobService
+from .lifecycle import Due, JobRecord, transition
+from .models import jobs_table
+
+log = logging.getLogger("taskyard.api.gate_timer")
+
+# Most due jobs one transaction opens; the timer runs again at once while more are due.
+DUE_PAGE = 500
+
+
+class TimerSource(Protocol):
+    name: str
+
+    async def next_due(self) -> float | None:
+        """Epoch seconds of this source's next due gate, None when it has none."""
+        ...
+
+    async def fire(self, now: float) -> bool:
+        """Open what is due at `now`; True when more may be due already (a full page)."""
+        ...
+
+
+class GateTimer:
+    def __init__(self, sources: list[TimerSource], wake: asyncio.Event, max_sleep_s: float = 1.0) -> None:
+        self.sources, self.wake, self.max_sleep_s = list(sources), wake, max_sleep_s
+        self._stopping = False
+
+    def add(self, source: TimerSource) -> None:
+        self.sources.append(source)
+        self.wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wake.set()
+
+    async def run(self) -> None:
+        """Supervised: fire what is due, sleep until the next due time, repeat."""
+        while not self._stopping:
+            # Cleared before reading the due times: a job stored while they are read wakes the
+            # next sleep at once instead of being missed.
+            self.wake.clear()
+            sleep_s = await self.round()
+            if sleep_s > 0:
+                try:
+                    await asyncio.wait_for(self.wake.wait(), sleep_s)
+                except TimeoutError:
+                    pass
+
+    async def round(self) -> float:
+        """Fire every due source; seconds until the next due gate (capped at max_sleep_s)."""
+        nearest = self.max_sleep_s
+        for source in self.sources:
+            now = time.time()
+            due = await source.next_due()
+            if due is not None and due <= now:
+                if await source.fire(now):
+                    return 0.0  # a full page: more are due, go again without sleeping
+                due = await source.next_due()
+            if due is not None:
+                nearest = min(nearest, due - time.time())
+        return max(0.0, nearest)
+
+
+class DueJobs:
+    """Scheduled jobs (`run_at`, `delay_s`, a retry with a delay) whose time has come."""
+
+    name = "run_at"
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], jobs: JobService) -> None:
+        self.sessions, self.jobs = sessions, jobs
+
+    async def next_due(self) -> float | None:
+        j = jobs_table.c
+        async with self.sessions() as session:
+            due = await session.scalar(select(func.min(j.run_at)).where(j.status == "scheduled"))
+        return float(due) if due is not None else None
+
+    async def fire(self, now: float) -> bool:
+        j = jobs_table.c
+        moved: list[JobRecord] = []
+        async with self.sessions() as session:
+            ids = await session.scalars(
+                select(j.id)
+                .where(j.status == "scheduled", j.run_at <= now)
+                .order_by(j.run_at, j.id)
+                .limit(DUE_PAGE)
+            )
+            due = list(ids)
+            for job in (await JobStore.lock_many(session, set(due))).values():
+                new = transition(job, Due(now))
+                # `new is job`: another api process opened it first (or it was cancelled).
+                if new is not job and await JobStore.save(session, job, new):
+                    moved.append(new)
+            await session.commit()
+        for job in moved:
+            if job.run_at is not None:
+                GATE_DUE_LAG.observe(max(0.0, now - job.run_at))
+        await self.jobs.publish([job for job in moved if job.status == "queued"])
+        await self.jobs.after_gates([job for job in moved if job.status != "queued"])
+        return len(due) == DUE_PAGE
