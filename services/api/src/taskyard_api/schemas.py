@@ -8,6 +8,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     Field,
     StringConstraints,
     field_validator,
@@ -136,6 +137,14 @@ class Dependency(BaseModel):
     on: Literal["succeeded", "finished"] = "succeeded"
 
 
+def _rfc3339_text(value: Any) -> Any:
+    # Pydantic would read a number as epoch seconds; the document promises RFC 3339 text only.
+    if not isinstance(value, str):
+        raise ValueError("must be RFC 3339 text with an offset, e.g. 2027-03-28T02:30:00+01:00")
+    return value
+
+
+Rfc3339 = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
 # A concurrency or rate key: printable, at most 256 characters (it is a column and a lock row).
 GateKeyName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
 ConcurrencyStrategy = Literal["queue", "round_robin", "cancel_newest", "cancel_in_progress", "keep_latest"]
@@ -157,10 +166,16 @@ class ConcurrencySpec(BaseModel):
     group: GateKeyName | None = Field(None, description="Keys served in turn (`round_robin`)")
 
 
+def _given(name: str) -> JsonDict:
+    """JSON Schema: `name` is present and not null."""
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+
+
 class RateSpec(BaseModel):
     """Jobs of `key` are admitted no faster than `per_s` (or `per_min`), `burst` at once."""
 
-    model_config = {"extra": "forbid"}
+    # The document says what the validator checks: exactly one of the two rates.
+    model_config = {"extra": "forbid", "json_schema_extra": {"oneOf": [_given("per_s"), _given("per_min")]}}
     key: GateKeyName
     per_s: float | None = Field(None, gt=0, le=100_000)
     per_min: float | None = Field(None, gt=0, le=6_000_000)
@@ -195,7 +210,11 @@ class ApprovalSpec(BaseModel):
 class JobFields(BaseModel):
     """What a job is: the fields of a submit, of a batch member and of a workflow node."""
 
-    model_config = {"extra": "forbid"}
+    # The document says what _one_time checks: not both a time and a delay.
+    model_config = {
+        "extra": "forbid",
+        "json_schema_extra": {"not": {"allOf": [_given("run_at"), _given("delay_s")]}},
+    }
 
     type: str = Field(pattern=JOB_TYPE, description=TYPE_RULE)
     payload: Any = Field(
@@ -219,7 +238,7 @@ class JobFields(BaseModel):
         "(a 422 when the api has none); default: the queue's, if TASKYARD_API_NOTIFY_QUEUE_DEFAULTS names it",
     )
 
-    run_at: AwareDatetime | None = Field(
+    run_at: Rfc3339 | None = Field(
         None, description="Not before this time (RFC 3339 with an offset); `scheduled` until then"
     )
     delay_s: float | None = Field(None, gt=0, le=366 * 86400, description="Not before now + this")
