@@ -282,3 +282,28 @@ def test_cli_payload_file_from_stdin_reaches_the_request_stage():
         cli, ["--url", url, "submit", "noop", "--payload-file", "-"], input='{"a": 1}'
     )
     assert result.exit_code == 4, result.output
+
+
+def test_gate_options_become_the_submit_gate_fields_or_a_one_line_reason():
+    import pytest
+
+    from taskyard._cli_common import BadInput
+    from taskyard._cli_jobs import gates_of
+
+    gates = gates_of(None, 30.0, "tenant:acme=2", "keep_latest", "openai=300/min", 5, ("admin", "ops"))
+    assert gates == {
+        "run_at": None,
+        "delay_s": 30.0,
+        "concurrency": {"key": "tenant:acme", "limit": 2, "strategy": "keep_latest"},
+        "rate": {"key": "openai", "per_min": 300.0, "burst": 5},
+        "approval": {"approvers": ["admin", "ops"]},
+    }
+    for args, said in [
+        ((None, None, "tenant", None, None, None, ()), "--concurrency: expected KEY=VALUE"),
+        ((None, None, "k=two", None, None, None, ()), "--concurrency: LIMIT must be a whole number"),
+        ((None, None, None, "queue", None, None, ()), "--strategy: give --concurrency"),
+        ((None, None, None, None, "openai=5/h", None, ()), "--rate: expected KEY=N/s"),
+        ((None, None, None, None, None, 3, ()), "--burst: give --rate"),
+    ]:
+        with pytest.raises(BadInput, match=said):
+            gates_of(*args)

@@ -53,6 +53,19 @@ def job_spec(type: str, payload: Any = None, **options: Any) -> dict[str, Any]:
     return spec
 
 
+GATES = ("run_at", "delay_s", "concurrency", "rate", "approval")
+
+
+def gate_fields(**gates: Any) -> dict[str, Any]:
+    """The gate fields of a submit (docs/gates.md); a datetime `run_at` becomes RFC 3339 text."""
+    unknown = set(gates) - set(GATES)
+    if unknown:
+        raise TypeError(f"unknown submit option(s): {', '.join(sorted(unknown))}")
+    if isinstance(gates.get("run_at"), datetime):
+        gates["run_at"] = gates["run_at"].isoformat()
+    return {k: dict(v) if isinstance(v, Mapping) else v for k, v in gates.items() if v is not None}
+
+
 def submit(spec: dict[str, Any]) -> Call:
     return Call("POST", JOBS, body=spec)
 
@@ -102,8 +115,9 @@ def cancel(job_id: str) -> Call:
     return Call("POST", job_path(job_id, "/cancel"))
 
 
-def retry(job_id: str) -> Call:
-    return Call("POST", job_path(job_id, "/retry"))
+def retry(job_id: str, delay_s: float | None = None) -> Call:
+    params: Params = [("delay_s", str(delay_s))] if delay_s is not None else []
+    return Call("POST", job_path(job_id, "/retry"), params=params or None)
 
 
 def logs(job_id: str, after: int = 0, limit: int = 1000) -> Call:

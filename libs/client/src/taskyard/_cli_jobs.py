@@ -44,6 +44,80 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def gate_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The gates a job may wait behind before it is queued (docs/gates.md)."""
+    options = [
+        click.option("--run-at", metavar="TIME", help="Not before this RFC 3339 time (with an offset)."),
+        click.option("--delay", "delay_s", type=float, metavar="SECONDS", help="Not before now + SECONDS."),
+        click.option(
+            "--concurrency", metavar="KEY=LIMIT", help="At most LIMIT jobs of KEY at once (tenant:acme=2)."
+        ),
+        click.option(
+            "--strategy",
+            type=click.Choice(["queue", "round_robin", "cancel_newest", "cancel_in_progress", "keep_latest"]),
+            help="What --concurrency does when the key is full (default: queue).",
+        ),
+        click.option("--rate", metavar="KEY=N/s|N/min", help="Admit jobs of KEY no faster (openai=5/s)."),
+        click.option("--burst", type=int, metavar="N", help="Jobs --rate may admit at once (default 1)."),
+        click.option(
+            "--approval-by",
+            "approvers",
+            multiple=True,
+            metavar="ROLE|KEY",
+            help="Needs a yes from this role or key name before it starts (repeatable).",
+        ),  # fmt: skip
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def gates_of(
+    run_at: str | None,
+    delay_s: float | None,
+    concurrency: str | None,
+    strategy: str | None,
+    rate: str | None,
+    burst: int | None,
+    approvers: tuple[str, ...],
+) -> dict[str, Any]:
+    """The submit's gate fields from gate_options' values; BadInput naming the option."""
+    gates: dict[str, Any] = {"run_at": run_at, "delay_s": delay_s}
+    if concurrency is not None:
+        key, limit = _key_value("--concurrency", concurrency)
+        if not limit.isdigit():
+            raise BadInput(f"--concurrency: LIMIT must be a whole number, got {limit!r}")
+        gates["concurrency"] = {
+            "key": key,
+            "limit": int(limit),
+            **({"strategy": strategy} if strategy else {}),
+        }
+    elif strategy is not None:
+        raise BadInput("--strategy: give --concurrency KEY=LIMIT too")
+    if rate is not None:
+        key, amount = _key_value("--rate", rate)
+        number, _, unit = amount.partition("/")
+        if unit not in ("s", "min"):
+            raise BadInput(f"--rate: expected KEY=N/s or KEY=N/min, got {rate!r}")
+        try:
+            per = float(number)
+        except ValueError:
+            raise BadInput(f"--rate: {number!r} is not a number") from None
+        gates["rate"] = {"key": key, f"per_{unit}": per, **({"burst": burst} if burst else {})}
+    elif burst is not None:
+        raise BadInput("--burst: give --rate KEY=N/s too")
+    if approvers:
+        gates["approval"] = {"approvers": list(approvers)}
+    return gates
+
+
+def _key_value(option: str, text: str) -> tuple[str, str]:
+    key, sep, value = text.rpartition("=")
+    if not sep or not key:
+        raise BadInput(f"{option}: expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def _labels(items: tuple[str, ...]) -> dict[str, str] | None:
     try:
         return parse_labels(items) or None
@@ -75,6 +149,7 @@ def _payload(text: str | None, path: str | None) -> Any:
 @click.option("--payload", metavar="JSON", help="Payload as a JSON document.")
 @click.option("--payload-file", metavar="PATH|-", help="Read the JSON payload from a file (- for stdin).")
 @job_options
+@gate_options
 @file_options
 @click.option("--idempotency-key", metavar="KEY", help="Submitting the same key again returns the same job.")
 @click.option(
@@ -90,6 +165,13 @@ def submit(
     timeout_s: float | None,
     max_attempts: int | None,
     labels: tuple[str, ...],
+    run_at: str | None,
+    delay_s: float | None,
+    concurrency: str | None,
+    strategy: str | None,
+    rate: str | None,
+    burst: int | None,
+    approvers: tuple[str, ...],
     inputs: tuple[str, ...],
     outputs: tuple[str, ...],
     idempotency_key: str | None,
@@ -101,10 +183,12 @@ def submit(
     TYPE is noop, sleep, shell, python, http or a registered handler name.
     """
     body, label_map = _payload(payload, payload_file), _labels(labels)
+    gates = gates_of(run_at, delay_s, concurrency, strategy, rate, burst, approvers)
     ty = client()
     job = ty.submit(
         type, body, queue=queue, priority=priority, timeout_s=timeout_s, max_attempts=max_attempts,
         idempotency_key=idempotency_key, labels=label_map, inputs=upload(ty, inputs), outputs=list(outputs),
+        **gates,
     )  # fmt: skip
     if as_json and not wait_:
         print_json(job)
@@ -238,10 +322,11 @@ def cancel(job_id: str) -> None:
 
 
 @click.command()
+@click.option("--delay", "delay_s", type=float, metavar="SECONDS", help="Run again no earlier than this.")
 @click.argument("job_id", metavar="ID")
-def retry(job_id: str) -> None:
+def retry(delay_s: float | None, job_id: str) -> None:
     """Queue a failed, dead or cancelled job again."""
-    click.echo(status_line(client().retry(job_id)))
+    click.echo(status_line(client().retry(job_id, delay_s)))
 
 
 @click.command()

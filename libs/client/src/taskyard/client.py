@@ -128,14 +128,19 @@ class Client(_Base):
         labels: Mapping[str, str] | None = None,
         inputs: list[dict[str, Any]] | None = None,
         outputs: list[str] | None = None,
+        **gates: Any,
     ) -> Job:
         """Submit one job; returns it (the existing job when `idempotency_key` matched one).
         Options left as None take the server's defaults. `inputs` are refs from upload_inputs();
-        `outputs` are globs relative to the job's working directory, collected after the run."""
+        `outputs` are globs relative to the job's working directory, collected after the run.
+        `gates` (docs/gates.md): run_at (an aware datetime or RFC 3339 text), delay_s,
+        concurrency={"key", "limit", "strategy"}, rate={"key", "per_s", "burst"},
+        approval={"approvers": [...]}."""
         spec = _calls.job_spec(
             type, payload, queue=queue, priority=priority, timeout_s=timeout_s, max_attempts=max_attempts,
             backoff=dict(backoff) if backoff else None, idempotency_key=idempotency_key,
             labels=dict(labels) if labels else None, inputs=inputs or None, outputs=outputs or None,
+            **_calls.gate_fields(**gates),
         )  # fmt: skip
         return self._call(_calls.submit(spec))
 
@@ -250,9 +255,10 @@ class Client(_Base):
         """Cancel a queued, retrying or running job (409 if already final)."""
         return self._call(_calls.cancel(job_id))
 
-    def retry(self, job_id: str) -> Job:
-        """Queue a failed, dead or cancelled job again with a fresh attempt count."""
-        return self._call(_calls.retry(job_id))
+    def retry(self, job_id: str, delay_s: float | None = None) -> Job:
+        """Queue a failed, dead or cancelled job again with a fresh attempt count (`scheduled`
+        for `delay_s` seconds first, if given)."""
+        return self._call(_calls.retry(job_id, delay_s))
 
     def wait(
         self,
@@ -555,12 +561,13 @@ class AsyncClient(_Base):
         backoff: Mapping[str, float] | None = None,
         idempotency_key: str | None = None,
         labels: Mapping[str, str] | None = None,
+        **gates: Any,
     ) -> Job:
         """See Client.submit."""
         spec = _calls.job_spec(
             type, payload, queue=queue, priority=priority, timeout_s=timeout_s, max_attempts=max_attempts,
             backoff=dict(backoff) if backoff else None, idempotency_key=idempotency_key,
-            labels=dict(labels) if labels else None,
+            labels=dict(labels) if labels else None, **_calls.gate_fields(**gates),
         )  # fmt: skip
         return await self._call(_calls.submit(spec))
 
@@ -612,9 +619,9 @@ class AsyncClient(_Base):
         """See Client.cancel."""
         return await self._call(_calls.cancel(job_id))
 
-    async def retry(self, job_id: str) -> Job:
+    async def retry(self, job_id: str, delay_s: float | None = None) -> Job:
         """See Client.retry."""
-        return await self._call(_calls.retry(job_id))
+        return await self._call(_calls.retry(job_id, delay_s))
 
     async def wait(
         self, job_id: str, timeout: float | None = None, poll: float = 0.25, *, raise_on_failure: bool = False
