@@ -60,6 +60,8 @@ def test_a_scheduled_job_cancels_survives_an_api_crash_and_retries_with_a_delay(
         doomed = c.post("/api/v1/jobs", json={"type": "noop", "delay_s": 60}).json()
         later = c.post("/api/v1/jobs", json={"type": "noop", "delay_s": 1.5}).json()
         assert (doomed["status"], later["status"]) == ("scheduled", "scheduled")
+        gates = next(ch for ch in c.get("/api/v1/doctor").json()["checks"] if ch["name"] == "gates")
+        assert gates["ok"] and gates["detail"].startswith("2 scheduled; next scheduled at "), gates
         cancelled = c.post(f"/api/v1/jobs/{doomed['id']}/cancel")
         assert cancelled.json()["status"] == "cancelled", cancelled.text
     # The api dies before `later` is due and comes back after: the gate is in the database.

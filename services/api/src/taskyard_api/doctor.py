@@ -1,16 +1,23 @@
 """`taskyard doctor`: is this install healthy? Each check says what is wrong and how to fix it."""
 
+import time
+
 from nats.js.api import AckPolicy
 from nats.js.errors import NotFoundError
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from taskyard_common.topology import Topology
 
+from .lifecycle import GATED_STATES
 from .migrate import is_current
+from .models import jobs_table
 from .queue_state import QueueState
+from .schemas import iso
 from .workers import WorkerRegistry
 
 REDELIVERY_ALARM = 10
+# A scheduled job this far past its time means no gate timer is opening gates.
+OVERDUE_ALARM_S = 5.0
 
 
 def _check(name: str, ok: bool, detail: str, fix: str = "") -> dict:
@@ -113,6 +120,7 @@ async def run_checks(state) -> list[dict]:  # noqa: ANN001 - FastAPI app.state
                 "check TASKYARD_DB_URL and that the database is up",
             )
         )
+    checks += await gate_checks(state.sessions, time.time())
     lag = await state.js.consumer_info(topo.events_stream, topo.projector_durable)
     checks.append(
         _check(
@@ -123,3 +131,25 @@ async def run_checks(state) -> list[dict]:  # noqa: ANN001 - FastAPI app.state
         )
     )
     return checks
+
+
+async def gate_checks(sessions, now: float) -> list[dict]:  # noqa: ANN001 - async_sessionmaker
+    """How many jobs each gate holds; a scheduled job long past its time is a timer not running."""
+    j = jobs_table.c
+    async with sessions() as session:
+        held = dict(
+            (await session.execute(
+                select(j.status, func.count()).where(j.status.in_(sorted(GATED_STATES))).group_by(j.status)
+            )).tuples().all()
+        )  # fmt: skip
+        due = await session.scalar(select(func.min(j.run_at)).where(j.status == "scheduled"))
+    words = ", ".join(f"{held[s]} {s}" for s in sorted(held)) or "no job waits behind a gate"
+    late = due is not None and due < now - OVERDUE_ALARM_S
+    detail = words + (f"; next scheduled at {iso(due)}" if due is not None else "")
+    if late:
+        detail = f"a scheduled job is {now - due:.0f}s past its time ({iso(due)}); " + words
+    return [
+        _check(
+            "gates", not late, detail, "the api's gate-timer is not running: check the api log and /readyz"
+        )
+    ]
