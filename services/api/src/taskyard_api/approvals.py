@@ -81,6 +81,8 @@ def entered(old: JobRecord | None, new: JobRecord) -> bool:
 
 def left(old: JobRecord, new: JobRecord) -> bool:
     """`new` stopped waiting for approval without a decision (cancelled, its workflow stopped)."""
-    return old.status == "needs_approval" and new.status != "needs_approval" and (
-        new.approval is None or (new.approval.get("decision") is None)
+    return (
+        old.status == "needs_approval"
+        and new.status != "needs_approval"
+        and (new.approval is None or (new.approval.get("decision") is None))
     )

@@ -64,7 +64,10 @@ def _after(
     error = None
     if failed:
         by = who.name if who is not None else "system"
-        error = {"type": "CheckpointRejected", "message": f"checkpoint {ck.name!r} {status} by {by}: {reason}"}
+        error = {
+            "type": "CheckpointRejected",
+            "message": f"checkpoint {ck.name!r} {status} by {by}: {reason}",
+        }
     return transition(job, Decided(ck.generation, now, error))
 
 
@@ -150,10 +153,11 @@ class CheckpointService:
             span.end(end_time=ns(now))
         if job is not None and after is not None and after is not job:
             if after.finished:  # failed at a checkpoint, or cancelled before its start
-                data: dict[str, Any] = {"error": after.error}
                 if after.status == "cancelled":
-                    data["by"] = by
-                event = JobEvent.of(after, after.status, data, attempt=after.attempt)
+                    data = {"error": after.error, "by": by}
+                    event = JobEvent.of(after, "cancelled", data, attempt=after.attempt)
+                else:
+                    event = JobEvent.of(after, "failed", {"error": after.error}, attempt=after.attempt)
                 await self.jobs.publisher.publish_events([event])
                 await self.jobs.settle([after])  # what waits for it is skipped
             elif after.status == "queued":
