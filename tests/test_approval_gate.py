@@ -89,7 +89,9 @@ def test_a_policy_gated_job_is_not_in_jobs_until_an_admin_approves_it(stack):
     kinds = types_of(done)
     assert kinds.index("decided") < kinds.index("queued") < kinds.index("started")
     decided = next(e for e in done["timeline"] if e["type"] == "decided")
-    assert decided["data"]["decision"]["status"] == "approved" and decided["data"]["decision"]["by"] == "admin"
+    assert (
+        decided["data"]["decision"]["status"] == "approved" and decided["data"]["decision"]["by"] == "admin"
+    )
     assert jobs_in_stream(stack) == 2
 
 
