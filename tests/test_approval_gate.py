@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import httpx
+
 from taskyard_common.settings import NatsSettings
 from taskyard_common.topology import Topology
 
@@ -98,12 +100,22 @@ def test_a_policy_gated_job_is_not_in_jobs_until_an_admin_approves_it(stack):
 def test_rejection_cancels_with_the_reason_and_a_retry_asks_again(stack):
     stack.start_api()
     stack.start_executor(handlers="handlers_for_tests")
+    ui = stack.start_ui()
     with stack.http() as c:
         spec = {"type": "echo", "payload": {}, "approval": {"before_start": True, "expires_s": 600}}
         job_id = c.post("/api/v1/jobs", json=spec).json()["id"]
         first = stack.wait_status(job_id, "needs_approval")["checkpoint"]
-        rejected = cli(stack, "reject", first["id"], "--reason", "not during the freeze")
-        assert rejected.returncode == 0, rejected.stderr
+        # The UI: the job page says what it waits for and links to the inbox, which decides it.
+        with httpx.Client(base_url=ui.url, cookies={"taskyard_key": stack.admin_key}, timeout=30) as web:
+            page = web.get(f"/jobs/{job_id}").text
+            assert "Waiting for approval before it starts" in page
+            assert f'href="/approvals#ck-{first["id"]}"' in page
+            inbox = web.get("/approvals").text
+            assert (
+                f'id="ck-{first["id"]}-approve"' in inbox and "the job is cancelled before it starts" in inbox
+            )
+            r = web.post(f"/approvals/{first['id']}/reject", data={"reason": "not during the freeze"})
+            assert r.status_code == 303, r.text
         gone = stack.wait_status(job_id, "cancelled")
         assert gone["error"] == {
             "type": "ApprovalRejected",
@@ -151,3 +163,39 @@ def wait_for_timeline(c, job_id: str, kind: str, timeout: float = 10) -> None:
     while kind not in types_of(c.get(f"/api/v1/jobs/{job_id}").json()):
         assert time.monotonic() < deadline, f"no {kind} on the timeline of {job_id}"
         time.sleep(0.05)
+
+
+def test_a_job_released_by_its_parent_then_waits_for_approval_with_its_window_from_then(stack):
+    stack.start_api()
+    stack.start_executor(handlers="handlers_for_tests")
+    with stack.http() as c:
+        parent = c.post("/api/v1/jobs", json={"type": "async_sleep", "payload": {"seconds": 1.5}}).json()
+        child = {"type": "echo", "depends_on": [parent["id"]], "approval": {"expires_s": 60}}
+        r = c.post("/api/v1/jobs", json=child)
+        assert r.status_code == 201, r.text
+        child_id = r.json()["id"]
+        assert r.json()["status"] == "blocked"
+        assert c.get("/api/v1/checkpoints", params={"job_id": child_id}).json()["checkpoints"] == []
+        stack.wait_status(parent["id"], "succeeded")
+        held = stack.wait_status(child_id, "needs_approval")
+        assert held["waiting_reason"]["code"] == "needs_approval"
+        ck = held["checkpoint"]
+        released = time.time()
+        assert abs(iso_s(ck["expires_at"]) - (iso_s(ck["created_at"]) + 60)) < 0.01
+        assert iso_s(ck["created_at"]) >= iso_s(parent_finished(c, parent["id"])) - 0.01
+        assert iso_s(ck["created_at"]) <= released
+        time.sleep(0.5)
+        assert c.get(f"/api/v1/jobs/{child_id}").json()["status"] == "needs_approval"
+        assert jobs_in_stream(stack) == 1  # the parent only
+        assert c.post(f"/api/v1/checkpoints/{ck['id']}/approve", json={}).status_code == 200
+        stack.wait_status(child_id, "succeeded")
+
+
+def iso_s(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def parent_finished(c, job_id: str) -> str:
+    return c.get(f"/api/v1/jobs/{job_id}").json()["finished_at"]
