@@ -53,9 +53,8 @@ def test_a_policy_gated_job_is_not_in_jobs_until_an_admin_approves_it(stack):
     stack.start_executor(handlers="handlers_for_tests")
     sam = create_key(stack.db_url, "sam", "submitter")
     with stack.http(sam) as s, stack.http() as admin:
-        # The submitter names itself as approver: the policy's approvers stand.
-        spec = {"type": "echo", "payload": {"x": 1}, "approval": {"approvers": ["sam"]}}
-        r = s.post("/api/v1/jobs", json=spec)
+        # It did not ask for approval: the policy of its type gives it the gate.
+        r = s.post("/api/v1/jobs", json={"type": "echo", "payload": {"x": 1}})
         assert r.status_code == 201, r.text
         job_id = r.json()["id"]
         assert r.json()["status"] == "needs_approval"
@@ -78,6 +77,12 @@ def test_a_policy_gated_job_is_not_in_jobs_until_an_admin_approves_it(stack):
         denied = s.post(f"/api/v1/checkpoints/{ck_id}/approve", json={})
         assert denied.status_code == 403, denied.text
         assert s.get(f"/api/v1/jobs/{job_id}").json()["status"] == "needs_approval"
+        # Naming itself as the approver does not help: the policy's approvers stand.
+        own = s.post("/api/v1/jobs", json={"type": "echo", "approval": {"approvers": ["sam"]}}).json()
+        own_ck = stack.wait_status(own["id"], "needs_approval")["checkpoint"]
+        assert own_ck["approvers"] == ["admin"]
+        assert s.post(f"/api/v1/checkpoints/{own_ck['id']}/approve", json={}).status_code == 403
+        assert s.post(f"/api/v1/jobs/{own['id']}/cancel").status_code == 200
 
         status = cli(stack, "status", job_id)
         assert status.returncode == 0, status.stderr
