@@ -204,3 +204,20 @@ def iso_s(text: str) -> float:
 
 def parent_finished(c, job_id: str) -> str:
     return c.get(f"/api/v1/jobs/{job_id}").json()["finished_at"]
+
+
+def test_a_delayed_job_asks_for_approval_when_its_time_comes(stack):
+    stack.start_api()
+    stack.start_executor(handlers="handlers_for_tests")
+    with stack.http() as c:
+        spec = {"type": "echo", "delay_s": 1.0, "approval": {"expires_s": 30}}
+        job = c.post("/api/v1/jobs", json=spec).json()
+        assert job["status"] == "scheduled"
+        assert c.get("/api/v1/checkpoints", params={"job_id": job["id"]}).json()["checkpoints"] == []
+        held = stack.wait_status(job["id"], "needs_approval")
+        ck = held["checkpoint"]
+        assert iso_s(ck["created_at"]) >= iso_s(job["created_at"]) + 1.0  # asked once its time came
+        assert abs(iso_s(ck["expires_at"]) - (iso_s(ck["created_at"]) + 30)) < 0.01
+        assert jobs_in_stream(stack) == 0
+        assert c.post(f"/api/v1/checkpoints/{ck['id']}/approve", json={}).status_code == 200
+        stack.wait_status(job["id"], "succeeded")

@@ -103,10 +103,9 @@ def approval_reason(approval: dict[str, Any], checkpoint_id: str, now: float) ->
     approvers = list(approval.get("approvers") or ["admin"])
     expires_at = approval.get("expires_at")
     who = ", ".join(f"`{a}`" for a in approvers)
-    until = f" (expires at {iso(expires_at)}" if expires_at is not None else ""
-    if until:
-        left = max(0.0, expires_at - now) if expires_at is not None else 0.0
-        until += f", in {seconds_text(left) if left < 60 else f'{left / 60:.0f} min'})"
+    until = ""
+    if expires_at is not None:
+        until = f" (expires at {iso(expires_at)}, in {duration_text(expires_at - now)})"
     return reason(
         "needs_approval",
         f"Needs approval by {who} before it may start{until}; rejected or expired, it is cancelled.",
