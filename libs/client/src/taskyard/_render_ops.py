@@ -2,7 +2,7 @@
 
 from typing import Any
 
-WAITING_STATUSES = frozenset({"queued", "retrying", "waiting"})
+WAITING_STATUSES = frozenset({"needs_approval", "queued", "retrying", "waiting"})
 PRIORITIES = ("high", "normal", "low")
 # RUNNING column: at most this many job ids per worker, then "+N".
 RUNNING_SHOWN = 3
@@ -79,7 +79,7 @@ def checkpoint_hint(job: dict[str, Any], reason: dict[str, Any]) -> str | None:
     """For a job waiting on a person, `  checkpoint: <id> · <name> · approve with: taskyard approve
     <id>` (a question: `answer with: taskyard answer <id> ANSWER (one of …)`); None otherwise."""
     code = reason.get("code")
-    if code not in ("waiting_approval", "waiting_answer"):
+    if code not in ("waiting_approval", "waiting_answer", "needs_approval"):
         return None
     ck = _mapping(job.get("checkpoint"))
     evidence = _mapping(reason.get("evidence"))

@@ -10,12 +10,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from taskyard_common.schemas import JobEvent
 from taskyard_common.telemetry import context_from, ns, tracer
 
+from . import approvals
 from .auth import ROLES, Principal
 from .failures import DomainError, Forbidden, Invalid, NotFound, Refused
 from .http_metrics import CHECKPOINTS_PENDING
 from .job_store import JobStore
 from .jobs import JobService
-from .lifecycle import Decided, JobRecord, transition
+from .lifecycle import Approved, Decided, JobRecord, transition
 from .models import Checkpoint
 from .schemas import iso
 
@@ -46,6 +47,28 @@ def checkpoint_out(ck: Checkpoint) -> dict:
 def may_decide(ck: Checkpoint, who: Principal) -> bool:
     """Approvers name roles (that role or higher) or key names."""
     return any(who.at_least(a) if a in ROLES else who.name == a for a in ck.approvers)
+
+
+def _after(
+    job: JobRecord, ck: Checkpoint, status: str, who: Principal | None, now: float, reason: str | None
+) -> JobRecord:
+    """The job once this decision applies: an approval before its start releases or cancels it
+    (its expiry too: `who` None); an in-run checkpoint resumes the job or fails it."""
+    if approvals.is_gate(ck):
+        if job.status != "needs_approval" or job.generation != ck.generation:
+            return job  # the job moved on (cancelled meanwhile): the decision is only recorded
+        if who is None:  # its expiry
+            return transition(job, Approved(now, False, None))
+        return transition(job, Approved(now, status == "approved", who.name, reason))
+    failed = status in ("rejected", "expired") and (ck.on_reject == "fail" or ck.kind == "question")
+    error = None
+    if failed:
+        by = who.name if who is not None else "system"
+        error = {
+            "type": "CheckpointRejected",
+            "message": f"checkpoint {ck.name!r} {status} by {by}: {reason}",
+        }
+    return transition(job, Decided(ck.generation, now, error))
 
 
 class _Expired(Exception):
@@ -110,14 +133,7 @@ class CheckpointService:
             if done.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
                 raise Refused(f"checkpoint {ck_id} was decided concurrently")
             job = await JobStore.get(session, ck.job_id)
-            failed = status in ("rejected", "expired") and (ck.on_reject == "fail" or ck.kind == "question")
-            error = None
-            if failed:
-                error = {
-                    "type": "CheckpointRejected",
-                    "message": f"checkpoint {ck.name!r} {status} by {by}: {reason}",
-                }
-            after = transition(job, Decided(ck.generation, now, error)) if job is not None else None
+            after = _after(job, ck, status, who, now, reason) if job is not None else None
             if job is not None and after is not None and not await JobStore.save(session, job, after):
                 raise Refused(f"job {job.id} changed while checkpoint {ck_id} was decided; retry")
             await session.commit()
@@ -136,12 +152,18 @@ class CheckpointService:
             )
             span.end(end_time=ns(now))
         if job is not None and after is not None and after is not job:
-            if after.status == "failed":
-                event = JobEvent.of(after, "failed", {"error": after.error}, attempt=after.attempt)
+            if after.finished:  # failed at a checkpoint, or cancelled before its start
+                if after.status == "cancelled":
+                    data = {"error": after.error, "by": by}
+                    event = JobEvent.of(after, "cancelled", data, attempt=after.attempt)
+                else:
+                    event = JobEvent.of(after, "failed", {"error": after.error}, attempt=after.attempt)
                 await self.jobs.publisher.publish_events([event])
                 await self.jobs.settle([after])  # what waits for it is skipped
-            else:
+            elif after.status == "queued":
                 await self.jobs.publish([after])
+            else:  # approved before its start onto its next gate (a concurrency or rate key)
+                await self.jobs.after_gates([after])
         return ck
 
     async def _publish(self, ck: Checkpoint, job: JobRecord | None, status, by, reason, answer, now) -> None:  # noqa: ANN001

@@ -8,11 +8,14 @@ other's move: a guard that no longer matches writes nothing, and the caller deci
 from typing import Any
 
 from sqlalchemy import Row, Table, bindparam, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from . import approvals
 from .driver_insert import DriverInsert
 from .lifecycle import COLUMNS, JobRecord, changes
-from .models import jobs_table
+from .models import checkpoints_table, jobs_table
 
 _BY_ID = select(jobs_table).where(jobs_table.c.id == bindparam("job_id"))
 _MARK_PUBLISHED = (
@@ -46,13 +49,15 @@ class JobStore:
     async def insert(self, jobs: list[JobRecord], *others: tuple[Table, list[dict[str, Any]]]) -> None:
         """New jobs and what comes with them (their edges, batch, workflow), in one transaction or
         not at all (IntegrityError on a taken idempotency key)."""
-        await self._insert((jobs_table, [row_of(job) for job in jobs]), *others)
+        asks = [approvals.checkpoint_row(job) for job in jobs if approvals.entered(None, job)]
+        await self._insert((jobs_table, [row_of(job) for job in jobs]), *others, (checkpoints_table, asks))
 
     @staticmethod
     async def add(session: AsyncSession, jobs: list[JobRecord]) -> None:
         """New jobs inside the session's transaction (callbacks created by the gate keeper)."""
         if jobs:
             await session.execute(insert(jobs_table), [row_of(job) for job in jobs])
+            await _approval_asked(session, [job for job in jobs if approvals.entered(None, job)])
 
     @staticmethod
     async def get(session: AsyncSession, job_id: str) -> JobRecord | None:
@@ -91,7 +96,16 @@ class JobStore:
             )
             .values(values)
         )
-        return bool(done.rowcount == 1)  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+        if done.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+            return False
+        # A job that waits for approval has its checkpoint from the same commit, whichever path
+        # moved it there (released from its parents, its time came, retried); one that stops
+        # waiting without a decision (cancelled) takes its question out of the inbox.
+        if approvals.entered(old, new):
+            await _approval_asked(session, [new])
+        elif approvals.left(old, new):
+            await _approval_withdrawn(session, old, new)
+        return True
 
     @staticmethod
     async def mark_published(session: AsyncSession, jobs: list[JobRecord]) -> None:
@@ -127,3 +141,21 @@ class JobStore:
             )
         )
         return {row.idempotency_key: record_of(row) for row in rows}
+
+
+async def _approval_asked(session: AsyncSession, jobs: list[JobRecord]) -> None:
+    if not jobs:
+        return
+    insert_ = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    # Its id is one per job generation: writing it twice (a replayed move) stores it once.
+    statement = insert_(checkpoints_table).on_conflict_do_nothing(index_elements=["id"])
+    await session.execute(statement, [approvals.checkpoint_row(job) for job in jobs])
+
+
+async def _approval_withdrawn(session: AsyncSession, old: JobRecord, new: JobRecord) -> None:
+    c = checkpoints_table.c
+    await session.execute(
+        update(checkpoints_table)
+        .where(c.id == approvals.checkpoint_id(old), c.status == "pending")
+        .values(status="expired", decided_at=new.updated_at, decided_by="system", reason=f"job {new.status}")
+    )

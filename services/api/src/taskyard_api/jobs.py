@@ -21,7 +21,7 @@ from taskyard_common.schemas import JobEvent
 from taskyard_common.telemetry import current_traceparent, tracer, tracing_on
 from taskyard_common.topology import QueueLimitReached
 
-from . import gates
+from . import approvals, gates
 from .auth import Principal
 from .failures import Forbidden, Invalid, NotFound, Refused, TooLarge
 from .ids import JOB_ID, new_id
@@ -32,6 +32,7 @@ from .models import edges_table, job_notify_table
 from .notify import webhook_rows
 from .plan import Item, check_graph
 from .publisher import Publisher
+from .schemas import ApprovalPolicies
 from .settings import ApiSettings
 
 log = logging.getLogger("taskyard.api.jobs")
@@ -60,8 +61,13 @@ def _may_see(who: Principal, job: JobRecord) -> bool:
     return who.at_least("admin") or job.owner_id == who.id
 
 
-def _new_record(item: Item, owner: Principal, now: float, member: dict[str, Any]) -> JobRecord:
+def _new_record(
+    item: Item, owner: Principal, now: float, member: dict[str, Any], policies: ApprovalPolicies
+) -> JobRecord:
     spec = item.spec
+    fields = spec.record_fields(now)
+    policy = approvals.policy_for(policies, spec.type, spec.queue)
+    fields["approval"] = approvals.approval_for(fields.get("approval"), policy, now)
     job_id = new_id(now)
     traceparent = None
     if tracing_on():
@@ -78,7 +84,7 @@ def _new_record(item: Item, owner: Principal, now: float, member: dict[str, Any]
         node=item.name,
         inputs=item.inputs,
         **member,
-        **spec.record_fields(now),
+        **fields,
         artifacts=spec.artifacts(),
     )
 
@@ -256,7 +262,7 @@ class JobService:
             if key and key in existing:
                 results.append((existing[key], False))
             else:
-                job = _new_record(item, owner, now, member)
+                job = _new_record(item, owner, now, member, self.settings.approval_policies)
                 results.append((job, True))
                 if key:
                     existing[key] = job  # the same key twice in one batch is one job

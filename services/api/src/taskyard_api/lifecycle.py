@@ -235,7 +235,23 @@ def gate_status(job: JobRecord, now: float) -> str:
 def _gated(job: JobRecord, at: float, status: str | None = None) -> JobRecord:
     """`job` moved to `status` (default: its first closed gate), its message due when queued."""
     status = status or gate_status(job, at)
+    if status == "needs_approval" and job.status != status:
+        job = replace(job, approval=_asking(job.approval or {}, at))
     return replace(job, status=status, outbox_at=at if status == "queued" else None, updated_at=at)
+
+
+def _asking(approval: dict[str, Any], at: float) -> dict[str, Any]:
+    """The approval as it starts waiting at `at`: its window (`expires_s`) runs from when a person
+    can first be asked, not from the submit (a job scheduled for tomorrow is not expired on arrival)."""
+    window = approval.get("expires_s")
+    return approval if window is None else {**approval, "expires_at": at + window}
+
+
+def _ask_again(job: JobRecord) -> JobRecord:
+    """A new generation of a job whose approval was refused or expired asks again; a yes stands."""
+    if job.approval is None or job.approved:
+        return job
+    return replace(job, approval={**job.approval, "decision": None})
 
 
 def new_job(
@@ -270,7 +286,7 @@ def transition(job: JobRecord, event: Event) -> JobRecord:
             if job.status not in RETRYABLE_STATES:
                 raise Refused(f"job {job.id} is {job.status}; only failed, dead or cancelled jobs retry")
             again = replace(_requeued(job, at, generation=job.generation + 1, resume=0), run_at=run_at)
-            return _gated(again, at)
+            return _gated(_ask_again(again), at)
         case Decided():
             return _decided(job, event)
         case Released(at, payload):
@@ -300,7 +316,7 @@ def transition(job: JobRecord, event: Event) -> JobRecord:
             if not job.finished or job.status == "succeeded":
                 return job
             return replace(
-                _requeued(job, at, generation=job.generation + 1, resume=0),
+                _ask_again(_requeued(job, at, generation=job.generation + 1, resume=0)),
                 status="blocked",
                 outbox_at=None,
             )

@@ -97,6 +97,24 @@ def checkpoint_reason(ck: dict) -> dict:
     )
 
 
+def approval_reason(approval: dict[str, Any], checkpoint_id: str, now: float) -> dict:
+    """Waits for a person's yes before its start (`approval` is the job's column): who may give it,
+    until when, and the checkpoint to decide in the inbox. Not in NATS, no slot held."""
+    approvers = list(approval.get("approvers") or ["admin"])
+    expires_at = approval.get("expires_at")
+    who = ", ".join(f"`{a}`" for a in approvers)
+    until = ""
+    if expires_at is not None:
+        until = f" (expires at {iso(expires_at)}, in {duration_text(expires_at - now)})"
+    return reason(
+        "needs_approval",
+        f"Needs approval by {who} before it may start{until}; rejected or expired, it is cancelled.",
+        checkpoint_id=checkpoint_id,
+        approvers=approvers,
+        expires_at=iso(expires_at),
+    )
+
+
 def queued_reason(
     queue: str,
     pos: Position,

@@ -172,7 +172,7 @@ async def get_job(job_id: str, request: Request, who: Principal = require("viewe
     job, timeline = await _load(request, job_id)
     out = job_out(job, timeline)
     out.update(queue_position=None, eta_seconds=None, eta_range=None, waiting_reason=None)
-    if job.status == "waiting":
+    if job.status in ("waiting", "needs_approval"):  # a person decides: the inbox item
         async with request.app.state.sessions() as session:
             ck = await session.scalar(
                 select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.status == "pending")

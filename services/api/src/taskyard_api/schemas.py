@@ -203,8 +203,34 @@ class ApprovalSpec(BaseModel):
         description="Roles (that role or higher) or key names who may approve",
     )
     expires_s: float = Field(
-        86400.0, gt=0, le=30 * 86400, description="Unanswered this long after submit: cancelled"
+        86400.0,
+        gt=0,
+        le=30 * 86400,
+        description="Unanswered this long after it starts waiting for approval: cancelled",
     )
+
+    def record(self, now: float) -> dict[str, Any]:
+        """The job's `approval` column: the window is kept, so a retry asks again for as long."""
+        return {
+            "approvers": list(self.approvers),
+            "expires_s": self.expires_s,
+            "expires_at": now + self.expires_s,
+            "decision": None,
+        }
+
+
+class ApprovalPolicy(ApprovalSpec):
+    """Approval before start for every job of a type or queue (TASKYARD_API_APPROVAL_POLICIES)."""
+
+    mode: Literal["AUTO", "APPROVAL_REQUIRED"] = "APPROVAL_REQUIRED"
+
+
+class ApprovalPolicies(BaseModel):
+    """{"types": {type: policy}, "queues": {queue: policy}} (docs/operations.md)."""
+
+    model_config = {"extra": "forbid"}
+    types: dict[str, ApprovalPolicy] = {}
+    queues: dict[str, ApprovalPolicy] = {}
 
 
 class JobFields(BaseModel):
@@ -265,11 +291,7 @@ class JobFields(BaseModel):
         run_at = self.run_at.timestamp() if self.run_at else (now + self.delay_s if self.delay_s else None)
         out: dict[str, Any] = {"run_at": run_at}
         if self.approval is not None:
-            out["approval"] = {
-                "approvers": self.approval.approvers,
-                "expires_at": now + self.approval.expires_s,
-                "decision": None,
-            }
+            out["approval"] = self.approval.record(now)
         if self.concurrency is not None:
             out["concurrency_key"] = self.concurrency.key
             out["concurrency"] = self.concurrency.model_dump(exclude={"key"})

@@ -7,7 +7,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from taskyard_common.settings import proxy_list
 
-from .schemas import NotifySpec
+from .schemas import ApprovalPolicies, NotifySpec
 
 
 class ApiSettings(BaseSettings):
@@ -65,6 +65,10 @@ class ApiSettings(BaseSettings):
     # Retries wait 1, 2, 4, … s up to this; after notify_max_tries a delivery is `failed`.
     notify_backoff_max_s: float = Field(300.0, gt=0)
     notify_max_tries: int = Field(20, ge=1)
+    # Approval before start for every job of a type or queue, whether it asked or not: JSON
+    # {"types": {"deploy": {"mode": "APPROVAL_REQUIRED", "approvers": ["admin"], "expires_s": 3600}},
+    #  "queues": {...}} (docs/operations.md, "Approval policies").
+    approval_policies: ApprovalPolicies = ApprovalPolicies()
     # Fault injection for the outbox test: exit right after the pending row is committed.
     fault_crash_after_insert: bool = False
 

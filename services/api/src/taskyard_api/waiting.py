@@ -5,10 +5,18 @@ This module reads (events, consumers, workers, rates); reasons.py decides from w
 
 import time
 
+from . import approvals
 from .lifecycle import JobRecord
 from .models import JobEventRow
 from .queue_state import SHORT_WINDOW_S, QueueState
-from .reasons import checkpoint_reason, publishing_reason, queued_reason, retry_reason, scheduled_reason
+from .reasons import (
+    approval_reason,
+    checkpoint_reason,
+    publishing_reason,
+    queued_reason,
+    retry_reason,
+    scheduled_reason,
+)
 from .workers import WorkerRegistry
 
 
@@ -37,6 +45,9 @@ async def explain(
             "eta_seconds": round(max(0.0, job.run_at - now), 1),
             "waiting_reason": scheduled_reason(job.run_at, now),
         }
+    if job.status == "needs_approval" and job.approval is not None:
+        ck_id = approvals.checkpoint_id(job)
+        return {**out, "waiting_reason": approval_reason(job.approval, ck_id, time.time())}
     if job.status == "waiting":
         return {**out, "waiting_reason": checkpoint_reason(_last(timeline, "waiting").get("checkpoint", {}))}
     if job.status != "queued" or job.stream_seq is None:
