@@ -23,7 +23,7 @@ from .models import jobs_table
 
 log = logging.getLogger("taskyard.api.gate_timer")
 
-# Most due jobs one transaction opens; the timer runs again at once while more are due.
+# Most due jobs one transaction opens; the next round (at once) takes the rest.
 DUE_PAGE = 500
 
 
@@ -34,8 +34,8 @@ class TimerSource(Protocol):
         """Epoch seconds of this source's next due gate, None when it has none."""
         ...
 
-    async def fire(self, now: float) -> bool:
-        """Open what is due at `now`; True when more may be due already (a full page)."""
+    async def fire(self, now: float) -> None:
+        """Open what is due at `now` (a page of it: the next round takes the rest)."""
         ...
 
 
@@ -68,16 +68,16 @@ class GateTimer:
     async def round(self) -> float:
         """Fire every due source; seconds until the next due gate (capped at max_sleep_s)."""
         nearest = self.max_sleep_s
+        fired = False
         for source in self.sources:
             now = time.time()
             due = await source.next_due()
             if due is not None and due <= now:
-                if await source.fire(now):
-                    return 0.0  # a full page: more are due, go again without sleeping
-                due = await source.next_due()
-            if due is not None:
+                await source.fire(now)
+                fired = True  # what is due next is read by the next round, right away
+            elif due is not None:
                 nearest = min(nearest, due - time.time())
-        return max(0.0, nearest)
+        return 0.0 if fired else max(0.0, nearest)
 
 
 class DueJobs:
@@ -94,7 +94,7 @@ class DueJobs:
             due = await session.scalar(select(func.min(j.run_at)).where(j.status == "scheduled"))
         return float(due) if due is not None else None
 
-    async def fire(self, now: float) -> bool:
+    async def fire(self, now: float) -> None:
         j = jobs_table.c
         moved: list[JobRecord] = []
         async with self.sessions() as session:
@@ -116,4 +116,3 @@ class DueJobs:
                 GATE_DUE_LAG.observe(max(0.0, now - job.run_at))
         await self.jobs.publish([job for job in moved if job.status == "queued"])
         await self.jobs.after_gates([job for job in moved if job.status != "queued"])
-        return len(due) == DUE_PAGE
