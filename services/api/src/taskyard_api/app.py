@@ -32,6 +32,7 @@ from . import (
     routes_keys,
     routes_notify,
     routes_queues,
+    routes_schedules,
     routes_work,
     routes_workers,
 )
@@ -51,6 +52,7 @@ from .publisher import Publisher
 from .queue_state import SAMPLE_INTERVAL_S, QueueState
 from .ratelimit import FailureLimiter, TokenBucket
 from .retention import prune_old
+from .schedules import ScheduleService
 from .settings import ApiSettings
 from .views import JsonAnswer
 from .workers import WorkerRegistry
@@ -101,6 +103,7 @@ async def lifespan(app: FastAPI):
     )
     settings = state.settings
     state.checkpoints = CheckpointService(state.sessions, state.jobs)
+    state.schedules = ScheduleService(state.sessions, state.jobs, settings)
     state.queues = QueueState(state.nc, state.js, state.topo, settings.queue_state_cache_s)
     state.workers = WorkerRegistry(
         state.js, state.topo, settings.workers_cache_s, settings.gone_keep_s, settings.stuck_min_s
@@ -126,6 +129,14 @@ async def lifespan(app: FastAPI):
     # NATS away shows in /readyz already; a failed sample needs no warning every 2 s.
     supervisor.every(
         "queue-sampler", SAMPLE_INTERVAL_S, state.queues.sample, at_start=True, level=logging.DEBUG
+    )
+    # One timer for every schedule: it sleeps until the earliest next fire time (or a change).
+    supervisor.every(
+        "schedules",
+        settings.schedule_poll_s,
+        state.schedules.run_due,
+        wake=state.schedules.wake,
+        at_start=True,
     )
     supervisor.every("checkpoint-expiry", settings.checkpoint_expiry_interval_s, state.checkpoints.expire_due)
     supervisor.every("rollup-prune", 3600, lambda: rollups.prune(state.sessions), at_start=True)
@@ -197,6 +208,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(routes_audit.router)
     app.include_router(routes_notify.router)
     app.include_router(routes_artifacts.router)
+    app.include_router(routes_schedules.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():

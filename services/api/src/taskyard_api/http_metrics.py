@@ -55,6 +55,13 @@ GATE_DUE_LAG = Histogram(
 WORK_CREATED = Counter(
     "taskyard_api_work_created_total", "Batches and workflows stored.", ["kind"], registry=REGISTRY
 )
+SCHEDULE_FIRES = Counter(
+    "taskyard_api_schedule_fires_total",
+    "Schedule fire times handled by this process, by outcome (created, skipped, failed; lost: "
+    "another api process fired it; dropped: missed and not caught up).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 BATCHES_COMPLETED = Counter(
     "taskyard_api_batches_completed_total", "Batches whose last member ended.", registry=REGISTRY
 )

@@ -68,7 +68,7 @@ def _new_record(
     fields = spec.record_fields(now)
     policy = approvals.policy_for(policies, spec.type, spec.queue)
     fields["approval"] = approvals.approval_for(fields.get("approval"), policy, now)
-    job_id = new_id(now)
+    job_id = item.id or new_id(now)
     traceparent = None
     if tracing_on():
         # The job's own span: its trace id is shown on the job and executors continue it.
@@ -291,6 +291,8 @@ class JobService:
         try:
             stored = iter(await self._group.submit(submission) if new or extra else [])
         except IntegrityError:
+            if not keys:
+                raise  # a row stored with the jobs was taken (a schedule's fire): the caller's
             # A concurrent request stored the same idempotency key first: answer with its job.
             if len(items) != 1:
                 raise Refused("idempotency key submitted concurrently; retry the batch") from None

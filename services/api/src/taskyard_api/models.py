@@ -5,6 +5,7 @@ from typing import Any, cast
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Float,
     ForeignKey,
     Index,
@@ -273,6 +274,50 @@ class JobRollup(Base):
     n: Mapped[int] = mapped_column(BigInteger)
 
 
+class Schedule(Base):
+    """Creates jobs from `template` at its fire times (cron in `timezone`, or every `every_s`).
+    `next_fire_at` is the first fire time not yet handled (NULL while paused): the timer reads the
+    smallest one through its index instead of scanning schedules."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (Index("ix_schedules_next_fire_at", "next_fire_at"),)
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    cron: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    every_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    timezone: Mapped[str] = mapped_column(String(64))
+    template: Mapped[dict] = mapped_column(JsonType)
+    overlap: Mapped[str] = mapped_column(String(16))  # allow | skip | cancel_previous | queue_one
+    catch_up: Mapped[str] = mapped_column(String(8))  # none | latest | all
+    catch_up_max: Mapped[int] = mapped_column(Integer)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Intervals count from here (the creation time, or the last change of the timing).
+    anchor_at: Mapped[float] = mapped_column(Float)
+    next_fire_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Bumped by every change of the timing: a timer that read an older version does not move it.
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class ScheduleFire(Base):
+    """One fire time of a schedule, handled once: its primary key (schedule_id, fire_at) is the
+    uniqueness that decides which api process fires it; the row is inserted in the transaction
+    that inserts the job. `outcome`: created | skipped | failed; `kind`: timer | catch_up | manual."""
+
+    __tablename__ = "schedule_fires"
+
+    schedule_id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    fire_at: Mapped[float] = mapped_column(Float, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16))
+    job_id: Mapped[str | None] = mapped_column(String(26), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    at: Mapped[float] = mapped_column(Float)
+
+
 # The Core tables the API writes with statements of its own (mypy sees `Model.__table__` as a
 # FromClause, which `update()` and `insert()` do not take).
 jobs_table = cast(Table, Job.__table__)
@@ -283,3 +328,5 @@ job_notify_table = cast(Table, JobNotify.__table__)
 rollups_table = cast(Table, JobRollup.__table__)
 gate_keys_table = cast(Table, GateKey.__table__)
 checkpoints_table = cast(Table, Checkpoint.__table__)
+schedules_table = cast(Table, Schedule.__table__)
+fires_table = cast(Table, ScheduleFire.__table__)

@@ -25,6 +25,8 @@ class Item:
     inputs: dict[str, str] | None = None
     parents_field: str = "depends_on"
     name_field: str = "name"
+    # A preset job id: a schedule's fire row names its job in the transaction that inserts both.
+    id: str | None = None
 
     def field(self, name: str) -> str:
         return f"{self.where}{name}"

@@ -69,6 +69,12 @@ class ApiSettings(BaseSettings):
     # {"types": {"deploy": {"mode": "APPROVAL_REQUIRED", "approvers": ["admin"], "expires_s": 3600}},
     #  "queues": {...}} (docs/operations.md, "Approval policies").
     approval_policies: ApprovalPolicies = ApprovalPolicies()
+    # Schedules: a fire time late by more than this (or by more than half its period) was missed
+    # and follows the schedule's catch-up policy; the timer looks at the schedules at least every
+    # schedule_poll_s (it sleeps until the next fire time, and other api processes' changes are
+    # seen by then).
+    schedule_misfire_grace_s: float = Field(1.0, gt=0)
+    schedule_poll_s: float = Field(5.0, gt=0)
     # Fault injection for the outbox test: exit right after the pending row is committed.
     fault_crash_after_insert: bool = False
 
