@@ -52,7 +52,7 @@ async def list_schedules(
 ):
     svc = _service(request)
     now = svc.clock()
-    return JsonAnswer({"schedules": [schedule_out(row, now) for row in await svc.list(limit)]})
+    return JsonAnswer({"schedules": [schedule_out(row, now) for row in await svc.listing(limit)]})
 
 
 @router.get("/schedules/{schedule_id}", responses=answers(404))

@@ -149,7 +149,7 @@ class ScheduleService:
             raise Forbidden("only an admin or the schedule's owner may change it")
         return row
 
-    async def list(self, limit: int) -> list[Any]:
+    async def listing(self, limit: int) -> list[Any]:
         async with self.sessions() as session:
             rows = await session.execute(select(schedules_table).order_by(_s.id.desc()).limit(limit))
         return list(rows)
