@@ -144,3 +144,13 @@ def test_clock_steps_do_not_change_what_fires():
     fine = fires_by_clock(t, start, start + 3600, 1)
     assert len(fine) == 12 and fine == sorted(set(fine))
     assert fine[0] == start + timedelta(minutes=5).total_seconds()
+
+
+def test_intervals_at_epoch_scale_lose_no_fire_time():
+    """Epoch seconds divided by 0.05 are off by ~1e-5: no fire time may be skipped for it."""
+    t = timing(None, 0.05, "UTC", 1796488373.004)
+    walked = t.upcoming(t.anchor, 2000)
+    assert walked == [t.nth(k) for k in range(1, 2001)]
+    for k in range(1, 2000, 7):
+        due = plan(t, t.nth(k), t.nth(k + 3) + 0.001, "all", 10, grace_s=1.0)
+        assert due.fire == [t.nth(k), t.nth(k + 1), t.nth(k + 2), t.nth(k + 3)], k

@@ -12,6 +12,7 @@ same fire (the (schedule, fire time) uniqueness depends on it).
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -67,11 +68,24 @@ class Timing:
     def after(self, t: float) -> float | None:
         """The first fire time strictly after `t` (None: the expression never matches again)."""
         if self.every_s is not None:
-            k = math.floor((t - self.anchor) / self.every_s) + 1
-            while (at := canon(self.anchor + k * self.every_s)) <= t:
+            k = self._index(t, math.floor) + 1
+            while self.nth(k - 1) > t:  # the division's rounding overshot
+                k -= 1
+            while self.nth(k) <= t:
                 k += 1
-            return at
+            return self.nth(k)
         return self._cron_after(t)
+
+    def nth(self, k: int) -> float:
+        """The k-th fire time of an interval."""
+        assert self.every_s is not None
+        return canon(self.anchor + k * self.every_s)
+
+    def _index(self, t: float, rounding: Callable[[float], int]) -> int:
+        """Roughly which interval fire time `t` is: epoch seconds divided by a small interval are
+        off by up to ~1e-5 periods; callers correct the result against `nth`."""
+        assert self.every_s is not None
+        return rounding((t - self.anchor) / self.every_s)
 
     def upcoming(self, t: float, n: int) -> list[float]:
         """The next `n` fire times after `t`."""
@@ -158,13 +172,17 @@ def _due(t: Timing, start: float, now: float, keep: int) -> tuple[list[float], i
     if t.every_s is not None:
         if start > now:
             return [], 0
-        first = math.ceil((start - t.anchor) / t.every_s - 1e-9)
-        last = math.floor((now - t.anchor) / t.every_s + 1e-9)
-        while canon(t.anchor + last * t.every_s) > now:
+        first = t._index(start, round)
+        while t.nth(first) < start:
+            first += 1
+        while t.nth(first - 1) >= start:
+            first -= 1
+        last = t._index(now, math.floor) + 1
+        while t.nth(last) > now:
             last -= 1
         count = max(0, last - first + 1)
         ks = range(max(first, last - keep + 1), last + 1)
-        return [canon(t.anchor + k * t.every_s) for k in ks], count
+        return [t.nth(k) for k in ks], count
     recent: deque[float] = deque(maxlen=keep)
     count, at = 0, start
     while at <= now:
