@@ -215,6 +215,7 @@ def test_two_apis_create_exactly_one_job_per_fire_time(stack, db_url):
     assert len(times) == steps + 1, (len(times), steps)
     created = [_metric(api, 'outcome="created"') for api in apis]
     lost = [_metric(api, 'outcome="lost"') for api in apis]
+    print(f"fires {len(per_fire)}: created per api {created}, lost races per api {lost}")
     assert sum(created) == len(per_fire) and all(created), (created, lost)
     for api in apis:
         assert api.alive(), api.output()[-2000:]

@@ -328,3 +328,35 @@ class LogFollow:
         if self.failures > self.MAX_FAILURES:
             return None
         return min(0.2 * 2 ** (self.failures - 1), 5.0)
+
+
+SCHEDULES = "/api/v1/schedules"
+
+
+def schedule_path(schedule_id: str, suffix: str = "") -> str:
+    return f"{SCHEDULES}/{quote(str(schedule_id), safe='')}{suffix}"
+
+
+def schedule_create(body: dict[str, Any]) -> Call:
+    return Call("POST", SCHEDULES, body=body)
+
+
+def schedules(limit: int = 200) -> Call:
+    return Call("GET", SCHEDULES, params=[("limit", str(limit))], unwrap=lambda d: d["schedules"])
+
+
+def schedule(schedule_id: str, history: int = 20) -> Call:
+    return Call("GET", schedule_path(schedule_id), params=[("history", str(history))])
+
+
+def schedule_action(schedule_id: str, action: str) -> Call:
+    """POST /schedules/{id}/pause|resume|trigger."""
+    return Call("POST", schedule_path(schedule_id, f"/{action}"))
+
+
+def schedule_update(schedule_id: str, changes: dict[str, Any]) -> Call:
+    return Call("PATCH", schedule_path(schedule_id), body=changes)
+
+
+def schedule_delete(schedule_id: str) -> Call:
+    return Call("DELETE", schedule_path(schedule_id))

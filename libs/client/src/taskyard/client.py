@@ -508,6 +508,40 @@ class Client(_Base):
         """One checkpoint (404 if unknown)."""
         return self._call(_calls.checkpoint(id))
 
+    # Schedules
+
+    def create_schedule(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a schedule (POST /api/v1/schedules: `cron` or `every_s`, `timezone`, `template`,
+        `overlap`, `catch_up`, `catch_up_max`); the answer has its `next_fires`."""
+        return self._call(_calls.schedule_create(dict(body)))
+
+    def schedules(self, limit: int = 200) -> Records:
+        """Schedules, newest first, each with its next fire times."""
+        return self._call(_calls.schedules(limit))
+
+    def schedule(self, id: str, history: int = 20) -> dict[str, Any]:
+        """One schedule with its `next_fires` and its `history` most recent fires (`recent_jobs`)."""
+        return self._call(_calls.schedule(id, history))
+
+    def update_schedule(self, id: str, **changes: Any) -> dict[str, Any]:
+        """Change a schedule's fields (PATCH)."""
+        return self._call(_calls.schedule_update(id, changes))
+
+    def pause_schedule(self, id: str) -> dict[str, Any]:
+        return self._call(_calls.schedule_action(id, "pause"))
+
+    def resume_schedule(self, id: str) -> dict[str, Any]:
+        """Resume from the next fire time (what passed while paused is not caught up)."""
+        return self._call(_calls.schedule_action(id, "resume"))
+
+    def trigger_schedule(self, id: str) -> dict[str, Any]:
+        """Fire now: {"fire_at", "kind", "outcome" (created|skipped|failed), "reason", "job"}."""
+        return self._call(_calls.schedule_action(id, "trigger"))
+
+    def delete_schedule(self, id: str) -> None:
+        """Delete a schedule and its fire history; its jobs stay."""
+        self._call(_calls.schedule_delete(id))
+
     def approve(self, id: str, reason: str | None = None) -> dict[str, Any]:
         """Approve a pending approval; the job resumes. Returns the decided checkpoint.
         403 if this key may not decide it, 409 if already decided, expired, or a question."""

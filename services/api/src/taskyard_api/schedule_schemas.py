@@ -4,6 +4,7 @@ a schedule's jobs get every job feature; what only makes sense once per request 
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .schedule_times import BadTiming, CatchUp, check_cron, zone
 from .schemas import JobCreate
@@ -22,12 +23,17 @@ CATCH_UP_DOC = (
 )
 
 
+def _refused(message: str) -> PydanticCustomError:
+    """A validation error whose message is ours alone (no "Value error, " before it)."""
+    return PydanticCustomError("schedule", message.replace("{", "{{").replace("}", "}}"))
+
+
 def _cron(value: str | None) -> str | None:
     if value is not None:
         try:
             check_cron(value)
         except BadTiming as exc:
-            raise ValueError(str(exc).removeprefix("cron: ")) from None
+            raise _refused(str(exc).removeprefix("cron: ")) from None
     return value
 
 
@@ -36,7 +42,7 @@ def _zone(value: str | None) -> str | None:
         try:
             zone(value)
         except BadTiming as exc:
-            raise ValueError(str(exc).removeprefix("timezone: ")) from None
+            raise _refused(str(exc).removeprefix("timezone: ")) from None
     return value
 
 
@@ -45,7 +51,7 @@ def _template(value: JobCreate | None) -> JobCreate | None:
         return None
     for name in ("name", "depends_on", "idempotency_key"):
         if getattr(value, name):
-            raise ValueError(
+            raise _refused(
                 f"{name} is not allowed in a schedule's template (each fire creates one job; "
                 "overlap: queue_one chains them)"
             )
@@ -79,7 +85,7 @@ class ScheduleFields(BaseModel):
     @model_validator(mode="after")
     def _one_timing(self) -> "ScheduleFields":
         if self.cron is not None and self.every_s is not None:
-            raise ValueError("cron, every_s: give one of them, not both")
+            raise _refused("cron, every_s: give one of them, not both")
         return self
 
 
@@ -96,7 +102,7 @@ class ScheduleCreate(ScheduleFields):
     @model_validator(mode="after")
     def _has_timing(self) -> "ScheduleCreate":
         if self.cron is None and self.every_s is None:
-            raise ValueError("cron, every_s: give one of them")
+            raise _refused("cron, every_s: give one of them")
         return self
 
 
