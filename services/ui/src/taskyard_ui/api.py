@@ -57,6 +57,10 @@ def checkpoint_path(ck_id: str, suffix: str = "") -> str:
     return f"/api/v1/checkpoints/{quote(ck_id, safe='')}{suffix}"
 
 
+def schedule_path(schedule_id: str, suffix: str = "") -> str:
+    return f"/api/v1/schedules/{quote(schedule_id, safe='')}{suffix}"
+
+
 def api_headers(key: str, browser: str | None) -> dict[str, str]:
     """Headers of every API call: the user's key, and the user's address.
 
@@ -195,3 +199,13 @@ class ApiClient:
     async def retry_batch(self, batch_id: str) -> dict:
         """Run the batch's failed, dead and cancelled members again."""
         return await self.call("POST", work_path("batches", batch_id, "/retry"))
+
+    async def schedules(self) -> list[dict]:
+        return (await self.call("GET", "/api/v1/schedules"))["schedules"]
+
+    async def schedule(self, schedule_id: str, history: int = 50) -> dict:
+        return await self.call("GET", schedule_path(schedule_id), params={"history": history})
+
+    async def schedule_action(self, schedule_id: str, action: str) -> dict:
+        """pause, resume or trigger."""
+        return await self.call("POST", schedule_path(schedule_id, f"/{action}"))
