@@ -25,7 +25,9 @@ def test_schedules_from_the_cli(stack):
     print(transcript(args, out))
     assert out.returncode == 0, out.stderr
     schedule_id = out.stdout.split()[1]
-    assert "next fires:" in out.stdout and out.stdout.count("T02:30:00+0") + out.stdout.count("T03:00:00") == 5
+    assert (
+        "next fires:" in out.stdout and out.stdout.count("T02:30:00+0") + out.stdout.count("T03:00:00") == 5
+    )
 
     listed = cli(stack, "schedules", "list")
     print(transcript(["schedules", "list"], listed))
@@ -44,7 +46,9 @@ def test_schedules_from_the_cli(stack):
     assert cli(stack, "schedules", "pause", schedule_id).stdout.strip() == f"paused {schedule_id}"
     shown = json.loads(cli(stack, "schedules", "show", schedule_id, "--json").stdout)
     assert shown["paused"] is True and shown["next_fires"] == []
-    assert cli(stack, "schedules", "resume", schedule_id).stdout.startswith(f"resumed {schedule_id}; next fire 20")
+    assert cli(stack, "schedules", "resume", schedule_id).stdout.startswith(
+        f"resumed {schedule_id}; next fire 20"
+    )
     assert cli(stack, "schedules", "delete", schedule_id).returncode == 0
     gone = cli(stack, "schedules", "show", schedule_id)
     assert gone.returncode == 3 and gone.stderr.startswith("error: 404")
@@ -58,7 +62,9 @@ def test_schedule_bad_input_exit_codes(stack):
     assert bad_json.returncode == 2 and "--payload: invalid JSON" in bad_json.stderr
     bad_cron = cli(stack, "schedules", "create", "--cron", "61 * * * *", "--type", "noop")
     assert bad_cron.returncode == 3 and bad_cron.stderr.startswith("error: 422 cron:"), bad_cron.stderr
-    bad_tz = cli(stack, "schedules", "create", "--cron", "0 3 * * *", "--tz", "Nowhere/Else", "--type", "noop")
+    bad_tz = cli(
+        stack, "schedules", "create", "--cron", "0 3 * * *", "--tz", "Nowhere/Else", "--type", "noop"
+    )
     assert bad_tz.returncode == 3 and "timezone: unknown time zone" in bad_tz.stderr, bad_tz.stderr
     assert len(bad_tz.stderr.strip().splitlines()) == 1
     assert json.loads(cli(stack, "schedules", "list", "--json").stdout) == {"schedules": []}

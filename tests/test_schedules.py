@@ -89,7 +89,10 @@ def test_create_preview_trigger_pause_resume_history_delete(stack):
             assert o.post(f"/api/v1/schedules/{s['id']}/pause").status_code == 403
             assert o.delete(f"/api/v1/schedules/{s['id']}").status_code == 403
         with stack.http(viewer) as v:
-            assert v.post("/api/v1/schedules", json={"every_s": 60, "template": {"type": "noop"}}).status_code == 403
+            assert (
+                v.post("/api/v1/schedules", json={"every_s": 60, "template": {"type": "noop"}}).status_code
+                == 403
+            )
 
         assert c.delete(f"/api/v1/schedules/{s['id']}").status_code == 204
         assert c.get(f"/api/v1/schedules/{s['id']}").status_code == 404
@@ -182,7 +185,9 @@ def test_catch_up_all_after_a_real_restart(stack):
     time.sleep(3.5)
     stack.start_api()
     with stack.http() as c:
-        wait_until(lambda: max(_fire_times(stack.db_url, s["id"])) > time.time() - 0.5, timeout=15, what="fires")
+        wait_until(
+            lambda: max(_fire_times(stack.db_url, s["id"])) > time.time() - 0.5, timeout=15, what="fires"
+        )
     fires = _fire_times(stack.db_url, s["id"])
     first, last = min(fires), max(fires)
     assert sorted(fires) == [first + k for k in range(int(last - first) + 1)]  # no fire time lost
