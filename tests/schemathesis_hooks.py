@@ -12,6 +12,11 @@ A job's input files must be uploaded first (a rule of the server's state): schem
 dropped; output names the schema admits but the worded rule refuses become "out/**". An upload's
 path names its body's sha256: a schema-valid one is made the right one.
 
+A schedule's `cron` must be a cron expression that fires and its `timezone` an IANA zone (rules
+in words): schema-valid strings become `0 3 * * *` and `UTC`; `cron` and `every_s` are one or the
+other (a rule across two fields), and its `template` is a job made runnable as above, without what
+a template may not have (`name`, `depends_on`, `idempotency_key`).
+
 A job's `notify` needs the api's TASKYARD_API_WEBHOOK_SECRET (another rule in words): this api has
 none, so a well-formed `notify` is dropped (a malformed one stays, and must be a 422).
 """
@@ -100,8 +105,29 @@ def _json_object_filter(where: object) -> None:
                 where.pop(f"{name}_before")
 
 
+def _schedule(body: object, create: bool) -> None:
+    if not isinstance(body, dict):
+        return
+    if isinstance(body.get("cron"), str) and 1 <= len(body["cron"]) <= 200:
+        body["cron"] = "0 3 * * *"
+    if isinstance(body.get("timezone"), str) and 1 <= len(body["timezone"]) <= 64:
+        body["timezone"] = "UTC"
+    if body.get("cron") is not None and body.get("every_s") is not None:
+        body.pop("every_s")
+    if create and body.get("cron") is None and body.get("every_s") is None:
+        body["cron"] = "0 3 * * *"
+    template = body.get("template")
+    _runnable(template, 0)
+    if isinstance(template, dict):
+        for key in ("name", "depends_on", "idempotency_key"):
+            template.pop(key, None)
+
+
 @schemathesis.hook
 def before_call(context, case, kwargs):
+    if case.operation.path.startswith("/api/v1/schedules") and case.method in ("POST", "PATCH"):
+        _schedule(case.body, create=case.method == "POST")
+        return
     if case.operation.path == "/api/v1/inputs/{sha256}" and case.method == "PUT":
         # The bytes the transport will send (case.body may be a binary wrapper, not bytes).
         sent = case.as_transport_kwargs(base_url="http://127.0.0.1")

@@ -78,7 +78,8 @@ def _no_nul(schema: Any) -> None:
 
 
 def _link_submitted_job(doc: dict[str, Any]) -> None:
-    """Links from a submit's answer to the routes taking its `id` (clients and stateful fuzzers)."""
+    """Links from a submit's (and a schedule's) answer to the routes taking its `id` (clients and
+    stateful fuzzers)."""
     paths = doc["paths"]
     links = {
         operation["operationId"]: {
@@ -91,6 +92,17 @@ def _link_submitted_job(doc: dict[str, Any]) -> None:
     }
     for status in ("200", "201"):
         paths["/api/v1/jobs"]["post"]["responses"][status]["links"] = links
+    schedule_links = {
+        operation["operationId"]: {
+            "operationId": operation["operationId"],
+            "parameters": {"schedule_id": "$response.body#/id"},
+        }
+        for path, operations in paths.items()
+        if path.startswith("/api/v1/schedules/{schedule_id}")
+        for operation in operations.values()
+    }
+    if created := paths.get("/api/v1/schedules", {}).get("post"):
+        created["responses"]["201"]["links"] = schedule_links
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

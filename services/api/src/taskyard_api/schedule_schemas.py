@@ -3,7 +3,7 @@ a schedule's jobs get every job feature; what only makes sense once per request 
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, StrictBool, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .schedule_times import BadTiming, CatchUp, check_cron, zone
@@ -97,7 +97,7 @@ class ScheduleCreate(ScheduleFields):
     overlap: Overlap | None = Field("allow", description=OVERLAP_DOC)
     catch_up: CatchUp | None = Field("latest", description=CATCH_UP_DOC)
     catch_up_max: int | None = Field(10, ge=1, le=1000)
-    paused: bool = False
+    paused: StrictBool = Field(False, description="Create it paused")
 
     @model_validator(mode="after")
     def _has_timing(self) -> "ScheduleCreate":
@@ -107,4 +107,5 @@ class ScheduleCreate(ScheduleFields):
 
 
 class SchedulePatch(ScheduleFields):
-    """Fields to change; a new `cron` replaces `every_s` and the other way round."""
+    """Fields to change (null or left out: unchanged); a new `cron` replaces `every_s` and the
+    other way round. A new timing counts from now."""

@@ -156,20 +156,20 @@ class ScheduleService:
 
     async def update(self, schedule_id: str, who: Principal, patch: ScheduleFields) -> Any:
         old = await self.owned(schedule_id, who)
-        changes: dict[str, Any] = patch.model_dump(exclude_unset=True, exclude={"template"})
+        # null, like a field left out, leaves it as it is.
+        changes: dict[str, Any] = {
+            k: v
+            for k, v in patch.model_dump(exclude_unset=True, exclude={"template"}).items()
+            if v is not None
+        }
         if patch.template is not None:
             changes["template"] = patch.template.model_dump(mode="json", exclude_defaults=True)
         if changes.get("cron") is not None:
             changes["every_s"] = None
         if changes.get("every_s") is not None:
             changes["cron"] = None
-        for name in ("timezone", "overlap", "catch_up", "catch_up_max"):
-            if name in changes and changes[name] is None:
-                raise Invalid(f"{name}: may not be null")
         now = self.clock()
         merged = {**old._asdict(), **changes}
-        if merged["cron"] is None and merged["every_s"] is None:
-            raise Invalid("cron, every_s: a schedule needs one of them")
         if {"cron", "every_s", "timezone"} & changes.keys():
             changes["anchor_at"] = merged["anchor_at"] = canon(now)
             changes["version"] = old.version + 1
