@@ -307,3 +307,27 @@ def test_gate_options_become_the_submit_gate_fields_or_a_one_line_reason():
     ]:
         with pytest.raises(BadInput, match=said):
             gates_of(*args)
+
+
+def test_schedule_rendering():
+    from taskyard._calls import schedule, schedule_action, schedules
+    from taskyard._render_schedules import fire_row, schedule_row, show_lines, trigger_line, when
+
+    assert schedule_action("a/b", "pause").path == "/api/v1/schedules/a%2Fb/pause"
+    assert schedules(5).params == [("limit", "5")] and schedule("S", 3).params == [("history", "3")]
+    s = {"id": "S1", "name": "nightly", "cron": "30 2 * * *", "timezone": "Europe/Berlin",
+         "template": {"type": "shell"}, "overlap": "skip", "catch_up": "latest", "catch_up_max": 10,
+         "paused": False, "next_fires": ["2027-03-28T03:00:00+02:00"]}  # fmt: skip
+    assert when(s) == "cron 30 2 * * *" and when({"every_s": 0.5}) == "every 0.5s"
+    assert schedule_row(s)[-2:] == ["active", "2027-03-28T03:00:00+02:00"]
+    assert "    2027-03-28T03:00:00+02:00" in show_lines(s)
+    assert show_lines({**s, "paused": True, "next_fires": []})[-1] == "  next fires: none (paused)"
+    fire = {"fire_at": "2027-03-28T01:00:00.250Z", "kind": "timer", "outcome": "skipped", "job_id": None,
+            "job_status": None, "reason": "previous job J is running"}  # fmt: skip
+    assert fire_row(fire)[:3] == ["2027-03-28 01:00:00.250", "timer", "skipped"]
+    assert (
+        trigger_line({"outcome": "created", "job": {"id": "J", "status": "queued"}})
+        == "fired: job J (queued)"
+    )
+    assert trigger_line({"outcome": "skipped", "reason": "why"}) == "skipped: why"
+    assert fire_row({**fire, "fire_at": "2027-03-28T01:00:00Z"})[0] == "2027-03-28 01:00:00"

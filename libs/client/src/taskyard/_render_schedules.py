@@ -30,9 +30,14 @@ def schedule_row(s: dict[str, Any]) -> list[str]:
     ]
 
 
+def _millis(iso: str) -> str:
+    """ ".250" of "…T01:00:00.250Z" (interval schedules fire at fractions of a second), else ""."""
+    return iso[19:23] if iso[19:20] == "." else ""
+
+
 def fire_row(f: dict[str, Any]) -> list[str]:
     return [
-        short_time(f.get("fire_at")) + (f.get("fire_at") or "")[19:23],
+        short_time(f.get("fire_at")) + _millis(f.get("fire_at") or ""),
         str(f.get("kind")),
         str(f.get("outcome")),
         str(f.get("job_id") or "-"),

@@ -822,6 +822,35 @@ class AsyncClient(_Base):
         """See Client.checkpoint."""
         return await self._call(_calls.checkpoint(id))
 
+    async def create_schedule(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """See Client.create_schedule."""
+        return await self._call(_calls.schedule_create(dict(body)))
+
+    async def schedules(self, limit: int = 200) -> Records:
+        """See Client.schedules."""
+        return await self._call(_calls.schedules(limit))
+
+    async def schedule(self, id: str, history: int = 20) -> dict[str, Any]:
+        """See Client.schedule."""
+        return await self._call(_calls.schedule(id, history))
+
+    async def update_schedule(self, id: str, **changes: Any) -> dict[str, Any]:
+        """See Client.update_schedule."""
+        return await self._call(_calls.schedule_update(id, changes))
+
+    async def pause_schedule(self, id: str) -> dict[str, Any]:
+        return await self._call(_calls.schedule_action(id, "pause"))
+
+    async def resume_schedule(self, id: str) -> dict[str, Any]:
+        return await self._call(_calls.schedule_action(id, "resume"))
+
+    async def trigger_schedule(self, id: str) -> dict[str, Any]:
+        """See Client.trigger_schedule."""
+        return await self._call(_calls.schedule_action(id, "trigger"))
+
+    async def delete_schedule(self, id: str) -> None:
+        await self._call(_calls.schedule_delete(id))
+
     async def approve(self, id: str, reason: str | None = None) -> dict[str, Any]:
         """See Client.approve."""
         return await self._call(_calls.approve(id, reason))
