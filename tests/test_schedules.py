@@ -46,6 +46,10 @@ def _epoch(iso: str) -> float:
         ({"every_s": 60, "template": {"type": "noop", "depends_on": ["x"]}}, "template"),
         ({"every_s": 60, "template": {"type": "no-such-type"}}, "template.type"),
         ({"every_s": 60, "catch_up_max": 0}, "catch_up_max"),
+        (
+            {"every_s": 60, "template": {"type": "noop", "notify": {"url": "http://hooks.test/x"}}},
+            "template.notify",
+        ),
     ],
 )
 def test_bad_input_is_a_422_naming_the_field_and_stores_nothing(stack, body, field):
@@ -133,6 +137,19 @@ def test_overlap_policies_while_the_previous_job_is_not_final(stack):
         c.post(f"/api/v1/jobs/{running['id']}/cancel", params={"descendants": "leave"})
         stack.wait_status(waiting["id"], "queued", timeout=10)
         assert trigger(queue_one)["job"]["status"] == "blocked"
+
+
+def test_a_revoked_owners_schedule_creates_no_job(stack):
+    stack.start_api()
+    key = create_key(stack.db_url, "leaver", "submitter")
+    with stack.http(key) as mine:
+        s = _schedule(mine, cron=NEVER_SOON)
+        key_id = mine.get("/api/v1/whoami").json()["id"]
+    with stack.http() as c:
+        assert c.delete(f"/api/v1/keys/{key_id}").status_code == 204
+        fired = c.post(f"/api/v1/schedules/{s['id']}/trigger").json()
+    assert (fired["outcome"], fired["job"]) == ("failed", None) and "revoked" in fired["reason"]
+    assert query(stack.db_url, "SELECT COUNT(*) FROM jobs")[0][0] == 0
 
 
 def _fire_times(db_url: str, schedule_id: str) -> dict[float, str]:

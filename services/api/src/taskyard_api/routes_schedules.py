@@ -5,11 +5,12 @@ from fastapi import APIRouter, Query, Request, Response
 from . import audit
 from .api_doc import answers
 from .auth import Principal, require
-from .failures import Invalid, NotFound
+from .failures import Invalid, NotFound, TooLarge
 from .input_checks import CheckedRoute
 from .routes_jobs import job_service
 from .schedule_schemas import ScheduleCreate, SchedulePatch
 from .schedules import ScheduleService, schedule_out, valid_id
+from .schemas import JobCreate
 from .views import JsonAnswer, job_out
 
 router = APIRouter(prefix="/api/v1", route_class=CheckedRoute)
@@ -22,6 +23,18 @@ def _service(request: Request, schedule_id: str | None = None) -> ScheduleServic
     return request.app.state.schedules
 
 
+async def _check_template(request: Request, template: JobCreate) -> None:
+    """What a submit of the template would refuse, refused now (a 4xx naming `template.…`)."""
+    state = request.app.state
+    if template.notify and not state.settings.webhook_secret:
+        raise Invalid("template.notify: this api has no TASKYARD_API_WEBHOOK_SECRET to sign webhooks with")
+    if (size := template.payload_size()) > (limit := state.settings.max_payload_bytes):
+        raise TooLarge(f"template.payload: {size} bytes exceeds the limit of {limit}")
+    await state.artifacts.check_inputs([template], "template")
+    if problems := await state.jobs.known_types.problems(template, "template."):
+        raise Invalid("; ".join(problems))
+
+
 async def _answer(svc: ScheduleService, row, history: int = 0) -> JsonAnswer:
     recent = await svc.history(row.id, history) if history else None
     return JsonAnswer(schedule_out(row, svc.clock(), recent))
@@ -32,14 +45,11 @@ async def _audit_if_admin(request: Request, who: Principal, action: str, row) ->
         await audit.record(request, who, action, row.id, owner=row.owner_id)
 
 
-@router.post("/schedules", status_code=201, responses=answers())
+@router.post("/schedules", status_code=201, responses=answers(413))
 async def create_schedule(body: ScheduleCreate, request: Request, who: Principal = require("submitter")):
     """A schedule; the answer has its next 5 fire times (`next_fires`, in its time zone)."""
     svc = _service(request)
-    await request.app.state.artifacts.check_inputs([body.template], "template")
-    problems = await request.app.state.jobs.known_types.problems(body.template, "template.")
-    if problems:
-        raise Invalid("; ".join(problems))
+    await _check_template(request, body.template)
     row = await svc.create(body, who)
     answer = await _answer(svc, row)
     answer.status_code = 201
@@ -79,13 +89,13 @@ async def schedule_jobs(
     return JsonAnswer({"fires": await svc.history(schedule_id, limit)})
 
 
-@router.patch("/schedules/{schedule_id}", responses=answers(404))
+@router.patch("/schedules/{schedule_id}", responses=answers(404, 413))
 async def patch_schedule(
     schedule_id: str, body: SchedulePatch, request: Request, who: Principal = require("submitter")
 ):
     svc = _service(request, schedule_id)
     if body.template is not None:
-        await request.app.state.artifacts.check_inputs([body.template], "template")
+        await _check_template(request, body.template)
     row = await svc.update(schedule_id, who, body)
     await _audit_if_admin(request, who, "schedule.update", row)
     return await _answer(svc, row)

@@ -24,7 +24,7 @@ from .failures import DomainError, Forbidden, Invalid, NotFound
 from .http_metrics import SCHEDULE_FIRES
 from .ids import JOB_ID, new_id
 from .jobs import JobService
-from .models import fires_table, jobs_table, schedules_table
+from .models import ApiKey, fires_table, jobs_table, schedules_table
 from .plan import Item
 from .schedule_schemas import ScheduleCreate, ScheduleFields
 from .schedule_times import BadTiming, Timing, canon, plan, timing, wall_iso
@@ -246,6 +246,10 @@ class ScheduleService:
         another api process handled that fire time first."""
         now = self.clock()
         owner = Principal(s.owner_id, f"schedule {s.id}", "submitter")
+        async with self.sessions() as session:
+            revoked = await session.scalar(select(ApiKey.revoked_at).where(ApiKey.id == s.owner_id))
+        if revoked is not None:  # its owner may no longer submit: neither may its schedule
+            return await self._record(s, fire_at, kind, "failed", f"the owner's key {s.owner_id} is revoked")
         previous = await self._previous(s.id)
         parents: list[Dependency] = []
         cancel: str | None = None
