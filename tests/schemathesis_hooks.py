@@ -15,7 +15,7 @@ path names its body's sha256: a schema-valid one is made the right one.
 A schedule's `cron` must be a cron expression that fires and its `timezone` an IANA zone (rules
 in words): schema-valid strings become `0 3 * * *` and `UTC`; `cron` and `every_s` are one or the
 other (a rule across two fields), and its `template` is a job made runnable as above, without what
-a template may not have (`name`, `depends_on`, `idempotency_key`).
+a template may not have (`name`, `depends_on`, `idempotency_key`, `run_at`).
 
 A job's `notify` needs the api's TASKYARD_API_WEBHOOK_SECRET (another rule in words): this api has
 none, so a well-formed `notify` is dropped (a malformed one stays, and must be a 422).
@@ -119,7 +119,7 @@ def _schedule(body: object, create: bool) -> None:
     template = body.get("template")
     _runnable(template, 0)
     if isinstance(template, dict):
-        for key in ("name", "depends_on", "idempotency_key"):
+        for key in ("name", "depends_on", "idempotency_key", "run_at"):
             template.pop(key, None)
 
 

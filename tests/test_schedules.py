@@ -44,6 +44,7 @@ def _epoch(iso: str) -> float:
         ({"every_s": 60, "cron": "0 3 * * *"}, "cron, every_s"),
         ({"timezone": "UTC"}, "cron, every_s"),
         ({"every_s": 60, "template": {"type": "noop", "depends_on": ["x"]}}, "template"),
+        ({"every_s": 60, "template": {"type": "noop", "run_at": "2030-01-01T00:00:00Z"}}, "template"),
         ({"every_s": 60, "template": {"type": "no-such-type"}}, "template.type"),
         ({"every_s": 60, "catch_up_max": 0}, "catch_up_max"),
         (

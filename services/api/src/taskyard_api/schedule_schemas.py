@@ -49,11 +49,11 @@ def _zone(value: str | None) -> str | None:
 def _template(value: JobCreate | None) -> JobCreate | None:
     if value is None:
         return None
-    for name in ("name", "depends_on", "idempotency_key"):
+    for name in ("name", "depends_on", "idempotency_key", "run_at"):
         if getattr(value, name):
             raise _refused(
-                f"{name} is not allowed in a schedule's template (each fire creates one job; "
-                "overlap: queue_one chains them)"
+                f"{name} is not allowed in a schedule's template (each fire creates one job at its "
+                "fire time; `delay_s` delays it, overlap: queue_one chains them)"
             )
     return value
 
