@@ -8,7 +8,7 @@ from sqlalchemy import func, insert, select
 
 from taskyard_api.db import make_engine, make_sessionmaker
 from taskyard_api.ids import first_id_at, new_id
-from taskyard_api.models import ApiKey, Checkpoint, Job, JobEventRow
+from taskyard_api.models import ApiKey, Checkpoint, Job, JobEventRow, ScheduleFire
 from taskyard_api.retention import PRUNE_BATCH, prune_finished
 from taskyard_common.settings import DbSettings
 
@@ -52,7 +52,7 @@ def test_prune_deletes_old_finished_jobs_with_their_timelines_and_keeps_the_rest
     rows = [_job(i, ("succeeded", "dead")[n % 2], now - 40 * DAY, now - 35 * DAY) for n, i in enumerate(old)]
     rows += [_job(i, s, now - 40 * DAY, finished) for i, (s, finished) in kept.items()]
 
-    async def go() -> tuple[int, int, set, int, int]:
+    async def go() -> tuple[int, int, set, int, int, int]:
         engine = make_engine(DbSettings(url=db_url))
         sessions = make_sessionmaker(engine)
         try:
@@ -84,6 +84,20 @@ def test_prune_deletes_old_finished_jobs_with_their_timelines_and_keeps_the_rest
                         for r in rows
                     ],
                 )
+                await session.execute(
+                    insert(ScheduleFire),
+                    [
+                        dict(
+                            schedule_id="S",
+                            fire_at=n,
+                            kind="timer",
+                            outcome="created",
+                            job_id=r["id"],
+                            at=now,
+                        )
+                        for n, r in enumerate(rows)
+                    ],
+                )
                 await session.commit()
             first = await prune_finished(sessions, cutoff)
             again = await prune_finished(sessions, cutoff)
@@ -91,14 +105,15 @@ def test_prune_deletes_old_finished_jobs_with_their_timelines_and_keeps_the_rest
                 left = set(await session.scalars(select(Job.id)))
                 events = await session.scalar(select(func.count()).select_from(JobEventRow))
                 checkpoints = await session.scalar(select(func.count()).select_from(Checkpoint))
-            return first, again, left, events, checkpoints
+                fires = await session.scalar(select(func.count()).select_from(ScheduleFire))
+            return first, again, left, events, checkpoints, fires
         finally:
             await engine.dispose()
 
-    first, again, left, events, checkpoints = run_async(go())
+    first, again, left, events, checkpoints, fires = run_async(go())
     assert (first, again) == (len(old), 0)
     assert left == set(kept)
-    assert events == checkpoints == len(kept)
+    assert events == checkpoints == fires == len(kept)
 
 
 def test_the_api_prunes_finished_jobs_and_leaves_queued_ones(stack):

@@ -308,6 +308,8 @@ class ScheduleFire(Base):
     that inserts the job. `outcome`: created | skipped | failed; `kind`: timer | catch_up | manual."""
 
     __tablename__ = "schedule_fires"
+    # Retention deletes a fire with its job, and a fire that created none once it is old.
+    __table_args__ = (Index("ix_schedule_fires_job_id", "job_id"), Index("ix_schedule_fires_at", "at"))
 
     schedule_id: Mapped[str] = mapped_column(String(26), primary_key=True)
     fire_at: Mapped[float] = mapped_column(Float, primary_key=True)

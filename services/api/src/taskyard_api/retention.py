@@ -16,7 +16,7 @@ from taskyard_common.schemas import FINAL_STATES
 
 from .http_metrics import JOBS_PRUNED
 from .ids import first_id_at
-from .models import Checkpoint, Job, JobEventRow, JobNotify, Notification
+from .models import Checkpoint, Job, JobEventRow, JobNotify, Notification, ScheduleFire
 
 log = logging.getLogger("taskyard.api.retention")
 # Jobs per transaction: SQLite statements run on the api's event loop, so a batch is a pause
@@ -27,7 +27,7 @@ _FINAL = sorted(FINAL_STATES)
 
 async def prune_finished(sessions: async_sessionmaker[AsyncSession], ended_before: float) -> int:
     """Delete the jobs that reached a final state before `ended_before` (epoch s), with their
-    timelines and checkpoints. Returns how many jobs went."""
+    timelines, checkpoints and schedule fires. Returns how many jobs went."""
     # A job is created before it ends, so its id is below the first id of `ended_before`: the
     # (status, id) index finds the candidates without a scan of the table.
     below = first_id_at(ended_before)
@@ -52,6 +52,7 @@ async def prune_finished(sessions: async_sessionmaker[AsyncSession], ended_befor
                 await session.execute(delete(Checkpoint).where(Checkpoint.job_id.in_(ids)))
                 await session.execute(delete(Notification).where(Notification.job_id.in_(ids)))
                 await session.execute(delete(JobNotify).where(JobNotify.job_id.in_(ids)))
+                await session.execute(delete(ScheduleFire).where(ScheduleFire.job_id.in_(ids)))
             await session.commit()
         pruned += len(ids)
         JOBS_PRUNED.inc(len(ids))
@@ -62,5 +63,12 @@ async def prune_finished(sessions: async_sessionmaker[AsyncSession], ended_befor
 
 async def prune_old(sessions: async_sessionmaker[AsyncSession], max_age_s: float) -> None:
     """One retention round (every prune_interval_s, run by the api's Supervisor)."""
-    if pruned := await prune_finished(sessions, time.time() - max_age_s):
+    cutoff = time.time() - max_age_s
+    if pruned := await prune_finished(sessions, cutoff):
         log.info("retention: deleted %d jobs that ended more than %.0f s ago", pruned, max_age_s)
+    # Schedule fires that created no job (skipped, failed) go as old as a job's would.
+    async with sessions() as session:
+        await session.execute(
+            delete(ScheduleFire).where(ScheduleFire.job_id.is_(None), ScheduleFire.at < cutoff)
+        )
+        await session.commit()

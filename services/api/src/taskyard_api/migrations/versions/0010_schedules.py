@@ -50,9 +50,13 @@ def upgrade() -> None:
         sa.Column("at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("schedule_id", "fire_at"),
     )
+    op.create_index("ix_schedule_fires_job_id", "schedule_fires", ["job_id"], unique=False)
+    op.create_index("ix_schedule_fires_at", "schedule_fires", ["at"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_schedule_fires_at", table_name="schedule_fires")
+    op.drop_index("ix_schedule_fires_job_id", table_name="schedule_fires")
     op.drop_table("schedule_fires")
     op.drop_index("ix_schedules_next_fire_at", table_name="schedules")
     op.drop_table("schedules")
