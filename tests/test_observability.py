@@ -254,6 +254,18 @@ def test_dashboards_and_provisioning_fit_together() -> None:
     assert any("taskyard_checkpoints_pending" in t["expr"] for p in approvals for t in p.get("targets", []))
 
 
+def test_the_overview_shows_gate_release_moves_and_batches() -> None:
+    overview = load(GRAFANA / "dashboards" / "taskyard-overview.json")
+    exprs = " ".join(expr for _, expr in dashboard_queries(overview))
+    for metric in (
+        "taskyard_api_gate_release_seconds_bucket",
+        "taskyard_api_gate_moves_total",
+        "taskyard_api_batches_completed_total",
+        "taskyard_api_batch_duration_seconds_bucket",
+    ):
+        assert metric in exprs, metric
+
+
 @needs_promtool
 def test_every_dashboard_query_passes_promtool(tmp_path: Path) -> None:
     rules = [
