@@ -101,6 +101,9 @@ def test_retrying_a_failed_middle_node_reruns_it_and_its_descendants_only(stack,
         wait_until(lambda: c.get(url).json()["status"] == "failed", 30, "the middle node to fail")
         nodes = {n["id"]: n for n in c.get(url).json()["nodes"]}
         assert nodes["bottom"]["status"] == "skipped" and nodes["after-sibling"]["status"] == "succeeded"
+        # A skipped node names the parent that failed by its node name beside its id.
+        assert nodes["bottom"]["error"]["parent_name"] == "middle"
+        assert f"parent 'middle' ({nodes['middle']['job_id']}) dead" in nodes["bottom"]["error"]["message"]
         flag.write_text("yes")
         retried = c.post(f"{url}/retry", json={"node": "middle"})
         assert retried.status_code == 200, retried.text

@@ -271,6 +271,9 @@ def test_skipped_and_unrunnable_end_a_blocked_job_naming_why():
     blocked = job(status="blocked", outbox_at=None)
     skipped = transition(blocked, Skipped(at=T0 + 4, parent_id="P", why="parent P failed"))
     assert (skipped.status, skipped.finished_at, skipped.error["parent"]) == ("skipped", T0 + 4, "P")
+    assert "parent_name" not in skipped.error
+    named = transition(blocked, Skipped(at=T0 + 4, parent_id="P", why="w", parent_name="scan"))
+    assert (named.error["parent"], named.error["parent_name"]) == ("P", "scan")
     failed = transition(blocked, Unrunnable(at=T0 + 4, error={"type": "InputMissing", "message": "m"}))
     assert (failed.status, failed.error["type"]) == ("failed", "InputMissing")
 

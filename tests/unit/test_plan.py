@@ -1,9 +1,11 @@
 """Work made of many jobs, checked before anything is stored: names, references, cycles, inputs."""
 
+from dataclasses import replace
+
 import pytest
 
 from taskyard_api.failures import Invalid
-from taskyard_api.gates import InputMissing, resolve_pointer, split_ref, with_inputs
+from taskyard_api.gates import InputMissing, resolve_pointer, skip_reason, split_ref, with_inputs
 from taskyard_api.lifecycle import new_job
 from taskyard_api.plan import as_items, check_graph, workflow_items
 from taskyard_api.schemas import JobCreate, WorkflowNode
@@ -92,3 +94,13 @@ def test_inputs_fill_the_payload_from_parents_results():
     assert payload == {"keep": 1, "c": True, "r": ["fine"]}
     with pytest.raises(InputMissing, match=r"input 'c': no '/ok' in the result of 'compliance'"):
         with_inputs(job, {"compliance": {}, "review": 1})
+
+
+def test_a_skipped_child_names_its_parent_by_node_name_beside_its_id():
+    parent = new_job(id=ID, owner_id="k1", now=0.0, traceparent=None, type="noop", queue="default",
+                     priority="normal", payload=None, labels={}, timeout_s=1.0, max_attempts=1,
+                     backoff={}, idempotency_key=None, node="scan")  # fmt: skip
+    failed = replace(parent, status="failed")
+    assert skip_reason(ID, failed) == f"parent 'scan' ({ID}) failed: the edge asks for success"
+    assert skip_reason(ID, replace(failed, node=None)) == f"parent {ID} failed: the edge asks for success"
+    assert skip_reason(ID, None) == f"parent {ID} ended: the edge asks for success"

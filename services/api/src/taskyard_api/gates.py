@@ -135,8 +135,8 @@ async def settle(session: AsyncSession, ended: list[JobRecord], now: float | Non
                 continue  # cancelled meanwhile: stays so
             if child.id in refused:
                 parent = refused[child.id]
-                why = f"parent {parent} {frontier_status(ended, out, parent)}: the edge asks for success"
-                new = transition(child, Skipped(now, parent, why))
+                cause = ended_parent(ended, out, parent)
+                new = transition(child, Skipped(now, parent, skip_reason(parent, cause), cause and cause.node))
             elif still_open.get(child.id):
                 continue
             else:
@@ -175,7 +175,7 @@ async def _stop_workflows(session: AsyncSession, ended: list[JobRecord], now: fl
         )
         for child in (record_of(row) for row in rows):
             why = f"workflow stopped: node {cause.node!r} ({cause.id}) {cause.status}"
-            new = transition(child, Skipped(now, cause.id, why))
+            new = transition(child, Skipped(now, cause.id, why, cause.node))
             new = replace(new, error={**(new.error or {}), "type": "WorkflowStopped"})
             if await JobStore.save(session, child, new):
                 out.ended.append(new)
@@ -223,11 +223,18 @@ async def rearm(session: AsyncSession, roots: list[JobRecord], now: float) -> Op
     return await settle(session, [record_of(row) for row in rows], now)
 
 
-def frontier_status(ended: list[JobRecord], out: Opened, parent: str) -> str:
+def ended_parent(ended: list[JobRecord], out: Opened, parent: str) -> JobRecord | None:
     for job in (*ended, *out.ended):
         if job.id == parent:
-            return job.status
-    return "ended"
+            return job
+    return None
+
+
+def skip_reason(parent_id: str, parent: JobRecord | None) -> str:
+    """Why a child is skipped: its parent by name (workflow node, batch name) beside its id."""
+    who = f"{parent.node!r} ({parent_id})" if parent is not None and parent.node else parent_id
+    status = parent.status if parent is not None else "ended"
+    return f"parent {who} {status}: the edge asks for success"
 
 
 async def _close_edges(session: AsyncSession, ended: dict[str, str]) -> list[tuple[str, str, bool]]:

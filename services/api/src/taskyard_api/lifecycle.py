@@ -161,6 +161,8 @@ class Skipped:
     at: float
     parent_id: str
     why: str
+    # The parent's name in its workflow or batch request, when it has one (shown beside its id).
+    parent_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,10 +305,12 @@ def transition(job: JobRecord, event: Event) -> JobRecord:
             if job.status != "throttled":
                 return job
             return _gated(job, at, "queued")
-        case Skipped(at, parent_id, why):
+        case Skipped(at, parent_id, why, parent_name):
             if job.status not in GATED_STATES:
                 return job
             error = {"type": "ParentNotDone", "message": why, "parent": parent_id}
+            if parent_name is not None:
+                error["parent_name"] = parent_name
             return replace(job, status="skipped", error=error, finished_at=at, updated_at=at)
         case Unrunnable(at, error):
             if job.status != "blocked":
