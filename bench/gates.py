@@ -27,8 +27,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 from run import RESULTS, Stack, epoch, log, pct, rss_mib  # noqa: E402
 
-PARKED = "parked"
-PARTS = ("release", "fan", "batch_get", "memory")  # a queue nobody serves: jobs wait there for the memory figure
+PARKED = "parked"  # a queue nobody serves: jobs wait there for the memory figure
+PARTS = ("release", "fan", "batch_get", "memory")
 
 
 def summary(values: list[float]) -> dict:
