@@ -13,14 +13,14 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskyard_common.schemas import FINAL_STATES
 
 from .http_metrics import BATCH_DURATION, BATCHES_COMPLETED, GATE_MOVES, GATE_RELEASE
 from .job_store import JobStore, record_of
-from .lifecycle import GATED_STATES, JobRecord, Rearm, Released, Skipped, Unrunnable, transition
+from .lifecycle import GATED_STATES, Expanded, JobRecord, Rearm, Released, Skipped, Unrunnable, transition
 from .models import edges_table, jobs_table, workflows_table
 
 _FINAL = sorted(FINAL_STATES)
@@ -113,10 +113,22 @@ CALLBACK_NODES = frozenset({"on_success", "on_failure", "on_complete"})
 
 async def settle(session: AsyncSession, ended: list[JobRecord], now: float | None = None) -> Opened:
     """Close the open edges of `ended` (jobs that reached a final state in this transaction) and
-    move their children; cascades through children that end here (skipped, failed inputs)."""
+    move their children; cascades through children that end here (skipped, failed inputs, joined
+    map nodes, nodes a stopped workflow skips)."""
     now = time.time() if now is None else now
     out = Opened()
     frontier = {job.id: job.status for job in ended if job.finished}
+    while frontier:
+        await _follow_edges(session, frontier, ended, now, out)
+        # Skipped by a stopped workflow: their own edges close too (a map node joins its items).
+        frontier = {job.id: job.status for job in await _stop_workflows(session, ended + out.ended, now, out)}
+    await _complete_batches(session, ended + out.ended, now, out)
+    return out
+
+
+async def _follow_edges(
+    session: AsyncSession, frontier: dict[str, str], ended: list[JobRecord], now: float, out: Opened
+) -> None:
     while frontier:
         closed = await _close_edges(session, frontier)
         # Locked: two api processes closing a child's last two edges count them one after the other.
@@ -128,16 +140,26 @@ async def settle(session: AsyncSession, ended: list[JobRecord], now: float | Non
         last_end = {child: ended_at.get(parent, now) for parent, child, _ in closed}
         still_open = await _open_counts(session, list(children))
         ready = [c for c in children.values() if c.status == "blocked" and not still_open.get(c.id)]
-        results = await _parent_results(session, [c for c in ready if c.id not in refused and c.inputs])
+        wants = [c for c in ready if c.id not in refused and (c.inputs or c.is_map_node)]
+        results = await _parent_results(session, wants)
         frontier = {}
         for child in children.values():
-            if child.status != "blocked":
-                continue  # cancelled meanwhile: stays so
-            if child.id in refused:
+            if child.id in refused and child.status == "blocked":
                 parent = refused[child.id]
                 cause = ended_parent(ended, out, parent)
-                new = transition(child, Skipped(now, parent, skip_reason(parent, cause), cause and cause.node))
-            elif still_open.get(child.id):
+                new = transition(
+                    child, Skipped(now, parent, skip_reason(parent, cause), cause.node if cause else None)
+                )
+            elif still_open.get(child.id) or child.status not in ("blocked", "running"):
+                continue  # still waiting; or cancelled meanwhile: stays so
+            elif child.is_map_node:
+                moved = await _map_moves(session, child, results.get(child.id, {}), now, out)
+                if moved is None or not moved.finished:
+                    continue  # moved by another writer; or fanned out, its items released
+                frontier[moved.id] = moved.status
+                out.ended.append(moved)
+                continue
+            elif child.status != "blocked":
                 continue
             else:
                 try:
@@ -153,17 +175,61 @@ async def settle(session: AsyncSession, ended: list[JobRecord], now: float | Non
             else:
                 out.add(new)
                 out.waited.append(max(0.0, now - last_end.get(child.id, now)))
-    await _stop_workflows(session, ended + out.ended, now, out)
-    await _complete_batches(session, ended + out.ended, now, out)
-    return out
 
 
-async def _stop_workflows(session: AsyncSession, ended: list[JobRecord], now: float, out: Opened) -> None:
+async def _map_moves(
+    session: AsyncSession, node: JobRecord, results: dict[str, Any], now: float, out: Opened
+) -> JobRecord | None:
+    """A map node none of whose edges is open: fan out (its `needs` are done; once, decided by the
+    guarded save of its move to `running`), or join (its items have all ended). Returns the node
+    as this saved it, or None when another writer moved it first."""
+    from . import maps  # maps builds on this module
+
+    if node.map and "total" in node.map:
+        # Its items ended (or, after one was retried, ended again): join their results.
+        rows = await session.execute(
+            select(jobs_table).join(edges_table, edges_table.c.parent_id == jobs_table.c.id)
+            .where(edges_table.c.child_id == node.id)
+        )  # fmt: skip
+        return await _saved(
+            session, node, transition(node, maps.join(node, [record_of(r) for r in rows], now))
+        )
+    if node.status != "blocked":
+        return None
+    try:
+        items = maps.items_of(node, results)
+        payload = with_inputs(node, results)
+    except InputMissing as exc:
+        error = {"type": "InputMissing", "message": str(exc)}
+        return await _saved(session, node, transition(node, Unrunnable(now, error)))
+    running = await _saved(session, node, transition(node, Expanded(now, len(items))))
+    if running is None:
+        return None  # fanned out (or cancelled) by another writer: once
+    jobs, edges = maps.fan_out(running, payload, items, now)
+    await JobStore.add(session, jobs)
+    if edges:
+        await session.execute(insert(edges_table), edges)
+    for job in jobs:
+        if job.status != "blocked":
+            out.add(job)  # queued, or held by a gate it inherited (its time, a key)
+    if jobs:
+        return running
+    return await _saved(session, running, transition(running, maps.join(running, [], now)))  # empty list
+
+
+async def _saved(session: AsyncSession, old: JobRecord, new: JobRecord) -> JobRecord | None:
+    return new if await JobStore.save(session, old, new) else None
+
+
+async def _stop_workflows(
+    session: AsyncSession, ended: list[JobRecord], now: float, out: Opened
+) -> list[JobRecord]:
     """A node that failed stops a workflow whose policy is `stop`: what has not started yet (its
-    blocked nodes) is skipped; what runs finishes."""
+    blocked nodes) is skipped; what runs finishes. Returns the jobs it skipped."""
     failed = {job.workflow_id: job for job in ended if job.workflow_id and job.status in ("failed", "dead")}
+    skipped: list[JobRecord] = []
     if not failed:
-        return
+        return skipped
     w, j = workflows_table.c, jobs_table.c
     stopping = await session.scalars(select(w.id).where(w.id.in_(list(failed)), w.on_failure == "stop"))
     for workflow_id in stopping:
@@ -179,6 +245,8 @@ async def _stop_workflows(session: AsyncSession, ended: list[JobRecord], now: fl
             new = replace(new, error={**(new.error or {}), "type": "WorkflowStopped"})
             if await JobStore.save(session, child, new):
                 out.ended.append(new)
+                skipped.append(new)
+    return skipped
 
 
 async def descendants(session: AsyncSession, roots: list[str]) -> list[str]:
@@ -206,6 +274,13 @@ async def rearm(session: AsyncSession, roots: list[JobRecord], now: float) -> Op
         )
         targets += [i for i, error in stopped.tuples() if (error or {}).get("type") == "WorkflowStopped"]
     jobs = await JobStore.lock_many(session, set(targets))
+    # A retried item of a map node: the node waits for it again (and joins once it has ended).
+    if items := {job.id: job.map["of"] for job in roots if job.map and "of" in job.map}:
+        e = edges_table.c
+        for item, node in items.items():
+            await session.execute(
+                update(edges_table).where(e.parent_id == item, e.child_id == node).values(state="open")
+            )
     again = [job for job in jobs.values() if job.finished and job.status != "succeeded"]
     if not again:
         return Opened()

@@ -83,6 +83,7 @@ def _new_record(
         blocked=bool(item.parents),
         node=item.name,
         inputs=item.inputs,
+        map=item.map,
         **member,
         **fields,
         artifacts=spec.artifacts(),

@@ -85,6 +85,13 @@ class JobRecord:
     # Jobs of this key are admitted no faster than `rate` ({"per_s": r, "burst": b}).
     rate_key: str | None = None
     rate: dict[str, Any] | None = None
+    # A workflow's map node: {"over": "<node>/<pointer>", "parallel": N | None, "total": n once it
+    # fanned out}; one of its item jobs: {"of": <the map node's id>, "index": i}.
+    map: dict[str, Any] | None = None
+
+    @property
+    def is_map_node(self) -> bool:
+        return self.map is not None and "over" in self.map
 
     @property
     def finished(self) -> bool:
@@ -174,6 +181,24 @@ class Unrunnable:
 
 
 @dataclass(frozen=True, slots=True)
+class Expanded:
+    """A map node fanned out into `total` item jobs: it runs until they have all ended."""
+
+    at: float
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """Every item job of a map node ended: it succeeded with their results in order (`result`),
+    or failed with `error`."""
+
+    at: float
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Rearm:
     """Wait for parents again (their retry re-runs this job too)."""
 
@@ -218,6 +243,8 @@ Event = (
     | Due
     | Approved
     | Admitted
+    | Expanded
+    | Joined
 )
 
 
@@ -287,6 +314,10 @@ def transition(job: JobRecord, event: Event) -> JobRecord:
         case Retry(at, run_at):
             if job.status not in RETRYABLE_STATES:
                 raise Refused(f"job {job.id} is {job.status}; only failed, dead or cancelled jobs retry")
+            if job.is_map_node:
+                raise Refused(
+                    f"job {job.id} is a map node: retry its failed items; it joins their results again"
+                )
             again = replace(_requeued(job, at, generation=job.generation + 1, resume=0), run_at=run_at)
             return _gated(_ask_again(again), at)
         case Decided():
@@ -316,6 +347,17 @@ def transition(job: JobRecord, event: Event) -> JobRecord:
             if job.status != "blocked":
                 return job
             return replace(job, status="failed", error=error, finished_at=at, updated_at=at)
+        case Expanded(at, total):
+            if job.status != "blocked" or not job.is_map_node:
+                return job
+            spec = {**(job.map or {}), "total": total}
+            return replace(job, status="running", map=spec, started_at=job.started_at or at, updated_at=at)
+        case Joined(at, result, error):
+            if job.status not in ("blocked", "running") or not job.is_map_node:
+                return job
+            if error is not None:
+                return replace(job, status="failed", error=error, finished_at=at, updated_at=at)
+            return replace(job, status="succeeded", result=result, error=None, finished_at=at, updated_at=at)
         case Rearm(at):
             if not job.finished or job.status == "succeeded":
                 return job

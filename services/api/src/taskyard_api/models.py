@@ -91,6 +91,9 @@ class Job(Base):
 
     # Input files and output globs of a job that has them (docs/artifacts.md); NULL for most jobs.
     artifacts: Mapped[dict | None] = mapped_column(JsonType, nullable=True)
+    # A workflow's map node ({"over", "parallel"}, plus "total" once it fanned out) or one of its
+    # item jobs ({"of": <map node's job id>, "index": i}); NULL for every other job.
+    map: Mapped[dict | None] = mapped_column(JsonType, nullable=True)
 
     # Gates beside parents (lifecycle.gate_status); NULL where a job has no such gate.
     run_at: Mapped[float | None] = mapped_column(Float, nullable=True)

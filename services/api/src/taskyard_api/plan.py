@@ -23,6 +23,8 @@ class Item:
     name: str | None = None
     parents: list[Dependency] = field(default_factory=list)
     inputs: dict[str, str] | None = None
+    # A workflow's map node: {"over": "<node>/<pointer>", "parallel": N | None}.
+    map: dict[str, Any] | None = None
     parents_field: str = "depends_on"
     name_field: str = "name"
     # A preset job id: a schedule's fire row names its job in the transaction that inserts both.
@@ -60,6 +62,8 @@ def check_graph(items: list[Item]) -> list[str]:
             node = ref.partition("/")[0]
             if node not in seen:
                 raise Invalid(f"{item.field('inputs')}.{key}: {node!r} is not among its {item.parents_field}")
+        if item.map is not None and (node := item.map["over"].partition("/")[0]) not in seen:
+            raise Invalid(f"{item.field('map')}.over: {node!r} is not among its {item.parents_field}")
     _refuse_cycles(items, names)
     return stored
 
@@ -124,6 +128,7 @@ def workflow_items(nodes: list[Any]) -> list[Item]:
             name=n.id,
             parents=[Dependency(job=p) for p in n.needs],
             inputs=n.inputs or None,
+            map=n.map.model_dump() if n.map else None,
             parents_field="needs",
             name_field="id",
         )

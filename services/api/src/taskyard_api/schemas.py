@@ -370,6 +370,22 @@ class BatchCreate(JobBatch):
     on_complete: JobFields | None = Field(None, description="Runs in either case.")
 
 
+class MapSpec(BaseModel):
+    """Fan a node out: one job per item of a list in an upstream node's result."""
+
+    model_config = {"extra": "forbid"}
+    over: str = Field(
+        min_length=1,
+        max_length=1000,
+        description="`<node>` or `<node>/<JSON pointer>` to a list in that node's result (the node must "
+        "be among `needs`). Each item's job gets `payload.item` and `payload.index`; a value that is "
+        "not a list (or has over 10,000 items) fails the map node (InputMissing).",
+    )
+    parallel: int | None = Field(
+        None, ge=1, le=10_000, description="At most this many items queued or running at once."
+    )
+
+
 class WorkflowNode(JobFields):
     """A workflow's node: a job with an `id` (its name), the nodes it `needs`, and `inputs`."""
 
@@ -381,6 +397,11 @@ class WorkflowNode(JobFields):
         json_schema_extra={"additionalProperties": False},
         description="payload key → `<node>` or `<node>/<JSON pointer>` into that node's result, "
         "filled in when this node is released (a missing path fails it). The node must be needed.",
+    )
+    map: MapSpec | None = Field(
+        None,
+        description="Run this node once per item of an upstream list; the node's result is the list of "
+        "the items' results, in order (downstream `inputs` read it as `<this node>` or `<this node>/2`).",
     )
 
 

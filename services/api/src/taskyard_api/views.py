@@ -55,6 +55,8 @@ def job_out(job: JobRecord, timeline: list[JobEventRow] | None = None) -> dict:
         out["concurrency"] = {"key": job.concurrency_key, **(job.concurrency or {})}
     if job.rate_key is not None:
         out["rate"] = {"key": job.rate_key, **(job.rate or {})}
+    if job.map:
+        out["map"] = job.map
     if job.artifacts:
         out["inputs"], out["outputs"] = job.artifacts["inputs"], job.artifacts["outputs"]
     if timeline is not None:

@@ -89,6 +89,7 @@ def view(row: Any, nodes: list[JobRecord], edges: list[Any]) -> dict[str, Any]:
                 "result": job.result,
                 "started_at": iso(job.started_at),
                 "finished_at": iso(job.finished_at),
+                **({"map": job.map} if job.map else {}),
             }
             for job in sorted(nodes, key=lambda n: n.id)
         ],
