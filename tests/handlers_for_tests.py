@@ -104,3 +104,10 @@ def fails_until_file(payload):
 async def save_artifact(payload, ctx):
     """Stores bytes as an output named payload["name"] (test_artifacts)."""
     return await ctx.save_artifact(b"saved by handler", payload["name"])
+
+
+@handler("sleep_echo")
+async def sleep_echo(payload, ctx):
+    """Its payload back as its result, after `payload.seconds` (a map item that takes a while)."""
+    await asyncio.sleep(payload.get("seconds", 0))
+    return payload

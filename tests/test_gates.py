@@ -189,3 +189,73 @@ def test_bad_graphs_are_422s_naming_the_node_and_store_nothing(stack):
     assert query(stack.db_url, "SELECT COUNT(*) FROM jobs")[0][0] == 0
     assert query(stack.db_url, "SELECT COUNT(*) FROM workflows")[0][0] == 0
     assert wait_all_final(stack.db_url, 0, 1) == {}
+
+
+def test_a_map_node_fans_out_caps_its_items_and_joins_their_results_in_order(stack):
+    stack.start_api()
+    stack.start_executor(handlers=HANDLERS, slots=8)
+    spec = {
+        "nodes": [
+            {"id": "scan", "type": "echo", "payload": {"files": ["a.csv", "b.csv", "c.csv"]}},
+            {"id": "each", "type": "sleep_echo", "payload": {"seconds": 0.5}, "needs": ["scan"],
+             "map": {"over": "scan/files", "parallel": 2}},
+            {"id": "report", "type": "echo", "needs": ["each"], "inputs": {"all": "each", "second": "each/1/item"}},
+        ]
+    }  # fmt: skip
+    with stack.http() as c:
+        created = c.post("/api/v1/workflows", json=spec)
+        assert created.status_code == 201, created.text
+        url = f"/api/v1/workflows/{created.json()['id']}"
+        # Sampled while it runs: never more than `parallel` items queued or running at once.
+        peak, status, deadline = 0, "running", time.monotonic() + 30
+        while status == "running" and time.monotonic() < deadline:
+            workflow = c.get(url).json()
+            status = workflow["status"]
+            items = [n for n in workflow["nodes"] if n["id"].startswith("each[")]
+            peak = max(peak, sum(n["status"] in ("queued", "running") for n in items))
+            time.sleep(0.02)
+        assert status == "succeeded", workflow
+        assert peak == 2, peak
+        nodes = {n["id"]: n for n in workflow["nodes"]}
+        report = c.get(f"/api/v1/jobs/{nodes['report']['job_id']}").json()
+    items = [{"seconds": 0.5, "item": f, "index": i} for i, f in enumerate(["a.csv", "b.csv", "c.csv"])]
+    assert report["result"] == {"all": items, "second": "b.csv"}
+    assert nodes["each"]["result"] == items and nodes["each"]["map"]["total"] == 3
+    assert [nodes[f"each[{i}]"]["status"] for i in range(3)] == ["succeeded"] * 3
+    # The third item started only once the first had ended (its slot).
+    assert nodes["each[2]"]["started_at"] >= nodes["each[0]"]["finished_at"]
+    assert report["started_at"] >= max(nodes[f"each[{i}]"]["finished_at"] for i in range(3))
+    # Each item ran once.
+    runs = query(
+        stack.db_url,
+        "SELECT j.node, COUNT(e.id) FROM jobs j JOIN job_events e ON e.job_id = j.id AND e.type = 'started' "
+        f"WHERE j.workflow_id = '{workflow['id']}' GROUP BY j.node",
+    )
+    assert dict(runs) == {"scan": 1, "each[0]": 1, "each[1]": 1, "each[2]": 1, "report": 1}
+
+
+def test_a_map_over_something_that_is_not_a_list_fails_the_map_node_naming_it(stack):
+    stack.start_api()
+    stack.start_executor(handlers=HANDLERS)
+    spec = {
+        "nodes": [
+            {"id": "scan", "type": "echo", "payload": {"files": "a.csv"}},
+            {"id": "each", "type": "echo", "needs": ["scan"], "map": {"over": "scan/files"}},
+            {"id": "after", "type": "echo", "needs": ["each"]},
+        ]
+    }
+    with stack.http() as c:
+        unneeded = {"nodes": [spec["nodes"][0], {**spec["nodes"][1], "needs": []}]}
+        refused = c.post("/api/v1/workflows", json=unneeded)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"].startswith("nodes[1].map.over: 'scan' is not among its needs")
+        url = f"/api/v1/workflows/{c.post('/api/v1/workflows', json=spec).json()['id']}"
+        wait_until(lambda: c.get(url).json()["status"] == "failed", 30, "the workflow to fail")
+        nodes = {n["id"]: n for n in c.get(url).json()["nodes"]}
+    assert nodes["each"]["status"] == "failed"
+    assert nodes["each"]["error"] == {
+        "type": "InputMissing",
+        "message": "map.over 'scan/files' is str, not a list",
+    }
+    assert nodes["after"]["status"] == "skipped" and nodes["after"]["error"]["parent_name"] == "each"
+    assert set(nodes) == {"scan", "each", "after"}  # no item was stored
