@@ -111,3 +111,13 @@ async def sleep_echo(payload, ctx):
     """Its payload back as its result, after `payload.seconds` (a map item that takes a while)."""
     await asyncio.sleep(payload.get("seconds", 0))
     return payload
+
+
+@handler("item_file_exists")
+def item_file_exists(payload):
+    """Fails while the map item `payload.item` (a path) does not exist: one item of a map fails."""
+    import os
+
+    if not os.path.exists(payload["item"]):
+        raise RuntimeError(f"{payload['item']} is not there yet")
+    return {"found": payload["item"]}

@@ -259,3 +259,45 @@ def test_a_map_over_something_that_is_not_a_list_fails_the_map_node_naming_it(st
     }
     assert nodes["after"]["status"] == "skipped" and nodes["after"]["error"]["parent_name"] == "each"
     assert set(nodes) == {"scan", "each", "after"}  # no item was stored
+
+
+def test_retrying_a_failed_map_node_reruns_its_failed_items_only_and_joins_again(stack, tmp_path):
+    stack.start_api()
+    stack.start_executor(handlers=HANDLERS, slots=8)
+    there, later = tmp_path / "there", tmp_path / "later"
+    there.write_text("x")
+    paths = [str(there), str(later), str(there)]
+    spec = {
+        "on_failure": "continue",
+        "nodes": [
+            {"id": "scan", "type": "echo", "payload": {"paths": paths}},
+            {"id": "each", "type": "item_file_exists", "max_attempts": 1, "needs": ["scan"],
+             "map": {"over": "scan/paths"}},
+            {"id": "report", "type": "echo", "needs": ["each"], "inputs": {"found": "each"}},
+        ],
+    }  # fmt: skip
+    with stack.http() as c:
+        workflow = c.post("/api/v1/workflows", json=spec).json()
+        url = f"/api/v1/workflows/{workflow['id']}"
+        wait_until(lambda: c.get(url).json()["status"] == "failed", 30, "the map node to fail")
+        nodes = {n["id"]: n for n in c.get(url).json()["nodes"]}
+        assert nodes["each"]["status"] == "failed" and nodes["each"]["error"]["type"] == "MapItemFailed"
+        assert nodes["each"]["error"]["items"] == [
+            {"index": 1, "id": nodes["each[1]"]["job_id"], "status": "dead", "error": "JobError"}
+        ], nodes["each"]["error"]
+        assert nodes["report"]["status"] == "skipped"
+        later.write_text("x")
+        retried = c.post(f"{url}/retry", json={"node": "each"})
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["status"] == "blocked"  # waits for its item again
+        wait_until(lambda: c.get(url).json()["status"] == "succeeded", 30, "the workflow to succeed")
+        nodes = {n["id"]: n for n in c.get(url).json()["nodes"]}
+        again = c.post(f"{url}/retry", json={"node": "each"})
+        assert again.status_code == 409, again.text
+    assert nodes["report"]["result"] == {"found": [{"found": p} for p in paths]}
+    runs = query(
+        stack.db_url,
+        "SELECT j.node, COUNT(e.id) FROM jobs j JOIN job_events e ON e.job_id = j.id AND e.type = 'started' "
+        f"WHERE j.workflow_id = '{workflow['id']}' GROUP BY j.node",
+    )
+    assert dict(runs) == {"scan": 1, "each[0]": 1, "each[1]": 2, "each[2]": 1, "report": 1}

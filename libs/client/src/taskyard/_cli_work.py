@@ -129,8 +129,11 @@ def workflow_retry(workflow_id: str, node: str | None, as_json: bool) -> None:
     ty = client()
     if node is None:
         current = ty.workflow(workflow_id)
+        # A map node's items are retried through it (it joins their results again).
         names = [
-            n["id"] for n in current.get("nodes") or [] if n.get("status") in ("failed", "dead", "cancelled")
+            n["id"]
+            for n in current.get("nodes") or []
+            if n.get("status") in ("failed", "dead", "cancelled") and "of" not in (n.get("map") or {})
         ]
         if not names:
             raise BadInput(f"workflow {workflow_id} has no failed, dead or cancelled node to retry")

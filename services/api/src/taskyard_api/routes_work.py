@@ -11,7 +11,7 @@ from taskyard_common.schemas import FINAL_STATES, JobState
 from . import batches, workflows
 from .api_doc import answers
 from .auth import Principal, require
-from .failures import DomainError, NotFound
+from .failures import DomainError, NotFound, Refused
 from .ids import JOB_ID
 from .input_checks import CheckedRoute
 from .lifecycle import RETRYABLE_STATES
@@ -126,10 +126,21 @@ class NodeRetry(BaseModel):
 async def retry_workflow_node(
     workflow_id: str, body: NodeRetry, request: Request, who: Principal = require("submitter")
 ):
-    """Run a failed node again, and the nodes that depend on it; finished siblings stay."""
+    """Run a failed node again, and the nodes that depend on it; finished siblings stay. A map
+    node runs its failed items again, and joins their results once they have ended."""
     async with request.app.state.sessions() as session:
         _, nodes, _ = await workflows.load(session, workflow_id)
     job = next((n for n in nodes if n.node == body.node), None)
     if job is None:
         raise NotFound(f"node: {body.node!r} is not a node of workflow {workflow_id}")
-    return job_out(await job_service(request).retry(job.id, who))
+    if not job.is_map_node:
+        return job_out(await job_service(request).retry(job.id, who))
+    items = [n.id for n in nodes if (n.map or {}).get("of") == job.id and n.status in RETRYABLE_STATES]
+    if not items:
+        raise Refused(f"node: map node {body.node!r} has no failed, dead or cancelled item to retry")
+    svc = job_service(request)
+    async with request.app.state.sessions() as session:
+        await svc.get_owned(session, job.id, who)  # 403 for another key's workflow
+    await svc.retry_many(items, who)
+    async with request.app.state.sessions() as session:
+        return job_out(await svc.get_owned(session, job.id, who))
