@@ -4,8 +4,8 @@ A job's `type` must be built-in or registered by a worker (a rule that changes w
 runs, so the document describes it instead of enumerating it): a generated type that fits the
 pattern is replaced by `noop`, which every executor runs and whose payload may be any JSON.
 Work made of many jobs must form a graph that can run: names unique, parents that exist, no
-cycle, inputs from parents. A generated graph whose parts fit the schema is made runnable:
-unique names, and no parents or inputs. Parts that break the schema are left alone, so negative
+cycle, inputs from parents, a map over a needed node. A generated graph whose parts fit the schema
+is made runnable: unique names, and no parents, inputs or map. Parts that break the schema are left alone, so negative
 cases stay negative.
 
 A job's input files must be uploaded first (a rule of the server's state): schema-valid ones are
@@ -57,6 +57,17 @@ def _names(value: object) -> bool:
     )
 
 
+def _well_formed_map(value: object) -> bool:
+    if not isinstance(value, dict) or set(value) - {"over", "parallel"}:
+        return False
+    over, parallel = value.get("over"), value.get("parallel")
+    return (
+        isinstance(over, str)
+        and 1 <= len(over) <= 1000
+        and (parallel is None or type(parallel) is int and 1 <= parallel <= 10_000)
+    )
+
+
 def _runnable(job: object, i: int) -> None:
     if not isinstance(job, dict):
         return
@@ -76,6 +87,8 @@ def _runnable(job: object, i: int) -> None:
         job["inputs"] = []  # files not uploaded here
     if isinstance(job.get("outputs"), list):
         job["outputs"] = [o if not _fits(o) or _ok(o) else "out/**" for o in job["outputs"]]
+    if _well_formed_map(job.get("map")):
+        del job["map"]  # its `over` must name a needed node, and the needs are gone
     inputs = job.get("inputs")
     if isinstance(inputs, dict) and all(
         isinstance(v, str) and re.fullmatch(LABEL_NAME, k) for k, v in inputs.items()
