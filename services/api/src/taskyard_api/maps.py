@@ -77,6 +77,13 @@ def fan_out(
             workflow_id=node.workflow_id,
             node=item_name(node.node, index),
             map={"of": node.id, "index": index},
+            # The map node's gates hold each item: its time, its approval, its keys.
+            run_at=node.run_at,
+            approval=None if node.approval is None else {**node.approval, "decision": None},
+            concurrency_key=node.concurrency_key,
+            concurrency=node.concurrency,
+            rate_key=node.rate_key,
+            rate=node.rate,
         )
         jobs.append(job)
         edges.append(_edge(job.id, node.id))

@@ -2,7 +2,7 @@
 each of its item jobs ({"of": <map node's job id>, "index": i}); NULL for every other job.
 
 Revision ID: 0011
-Revises: 0008 (temporarily: the lead re-chains it after 0009 at merge)
+Revises: 0009
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "0011"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
