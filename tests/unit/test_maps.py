@@ -146,3 +146,13 @@ def test_map_over_must_name_a_needed_node():
     items = workflow_items(nodes)
     check_graph(items)
     assert items[1].map == {"over": "scan/files", "parallel": 2}
+
+
+def test_items_are_held_by_their_map_nodes_gates():
+    node = replace(map_node(parallel=1), run_at=T0 + 60, concurrency_key="tenant:a", concurrency={"limit": 2})
+    jobs, _ = fan_out(transition(node, Expanded(T0, 2)), None, ["a", "b"], T0)
+    assert [j.status for j in jobs] == ["scheduled", "blocked"]
+    assert (jobs[0].run_at, jobs[0].concurrency_key, jobs[0].outbox_at) == (T0 + 60, "tenant:a", None)
+    asking = replace(map_node(), approval={"approvers": ["admin"], "expires_s": 60, "decision": None})
+    jobs, _ = fan_out(transition(asking, Expanded(T0, 1)), None, ["a"], T0 + 5)
+    assert jobs[0].status == "needs_approval" and jobs[0].approval["expires_at"] == T0 + 65
