@@ -27,7 +27,7 @@ import re
 import schemathesis
 from pydantic import ValidationError
 
-from taskyard_api.schemas import FILE_NAME, JOB_TYPE, LABEL_NAME, NODE_NAME, NotifySpec
+from taskyard_api.schemas import FILE_NAME, JOB_TYPE, LABEL_NAME, NODE_NAME, MapSpec, NotifySpec
 from taskyard_common.artifact_names import BadName, normalise
 
 SUBMITS = ("/api/v1/jobs", "/api/v1/jobs:batch", "/api/v1/batches", "/api/v1/workflows")
@@ -58,14 +58,11 @@ def _names(value: object) -> bool:
 
 
 def _well_formed_map(value: object) -> bool:
-    if not isinstance(value, dict) or set(value) - {"over", "parallel"}:
+    try:
+        MapSpec.model_validate(value)
+    except ValidationError:
         return False
-    over, parallel = value.get("over"), value.get("parallel")
-    return (
-        isinstance(over, str)
-        and 1 <= len(over) <= 1000
-        and (parallel is None or type(parallel) is int and 1 <= parallel <= 10_000)
-    )
+    return True
 
 
 def _runnable(job: object, i: int) -> None:
