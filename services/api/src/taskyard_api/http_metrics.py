@@ -52,6 +52,20 @@ GATE_DUE_LAG = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
+# Totals only: a label per concurrency or rate key would be unbounded (one per tenant).
+GATE_ADMISSIONS = Counter(
+    "taskyard_api_gate_admissions_total",
+    "Throttled jobs this API process admitted to JOBS, by the kind of key that admitted them "
+    "(a job with both keys counts once for each). Counted after the commit.",
+    ["kind"],
+    registry=REGISTRY,
+)
+GATE_KEY_CANCELS = Counter(
+    "taskyard_api_gate_key_cancels_total",
+    "Jobs a concurrency key's strategy cancelled (keep_latest, cancel_newest, cancel_in_progress).",
+    ["strategy"],
+    registry=REGISTRY,
+)
 WORK_CREATED = Counter(
     "taskyard_api_work_created_total", "Batches and workflows stored.", ["kind"], registry=REGISTRY
 )
