@@ -1,6 +1,7 @@
 """User handlers the tests load into real executors with `-A handlers_for_tests`."""
 
 import asyncio
+import os
 import time
 
 from taskyard_executor import PermanentError, handler
@@ -121,3 +122,15 @@ def item_file_exists(payload):
     if not os.path.exists(payload["item"]):
         raise RuntimeError(f"{payload['item']} is not there yet")
     return {"found": payload["item"]}
+
+
+@handler("key_probe")
+async def key_probe(payload, ctx):
+    """Writes when it starts and ends (one line each, O_APPEND) to `payload.log`, for tests that
+    count how many jobs of a key really ran at once."""
+    with open(payload["log"], "a") as f:
+        f.write(f"start {ctx.job.id} {time.time():.6f} {os.getpid()}\n")
+    await asyncio.sleep(payload.get("seconds", 0.05))
+    with open(payload["log"], "a") as f:
+        f.write(f"end {ctx.job.id} {time.time():.6f} {os.getpid()}\n")
+    return {}

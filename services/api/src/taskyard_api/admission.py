@@ -99,7 +99,9 @@ async def _lock(session: AsyncSession, gates: list[Gate], now: float) -> dict[Ga
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     rows = [{"kind": k, "key": key, "settings": {}, "tokens": 0.0, "refilled_at": 0.0} for k, key in gates]
-    await session.execute(insert(gate_keys_table).on_conflict_do_nothing(index_elements=["kind", "key"]), rows)
+    await session.execute(
+        insert(gate_keys_table).on_conflict_do_nothing(index_elements=["kind", "key"]), rows
+    )
     query = (
         select(gate_keys_table)
         .where(tuple_(g.kind, g.key).in_([tuple(gate) for gate in gates]))
@@ -227,7 +229,7 @@ async def admit(
 
 
 async def _admit_key(r: _Round, gate: Gate, settings: dict[str, Any], stop_holding: bool) -> None:
-    session, now, key = r.session, r.now, gate[1]
+    session, key = r.session, gate[1]
     limit, strategy = int(settings["limit"]), settings.get("strategy") or "queue"
     held = (await _held(session, [key])).get(key, 0)
     r.room[gate] = limit - held
@@ -296,9 +298,11 @@ async def _admit_group(r: _Round, gate: Gate, settings: dict[str, Any]) -> dict[
                 turn += 1
         settings["next"] = turn
     # Keys with nothing held or waiting leave the turn table (it stays as big as the live keys).
-    live = {k for k, n in held.items() if n} | set(waiting_keys) | {
-        job.concurrency_key for job in r.out.released if job.concurrency_key
-    }
+    live = (
+        {k for k, n in held.items() if n}
+        | set(waiting_keys)
+        | {job.concurrency_key for job in r.out.released if job.concurrency_key}
+    )
     settings["turns"] = {k: t for k, t in turns.items() if k in live}
     return settings
 
@@ -307,9 +311,7 @@ async def _store(session: AsyncSession, gate: Gate, settings: dict[str, Any], r:
     values: dict[str, Any] = {"settings": settings}
     if gate[0] == "rate" and (bucket := r.buckets.get(gate[1])) is not None:
         values.update(refilled_at=bucket.tat, tokens=bucket.tokens(now))
-    await session.execute(
-        update(gate_keys_table).where(g.kind == gate[0], g.key == gate[1]).values(values)
-    )
+    await session.execute(update(gate_keys_table).where(g.kind == gate[0], g.key == gate[1]).values(values))
 
 
 # --- what a throttled job's reason, the timer and doctor read ----------------------------------
@@ -320,7 +322,10 @@ async def ahead_of(session: AsyncSession, job: JobRecord, where: Any) -> int:
     rank = PRIORITY_RANK.get(job.priority, 1)
     before = or_(
         RANK < rank,
-        and_(RANK == rank, or_(j.created_at < job.created_at, and_(j.created_at == job.created_at, j.id < job.id))),
+        and_(
+            RANK == rank,
+            or_(j.created_at < job.created_at, and_(j.created_at == job.created_at, j.id < job.id)),
+        ),
     )
     return int(await session.scalar(select(func.count()).where(where, j.status == "throttled", before)) or 0)
 
@@ -333,10 +338,7 @@ async def facts(session: AsyncSession, job: JobRecord, now: float) -> dict[str, 
         spec = job.concurrency or {}
         if unit[0] == "group":  # the group's places are shared: count every key's
             holding = int(
-                await session.scalar(
-                    select(func.count()).where(_where(unit), j.status.in_(_HOLDING))
-                )
-                or 0
+                await session.scalar(select(func.count()).where(_where(unit), j.status.in_(_HOLDING))) or 0
             )
         else:
             holding = (await _held(session, [job.concurrency_key])).get(job.concurrency_key, 0)
@@ -349,9 +351,7 @@ async def facts(session: AsyncSession, job: JobRecord, now: float) -> dict[str, 
             "strategy": spec.get("strategy") or "queue",
         }
     if job.rate_key is not None and job.rate:
-        tat = await session.scalar(
-            select(g.refilled_at).where(g.kind == "rate", g.key == job.rate_key)
-        )
+        tat = await session.scalar(select(g.refilled_at).where(g.kind == "rate", g.key == job.rate_key))
         bucket = Bucket(float(job.rate["per_s"]), int(job.rate.get("burst", 1)), tat or now)
         out["rate"] = {
             "key": job.rate_key,

@@ -45,6 +45,7 @@ from .gate_timer import DueJobs, GateTimer
 from .http_metrics import REGISTRY, MetricsMiddleware
 from .job_types import KnownTypes
 from .jobs import JobService
+from .key_timer import RateKeys
 from .migrate import is_current
 from .notify import Notifier
 from .projector import Projector
@@ -123,7 +124,9 @@ async def lifespan(app: FastAPI):
     supervisor.start("projector", state.projector.run, stop=state.projector.stop)
     supervisor.start("workers-watch", state.workers.watch)
     supervisor.every("outbox", settings.outbox_interval_s, state.jobs.reconcile_once)
-    state.gate_timer = GateTimer([DueJobs(state.sessions, state.jobs)], state.jobs.gates_changed)
+    state.gate_timer = GateTimer(
+        [DueJobs(state.sessions, state.jobs), RateKeys(state.sessions, state.jobs)], state.jobs.gates_changed
+    )
     supervisor.start("gate-timer", state.gate_timer.run, stop=state.gate_timer.stop)
     supervisor.every("gate-sweeper", settings.gate_sweep_interval_s, state.jobs.sweep_gates, at_start=True)
     # NATS away shows in /readyz already; a failed sample needs no warning every 2 s.

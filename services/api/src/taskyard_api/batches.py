@@ -1,6 +1,7 @@
 """Batches: jobs submitted together, their progress, and callbacks run once when the last ends."""
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
@@ -16,8 +17,8 @@ from .ids import new_id
 from .job_store import JobStore, record_of
 from .lifecycle import JobRecord, new_job
 from .models import JobEventRow, batches_table, jobs_table
-from .plan import as_items, with_notify
-from .schemas import BatchCreate, JobBatch, JobFields, iso
+from .plan import Item, as_items, with_notify
+from .schemas import BatchCreate, ConcurrencySpec, JobBatch, JobFields, iso
 
 if TYPE_CHECKING:
     from .gates import Opened
@@ -146,6 +147,17 @@ async def member_timelines(session: AsyncSession, batch_id: str) -> list[tuple[J
     return [(job, by_job[job.id]) for job in jobs]
 
 
+def with_parallel(items: list[Item], batch_id: str, parallel: int) -> list[Item]:
+    """A batch's `parallel`: each member gets the concurrency key `batch:<id>` with that limit."""
+    for item in items:
+        if item.spec.concurrency is not None:
+            raise Invalid(
+                f"{item.field('concurrency')}: a batch with `parallel` sets each member's concurrency key"
+            )
+    key = ConcurrencySpec(key=f"batch:{batch_id}", limit=parallel)
+    return [replace(item, spec=item.spec.model_copy(update={"concurrency": key})) for item in items]
+
+
 async def submit_batch_of(
     svc: "JobService", request: Any, body: JobBatch, who: Principal
 ) -> tuple[dict[str, Any], list[tuple[JobRecord, bool]]]:
@@ -165,6 +177,8 @@ async def submit_batch_of(
                 callbacks[kind] = spec.model_dump(mode="json")
     row = batch_row(who.id, name, callbacks, time.time())
     items = with_notify(as_items(body.jobs, many=True), getattr(body, "notify", None))
+    if parallel := getattr(body, "parallel", None):
+        items = with_parallel(items, row["id"], parallel)
     results = await svc.submit(items, who, (batches_table, row), batch_id=row["id"])
     WORK_CREATED.labels("batch").inc()
     return row, results

@@ -18,8 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskyard_common.schemas import FINAL_STATES
 
+from . import admission
 from .http_metrics import BATCH_DURATION, BATCHES_COMPLETED, GATE_MOVES, GATE_RELEASE
 from .job_store import JobStore, record_of
+from .key_rules import gates_of
 from .lifecycle import GATED_STATES, Expanded, JobRecord, Rearm, Released, Skipped, Unrunnable, transition
 from .models import edges_table, jobs_table, workflows_table
 
@@ -88,6 +90,8 @@ class Opened:
     waited: list[float] = field(default_factory=list)
     # (created_at, completed_at) of the batches completed here.
     batches: list[tuple[float, float]] = field(default_factory=list)
+    # What concurrency and rate keys admitted here (admission.Admission), counted with the rest.
+    admissions: list[Any] = field(default_factory=list)
 
     def add(self, job: JobRecord) -> None:
         """A job the gate keeper let past its parents: due for publishing, or held by its next gate."""
@@ -105,6 +109,8 @@ class Opened:
         for created, completed in self.batches:
             BATCHES_COMPLETED.inc()
             BATCH_DURATION.observe(completed - created)
+        for admitted in self.admissions:
+            admitted.count()
 
 
 # Node names of batch callbacks (jobs the gate keeper creates rather than releases).
@@ -123,7 +129,30 @@ async def settle(session: AsyncSession, ended: list[JobRecord], now: float | Non
         # Skipped by a stopped workflow: their own edges close too (a map node joins its items).
         frontier = {job.id: job.status for job in await _stop_workflows(session, ended + out.ended, now, out)}
     await _complete_batches(session, ended + out.ended, now, out)
+    await _admit_keys(session, ended, now, out)
     return out
+
+
+async def _admit_keys(session: AsyncSession, ended: list[JobRecord], now: float, out: Opened) -> None:
+    """Jobs that ended here free their places under their concurrency keys, and jobs released
+    here onto `throttled` wait for one: admit what those keys have room for, in this transaction
+    (the admitted jobs are due in the outbox like any released job)."""
+    waiting = [job for job in out.gated if job.status == "throttled"]
+    keys = gates_of([*ended, *out.ended, *waiting])
+    if not keys:
+        return
+    done = await admission.admit(session, keys, now, stop_holding=False)
+    out.admissions.append(done)
+    # Tried under their keys' locks already: what is still throttled waits for a place.
+    out.gated = [job for job in out.gated if job.status != "throttled"]
+    out.released += done.released
+    if done.ended:  # cancelled by their key's strategy: what waits for them follows its edges
+        out.ended += done.ended
+        more = await settle(session, done.ended, now)
+        out.released += more.released
+        out.gated += more.gated
+        out.ended += more.ended
+        out.admissions += more.admissions
 
 
 async def _follow_edges(

@@ -14,19 +14,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Table
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from taskyard_common.schemas import JobEvent
 from taskyard_common.telemetry import current_traceparent, tracer, tracing_on
 from taskyard_common.topology import QueueLimitReached
 
-from . import approvals, gates
+from . import admission, approvals, gates
 from .auth import Principal
 from .failures import Forbidden, Invalid, NotFound, Refused, TooLarge
 from .ids import JOB_ID, new_id
 from .job_store import JobStore
 from .job_types import KnownTypes
+from .key_defaults import MAX_KEY, GateDefaults
+from .key_rules import Gate, gates_of
 from .lifecycle import GATED_STATES, Cancel, Event, JobRecord, Published, Retry, new_job, transition
 from .models import edges_table, job_notify_table
 from .notify import webhook_rows
@@ -62,12 +64,26 @@ def _may_see(who: Principal, job: JobRecord) -> bool:
 
 
 def _new_record(
-    item: Item, owner: Principal, now: float, member: dict[str, Any], policies: ApprovalPolicies
+    item: Item,
+    owner: Principal,
+    now: float,
+    member: dict[str, Any],
+    policies: ApprovalPolicies,
+    defaults: GateDefaults | None = None,
 ) -> JobRecord:
     spec = item.spec
     fields = spec.record_fields(now)
     policy = approvals.policy_for(policies, spec.type, spec.queue)
     fields["approval"] = approvals.approval_for(fields.get("approval"), policy, now)
+    if defaults is not None:
+        # The api's configured keys for its type or queue, unless the job names its own.
+        fields |= defaults.fill(fields)
+        for kind in ("concurrency", "rate"):
+            if len(fields.get(f"{kind}_key") or "") > MAX_KEY:
+                raise Invalid(
+                    f"{item.field(kind)}: the configured default key expands to "
+                    f"{len(fields[f'{kind}_key'])} characters (at most {MAX_KEY})"
+                )
     job_id = item.id or new_id(now)
     traceparent = None
     if tracing_on():
@@ -263,7 +279,9 @@ class JobService:
             if key and key in existing:
                 results.append((existing[key], False))
             else:
-                job = _new_record(item, owner, now, member, self.settings.approval_policies)
+                job = _new_record(
+                    item, owner, now, member, self.settings.approval_policies, self.settings.gate_defaults
+                )
                 results.append((job, True))
                 if key:
                     existing[key] = job  # the same key twice in one batch is one job
@@ -337,10 +355,56 @@ class JobService:
 
     async def after_gates(self, jobs: list[JobRecord]) -> list[JobRecord]:
         """Jobs that were just stored on a gate other than their parents: the gate timer learns of
-        new times. Returns the jobs as they are now."""
+        new times, throttled jobs are admitted if their keys have room. Returns the jobs as they
+        are now."""
         if any(job.status == "scheduled" for job in jobs):
             self.gates_changed.set()
-        return jobs
+        throttled = [job for job in jobs if job.status == "throttled"]
+        if not throttled:
+            return jobs
+        moved = {job.id: job for job in await self.admit(gates_of(throttled))}
+        return [moved.get(job.id, job) for job in jobs]
+
+    async def admit(self, keys: set[Gate]) -> list[JobRecord]:
+        """Admit what the concurrency and rate keys `keys` have room for (admission.admit), in a
+        transaction of its own; then publish what it admitted, tell executors about holding jobs
+        a `cancel_in_progress` key replaced, and put strategy cancels on the timelines. Returns
+        every job it moved, as it is now."""
+        if not keys:
+            return []
+        for attempt in range(DECIDE_TRIES):
+            try:
+                async with self.sessions() as session:
+                    done = await admission.admit(session, keys, time.time())
+                    # What waited for the jobs a strategy cancelled follows its edges.
+                    opened = await gates.settle(session, done.ended) if done.ended else gates.Opened()
+                    await session.commit()
+                break
+            except DBAPIError as exc:
+                # PostgreSQL chose this transaction to break a lock cycle: decide again.
+                if "deadlock" not in str(exc).lower() or attempt == DECIDE_TRIES - 1:
+                    raise
+        done.count()
+        for old, job in done.stopped:
+            if old.stream_seq is not None and old.outbox_at is None:
+                await self.publisher.delete_queued(old.stream_seq)
+            await self.publisher.broadcast_cancel(job.id)
+        if done.ended:
+            events = [
+                JobEvent.of(
+                    job,
+                    "cancelled",
+                    {"by": "concurrency key", "error": job.error},
+                    attempt=job.attempt,
+                    at=job.updated_at,
+                )
+                for job in done.ended
+            ]
+            await self.publisher.publish_events(events)
+        if any(kind == "rate" for kind, _ in keys):
+            self.gates_changed.set()  # a rate key's next token time may be sooner than the timer's
+        released = await self.publish(done.released)
+        return released + done.ended + await self.follow(opened)
 
     async def publish(self, jobs: list[JobRecord]) -> list[JobRecord]:
         """Publish the jobs' current messages and record the stream sequences JetStream gave them.

@@ -151,15 +151,3 @@ def expand(template: str, job: Mapping[str, Any]) -> str:
 def default_limit(spec: Mapping[str, Any], key: str) -> int:
     """A configured default's limit for `key`: its entry in `limits`, else `limit`."""
     return int((spec.get("limits") or {}).get(key, spec.get("limit", 1)))
-
-
-def throttled_text(
-    key: str, limit: int, holding: int, ahead: int, group: str | None = None
-) -> str:
-    where = f"group `{group}` (key `{key}`)" if group else f"key `{key}`"
-    return f"{holding}/{limit} running for {where}; {ahead} ahead of you for this key"
-
-
-def rate_text(key: str, per_s: float, next_in: float, ahead: int) -> str:
-    rate = f"{per_s:g}/s" if per_s >= 1 else f"{per_s * 60:g}/min"
-    return f"rate `{key}` {rate}; next release in {max(0.0, next_in):.1f} s; {ahead} ahead of you for this key"

@@ -225,3 +225,39 @@ def blocked_reason(parents: Sequence[tuple[str, str | None, str, dict[str, Any]]
             "blocked", f"Waiting for {len(parents)} parent(s): {', '.join(words)}.", parents=evidence
         ),
     }
+
+
+def throttled_reason(facts: dict[str, Any], now: float) -> dict[str, Any]:
+    """Why a `throttled` job waits: its concurrency key is full (how many hold a place, how many
+    wait before it), else its rate key's next token is not due (when it is). `facts` is
+    admission.facts: {"concurrency": {key, group, limit, holding, ahead, strategy}} and/or
+    {"rate": {key, per_s, burst, next_at, ahead}}."""
+    out: dict[str, Any] = {"queue_position": None, "eta_seconds": None, "eta_range": None}
+    c, r = facts.get("concurrency"), facts.get("rate")
+    if c and c["holding"] >= c["limit"]:
+        where = f"group `{c['group']}` (key `{c['key']}`)" if c.get("group") else f"key `{c['key']}`"
+        out["waiting_reason"] = reason(
+            "throttled",
+            f"{c['holding']}/{c['limit']} running for {where}; {c['ahead']} ahead of you for this key.",
+            **{k: c[k] for k in ("key", "limit", "holding", "ahead")},
+            group=c.get("group"),
+            kind="concurrency",
+        )
+        return out
+    if r:
+        next_in = max(0.0, r["next_at"] - now)
+        rate = f"{r['per_s']:g}/s" if r["per_s"] >= 1 else f"{r['per_s'] * 60:g}/min"
+        out["eta_seconds"] = round(next_in + r["ahead"] / r["per_s"], 1)
+        out["waiting_reason"] = reason(
+            "throttled",
+            f"rate `{r['key']}` {rate}; next release in {next_in:.1f} s; {r['ahead']} ahead of you for this key.",
+            key=r["key"],
+            per_s=r["per_s"],
+            burst=r["burst"],
+            next_release_at=iso(r["next_at"]),
+            ahead=r["ahead"],
+            kind="rate",
+        )
+        return out
+    out["waiting_reason"] = reason("throttled", "Its key has room; it is being admitted.", kind="concurrency")
+    return out

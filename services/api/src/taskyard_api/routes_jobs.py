@@ -1,5 +1,6 @@
 """/api/v1/jobs: submit, batch, list, get, cancel, retry, logs."""
 
+import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -10,7 +11,7 @@ from sqlalchemy import bindparam, select
 
 from taskyard_common.schemas import FINAL_STATES, JobState
 
-from . import audit, gates
+from . import admission, audit, gates
 from .api_doc import answers
 from .auth import Principal, require
 from .batches import submit_batch_of
@@ -39,7 +40,7 @@ from .logs import follow_logs, read_logs
 from .models import Checkpoint, Job, JobEventRow
 from .plan import as_items
 from .ratelimit import too_many
-from .reasons import blocked_reason
+from .reasons import blocked_reason, throttled_reason
 from .schemas import QUEUE, JobBatch, JobCreate
 from .views import JsonAnswer, job_out
 from .waiting import explain
@@ -185,6 +186,8 @@ async def get_job(job_id: str, request: Request, who: Principal = require("viewe
         try:
             if job.status == "blocked":
                 out.update(await _blocked(request, job))
+            elif job.status == "throttled":
+                out.update(await _throttled(request, job))
             else:
                 out.update(await explain(job, timeline, state.queues, state.workers))
         except NatsError as exc:
@@ -204,6 +207,13 @@ async def _blocked(request: Request, job: JobRecord) -> dict:
             about = await explain(parent, [], state.queues, state.workers)
         seen.append((parent.id, parent.node, parent.status, about))
     return blocked_reason(seen)
+
+
+async def _throttled(request: Request, job: JobRecord) -> dict:
+    """A throttled job's reason: its key's places and who waits before it, or its rate's next token."""
+    async with request.app.state.sessions() as session:
+        facts = await admission.facts(session, job, time.time())
+    return throttled_reason(facts, time.time())
 
 
 @router.post("/jobs/{job_id}/cancel", responses=answers(404, 409))

@@ -365,6 +365,13 @@ class BatchCreate(JobBatch):
 
     name: str | None = Field(None, min_length=1, max_length=200)
     notify: NotifySpec | None = Field(None, description="Each member's webhook, unless it has its own.")
+    parallel: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="At most this many members queued or running at once (a concurrency key "
+        "`batch:<batch id>` on each member; a member may then name no concurrency key of its own)",
+    )
     on_success: JobFields | None = Field(None, description="Runs if every member succeeded.")
     on_failure: JobFields | None = Field(None, description="Runs if any member did not succeed.")
     on_complete: JobFields | None = Field(None, description="Runs in either case.")

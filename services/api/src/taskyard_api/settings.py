@@ -7,6 +7,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from taskyard_common.settings import proxy_list
 
+from .key_defaults import GateDefaults
 from .schemas import ApprovalPolicies, NotifySpec
 
 
@@ -60,6 +61,9 @@ class ApiSettings(BaseSettings):
     webhook_secret: SecretStr | None = None
     # A webhook for every job of a queue that names none: JSON {"queue": {"url": ..., "on": [...]}}.
     notify_queue_defaults: dict[str, NotifySpec] = {}
+    # Concurrency and rate keys for jobs that name none, per job type and per queue, as JSON
+    # (docs/operations.md, "Concurrency and rate key defaults"): {"types": {...}, "queues": {...}}.
+    gate_defaults: GateDefaults = GateDefaults()
     notify_interval_s: float = Field(1.0, gt=0)
     notify_timeout_s: float = Field(10.0, gt=0)
     # Retries wait 1, 2, 4, … s up to this; after notify_max_tries a delivery is `failed`.
