@@ -124,13 +124,17 @@ def item_file_exists(payload):
     return {"found": payload["item"]}
 
 
+def _mark(path: str, kind: str, job_id: str) -> None:
+    # A few bytes with O_APPEND: lines from several executors never interleave.
+    with open(path, "a") as f:
+        f.write(f"{kind} {job_id} {time.time():.6f} {os.getpid()}\n")
+
+
 @handler("key_probe")
 async def key_probe(payload, ctx):
-    """Writes when it starts and ends (one line each, O_APPEND) to `payload.log`, for tests that
-    count how many jobs of a key really ran at once."""
-    with open(payload["log"], "a") as f:
-        f.write(f"start {ctx.job.id} {time.time():.6f} {os.getpid()}\n")
+    """Writes when it starts and ends (one line each) to `payload.log`, for tests that count how
+    many jobs of a key really ran at once."""
+    _mark(payload["log"], "start", ctx.job.id)
     await asyncio.sleep(payload.get("seconds", 0.05))
-    with open(payload["log"], "a") as f:
-        f.write(f"end {ctx.job.id} {time.time():.6f} {os.getpid()}\n")
+    _mark(payload["log"], "end", ctx.job.id)
     return {}

@@ -26,6 +26,7 @@ from .key_rules import (
     Gate,
     concurrency_gate,
     gates_of,
+    gates_of_columns,
     in_progress_to_stop,
     keep_latest,
     lock_order,
@@ -361,6 +362,17 @@ async def facts(session: AsyncSession, job: JobRecord, now: float) -> dict[str, 
             "ahead": await ahead_of(session, job, j.rate_key == job.rate_key),
         }
     return out
+
+
+async def waiting_gates(session: AsyncSession, limit: int = 1000) -> set[Gate]:
+    """The units of keys that have throttled jobs (the gate sweeper admits in them once more)."""
+    rows = await session.execute(
+        select(j.concurrency_key, j.concurrency, j.rate_key)
+        .where(j.status == "throttled")
+        .group_by(j.concurrency_key, j.concurrency, j.rate_key)
+        .limit(limit)
+    )
+    return gates_of_columns(rows.tuples())
 
 
 async def rate_keys_due(session: AsyncSession) -> list[tuple[str, float]]:

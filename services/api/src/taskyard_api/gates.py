@@ -138,7 +138,11 @@ async def _admit_keys(session: AsyncSession, ended: list[JobRecord], now: float,
     here onto `throttled` wait for one: admit what those keys have room for, in this transaction
     (the admitted jobs are due in the outbox like any released job)."""
     waiting = [job for job in out.gated if job.status == "throttled"]
-    keys = gates_of([*ended, *out.ended, *waiting])
+    # Only a job that was admitted held a place: it has a message (or one due). One cancelled
+    # while throttled frees nothing, and cancelling a key's 1,000 waiting jobs one by one should
+    # not admit in the key 1,000 times (the gate sweeper covers the rest: jobs.sweep_gates).
+    freed = [job for job in [*ended, *out.ended] if job.stream_seq is not None or job.outbox_at is not None]
+    keys = gates_of([*freed, *waiting])
     if not keys:
         return
     done = await admission.admit(session, keys, now, stop_holding=False)

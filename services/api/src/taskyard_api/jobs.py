@@ -549,6 +549,12 @@ class JobService:
         if ended:
             log.info("gates: settling %d ended jobs' open edges", len(ended))
             await self.settle(ended)
+        # Keys with waiting jobs are admitted in once more: a place freed by a job that ended
+        # without a trigger (cancelled between its admission and its publish) is not lost.
+        async with self.sessions() as session:
+            waiting = await admission.waiting_gates(session)
+        if waiting:
+            await self.admit(waiting)
         return len(ended)
 
     async def reconcile_once(self) -> int:

@@ -26,22 +26,31 @@ def order(job: JobRecord) -> tuple[int, float, str]:
 
 def concurrency_gate(job: JobRecord) -> Gate | None:
     """The unit a job's concurrency key is admitted in: its group under round_robin, else the key."""
-    if job.concurrency_key is None:
+    return _unit(job.concurrency_key, job.concurrency)
+
+
+def _unit(key: str | None, spec: Mapping[str, Any] | None) -> Gate | None:
+    if key is None:
         return None
-    spec = job.concurrency or {}
+    spec = spec or {}
     if spec.get("strategy") == "round_robin" and spec.get("group"):
         return ("group", spec["group"])
-    return ("concurrency", job.concurrency_key)
+    return ("concurrency", key)
 
 
 def gates_of(jobs: Iterable[JobRecord]) -> set[Gate]:
     """The units to admit in after `jobs` moved (ended: they freed places; throttled: they wait)."""
+    return gates_of_columns((job.concurrency_key, job.concurrency, job.rate_key) for job in jobs)
+
+
+def gates_of_columns(rows: Iterable[tuple[str | None, Mapping[str, Any] | None, str | None]]) -> set[Gate]:
+    """gates_of from the three columns (concurrency_key, concurrency, rate_key) of each job."""
     out: set[Gate] = set()
-    for job in jobs:
-        if (gate := concurrency_gate(job)) is not None:
+    for key, spec, rate_key in rows:
+        if (gate := _unit(key, spec)) is not None:
             out.add(gate)
-        if job.rate_key is not None:
-            out.add(("rate", job.rate_key))
+        if rate_key is not None:
+            out.add(("rate", rate_key))
     return out
 
 
