@@ -1,6 +1,7 @@
 """Concurrency keys, rate keys and a batch's `parallel`, on real processes (docs/gates.md)."""
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from .invariants import query
 from .stack import wait_until
+from .test_cli import cli
 
 HANDLERS = "handlers_for_tests"
 PARKED = "parked"  # a queue nobody serves: a job there holds its key's place, queued
@@ -204,6 +206,10 @@ def test_strategies_keep_latest_cancel_newest_cancel_in_progress_and_the_throttl
             "2/2 running for key `q`; 1 ahead"
             in c.get(f"/api/v1/jobs/{normal[1]['id']}").json()["waiting_reason"]["message"]
         )
+        doctor = {ch["name"]: ch for ch in c.get("/api/v1/doctor").json()["checks"]}
+        assert doctor["key q"]["detail"] == "key q has 4 throttled jobs and limit 2", doctor.get("key q")
+        shown = cli(stack, "status", low["id"])
+        assert shown.returncode == 0 and "2/2 running for key `q`; 3 ahead of you" in shown.stdout, shown
         # A holder cancelled frees its place: the next in line (normal[0]) is admitted at once.
         c.post(f"/api/v1/jobs/{first['id']}/cancel")
         assert c.get(f"/api/v1/jobs/{normal[0]['id']}").json()["status"] == "queued"
@@ -262,6 +268,16 @@ def test_a_batch_with_parallel_runs_at_most_n_members_at_once(stack, tmp_path):
         )
         assert own.status_code == 422 and "jobs[0].concurrency" in own.text, own.text
     assert _overlap(log) <= 2
+    # The CLI's `batch run --parallel N` sends the same.
+    for i in range(3):
+        (tmp_path / f"in-{i}.txt").write_text("x")
+    run = cli(
+        stack, "batch", "run", "--glob", str(tmp_path / "in-*.txt"), "--parallel", "2", "--json", "--", "true"
+    )
+    assert run.returncode == 0, run.stderr
+    created = json.loads(run.stdout)
+    assert {j["concurrency"]["key"] for j in created["jobs"]} == {f"batch:{created['batch_id']}"}
+    assert {j["concurrency"]["limit"] for j in created["jobs"]} == {2}
 
 
 def test_configured_defaults_give_a_key_from_a_template_with_a_limit_per_key(stack):

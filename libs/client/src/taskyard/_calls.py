@@ -129,12 +129,18 @@ def _at(base: str, item_id: str, suffix: str = "") -> str:
 
 
 def create_batch(
-    specs: Iterable[Mapping[str, Any]], name: str | None = None, callbacks: Mapping[str, Any] | None = None
+    specs: Iterable[Mapping[str, Any]],
+    name: str | None = None,
+    callbacks: Mapping[str, Any] | None = None,
+    parallel: int | None = None,
 ) -> Call:
-    """POST /api/v1/batches; `callbacks` maps on_success/on_failure/on_complete to a job spec."""
+    """POST /api/v1/batches; `callbacks` maps on_success/on_failure/on_complete to a job spec;
+    `parallel`: at most this many members queued or running at once."""
     body: dict[str, Any] = {"jobs": [dict(s) for s in specs]}
     if name is not None:
         body["name"] = name
+    if parallel is not None:
+        body["parallel"] = parallel
     body.update({k: dict(v) for k, v in (callbacks or {}).items() if v is not None})
     return Call("POST", BATCHES, body=body)
 

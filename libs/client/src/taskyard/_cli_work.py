@@ -168,6 +168,12 @@ def batch() -> None:
 @click.option("--glob", "pattern", required=True, metavar="PATTERN", help="Files to process ('**' recurses).")
 @click.option("--name", metavar="NAME", help="A name for the batch.")
 @click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="At most N jobs of the batch queued or running at once (the rest wait as `throttled`).",
+)
+@click.option(
     "--cwd",
     metavar="DIR",
     help="Directory the jobs run in, on the worker [default: this one; with files: the job's own "
@@ -188,6 +194,7 @@ def batch() -> None:
 def batch_run(
     pattern: str,
     name: str | None,
+    parallel: int | None,
     cwd: str | None,
     upload_each: bool,
     inputs: tuple[str, ...],
@@ -211,6 +218,7 @@ def batch_run(
 
     \b
       taskyard batch run --glob 'data/*.csv' -- python proc.py {}
+      taskyard batch run --glob 'data/*.csv' --parallel 8 -- python proc.py {}
       taskyard batch run --glob 'data/*.csv' --input proc.py --output 'out/**' -- python proc.py {}
     """
     paths = sorted(globbing.glob(pattern, recursive=True))
@@ -229,7 +237,7 @@ def batch_run(
     else:
         workdir = str(Path.cwd()) if cwd is None else cwd
         members = batch_members(paths, command, options, workdir or None)
-    created = ty.create_batch(members, name=name)
+    created = ty.create_batch(members, name=name, parallel=parallel)
     batch_id = created["batch_id"]
     if not watch:
         if as_json:

@@ -2,7 +2,8 @@
 
 from typing import Any
 
-WAITING_STATUSES = frozenset({"needs_approval", "queued", "retrying", "waiting"})
+# Statuses `taskyard status` explains with the waiting reason (position, ETA, why).
+WAITING_STATUSES = frozenset({"needs_approval", "throttled", "queued", "retrying", "waiting"})
 PRIORITIES = ("high", "normal", "low")
 # RUNNING column: at most this many job ids per worker, then "+N".
 RUNNING_SHOWN = 3

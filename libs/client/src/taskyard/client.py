@@ -343,11 +343,13 @@ class Client(_Base):
         on_success: Mapping[str, Any] | None = None,
         on_failure: Mapping[str, Any] | None = None,
         on_complete: Mapping[str, Any] | None = None,
+        parallel: int | None = None,
     ) -> dict[str, Any]:
         """Submit jobs as one batch: {"batch_id", "jobs"}. The callbacks (job specs) run once when
-        the last member has ended: on_success if all succeeded, on_failure if not, on_complete always."""
+        the last member has ended: on_success if all succeeded, on_failure if not, on_complete always.
+        `parallel`: at most this many members queued or running at once."""
         callbacks = {"on_success": on_success, "on_failure": on_failure, "on_complete": on_complete}
-        return self._call(_calls.create_batch(specs, name, callbacks))
+        return self._call(_calls.create_batch(specs, name, callbacks, parallel))
 
     def batch(self, batch_id: str) -> dict[str, Any]:
         """A batch's progress: {"id", "name", "total", "done", "succeeded", "percent", "counts" (by
@@ -719,10 +721,11 @@ class AsyncClient(_Base):
         on_success: Mapping[str, Any] | None = None,
         on_failure: Mapping[str, Any] | None = None,
         on_complete: Mapping[str, Any] | None = None,
+        parallel: int | None = None,
     ) -> dict[str, Any]:
         """See Client.create_batch."""
         callbacks = {"on_success": on_success, "on_failure": on_failure, "on_complete": on_complete}
-        return await self._call(_calls.create_batch(specs, name, callbacks))
+        return await self._call(_calls.create_batch(specs, name, callbacks, parallel))
 
     async def batch(self, batch_id: str) -> dict[str, Any]:
         """See Client.batch."""

@@ -8,6 +8,7 @@ from sqlalchemy import func, select, text
 
 from taskyard_common.topology import Topology
 
+from .admission import busiest
 from .lifecycle import GATED_STATES
 from .migrate import is_current
 from .models import jobs_table
@@ -121,6 +122,7 @@ async def run_checks(state) -> list[dict]:  # noqa: ANN001 - FastAPI app.state
             )
         )
     checks += await gate_checks(state.sessions, time.time())
+    checks += await _busiest_keys(state)
     lag = await state.js.consumer_info(topo.events_stream, topo.projector_durable)
     checks.append(
         _check(
@@ -152,4 +154,22 @@ async def gate_checks(sessions, now: float) -> list[dict]:  # noqa: ANN001 - asy
         _check(
             "gates", not late, detail, "the api's gate-timer is not running: check the api log and /readyz"
         )
+    ]
+
+
+async def _busiest_keys(state) -> list[dict]:  # noqa: ANN001 - FastAPI app.state
+    """The concurrency keys with the most throttled jobs: information, not a fault (a key exists
+    to make jobs wait), so they pass; the line says where the waiting is."""
+    try:
+        async with state.sessions() as session:
+            keys = await busiest(session)
+    except Exception:  # noqa: BLE001 - the database check above reports an unreachable database
+        return []
+    return [
+        _check(
+            f"key {key}",
+            True,
+            f"key {key} has {waiting} throttled jobs and limit {limit if limit is not None else '?'}",
+        )
+        for key, waiting, limit in keys
     ]
