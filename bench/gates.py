@@ -8,7 +8,9 @@ measures, each against a baseline taken in the same run:
 2. a 1 → 998 → 1 workflow of noop jobs, end to end, against 1,000 independent noop jobs;
 3. `GET /api/v1/batches/{id}` of a 10,000-member batch (progress, counts, failures), right after
    its submit and once its events are projected;
-4. the api's RSS with a 10,000-node workflow and a 100,000-member batch in flight at once.
+4. the api's RSS with a 10,000-node workflow and a 100,000-member batch in flight at once;
+5. `keys`: a concurrency key at limit 1 over 1,000 noop jobs: previous job finished → next job
+   started (the place a job frees is given to the next in the projector's transaction).
 
 Writes bench/results/gates-<time>.json. `./taskw bench` runs it after the main bench.
 """
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run import RESULTS, Stack, epoch, log, pct, rss_mib  # noqa: E402
 
 PARKED = "parked"  # a queue nobody serves: jobs wait there for the memory figure
-PARTS = ("release", "fan", "batch_get", "memory")
+PARTS = ("release", "fan", "batch_get", "memory", "keys")
 
 
 def summary(values: list[float]) -> dict:
@@ -171,6 +173,31 @@ async def memory(c: httpx.AsyncClient, stack: Stack, nodes: int, members: int) -
     }
 
 
+async def key_handoff(c: httpx.AsyncClient, n: int) -> dict:
+    """`n` noop jobs of one concurrency key at limit 1: the gap between one's end and the next's start."""
+    key = {"key": f"bench:{time.time_ns()}", "limit": 1}
+    ids: list[str] = []
+    for start in range(0, n, 500):
+        r = await c.post(
+            "/api/v1/jobs:batch", json={"jobs": [{"type": "noop", "concurrency": key}] * min(500, n - start)}
+        )
+        ids += [j["id"] for j in r.json()["jobs"]]
+
+    async def all_done() -> bool:
+        for i in [ids[-1], *ids[::50]]:
+            if (await job(c, i))["status"] != "succeeded":
+                return False
+        return True
+
+    t0 = time.perf_counter()
+    await wait_until(all_done, 600, "the key's jobs to finish")
+    took = time.perf_counter() - t0
+    runs = sorted([(epoch(j["started_at"]), epoch(j["finished_at"])) for j in [await job(c, i) for i in ids]])
+    gaps = [nxt[0] - prev[1] for prev, nxt in zip(runs, runs[1:], strict=False)]
+    overlap = sum(1 for g in gaps if g < 0)
+    return {**summary(gaps), "jobs": n, "overlapping": overlap, "jobs_per_s": round(n / took, 1)}
+
+
 async def measure(stack: Stack, args: argparse.Namespace) -> dict:
     headers = {"Authorization": f"Bearer {stack.key}"}
     async with httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=60) as c:
@@ -188,6 +215,9 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict:
         if "memory" in args.only:
             log("memory with work in flight")
             out["memory"] = await memory(c, stack, args.nodes, args.members)
+        if "keys" in args.only:
+            log("concurrency key handoff")
+            out["key_handoff"] = await key_handoff(c, args.key_jobs)
     return out
 
 
@@ -202,6 +232,7 @@ def main() -> int:
     p.add_argument("--nodes", type=int, default=10_000)
     p.add_argument("--members", type=int, default=100_000)
     p.add_argument("--gets", type=int, default=300, help="GETs of the 10,000-member batch")
+    p.add_argument("--key-jobs", type=int, default=1000, help="jobs of the concurrency key (keys)")
     p.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="measure these only")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="taskyard-gates-"))
@@ -237,6 +268,9 @@ def main() -> int:
     if mem := res.get("memory"):
         rows.append((f"api RSS, {args.nodes:,}-node workflow + {args.members:,} batch members in flight (MiB)",
                      f"{mem['api_rss_mib']} (idle {mem['api_rss_before_mib']})"))  # fmt: skip
+    if hand := res.get("key_handoff"):
+        rows.append((f"concurrency key at limit 1, {hand['jobs']} jobs: previous ended → next started p50 / p99 (ms)",
+                     f"{hand['p50_ms']} / {hand['p99_ms']} ({hand['overlapping']} overlapping)"))  # fmt: skip
     for name, value in rows:
         print(f"{name:<78} {value}")
     RESULTS.mkdir(exist_ok=True)
