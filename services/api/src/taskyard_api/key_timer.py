@@ -33,14 +33,13 @@ class RateKeys:
     async def next_due(self) -> float | None:
         return min((at for _, at in await self._due()), default=None)
 
-    async def fire(self, now: float) -> bool:
+    async def fire(self, now: float) -> None:
         keys = {key for key, at in await self._due() if at <= now}
         if not keys:
-            return False
+            return
         moved = await self.jobs.admit({("rate", key) for key in keys})
         admitted = {job.rate_key for job in moved if job.status != "throttled" and not job.finished}
         for key in keys - admitted:
             self._stalled[key] = time.time() + STALL_S
         for key in keys & admitted:
             self._stalled.pop(key, None)
-        return False
