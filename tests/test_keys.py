@@ -169,6 +169,7 @@ def test_round_robin_serves_the_second_tenant_within_the_firsts_first_6(stack, t
     starts = [line.split()[1] for line in log.read_text().splitlines() if line.startswith("start")]
     last_b = max(starts.index(job_id) for job_id in b_ids)
     a_before = sum(1 for job_id in starts[:last_b] if job_id not in b_ids)
+    print(f"B's 3 started within A's first {a_before}")
     assert a_before <= 6, (a_before, starts[: last_b + 1])
 
 
