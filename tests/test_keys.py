@@ -228,6 +228,9 @@ def test_strategies_keep_latest_cancel_newest_cancel_in_progress_and_the_throttl
         assert new["status"] == "queued", new
         old = c.get(f"/api/v1/jobs/{old['id']}").json()
         assert old["status"] == "cancelled" and new["id"] in old["error"]["message"]
+        metrics = c.get("/metrics").text
+        assert 'taskyard_api_gate_admissions_total{kind="concurrency"}' in metrics
+        assert 'taskyard_api_gate_key_cancels_total{strategy="keep_latest"} 49.0' in metrics
 
 
 @pytest.mark.parametrize(
