@@ -2,8 +2,10 @@
 
 import asyncio
 import json
+import re
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -143,6 +145,34 @@ def test_a_rate_key_of_20_per_s_releases_200_jobs_in_10_s(stack):
     released = sum(1 for at in times if at < first + 10)
     print(f"released in 10 s: {released}")
     assert 195 <= released <= 205, released
+
+
+def test_a_rate_keys_bucket_survives_an_api_restart(stack):
+    """6/min: the first job goes at once, the second 10 s later, also across a kill -9 of the api
+    (a bucket that restarted empty would release it as soon as the new api is up)."""
+    stack.start_api()
+    rate = {"key": "slow", "per_min": 6}
+    with stack.http() as c:
+        first = _submit(c, type="noop", queue=PARKED, rate=rate)
+        second = _submit(c, type="noop", queue=PARKED, rate=rate)
+        assert (first["status"], second["status"]) == ("queued", "throttled")
+        reason = c.get(f"/api/v1/jobs/{second['id']}").json()["waiting_reason"]
+        assert re.match(r"rate `slow` 6/min; next release in (9\.\d|10\.0) s; 0 ahead", reason["message"]), (
+            reason
+        )
+    stack.api.kill9()
+    stack.start_api()
+    with stack.http() as c:
+        time.sleep(2)
+        assert c.get(f"/api/v1/jobs/{second['id']}").json()["status"] == "throttled"
+    released = stack.wait_status(second["id"], "queued", timeout=20)
+    queued_at = next(e["at"] for e in released["timeline"] if e["type"] == "queued")
+    gap = _epoch(queued_at) - _epoch(first["created_at"])
+    assert 9.8 <= gap <= 11.5, gap
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def test_round_robin_serves_the_second_tenant_within_the_firsts_first_6(stack, tmp_path):
