@@ -3,7 +3,7 @@
 from .stack import Stack
 from .test_ui_work import (  # noqa: F401 - the browser fixtures
     browser,
-    expect,  # type: ignore[attr-defined]
+    expect,
     pages,
     sign_in,
 )
