@@ -25,7 +25,6 @@ from .key_rules import (
     Bucket,
     Gate,
     concurrency_gate,
-    gates_of,
     gates_of_columns,
     in_progress_to_stop,
     keep_latest,
@@ -88,11 +87,27 @@ async def _rows(session: AsyncSession, query: Select[Any]) -> list[JobRecord]:
 
 
 async def _partners(session: AsyncSession, gates: set[Gate]) -> set[Gate]:
-    """`gates` and the other key of the jobs at their heads (a rate key's jobs' concurrency keys,
-    and back): locked together, so a job with both keys can be admitted by either."""
+    """`gates` and the other keys of their waiting jobs (a rate key's jobs' concurrency keys, and
+    back): locked together, so a job with both keys can be admitted by either. One unsorted
+    DISTINCT per gate (most keys have no partner: the answer is empty)."""
     out = set(gates)
     for gate in gates:
-        out |= gates_of(await _rows(session, _waiting(_where(gate)).limit(SLACK)))
+        if gate[0] == "rate":
+            rows = await session.execute(
+                select(j.concurrency_key, j.concurrency)
+                .where(_where(gate), j.status == "throttled", j.concurrency_key.is_not(None))
+                .distinct()
+                .limit(SLACK)
+            )
+            out |= gates_of_columns((key, spec, None) for key, spec in rows.tuples())
+        else:
+            keys = await session.scalars(
+                select(j.rate_key)
+                .where(_where(gate), j.status == "throttled", j.rate_key.is_not(None))
+                .distinct()
+                .limit(SLACK)
+            )
+            out |= {("rate", key) for key in keys}
     return out
 
 
