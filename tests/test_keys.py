@@ -1,6 +1,7 @@
 """Concurrency keys, rate keys and a batch's `parallel`, on real processes (docs/gates.md)."""
 
 import asyncio
+import concurrent.futures
 import json
 import re
 import threading
@@ -8,6 +9,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -373,3 +375,36 @@ def test_configured_defaults_give_a_key_from_a_template_with_a_limit_per_key(sta
     assert [j["status"] for j in basic] == ["queued", "throttled"]
     assert own["concurrency"]["key"] == "mine" and own["status"] == "queued"
     assert "concurrency" not in untagged and untagged["status"] == "queued"
+
+
+def test_two_apis_admitting_one_key_at_once_never_pass_its_limit(stack, db_url):
+    """100 submits of one key (limit 2) spread over two api processes at once: exactly 2 hold a
+    place; 20 cancels of holders through both, at once: still exactly 2 (each freed place to one)."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("several api processes share PostgreSQL (SQLite is the one-process default)")
+    apis = [stack.start_api(), stack.start_api()]
+    body = {"type": "noop", "queue": PARKED, "concurrency": _key("shared", 2)}
+    clients = [
+        httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {stack.admin_key}"}, timeout=30)
+        for api in apis
+    ]
+
+    def holding() -> int:
+        sql = "SELECT COUNT(*) FROM jobs WHERE concurrency_key = 'shared' AND status = 'queued'"
+        return query(stack.db_url, sql)[0][0]
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            jobs = list(pool.map(lambda i: _submit(clients[i % 2], **body), range(100)))
+        assert holding() == 2
+        assert query(stack.db_url, "SELECT COUNT(*) FROM jobs WHERE status = 'throttled'")[0][0] == 98
+        for _ in range(10):
+            held = [r[0] for r in query(stack.db_url, "SELECT id FROM jobs WHERE concurrency_key = 'shared' "
+                                                      "AND status = 'queued'")]  # fmt: skip
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                list(pool.map(lambda p: clients[p[0]].post(f"/api/v1/jobs/{p[1]}/cancel"), enumerate(held)))
+            assert holding() == 2
+    finally:
+        for c in clients:
+            c.close()
+    assert len(jobs) == 100
