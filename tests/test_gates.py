@@ -301,3 +301,32 @@ def test_retrying_a_failed_map_node_reruns_its_failed_items_only_and_joins_again
         f"WHERE j.workflow_id = '{workflow['id']}' GROUP BY j.node",
     )
     assert dict(runs) == {"scan": 1, "each[0]": 1, "each[1]": 2, "each[2]": 1, "report": 1}
+
+
+def test_cancelling_and_retrying_a_batch_of_1000_members_moves_them_all_in_pages(stack):
+    stack.start_api()  # no executor serves `parked`: every member waits in JOBS
+    with stack.http() as c:
+        created = c.post("/api/v1/batches", json={"jobs": [{"type": "noop", "queue": "parked"}] * 1000})
+        assert created.status_code == 201, created.text
+        batch_id = created.json()["batch_id"]
+        started = time.monotonic()
+        assert c.post(f"/api/v1/batches/{batch_id}/cancel").json() == {"cancelled": 1000, "refused": []}
+        cancel_s = time.monotonic() - started
+        batch = c.get(f"/api/v1/batches/{batch_id}").json()
+        assert (batch["counts"], batch["done"], batch["completed_at"] is not None) == (
+            {"cancelled": 1000},
+            1000,
+            True,
+        )
+
+        # Their messages left JOBS with them: nothing waits in `parked` any more (the queue
+        # listing samples consumers at most every queue_state_cache_s).
+        def depth() -> int:
+            return next(
+                q["depth"] for q in c.get("/api/v1/queues").json()["queues"] if q["queue"] == "parked"
+            )
+
+        wait_until(lambda: depth() == 0, 5, "the cancelled members' messages to leave JOBS")
+        assert c.post(f"/api/v1/batches/{batch_id}/retry").json() == {"retried": 1000, "refused": []}
+        assert c.get(f"/api/v1/batches/{batch_id}").json()["counts"] == {"queued": 1000}
+    print(f"cancelled 1,000 members in {cancel_s:.2f} s")

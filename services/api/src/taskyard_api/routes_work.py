@@ -11,7 +11,8 @@ from taskyard_common.schemas import FINAL_STATES, JobState
 from . import batches, workflows
 from .api_doc import answers
 from .auth import Principal, require
-from .failures import DomainError, NotFound, Refused
+from .bulk import PAGE
+from .failures import NotFound, Refused
 from .ids import JOB_ID
 from .input_checks import CheckedRoute
 from .lifecycle import RETRYABLE_STATES
@@ -64,15 +65,17 @@ async def get_batch(batch_id: str, request: Request, who: Principal = require("v
 
 
 async def _each(request: Request, who: Principal, ids: list[str], action: str) -> dict[str, Any]:
+    """Retry or cancel (`leave`: what waits for them follows its edges) many jobs, a page per
+    transaction and one publish burst each (as bulk actions do), not one job at a time."""
     svc = job_service(request)
-    done, refused = 0, []
-    for job_id in ids:
-        try:
-            await (svc.retry(job_id, who) if action == "retry" else svc.cancel(job_id, who, "leave"))
-            done += 1
-        except DomainError as exc:
-            refused.append({"id": job_id, "reason": exc.message})
-    return {{"retry": "retried", "cancel": "cancelled"}[action]: done, "refused": refused[:100]}
+    moved: set[str] = set()
+    for start in range(0, len(ids), PAGE):
+        page = ids[start : start + PAGE]
+        done = await (svc.retry_many(page, who) if action == "retry" else svc.cancel_many(page, who))
+        moved.update(job.id for job in done)
+    why = f"not {'retried' if action == 'retry' else 'cancelled'}: it moved meanwhile, or it is not yours"
+    refused = [{"id": job_id, "reason": why} for job_id in ids if job_id not in moved]
+    return {{"retry": "retried", "cancel": "cancelled"}[action]: len(moved), "refused": refused[:100]}
 
 
 @router.post("/batches/{batch_id}/retry", responses=answers(403, 404))
