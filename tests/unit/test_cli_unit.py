@@ -331,3 +331,21 @@ def test_schedule_rendering():
     )
     assert trigger_line({"outcome": "skipped", "reason": "why"}) == "skipped: why"
     assert fire_row({**fire, "fire_at": "2027-03-28T01:00:00Z"})[0] == "2027-03-28 01:00:00"
+
+
+def test_status_explains_a_job_held_by_any_gate():
+    from taskyard._render_ops import waiting_lines
+
+    for status, message in [
+        ("blocked", "Waiting for 1 parent(s): scan (running)."),
+        ("scheduled", "Scheduled for 2027-01-15T08:03:00Z (in 3 min); it is not queued before then."),
+        ("needs_approval", "Needs approval by `admin` before it may start."),
+        ("throttled", "1/1 running for key `tenant:acme`; 1 ahead of you for this key."),
+    ]:
+        job = {
+            "id": "J1",
+            "status": status,
+            "eta_seconds": None,
+            "waiting_reason": {"code": status, "message": message},
+        }
+        assert waiting_lines(job) == [f"J1 · {status}", f"  why: {message}"]

@@ -3,7 +3,9 @@
 from typing import Any
 
 # Statuses `taskyard status` explains with the waiting reason (position, ETA, why).
-WAITING_STATUSES = frozenset({"needs_approval", "throttled", "queued", "retrying", "waiting"})
+WAITING_STATUSES = frozenset(
+    {"blocked", "scheduled", "needs_approval", "throttled", "queued", "retrying", "waiting"}
+)
 PRIORITIES = ("high", "normal", "low")
 # RUNNING column: at most this many job ids per worker, then "+N".
 RUNNING_SHOWN = 3
