@@ -408,3 +408,33 @@ def test_two_apis_admitting_one_key_at_once_never_pass_its_limit(stack, db_url):
         for c in clients:
             c.close()
     assert len(jobs) == 100
+
+
+def test_a_job_released_by_its_parent_into_a_keep_latest_key_cancels_the_older_one_on_its_timeline(stack):
+    """The cancel happens in the projector's transaction (the parent's outcome releases the child):
+    the replaced job's timeline still says `cancelled`, and why."""
+    stack.start_api()
+    stack.start_executor()
+    key = _key("kl-settle", 1, "keep_latest")
+    with stack.http() as c:
+        _submit(c, type="noop", queue=PARKED, concurrency=key)  # holds the key's one place
+        older = _submit(c, type="noop", queue=PARKED, concurrency=key)
+        assert older["status"] == "throttled"
+        batch = c.post(
+            "/api/v1/jobs:batch",
+            json={"jobs": [
+                {"type": "noop", "name": "parent"},
+                {"type": "noop", "queue": PARKED, "depends_on": ["parent"], "concurrency": key},
+            ]},
+        )  # fmt: skip
+        assert batch.status_code == 201, batch.text
+        newer = batch.json()["jobs"][1]
+        stack.wait_status(newer["id"], "throttled")
+        replaced = stack.wait_status(older["id"], "cancelled")
+        assert f"replaced by newer job {newer['id']}" in replaced["error"]["message"], replaced["error"]
+
+        def cancelled_on_timeline() -> bool:
+            timeline = c.get(f"/api/v1/jobs/{older['id']}").json()["timeline"]
+            return [e["data"].get("by") for e in timeline if e["type"] == "cancelled"] == ["concurrency key"]
+
+        wait_until(cancelled_on_timeline, 10, "the replaced job's `cancelled` on its timeline")

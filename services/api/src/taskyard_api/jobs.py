@@ -351,7 +351,24 @@ class JobService:
         publish what it released, and let the next gates act on what it moved onto them. Returns
         the released and gated jobs as they are now."""
         opened.count()
+        await self._key_cancels([job for done in opened.admissions for job in done.ended])
         return await self.publish(opened.released) + await self.after_gates(opened.gated)
+
+    async def _key_cancels(self, jobs: list[JobRecord]) -> None:
+        """Put the cancels of a concurrency key's strategy (keep_latest, cancel_newest, …) on
+        their jobs' timelines, whichever path admitted in the key."""
+        events = [
+            JobEvent.of(
+                job,
+                "cancelled",
+                {"by": "concurrency key", "error": job.error},
+                attempt=job.attempt,
+                at=job.updated_at,
+            )
+            for job in jobs
+        ]
+        if events:
+            await self.publisher.publish_events(events)
 
     async def after_gates(self, jobs: list[JobRecord]) -> list[JobRecord]:
         """Jobs that were just stored on a gate other than their parents: the gate timer learns of
@@ -389,18 +406,7 @@ class JobService:
             if old.stream_seq is not None and old.outbox_at is None:
                 await self.publisher.delete_queued(old.stream_seq)
             await self.publisher.broadcast_cancel(job.id)
-        if done.ended:
-            events = [
-                JobEvent.of(
-                    job,
-                    "cancelled",
-                    {"by": "concurrency key", "error": job.error},
-                    attempt=job.attempt,
-                    at=job.updated_at,
-                )
-                for job in done.ended
-            ]
-            await self.publisher.publish_events(events)
+        await self._key_cancels(done.ended)
         if any(kind == "rate" for kind, _ in keys):
             self.gates_changed.set()  # a rate key's next token time may be sooner than the timer's
         released = await self.publish(done.released)
