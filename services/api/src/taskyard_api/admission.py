@@ -65,8 +65,23 @@ class Admission:
             GATE_KEY_CANCELS.labels(strategy).inc(n)
 
 
-def _waiting(where: Any) -> Select[Any]:
-    return select(jobs_table).where(where, j.status == "throttled").order_by(RANK, j.created_at, j.id)
+async def _first_waiting(session: AsyncSession, where: Any, n: int) -> list[JobRecord]:
+    """The first `n` waiting jobs of a key in admission order (priority, submit time, id): one
+    query per priority, each a range of ix_jobs_*_key_waiting in submit order, so an admission
+    reads `n` rows however long the key's backlog is (one ORDER BY over the priority rank would
+    sort the whole backlog at every admission)."""
+    out: list[JobRecord] = []
+    for priority in PRIORITY_RANK:
+        if len(out) >= n:
+            break
+        query = (
+            select(jobs_table)
+            .where(where, j.status == "throttled", j.priority == priority)
+            .order_by(j.created_at, j.id)
+            .limit(n - len(out))
+        )
+        out += await _rows(session, query)
+    return out
 
 
 def _group_is(group: str) -> Any:
@@ -237,7 +252,7 @@ async def admit(
         elif gate[0] == "group":
             settings = await _admit_group(r, gate, settings)
         else:
-            candidates = await _rows(session, _waiting(_where(gate)).limit(SLACK + r.buckets[gate[1]].burst))
+            candidates = await _first_waiting(session, _where(gate), SLACK + r.buckets[gate[1]].burst)
             for job in candidates:
                 await r.admit_one(job)
         await _store(session, gate, settings, r, now)
@@ -250,7 +265,7 @@ async def _admit_key(r: _Round, gate: Gate, settings: dict[str, Any], stop_holdi
     held = (await _held(session, [key])).get(key, 0)
     r.room[gate] = limit - held
     if strategy == "cancel_in_progress" and stop_holding:
-        waiting = await _rows(session, _waiting(_where(gate)).limit(SWEEP))
+        waiting = await _first_waiting(session, _where(gate), SWEEP)
         holding_rows = select(jobs_table).where(j.concurrency_key == key, j.status.in_(_HOLDING))
         holding = await _rows(session, holding_rows.order_by(j.created_at, j.id).limit(SWEEP))
         stop, replaced = in_progress_to_stop(holding, waiting, limit)
@@ -266,7 +281,7 @@ async def _admit_key(r: _Round, gate: Gate, settings: dict[str, Any], stop_holdi
                 r.out.ended.append(new)
     sweep = strategy in ("cancel_newest", "keep_latest")
     size = SWEEP if sweep else max(0, r.room[gate]) + SLACK
-    candidates = await _rows(session, _waiting(_where(gate)).limit(size)) if r.room[gate] > 0 or sweep else []
+    candidates = await _first_waiting(session, _where(gate), size) if r.room[gate] > 0 or sweep else []
     for job in candidates:
         if r.room[gate] <= 0 and not sweep:
             break
@@ -302,8 +317,7 @@ async def _admit_group(r: _Round, gate: Gate, settings: dict[str, Any]) -> dict[
         # The keys served longest ago first; each reads as many heads as there are places.
         first = sorted(waiting_keys, key=lambda k: turns.get(k, -1))[: r.room[gate] + SLACK]
         heads = {
-            key: await _rows(session, _waiting(j.concurrency_key == key).limit(r.room[gate] + 1))
-            for key in first
+            key: await _first_waiting(session, j.concurrency_key == key, r.room[gate] + 1) for key in first
         }
         turn = int(settings.get("next", 0))
         for job in round_robin(heads, turns):

@@ -49,8 +49,9 @@ class Job(Base):
         Index("ix_jobs_status_finished_id", "status", "finished_at", "id"),
         # The gate timer's next due job: one index range, not a scan per tick.
         Index("ix_jobs_status_run_at", "status", "run_at"),
-        Index("ix_jobs_concurrency_key_status", "concurrency_key", "status"),
-        Index("ix_jobs_rate_key_status", "rate_key", "status"),
+        # A key's waiting jobs in admission order, a priority at a time (admission._first_waiting).
+        Index("ix_jobs_concurrency_key_waiting", "concurrency_key", "status", "priority", "created_at", "id"),
+        Index("ix_jobs_rate_key_waiting", "rate_key", "status", "priority", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True)

@@ -25,8 +25,14 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("rate_key", sa.String(length=256), nullable=True))
         batch_op.add_column(sa.Column("rate", JSON, nullable=True))
         batch_op.create_index("ix_jobs_status_run_at", ["status", "run_at"], unique=False)
-        batch_op.create_index("ix_jobs_concurrency_key_status", ["concurrency_key", "status"], unique=False)
-        batch_op.create_index("ix_jobs_rate_key_status", ["rate_key", "status"], unique=False)
+        batch_op.create_index(
+            "ix_jobs_concurrency_key_waiting",
+            ["concurrency_key", "status", "priority", "created_at", "id"],
+            unique=False,
+        )
+        batch_op.create_index(
+            "ix_jobs_rate_key_waiting", ["rate_key", "status", "priority", "created_at", "id"], unique=False
+        )
     op.create_table(
         "gate_keys",
         sa.Column("kind", sa.String(length=16), nullable=False),
@@ -41,8 +47,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("gate_keys")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.drop_index("ix_jobs_rate_key_status")
-        batch_op.drop_index("ix_jobs_concurrency_key_status")
+        batch_op.drop_index("ix_jobs_rate_key_waiting")
+        batch_op.drop_index("ix_jobs_concurrency_key_waiting")
         batch_op.drop_index("ix_jobs_status_run_at")
         for column in ("rate", "rate_key", "concurrency", "concurrency_key", "approval", "run_at"):
             batch_op.drop_column(column)
