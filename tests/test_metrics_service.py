@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from taskyard_common.embedded import EmbeddedNats, free_port
-from taskyard_common.schemas import Heartbeat, JobEvent
+from taskyard_common.schemas import EventBatch, Heartbeat, JobEvent
 from taskyard_common.settings import NatsSettings
 from taskyard_common.topology import Topology, ensure_queue, ensure_streams
 
@@ -153,8 +153,13 @@ async def test_events_jobs_and_workers_become_metrics(nats_server: EmbeddedNats,
         await ensure_streams(js, TOPO)
         await ensure_queue(js, TOPO, "default")
         evs = lifecycle_events()
+        # As the API sends them: its `queued` announcements in one batch message, the rest one
+        # event per message on the job's subject.
+        queued = EventBatch(events=[ev for ev in evs if ev.type == "queued"])
+        await js.publish(TOPO.queued_subject, queued.model_dump_json().encode())
         for ev in evs:
-            await js.publish(TOPO.event_subject(ev.job_id), ev.model_dump_json().encode())
+            if ev.type != "queued":
+                await js.publish(TOPO.event_subject(ev.job_id), ev.model_dump_json().encode())
         await js.publish(TOPO.event_subject("junk"), b"not json")  # counted as invalid, acked, not fatal
         for i in range(4):
             await js.publish(TOPO.job_subject("default", "normal"), b"{}", headers={"Nats-Msg-Id": f"n{i}"})
@@ -180,7 +185,8 @@ async def test_events_jobs_and_workers_become_metrics(nats_server: EmbeddedNats,
     finally:
         await nc.close()
 
-    expected_events = len(evs) + 1
+    # Messages: one per non-`queued` event, the announcement batch, and the junk one.
+    expected_events = sum(ev.type != "queued" for ev in evs) + 2
 
     async def caught_up() -> bool:
         s = await scrape(metrics_url)
@@ -254,8 +260,8 @@ async def test_readyz_follows_nats_and_consumer_resumes(nats_server: EmbeddedNat
 
     nc = await nats.connect(nats_server.url)
     try:
-        ev = event("z", "queued", "default", "normal", "shell")
-        await nc.jetstream().publish(TOPO.event_subject("z"), ev.model_dump_json().encode())
+        ev = EventBatch(events=[event("z", "queued", "default", "normal", "shell")])
+        await nc.jetstream().publish(TOPO.queued_subject, ev.model_dump_json().encode())
     finally:
         await nc.close()
 

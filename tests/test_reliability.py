@@ -127,9 +127,11 @@ def test_outbox_resending_a_stored_job_stores_no_second_queued_event(stack):
 
         engine = create_async_engine(stack.db_url)
         async with engine.begin() as conn:
+            # The sequence and the `queued` row are recorded in one transaction: neither is there.
             await conn.execute(
                 text("UPDATE jobs SET stream_seq = NULL, outbox_at = 0 WHERE id = :id"), {"id": job["id"]}
             )
+            await conn.execute(text("DELETE FROM job_events WHERE job_id = :id"), {"id": job["id"]})
         await engine.dispose()
 
     run_async(back_to_due())

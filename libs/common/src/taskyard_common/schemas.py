@@ -126,6 +126,14 @@ class JobEvent(BaseModel):
         )
 
 
+class EventBatch(BaseModel):
+    """Several jobs' events in one EVENTS message (on Topology.queued_subject): the API's `queued`
+    announcements of one publish burst. The API has written their timeline rows itself; the
+    metrics service counts them."""
+
+    events: list[JobEvent]
+
+
 class LogLine(BaseModel):
     """One log line, published to LOGS on taskyard.logs.<job_id>."""
 

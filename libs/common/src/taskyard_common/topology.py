@@ -97,6 +97,12 @@ class Topology:
     def event_subject(self, job_id: str) -> str:
         return f"{self.prefix}.events.{job_id}"
 
+    @property
+    def queued_subject(self) -> str:
+        """The API's announcements of what it published (EventBatch of `queued` events): one
+        message per publish burst, not one per job. No job id starts with `_`."""
+        return f"{self.prefix}.events._queued"
+
     def log_subject(self, job_id: str) -> str:
         return f"{self.prefix}.logs.{job_id}"
 

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from . import approvals
 from .driver_insert import DriverInsert
 from .lifecycle import COLUMNS, JobRecord, changes
-from .models import checkpoints_table, jobs_table
+from .models import JobEventRow, checkpoints_table, jobs_table
 
 _BY_ID = select(jobs_table).where(jobs_table.c.id == bindparam("job_id"))
 _MARK_PUBLISHED = (
@@ -35,6 +35,20 @@ def record_of(row: Row[Any]) -> JobRecord:
     if len(mapping) == len(COLUMNS):
         return JobRecord(**mapping)
     return JobRecord(**{name: mapping[name] for name in COLUMNS})
+
+
+def _queued_row(job: JobRecord, at: float) -> dict[str, Any]:
+    """The timeline row of a message that reached JOBS (the API's own record, not an event)."""
+    return {
+        "job_id": job.id,
+        "stream_seq": None,
+        "type": "queued",
+        "at": at,
+        "attempt": 0,
+        "worker_id": None,
+        "data": {"generation": job.generation},
+        "message": None,
+    }
 
 
 def row_of(job: JobRecord) -> dict[str, Any]:
@@ -108,15 +122,38 @@ class JobStore:
         return True
 
     @staticmethod
-    async def mark_published(session: AsyncSession, jobs: list[JobRecord]) -> None:
-        """Record the stream sequences of published messages (outbox done). A row retried or
-        resumed meanwhile has a newer message due, and keeps it due."""
-        if jobs:
+    async def mark_published(session: AsyncSession, jobs: list[JobRecord], at: float) -> list[JobRecord]:
+        """Record the stream sequences of published messages (outbox done) and their `queued`
+        timeline rows; returns the jobs this call recorded. One already recorded (by another api
+        process, or before a crash and a resend), or retried or resumed meanwhile (a newer message
+        is due), is left as it is: each message gets its sequence and its `queued` row once."""
+        if not jobs:
+            return []
+        j = jobs_table.c
+        query = select(j.id, j.generation, j.resume, j.status, j.started_at).where(
+            j.id.in_([job.id for job in jobs]), j.outbox_at.is_not(None)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        due = {
+            (i, g, r): None if status == "queued" else started
+            for i, g, r, status, started in (await session.execute(query)).tuples()
+        }
+        marked = [job for job in jobs if (job.id, job.generation, job.resume) in due]
+        if marked:
             params = [
                 {"b_id": j.id, "b_generation": j.generation, "b_resume": j.resume, "b_seq": j.stream_seq}
-                for j in jobs
+                for j in marked
             ]
             await session.execute(_MARK_PUBLISHED, params)
+            # A resend after a crash can find the job started already (by the first message): its
+            # `queued` then goes no later than its start, so the timeline stays in order.
+            rows = []
+            for job in marked:
+                started = due[(job.id, job.generation, job.resume)]
+                rows.append(_queued_row(job, min(at, started) if started is not None else at))
+            await session.execute(insert(JobEventRow), rows)
+        return marked
 
     @staticmethod
     async def outbox_due(session: AsyncSession, before: float, limit: int = 1000) -> list[JobRecord]:

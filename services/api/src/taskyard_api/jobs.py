@@ -421,7 +421,7 @@ class JobService:
         # The timeline's `queued` time is when the message went out: an executor may start the job
         # (and report `started`) before this API gets its publish acks back.
         published_at = time.time()
-        seqs, events = await self.publisher.publish_jobs(jobs, [_queued_event(j, published_at) for j in jobs])
+        seqs = await self.publisher.publish_jobs(jobs)
         now = [
             transition(j, Published(seqs[j.id], j.generation, j.resume)) if j.id in seqs else j for j in jobs
         ]
@@ -429,13 +429,14 @@ class JobService:
         await self.publisher.wake(acked)
         try:
             async with self.sessions() as session:
-                await JobStore.mark_published(session, acked)
+                # Its `queued` row is written with the sequence, once per message: whoever records
+                # the sequence first (another api's outbox may have published it too).
+                marked = await JobStore.mark_published(session, acked, published_at)
                 await session.commit()
         except Exception as exc:  # noqa: BLE001 - still due: the outbox republishes (a dedupe no-op)
             log.warning("could not record %d published jobs (the outbox will): %s", len(acked), exc)
-        finally:
-            # Always: an unchecked publish whose ack never comes would hold a pending-ack slot.
-            await self.publisher.events_stored(events)
+            return now
+        await self.publisher.announce([_queued_event(job, published_at) for job in marked])
         return now
 
     async def get_owned(self, session: AsyncSession, job_id: str, who: Principal) -> JobRecord:

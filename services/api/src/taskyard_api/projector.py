@@ -181,6 +181,8 @@ class Projector:
     async def project(self, msgs: list) -> None:
         events: list[tuple[int, JobEvent]] = []
         for msg in msgs:
+            if msg.subject == self.topo.queued_subject:
+                continue  # this api's own announcements: their rows were written as they were sent
             try:
                 events.append((stream_seq(msg), JobEvent.model_validate_json(msg.data)))
             except ValidationError as exc:

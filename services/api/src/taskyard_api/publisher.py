@@ -10,12 +10,14 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from taskyard_common.nats_util import wait_acks
-from taskyard_common.schemas import Backoff, JobEvent, JobSpec
+from taskyard_common.schemas import Backoff, EventBatch, JobEvent, JobSpec
 from taskyard_common.topology import Topology, ensure_queue
 
 from .lifecycle import JobRecord
 
 log = logging.getLogger("taskyard.api.publisher")
+# Events in one announcement message (a 10,000-job burst is 20 messages of ~60 KB).
+ANNOUNCE_MAX = 500
 
 
 def spec_of(job: JobRecord) -> JobSpec:
@@ -47,29 +49,21 @@ class Publisher:
             await ensure_queue(self.js, self.topo, queue)
             self._queues.add(queue)
 
-    async def publish_jobs(
-        self, jobs: list[JobRecord], announcements: list[JobEvent]
-    ) -> tuple[dict[str, int], list[asyncio.Future]]:
-        """Publish specs with Nats-Msg-Id (dedupe), each just after its announcement (the job's
-        `queued` event); returns job id → stream seq of the jobs acked, and the events' futures for
-        `events_stored`. Jobs whose publish failed are left out: they stay due in the outbox.
-
-        The event goes first, on the same connection: an idle executor has the job as soon as
-        JetStream stores it, and its `started` must not land in EVENTS ahead of the `queued`
-        (docs/architecture.md, "Submit: outbox"). The event carries a Nats-Msg-Id too, so the
-        outbox sending both again stores no second `queued` (within EVENTS' duplicate window).
-        """
+    async def publish_jobs(self, jobs: list[JobRecord]) -> dict[str, int]:
+        """Publish specs with Nats-Msg-Id (dedupe); returns job id → stream seq of the jobs acked.
+        Jobs whose publish failed are left out: they stay due in the outbox. Their `queued` is not
+        an event per job: the API writes the timeline row itself when it records the sequence,
+        and announces the burst in one message (`announce`)."""
         for queue in {j.queue for j in jobs}:
             await self.ensure_queue(queue)
-        futures, events = [], []
-        for job, event in zip(jobs, announcements, strict=True):
+        futures = []
+        for job in jobs:
             spec = spec_of(job)
             subject = self.topo.job_subject(job.queue, job.priority)
             data = spec.model_dump_json().encode()
             headers = {"Nats-Msg-Id": spec.msg_id}
             if job.traceparent:
                 headers["traceparent"] = job.traceparent
-            events.append(await self._send_event(event, msg_id=f"queued:{spec.msg_id}"))
             futures.append(await self.js.publish_async(subject, data, headers=headers))
         acks = await wait_acks(futures, timeout=10)
         seqs: dict[str, int] = {}
@@ -78,7 +72,16 @@ class Publisher:
                 log.warning("publish of job %s failed (outbox will retry): %s", job.id, ack)
             else:
                 seqs[job.id] = cast(PubAck, ack).seq
-        return seqs, events
+        return seqs
+
+    async def announce(self, events: list[JobEvent]) -> None:
+        """The `queued` events of one publish burst, ANNOUNCE_MAX to a message, for the metrics
+        service (the timeline rows are already written)."""
+        futures = []
+        for start in range(0, len(events), ANNOUNCE_MAX):
+            body = EventBatch(events=events[start : start + ANNOUNCE_MAX]).model_dump_json().encode()
+            futures.append(await self.js.publish_async(self.topo.queued_subject, body))
+        await self.events_stored(futures)
 
     async def wake(self, jobs: list[JobRecord]) -> None:
         """Tell idle executors that these jobs are stored: one wake-up per queue, naming the

@@ -9,7 +9,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
-from taskyard_common.schemas import JobEvent
+from taskyard_common.schemas import EventBatch, JobEvent
 from taskyard_common.topology import Topology
 
 from .registry import Metrics
@@ -91,18 +91,24 @@ def record_event(metrics: Metrics, event: JobEvent) -> None:
             metrics.run_duration.labels(queue, priority).observe(duration)
 
 
-def record_message(metrics: Metrics, data: bytes) -> None:
-    """Parse one EVENTS message body and record it; malformed bodies are counted, not retried."""
+def record_message(metrics: Metrics, data: bytes, batch: bool = False) -> None:
+    """Parse one EVENTS message body and record it: a JobEvent, or with `batch` an EventBatch (the
+    API's `queued` announcements of a publish burst, on Topology.queued_subject). Malformed bodies
+    are counted, not retried."""
     try:
-        event = JobEvent.model_validate_json(data)
+        events = (
+            EventBatch.model_validate_json(data).events if batch else [JobEvent.model_validate_json(data)]
+        )
     except ValidationError as err:
         metrics.events_invalid.inc()
         log.warning(
-            "skipping an EVENTS message that is not a JobEvent: %s",
+            "skipping an EVENTS message that is not a %s: %s",
+            "batch of events" if batch else "JobEvent",
             err.errors(include_url=False, include_input=False)[:1],
         )
         return
-    record_event(metrics, event)
+    for event in events:
+        record_event(metrics, event)
 
 
 async def subscribe(js: JetStreamContext, topo: Topology) -> JetStreamContext.PullSubscription:
@@ -122,7 +128,7 @@ async def subscribe(js: JetStreamContext, topo: Topology) -> JetStreamContext.Pu
 
 
 async def consume(
-    sub: JetStreamContext.PullSubscription, metrics: Metrics, batch: int, timeout_s: float
+    sub: JetStreamContext.PullSubscription, metrics: Metrics, batch: int, timeout_s: float, topo: Topology
 ) -> None:
     """Fetch, record and ack until a non-timeout NATS error is raised (the caller re-subscribes).
 
@@ -137,7 +143,7 @@ async def consume(
             # TimeoutError or asyncio's here (both are the builtin TimeoutError). Also seen while reconnecting.
             continue
         for msg in msgs:
-            record_message(metrics, msg.data)
+            record_message(metrics, msg.data, batch=msg.subject == topo.queued_subject)
             await msg.ack()
             metrics.events_processed.inc()
 
@@ -160,7 +166,7 @@ async def run_consumer(
             continue
         state.consumer = "ok"
         try:
-            await consume(sub, metrics, settings.fetch_batch, settings.fetch_timeout_s)
+            await consume(sub, metrics, settings.fetch_batch, settings.fetch_timeout_s, topo)
         except (nats.errors.Error, TimeoutError) as err:
             state.consumer = f"fetch failed: {err!r}"
             log.warning("EVENTS consumer: %s; re-subscribing", state.consumer)
