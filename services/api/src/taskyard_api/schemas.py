@@ -363,6 +363,15 @@ class BatchCreate(JobBatch):
     """A batch: its members, and callback jobs run once when the last member has ended, given
     the batch's summary in `payload.batch`."""
 
+    # The document says what the route checks: with `parallel`, no member names its own key.
+    model_config = {
+        "extra": "forbid",
+        "json_schema_extra": {
+            "if": _given("parallel"),
+            "then": {"properties": {"jobs": {"items": {"not": _given("concurrency")}}}},
+        },
+    }
+
     name: str | None = Field(None, min_length=1, max_length=200)
     notify: NotifySpec | None = Field(None, description="Each member's webhook, unless it has its own.")
     parallel: int | None = Field(
