@@ -75,18 +75,30 @@ def test_a_late_timer_does_not_slow_a_rate_down():
     assert admitted in (200, 201)
 
 
-def test_a_slow_fire_catches_up_and_an_outage_does_not_release_an_hour_at_once():
-    bucket = Bucket(per_s=20, burst=1, tat=T0)
-    late = T0 + 0.2  # four tokens came due meanwhile: the waiting jobs get them now
-    got = 0
-    while (taken := bucket.take(late, since=T0 - 1)) is not None:
-        bucket, got = taken, got + 1
-    assert got == 5
-    bucket = Bucket(per_s=20, burst=1, tat=T0)
-    got = 0
-    while (taken := bucket.take(T0 + 3600, since=T0 - 1)) is not None:
-        bucket, got = taken, got + 1
-    assert got == 1
+def test_a_fire_later_than_one_interval_releases_one_job_and_restarts_the_schedule():
+    """No burst beyond `burst`: four tokens' worth of lateness (a stall, an outage) is not made up."""
+    for late in (T0 + 0.2, T0 + 3600):
+        bucket, got = Bucket(per_s=20, burst=1, tat=T0), 0
+        while (taken := bucket.take(late, since=T0 - 1)) is not None:
+            bucket, got = taken, got + 1
+        assert got == 1
+        assert bucket.next_at() == pytest.approx(late + 0.05)
+
+
+def test_releases_are_never_closer_than_an_interval_less_the_lateness_they_absorb():
+    """A timer late by up to one interval: 11 consecutive releases at 10/s span at least 0.9 s."""
+    import random
+
+    rng = random.Random(7)
+    bucket, released = Bucket(per_s=10, burst=1, tat=T0), []
+    while len(released) < 50:
+        now = bucket.next_at() + rng.uniform(0, 0.099)
+        taken = bucket.take(now, since=T0 - 1)
+        assert taken is not None
+        bucket = taken
+        released.append(now)
+        assert bucket.take(now, since=T0 - 1) is None  # never two at once
+    assert all(b - a >= 0.9 for a, b in zip(released, released[10:], strict=False))
 
 
 def test_a_fresh_job_on_an_idle_bucket_is_charged_from_now():

@@ -58,10 +58,6 @@ def lock_order(gates: Iterable[Gate]) -> list[Gate]:
     return sorted(gates, key=lambda g: (KIND_ORDER[g[0]], g[1]))
 
 
-# How far behind its schedule a rate key may catch up (a late timer, a slow database).
-CATCH_UP_S = 1.0
-
-
 # --- rate keys: a token bucket kept as its theoretical arrival time (GCRA) ---------------------
 
 
@@ -91,13 +87,13 @@ class Bucket:
     def take(self, now: float, since: float) -> "Bucket | None":
         """The bucket after admitting one job that has waited since `since`; None if it must wait.
 
-        A job that waited while its token came due is charged at that due time, not at `now`: a
-        timer that fires late, or admissions slower than the interval, do not slow the key down
-        (20/s stays 20/s, not 1 / (50 ms + lateness)); the late jobs go together. The credit is
-        bounded by CATCH_UP_S (or one interval, if longer), so an api that was down for an hour
-        does not release an hour's worth at once."""
-        window = max(self.interval, CATCH_UP_S)
-        base = max(since, self.tat if self.tat >= now - window else now)
+        A job that waited while its token came due is charged at that due time, not at `now`, as
+        long as it is less than one interval late: a timer that fires a little late, or admissions
+        that take part of the interval, do not slow the key down (20/s stays 20/s, not
+        1 / (50 ms + lateness)), and no two jobs beyond `burst` go together. Later than that (a
+        stall, an api that was down) the schedule starts again from `now`: a rate is a promise of
+        "no faster", so lost time is not made up with a burst."""
+        base = max(since, self.tat if self.tat > now - self.interval else now)
         if base - (self.burst - 1) * self.interval > now + 1e-9:
             return None
         return replace(self, tat=base + self.interval)
