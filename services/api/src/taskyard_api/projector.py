@@ -28,7 +28,7 @@ from taskyard_common.topology import Topology
 from . import gates, rollups
 from .http_metrics import EVENTS_UNPROJECTABLE
 from .job_store import JobStore
-from .lifecycle import JobRecord, Reported, changes, lost_worker, transition
+from .lifecycle import JobRecord, changes, lost_attempt, lost_worker, reports, transition
 from .models import Checkpoint, JobEventRow, jobs_table
 
 log = logging.getLogger("taskyard.api.projector")
@@ -197,20 +197,35 @@ class Projector:
             jobs = dict(before)
             rows, checkpoints = [], []
             tally = rollups.Tally()
-            for seq, event in events:
-                self._learn_duration(event)
-                rows.append(
-                    _row(event.job_id, seq, event.type, event.at, event.attempt, event.worker_id, event.data)
-                )
-                job = jobs.get(event.job_id)
-                if job is None:
-                    continue  # pruned, or of another install's database: the timeline row stays
-                if seq > job.last_event_seq and lost_worker(job, event):
-                    rows.append(_row(job.id, None, "worker_lost", event.at, job.attempt, job.worker_id, {}))
-                jobs[job.id] = moved = transition(job, Reported(event, seq))
-                tally.moved(job, moved, event.at)
-                if event.type == "waiting":
-                    checkpoints.append(_checkpoint_row(event))
+            for seq, message in events:
+                # An outcome that carries its `started` (the executor coalesced them) is two
+                # timeline rows and two transitions, as if the executor had reported twice.
+                for report in reports(message, seq):
+                    event = report.event
+                    self._learn_duration(event)
+                    # The carried `started` is keyed by -seq: unique, and a replay inserts it once.
+                    key = -seq if report.held else seq
+                    rows.append(
+                        _row(
+                            event.job_id,
+                            key,
+                            event.type,
+                            event.at,
+                            event.attempt,
+                            event.worker_id,
+                            event.data,
+                        )
+                    )
+                    job = jobs.get(event.job_id)
+                    if job is None:
+                        continue  # pruned, or of another install's database: the timeline row stays
+                    if seq > job.last_event_seq and lost_worker(job, event):
+                        attempt, worker = lost_attempt(job, event)
+                        rows.append(_row(job.id, None, "worker_lost", event.at, attempt, worker, {}))
+                    jobs[job.id] = moved = transition(job, report)
+                    tally.moved(job, moved, event.at)
+                    if event.type == "waiting":
+                        checkpoints.append(_checkpoint_row(event))
             await session.execute(_insert_ignoring(session, JobEventRow, "stream_seq"), rows)
             by_columns: dict[tuple[tuple[str, ...], bool], list[dict]] = {}
             for job_id, job in jobs.items():

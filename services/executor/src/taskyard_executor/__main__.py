@@ -107,6 +107,8 @@ async def serve(settings: ExecutorSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     supervisor.start("pull", worker.pull_forever)  # returns once the worker drains
+    # Publishes the `started` of jobs still running when their coalescing window passes.
+    supervisor.start("starts", worker.release_starts)
     # A beat every interval, and soon after the worker's state changes (a job started or ended, a
     # drain began): the changes of one coalescing window go out as one KV put, so what the API
     # shows as busy trails the worker by about that window, not up to a whole interval.

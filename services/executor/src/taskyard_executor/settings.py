@@ -22,6 +22,9 @@ class ExecutorSettings(BaseSettings):
     # A job starting or ending publishes the heartbeat after this window, so a burst of starts is
     # one KV put and slot use shown by the API trails the truth by about this much (docs/api.md).
     heartbeat_coalesce_s: float = Field(0.05, ge=0, le=1)
+    # A job's `started` waits this long: a job that ends sooner reports one event, its outcome
+    # carrying the start (docs/performance.md). 0 publishes every `started` at once.
+    started_coalesce_s: float = Field(0.03, ge=0, le=1)
     max_result_bytes: int = 256 * 1024
     worker_id: str | None = None
 
