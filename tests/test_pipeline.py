@@ -1,6 +1,5 @@
 """The job pipeline end to end: REST submit → JetStream → executor → events → database."""
 
-
 from .stack import run_async
 
 

@@ -75,7 +75,9 @@ def test_a_quick_job_costs_one_executor_message_and_keeps_its_whole_timeline(sta
         sent = raw_events(stack, job_id)
         from_executor = [e for e in sent if e["worker_id"]]
         assert [e["type"] for e in sent] == ["queued", "succeeded"], sent
-        assert len(from_executor) == 1 and from_executor[0]["data"]["started"]["worker_id"] == done["worker_id"]
+        assert (
+            len(from_executor) == 1 and from_executor[0]["data"]["started"]["worker_id"] == done["worker_id"]
+        )
 
 
 def test_a_job_slower_than_the_window_reports_started_on_its_own(stack):
