@@ -5,6 +5,8 @@ window behave as before (docs/architecture.md, "Lifecycle events")."""
 import json
 import time
 
+import httpx
+
 from .stack import run_async, wait_until
 
 
@@ -66,7 +68,7 @@ def assert_timeline_in_order(job: dict, outcome: str) -> dict:
 
 def test_a_quick_job_costs_one_executor_message_and_keeps_its_whole_timeline(stack):
     stack.start_api()
-    stack.start_executor()
+    executor = stack.start_executor()
     ids = [submit(stack, type="noop")["id"] for _ in range(10)]
     for job_id in ids:
         done = stack.wait_status(job_id, "succeeded")
@@ -84,7 +86,7 @@ def test_a_job_slower_than_the_window_reports_started_on_its_own(stack):
     stack.start_api()
     stack.start_executor(handlers="handlers_for_tests")
     job = submit(stack, type="async_sleep", payload={"seconds": 0.6})
-    # The window (30 ms) passes long before the job ends: the job shows running meanwhile.
+    # The window (50 ms) passes long before the job ends: the job shows running meanwhile.
     stack.wait_status(job["id"], "running", timeout=10)
     done = stack.wait_status(job["id"], "succeeded")
     assert_timeline_in_order(done, "succeeded")

@@ -57,6 +57,13 @@ def health_app(worker: Worker) -> FastAPI:
     Gauge("taskyard_executor_jobs_done", "Jobs finished successfully", registry=metrics).set_function(
         lambda: worker.done
     )
+    # How many `started` events rode in their job's outcome (one EVENTS message) or went alone.
+    Gauge(
+        "taskyard_executor_starts_coalesced", "`started` events carried in their outcome", registry=metrics
+    ).set_function(lambda: worker.starts_coalesced)
+    Gauge(
+        "taskyard_executor_starts_alone", "`started` events published on their own", registry=metrics
+    ).set_function(lambda: worker.starts_alone)
 
     @app.get("/healthz")
     async def healthz():

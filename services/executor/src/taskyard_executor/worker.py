@@ -85,6 +85,7 @@ class Worker:
         self._tasks: set[asyncio.Task] = set()
         self._subs: list = []
         self.held = StartHold(settings.started_coalesce_s)
+        self.starts_coalesced = self.starts_alone = 0
         self._held_added = asyncio.Event()
         from .puller import Puller
 
@@ -373,6 +374,7 @@ class Worker:
             self.held.hold(started, time.monotonic())
             self._held_added.set()
         else:
+            self.starts_alone += 1
             await self.emitter.event(started)
 
         async def emit_log(line: LogLine) -> None:
@@ -512,12 +514,14 @@ class Worker:
         """Publish the held `started` before any other event of the job (progress, a step): EVENTS
         keeps a job's events in the order they happened."""
         if (held := await self._held_start(run)) is not None:
+            self.starts_alone += 1
             await self.emitter.event(held)
 
     async def _report(self, run: Running, kind: EventType, **data) -> None:
         """Publish an outcome; within the window it carries the job's `started` (one message)."""
         event = self._event(run, kind, **data)
         if (held := await self._held_start(run)) is not None:
+            self.starts_coalesced += 1
             carry(event, held)
         await self.emitter.event(event)
 
@@ -542,6 +546,7 @@ class Worker:
             # published must wait for its own `started`, not report without it.
             for run, _ in due:
                 run.start_sent = loop.create_future()
+            self.starts_alone += len(due)
             try:
                 for run, event in due:
                     try:
