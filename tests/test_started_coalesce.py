@@ -80,6 +80,11 @@ def test_a_quick_job_costs_one_executor_message_and_keeps_its_whole_timeline(sta
         assert (
             len(from_executor) == 1 and from_executor[0]["data"]["started"]["worker_id"] == done["worker_id"]
         )
+    scraped = httpx.get(f"{executor.url}/metrics").text
+    assert (
+        "taskyard_executor_starts_coalesced 10.0" in scraped
+        and "taskyard_executor_starts_alone 0.0" in scraped
+    )
 
 
 def test_a_job_slower_than_the_window_reports_started_on_its_own(stack):
