@@ -1,5 +1,7 @@
 """The job pipeline end to end: REST submit → JetStream → executor → events → database."""
 
+import json
+
 from .stack import run_async
 
 
