@@ -233,6 +233,7 @@ def main() -> int:
     p.add_argument("--members", type=int, default=100_000)
     p.add_argument("--gets", type=int, default=300, help="GETs of the 10,000-member batch")
     p.add_argument("--key-jobs", type=int, default=1000, help="jobs of the concurrency key (keys)")
+    p.add_argument("--env", action="append", metavar="KEY=VALUE", help="a setting for every service")
     p.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="measure these only")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="taskyard-gates-"))

@@ -186,6 +186,8 @@ class Stack:
             PYTHONUNBUFFERED="1",
             **extra,
         )
+        # `--env KEY=VALUE`: a setting for every service, e.g. an A/B of one change in one session.
+        env.update(item.split("=", 1) for item in getattr(self.args, "env", None) or [])
         return env
 
     def run_once(self, *args: str) -> str:
@@ -1305,6 +1307,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where py-spy output goes (default /tmp/taskyard-bench-profiles-<ts>)",
     )
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/<ts>.json")
+    p.add_argument(
+        "--env",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a setting for every service started (repeatable), e.g. TASKYARD_EXECUTOR_STARTED_COALESCE_S=0",
+    )
     args = p.parse_args(argv)
     if args.jobs is None:
         args.jobs = 1000 if args.quick else 5000
@@ -1394,6 +1402,7 @@ def main(argv: list[str] | None = None) -> int:
             "backlog": args.backlog,
             "raw_samples": args.raw_samples,
             "db": "postgresql" if args.db else "sqlite",
+            "env": args.env or [],
             "quick": args.quick,
         },
         "results": results,

@@ -1,6 +1,5 @@
 """Strict priority, queue subsets, concurrent slots."""
 
-import json
 import time
 from datetime import datetime
 
@@ -65,7 +64,8 @@ def test_an_idle_worker_takes_a_stored_job_without_waiting_for_a_wake_up(stack):
     async def publish_and_wait() -> list[str]:
         import nats
 
-        from taskyard_common.schemas import JobSpec
+        from taskyard_common.coalesce import parts
+        from taskyard_common.schemas import JobEvent, JobSpec
         from taskyard_common.settings import NatsSettings
         from taskyard_common.topology import Topology
 
@@ -83,7 +83,7 @@ def test_an_idle_worker_takes_a_stored_job_without_waiting_for_a_wake_up(stack):
             seen: list[str] = []
             while "succeeded" not in seen:
                 msg = await events.next_msg(timeout=10)
-                seen.append(json.loads(msg.data)["type"])
+                seen += [e.type for e in parts(JobEvent.model_validate_json(msg.data))]
             return seen
         finally:
             await nc.close()

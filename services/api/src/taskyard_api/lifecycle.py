@@ -14,6 +14,7 @@ passed in one order (`gate_status`): parents (`blocked`), its time (`scheduled`)
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from taskyard_common.coalesce import parts
 from taskyard_common.schemas import FINAL_STATES, JobEvent
 
 from .failures import Refused
@@ -126,10 +127,23 @@ class Published:
 
 @dataclass(frozen=True, slots=True)
 class Reported:
-    """An executor's (or the API's own) lifecycle event, projected from EVENTS at `seq`."""
+    """An executor's (or the API's own) lifecycle event, projected from EVENTS at `seq`.
+
+    `held`: the `started` an outcome carried in the same message (`reports`); it moves the job like
+    a `started` of its own, and leaves `seq` to the outcome that follows it.
+    """
 
     event: JobEvent
     seq: int
+    held: bool = False
+
+
+def reports(event: JobEvent, seq: int) -> list[Reported]:
+    """The transitions one EVENTS message makes: a coalesced outcome is its `started`, then itself."""
+    started, *rest = parts(event)
+    if not rest:
+        return [Reported(event, seq)]
+    return [Reported(started, seq, held=True), Reported(rest[0], seq)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +320,7 @@ def transition(job: JobRecord, event: Event) -> JobRecord:
         case Published():
             return _published(job, event)
         case Reported():
-            return _reported(job, event.event, event.seq)
+            return _reported(job, event.event, event.seq, event.held)
         case Cancel(at):
             if job.finished:
                 raise Refused(f"job {job.id} is already {job.status}")
@@ -387,15 +401,27 @@ def changes(old: JobRecord, new: JobRecord) -> dict[str, Any]:
 
 
 def lost_worker(job: JobRecord, event: JobEvent) -> bool:
-    """A `started` of a later attempt while the job still runs: its worker died (the message was
-    redelivered after ack_wait), which the timeline shows as `worker_lost`."""
-    return (
-        event.type == "started"
-        and job.status == "running"
-        and job.worker_id is not None
-        and event.attempt > job.attempt
-        and event.generation == job.generation
-    )
+    """A `started` that shows an attempt whose worker died (its message was redelivered after
+    ack_wait), which the timeline shows as `worker_lost`: a later attempt while the job still runs,
+    or one that skips an attempt never seen to start (its worker died before its `started` was
+    stored, e.g. inside the executor's coalescing window). A hand-back spends no attempt, so a
+    queued job's next start may repeat the attempt it was handed back at."""
+    if event.type != "started" or event.generation != job.generation:
+        return False
+    if job.status == "running":
+        return job.worker_id is not None and event.attempt > job.attempt
+    if job.status == "queued":
+        return event.attempt > max(job.attempt, 1)
+    if job.status == "retrying":
+        return event.attempt > job.attempt + 1
+    return False
+
+
+def lost_attempt(job: JobRecord, event: JobEvent) -> tuple[int, str | None]:
+    """The attempt and worker a `worker_lost` row names (only known while the job ran)."""
+    if job.status == "running":
+        return job.attempt, job.worker_id
+    return event.attempt - 1, None
 
 
 def _published(job: JobRecord, event: Published) -> JobRecord:
@@ -429,14 +455,16 @@ def _decided(job: JobRecord, event: Decided) -> JobRecord:
     return _requeued(job, event.at, generation=job.generation, resume=job.resume + 1)
 
 
-def _reported(job: JobRecord, event: JobEvent, seq: int) -> JobRecord:
+def _reported(job: JobRecord, event: JobEvent, seq: int, held: bool = False) -> JobRecord:
     if seq <= job.last_event_seq:
         return job  # projected before (a replay)
     if event.generation < job.generation or job.finished:
         # An older run's event, or news of a job that has ended (a late `started` after a
         # cancel, the executor's own `cancelled`): the timeline keeps it, the job stays.
-        return replace(job, last_event_seq=seq)
-    moved: dict[str, Any] = {"last_event_seq": seq, "updated_at": max(job.updated_at, event.at)}
+        return job if held else replace(job, last_event_seq=seq)
+    moved: dict[str, Any] = {"updated_at": max(job.updated_at, event.at)}
+    if not held:  # a held `started` leaves its message's seq to the outcome it came in
+        moved["last_event_seq"] = seq
     kind, data = event.type, event.data
     if kind == "started":
         moved.update(status="running", attempt=event.attempt, worker_id=event.worker_id)

@@ -28,7 +28,7 @@ from taskyard_common.topology import Topology
 from . import gates, rollups
 from .http_metrics import EVENTS_UNPROJECTABLE
 from .job_store import JobStore
-from .lifecycle import JobRecord, Reported, changes, lost_worker, transition
+from .lifecycle import JobRecord, changes, lost_attempt, lost_worker, reports, transition
 from .models import Checkpoint, JobEventRow, jobs_table
 
 log = logging.getLogger("taskyard.api.projector")
@@ -88,6 +88,39 @@ def _row(
         "worker_id": worker,
         "data": data,
     }
+
+
+def apply_events(
+    events: list[tuple[int, JobEvent]], jobs: dict[str, JobRecord]
+) -> tuple[list[dict], list[dict], rollups.Tally]:
+    """Move `jobs` (in place) by a batch's events in stream order; return the timeline rows, the
+    checkpoint rows and the rollup tally they make. Pure: the caller reads and writes the rows.
+
+    An outcome that carries its `started` (the executor coalesced them) is two timeline rows and two
+    transitions, exactly as if the executor had reported twice.
+    """
+    rows: list[dict] = []
+    checkpoints: list[dict] = []
+    tally = rollups.Tally()
+    for seq, message in events:
+        for report in reports(message, seq):
+            event = report.event
+            # The carried `started` is keyed by -seq: unique, so a replay inserts it once.
+            key = -seq if report.held else seq
+            rows.append(
+                _row(event.job_id, key, event.type, event.at, event.attempt, event.worker_id, event.data)
+            )
+            job = jobs.get(event.job_id)
+            if job is None:
+                continue  # pruned, or of another install's database: the timeline row stays
+            if seq > job.last_event_seq and lost_worker(job, event):
+                attempt, worker = lost_attempt(job, event)
+                rows.append(_row(job.id, None, "worker_lost", event.at, attempt, worker, {}))
+            jobs[job.id] = moved = transition(job, report)
+            tally.moved(job, moved, event.at)
+            if event.type == "waiting":
+                checkpoints.append(_checkpoint_row(event))
+    return rows, checkpoints, tally
 
 
 class Projector:
@@ -195,22 +228,9 @@ class Projector:
             # now; another batch of the same jobs waits for this commit.
             before = await JobStore.lock_many(session, {e.job_id for _, e in events})
             jobs = dict(before)
-            rows, checkpoints = [], []
-            tally = rollups.Tally()
-            for seq, event in events:
+            for _, event in events:
                 self._learn_duration(event)
-                rows.append(
-                    _row(event.job_id, seq, event.type, event.at, event.attempt, event.worker_id, event.data)
-                )
-                job = jobs.get(event.job_id)
-                if job is None:
-                    continue  # pruned, or of another install's database: the timeline row stays
-                if seq > job.last_event_seq and lost_worker(job, event):
-                    rows.append(_row(job.id, None, "worker_lost", event.at, job.attempt, job.worker_id, {}))
-                jobs[job.id] = moved = transition(job, Reported(event, seq))
-                tally.moved(job, moved, event.at)
-                if event.type == "waiting":
-                    checkpoints.append(_checkpoint_row(event))
+            rows, checkpoints, tally = apply_events(events, jobs)
             await session.execute(_insert_ignoring(session, JobEventRow, "stream_seq"), rows)
             by_columns: dict[tuple[tuple[str, ...], bool], list[dict]] = {}
             for job_id, job in jobs.items():

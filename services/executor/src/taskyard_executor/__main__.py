@@ -57,6 +57,13 @@ def health_app(worker: Worker) -> FastAPI:
     Gauge("taskyard_executor_jobs_done", "Jobs finished successfully", registry=metrics).set_function(
         lambda: worker.done
     )
+    # How many `started` events rode in their job's outcome (one EVENTS message) or went alone.
+    Gauge(
+        "taskyard_executor_starts_coalesced", "`started` events carried in their outcome", registry=metrics
+    ).set_function(lambda: worker.starts_coalesced)
+    Gauge(
+        "taskyard_executor_starts_alone", "`started` events published on their own", registry=metrics
+    ).set_function(lambda: worker.starts_alone)
 
     @app.get("/healthz")
     async def healthz():
@@ -107,6 +114,8 @@ async def serve(settings: ExecutorSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     supervisor.start("pull", worker.pull_forever)  # returns once the worker drains
+    # Publishes the `started` of jobs still running when their coalescing window passes.
+    supervisor.start("starts", worker.release_starts)
     # A beat every interval, and soon after the worker's state changes (a job started or ended, a
     # drain began): the changes of one coalescing window go out as one KV put, so what the API
     # shows as busy trails the worker by about that window, not up to a whole interval.

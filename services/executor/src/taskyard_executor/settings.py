@@ -22,6 +22,11 @@ class ExecutorSettings(BaseSettings):
     # A job starting or ending publishes the heartbeat after this window, so a burst of starts is
     # one KV put and slot use shown by the API trails the truth by about this much (docs/api.md).
     heartbeat_coalesce_s: float = Field(0.05, ge=0, le=1)
+    # A job's `started` waits this long: a job that ends sooner reports one event, its outcome
+    # carrying the start. 50 ms: 20 ms jobs on a busy 2-core machine ran 25-31 ms at p50 and under
+    # 45 ms at p95, so 30 ms caught only about half of them (docs/performance.md, change 24).
+    # 0 publishes every `started` at once.
+    started_coalesce_s: float = Field(0.05, ge=0, le=1)
     max_result_bytes: int = 256 * 1024
     worker_id: str | None = None
 

@@ -20,6 +20,7 @@ from opentelemetry.util.types import AttributeValue
 from pydantic import ValidationError
 
 from taskyard_common.artifact_store import ArtifactStore
+from taskyard_common.coalesce import carry
 from taskyard_common.schemas import EventType, JobEvent, JobSpec, LogLine
 from taskyard_common.settings import ArtifactSettings
 from taskyard_common.telemetry import context_from, ns, tracer, tracing_on
@@ -34,6 +35,7 @@ from .registry import Registry, invoke
 from .retry_policy import after_failure, lost_on_last_attempt
 from .settings import ExecutorSettings
 from .staging import Outputs, Workspace
+from .start_hold import StartHold
 
 log = logging.getLogger("taskyard.executor")
 _OUTCOMES = frozenset({"succeeded", "failed", "retrying", "cancelled", "dead", "waiting"})
@@ -52,6 +54,10 @@ class Running:
     outcome: str | None = None
     started: float = field(default_factory=time.time)
     outputs: Outputs | None = None
+    # Set while the release loop publishes this job's held `started`; the outcome waits for it,
+    # so the two are stored in order and the outcome's flush covers the `started`.
+    start_sent: asyncio.Future[None] | None = None
+    start_error: NatsError | None = None
 
 
 class Worker:
@@ -78,6 +84,9 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._subs: list = []
+        self.held = StartHold(settings.started_coalesce_s)
+        self.starts_coalesced = self.starts_alone = 0
+        self._held_added = asyncio.Event()
         from .puller import Puller
 
         self.puller = Puller(nc, topo.jobs_stream, self._on_delivery, self._armed_ended)
@@ -245,7 +254,7 @@ class Worker:
         delivery comes back after ack_wait and counts as a lost worker's attempt, as a crash would.
         """
         try:
-            await self.emitter.event(self._event(run, "handed_back", resume=run.spec.resume, reason="drain"))
+            await self._report(run, "handed_back", resume=run.spec.resume, reason="drain")
             await self.emitter.flush(run.spec.id)
             await run.msg.nak()
         except NatsError as exc:
@@ -305,6 +314,7 @@ class Worker:
             log.error("job %s: NATS error while reporting (%s); it will be redelivered", spec.id, exc)
         finally:
             self.running.pop(spec.id, None)
+            self.held.take(spec.id)  # a job that ended unreported (NATS error, shutdown) comes back
             self.state_changed.set()
             self.emitter.forget(spec.id)
 
@@ -358,15 +368,24 @@ class Worker:
             await (run.msg.ack() if journal.outcome == "succeeded" else run.msg.term())
             return
         wait = {"wait_s": round(run.started - spec.submitted_at, 6)} if fresh else {}
-        await self.emitter.event(self._event(run, "started", **wait))
+        started = self._event(run, "started", **wait)
+        if self.held.enabled:
+            # Held: the outcome carries it if the job ends within the window (`_report`).
+            self.held.hold(started, time.monotonic())
+            self._held_added.set()
+        else:
+            self.starts_alone += 1
+            await self.emitter.event(started)
 
         async def emit_log(line: LogLine) -> None:
             await self.emitter.log(spec.id, line)
 
         async def emit_progress(pct: float, message: str) -> None:
+            await self._start_first(run)
             await self.emitter.event(self._event(run, "progress", pct=pct, message=message))
 
         async def emit_event(kind: EventType, data: dict) -> None:
+            await self._start_first(run)
             await self.emitter.event(self._event(run, kind, **data))
             await self.emitter.flush(spec.id)
 
@@ -449,10 +468,8 @@ class Worker:
         if decision.outcome == "retrying":
             assert decision.delay_s is not None  # a retry always has its delay
             delay = decision.delay_s
-            await self.emitter.event(
-                self._event(
-                    run, "retrying", error=error, delay_s=round(delay, 3), next_at=time.time() + delay
-                )
+            await self._report(
+                run, "retrying", error=error, delay_s=round(delay, 3), next_at=time.time() + delay
             )
             await self.emitter.flush(spec.id)
             run.outcome = "retrying"
@@ -477,6 +494,69 @@ class Worker:
     async def _finish(self, run: Running, kind: EventType, ack: str, **data) -> None:
         run.outcome = kind
         duration = round(time.time() - run.started, 6)
-        await self.emitter.event(self._event(run, kind, duration_s=duration, **data))
+        await self._report(run, kind, duration_s=duration, **data)
         await self.emitter.flush(run.spec.id)
         await (run.msg.ack() if ack == "ack" else run.msg.term())
+
+    # -- the held `started` (StartHold) -------------------------------------------------------------
+    async def _held_start(self, run: Running) -> JobEvent | None:
+        """The job's `started` if still held (the caller reports it now), else None once a release
+        of it in flight has been handed to NATS; a failed release raises, as a failed `started`
+        publish always did (the delivery stays unacked and comes back)."""
+        held = self.held.take(run.spec.id)
+        if held is None and run.start_sent is not None:
+            await run.start_sent
+            if run.start_error is not None:
+                raise run.start_error
+        return held
+
+    async def _start_first(self, run: Running) -> None:
+        """Publish the held `started` before any other event of the job (progress, a step): EVENTS
+        keeps a job's events in the order they happened."""
+        if (held := await self._held_start(run)) is not None:
+            self.starts_alone += 1
+            await self.emitter.event(held)
+
+    async def _report(self, run: Running, kind: EventType, **data) -> None:
+        """Publish an outcome; within the window it carries the job's `started` (one message)."""
+        event = self._event(run, kind, **data)
+        if (held := await self._held_start(run)) is not None:
+            self.starts_coalesced += 1
+            carry(event, held)
+        await self.emitter.event(event)
+
+    async def release_starts(self) -> None:
+        """Publish each held `started` whose window passed (run supervised for the process's life)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due_at = self.held.next_due()
+            if due_at is None:
+                self._held_added.clear()
+                await self._held_added.wait()
+                continue
+            if (delay := due_at - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+                continue
+            due = [
+                (run, event)
+                for event in self.held.due(time.monotonic())
+                if (run := self.running.get(event.job_id))
+            ]
+            # Every one marked before the first publish: a job ending while an earlier one is being
+            # published must wait for its own `started`, not report without it.
+            for run, _ in due:
+                run.start_sent = loop.create_future()
+            self.starts_alone += len(due)
+            try:
+                for run, event in due:
+                    try:
+                        await self.emitter.event(event)
+                    except NatsError as exc:
+                        log.warning("job %s: `started` not published (%s)", event.job_id, exc)
+                        run.start_error = exc
+                    finally:
+                        run.start_sent.set_result(None)  # type: ignore[union-attr]
+            finally:
+                for run, _ in due:  # cancelled midway (the process stops): release the waiters
+                    if run.start_sent is not None and not run.start_sent.done():
+                        run.start_sent.set_result(None)

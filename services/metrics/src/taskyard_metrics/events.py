@@ -9,6 +9,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
+from taskyard_common.coalesce import parts
 from taskyard_common.schemas import EventBatch, JobEvent
 from taskyard_common.topology import Topology
 
@@ -108,7 +109,9 @@ def record_message(metrics: Metrics, data: bytes, batch: bool = False) -> None:
         )
         return
     for event in events:
-        record_event(metrics, event)
+        # An outcome carrying its `started` (coalesced by the executor) counts as both events.
+        for part in parts(event):
+            record_event(metrics, part)
 
 
 async def subscribe(js: JetStreamContext, topo: Topology) -> JetStreamContext.PullSubscription:
