@@ -178,7 +178,9 @@ def exported_metrics() -> set[str]:
     names = family_samples(metrics.registry) | family_samples(API_REGISTRY) | family_samples(UI_REGISTRY)
 
     # The executor builds its registry inside its health app; read it through the app's /metrics route.
-    worker = SimpleNamespace(settings=SimpleNamespace(slots=2), running={}, done=0, id="w")
+    worker = SimpleNamespace(
+        settings=SimpleNamespace(slots=2), running={}, done=0, id="w", starts_coalesced=0, starts_alone=0
+    )
     (route,) = [r for r in health_app(worker).routes if getattr(r, "path", None) == "/metrics"]
     body = asyncio.run(route.endpoint()).body.decode()
     names |= {s.name for fam in text_string_to_metric_families(body) for s in fam.samples}

@@ -23,7 +23,7 @@ from .http_metrics import BATCH_DURATION, BATCHES_COMPLETED, GATE_MOVES, GATE_RE
 from .job_store import JobStore, record_of
 from .key_rules import gates_of
 from .lifecycle import GATED_STATES, Expanded, JobRecord, Rearm, Released, Skipped, Unrunnable, transition
-from .models import edges_table, jobs_table, workflows_table
+from .models import batches_table, edges_table, jobs_table, workflows_table
 
 _FINAL = sorted(FINAL_STATES)
 
@@ -399,7 +399,16 @@ async def _complete_batches(session: AsyncSession, ended: list[JobRecord], now: 
     """A batch whose last member ended here completes, once: its callbacks become jobs."""
     from .batches import complete_batch  # batches builds on this module
 
-    for batch_id in {job.batch_id for job in ended if job.batch_id}:
+    batch_ids = sorted({job.batch_id for job in ended if job.batch_id})
+    if batch_ids and session.get_bind().dialect.name == "postgresql":
+        # Two api processes ending a batch's last two members at once would each see the other's
+        # member unfinished (not yet committed) and neither would complete it. Locked, the second
+        # waits for the first to commit and then sees both ended. In id order: no lock cycle.
+        b = batches_table.c
+        await session.execute(
+            select(b.id).where(b.id.in_(batch_ids), b.completed_at.is_(None)).order_by(b.id).with_for_update()
+        )
+    for batch_id in batch_ids:
         left = await session.scalar(
             select(jobs_table.c.id)
             .where(jobs_table.c.batch_id == batch_id, jobs_table.c.status.not_in(_FINAL))
