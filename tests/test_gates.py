@@ -289,7 +289,8 @@ def test_retrying_a_failed_map_node_reruns_its_failed_items_only_and_joins_again
         later.write_text("x")
         retried = c.post(f"{url}/retry", json={"node": "each"})
         assert retried.status_code == 200, retried.text
-        assert retried.json()["status"] == "blocked"  # waits for its item again
+        # It waits for its item again; a quick item may have ended and joined it already.
+        assert retried.json()["status"] in ("blocked", "succeeded"), retried.json()
         wait_until(lambda: c.get(url).json()["status"] == "succeeded", 30, "the workflow to succeed")
         nodes = {n["id"]: n for n in c.get(url).json()["nodes"]}
         again = c.post(f"{url}/retry", json={"node": "each"})

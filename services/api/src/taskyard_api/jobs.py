@@ -207,6 +207,8 @@ class JobService:
         self.store = JobStore(sessions.kw["bind"])
         # Set when a job was stored with a time to wait for: the gate timer recomputes its sleep.
         self.gates_changed = asyncio.Event()
+        # Publishes of admitted jobs the gate timer did not wait for.
+        self._publishing: set[asyncio.Task[None]] = set()
         self._group = SubmitGroup(self._store_new)
 
     async def submit(
@@ -382,11 +384,13 @@ class JobService:
         moved = {job.id: job for job in await self.admit(gates_of(throttled))}
         return [moved.get(job.id, job) for job in jobs]
 
-    async def admit(self, keys: set[Gate]) -> list[JobRecord]:
+    async def admit(self, keys: set[Gate], wait: bool = True) -> list[JobRecord]:
         """Admit what the concurrency and rate keys `keys` have room for (admission.admit), in a
         transaction of its own; then publish what it admitted, tell executors about holding jobs
         a `cancel_in_progress` key replaced, and put strategy cancels on the timelines. Returns
-        every job it moved, as it is now."""
+        every job it moved, as it is now. `wait=False` (the gate timer): the publish runs on its
+        own once the admission committed (a crash before it leaves the jobs due in the outbox), so
+        the timer is on time for the next token."""
         if not keys:
             return []
         for attempt in range(DECIDE_TRIES):
@@ -409,8 +413,20 @@ class JobService:
         await self._key_cancels(done.ended)
         if any(kind == "rate" for kind, _ in keys):
             self.gates_changed.set()  # a rate key's next token time may be sooner than the timer's
+        if not wait:
+            task = asyncio.create_task(self._publish_admitted(done.released, opened))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
+            return done.released + done.ended
         released = await self.publish(done.released)
         return released + done.ended + await self.follow(opened)
+
+    async def _publish_admitted(self, released: list[JobRecord], opened: gates.Opened) -> None:
+        try:
+            await self.publish(released)
+            await self.follow(opened)
+        except Exception:  # noqa: BLE001 - the outbox and the gate sweeper take over
+            log.exception("publishing %d admitted jobs failed (the outbox retries)", len(released))
 
     async def publish(self, jobs: list[JobRecord]) -> list[JobRecord]:
         """Publish the jobs' current messages and record the stream sequences JetStream gave them.

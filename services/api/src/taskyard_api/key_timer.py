@@ -37,7 +37,7 @@ class RateKeys:
         keys = {key for key, at in await self._due() if at <= now}
         if not keys:
             return
-        moved = await self.jobs.admit({("rate", key) for key in keys})
+        moved = await self.jobs.admit({("rate", key) for key in keys}, wait=False)
         admitted = {job.rate_key for job in moved if job.status != "throttled" and not job.finished}
         for key in keys - admitted:
             self._stalled[key] = time.time() + STALL_S
