@@ -1,0 +1,136 @@
+"""nats-server memory per retained job: run N noop jobs through the whole stack, let nats-server's
+caches expire, and divide what its memory grew by N.
+
+Memory is the Go heap left live after a collection (GODEBUG=gctrace=1), not the resident size.
+Two readings: while JOBS' duplicate window still holds every job's message id (the first minutes
+after a burst) and, with `--after-window`, once the window has passed (what a job costs for the
+rest of EVENTS' retention: its events and their subjects). The streams' own byte counts are on
+disk, not in memory, and are reported beside.
+
+    uv run python bench/nats_memory.py --jobs 50000 [--settle 40] [--after-window]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run import PREFIX, RESULTS, Stack, log, submit_batches, wait_all_final  # noqa: E402
+
+from taskyard_common.settings import NatsSettings  # noqa: E402
+from taskyard_common.topology import DUPLICATE_WINDOW_S, Topology  # noqa: E402
+
+
+def varz(stack: Stack) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.nats.monitor_port}/varz", timeout=5) as r:
+        return json.load(r)
+
+
+def jsz(stack: Stack) -> dict:
+    url = f"http://127.0.0.1:{stack.nats.monitor_port}/jsz?streams=true"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.load(r)
+
+
+GC_LINE = re.compile(rb"^gc \d+ @.*?(\d+)->(\d+)->(\d+) MB", re.M)
+
+
+def live_heaps(stack: Stack) -> list[int]:
+    """The Go heap left live after each collection so far (MB), from GODEBUG=gctrace=1's lines."""
+    return [int(m.group(3)) for m in GC_LINE.finditer(stack.nats.log_file.read_bytes())]
+
+
+def settled_heap(stack: Stack, seconds: float) -> int:
+    """nats-server's live heap (MB) after `seconds` of quiet: the first collection after them. The
+    resident size would not do: Go hands freed memory back to the system slowly, so it shows the
+    burst's peak, not what stays. An idle Go process collects at least every 2 minutes."""
+    time.sleep(seconds)
+    seen = len(live_heaps(stack))
+    deadline = time.monotonic() + 130
+    while time.monotonic() < deadline:
+        heaps = live_heaps(stack)
+        if len(heaps) > seen:
+            return heaps[-1]
+        time.sleep(1)
+    raise RuntimeError("nats-server ran no collection in 130 s")
+
+
+def streams(stack: Stack) -> dict:
+    topo = Topology(NatsSettings(prefix=PREFIX))
+    out = {}
+    for account in jsz(stack).get("account_details", []):
+        for stream in account.get("stream_detail", []):
+            if stream["name"] in (topo.events_stream, topo.jobs_stream):
+                state = stream["state"]
+                out[stream["name"]] = {
+                    "messages": state["messages"],
+                    "bytes": state["bytes"],
+                    "subjects": state.get("num_subjects"),
+                }
+    return out
+
+
+async def run_jobs(stack: Stack, n: int, batch: int) -> None:
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    async with httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=60) as c:
+        await submit_batches(c, "mem", n, batch)
+        bad = await wait_all_final(c, "mem", timeout=max(180.0, n / 20))
+        if bad:
+            raise RuntimeError(f"{bad} jobs did not succeed")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--db", help="postgresql+asyncpg://… (SQLite by default)")
+    p.add_argument("--executors", type=int, default=2)
+    p.add_argument("--slots", type=int, default=64)
+    p.add_argument("--jobs", type=int, default=50_000)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--settle", type=float, default=40.0, help="seconds of quiet before each reading")
+    p.add_argument("--after-window", action="store_true", help="also read once JOBS' duplicate window passed")
+    p.add_argument("--env", action="append", help="KEY=VALUE for every service (an A/B of one setting)")
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="taskyard-natsmem-"))
+    stack = Stack(args, tmp)
+    os.environ["GODEBUG"] = "gctrace=1"  # nats-server prints each collection's live heap to its log
+    stack.nats.start()
+    res: dict = {"at": datetime.now(UTC).isoformat(), "jobs": args.jobs, "env": args.env or []}
+    try:
+        stack.make_db()
+        stack.start_api()
+        stack.start_executors()
+        asyncio.run(run_jobs(stack, 200, 200))  # warm-up: consumers, caches, the first blocks
+        before = settled_heap(stack, args.settle)
+        log(f"{args.jobs:,} noop jobs")
+        asyncio.run(run_jobs(stack, args.jobs, args.batch))
+        log(f"settling {args.settle:g} s")
+        after = settled_heap(stack, args.settle)
+        res["live_heap_mb"] = {"before": before, "after": after}
+        res["in_window_bytes_per_job"] = round((after - before) * 2**20 / args.jobs, 1)
+        res["streams"] = streams(stack)
+        if args.after_window:
+            log(f"waiting for JOBS' {DUPLICATE_WINDOW_S:g} s duplicate window to pass")
+            late = settled_heap(stack, DUPLICATE_WINDOW_S)
+            res["live_heap_mb"]["after_window"] = late
+            res["after_window_bytes_per_job"] = round((late - before) * 2**20 / args.jobs, 1)
+    finally:
+        stack.stop()
+        stack.drop_db()
+    print(json.dumps(res, indent=2))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"natsmem-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
