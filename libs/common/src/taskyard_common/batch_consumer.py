@@ -25,7 +25,7 @@ Settings, for the hot path (every job's events pass here):
 - `ack_policy=AckPolicy.MANUAL`: no acknowledgement middleware; the handler acks, naks or terms
   each raw message itself after its work is done (`msg.ack()`, like before).
 - no middlewares; FastStream's own log lines (one "Received"/"Processed" pair per batch) at DEBUG
-  on the service's logger.
+  on `<service logger>.faststream`, which is at WARNING unless configured otherwise.
 - `graceful_timeout`: `broker.stop()` waits that long for a handler call in progress.
 - One connection: the broker runs on the service's nats-py client (`SharedConnectionBroker`), so
   its reconnect policy and callbacks apply, the server sees no extra client, and shutdown's
@@ -112,11 +112,16 @@ class BatchConsumer:
 
     def build(self) -> NatsBroker:
         """The broker with its one subscriber (`run()` starts it; tests wrap it in TestNatsBroker)."""
+        # FastStream's own lines (per-batch access log, "callback for Task-n is being executed" at
+        # every stop) say nothing an operator needs: a child logger at WARNING unless configured.
+        fs_log = self.log.getChild("faststream")
+        if fs_log.level == logging.NOTSET:
+            fs_log.setLevel(logging.WARNING)
         broker = SharedConnectionBroker(
             self.nc,
             apply_types=False,
             graceful_timeout=GRACEFUL_S,
-            logger=self.log,
+            logger=fs_log,
             log_level=logging.DEBUG,
         )
         broker.subscriber(
