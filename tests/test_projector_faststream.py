@@ -10,7 +10,7 @@ from sqlalchemy import insert, select, text
 from taskyard_api.db import make_engine, make_sessionmaker
 from taskyard_api.http_metrics import EVENTS_UNPROJECTABLE
 from taskyard_api.models import Base, JobEventRow
-from taskyard_api.projector import Projector, _jobs, is_outage
+from taskyard_api.projector import PER_MESSAGE, Projector, _jobs, is_outage
 from taskyard_common.schemas import EventBatch, JobEvent
 from taskyard_common.settings import DbSettings, NatsSettings
 from taskyard_common.topology import Topology
@@ -91,7 +91,7 @@ async def test_a_job_event_is_projected_then_acked(sessions, acks) -> None:
     p = projector(sessions)
     async with TestNatsBroker(p.consumer.build()) as broker:
         await publish(broker, started("a"), TOPO.event_subject("a"), 7)
-    assert await state(sessions, "a") == ("running", [(7, "started")])
+    assert await state(sessions, "a") == ("running", [(7 * PER_MESSAGE, "started")])
     assert acks == [(7, "ack")]
     assert p.consumer.error is None
 
@@ -127,7 +127,7 @@ async def test_an_unprojectable_event_in_a_batch_is_terminated_and_the_rest_proj
     assert acks == [(10, "ack"), (11, "term"), (12, "ack")]
     assert EVENTS_UNPROJECTABLE._value.get() == before + 1
     assert (await state(sessions, "a"))[0] == "running"
-    assert await state(sessions, "b") == ("running", [(12, "started")])
+    assert await state(sessions, "b") == ("running", [(12 * PER_MESSAGE, "started")])
     assert p.consumer.error is None
 
 

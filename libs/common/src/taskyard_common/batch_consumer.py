@@ -14,7 +14,9 @@ module adds what the services need around it and FastStream 0.7.8 does not do (r
 - **A stop finishes what is in hand.** `broker.stop()` alone drops the messages of a fetch window
   still open (FastStream discards a batch once its subscriber stopped running): unacked, they would
   wait ack_wait for the next process. `stop()` here first lets the window in flight end and its
-  batch be handled (no new pull is sent once stopping), then stops the broker.
+  batch be handled (no new pull is sent once stopping), takes what the server delivered after a
+  pull's client side timed out (nats-py keeps it for the next fetch, which never comes), then stops
+  the broker.
 
 Settings, for the hot path (every job's events pass here):
 
@@ -45,6 +47,7 @@ from faststream.nats import JStream, NatsBroker, PullSub
 from faststream.nats.message import NatsBatchMessage
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 
 Handler = Callable[[list[Msg]], Awaitable[None]]
@@ -109,6 +112,8 @@ class BatchConsumer:
         self._fetching = 0  # pull requests in flight
         self._in_hand = 0  # messages fetched and not yet through `handle`
         self._fetch_raw: Callable[..., Awaitable[list[Msg]]] | None = None  # nats-py's, per run
+        self._subscription: JetStreamContext.PullSubscription | None = None
+        self._last_pull = 0.0  # loop time the last pull request ended
 
     def build(self) -> NatsBroker:
         """The broker with its one subscriber (`run()` starts it; tests wrap it in TestNatsBroker)."""
@@ -146,12 +151,13 @@ class BatchConsumer:
         self._done.clear()
         self.error = None
         self._fetching = self._in_hand = 0
+        self._last_pull = 0.0
         if self.stopping:
             return
         broker = self.build()
         try:
             await broker.start()
-            subscription = broker.subscribers[0].subscription  # type: ignore[attr-defined]
+            subscription = self._subscription = broker.subscribers[0].subscription  # type: ignore[attr-defined]
             # FastStream looks `fetch` up on every call: every pull of this run goes through _fetch.
             self._fetch_raw = subscription.fetch
             subscription.fetch = self._fetch
@@ -165,9 +171,13 @@ class BatchConsumer:
             raise self.error
 
     async def _settle(self) -> None:
-        """Wait for the pull in flight to come back and for the messages in hand to be handled."""
-        deadline = asyncio.get_running_loop().time() + self.window_s + SETTLE_S
-        while (self._fetching or self._in_hand) and asyncio.get_running_loop().time() < deadline:
+        """Wait for the pull in flight to come back, for late deliveries to its request (up to a
+        window after it), and for the messages in hand to be handled."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.window_s + SETTLE_S
+        while loop.time() < deadline and (
+            self._fetching or self._in_hand or loop.time() < self._last_pull + self.window_s + 0.05
+        ):
             await asyncio.sleep(0.005)
         if self._fetching or self._in_hand:
             self.log.warning("%s: stopping with %d messages not handled", self.durable, self._in_hand)
@@ -182,6 +192,9 @@ class BatchConsumer:
     ) -> list[Msg]:
         """FastStream's pull, gated: none once stopping or failed, errors handed to `run()`."""
         if self._done.is_set():
+            if self.error is None and (late := self._late()):
+                self._in_hand += len(late)
+                return late
             # FastStream's loop comes back at once: idle here until run() stops the broker.
             await asyncio.sleep(self.window_s)
             raise nats.errors.TimeoutError
@@ -197,8 +210,24 @@ class BatchConsumer:
             raise nats.errors.TimeoutError from exc  # FastStream ends the window; run() ends it all
         finally:
             self._fetching -= 1
+            self._last_pull = asyncio.get_running_loop().time()
         self._in_hand += len(msgs)
         return msgs
+
+    def _late(self) -> list[Msg]:
+        """Messages that reached the subscription after the fetch that asked for them gave up (a
+        pull's expiry and the client's timeout end a window together; under load the server's last
+        deliveries can come after). nats-py hands them to the next fetch; once stopping there is
+        none, so they are taken here (nats-py's own pending queue) instead of being dropped unacked."""
+        sub = self._subscription
+        queue = getattr(getattr(sub, "_sub", None), "_pending_queue", None)
+        late: list[Msg] = []
+        while queue is not None and not queue.empty():
+            msg = queue.get_nowait()
+            sub._sub._pending_size -= len(msg.data)  # type: ignore[union-attr]
+            if not JetStreamContext.is_status_msg(msg):
+                late.append(msg)
+        return late
 
     async def _on_batch(self, msgs: list[Msg]) -> None:
         try:
