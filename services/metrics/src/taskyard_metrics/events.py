@@ -2,13 +2,16 @@
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import nats.errors
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
+from taskyard_common.batch_consumer import BatchConsumer
 from taskyard_common.coalesce import parts
 from taskyard_common.schemas import JobEvent, message_events
 from taskyard_common.topology import Topology
@@ -112,9 +115,9 @@ def record_message(metrics: Metrics, data: bytes, batch: bool = False) -> None:
             record_event(metrics, part)
 
 
-async def subscribe(js: JetStreamContext, topo: Topology) -> JetStreamContext.PullSubscription:
-    """Create (idempotently) the durable pull consumer on EVENTS and bind to it."""
-    config = ConsumerConfig(
+def consumer_config(topo: Topology) -> ConsumerConfig:
+    """The metrics service's durable pull consumer on EVENTS."""
+    return ConsumerConfig(
         durable_name=topo.metrics_durable,
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
@@ -124,42 +127,70 @@ async def subscribe(js: JetStreamContext, topo: Topology) -> JetStreamContext.Pu
         max_ack_pending=10_000,
         num_replicas=topo.settings.replicas,
     )
-    await js.add_consumer(topo.events_stream, config)
-    return await js.pull_subscribe_bind(durable=topo.metrics_durable, stream=topo.events_stream)
 
 
-async def consume(
-    sub: JetStreamContext.PullSubscription, metrics: Metrics, batch: int, timeout_s: float, topo: Topology
-) -> None:
-    """Fetch, record and ack until a non-timeout NATS error is raised (the caller re-subscribes).
+async def subscribe(js: JetStreamContext, topo: Topology) -> None:
+    """Create or update the durable consumer (idempotent); FastStream then binds to it (its
+    pull_subscribe only creates a consumer that is missing, it never updates one)."""
+    await js.add_consumer(topo.events_stream, consumer_config(topo))
+
+
+def consume(metrics: Metrics, topo: Topology) -> Callable[[list[Msg]], Awaitable[None]]:
+    """The batch handler: record each message, ack it, count it.
 
     Delivery is at-least-once: a batch counted but not acked before a disconnect is delivered again
     and counted twice. That is acceptable for rates and far better than losing events.
     """
-    while True:
-        try:
-            msgs: list[Msg] = await sub.fetch(batch, timeout=timeout_s)
-        except TimeoutError:
-            # An idle stream: fetch waits `timeout_s` and finds nothing. nats-py raises either its own
-            # TimeoutError or asyncio's here (both are the builtin TimeoutError). Also seen while reconnecting.
-            continue
+    is_batch = topo.is_batch_subject
+
+    async def handle(msgs: list[Msg]) -> None:
         for msg in msgs:
-            record_message(metrics, msg.data, batch=topo.is_batch_subject(msg.subject))
+            record_message(metrics, msg.data, batch=is_batch(msg.subject))
             await msg.ack()
             metrics.events_processed.inc()
 
+    return handle
+
+
+def events_consumer(
+    nc: NatsClient, topo: Topology, metrics: Metrics, settings: MetricsSettings
+) -> BatchConsumer:
+    """FastStream's batch pull subscriber on the metrics durable (taskyard_common.batch_consumer
+    says which FastStream settings and why). `fetch_batch` messages or `fetch_timeout_s` (1 s),
+    whichever comes first: counters a second late are fine, and an idle stream costs one pull a
+    second."""
+    return BatchConsumer(
+        nc,
+        stream=topo.events_stream,
+        subject=topo.event_subject(">"),
+        durable=topo.metrics_durable,
+        config=consumer_config(topo),
+        batch=settings.fetch_batch,
+        window_s=settings.fetch_timeout_s,
+        handle=consume(metrics, topo),
+        logger=log,
+    )
+
 
 async def run_consumer(
-    js: JetStreamContext, topo: Topology, metrics: Metrics, settings: MetricsSettings, state: ServiceState
+    nc: NatsClient,
+    topo: Topology,
+    metrics: Metrics,
+    settings: MetricsSettings,
+    state: ServiceState,
+    consumer: BatchConsumer | None = None,
 ) -> None:
-    """Keep the EVENTS consumer going for the life of the process, re-creating it after errors.
+    """Keep the EVENTS consumer going for the life of the process (or until `consumer.stop()`),
+    re-creating it after errors.
 
     nats-py reconnects on its own; what it cannot fix is a consumer that vanished (a server that lost
     its store, an operator deleting it), so on any NATS error the consumer is ensured again.
     """
-    while True:
+    consumer = consumer or events_consumer(nc, topo, metrics, settings)
+    js = nc.jetstream()
+    while not consumer.stopping:
         try:
-            sub = await subscribe(js, topo)
+            await subscribe(js, topo)
         except (nats.errors.Error, TimeoutError) as err:
             state.consumer = f"cannot create consumer {topo.metrics_durable}: {err!r}"
             log.warning("%s; retrying", state.consumer)
@@ -167,14 +198,8 @@ async def run_consumer(
             continue
         state.consumer = "ok"
         try:
-            await consume(sub, metrics, settings.fetch_batch, settings.fetch_timeout_s, topo)
+            await consumer.run()
         except (nats.errors.Error, TimeoutError) as err:
             state.consumer = f"fetch failed: {err!r}"
             log.warning("EVENTS consumer: %s; re-subscribing", state.consumer)
             await asyncio.sleep(1.0)
-        finally:
-            try:
-                await sub.unsubscribe()
-            except (nats.errors.Error, TimeoutError) as err:
-                # The old subscription is gone with the connection anyway; nothing else to release.
-                log.debug("unsubscribe after failure: %r", err)

@@ -9,7 +9,7 @@ from taskyard_common.settings import NatsSettings
 from taskyard_common.supervise import Supervisor
 from taskyard_common.topology import Topology, ensure_streams
 
-from .events import run_consumer
+from .events import events_consumer, run_consumer
 from .poller import SnapshotCollector, run_poller
 from .registry import Metrics
 from .settings import MetricsSettings, parse_wait_targets
@@ -58,8 +58,13 @@ class MetricsService:
             raise
         self.state.setup = "ok"
         log.info("JetStream ready; consuming %s as %s", self.topo.events_stream, self.topo.metrics_durable)
+        nc = self.state.nc
+        consumer = events_consumer(nc, self.topo, self.metrics, self.settings)
+        # On stop the consumer counts and acks the batch in hand (not redelivered after ack_wait).
         self.supervisor.start(
-            "events", lambda: run_consumer(js, self.topo, self.metrics, self.settings, self.state)
+            "events",
+            lambda: run_consumer(nc, self.topo, self.metrics, self.settings, self.state, consumer),
+            stop=consumer.stop,
         )
         self.supervisor.start(
             "poller",
