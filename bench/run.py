@@ -235,8 +235,15 @@ class Stack:
         raise RuntimeError(f"{name} not ready after {timeout}s ({last}):\n{tail(log_path)}")
 
     def start_api(self) -> None:
+        """The api and, as `./taskw up` runs it, the metrics service: its EVENTS consumer is part of
+        what a job costs (`--no-metrics` leaves it out)."""
         self.api_url = self.spawn("api", "taskyard_api", [], "TASKYARD_API_PORT")
+        metrics = None
+        if not getattr(self.args, "no_metrics", False):
+            metrics = self.spawn("metrics", "taskyard_metrics", [], "TASKYARD_METRICS_PORT")
         self.wait_ready("api", self.api_url)
+        if metrics:
+            self.wait_ready("metrics", metrics)
 
     def spawn_executor(self, name: str, queue: str, slots: int) -> tuple[str, str]:
         args = ["--queues", queue, "--slots", str(slots)]
@@ -359,15 +366,21 @@ async def raw_throughput(url: str, n: int, size: int, deadline_s: float) -> dict
         await sub_nc.close()
 
 
-async def raw_job_pattern(url: str, n: int, size: int, deadline_s: float) -> dict:
+async def raw_job_pattern(url: str, n: int, size: int, deadline_s: float, batched: bool = False) -> dict:
     """A Taskyard job's JetStream messages with no Taskyard code: the ceiling of this design.
 
-    Per job, as the api, an executor and the projector exchange them: publish an event (`queued`)
-    and the job (acks gathered per 500, like a batch submit); pull jobs 100 at a time, publish each
-    one's two events (`started`, `succeeded`), wait for their acks, ack the jobs; pull the events
-    500 at a time and ack each. No work between messages, so this is as fast as the pattern goes.
-    Three connections in this one process, like the raw loop's two. jobs/s = n / (first publish →
-    last event acked).
+    The reference (`batched=False`, the 4-message pattern before issue 19), per job as the api, an
+    executor and the projector exchanged them: publish an event (`queued`) and the job (acks gathered
+    per 500, like a batch submit); pull jobs 100 at a time, publish each one's two events (`started`,
+    `succeeded`), wait for their acks, ack the jobs; pull the events 500 at a time and ack each.
+
+    Today's pattern (`batched=True`): the api publishes the jobs and ONE announcement per 500; the
+    executor publishes ONE event message for each pull's jobs (their outcomes in a batch), waits for
+    its ack, acks the jobs; the projector pulls and acks those messages. A job is then one JOBS
+    message and a share of two EVENTS messages.
+
+    No work between messages, so this is as fast as the pattern goes. Three connections in this one
+    process, like the raw loop's two. jobs/s = n / (first publish → last event acked).
     """
     tag = secrets.token_hex(3)
     jobs, events = f"BENCHJOB_{tag.upper()}", f"BENCHEVT_{tag.upper()}"
@@ -386,6 +399,8 @@ async def raw_job_pattern(url: str, n: int, size: int, deadline_s: float) -> dic
         )
         payload = secrets.token_hex(size // 2).encode()
         end = time.monotonic() + deadline_s
+        # Event messages the projector must ack: 3 a job, or the batches (counted as they are sent).
+        expected = {"events": 0 if batched else 3 * n, "known": not batched}
 
         async def execute() -> None:
             done = 0
@@ -394,20 +409,42 @@ async def raw_job_pattern(url: str, n: int, size: int, deadline_s: float) -> dic
                     msgs = await job_sub.fetch(100, timeout=1)
                 except TimeoutError:
                     continue
-                # Every job of the batch reports its two events; their acks come before the jobs'.
-                acks = [await executor.publish_async(event_subject, payload) for _ in range(2 * len(msgs))]
+                # The pull's jobs report their events (one batch, or two each); their acks first.
+                count = 1 if batched else 2 * len(msgs)
+                body = payload * len(msgs) if batched else payload
+                acks = [await executor.publish_async(event_subject, body) for _ in range(count)]
                 await asyncio.gather(*acks)
                 for msg in msgs:
                     await msg.ack()
                 done += len(msgs)
+                expected["events"] += count if batched else 0
+            expected["known"] = True
 
-        project = fetch_and_ack(event_sub, conns[2], 3 * n, 500, end)
-        tasks = [asyncio.create_task(execute()), asyncio.create_task(project)]
+        async def project() -> tuple[float, int]:
+            got = 0
+            while time.monotonic() < end and not (expected["known"] and got >= expected["events"]):
+                try:
+                    msgs = await event_sub.fetch(500, timeout=0.2)
+                except TimeoutError:
+                    continue
+                for msg in msgs:
+                    await msg.ack()
+                got += len(msgs)
+            await conns[2].flush()
+            return time.perf_counter(), got
+
+        if batched:
+            expected["events"] = -(-n // 500)  # the announcements
+        tasks = [asyncio.create_task(execute()), asyncio.create_task(project())]
         t0 = time.perf_counter()
         for start in range(0, n, 500):
             futures = []
-            for _ in range(start, min(n, start + 500)):
-                futures.append(await api.publish_async(event_subject, payload))
+            members = range(start, min(n, start + 500))
+            if batched:
+                futures.append(await api.publish_async(event_subject, payload * len(members)))
+            for _ in members:
+                if not batched:
+                    futures.append(await api.publish_async(event_subject, payload))
                 futures.append(await api.publish_async(job_subject, payload))
             await asyncio.wait_for(asyncio.gather(*futures), deadline_s)
         await tasks[0]
@@ -415,9 +452,10 @@ async def raw_job_pattern(url: str, n: int, size: int, deadline_s: float) -> dic
         return {
             "n": n,
             "events_acked": got,
+            "events_expected": expected["events"],
             "msg_bytes": len(payload),
             "seconds": round(t_end - t0, 4),
-            "jobs_per_s": round(min(got / 3, n) / (t_end - t0), 1),
+            "jobs_per_s": round(n / (t_end - t0), 1) if got >= expected["events"] else None,
         }
     finally:
         for stream in (jobs, events):
@@ -1042,7 +1080,14 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
     median = sorted(rounds, key=lambda r: r["msgs_per_s"])[len(rounds) // 2]
     log(f"raw job pattern: {args.jobs} jobs of 4 JetStream messages")
     pattern = await raw_job_pattern(url, args.jobs, 256, raw_deadline)
-    out["raw_throughput"] = {"median": median, "rounds": rounds, "job_pattern": pattern}
+    log(f"raw job pattern, batched: {args.jobs} jobs, events in batches")
+    batched = await raw_job_pattern(url, args.jobs, 256, raw_deadline, batched=True)
+    out["raw_throughput"] = {
+        "median": median,
+        "rounds": rounds,
+        "job_pattern": pattern,
+        "batched_pattern": batched,
+    }
     log(f"raw JetStream latency: {args.raw_samples} samples")
     out["raw_latency_ms"] = await raw_latency(url, args.raw_samples)
 
@@ -1157,6 +1202,19 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
     return out
 
 
+def cpu_ms_per_job(phase: dict) -> dict[str, float] | None:
+    """CPU milliseconds per job of each Taskyard service in a phase (the bench client left out):
+    `all`, `api`, `nats-server`, `metrics` and `executors` (summed)."""
+    cpu, n = phase.get("cpu"), phase.get("n")
+    if not cpu or not n:
+        return None
+    ms = {name: pct / 100 * cpu["wall_s"] * 1000 / n for name, pct in cpu["core_pct"].items()}
+    out = {name: ms.get(name, 0.0) for name in ("api", "nats-server", "metrics")}
+    out["executors"] = sum(v for name, v in ms.items() if name.startswith("executor"))
+    out["all"] = sum(out.values())
+    return out
+
+
 def table(res: dict) -> list[list[str]]:
     """figure, value, baseline, ratio: throughput ratios are value/baseline (1.0 = the ceiling),
     latency ratios are how many times the raw NATS latency."""
@@ -1188,12 +1246,20 @@ def table(res: dict) -> list[list[str]]:
         ["raw JetStream publish+pull+ack (msg/s)", f"{raw:,.0f}", "-", "-"],
         throughput("raw job pattern, 4 messages a job, no Taskyard (jobs/s)", pattern),
     ]
+    if batched := (raw_t.get("batched_pattern") or {}).get("jobs_per_s"):
+        rows.append(throughput("raw job pattern, events in batches, no Taskyard (jobs/s)", batched))
     for key in ("e2e", "big"):
         if key in res:
             e2e = res[key]
             rows.append(throughput(f"Taskyard e2e noop, {e2e['n']:,} jobs (jobs/s)", e2e["jobs_per_s"]))
             rows.append([" of the raw job pattern", f"{e2e['jobs_per_s']:,.1f}", f"{pattern:,.0f}", frac(e2e["jobs_per_s"], pattern)])  # fmt: skip
             rows.append(throughput("  batch submit alone (jobs/s)", e2e["submit_jobs_per_s"], 0))
+            if per_job := cpu_ms_per_job(e2e):
+                parts = " / ".join(
+                    f"{per_job[k]:.3f}" for k in ("api", "nats-server", "metrics", "executors")
+                )
+                rows.append(["  CPU per job (ms): all services", f"{per_job['all']:.3f}", "-", "-"])
+                rows.append(["  … api / nats-server / metrics / executors", parts, "-", "-"])
     if "backlog" in res:
         b = res["backlog"]
         rows.append(throughput(f"  drain of {b['n']:,} queued jobs (jobs/s)", b["jobs_per_s"]))
@@ -1307,6 +1373,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where py-spy output goes (default /tmp/taskyard-bench-profiles-<ts>)",
     )
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/<ts>.json")
+    p.add_argument(
+        "--no-metrics", action="store_true", help="run without the metrics service (`./taskw up` runs it)"
+    )
     p.add_argument(
         "--env",
         action="append",

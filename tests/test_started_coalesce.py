@@ -2,7 +2,6 @@
 timeline still reads queued, started, outcome. Slower jobs, a zero window and a crash inside the
 window behave as before (docs/architecture.md, "Lifecycle events")."""
 
-import json
 import time
 
 import httpx
@@ -18,21 +17,29 @@ def submit(stack, **body) -> dict:
 
 
 def raw_events(stack, job_id: str) -> list[dict]:
-    """The job's messages on its EVENTS subject, in stream order: what its executors sent (the API's
-    `queued` is an announcement of the whole publish burst, on a subject of its own)."""
+    """The job's messages in EVENTS, in stream order: what its executors sent, on its own subject or in
+    their batches (the API's `queued` is an announcement of the whole publish burst, not read here)."""
 
     async def go() -> list[dict]:
         import nats
 
         from taskyard_common.nats_util import read_subject
+        from taskyard_common.schemas import message_events
         from taskyard_common.settings import NatsSettings
         from taskyard_common.topology import Topology
 
         topo = Topology(NatsSettings(prefix=stack.prefix))
         nc = await nats.connect(stack.nats.url)
         try:
-            stored = await read_subject(nc, topo.events_stream, topo.event_subject(job_id))
-            return [json.loads(m.data) for m in stored]
+            own = await read_subject(nc, topo.events_stream, topo.event_subject(job_id))
+            batched = await read_subject(nc, topo.events_stream, topo.batch_subjects)
+            sent = [(m.seq, i, e) for m in own for i, e in enumerate(message_events(m.data, False))]
+            sent += [(m.seq, i, e) for m in batched for i, e in enumerate(message_events(m.data, True))]
+            return [
+                e.model_dump(mode="json")
+                for _, _, e in sorted(sent, key=lambda t: t[:2])
+                if e.job_id == job_id
+            ]
         finally:
             await nc.close()
 
@@ -145,3 +152,38 @@ def test_an_executor_killed_inside_the_window_loses_nothing(stack):
     assert timeline == [("queued", 0), ("started", 2), ("worker_lost", 1), ("succeeded", 2)], timeline
     time.sleep(0.2)
     assert [e["type"] for e in raw_events(stack, job["id"])] == ["started", "succeeded"]
+
+
+def test_quick_jobs_have_no_events_subject_of_their_own_and_a_journaled_job_keeps_one(stack):
+    """nats-server keeps every EVENTS subject in memory for the stream's retention (issue 19):
+    quick jobs' events ride in their executor's batches; a job whose later deliveries read its
+    journal (here a retry) has its own subject, and its outcome is there for them to find."""
+    stack.start_api()
+    stack.start_executor(handlers="handlers_for_tests")
+    ids = [submit(stack, type="noop")["id"] for _ in range(30)]
+    flaky = submit(stack, type="flaky", payload={"succeed_on": 2}, max_attempts=3, backoff={"base_s": 0.05})
+    for job_id in ids:
+        assert_timeline_in_order(stack.wait_status(job_id, "succeeded"), "succeeded")
+    stack.wait_status(flaky["id"], "succeeded")
+
+    async def subjects() -> dict[str, int]:
+        import nats
+
+        from taskyard_common.settings import NatsSettings
+        from taskyard_common.topology import Topology
+
+        topo = Topology(NatsSettings(prefix=stack.prefix))
+        nc = await nats.connect(stack.nats.url)
+        try:
+            info = await nc.jetstream().stream_info(topo.events_stream, subjects_filter=">")
+            return info.state.subjects or {}
+        finally:
+            await nc.close()
+
+    by_subject = run_async(subjects())
+    per_job = {s.rsplit(".", 1)[-1] for s in by_subject if not s.split(".")[2].startswith("_")}
+    assert per_job == {flaky["id"]}, by_subject
+    assert len(by_subject) <= 3, by_subject  # the flaky job's, one executor's batches, the announcements
+    assert [e["type"] for e in raw_events(stack, flaky["id"])] == ["retrying", "succeeded"]
+    own = [count for s, count in by_subject.items() if s.endswith(flaky["id"])]
+    assert own == [1]  # the outcome of its second delivery; the first one's `retrying` was batched

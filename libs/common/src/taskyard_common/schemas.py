@@ -127,11 +127,20 @@ class JobEvent(BaseModel):
 
 
 class EventBatch(BaseModel):
-    """Several jobs' events in one EVENTS message (on Topology.queued_subject): the API's `queued`
-    announcements of one publish burst. The API has written their timeline rows itself; the
-    metrics service counts them."""
+    """Several jobs' events in one EVENTS message: the API's `queued` announcements of one publish
+    burst (Topology.queued_subject; the API has written their timeline rows itself, the metrics
+    service counts them), or an executor's lifecycle events (Topology.batch_subject; projected like
+    single events, each keeping its place in the batch)."""
 
     events: list[JobEvent]
+
+
+def message_events(data: bytes, batch: bool) -> list[JobEvent]:
+    """The events of one EVENTS message body: an EventBatch's (`batch`, Topology.is_batch_subject)
+    or the one JobEvent. Raises pydantic's ValidationError for a malformed body."""
+    if batch:
+        return EventBatch.model_validate_json(data).events
+    return [JobEvent.model_validate_json(data)]
 
 
 class LogLine(BaseModel):

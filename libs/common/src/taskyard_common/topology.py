@@ -103,6 +103,22 @@ class Topology:
         message per publish burst, not one per job. No job id starts with `_`."""
         return f"{self.prefix}.events._queued"
 
+    def batch_subject(self, worker_id: str) -> str:
+        """An executor's lifecycle events of several jobs, one EventBatch per message. A subject per
+        executor, not per job: nats-server keeps every subject of EVENTS in memory for as long as the
+        stream retains it (~200 B each), so only jobs with a journal get their own (event_subject)."""
+        return f"{self.prefix}.events._w.{worker_id.replace('.', '_').replace('*', '_').replace('>', '_')}"
+
+    @property
+    def batch_subjects(self) -> str:
+        """Every executor's batch subject (a wildcard)."""
+        return f"{self.prefix}.events._w.>"
+
+    def is_batch_subject(self, subject: str) -> bool:
+        """An EventBatch (the API's announcements, an executor's batch) rather than one JobEvent:
+        no job id starts with `_`."""
+        return subject.startswith(f"{self.prefix}.events._")
+
     def log_subject(self, job_id: str) -> str:
         return f"{self.prefix}.logs.{job_id}"
 

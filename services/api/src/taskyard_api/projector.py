@@ -22,7 +22,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from taskyard_common.nats_util import stream_seq
-from taskyard_common.schemas import FINAL_STATES, JobEvent
+from taskyard_common.schemas import FINAL_STATES, JobEvent, message_events
 from taskyard_common.topology import Topology
 
 from . import gates, rollups
@@ -50,6 +50,14 @@ def is_outage(exc: BaseException) -> bool:
 # (50 ms made the release take ~40 ms at p50; docs/performance.md).
 COALESCE_S = 0.005
 
+# An event's place in EVENTS: its message's sequence times this, plus its index in an EventBatch
+# (an executor's batch holds at most logsink.BATCH_MAX of them). One order for single events and
+# batched ones; rows projected before batching existed keep their plain sequence, all lower.
+PER_MESSAGE = 1024
+# Outcomes that end a generation for good; a worker's event of a later attempt after one of these
+# is a second run of a delivery whose ack was lost (see `apply_events`).
+_ENDED = frozenset({"succeeded", "failed", "dead"})
+
 _jobs = jobs_table
 _updates: dict[tuple[tuple[str, ...], bool], Any] = {}
 
@@ -76,6 +84,21 @@ def _update_jobs(columns: tuple[str, ...], unless_final: bool) -> Any:
     return stmt
 
 
+def _second_run(job: JobRecord, event: JobEvent) -> bool:
+    return (
+        job.status in _ENDED
+        and event.worker_id is not None
+        and event.generation == job.generation
+        and event.attempt > job.attempt
+    )
+
+
+def keyed(subject_is_batch: bool, seq: int, data: bytes) -> list[tuple[int, JobEvent]]:
+    """The events of one EVENTS message, each with its place (PER_MESSAGE)."""
+    events = message_events(data, subject_is_batch)[:PER_MESSAGE]
+    return [(seq * PER_MESSAGE + index, event) for index, event in enumerate(events)]
+
+
 def _row(
     job_id: str, seq: int | None, kind: str, at: float, attempt: int, worker: str | None, data: dict
 ) -> dict:
@@ -98,6 +121,11 @@ def apply_events(
 
     An outcome that carries its `started` (the executor coalesced them) is two timeline rows and two
     transitions, exactly as if the executor had reported twice.
+
+    A worker's events of a later attempt of a generation that already succeeded, failed or went dead
+    are a second run: the worker that reported the outcome stopped before acking its delivery, and
+    the outcome was in its executor's batch, not in the job's journal, so the next worker could not
+    see it. They are recorded as `duplicate_run` rows and change nothing (DESIGN: at-least-once).
     """
     rows: list[dict] = []
     checkpoints: list[dict] = []
@@ -113,6 +141,9 @@ def apply_events(
             job = jobs.get(event.job_id)
             if job is None:
                 continue  # pruned, or of another install's database: the timeline row stays
+            if _second_run(job, event):
+                rows[-1].update(type="duplicate_run", data={"event": event.type, **event.data})
+                continue
             if seq > job.last_event_seq and lost_worker(job, event):
                 attempt, worker = lost_attempt(job, event)
                 rows.append(_row(job.id, None, "worker_lost", event.at, attempt, worker, {}))
@@ -217,7 +248,7 @@ class Projector:
             if msg.subject == self.topo.queued_subject:
                 continue  # this api's own announcements: their rows were written as they were sent
             try:
-                events.append((stream_seq(msg), JobEvent.model_validate_json(msg.data)))
+                events += keyed(self.topo.is_batch_subject(msg.subject), stream_seq(msg), msg.data)
             except ValidationError as exc:
                 log.error("dropping malformed event %s: %s", msg.subject, exc)
         if not events:

@@ -1,16 +1,28 @@
 """A job's log lines and events, published without waiting per line, flushed before the job ends."""
 
 import asyncio
+import contextlib
 
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
 from taskyard_common.nats_util import wait_acks
-from taskyard_common.schemas import JobEvent, LogLine
+from taskyard_common.schemas import EventBatch, JobEvent, LogLine
 from taskyard_common.topology import Topology
 
 MAX_UNACKED = 1000
 # A publish whose ack has not come by then is treated as lost (NATS away or restarting).
 FLUSH_TIMEOUT_S = 30
+# Events in one batch message; a burst larger than this is sent in several.
+BATCH_MAX = 500
+
+
+class _Batch:
+    """Events waiting for the next batch message, and the future their jobs' flushes wait on."""
+
+    def __init__(self) -> None:
+        self.events: list[JobEvent] = []
+        self.stored: asyncio.Future = asyncio.get_running_loop().create_future()
 
 
 class Emitter:
@@ -20,11 +32,23 @@ class Emitter:
     finished while some of its lines could still be lost. Acks are tracked per job: with one
     shared list, a job's flush could take another job's pending publishes, and that other job
     would then find nothing to wait for and ack its delivery before its own `started` was stored.
+
+    Lifecycle events are batched (`batch_s` > 0 or a worker's batch subject set): the events every
+    job of this executor reports within `batch_s` go out as one EventBatch on the executor's own
+    subject (Topology.batch_subject), so a quick job costs a share of one EVENTS message and no
+    subject of its own in nats-server's memory. An event that must stay readable per job (a journal
+    entry: `own_subject=True`) goes to the job's subject, after any batch still open, so EVENTS
+    keeps the order events happened in.
     """
 
-    def __init__(self, js: JetStreamContext, topo: Topology) -> None:
+    def __init__(
+        self, js: JetStreamContext, topo: Topology, batch_subject: str | None = None, batch_s: float = 0.0
+    ) -> None:
         self.js, self.topo = js, topo
+        self.batch_subject, self.batch_s = batch_subject, batch_s
         self._pending: dict[str, list[asyncio.Future]] = {}
+        self._open: _Batch | None = None
+        self._sending: set[asyncio.Task] = set()
 
     async def _publish(self, job_id: str, subject: str, data: bytes) -> None:
         pending = self._pending.setdefault(job_id, [])
@@ -35,16 +59,52 @@ class Emitter:
     async def log(self, job_id: str, line: LogLine) -> None:
         await self._publish(job_id, self.topo.log_subject(job_id), line.model_dump_json().encode())
 
-    async def event(self, event: JobEvent) -> None:
-        await self._publish(
-            event.job_id, self.topo.event_subject(event.job_id), event.model_dump_json().encode()
-        )
+    async def event(self, event: JobEvent, own_subject: bool = False) -> None:
+        if own_subject or self.batch_subject is None:
+            await self.send_batch()
+            await self._publish(
+                event.job_id, self.topo.event_subject(event.job_id), event.model_dump_json().encode()
+            )
+            return
+        batch = self._open
+        if batch is None:
+            batch = self._open = _Batch()
+            loop = asyncio.get_running_loop()
+            if self.batch_s > 0:
+                loop.call_later(self.batch_s, self._send_later, batch)
+            else:
+                loop.call_soon(self._send_later, batch)
+        batch.events.append(event)
+        self._pending.setdefault(event.job_id, []).append(batch.stored)
+        if len(batch.events) >= BATCH_MAX:
+            await self.send_batch()
+
+    def _send_later(self, batch: _Batch) -> None:
+        if self._open is batch:
+            task = asyncio.ensure_future(self.send_batch())
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def send_batch(self) -> None:
+        """Publish the open batch now (its jobs' flushes then wait for its ack)."""
+        batch, self._open = self._open, None
+        if batch is None:
+            return
+        body = EventBatch(events=batch.events).model_dump_json().encode()
+        try:
+            ack = await self.js.publish_async(self.batch_subject, body)  # type: ignore[arg-type]
+        except (NatsError, OSError) as exc:
+            _settle(batch.stored, exc)
+            return
+        ack.add_done_callback(lambda done: _settle(batch.stored, done))
 
     async def flush(self, job_id: str | None = None) -> None:
         """Wait for `job_id`'s publishes (every job's when None); raise the first failure."""
+        if job_id is None:
+            await self.send_batch()
         jobs = list(self._pending) if job_id is None else [job_id]
         pending = [future for job in jobs for future in self._pending.pop(job, [])]
-        for ack in await wait_acks(pending, timeout=FLUSH_TIMEOUT_S):
+        for ack in await wait_acks(list(dict.fromkeys(pending)), timeout=FLUSH_TIMEOUT_S):
             if isinstance(ack, BaseException):
                 # The caller has not acked its job yet: failing here leaves it to be redelivered.
                 raise ack
@@ -52,3 +112,20 @@ class Emitter:
     def forget(self, job_id: str) -> None:
         """Stop tracking a job that ended without a flush (NATS error, handed back)."""
         self._pending.pop(job_id, None)
+
+
+def _settle(stored: asyncio.Future, outcome: asyncio.Future | BaseException) -> None:
+    """Pass a batch publish's ack (or failure) to the future its jobs wait on. One job's flush may
+    have given up on it already (wait_acks cancels what times out)."""
+    if stored.done():
+        return
+    if isinstance(outcome, BaseException):
+        stored.set_exception(outcome)
+    elif outcome.cancelled():
+        stored.set_exception(TimeoutError("no publish ack"))
+    elif (exc := outcome.exception()) is not None:
+        stored.set_exception(exc)
+    else:
+        stored.set_result(outcome.result())
+    with contextlib.suppress(BaseException):
+        stored.exception()  # a batch no job flushes (all forgotten) must not log "never retrieved"

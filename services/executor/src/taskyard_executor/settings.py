@@ -27,6 +27,9 @@ class ExecutorSettings(BaseSettings):
     # 45 ms at p95, so 30 ms caught only about half of them (docs/performance.md, change 24).
     # 0 publishes every `started` at once.
     started_coalesce_s: float = Field(0.05, ge=0, le=1)
+    # Lifecycle events reported within this window share one EVENTS message (logsink.Emitter);
+    # 0 batches what is reported in the same turn of the event loop.
+    event_batch_s: float = Field(0.001, ge=0, le=0.1)
     max_result_bytes: int = 256 * 1024
     worker_id: str | None = None
 

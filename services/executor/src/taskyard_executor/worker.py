@@ -43,6 +43,9 @@ from .start_hold import StartHold
 
 log = logging.getLogger("taskyard.executor")
 _OUTCOMES = frozenset({"succeeded", "failed", "retrying", "cancelled", "dead", "waiting"})
+# What a later delivery reads back from the job's own EVENTS subject (checkpoints.Journal).
+_JOURNAL = frozenset({"step", "handed_back"})
+_FINAL = frozenset({"succeeded", "failed", "dead"})
 _tracer = tracer("taskyard.executor")
 
 
@@ -62,6 +65,9 @@ class Running:
     # so the two are stored in order and the outcome's flush covers the `started`.
     start_sent: asyncio.Future[None] | None = None
     start_error: NatsError | None = None
+    # The job has events on its own EVENTS subject (a redelivery, a continuation, a step): its
+    # outcome goes there too, so a delivery after a lost ack finds it (checkpoints.Journal.outcome).
+    journaled: bool = False
 
 
 class Worker:
@@ -70,7 +76,7 @@ class Worker:
     ) -> None:
         self.nc, self.js, self.topo = nc, nc.jetstream(timeout=10), topo
         self.settings, self.registry, self.id = settings, registry, worker_id
-        self.emitter = Emitter(self.js, topo)
+        self.emitter = Emitter(self.js, topo, topo.batch_subject(worker_id), settings.event_batch_s)
         self.artifacts = ArtifactStore(self.js, topo, ArtifactSettings())
         # Jobs whose handler runs (each holds a slot; the heartbeat lists these), and jobs whose
         # handler returned and whose outcome is being reported and acked (no slot).
@@ -313,7 +319,7 @@ class Worker:
             await msg.ack()
             return
         delivery = msg.metadata.num_delivered
-        run = Running(spec, msg, delivery)
+        run = Running(spec, msg, delivery, journaled=delivery > 1 or spec.resume > 0)
         self.running[spec.id] = run
         self.state_changed.set()
         try:
@@ -404,18 +410,18 @@ class Worker:
             self._held_added.set()
         else:
             self.starts_alone += 1
-            await self.emitter.event(started)
+            await self._emit(run, started)
 
         async def emit_log(line: LogLine) -> None:
             await self.emitter.log(spec.id, line)
 
         async def emit_progress(pct: float, message: str) -> None:
             await self._start_first(run)
-            await self.emitter.event(self._event(run, "progress", pct=pct, message=message))
+            await self._emit(run, self._event(run, "progress", pct=pct, message=message))
 
         async def emit_event(kind: EventType, data: dict) -> None:
             await self._start_first(run)
-            await self.emitter.event(self._event(run, kind, **data))
+            await self._emit(run, self._event(run, kind, **data))
             await self.emitter.flush(spec.id)
 
         ctx = JobContext(
@@ -545,7 +551,7 @@ class Worker:
         keeps a job's events in the order they happened."""
         if (held := await self._held_start(run)) is not None:
             self.starts_alone += 1
-            await self.emitter.event(held)
+            await self._emit(run, held)
 
     async def _report(self, run: Running, kind: EventType, **data) -> None:
         """Publish an outcome; within the window it carries the job's `started` (one message)."""
@@ -553,7 +559,16 @@ class Worker:
         if (held := await self._held_start(run)) is not None:
             self.starts_coalesced += 1
             carry(event, held)
-        await self.emitter.event(event)
+        await self._emit(run, event)
+
+    async def _emit(self, run: Running, event: JobEvent) -> None:
+        """Publish one of the job's events: on the job's own subject when a later delivery must
+        read it back (its journal), else in this executor's next batch (logsink.Emitter)."""
+        if event.type in _JOURNAL:
+            run.journaled = True
+        await self.emitter.event(
+            event, own_subject=event.type in _JOURNAL or (run.journaled and event.type in _FINAL)
+        )
 
     async def release_starts(self) -> None:
         """Publish each held `started` whose window passed (run supervised for the process's life)."""
@@ -581,7 +596,7 @@ class Worker:
             try:
                 for run, event in due:
                     try:
-                        await self.emitter.event(event)
+                        await self._emit(run, event)
                     except NatsError as exc:
                         log.warning("job %s: `started` not published (%s)", event.job_id, exc)
                         run.start_error = exc

@@ -10,7 +10,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from taskyard_common.coalesce import parts
-from taskyard_common.schemas import EventBatch, JobEvent
+from taskyard_common.schemas import JobEvent, message_events
 from taskyard_common.topology import Topology
 
 from .registry import Metrics
@@ -94,12 +94,10 @@ def record_event(metrics: Metrics, event: JobEvent) -> None:
 
 def record_message(metrics: Metrics, data: bytes, batch: bool = False) -> None:
     """Parse one EVENTS message body and record it: a JobEvent, or with `batch` an EventBatch (the
-    API's `queued` announcements of a publish burst, on Topology.queued_subject). Malformed bodies
+    API's `queued` announcements, an executor's batch: Topology.is_batch_subject). Malformed bodies
     are counted, not retried."""
     try:
-        events = (
-            EventBatch.model_validate_json(data).events if batch else [JobEvent.model_validate_json(data)]
-        )
+        events = message_events(data, batch)
     except ValidationError as err:
         metrics.events_invalid.inc()
         log.warning(
@@ -146,7 +144,7 @@ async def consume(
             # TimeoutError or asyncio's here (both are the builtin TimeoutError). Also seen while reconnecting.
             continue
         for msg in msgs:
-            record_message(metrics, msg.data, batch=msg.subject == topo.queued_subject)
+            record_message(metrics, msg.data, batch=topo.is_batch_subject(msg.subject))
             await msg.ack()
             metrics.events_processed.inc()
 

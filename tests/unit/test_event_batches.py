@@ -1,0 +1,125 @@
+"""Several jobs' lifecycle events in one EVENTS message (an executor's batch), and a second run.
+
+The projector gives each batched event its own place (message sequence × PER_MESSAGE + index), so
+replays insert nothing twice and every job moves in the order its events happened; a worker's run
+of a generation that had already ended is recorded, not applied.
+"""
+
+from dataclasses import replace
+
+from taskyard_api.lifecycle import JobRecord, new_job
+from taskyard_api.projector import PER_MESSAGE, apply_events, keyed
+from taskyard_common.coalesce import carry
+from taskyard_common.schemas import EventBatch, JobEvent
+from taskyard_common.settings import NatsSettings
+from taskyard_common.topology import Topology
+from taskyard_metrics.events import record_message
+from taskyard_metrics.registry import Metrics
+
+T0 = 1_700_000_000.0
+SPEC = {
+    "type": "noop",
+    "queue": "default",
+    "priority": "normal",
+    "payload": {},
+    "labels": {},
+    "timeout_s": 60.0,
+    "max_attempts": 3,
+    "backoff": {"base_s": 1.0, "factor": 2.0, "max_s": 300.0},
+    "idempotency_key": None,
+}
+TOPO = Topology(NatsSettings(prefix="taskyard"))
+
+
+def job(job_id: str, **fields) -> JobRecord:
+    return replace(new_job(id=job_id, owner_id="k1", now=T0, traceparent=None, **SPEC), **fields)
+
+
+def event(job_id: str, kind: str, at: float, attempt: int = 1, worker: str | None = "w1", **data) -> JobEvent:
+    return JobEvent(
+        job_id=job_id,
+        type=kind,
+        at=at,
+        attempt=attempt,
+        worker_id=worker,
+        queue="default",
+        job_type="noop",
+        data=data,
+    )
+
+
+def quick(job_id: str, at: float, attempt: int = 1, worker: str = "w1") -> JobEvent:
+    started = event(job_id, "started", at, attempt=attempt, worker=worker, wait_s=0.001)
+    return carry(
+        event(job_id, "succeeded", at + 0.01, attempt=attempt, worker=worker, duration_s=0.01), started
+    )
+
+
+def test_an_executor_batch_subject_is_one_per_executor_and_never_a_job_id():
+    subject = TOPO.batch_subject("host.example-12.ab")
+    assert subject == "taskyard.events._w.host_example-12_ab"  # one token: no dots from a hostname
+    assert TOPO.is_batch_subject(subject) and TOPO.is_batch_subject(TOPO.queued_subject)
+    assert not TOPO.is_batch_subject(TOPO.event_subject("01JABCDEF"))
+
+
+def test_each_batched_event_has_its_own_place_after_every_single_event_before_it():
+    body = EventBatch(events=[quick("A", T0), quick("B", T0), event("C", "progress", T0, pct=50)])
+    places = keyed(True, 7, body.model_dump_json().encode())
+    assert [(key, e.job_id) for key, e in places] == [
+        (7 * PER_MESSAGE, "A"),
+        (7 * PER_MESSAGE + 1, "B"),
+        (7 * PER_MESSAGE + 2, "C"),
+    ]
+    single = keyed(False, 8, event("A", "progress", T0).model_dump_json().encode())
+    assert single[0][0] == 8 * PER_MESSAGE > places[-1][0]
+
+
+def test_a_batch_moves_every_job_and_writes_both_rows_of_each_coalesced_one():
+    jobs = {j: job(j, status="queued", stream_seq=i + 1) for i, j in enumerate("AB")}
+    body = EventBatch(events=[quick("A", T0 + 1), quick("B", T0 + 1, worker="w2")]).model_dump_json().encode()
+    rows, _, _ = apply_events(keyed(True, 3, body), jobs)
+    assert [(r["job_id"], r["type"], r["stream_seq"]) for r in rows] == [
+        ("A", "started", -3 * PER_MESSAGE),
+        ("A", "succeeded", 3 * PER_MESSAGE),
+        ("B", "started", -(3 * PER_MESSAGE + 1)),
+        ("B", "succeeded", 3 * PER_MESSAGE + 1),
+    ]
+    assert jobs["A"].status == jobs["B"].status == "succeeded"
+    assert jobs["B"].worker_id == "w2" and jobs["A"].last_event_seq == 3 * PER_MESSAGE
+
+    # A replay of the same message moves nothing (the rows are keyed, inserted once by the caller).
+    again = dict(jobs)
+    apply_events(keyed(True, 3, body), again)
+    assert again == jobs
+
+
+def test_a_run_after_the_generation_ended_is_recorded_as_a_duplicate_and_changes_nothing():
+    done = job(
+        "A", status="succeeded", attempt=1, worker_id="w1", result={"ok": 1}, last_event_seq=5 * PER_MESSAGE
+    )
+    jobs = {"A": done}
+    # The worker that ran attempt 1 died between storing its outcome and acking the delivery:
+    # the next worker ran it again as attempt 2.
+    rows, _, _ = apply_events([(9 * PER_MESSAGE, quick("A", T0 + 40, attempt=2, worker="w2"))], jobs)
+    assert [(r["type"], r["data"]["event"], r["attempt"]) for r in rows] == [
+        ("duplicate_run", "started", 2),
+        ("duplicate_run", "succeeded", 2),
+    ]
+    assert jobs["A"] == done
+
+
+def test_a_late_cancel_report_of_a_cancelled_job_is_no_duplicate_run():
+    cancelled = job("A", status="cancelled", attempt=0, last_event_seq=PER_MESSAGE)
+    jobs = {"A": cancelled}
+    rows, _, _ = apply_events([(2 * PER_MESSAGE, event("A", "started", T0 + 1))], jobs)
+    assert [r["type"] for r in rows] == ["started"]
+
+
+def test_the_metrics_service_counts_every_event_of_a_batch():
+    metrics = Metrics(wait_target_s=30.0)
+    body = EventBatch(events=[quick("A", T0), quick("B", T0), event("C", "failed", T0, duration_s=0.1)])
+    record_message(metrics, body.model_dump_json().encode(), batch=True)
+    started = metrics.started.labels("default", "noop")._value.get()
+    succeeded = metrics.finished.labels("default", "noop", "succeeded")._value.get()
+    failed = metrics.finished.labels("default", "noop", "failed")._value.get()
+    assert (started, succeeded, failed) == (2, 2, 1)
