@@ -179,7 +179,13 @@ def exported_metrics() -> set[str]:
 
     # The executor builds its registry inside its health app; read it through the app's /metrics route.
     worker = SimpleNamespace(
-        settings=SimpleNamespace(slots=2), running={}, done=0, id="w", starts_coalesced=0, starts_alone=0
+        settings=SimpleNamespace(slots=2),
+        running={},
+        finishing={},
+        done=0,
+        id="w",
+        starts_coalesced=0,
+        starts_alone=0,
     )
     (route,) = [r for r in health_app(worker).routes if getattr(r, "path", None) == "/metrics"]
     body = asyncio.run(route.endpoint()).body.decode()

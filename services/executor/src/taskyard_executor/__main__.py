@@ -51,9 +51,13 @@ def health_app(worker: Worker) -> FastAPI:
     Gauge("taskyard_executor_slots", "Configured slots", registry=metrics).set_function(
         lambda: worker.settings.slots
     )
-    Gauge("taskyard_executor_slots_used", "Jobs running now", registry=metrics).set_function(
-        lambda: len(worker.running)
-    )
+    Gauge(
+        "taskyard_executor_slots_used", "Slots in use: jobs whose handler runs", registry=metrics
+    ).set_function(lambda: len(worker.running))
+    # Handlers returned, outcomes being stored and acked: these hold no slot (docs/architecture.md).
+    Gauge(
+        "taskyard_executor_finishing", "Jobs whose outcome is being reported", registry=metrics
+    ).set_function(lambda: len(worker.finishing))
     Gauge("taskyard_executor_jobs_done", "Jobs finished successfully", registry=metrics).set_function(
         lambda: worker.done
     )

@@ -3,6 +3,9 @@
 At-least-once: a delivery is acked only after its outcome (and its log lines) are stored in
 JetStream. A silent worker loses its deliveries after ack_wait; `in_progress()` every ack_wait/3
 keeps a long job's delivery alive.
+
+A slot is busy while a job's handler runs (slots.py): once it returns, the next job is pulled
+while the outcome is still being stored and acked (the delivery is *finishing*).
 """
 
 import asyncio
@@ -34,6 +37,7 @@ from .pull_marks import EmptyMarks
 from .registry import Registry, invoke
 from .retry_policy import after_failure, lost_on_last_attempt
 from .settings import ExecutorSettings
+from .slots import Slots
 from .staging import Outputs, Workspace
 from .start_hold import StartHold
 
@@ -74,7 +78,11 @@ class Worker:
         self.settings, self.registry, self.id = settings, registry, worker_id
         self.emitter = Emitter(self.js, topo, topo.batch_subject(worker_id), settings.event_batch_s)
         self.artifacts = ArtifactStore(self.js, topo, ArtifactSettings())
+        # Jobs whose handler runs (each holds a slot; the heartbeat lists these), and jobs whose
+        # handler returned and whose outcome is being reported and acked (no slot).
         self.running: dict[str, Running] = {}
+        self.finishing: dict[str, Running] = {}
+        self.slots = Slots(settings.slots)
         self.done = 0
         self.failed = 0
         self.draining = False
@@ -108,9 +116,10 @@ class Worker:
 
     @property
     def free_slots(self) -> int:
-        # Counted from delivery, not from when the job's task first runs: otherwise the pull loop
-        # would see the slot still free and fetch a lower priority in the same round.
-        return self.settings.slots - len(self._tasks)
+        # Taken at delivery, not when the job's task first runs: otherwise the pull loop would see
+        # the slot still free and fetch a lower priority in the same round. Given back when the
+        # handler returns; reports beyond `slots` in flight take slots again (Slots.free).
+        return self.slots.free()
 
     async def pull_forever(self) -> None:
         """Fill free slots: per queue, high before normal before low; arm long pulls when all are empty.
@@ -214,7 +223,8 @@ class Worker:
         return on_wake
 
     async def drain(self, grace_s: float) -> None:
-        """Stop pulling; give running jobs `grace_s` to finish; hand the rest back at once."""
+        """Stop pulling; give running jobs `grace_s` to finish; hand the rest back at once; wait
+        for every finishing job's report and ack (each bounded by the emitter's flush timeout)."""
         self.draining = True
         self.state_changed.set()
         self._wakeup.set()
@@ -278,11 +288,25 @@ class Worker:
     def _on_delivery(self, msg: Msg) -> None:
         task = asyncio.create_task(self._handle(msg))
         self._tasks.add(task)
+        self.slots.take(task)
         task.add_done_callback(self._delivery_done)
 
     def _delivery_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
+        self.slots.end(task)
         self._slot_freed.set()
+
+    def _handler_returned(self, run: Running) -> None:
+        """The job's slot is free now: the pull loop fetches the next job while this one's outcome
+        is published, its ack awaited and its delivery acked (by the same task, still tracked for
+        drain). Its heartbeat entry goes too: the API counts it as a free slot."""
+        if self.running.get(run.spec.id) is run:
+            del self.running[run.spec.id]
+        self.finishing[run.spec.id] = run
+        task = asyncio.current_task()
+        if task is not None and self.slots.release(task):
+            self._slot_freed.set()
+        self.state_changed.set()
 
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -315,11 +339,16 @@ class Worker:
                 await self._dead(run, error)
                 return
             await self._traced_run(run)
-        except NatsError as exc:
-            # The outcome could not be stored: leave the delivery unacked so it is redelivered.
+        except (NatsError, TimeoutError) as exc:
+            # The outcome could not be stored (an error, or no publish ack within the flush
+            # timeout): leave the delivery unacked so it is redelivered.
             log.error("job %s: NATS error while reporting (%s); it will be redelivered", spec.id, exc)
         finally:
-            self.running.pop(spec.id, None)
+            # Identity checks: a redelivery of the same job may already be running here.
+            if self.running.get(spec.id) is run:
+                del self.running[spec.id]
+            if self.finishing.get(spec.id) is run:
+                del self.finishing[spec.id]
             self.held.take(spec.id)  # a job that ended unreported (NATS error, shutdown) comes back
             self.state_changed.set()
             self.emitter.forget(spec.id)
@@ -434,6 +463,7 @@ class Worker:
             return
         finally:
             keepalive.cancel()
+            self._handler_returned(run)
         self.done += 1
         await self._finish(run, "succeeded", ack="ack", result=result)
 
@@ -555,7 +585,8 @@ class Worker:
             due = [
                 (run, event)
                 for event in self.held.due(time.monotonic())
-                if (run := self.running.get(event.job_id))
+                # A finishing job may not have taken its `started` yet (a dead letter is stored first).
+                if (run := self.running.get(event.job_id) or self.finishing.get(event.job_id))
             ]
             # Every one marked before the first publish: a job ending while an earlier one is being
             # published must wait for its own `started`, not report without it.
