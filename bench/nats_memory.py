@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run import PREFIX, RESULTS, Stack, log, submit_batches, wait_all_final  # noqa: E402
 
 from taskyard_common.settings import NatsSettings  # noqa: E402
-from taskyard_common.topology import DUPLICATE_WINDOW_S, Topology  # noqa: E402
+from taskyard_common.topology import Topology  # noqa: E402
 
 
 def varz(stack: Stack) -> dict:
@@ -119,8 +119,9 @@ def main() -> int:
         res["in_window_bytes_per_job"] = round((after - before) * 2**20 / args.jobs, 1)
         res["streams"] = streams(stack)
         if args.after_window:
-            log(f"waiting for JOBS' {DUPLICATE_WINDOW_S:g} s duplicate window to pass")
-            late = settled_heap(stack, DUPLICATE_WINDOW_S)
+            window = NatsSettings().duplicate_window_s
+            log(f"waiting for JOBS' {window:g} s duplicate window to pass")
+            late = settled_heap(stack, window)
             res["live_heap_mb"]["after_window"] = late
             res["after_window_bytes_per_job"] = round((late - before) * 2**20 / args.jobs, 1)
     finally:

@@ -123,3 +123,20 @@ def test_the_metrics_service_counts_every_event_of_a_batch():
     succeeded = metrics.finished.labels("default", "noop", "succeeded")._value.get()
     failed = metrics.finished.labels("default", "noop", "failed")._value.get()
     assert (started, succeeded, failed) == (2, 2, 1)
+
+
+def test_a_second_copy_run_after_the_end_is_a_duplicate_and_a_late_report_of_the_same_run_is_not():
+    done = job(
+        "A", status="succeeded", attempt=1, worker_id="w1", finished_at=T0 + 1.01, last_event_seq=PER_MESSAGE
+    )
+    jobs = {"A": done}
+    # JOBS held the job twice (the outbox republished it after the duplicate window): attempt 1 again.
+    rows, _, _ = apply_events([(4 * PER_MESSAGE, quick("A", T0 + 200, worker="w2"))], jobs)
+    assert [(r["type"], r["data"]["event"]) for r in rows] == [
+        ("duplicate_run", "started"),
+        ("duplicate_run", "succeeded"),
+    ]
+    assert jobs["A"] == done
+    # The run that ended it, its message delivered to the projector a second time: not a second run.
+    rows, _, _ = apply_events([(PER_MESSAGE, quick("A", T0 + 1))], jobs)
+    assert [r["type"] for r in rows] == ["started", "succeeded"]

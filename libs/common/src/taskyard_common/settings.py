@@ -21,6 +21,12 @@ class NatsSettings(BaseSettings):
     # Queues JOBS can hold (three consumers each). nats-server 2.15 caps a stream at 1,000
     # consumers unless the stream sets its own limit: without this, the 334th queue failed.
     max_queues: int = Field(1000, ge=1, le=100_000)
+    # How long JOBS remembers a published job's message id, so the outbox's republish of a job
+    # whose publish was acked but not recorded (an api crash between the two) stores nothing new.
+    # nats-server keeps every id in memory for this long (~150 B each: at 3,000 jobs/s, 54 MB for
+    # 2 minutes, 270 MB for 10). An api that comes back later than this republishes such a job: it
+    # runs twice and its timeline shows the second run as `duplicate_run` (docs/operations.md).
+    duplicate_window_s: float = Field(120.0, ge=1, le=86400)
     events_max_age_s: float = 7 * 86400
     logs_max_age_s: float = 7 * 86400
     logs_max_bytes: int = 1 << 30

@@ -23,7 +23,6 @@ from .settings import NatsSettings
 
 PRIORITIES = ("high", "normal", "low")
 QUEUE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-DUPLICATE_WINDOW_S = 600.0
 # JetStream's consumer list answers at most this many per request.
 CONSUMER_PAGE = 256
 # JetStream's error code for "maximum consumers limit reached".
@@ -151,7 +150,7 @@ class Topology:
                 subjects=[f"{self.prefix}.jobs.>"],
                 retention=RetentionPolicy.WORK_QUEUE,
                 storage=StorageType.FILE,
-                duplicate_window=DUPLICATE_WINDOW_S,
+                duplicate_window=s.duplicate_window_s,
                 allow_direct=True,
                 max_consumers=len(PRIORITIES) * s.max_queues,
                 num_replicas=r,

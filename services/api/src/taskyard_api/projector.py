@@ -84,11 +84,14 @@ def _update_jobs(columns: tuple[str, ...], unless_final: bool) -> Any:
 
 
 def _second_run(job: JobRecord, event: JobEvent) -> bool:
+    """A worker's event of a generation that already ended for good, from another run: a later
+    attempt (its delivery came back after a lost ack), or one that began after the end (a second
+    copy in JOBS: an outbox republish after the duplicate window)."""
     return (
         job.status in _ENDED
         and event.worker_id is not None
         and event.generation == job.generation
-        and event.attempt > job.attempt
+        and (event.attempt > job.attempt or (job.finished_at is not None and event.at > job.finished_at))
     )
 
 
@@ -121,10 +124,11 @@ def apply_events(
     An outcome that carries its `started` (the executor coalesced them) is two timeline rows and two
     transitions, exactly as if the executor had reported twice.
 
-    A worker's events of a later attempt of a generation that already succeeded, failed or went dead
-    are a second run: the worker that reported the outcome stopped before acking its delivery, and
-    the outcome was in its executor's batch, not in the job's journal, so the next worker could not
-    see it. They are recorded as `duplicate_run` rows and change nothing (DESIGN: at-least-once).
+    A worker's events of another run of a generation that already succeeded, failed or went dead
+    (`_second_run`) are recorded as `duplicate_run` rows and change nothing (DESIGN: at-least-once).
+    Either the worker that reported the outcome stopped before acking its delivery (the outcome was
+    in its executor's batch, not in the job's journal, so the next worker could not see it), or JOBS
+    held a second copy (the outbox republished after the duplicate window).
     """
     rows: list[dict] = []
     checkpoints: list[dict] = []
