@@ -43,6 +43,10 @@ from .start_hold import StartHold
 
 log = logging.getLogger("taskyard.executor")
 _OUTCOMES = frozenset({"succeeded", "failed", "retrying", "cancelled", "dead", "waiting"})
+# The armed pull above a backlog holds a slot that the backlog's jobs then wait for: only worth it
+# where one slot is a small share (4 slots: a quarter of the executor idle for a high job that may
+# never come).
+ARM_ABOVE_BACKLOG_MIN_SLOTS = 16
 # What a later delivery reads back from the job's own EVENTS subject (checkpoints.Journal).
 _JOURNAL = frozenset({"step", "handed_back"})
 _FINAL = frozenset({"succeeded", "failed", "dead"})
@@ -132,8 +136,13 @@ class Worker:
         subscription stays open and the flag is cleared before a round, so jobs stored during a round
         start the next one at once. A round started by a wake-up skips the consumers just found empty
         that it does not name (`EmptyMarks`). Every other round (a slot freed under backlog, the idle
-        poll) asks every unarmed consumer in order, as strict priority needs; under backlog nothing is
-        armed, so only the jobs that end an idle spell can come from an armed lower priority.
+        poll) asks every unarmed consumer in order, as strict priority needs.
+
+        Under backlog, a higher priority found empty while a lower one has jobs is armed at once
+        (an executor of 16 slots or more, two or more free): it then holds one slot for its next job, which the server
+        hands over the moment it is stored, and the rounds that follow skip it. Each round is then
+        one pull round trip instead of one per priority above the backlog; strict priority holds
+        (the higher priority's next job is delivered at once, not at the next round).
         """
         queues = list(self.settings.queues)
         turn = 0
@@ -172,6 +181,8 @@ class Worker:
                         got = 0
                     else:  # a failed pull says nothing about the consumer: no mark
                         self.empty.found(durable, empty=got < wanted, asked_at=sent)
+                        if got == 0 and self._above_others(durable):
+                            await self._arm_above_backlog(durable)
                     more = more or got >= wanted
                 woken = False
                 if more:
@@ -190,6 +201,22 @@ class Worker:
             for sub in wake_subs:
                 with contextlib.suppress(NatsError):
                     await sub.unsubscribe()
+
+    def _above_others(self, durable: str) -> bool:
+        """Is `durable` a priority above another of its queue (not the lowest)?"""
+        return not durable.endswith(f"_{PRIORITIES[-1]}")
+
+    async def _arm_above_backlog(self, durable: str) -> None:
+        """Arm an empty higher priority while the round goes on to the lower ones (see
+        pull_forever): only with a slot to spare for the round's own pulls."""
+        if self.settings.slots < ARM_ABOVE_BACKLOG_MIN_SLOTS or self.draining:
+            return
+        if self.free_slots - self.puller.armed_count() < 2:
+            return
+        try:
+            await self.puller.arm(durable, self.settings.armed_pull_s)
+        except NatsError as exc:
+            log.warning("arming a pull failed (%s); NATS may be reconnecting", exc)
 
     def _consumers(self, queues: list[str]) -> list[str]:
         return [self.topo.exec_durable(queue, priority) for queue in queues for priority in PRIORITIES]
