@@ -1,4 +1,4 @@
-"""taskyard_common.batch_consumer on a real nats-server: what FastStream's batch pull subscriber does
+"""taskyard_metrics.batch_consumer on a real nats-server: what FastStream's batch pull subscriber does
 not do by itself. A deleted durable ends run() (FastStream alone would retry the failing fetch
 thousands of times a second, for ever); a stop under load leaves nothing delivered and unacked."""
 
@@ -10,7 +10,7 @@ import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
-from taskyard_common.batch_consumer import BatchConsumer
+from taskyard_metrics.batch_consumer import BatchConsumer
 
 log = logging.getLogger("test.batch_consumer")
 

@@ -174,12 +174,14 @@ def test_positions_while_one_slot_drains_lie_between_brute_force_counts(stack):
                 jobs[j["stream_seq"]] = j["id"]
     stack.start_executor(slots=1, wait=False)
     readings = run_async(_read_while_draining(stack, jobs))
-    # The brute counts include the one job in flight (delivered, not yet acked): a position, which
-    # counts jobs still to be delivered, may be one below the count taken after the call.
+    # The brute counts include the jobs in flight (delivered, not yet acked): the one running and
+    # the one before it whose outcome is still being reported (its slot is already free), so a
+    # position, which counts jobs still to be delivered, may be up to two below the count taken
+    # after the call.
     wrong = [
-        r for r in readings if r[2] is None and r[1] > 1 or r[2] is not None and not r[1] - 1 <= r[2] <= r[0]
+        r for r in readings if r[2] is None and r[1] > 2 or r[2] is not None and not r[1] - 2 <= r[2] <= r[0]
     ]
     moving = [r for r in readings if r[1] < r[0]]
-    assert not wrong, f"{len(wrong)} of {len(readings)} positions outside [after - 1, before]: {wrong[:10]}"
+    assert not wrong, f"{len(wrong)} of {len(readings)} positions outside [after - 2, before]: {wrong[:10]}"
     assert len(moving) >= 30, f"only {len(moving)} readings while the queue moved"
     print(f"{len(readings)} position readings, {len(moving)} while the queue moved: all within the counts")

@@ -18,18 +18,10 @@ from taskyard_api.lifecycle import (
 from taskyard_api.reasons import approval_reason
 from taskyard_api.schemas import ApprovalPolicies, ApprovalSpec, JobCreate
 
-T0 = 1_700_000_000.0
-SPEC = {
-    "type": "deploy",
-    "queue": "default",
-    "priority": "normal",
-    "payload": {},
-    "labels": {},
-    "timeout_s": 60.0,
-    "max_attempts": 3,
-    "backoff": {"base_s": 1.0, "factor": 2.0, "max_s": 300.0},
-    "idempotency_key": None,
-}
+from .records import SPEC as BASE_SPEC
+from .records import T0
+
+SPEC = {**BASE_SPEC, "type": "deploy"}
 POLICIES = ApprovalPolicies.model_validate(
     {
         "types": {

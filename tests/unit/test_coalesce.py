@@ -3,11 +3,9 @@
 The projector and the metrics service must see a coalesced job exactly as one that reported twice.
 """
 
-from dataclasses import replace
-
 import pytest
 
-from taskyard_api.lifecycle import JobRecord, Reported, lost_worker, new_job, reports, transition
+from taskyard_api.lifecycle import JobRecord, Reported, lost_worker, reports, transition
 from taskyard_api.projector import apply_events
 from taskyard_common.coalesce import carry, parts, started_of
 from taskyard_common.schemas import JobEvent
@@ -16,22 +14,11 @@ from taskyard_executor.start_hold import StartHold
 from taskyard_metrics.events import record_message
 from taskyard_metrics.registry import Metrics
 
-T0 = 1_700_000_000.0
-SPEC = {
-    "type": "noop",
-    "queue": "default",
-    "priority": "normal",
-    "payload": {},
-    "labels": {},
-    "timeout_s": 60.0,
-    "max_attempts": 3,
-    "backoff": {"base_s": 1.0, "factor": 2.0, "max_s": 300.0},
-    "idempotency_key": None,
-}
+from .records import T0, record
 
 
 def job(**fields) -> JobRecord:
-    return replace(new_job(id="J1", owner_id="k1", now=T0, traceparent=None, **SPEC), **fields)
+    return record("J1", **fields)
 
 
 def event(kind: str, at: float, attempt: int = 1, worker: str | None = "w1", **data) -> JobEvent:

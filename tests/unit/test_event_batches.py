@@ -5,9 +5,7 @@ replays insert nothing twice and every job moves in the order its events happene
 of a generation that had already ended is recorded, not applied.
 """
 
-from dataclasses import replace
-
-from taskyard_api.lifecycle import JobRecord, new_job
+from taskyard_api.lifecycle import JobRecord
 from taskyard_api.projector import PER_MESSAGE, apply_events, keyed
 from taskyard_common.coalesce import carry
 from taskyard_common.schemas import EventBatch, JobEvent
@@ -16,23 +14,13 @@ from taskyard_common.topology import Topology
 from taskyard_metrics.events import record_message
 from taskyard_metrics.registry import Metrics
 
-T0 = 1_700_000_000.0
-SPEC = {
-    "type": "noop",
-    "queue": "default",
-    "priority": "normal",
-    "payload": {},
-    "labels": {},
-    "timeout_s": 60.0,
-    "max_attempts": 3,
-    "backoff": {"base_s": 1.0, "factor": 2.0, "max_s": 300.0},
-    "idempotency_key": None,
-}
+from .records import T0, record
+
 TOPO = Topology(NatsSettings(prefix="taskyard"))
 
 
 def job(job_id: str, **fields) -> JobRecord:
-    return replace(new_job(id=job_id, owner_id="k1", now=T0, traceparent=None, **SPEC), **fields)
+    return record(job_id, **fields)
 
 
 def event(job_id: str, kind: str, at: float, attempt: int = 1, worker: str | None = "w1", **data) -> JobEvent:

@@ -100,7 +100,7 @@ async def lifespan(app: FastAPI):
     publisher = Publisher(state.nc, state.js, state.topo)
     state.jobs = JobService(state.sessions, publisher, state.settings, KnownTypes(state.js, state.topo))
     state.projector = Projector(
-        state.nc, state.topo, state.sessions, state.settings.projector_batch, state.jobs.follow
+        state.js, state.topo, state.sessions, state.settings.projector_batch, state.jobs.follow
     )
     settings = state.settings
     state.checkpoints = CheckpointService(state.sessions, state.jobs)
@@ -171,7 +171,7 @@ async def lifespan(app: FastAPI):
     try:
         yield
     finally:
-        # The projector ends by itself within its fetch window (5 ms), acking what it has in hand;
+        # The projector ends by itself within a fetch timeout (1 s), acking what it has in hand;
         # the other tasks hold nothing that is lost by cancelling them.
         await supervisor.stop(timeout_s=5)
         await state.notifier.close()

@@ -4,13 +4,15 @@ Idempotent: a timeline row is keyed by its EVENTS sequence (insert-or-ignore), a
 moves for events newer than the last one it applied, so replaying the stream changes nothing.
 """
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 from sqlalchemy import bindparam, literal, update
@@ -19,7 +21,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from taskyard_common.batch_consumer import BatchConsumer
 from taskyard_common.nats_util import stream_seq
 from taskyard_common.schemas import FINAL_STATES, JobEvent, message_events
 from taskyard_common.topology import Topology
@@ -44,8 +45,8 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, NatsError | ConnectionError | OSError | TimeoutError)
 
 
-# A batch short of `batch` is gathered this long (FETCH_WINDOW_S below), so a trickle of events
-# shares transactions. Short, because a parent's outcome waits this long before the gate keeper releases its children
+# After a short batch, wait this long for more events, so a trickle of events shares transactions.
+# Short, because a parent's outcome waits this long before the gate keeper releases its children
 # (50 ms made the release take ~40 ms at p50; docs/performance.md).
 COALESCE_S = 0.005
 
@@ -157,63 +158,61 @@ def apply_events(
     return rows, checkpoints, tally
 
 
-# FastStream's fetch window (PullSub timeout): a batch is handed over when `batch` events are in,
-# or this long after the window opened. The window IS the coalescing after a short batch: a trickle
-# of events gathers for COALESCE_S before its transaction, as the sleep after a short batch did.
-FETCH_WINDOW_S = COALESCE_S
-
-
 class Projector:
     def __init__(
         self,
-        nc: NatsClient,
+        js: JetStreamContext,
         topo: Topology,
         sessions: async_sessionmaker[AsyncSession],
         batch: int,
         follow: Callable[[gates.Opened], Awaitable[list[JobRecord]]],
     ) -> None:
-        self.topo, self.sessions, self.batch = topo, sessions, batch
+        self.js, self.topo, self.sessions, self.batch = js, topo, sessions, batch
         # Publishes the jobs a projected outcome released (their gates opened); see gates.
         self.follow = follow
+        self.stopping = False
         # Moving average of run time per job type (seconds): what "usually takes" means for `stuck`.
         self.typical_duration_s: dict[str, float] = {}
         # Job webhooks (notify.Notifier): outcomes enqueue a delivery in the batch's transaction.
         self.notifier: Any = None
-        # FastStream's batch pull subscriber on the projector's durable; which settings and why:
-        # taskyard_common.batch_consumer. Up to `batch` events per transaction, gathered for at most
-        # FETCH_WINDOW_S: an idle api sends a pull every window (the price of the short window;
-        # a parent's outcome reaches the gate keeper within it).
-        self.consumer = BatchConsumer(
-            nc,
-            stream=topo.events_stream,
-            subject=f"{topo.prefix}.events.>",
-            durable=topo.projector_durable,
+
+    async def run(self) -> None:
+        """Subscribe, then project until `stop()`. Run supervised (app.py): a failure (NATS away,
+        the durable consumer deleted, the database down) ends it, and the restart subscribes again,
+        which re-creates a consumer that is gone; the durable keeps our place meanwhile.
+
+        A hand-written fetch loop, not FastStream's batch pull subscriber (which the metrics service
+        uses): see docs/architecture.md, "Consuming EVENTS"."""
+        sub = await self.js.pull_subscribe(
+            f"{self.topo.prefix}.events.>",
+            durable=self.topo.projector_durable,
+            stream=self.topo.events_stream,
             config=ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
                 ack_wait=60,
                 max_ack_pending=50_000,
             ),
-            batch=batch,
-            window_s=FETCH_WINDOW_S,
-            handle=self.handle,
-            logger=log,
         )
-
-    @property
-    def stopping(self) -> bool:
-        return self.consumer.stopping
-
-    async def run(self) -> None:
-        """Subscribe, then project until `stop()`. Run supervised (app.py): a failure (NATS away,
-        the durable consumer deleted, the database down) ends it, and the restart subscribes again,
-        which re-creates a consumer that is gone; the durable keeps our place meanwhile. FastStream
-        unsubscribes when it ends, so nothing is left to hold nc.drain() at shutdown."""
-        await self.consumer.run()
+        try:
+            while not self.stopping:
+                try:
+                    msgs = await sub.fetch(self.batch, timeout=1)
+                except (NatsTimeout, TimeoutError):
+                    continue
+                await self.handle(msgs)
+                if len(msgs) < self.batch:
+                    # A trickle: let a few more events gather, so each transaction carries tens of them
+                    # rather than one or two (the timeline is a few ms later, the api far cheaper).
+                    await asyncio.sleep(COALESCE_S)
+        finally:
+            # A subscription left behind holds nc.drain() at shutdown until its timeout.
+            with contextlib.suppress(NatsError):
+                await sub.unsubscribe()
 
     async def handle(self, msgs: list) -> None:
-        """One batch from FastStream: project it in one transaction, then ack it. An outage hands
-        the batch back and raises (ending run(): the supervisor restarts it)."""
+        """One batch: project it in one transaction, then ack it. An outage hands the batch back
+        and raises (ending run(): the supervisor restarts it)."""
         try:
             await self.project(msgs)
         except Exception as exc:
@@ -247,7 +246,7 @@ class Projector:
 
     def stop(self) -> None:
         """Finish the batch in hand (projected and acked, not redelivered after ack_wait), then end."""
-        self.consumer.stop()
+        self.stopping = True
 
     def _learn_duration(self, event: JobEvent) -> None:
         duration = event.data.get("duration_s")

@@ -11,11 +11,11 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
-from taskyard_common.batch_consumer import BatchConsumer
 from taskyard_common.coalesce import parts
 from taskyard_common.schemas import JobEvent, message_events
 from taskyard_common.topology import Topology
 
+from .batch_consumer import BatchConsumer
 from .registry import Metrics
 from .settings import MetricsSettings
 from .state import ServiceState
@@ -155,7 +155,7 @@ def consume(metrics: Metrics, topo: Topology) -> Callable[[list[Msg]], Awaitable
 def events_consumer(
     nc: NatsClient, topo: Topology, metrics: Metrics, settings: MetricsSettings
 ) -> BatchConsumer:
-    """FastStream's batch pull subscriber on the metrics durable (taskyard_common.batch_consumer
+    """FastStream's batch pull subscriber on the metrics durable (taskyard_metrics.batch_consumer
     says which FastStream settings and why). `fetch_batch` messages or `fetch_timeout_s` (1 s),
     whichever comes first: counters a second late are fine, and an idle stream costs one pull a
     second."""

@@ -1,5 +1,6 @@
-"""EVENTS consumers through FastStream's batch pull subscriber (DESIGN.md: the default for the api's
-projector and the metrics service), on the service's own nats-py connection.
+"""The metrics service's EVENTS consumer through FastStream's batch pull subscriber (DESIGN.md: the
+default for such consumers), on the service's own nats-py connection. The api's projector keeps its
+hand-written fetch loop: measured, docs/architecture.md "Consuming EVENTS".
 
 FastStream runs the fetch loop (`PullSub(batch=True)`: it gathers up to `batch` messages for at
 most `window_s`, then calls the handler once with the list) and creates the durable consumer. This
@@ -9,8 +10,8 @@ module adds what the services need around it and FastStream 0.7.8 does not do (r
 - **Failures reach the caller.** FastStream swallows what a handler raises (logs it) and, on a
   fetch error such as 503 "no responders" (the durable consumer was deleted), just fetches again:
   ~7,800 failing fetches a second, 80 % of a core, and the consumer is never re-created. Here the
-  first fetch error or handler exception ends `run()` with that exception; the caller (the api's
-  Supervisor, the metrics service's loop) runs it again, which re-creates the consumer.
+  first fetch error or handler exception ends `run()` with that exception; the caller (the metrics
+  service's loop) runs it again, which re-creates the consumer.
 - **A stop finishes what is in hand.** `broker.stop()` alone drops the messages of a fetch window
   still open (FastStream discards a batch once its subscriber stopped running): unacked, they would
   wait ack_wait for the next process. `stop()` here first lets the window in flight end and its
