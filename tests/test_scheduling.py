@@ -106,3 +106,46 @@ def test_armed_pulls_never_take_more_jobs_than_free_slots(stack):
     spans = [(started_at(j), finished_at(j)) for j in done]
     most = max(sum(1 for s, f in spans if s <= at < f) for at, _ in spans)
     assert most <= 2, spans
+
+
+def test_under_a_backlog_an_empty_higher_priority_is_armed_and_its_job_starts_next(stack):
+    """With 16 slots or more, a `high` consumer found empty while `normal` has a backlog holds a
+    long pull (rounds then skip its round trip): a high job stored mid-backlog is handed over at
+    once, ahead of every normal job still queued."""
+    stack.start_api()
+    stack.start_executor(handlers="handlers_for_tests", slots=16)
+    with stack.http() as c:
+        backlog = c.post(
+            "/api/v1/jobs:batch", json={"jobs": [{"type": "async_sleep", "payload": {"seconds": 0.05}}] * 800}
+        ).json()["jobs"]
+        stack.wait_status(backlog[20]["id"], "succeeded")
+        # Past the first second: the long pulls an idle executor armed before the backlog came
+        # (1 s, TASKYARD_EXECUTOR_ARMED_PULL_S) have expired by now.
+        time.sleep(1.2)
+
+        async def high_waiting_pulls() -> int:
+            import nats
+
+            from taskyard_common.settings import NatsSettings
+            from taskyard_common.topology import Topology
+
+            topo = Topology(NatsSettings(prefix=stack.prefix))
+            nc = await nats.connect(stack.nats.url)
+            try:
+                info = await nc.jetstream().consumer_info(
+                    topo.jobs_stream, topo.exec_durable("default", "high")
+                )
+                return info.num_waiting
+            finally:
+                await nc.close()
+
+        assert run_async(high_waiting_pulls()) == 1  # the armed pull, while normal jobs run
+        high = c.post("/api/v1/jobs", json={"type": "noop", "priority": "high"}).json()
+        done = stack.wait_status(high["id"], "succeeded")
+        normal = [stack.wait_status(j["id"], "succeeded", timeout=60) for j in backlog]
+    stored = datetime.fromisoformat(high["created_at"].replace("Z", "+00:00")).timestamp()
+    after = [j for j in normal if started_at(j) > stored]
+    assert len(after) > 100  # the backlog was still there when the high job was stored
+    # Only jobs delivered before it was stored (at most one round's pull) start between its
+    # submit and its start.
+    assert sum(1 for j in after if started_at(j) < started_at(done)) <= 16
