@@ -28,6 +28,10 @@ class JobState(StrEnum):
 FINAL_STATES = frozenset(
     {JobState.succeeded, JobState.failed, JobState.cancelled, JobState.dead, JobState.skipped}
 )
+# The outcomes a run reports that end its generation for good: a later delivery of the same
+# generation must not run it again (the executor's journal), and a run reported after one of them
+# is a second run (the API's projector).
+ENDED_OUTCOMES = frozenset({"succeeded", "failed", "dead"})
 
 
 class Backoff(BaseModel):

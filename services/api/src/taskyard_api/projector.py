@@ -22,7 +22,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from taskyard_common.nats_util import stream_seq
-from taskyard_common.schemas import FINAL_STATES, JobEvent, message_events
+from taskyard_common.schemas import ENDED_OUTCOMES, FINAL_STATES, JobEvent, message_events
 from taskyard_common.topology import Topology
 
 from . import gates, rollups
@@ -54,9 +54,6 @@ COALESCE_S = 0.005
 # (an executor's batch holds at most logsink.BATCH_MAX of them). One order for single events and
 # batched ones; rows projected before batching existed keep their plain sequence, all lower.
 PER_MESSAGE = 1024
-# Outcomes that end a generation for good; a worker's event of a later attempt after one of these
-# is a second run of a delivery whose ack was lost (see `apply_events`).
-_ENDED = frozenset({"succeeded", "failed", "dead"})
 
 _jobs = jobs_table
 _updates: dict[tuple[tuple[str, ...], bool], Any] = {}
@@ -89,7 +86,7 @@ def _second_run(job: JobRecord, event: JobEvent) -> bool:
     attempt (its delivery came back after a lost ack), or one that began after the end (a second
     copy in JOBS: an outbox republish after the duplicate window)."""
     return (
-        job.status in _ENDED
+        job.status in ENDED_OUTCOMES
         and event.worker_id is not None
         and event.generation == job.generation
         and (event.attempt > job.attempt or (job.finished_at is not None and event.at > job.finished_at))

@@ -16,7 +16,7 @@ from typing import Any
 from nats.aio.client import Client as NatsClient
 
 from taskyard_common.nats_util import read_subject
-from taskyard_common.schemas import JobEvent
+from taskyard_common.schemas import ENDED_OUTCOMES, JobEvent
 from taskyard_common.topology import Topology
 
 # A stdout line starting with this asks for a checkpoint from a script (see checkpoint_cli).
@@ -57,7 +57,7 @@ class Journal:
     handed_back: dict[int, int] = field(default_factory=dict)
 
     def apply(self, event: JobEvent) -> None:
-        if event.type in ("succeeded", "failed", "dead"):
+        if event.type in ENDED_OUTCOMES:
             self.outcome = event.type
         elif event.type == "handed_back":
             resume = int(event.data.get("resume", 0))

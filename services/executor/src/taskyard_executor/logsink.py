@@ -33,9 +33,9 @@ class Emitter:
     shared list, a job's flush could take another job's pending publishes, and that other job
     would then find nothing to wait for and ack its delivery before its own `started` was stored.
 
-    Lifecycle events are batched (`batch_s` > 0 or a worker's batch subject set): the events every
-    job of this executor reports within `batch_s` go out as one EventBatch on the executor's own
-    subject (Topology.batch_subject), so a quick job costs a share of one EVENTS message and no
+    Lifecycle events are batched when `batch_subject` is set: the events every job of this executor
+    reports within `batch_s` (0: within the same turn of the event loop) go out as one EventBatch on
+    the executor's own subject (Topology.batch_subject), so a quick job costs a share of one EVENTS message and no
     subject of its own in nats-server's memory. An event that must stay readable per job (a journal
     entry: `own_subject=True`) goes to the job's subject, after any batch still open, so EVENTS
     keeps the order events happened in.

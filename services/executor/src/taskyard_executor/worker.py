@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from taskyard_common.artifact_store import ArtifactStore
 from taskyard_common.coalesce import carry
-from taskyard_common.schemas import EventType, JobEvent, JobSpec, LogLine
+from taskyard_common.schemas import ENDED_OUTCOMES, EventType, JobEvent, JobSpec, LogLine
 from taskyard_common.settings import ArtifactSettings
 from taskyard_common.telemetry import context_from, ns, tracer, tracing_on
 from taskyard_common.topology import PRIORITIES, Topology, ensure_queue
@@ -49,7 +49,6 @@ _OUTCOMES = frozenset({"succeeded", "failed", "retrying", "cancelled", "dead", "
 ARM_ABOVE_BACKLOG_MIN_SLOTS = 16
 # What a later delivery reads back from the job's own EVENTS subject (checkpoints.Journal).
 _JOURNAL = frozenset({"step", "handed_back"})
-_FINAL = frozenset({"succeeded", "failed", "dead"})
 _tracer = tracer("taskyard.executor")
 
 
@@ -594,7 +593,7 @@ class Worker:
         if event.type in _JOURNAL:
             run.journaled = True
         await self.emitter.event(
-            event, own_subject=event.type in _JOURNAL or (run.journaled and event.type in _FINAL)
+            event, own_subject=event.type in _JOURNAL or (run.journaled and event.type in ENDED_OUTCOMES)
         )
 
     async def release_starts(self) -> None:
