@@ -14,25 +14,11 @@ from taskyard_executor.start_hold import StartHold
 from taskyard_metrics.events import record_message
 from taskyard_metrics.registry import Metrics
 
-from .records import T0, record
+from .records import T0, event, record
 
 
 def job(**fields) -> JobRecord:
     return record("J1", **fields)
-
-
-def event(kind: str, at: float, attempt: int = 1, worker: str | None = "w1", **data) -> JobEvent:
-    return JobEvent(
-        job_id="J1",
-        type=kind,
-        at=at,
-        attempt=attempt,
-        worker_id=worker,
-        queue="default",
-        priority="normal",
-        job_type="noop",
-        data=data,
-    )
 
 
 def coalesced(kind: str = "succeeded", attempt: int = 1, **data) -> JobEvent:

@@ -14,7 +14,7 @@ from taskyard_common.topology import Topology
 from taskyard_metrics.events import record_message
 from taskyard_metrics.registry import Metrics
 
-from .records import T0, record
+from .records import T0, event, record
 
 TOPO = Topology(NatsSettings(prefix="taskyard"))
 
@@ -23,23 +23,10 @@ def job(job_id: str, **fields) -> JobRecord:
     return record(job_id, **fields)
 
 
-def event(job_id: str, kind: str, at: float, attempt: int = 1, worker: str | None = "w1", **data) -> JobEvent:
-    return JobEvent(
-        job_id=job_id,
-        type=kind,
-        at=at,
-        attempt=attempt,
-        worker_id=worker,
-        queue="default",
-        job_type="noop",
-        data=data,
-    )
-
-
 def quick(job_id: str, at: float, attempt: int = 1, worker: str = "w1") -> JobEvent:
-    started = event(job_id, "started", at, attempt=attempt, worker=worker, wait_s=0.001)
+    started = event("started", at, job_id=job_id, attempt=attempt, worker=worker, wait_s=0.001)
     return carry(
-        event(job_id, "succeeded", at + 0.01, attempt=attempt, worker=worker, duration_s=0.01), started
+        event("succeeded", at + 0.01, job_id=job_id, attempt=attempt, worker=worker, duration_s=0.01), started
     )
 
 
@@ -51,14 +38,14 @@ def test_an_executor_batch_subject_is_one_per_executor_and_never_a_job_id():
 
 
 def test_each_batched_event_has_its_own_place_after_every_single_event_before_it():
-    body = EventBatch(events=[quick("A", T0), quick("B", T0), event("C", "progress", T0, pct=50)])
+    body = EventBatch(events=[quick("A", T0), quick("B", T0), event("progress", T0, job_id="C", pct=50)])
     places = keyed(True, 7, body.model_dump_json().encode())
     assert [(key, e.job_id) for key, e in places] == [
         (7 * PER_MESSAGE, "A"),
         (7 * PER_MESSAGE + 1, "B"),
         (7 * PER_MESSAGE + 2, "C"),
     ]
-    single = keyed(False, 8, event("A", "progress", T0).model_dump_json().encode())
+    single = keyed(False, 8, event("progress", T0, job_id="A").model_dump_json().encode())
     assert single[0][0] == 8 * PER_MESSAGE > places[-1][0]
 
 
@@ -99,13 +86,15 @@ def test_a_run_after_the_generation_ended_is_recorded_as_a_duplicate_and_changes
 def test_a_late_cancel_report_of_a_cancelled_job_is_no_duplicate_run():
     cancelled = job("A", status="cancelled", attempt=0, last_event_seq=PER_MESSAGE)
     jobs = {"A": cancelled}
-    rows, _, _ = apply_events([(2 * PER_MESSAGE, event("A", "started", T0 + 1))], jobs)
+    rows, _, _ = apply_events([(2 * PER_MESSAGE, event("started", T0 + 1, job_id="A"))], jobs)
     assert [r["type"] for r in rows] == ["started"]
 
 
 def test_the_metrics_service_counts_every_event_of_a_batch():
     metrics = Metrics(wait_target_s=30.0)
-    body = EventBatch(events=[quick("A", T0), quick("B", T0), event("C", "failed", T0, duration_s=0.1)])
+    body = EventBatch(
+        events=[quick("A", T0), quick("B", T0), event("failed", T0, job_id="C", duration_s=0.1)]
+    )
     record_message(metrics, body.model_dump_json().encode(), batch=True)
     started = metrics.started.labels("default", "noop")._value.get()
     succeeded = metrics.finished.labels("default", "noop", "succeeded")._value.get()
