@@ -41,6 +41,7 @@ import httpx
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
+from taskyard._spread import AsyncSpread, parse_urls
 from taskyard_common.embedded import EmbeddedNats, free_port, nats_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,7 +141,8 @@ class Stack:
         self.pg_admin_dsn = ""
         self.pg_name = ""
         self.key = ""
-        self.api_url = ""
+        self.api_url = ""  # the first api process (latency and GET phases)
+        self.api_urls: list[str] = []  # all of them (`--apis`): e2e submits spread over them
         self.procs: list[tuple[str, subprocess.Popen, Path]] = []
 
     # database
@@ -237,11 +239,14 @@ class Stack:
     def start_api(self) -> None:
         """The api and, as `./taskw up` runs it, the metrics service: its EVENTS consumer is part of
         what a job costs (`--no-metrics` leaves it out)."""
-        self.api_url = self.spawn("api", "taskyard_api", [], "TASKYARD_API_PORT")
+        names = ["api"] + [f"api-{i}" for i in range(1, getattr(self.args, "apis", 1))]
+        self.api_urls = [self.spawn(name, "taskyard_api", [], "TASKYARD_API_PORT") for name in names]
+        self.api_url = self.api_urls[0]
         metrics = None
         if not getattr(self.args, "no_metrics", False):
             metrics = self.spawn("metrics", "taskyard_metrics", [], "TASKYARD_METRICS_PORT")
-        self.wait_ready("api", self.api_url)
+        for name, url in zip(names, self.api_urls, strict=True):
+            self.wait_ready(name, url)
         if metrics:
             self.wait_ready("metrics", metrics)
 
@@ -550,17 +555,25 @@ async def wait_all_final(c: httpx.AsyncClient, label: str, timeout: float, inter
 
 
 async def submit_batches(
-    c: httpx.AsyncClient, label: str, n: int, batch: int, spec: dict = NOOP
+    c: httpx.AsyncClient, label: str, n: int, batch: int, spec: dict = NOOP, senders: int = 1
 ) -> list[str]:
-    ids: list[str] = []
+    """n jobs in `batch`-sized requests, `senders` requests at a time (one per api process: the
+    client's transport takes them in turn)."""
     spec = {**spec, "labels": {"bench": label}}
-    for start in range(0, n, batch):
-        k = min(batch, n - start)
-        r = await c.post("/api/v1/jobs:batch", json={"jobs": [spec] * k})
-        if r.status_code != 201:
-            raise RuntimeError(f"batch submit answered {r.status_code}: {r.text[:500]}")
-        ids += [j["id"] for j in r.json()["jobs"]]
-    return ids
+    starts = list(range(0, n, batch))
+
+    async def send(mine: list[int]) -> list[str]:
+        ids: list[str] = []
+        for start in mine:
+            k = min(batch, n - start)
+            r = await c.post("/api/v1/jobs:batch", json={"jobs": [spec] * k})
+            if r.status_code != 201:
+                raise RuntimeError(f"batch submit answered {r.status_code}: {r.text[:500]}")
+            ids += [j["id"] for j in r.json()["jobs"]]
+        return ids
+
+    parts = await asyncio.gather(*(send(starts[i::senders]) for i in range(senders)))
+    return [job_id for part in parts for job_id in part]
 
 
 def longest_gap(starts: list[float]) -> float:
@@ -569,14 +582,24 @@ def longest_gap(starts: list[float]) -> float:
 
 
 async def end_to_end(
-    c: httpx.AsyncClient, label: str, n: int, batch: int, timeout: float
+    c: httpx.AsyncClient,
+    label: str,
+    n: int,
+    batch: int,
+    timeout: float,
+    pids: Callable[[], dict[str, int]],
+    senders: int = 1,
 ) -> tuple[dict, list[str]]:
-    """The figures, and the jobs' ids (the GET phase reads existing jobs)."""
-    t0 = time.perf_counter()
-    ids = await submit_batches(c, label, n, batch)
-    t_submitted = time.perf_counter()
-    bad = await wait_all_final(c, label, timeout)
-    t_done = time.perf_counter()
+    """The figures, and the jobs' ids (the GET phase reads existing jobs).
+
+    CPU and RSS are metered from the first submit to the last job seen final: listing the jobs
+    afterwards (the figures below) is the bench reading, not work a job costs."""
+    with PhaseMeter(pids) as meter:
+        t0 = time.perf_counter()
+        ids = await submit_batches(c, label, n, batch, senders=senders)
+        t_submitted = time.perf_counter()
+        bad = await wait_all_final(c, label, timeout)
+        t_done = time.perf_counter()
     done = await count_jobs(c, label, ("succeeded",))
     created = [epoch(j["created_at"]) for j in done]
     finished = [epoch(j["finished_at"]) for j in done]
@@ -596,6 +619,7 @@ async def end_to_end(
         "executed_seconds": round(max(finished) - min(created), 3) if done else None,
         "longest_start_gap_s": round(longest_gap(starts), 3),
         "jobs_per_worker": dict(sorted(per_worker.items())),
+        **meter.figures,
     }, ids
 
 
@@ -1096,8 +1120,10 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
     note_idle()
     headers = {"Authorization": f"Bearer {stack.key}"}
     limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+    # Several api processes (--apis): requests take them in turn, as the SDK's client does.
+    spread = AsyncSpread(parse_urls(",".join(stack.api_urls)), httpx.AsyncHTTPTransport(limits=limits))
     async with (
-        httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=60, limits=limits) as c,
+        httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=60, transport=spread) as c,
         RawHttp(stack.api_url, headers) as http,
     ):
 
@@ -1123,11 +1149,9 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
 
         log(f"end to end: {args.jobs} noop jobs in batches of {args.batch}")
         await asyncio.to_thread(profiler.start, "e2e")
-        with PhaseMeter(pids) as meter:
-            out["e2e"], ids = await end_to_end(
-                c, "e2e", args.jobs, args.batch, timeout=max(180.0, args.jobs / 10)
-            )
-        out["e2e"].update(meter.figures)
+        out["e2e"], ids = await end_to_end(
+            c, "e2e", args.jobs, args.batch, max(180.0, args.jobs / 10), pids, senders=args.apis
+        )
         if profiler.procs:
             out["profile_e2e"] = await asyncio.to_thread(profiler.stop)
 
@@ -1190,11 +1214,9 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
         if args.big:
             # Last, so the other phases run on the same database size with or without --big.
             log(f"end to end, big: {args.big} noop jobs in batches of {args.batch}")
-            with PhaseMeter(pids) as meter:
-                out["big"], _ = await end_to_end(
-                    c, "big", args.big, args.batch, timeout=max(180.0, args.big / 10)
-                )
-            out["big"].update(meter.figures)
+            out["big"], _ = await end_to_end(
+                c, "big", args.big, args.batch, max(180.0, args.big / 10), pids, senders=args.apis
+            )
 
     out["rss_idle_mib"] = idle
     # The kernel's own peak over each process's life: a check on the 100 ms samples' peaks.
@@ -1204,12 +1226,13 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
 
 def cpu_ms_per_job(phase: dict) -> dict[str, float] | None:
     """CPU milliseconds per job of each Taskyard service in a phase (the bench client left out):
-    `all`, `api`, `nats-server`, `metrics` and `executors` (summed)."""
+    `all`, `api` (every api process, summed), `nats-server`, `metrics` and `executors` (summed)."""
     cpu, n = phase.get("cpu"), phase.get("n")
     if not cpu or not n:
         return None
     ms = {name: pct / 100 * cpu["wall_s"] * 1000 / n for name, pct in cpu["core_pct"].items()}
-    out = {name: ms.get(name, 0.0) for name in ("api", "nats-server", "metrics")}
+    out = {name: ms.get(name, 0.0) for name in ("nats-server", "metrics")}
+    out["api"] = sum(v for name, v in ms.items() if name == "api" or name.startswith("api-"))
     out["executors"] = sum(v for name, v in ms.items() if name.startswith("executor"))
     out["all"] = sum(out.values())
     return out
@@ -1322,6 +1345,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--db", help="postgresql+asyncpg://user@host:port/db: bench a fresh database on that server"
     )
     p.add_argument("--executors", type=int, default=2, help="executor processes (default 2)")
+    p.add_argument(
+        "--apis",
+        type=int,
+        default=1,
+        help="api processes (default 1; more need --db postgresql…): e2e batches spread over them",
+    )
     p.add_argument("--slots", type=int, default=64, help="slots per executor (default 64)")
     p.add_argument("--batch", type=int, default=500, help="jobs per jobs:batch request (default 500)")
     p.add_argument(
@@ -1418,6 +1447,8 @@ def _terminate(signum, _frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.apis > 1 and not args.db:
+        sys.exit("bench: --apis above 1 needs --db postgresql+asyncpg://… (one api process per SQLite file)")
     signal.signal(signal.SIGTERM, _terminate)
     started = datetime.now(UTC)
     load_before = os.getloadavg()
@@ -1471,6 +1502,7 @@ def main(argv: list[str] | None = None) -> int:
             "backlog": args.backlog,
             "raw_samples": args.raw_samples,
             "db": "postgresql" if args.db else "sqlite",
+            "apis": args.apis,
             "env": args.env or [],
             "quick": args.quick,
         },
@@ -1481,7 +1513,7 @@ def main(argv: list[str] | None = None) -> int:
     m = record["machine"]
     print(
         f"\nTaskyard bench {record['started_at']}  db={record['params']['db']}  "
-        f"{args.executors}×{args.slots} slots  nproc={m['nproc']}  python {m['python']}  {m['nats_server']}\n"
+        f"{args.apis} api  {args.executors}×{args.slots} slots  nproc={m['nproc']}  python {m['python']}  {m['nats_server']}\n"
     )
     print_table(rows)
     if not args.no_save:

@@ -23,6 +23,7 @@ from taskyard_common.topology import QueueLimitReached
 
 from . import admission, approvals, gates
 from .auth import Principal
+from .db import one_process_at_a_time
 from .failures import Forbidden, Invalid, NotFound, Refused, TooLarge
 from .ids import JOB_ID, new_id
 from .job_store import JobStore
@@ -582,10 +583,14 @@ class JobService:
 
     async def reconcile_once(self) -> int:
         """Outbox: publish the messages a crash or a NATS outage left unpublished (every
-        outbox_interval_s, run by the api's Supervisor)."""
-        async with self.sessions() as session:
-            due = await JobStore.outbox_due(session, time.time() - self.settings.outbox_grace_s)
-        if due:
-            log.info("outbox: publishing %d due jobs", len(due))
-            await self.publish(due)
-        return len(due)
+        outbox_interval_s, run by the api's Supervisor). One api process sweeps at a time: two
+        would publish the same due jobs, and JetStream's dedupe would have to drop the second."""
+        async with one_process_at_a_time(self.sessions, "outbox") as mine:
+            if not mine:
+                return 0
+            async with self.sessions() as session:
+                due = await JobStore.outbox_due(session, time.time() - self.settings.outbox_grace_s)
+            if due:
+                log.info("outbox: publishing %d due jobs", len(due))
+                await self.publish(due)
+            return len(due)
