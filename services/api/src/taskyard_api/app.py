@@ -52,6 +52,7 @@ from .projector import Projector
 from .publisher import Publisher
 from .queue_state import SAMPLE_INTERVAL_S, QueueState
 from .ratelimit import FailureLimiter, TokenBucket
+from .reconcile import Reconciler
 from .retention import prune_old
 from .schedules import ScheduleService
 from .settings import ApiSettings
@@ -130,6 +131,19 @@ async def lifespan(app: FastAPI):
     supervisor.start("projector", state.projector.run, stop=state.projector.stop)
     supervisor.start("workers-watch", state.workers.watch)
     supervisor.every("outbox", settings.outbox_interval_s, state.jobs.reconcile_once)
+    # What a machine crash took from JOBS or the database, made up for (at start, then periodically).
+    state.reconciler = Reconciler(
+        state.nc,
+        state.js,
+        state.topo,
+        state.sessions,
+        state.jobs,
+        state.workers,
+        min_age_s=settings.reconcile_min_age_s,
+        batch=settings.reconcile_batch,
+        orphan_scan_s=settings.reconcile_orphan_scan_s,
+    )
+    supervisor.every("reconciler", settings.reconcile_interval_s, state.reconciler.run_once, at_start=True)
     state.gate_timer = GateTimer(
         [DueJobs(state.sessions, state.jobs), RateKeys(state.sessions, state.jobs)], state.jobs.gates_changed
     )

@@ -41,6 +41,15 @@ JOBS_PUBLISH_DUPLICATES = Counter(
     "Job messages JetStream dropped as duplicates of one it held (dedupe acted)",
     registry=REGISTRY,
 )
+# What the reconciler (reconcile.py) did: a queued job's lost message sent again (`republished`), a
+# running job whose message, events and worker were gone queued again (`requeued`), a row re-created
+# from a JOBS message the database had lost (`recreated`). Non-zero only after a crash lost data.
+RECONCILED = Counter(
+    "taskyard_api_reconciled_total",
+    "Jobs the reconciler repaired after JOBS or the database lost what the other holds",
+    ["action"],
+    registry=REGISTRY,
+)
 EVENTS_UNPROJECTABLE = Counter(
     "taskyard_api_events_unprojectable_total",
     "Events the projector could not apply even alone (logged with their EVENTS sequence, skipped).",

@@ -26,6 +26,9 @@ GATED_STATES = frozenset({"blocked", "scheduled", "needs_approval", "throttled"}
 WAITING_STATES = GATED_STATES | {"queued", "retrying", "waiting"}
 # A job holds its place under its concurrency key from admission until it ends.
 KEY_HOLDING_STATES = frozenset({"queued", "running", "retrying", "waiting"})
+# A job in these states has its current message in JOBS (queued, retrying: waiting for delivery;
+# running: delivered, not yet acked): the reconciler checks that it is still there.
+RESENDABLE_STATES = frozenset({"queued", "retrying", "running"})
 # Only these end states may be run again.
 RETRYABLE_STATES = frozenset({"failed", "dead", "cancelled"})
 # Edge conditions: the child runs once its parent ended so.
@@ -249,6 +252,16 @@ class Approved:
 
 
 @dataclass(frozen=True, slots=True)
+class Resend:
+    """The reconciler found the job's current message gone from JOBS with nothing left to report
+    on it (reconcile_rule): queue it again, its message due in the outbox under the same id. A
+    running job's attempt is lost (its worker and its outcome are gone); a queued or retrying one
+    only waits for its message again."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Admitted:
     """Its concurrency and rate keys have a place for it: the job may go to JOBS."""
 
@@ -268,6 +281,7 @@ Event = (
     | Due
     | Approved
     | Admitted
+    | Resend
     | Expanded
     | Joined
 )
@@ -357,6 +371,10 @@ def transition(job: JobRecord, event: Event) -> JobRecord:
             return _gated(job, at)
         case Approved():
             return _approved(job, event)
+        case Resend(at):
+            if job.status not in RESENDABLE_STATES or job.outbox_at is not None:
+                return job  # it moved on, or its message is already due
+            return replace(job, status="queued", worker_id=None, stream_seq=None, outbox_at=at, updated_at=at)
         case Admitted(at):
             if job.status != "throttled":
                 return job

@@ -26,6 +26,15 @@ class ApiSettings(BaseSettings):
     # Pending rows older than this are republished by the outbox reconciler.
     outbox_grace_s: float = Field(5.0, gt=0)
     outbox_interval_s: float = Field(2.0, gt=0)
+    # The reconciler (reconcile.py): rows whose JOBS message a crash lost are sent again, rows a
+    # crash lost are re-created from their message. A row is only judged once it has not moved for
+    # reconcile_min_age_s, and acted on in a later round (docs/operations.md, "Durability").
+    reconcile_interval_s: float = Field(30.0, gt=0)
+    reconcile_min_age_s: float = Field(30.0, gt=0)
+    # Rows checked per round (a page; the next round takes the next one).
+    reconcile_batch: int = Field(5000, gt=0)
+    # JOBS is read whole for messages without a row at start and then this often.
+    reconcile_orphan_scan_s: float = Field(600.0, gt=0)
     # Ended jobs whose open edges nobody settled (a crash mid-cancel) are settled this often.
     gate_sweep_interval_s: float = Field(30.0, gt=0)
     projector_batch: int = Field(1000, gt=0)

@@ -1,0 +1,130 @@
+"""The reconciler makes up for what a crash took from JOBS or from the database (docs/operations.md,
+"Durability"): a queued job whose message vanished is sent again and runs once; a running job whose
+message and worker vanished is queued again as a lost attempt; a JOBS message whose row vanished
+gets its row back. Faults are made by hand here (delete a message, kill a worker, delete a row);
+tests/test_machine_crash.py makes them with a real crash."""
+
+import time
+
+import nats
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from .stack import run_async, wait_until
+
+# Judge a row once it has not moved for 2 s; a round every 0.5 s.
+FAST = {"TASKYARD_API_RECONCILE_INTERVAL_S": "0.5", "TASKYARD_API_RECONCILE_MIN_AGE_S": "2"}
+
+
+def short_window(stack) -> None:
+    """A message deleted by hand keeps its id in JOBS' duplicate window (a store that loses a
+    message loses its id with it), and a resend within it is a no-op: a 1 s window has passed by
+    the time the reconciler judges the job (2 s)."""
+    stack.extra_env["TASKYARD_NATS_DUPLICATE_WINDOW_S"] = "1"
+
+
+def submit(stack, **body) -> dict:
+    with stack.http() as c:
+        r = c.post("/api/v1/jobs", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+
+def get(stack, job_id: str) -> dict:
+    with stack.http() as c:
+        return c.get(f"/api/v1/jobs/{job_id}").json()
+
+
+def kinds(job: dict) -> list[str]:
+    return [e["type"] for e in job["timeline"]]
+
+
+def delete_message(stack, seq: int) -> None:
+    """What a crash that lost the message does to JOBS (the executor's ack does the same)."""
+
+    async def go() -> None:
+        nc = await nats.connect(stack.nats.url)
+        try:
+            assert await nc.jetstream().delete_msg(f"{stack.prefix.upper()}_JOBS", seq)
+        finally:
+            await nc.close()
+
+    run_async(go())
+
+
+def test_a_queued_job_whose_message_vanished_is_republished_and_runs_once(stack):
+    short_window(stack)
+    stack.start_api(**FAST)
+    lost = submit(stack, type="noop")
+    kept = submit(stack, type="noop")
+    assert lost["stream_seq"] and kept["stream_seq"]
+    delete_message(stack, lost["stream_seq"])
+    again = wait_until(
+        lambda: (job := get(stack, lost["id"]))["stream_seq"] not in (None, lost["stream_seq"]) and job,
+        timeout=15,
+        what="the lost job republished",
+    )
+    [row] = [e for e in again["timeline"] if e["type"] == "reconciled"]
+    assert row["data"]["action"] == "republished" and row["data"]["stream_seq"] == lost["stream_seq"]
+    stack.start_executor()
+    done = stack.wait_status(lost["id"], "succeeded")
+    other = stack.wait_status(kept["id"], "succeeded")
+    time.sleep(1.5)  # two more rounds: a false positive on the finished jobs would show
+    done = get(stack, lost["id"])
+    assert kinds(done) == ["queued", "reconciled", "queued", "started", "succeeded"]
+    assert "reconciled" not in kinds(get(stack, kept["id"])) and other["attempt"] == 1
+    with stack.http() as c:
+        metrics = c.get("/metrics").text
+    assert 'taskyard_api_reconciled_total{action="republished"} 1.0' in metrics
+
+
+def test_a_running_job_whose_message_and_worker_vanished_is_requeued_as_a_lost_attempt(stack):
+    short_window(stack)
+    stack.start_api(**FAST)
+    worker = stack.start_executor(handlers="handlers_for_tests")
+    job = submit(stack, type="async_sleep", payload={"seconds": 60})
+    running = stack.wait_status(job["id"], "running")
+    worker.kill9()
+    delete_message(stack, job["stream_seq"])  # its message lost too: no redelivery will come
+    requeued = wait_until(
+        lambda: (j := get(stack, job["id"]))["status"] == "queued" and j,
+        timeout=20,  # the heartbeat expires (3 s at a 1 s interval), then two rounds
+        what="the lost attempt requeued",
+    )
+    [row] = [e for e in requeued["timeline"] if e["type"] == "reconciled"]
+    assert row["data"]["action"] == "requeued" and row["data"]["was"] == "running"
+    assert row["worker_id"] == running["worker_id"] and row["attempt"] == 1
+    assert requeued["stream_seq"] not in (None, job["stream_seq"])
+    stack.start_executor(handlers="handlers_for_tests")
+    again = wait_until(
+        lambda: (j := get(stack, job["id"]))["status"] == "running" and j, timeout=15, what="started again"
+    )
+    assert kinds(again)[:4] == ["queued", "started", "reconciled", "queued"]
+    assert kinds(again).count("started") == 2 and again["worker_id"] != running["worker_id"]
+
+
+async def forget(db_url: str, job_id: str) -> None:
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            for table in ("job_events", "jobs"):
+                column = "job_id" if table == "job_events" else "id"
+                await conn.execute(text(f"DELETE FROM {table} WHERE {column} = :id"), {"id": job_id})  # noqa: S608
+    finally:
+        await engine.dispose()
+
+
+def test_a_jobs_message_whose_row_vanished_gets_its_row_back_and_runs(stack):
+    stack.start_api(**FAST)
+    job = submit(stack, type="noop", labels={"team": "a"})
+    stack.api.terminate()
+    # As if SQLite had lost the commit that stored it (its message is in JOBS).
+    run_async(forget(stack.db_url, job["id"]))
+    stack.start_api(**FAST)  # the orphan scan runs at start
+    back = wait_until(lambda: get(stack, job["id"]).get("status") == "queued", timeout=15, what="the row back")
+    assert back
+    stack.start_executor()
+    done = stack.wait_status(job["id"], "succeeded")
+    assert done["labels"] == {"team": "a"} and done["stream_seq"] == job["stream_seq"]
+    assert kinds(done) == ["reconciled", "started", "succeeded"]
+    assert done["timeline"][0]["data"]["action"] == "recreated"
