@@ -121,7 +121,9 @@ def test_a_jobs_message_whose_row_vanished_gets_its_row_back_and_runs(stack):
     # As if SQLite had lost the commit that stored it (its message is in JOBS).
     run_async(forget(stack.db_url, job["id"]))
     stack.start_api(**FAST)  # the orphan scan runs at start
-    back = wait_until(lambda: get(stack, job["id"]).get("status") == "queued", timeout=15, what="the row back")
+    back = wait_until(
+        lambda: get(stack, job["id"]).get("status") == "queued", timeout=15, what="the row back"
+    )
     assert back
     stack.start_executor()
     done = stack.wait_status(job["id"], "succeeded")

@@ -89,7 +89,9 @@ def recreated(spec: JobSpec, seq: int, owner_id: str, now: float) -> JobRecord:
         generation=spec.generation,
         resume=spec.resume,
         stream_seq=seq,
-        artifacts={"inputs": [i.model_dump() for i in spec.inputs], "outputs": spec.outputs} if files else None,
+        artifacts={"inputs": [i.model_dump() for i in spec.inputs], "outputs": spec.outputs}
+        if files
+        else None,
     )
 
 
@@ -162,7 +164,9 @@ class Reconciler:
         if status := headers.get("Status"):
             if status == "404":
                 return False
-            raise NatsError(f"direct get from {self.topo.jobs_stream}: {status} {headers.get('Description', '')}")
+            raise NatsError(
+                f"direct get from {self.topo.jobs_stream}: {status} {headers.get('Description', '')}"
+            )
         return headers.get("Nats-Msg-Id") == job.msg_id
 
     async def _check_rows(self) -> int:
@@ -225,10 +229,15 @@ class Reconciler:
                 new = transition(job, Resend(now))
                 if new == job or not await JobStore.save(session, job, new):
                     continue
-                data = {"action": DONE[action], "stream_seq": job.stream_seq, "was": job.status, "why": WHY[action]}
+                data = {
+                    "action": DONE[action],
+                    "stream_seq": job.stream_seq,
+                    "was": job.status,
+                    "why": WHY[action],
+                }
                 rows.append(_timeline_row(job, now, data, job.attempt, job.worker_id))
                 moved.append(new)
-                counts[data["action"]] = counts.get(data["action"], 0) + 1
+                counts[DONE[action]] = counts.get(DONE[action], 0) + 1
             if rows:
                 await session.execute(insert(JobEventRow), rows)
             await session.commit()
@@ -244,7 +253,9 @@ class Reconciler:
                 # still in the duplicate window (the message was deleted, or acked by an executor
                 # whose outcome was lost; a store that lost the message lost its id too). The send
                 # goes through once the window has passed: until then, leave the job be.
-                log.warning("reconciler: job %s's message id is in JOBS' duplicate window; again after it", job.id)
+                log.warning(
+                    "reconciler: job %s's message id is in JOBS' duplicate window; again after it", job.id
+                )
                 self.quiet_until[job.id] = time.monotonic() + self.duplicate_window_s
 
     # -- messages whose row is gone ------------------------------------------------------------
@@ -288,19 +299,28 @@ class Reconciler:
                 return 0
             owner = await self._owner(session)
             if owner is None:
-                log.error("reconciler: %d JOBS messages have no row and there is no admin key to own them", len(lost))
+                log.error(
+                    "reconciler: %d JOBS messages have no row and there is no admin key to own them",
+                    len(lost),
+                )
                 return 0
             jobs = [recreated(spec, seq, owner, now) for seq, spec in lost]
             await JobStore.add(session, jobs)
-            why = "the database had no row for this JOBS message (a commit lost in a crash): re-created from it"
+            why = (
+                "the database had no row for this JOBS message (a commit lost in a crash): re-created from it"
+            )
             await session.execute(
                 insert(JobEventRow),
                 [
-                    _timeline_row(job, now, {"action": "recreated", "stream_seq": job.stream_seq, "why": why}, 0, None)
+                    _timeline_row(
+                        job, now, {"action": "recreated", "stream_seq": job.stream_seq, "why": why}, 0, None
+                    )
                     for job in jobs
                 ],
             )
             await session.commit()
         RECONCILED.labels("recreated").inc(len(jobs))
-        log.warning("reconciler: re-created %d jobs the database had lost from their JOBS messages", len(jobs))
+        log.warning(
+            "reconciler: re-created %d jobs the database had lost from their JOBS messages", len(jobs)
+        )
         return len(jobs)
