@@ -38,7 +38,7 @@ class LazyFS(Operations):
     def __init__(self, backing: str) -> None:
         self.backing = os.path.realpath(backing)
         self.unsynced: dict[str, Unsynced] = {}  # by path inside the mount
-        self.lock = threading.RLock()
+        self.guard = threading.RLock()  # not `lock`: that is a FUSE operation
 
     def _real(self, path: str) -> str:
         return os.path.join(self.backing, path.lstrip("/"))
@@ -60,7 +60,7 @@ class LazyFS(Operations):
         return state
 
     def read(self, path, size, offset, fh):
-        with self.lock:
+        with self.guard:
             state = self.unsynced.get(path)
             if state is None:
                 return os.pread(fh, size, offset)
@@ -76,7 +76,7 @@ class LazyFS(Operations):
             return bytes(out)
 
     def write(self, path, data, offset, fh):
-        with self.lock:
+        with self.guard:
             state = self._state(path, fh)
             pos, view = offset, memoryview(data)
             while view:
@@ -91,7 +91,7 @@ class LazyFS(Operations):
             return len(data)
 
     def truncate(self, path, length, fh=None):
-        with self.lock:
+        with self.guard:
             own = fh is None
             if own:
                 fh = os.open(self._real(path), os.O_RDWR)
@@ -112,7 +112,7 @@ class LazyFS(Operations):
                     os.close(fh)
 
     def fsync(self, path, datasync, fh):
-        with self.lock:
+        with self.guard:
             state = self.unsynced.pop(path, None)
             if state is not None:
                 if state.floor is not None:
@@ -134,7 +134,7 @@ class LazyFS(Operations):
     # -- names and attributes -----------------------------------------------------------------
 
     def getattr(self, path, fh=None):
-        with self.lock:
+        with self.guard:
             st = os.lstat(self._real(path))
             attrs = {
                 key: getattr(st, key)
@@ -161,12 +161,12 @@ class LazyFS(Operations):
         return [".", "..", *os.listdir(self._real(path))]
 
     def unlink(self, path):
-        with self.lock:
+        with self.guard:
             self.unsynced.pop(path, None)
             os.unlink(self._real(path))
 
     def rename(self, old, new):
-        with self.lock:
+        with self.guard:
             os.rename(self._real(old), self._real(new))
             self.unsynced.pop(new, None)
             for key in [k for k in self.unsynced if k == old or k.startswith(old + "/")]:

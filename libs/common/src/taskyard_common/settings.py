@@ -1,6 +1,7 @@
 """One settings class per concern, each with its own environment prefix."""
 
 import ipaddress
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,10 @@ class DbSettings(BaseSettings):
 
     url: str = "sqlite+aiosqlite:///./data/taskyard.db"
     echo: bool = False
+    # SQLite's `PRAGMA synchronous` (WAL mode). NORMAL fsyncs the WAL only at checkpoints: a
+    # process crash loses nothing, a machine crash loses the commits since the last checkpoint
+    # (jobs, keys, decisions). FULL fsyncs at every commit (docs/operations.md, "Durability").
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
 
 
 class ArtifactSettings(BaseSettings):

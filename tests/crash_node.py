@@ -1,0 +1,97 @@
+"""A machine that can crash, for tests: a LazyFS mount (tests/lazyfs.py) and a nats-server whose
+store lives on it, with JetStream's `sync_interval` as asked.
+
+A machine crash is: SIGKILL every process of the node (the test's services, nats-server), then
+SIGKILL the FUSE process, whose memory is the node's page cache (every write not fsynced is gone),
+then mount the backing directory again.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from taskyard_common.embedded import DEFAULT_GOGC, EmbeddedNats, nats_server_binary, wait_for_port
+
+LAZYFS = Path(__file__).with_name("lazyfs.py")
+
+
+class MountFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class LazyMount:
+    backing: Path
+    mountpoint: Path
+    log: Path
+    process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10.0) -> "LazyMount":
+        self.backing.mkdir(parents=True, exist_ok=True)
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        out = open(self.log, "ab")  # noqa: SIM115 - the child owns it
+        self.process = subprocess.Popen(
+            [sys.executable, str(LAZYFS), str(self.backing), str(self.mountpoint)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while not os.path.ismount(self.mountpoint):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise MountFailed(self.log.read_text(errors="replace").strip()[-2000:] or "no mount")
+            time.sleep(0.05)
+        return self
+
+    def crash(self) -> None:
+        """Drop every write not fsynced (SIGKILL the FUSE process), then mount again."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self._unmount()
+        self.start()
+
+    def _unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True, check=False)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+        self._unmount()
+        self.process = None
+
+
+@dataclass
+class SyncedNats(EmbeddedNats):
+    """nats-server from a config file that sets JetStream's `sync_interval` (None: its default,
+    2 minutes; "always": fsync before every acknowledgement)."""
+
+    sync_interval: str | None = None
+
+    def start(self) -> "SyncedNats":
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        sync = f", sync_interval: {self.sync_interval}" if self.sync_interval else ""
+        # Beside the log, off the lazy mount: a crash must not take the server's config with it.
+        assert self.log_file is not None
+        conf = self.log_file.with_suffix(".conf")
+        conf.write_text(
+            f"listen: 127.0.0.1:{self.port}\nhttp: 127.0.0.1:{self.monitor_port}\n"
+            f"server_name: crash-{self.port}\n"
+            f'jetstream {{ store_dir: "{self.store_dir}"{sync} }}\n'
+        )
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [nats_server_binary(), "-c", str(conf)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={"GOGC": DEFAULT_GOGC, **os.environ},
+        )
+        wait_for_port(self.port)
+        return self
