@@ -23,7 +23,8 @@ from .crash_node import LazyMount, MountFailed, SyncedNats
 from .invariants import query
 from .stack import Stack, run_async, wait_until
 
-JOBS = int(os.environ.get("TASKYARD_CRASH_JOBS", "1000"))
+# 600 keeps each case near 30 s here; the issue's 2,000: TASKYARD_CRASH_JOBS=2000.
+JOBS = int(os.environ.get("TASKYARD_CRASH_JOBS", "600"))
 FAST = {
     "TASKYARD_API_RECONCILE_INTERVAL_S": "0.5",
     "TASKYARD_API_RECONCILE_MIN_AGE_S": "2",
@@ -116,11 +117,16 @@ def test_every_accepted_job_ends_once_after_a_machine_crash(
         runs_log.touch()
         stack.start_api()
         stack.start_executor(handlers="handlers_for_tests", slots=16)
-        spec = {"type": "key_probe", "payload": {"log": str(runs_log), "seconds": 0.02}}
+        # Most jobs end within the executor's 50 ms start window (one event); one in ten runs
+        # longer, so the database holds `running` rows when the machine crashes.
+        quick, slow = (
+            {"type": "key_probe", "payload": {"log": str(runs_log), "seconds": s}} for s in (0.02, 0.4)
+        )
+        specs = [slow if n % 10 == 0 else quick for n in range(JOBS)]
         accepted: set[str] = set()
         with stack.http() as c:
             for start in range(0, JOBS, 250):
-                r = c.post("/api/v1/jobs:batch", json={"jobs": [spec] * min(250, JOBS - start)})
+                r = c.post("/api/v1/jobs:batch", json={"jobs": specs[start : start + 250]})
                 assert r.status_code == 201, r.text
                 accepted |= {job["id"] for job in r.json()["jobs"]}
         wait_until(lambda: runs_log.read_text().count("end ") >= JOBS // 3, timeout=30, what="a third done")
@@ -142,7 +148,12 @@ def test_every_accepted_job_ends_once_after_a_machine_crash(
 
         def all_final() -> dict[str, str] | None:
             states = dict(query(url, "SELECT id, status FROM jobs"))
-            done = all(states.get(i) in ("succeeded", "failed", "dead", "cancelled") for i in accepted)
+            final = ("succeeded", "failed", "dead", "cancelled")
+            if synchronous == "FULL":
+                done = all(states.get(i) in final for i in accepted)
+            else:  # rows lost with their jobs' messages never come back: wait for the rest
+                recreated = query(url, "SELECT COUNT(*) FROM job_events WHERE type = 'reconciled'")[0][0]
+                done = recreated > 0 and all(s in final for s in states.values())
             return states if done else None
 
         try:
