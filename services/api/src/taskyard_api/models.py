@@ -347,6 +347,18 @@ class ScheduleFire(Base):
 
 # The Core tables the API writes with statements of its own (mypy sees `Model.__table__` as a
 # FromClause, which `update()` and `insert()` do not take).
+class EventEpoch(Base):
+    """EVENTS' sequences went back after `after_seq` (a crash lost messages the database had
+    projected): the projector adds `shift` to the sequences above it (event_epochs.py)."""
+
+    __tablename__ = "event_epochs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    after_seq: Mapped[int] = mapped_column(BigInteger)
+    shift: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[float] = mapped_column(Float)
+
+
 jobs_table = cast(Table, Job.__table__)
 edges_table = cast(Table, JobEdge.__table__)
 batches_table = cast(Table, Batch.__table__)
@@ -357,3 +369,4 @@ gate_keys_table = cast(Table, GateKey.__table__)
 checkpoints_table = cast(Table, Checkpoint.__table__)
 schedules_table = cast(Table, Schedule.__table__)
 fires_table = cast(Table, ScheduleFire.__table__)
+epochs_table = cast(Table, EventEpoch.__table__)

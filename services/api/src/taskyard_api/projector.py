@@ -16,6 +16,7 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 from sqlalchemy import bindparam, literal, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -27,7 +28,7 @@ from taskyard_common.nats_util import stream_seq
 from taskyard_common.schemas import ENDED_OUTCOMES, FINAL_STATES, JobEvent, message_events
 from taskyard_common.topology import Topology
 
-from . import gates, rollups
+from . import event_epochs, gates, rollups
 from .http_metrics import EVENTS_UNPROJECTABLE
 from .job_store import JobStore
 from .lifecycle import JobRecord, changes, lost_attempt, lost_worker, reports, transition
@@ -180,6 +181,10 @@ class Projector:
         self.typical_duration_s: dict[str, float] = {}
         # Job webhooks (notify.Notifier): outcomes enqueue a delivery in the batch's transaction.
         self.notifier: Any = None
+        # Where EVENTS' sequences went back after a crash (event_epochs), and the highest raw
+        # sequence this projector has seen: one at or below it makes it look again.
+        self.epochs: list[event_epochs.Epoch] = []
+        self.high_raw = 0
 
     async def run(self) -> None:
         """Subscribe, then project until `stop()`. Run supervised (app.py): a failure (NATS away,
@@ -199,6 +204,8 @@ class Projector:
                 max_ack_pending=50_000,
             ),
         )
+        await self.check_epochs()
+        self.high_raw = 0
         try:
             while not self.stopping:
                 try:
@@ -259,13 +266,51 @@ class Projector:
             old = self.typical_duration_s.get(event.job_type, duration)
             self.typical_duration_s[event.job_type] = 0.8 * old + 0.2 * duration
 
+    async def check_epochs(self) -> None:
+        """Did EVENTS go back (a crash took messages the database had projected)? Then add an
+        epoch, so what comes next is projected above everything recorded (event_epochs)."""
+        state = (await self.js.stream_info(self.topo.events_stream)).state
+        async with self.sessions() as session:
+            self.epochs, added = await event_epochs.check(
+                session, state.first_seq, state.last_seq, PER_MESSAGE, self._first_event
+            )
+            await session.commit()
+        if added is not None:
+            log.warning(
+                "EVENTS went back (a crash lost messages already projected): sequences after %d are "
+                "projected %d higher",
+                added.after_seq,
+                added.shift,
+            )
+
+    async def _first_event(self, raw: int) -> tuple[int, str, str, float] | None:
+        """The first event of the EVENTS message at or after `raw` (job id, type, time)."""
+        try:
+            found = await self.js.get_msg(
+                self.topo.events_stream, seq=raw, subject=f"{self.topo.prefix}.events.>", next=True
+            )
+        except NotFoundError:
+            return None
+        try:
+            events = message_events(found.data or b"", self.topo.is_batch_subject(found.subject or ""))
+        except ValidationError:
+            return None
+        if not events or found.seq is None:
+            return None
+        return found.seq, events[0].job_id, events[0].type, events[0].at
+
     async def project(self, msgs: list) -> None:
+        raws = [stream_seq(msg) for msg in msgs]
+        if raws and min(raws) <= self.high_raw:
+            await self.check_epochs()  # a redelivery, or the stream went back
+        self.high_raw = max([self.high_raw, *raws])
         events: list[tuple[int, JobEvent]] = []
-        for msg in msgs:
+        for msg, raw in zip(msgs, raws, strict=True):
             if msg.subject == self.topo.queued_subject:
                 continue  # this api's own announcements: their rows were written as they were sent
+            seq = event_epochs.effective(raw, self.epochs)
             try:
-                events += keyed(self.topo.is_batch_subject(msg.subject), stream_seq(msg), msg.data)
+                events += keyed(self.topo.is_batch_subject(msg.subject), seq, msg.data)
             except ValidationError as exc:
                 log.error("dropping malformed event %s: %s", msg.subject, exc)
         if not events:
