@@ -43,6 +43,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 
 from taskyard._spread import AsyncSpread, parse_urls
 from taskyard_common.embedded import EmbeddedNats, free_port, nats_server_binary
+from taskyard_common.synced_nats import SyncedNats
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -131,12 +132,14 @@ def machine() -> dict:
 class Stack:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args, self.tmp = args, tmp
-        self.nats = EmbeddedNats(
+        self.nats = (SyncedNats if args.nats_sync else EmbeddedNats)(
             store_dir=tmp / "nats",
             port=free_port(),
             monitor_port=free_port(),
             log_file=tmp / "nats-server.log",
         )
+        if args.nats_sync:
+            self.nats.sync_interval = args.nats_sync  # type: ignore[attr-defined]
         self.db_url = ""
         self.pg_admin_dsn = ""
         self.pg_name = ""
@@ -1406,6 +1409,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-metrics", action="store_true", help="run without the metrics service (`./taskw up` runs it)"
     )
     p.add_argument(
+        "--nats-sync",
+        default=None,
+        help="JetStream sync_interval of the bench's nats-server: `always` (fsync before every ack) or "
+        "a duration (default: nats-server's own, 2 min); docs/operations.md, Durability",
+    )
+    p.add_argument(
         "--env",
         action="append",
         metavar="KEY=VALUE",
@@ -1504,6 +1513,7 @@ def main(argv: list[str] | None = None) -> int:
             "db": "postgresql" if args.db else "sqlite",
             "apis": args.apis,
             "env": args.env or [],
+            "nats_sync": args.nats_sync,
             "quick": args.quick,
         },
         "results": results,

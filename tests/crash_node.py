@@ -1,5 +1,5 @@
-"""A machine that can crash, for tests: a LazyFS mount (tests/lazyfs.py) and a nats-server whose
-store lives on it, with JetStream's `sync_interval` as asked.
+"""A machine that can crash, for tests: a LazyFS mount (tests/lazyfs.py); nats-server's store
+lives on it (taskyard_common.synced_nats.SyncedNats sets its `sync_interval`).
 
 A machine crash is: SIGKILL every process of the node (the test's services, nats-server), then
 SIGKILL the FUSE process, whose memory is the node's page cache (every write not fsynced is gone),
@@ -13,8 +13,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from taskyard_common.embedded import DEFAULT_GOGC, EmbeddedNats, nats_server_binary, wait_for_port
 
 LAZYFS = Path(__file__).with_name("lazyfs.py")
 
@@ -65,33 +63,3 @@ class LazyMount:
             self.process.wait()
         self._unmount()
         self.process = None
-
-
-@dataclass
-class SyncedNats(EmbeddedNats):
-    """nats-server from a config file that sets JetStream's `sync_interval` (None: its default,
-    2 minutes; "always": fsync before every acknowledgement)."""
-
-    sync_interval: str | None = None
-
-    def start(self) -> "SyncedNats":
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        sync = f", sync_interval: {self.sync_interval}" if self.sync_interval else ""
-        # Beside the log, off the lazy mount: a crash must not take the server's config with it.
-        assert self.log_file is not None
-        conf = self.log_file.with_suffix(".conf")
-        conf.write_text(
-            f"listen: 127.0.0.1:{self.port}\nhttp: 127.0.0.1:{self.monitor_port}\n"
-            f"server_name: crash-{self.port}\n"
-            f'jetstream {{ store_dir: "{self.store_dir}"{sync} }}\n'
-        )
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [nats_server_binary(), "-c", str(conf)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={"GOGC": DEFAULT_GOGC, **os.environ},
-        )
-        wait_for_port(self.port)
-        return self

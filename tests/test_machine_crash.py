@@ -17,9 +17,10 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from taskyard_common.embedded import free_port
+from taskyard_common.synced_nats import SyncedNats
 
 from .conftest import create_key
-from .crash_node import LazyMount, MountFailed, SyncedNats
+from .crash_node import LazyMount, MountFailed
 from .invariants import query
 from .stack import Stack, run_async, wait_until
 
