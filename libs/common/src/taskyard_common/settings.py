@@ -41,10 +41,11 @@ class DbSettings(BaseSettings):
 
     url: str = "sqlite+aiosqlite:///./data/taskyard.db"
     echo: bool = False
-    # SQLite's `PRAGMA synchronous` (WAL mode). NORMAL fsyncs the WAL only at checkpoints: a
-    # process crash loses nothing, a machine crash loses the commits since the last checkpoint
-    # (jobs, keys, decisions). FULL fsyncs at every commit (docs/operations.md, "Durability").
-    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    # SQLite's `PRAGMA synchronous` (WAL mode). FULL fsyncs the WAL at every commit, so what the
+    # API answered for survives a power loss. NORMAL fsyncs only at checkpoints: a process crash
+    # loses nothing, a machine crash loses the commits since the last checkpoint (accepted jobs,
+    # keys, decisions); measured and chosen in docs/operations.md, "Durability".
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
 
 
 class ArtifactSettings(BaseSettings):

@@ -6,8 +6,9 @@ a time. Two checks, each a repair through the one lifecycle core and the one pub
 - **Rows whose message is gone** (JetStream acknowledged it, then lost it before its flush): the
   rule is `reconcile_rule` (two rounds and the projector's progress tell "lost" from "taken by an
   executor"); the job is sent again with the same message id.
-- **Messages whose row is gone** (SQLite lost its last commits: WAL with `synchronous=NORMAL`
-  fsyncs at checkpoints, not at each commit): the row is re-created from the message, which
+- **Messages whose row is gone** (SQLite lost its last commits: with
+  TASKYARD_DB_SQLITE_SYNCHRONOUS=NORMAL the WAL is fsynced at checkpoints only; or a database
+  restored from an older backup than JetStream's): the row is re-created from the message, which
   carries everything an executor needs, so the job runs and its events have a row to move. The
   message does not carry its submitter: the re-created row belongs to the oldest admin key. Read
   at start and then every `reconcile_orphan_scan_s`, in pages, as it reads all of JOBS.
