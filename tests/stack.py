@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from taskyard_common.embedded import EmbeddedNats, free_port
+from taskyard_common.embedded import EmbeddedCluster, EmbeddedNats, free_port
+from taskyard_common.nats_util import server_urls
 from taskyard_common.settings import NatsSettings
 from taskyard_common.topology import Topology
 
@@ -56,7 +57,7 @@ class Service:
 
 @dataclass
 class Stack:
-    nats: EmbeddedNats
+    nats: EmbeddedNats | EmbeddedCluster
     db_url: str
     tmp: Path
     prefix: str = field(default_factory=lambda: "t" + secrets.token_hex(4))
@@ -168,7 +169,7 @@ class Stack:
         import nats
         from nats.errors import Error as NatsError
 
-        nc = await nats.connect(self.nats.url, allow_reconnect=False)
+        nc = await nats.connect(server_urls(self.nats.url), allow_reconnect=False)
         try:
             js = nc.jetstream()
             topo = Topology(NatsSettings(prefix=self.prefix))

@@ -14,8 +14,15 @@ from nats.js.errors import NotFoundError
 log = logging.getLogger("taskyard.nats")
 
 
+def server_urls(url: str) -> list[str]:
+    """TASKYARD_NATS_URL as nats-py's server list: one URL, or a cluster's nodes comma-separated
+    (`nats://a:4222,nats://b:4222`), so the first connect works whichever node is down."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 async def connect(url: str, name: str) -> NatsClient:
-    """Connect with unlimited reconnects, so a restarted nats-server is picked up again."""
+    """Connect with unlimited reconnects, so a restarted nats-server (or, in a cluster, another
+    node) is picked up again."""
 
     async def on_disconnect() -> None:
         log.warning("%s: disconnected from NATS", name)
@@ -27,7 +34,7 @@ async def connect(url: str, name: str) -> NatsClient:
         log.warning("%s: NATS error: %s", name, err)
 
     return await nats.connect(
-        url,
+        server_urls(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
