@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 
 from taskyard_common.embedded import EmbeddedCluster, EmbeddedNats, free_port
-from taskyard_common.nats_util import server_urls
 from taskyard_common.settings import NatsSettings
 from taskyard_common.topology import Topology
 
@@ -161,7 +160,8 @@ class Stack:
             if svc.alive():
                 svc.process.kill()
                 svc.process.wait()
-        if self.nats.process is not None:
+        # A cluster is the test's own (stopped after it); the session server is shared.
+        if isinstance(self.nats, EmbeddedNats) and self.nats.process is not None:
             run_async(self._delete_streams())
 
     async def _delete_streams(self) -> None:
@@ -169,7 +169,7 @@ class Stack:
         import nats
         from nats.errors import Error as NatsError
 
-        nc = await nats.connect(server_urls(self.nats.url), allow_reconnect=False)
+        nc = await nats.connect(self.nats.url, allow_reconnect=False)
         try:
             js = nc.jetstream()
             topo = Topology(NatsSettings(prefix=self.prefix))

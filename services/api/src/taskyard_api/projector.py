@@ -83,13 +83,15 @@ def _update_jobs(columns: tuple[str, ...], unless_final: bool) -> Any:
 
 def _second_run(job: JobRecord, event: JobEvent) -> bool:
     """A worker's event of a generation that already ended for good, from another run: a later
-    attempt (its delivery came back after a lost ack), or one that began after the end (a second
-    copy in JOBS: an outbox republish after the duplicate window)."""
+    attempt (its delivery came back after a lost ack), an earlier one whose report was stored only
+    after a later attempt ended the job (its executor retried the publish through a JetStream
+    leader election for longer than ack_wait, and the job was redelivered meanwhile), or one that
+    began after the end (a second copy in JOBS: an outbox republish after the duplicate window)."""
     return (
         job.status in ENDED_OUTCOMES
         and event.worker_id is not None
         and event.generation == job.generation
-        and (event.attempt > job.attempt or (job.finished_at is not None and event.at > job.finished_at))
+        and (event.attempt != job.attempt or (job.finished_at is not None and event.at > job.finished_at))
     )
 
 
