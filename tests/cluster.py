@@ -23,7 +23,7 @@ class Load:
 
     stack: Stack
     rate: float = 600
-    batch: int = 30
+    batch: int = 50
     threads: int = 3
     accepted: set[str] = field(default_factory=set)
     refused: list[str] = field(default_factory=list)

@@ -248,6 +248,11 @@ class EmbeddedCluster:
                     )
         return out
 
+    def clients(self, node: EmbeddedNats) -> list[str]:
+        """The names of the clients connected to `node` (/connz)."""
+        connz = _get_json(f"http://127.0.0.1:{node.monitor_port}/connz?limit=1024")
+        return sorted(c.get("name", "") for c in connz.get("connections") or [])
+
     def stop(self, timeout: float = 10.0) -> None:
         for node in self.nodes:
             node.resume()  # a stopped process would ignore SIGTERM until it is continued

@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 log = logging.getLogger("taskyard.nats")
+PING_INTERVAL_S = 5
 
 
 def server_urls(url: str) -> list[str]:
@@ -42,6 +43,11 @@ async def connect(url: str, name: str) -> NatsClient:
         reconnected_cb=on_reconnect,
         error_cb=on_error,
         pending_size=64 * 1024 * 1024,
+        # A server that hangs (a stopped process, a stalled VM) keeps its socket open: only pings
+        # find it. nats-py's default (every 120 s, 2 unanswered) left a client on a stopped cluster
+        # node for 4 minutes; now it moves to another node within PING_INTERVAL_S × 3.
+        ping_interval=PING_INTERVAL_S,
+        max_outstanding_pings=2,
     )
 
 
