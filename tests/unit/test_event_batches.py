@@ -87,7 +87,12 @@ def test_an_earlier_attempts_report_stored_after_a_later_attempt_ended_the_job_i
     # Attempt 1 ran at T0, but its executor's batch reached EVENTS only after a leader election;
     # meanwhile its delivery came back (ack_wait) and attempt 2 on w2 ended the job.
     done = job(
-        "A", status="succeeded", attempt=2, worker_id="w2", finished_at=T0 + 5.3, last_event_seq=5 * PER_MESSAGE
+        "A",
+        status="succeeded",
+        attempt=2,
+        worker_id="w2",
+        finished_at=T0 + 5.3,
+        last_event_seq=5 * PER_MESSAGE,
     )
     jobs = {"A": done}
     rows, _, _ = apply_events([(9 * PER_MESSAGE, quick("A", T0, attempt=1, worker="w1"))], jobs)
