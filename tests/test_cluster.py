@@ -156,6 +156,13 @@ def _consume(stack, queue: str, n: int) -> None:
     run_async(go())
 
 
+def _read(c: httpx.Client, path: str) -> dict | None:
+    try:
+        return c.get(path, timeout=1).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
 class Watch:
     """Polls positions, the worker's state and the default queue's live pulls every 0.1 s, and
     keeps when each answer was wrong or missing."""
@@ -168,37 +175,31 @@ class Watch:
         self.pulls: list[tuple[float, int]] = []
 
     def run_until(self, until: float) -> None:
+        """Read until `until`. A read that fails or times out (1 s) counts as missing when it
+        ended, so a hung api shows as a window, not as one late read."""
         with self.stack.http() as c:
             while time.monotonic() < until:
-                now = time.monotonic()
                 for job_id, position in self.expected.items():
-                    try:
-                        got = c.get(f"/api/v1/jobs/{job_id}", timeout=5).json().get("queue_position")
-                    except httpx.HTTPError:
-                        got = None
+                    got = (_read(c, f"/api/v1/jobs/{job_id}") or {}).get("queue_position")
                     self.reads += 1
                     if got is None:
-                        self.missing.append((now, "position"))
+                        self.missing.append((time.monotonic(), "position"))
                     elif got != position:
-                        self.wrong.append((now, f"position of #{position}", got))
-                try:
-                    workers = {
-                        w["id"]: w["state"] for w in c.get("/api/v1/workers", timeout=5).json()["workers"]
-                    }
-                    row = c.get("/api/v1/queues", timeout=5).json()["queues"]
-                    pulls = sum(
-                        p["live_pulls"]
-                        for q in row
-                        if q["queue"] == "default"
-                        for p in q["priorities"].values()
-                    )
-                except (httpx.HTTPError, KeyError):
-                    workers, pulls = {}, 0
-                if sorted(workers.values()) != ["healthy"] * self.workers:
-                    self.missing.append((now, f"worker states {sorted(workers.values())}"))
-                self.pulls.append((now, pulls))
+                        self.wrong.append((time.monotonic(), f"position of #{position}", got))
+                listed = (_read(c, "/api/v1/workers") or {}).get("workers", [])
+                states = sorted(w["state"] for w in listed)
+                if states != ["healthy"] * self.workers:
+                    self.missing.append((time.monotonic(), f"worker states {states}"))
+                queues = (_read(c, "/api/v1/queues") or {}).get("queues", [])
+                pulls = sum(
+                    p["live_pulls"]
+                    for q in queues
+                    if q["queue"] == "default"
+                    for p in q["priorities"].values()
+                )
+                self.pulls.append((time.monotonic(), pulls))
                 if pulls == 0:
-                    self.missing.append((now, "live pulls 0"))
+                    self.missing.append((time.monotonic(), "live pulls 0"))
                 time.sleep(0.1)
 
     def window(self, what: str, since: float) -> float:
