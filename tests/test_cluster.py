@@ -245,9 +245,9 @@ def _colocate(stack, cluster, watch: "Watch", parked: str, default: str) -> dict
 
 
 def test_positions_and_worker_health_when_consumer_leaders_move(cluster_stack, nats_cluster):
-    """Positions stay exact (never a wrong number; for a moment none, while no consumer leader
-    answers) and the worker stays healthy when the consumer leader steps down and when its node
-    is killed -9; its live pulls reappear within a bound (docs/scaling.md)."""
+    """Positions stay exact (never a wrong number; for a while none, while no consumer leader
+    answers), and workers read healthy again, when the consumer leaders step down, when their node
+    hangs for 20 s and when it is killed -9; each window is measured and bounded (docs/scaling.md)."""
     stack = cluster_stack
     services = start_services(stack)
     with stack.http() as c:
@@ -261,25 +261,16 @@ def test_positions_and_worker_health_when_consumer_leaders_move(cluster_stack, n
 
     jobs = f"{stack.prefix.upper()}_JOBS"
     parked, default = (f"{jobs}/{stack.prefix}_exec_{q}_normal" for q in ("parked", "default"))
+    kinds = ("position", "worker", "live pulls")
     before = nats_cluster.leaders()
     stepped_at = time.monotonic()
     for queue in ("parked", "default"):  # the executors' pulls wait on default's consumers
         run_async(_stepdown(stack, queue))
     watch.run_until(time.monotonic() + 4)
-    after = _colocate(stack, nats_cluster, watch, parked, default)
-    stepdown = {what: watch.window(what, stepped_at) for what in ("position", "worker", "live pulls")}
-
-    # kill -9 on loopback: the routes close at once, the followers elect without waiting.
-    killed = nats_cluster.node(after[parked])
-    killed_at = time.monotonic()
-    killed.kill()
-    watch.run_until(time.monotonic() + 6)
-    kill = {what: watch.window(what, killed_at) for what in ("position", "worker", "live pulls")}
-    killed.start()
-    nats_cluster.wait_healthy(nodes=[killed])
+    stepdown = {what: watch.window(what, stepped_at) for what in kinds}
 
     # A hung node (SIGSTOP) keeps its sockets open, as a machine that froze or lost its network:
-    # the followers elect only after their election timeout.
+    # the followers elect only after their election timeout, and its clients leave it on pings.
     hung = nats_cluster.node(_colocate(stack, nats_cluster, watch, parked, default)[parked])
     hung_clients = nats_cluster.clients(hung)
     hung_at = time.monotonic()
@@ -288,21 +279,28 @@ def test_positions_and_worker_health_when_consumer_leaders_move(cluster_stack, n
         watch.run_until(time.monotonic() + HANG_S)
     finally:
         hung.resume()
-    pause = {what: watch.window(what, hung_at) for what in ("position", "worker", "live pulls")}
+    nats_cluster.wait_healthy(nodes=[hung])
+    watch.run_until(time.monotonic() + 3)
+    pause = {what: watch.window(what, hung_at) for what in kinds}
+
+    # Last, so the cluster is whole before it: kill -9 the node leading both consumers.
+    killed = nats_cluster.node(_colocate(stack, nats_cluster, watch, parked, default)[parked])
+    killed_at = time.monotonic()
+    killed.kill()
+    watch.run_until(time.monotonic() + 14)
+    kill = {what: watch.window(what, killed_at) for what in kinds}
     print(
         f"\nconsumer leaders (parked, default) {before[parked]}, {before[default]} stepped down: unanswered "
-        f"for {stepdown}; their node {killed.server_name} killed -9: unanswered for {kill}; their node "
-        f"{hung.server_name} (clients {hung_clients}) stopped {HANG_S:.0f} s: unanswered for {pause} "
-        f"({sorted({kind for at, kind in watch.missing if at >= hung_at})}); {watch.reads} position reads, "
+        f"for {stepdown}; their node {hung.server_name} (clients {hung_clients}) stopped {HANG_S:.0f} s: "
+        f"unanswered for {pause} ({sorted({kind for at, kind in watch.missing if hung_at <= at < killed_at})}); "
+        f"their node {killed.server_name} killed -9: unanswered for {kill}; {watch.reads} position reads, "
         f"{len(watch.wrong)} wrong"
     )
     assert not watch.wrong, watch.wrong[:5]
     # The bounds docs/scaling.md states: never a wrong position; none at all for at most the
-    # election after a crash (raft's election timeout, 4–9 s measured), and, when the node hangs,
-    # for at most as long as it hangs (nats-server 2.15 elected no new leader within 15 s for every
-    # group a hung node led) plus a second or two.
-    assert stepdown["position"] <= 1 and kill["position"] <= 12, (stepdown, kill)
-    assert pause["position"] <= HANG_S + 3, pause
-    for window, bound in ((stepdown, 1), (kill, 12), (pause, HANG_S + 3)):
-        assert window["worker"] <= bound and window["live pulls"] <= bound, window
+    # election after a crash (7-12 s measured), and, while the consumers' leader hangs, for as long
+    # as it hangs (nats-server 2.15 answered no consumer info for a hung leader's idle consumer
+    # during the whole 20 s) and a few seconds after it resumes.
+    for window, bound in ((stepdown, 1), (pause, HANG_S + 6), (kill, 14)):
+        assert all(window[what] <= bound for what in kinds), (window, bound)
     assert all(svc.alive() for svc in services)
