@@ -1022,7 +1022,8 @@ class PhaseMeter:
 
 # --- optional profiling with py-spy ---------------------------------------------------------------
 class Profiler:
-    """`py-spy record --format raw` on the api and the first executor while a phase runs."""
+    """`py-spy record --format raw` on the api, the first executor and the metrics service while a
+    phase runs."""
 
     def __init__(self, py_spy: str | None, out_dir: Path, stack: Stack) -> None:
         self.py_spy, self.out_dir, self.stack = py_spy, out_dir, stack
@@ -1032,7 +1033,8 @@ class Profiler:
         if not self.py_spy:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("api", "executor-0"):
+        running = self.stack.pids()
+        for name in (n for n in ("api", "executor-0", "metrics") if n in running):
             out = self.out_dir / f"{phase}-{name}.folded"
             cmd = [self.py_spy, "record", "--pid", str(self.stack.pid(name)), "--rate", "250"]
             cmd += ["--format", "raw", "--output", str(out), "--nonblocking"]
