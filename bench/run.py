@@ -271,9 +271,12 @@ class Stack:
         return next(p for n, p, _ in self.procs if n == name).pid
 
     def pids(self) -> dict[str, int]:
-        """Every running service process by name: nats-server, api, executors."""
+        """Every running service process by name: nats-server, api, executors, and with --db the
+        PostgreSQL backends serving the bench database (`postgresql-<pid>`, when the server runs on
+        this machine; its background writers are left out)."""
         pids = {"nats-server": self.nats.process.pid} if self.nats.process else {}
         pids.update({name: proc.pid for name, proc, _ in self.procs if proc.poll() is None})
+        pids.update({f"postgresql-{pid}": pid for pid in pg_backends(self.pg_name)} if self.pg_name else {})
         return pids
 
     def stop(self) -> None:
@@ -289,6 +292,20 @@ class Stack:
                 proc.kill()
                 proc.wait()
         self.nats.stop()
+
+
+def pg_backends(database: str) -> list[int]:
+    """Local PostgreSQL backend processes connected to `database` (their title names it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if title.startswith(b"postgres: ") and f" {database} ".encode() in title:
+                found.append(int(entry.name))
+    return found
 
 
 def tail(path: Path, n: int = 3000) -> str:
@@ -1237,6 +1254,8 @@ def cpu_ms_per_job(phase: dict) -> dict[str, float] | None:
     out["api"] = sum(v for name, v in ms.items() if name == "api" or name.startswith("api-"))
     out["executors"] = sum(v for name, v in ms.items() if name.startswith("executor"))
     out["all"] = sum(out.values())
+    if postgresql := [v for name, v in ms.items() if name.startswith("postgresql-")]:
+        out["postgresql"] = sum(postgresql)  # the database server's share, beside `all`
     return out
 
 
@@ -1285,6 +1304,8 @@ def table(res: dict) -> list[list[str]]:
                 )
                 rows.append(["  CPU per job (ms): all services", f"{per_job['all']:.3f}", "-", "-"])
                 rows.append(["  … api / nats-server / metrics / executors", parts, "-", "-"])
+                if "postgresql" in per_job:
+                    rows.append(["  … PostgreSQL's backends (not in `all`)", f"{per_job['postgresql']:.3f}", "-", "-"])  # fmt: skip
     if "backlog" in res:
         b = res["backlog"]
         rows.append(throughput(f"  drain of {b['n']:,} queued jobs (jobs/s)", b["jobs_per_s"]))
@@ -1318,6 +1339,8 @@ def rss_rows(res: dict) -> list[list[str]]:
 
     rows = []
     for name, idle in res["rss_idle_mib"].items():
+        if name.startswith("postgresql-"):
+            continue  # the database server's backends: not a Taskyard service
         e2e = res["e2e"]["rss"]["peak_mib"].get(name)
         peak = max((p["rss"]["peak_mib"].get(name) or 0 for p in phases), default=0)
         rows.append([f"RSS {name} idle / e2e / any phase (MiB)", f"{show(idle)} / {show(e2e)} / {show(peak)}", "-", "-"])  # fmt: skip
