@@ -42,7 +42,7 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
 from taskyard._spread import AsyncSpread, parse_urls
-from taskyard_common.embedded import EmbeddedNats, free_port, nats_server_binary
+from taskyard_common.embedded import EmbeddedCluster, EmbeddedNats, free_port, nats_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -131,11 +131,15 @@ def machine() -> dict:
 class Stack:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args, self.tmp = args, tmp
-        self.nats = EmbeddedNats(
-            store_dir=tmp / "nats",
-            port=free_port(),
-            monitor_port=free_port(),
-            log_file=tmp / "nats-server.log",
+        self.nats: EmbeddedNats | EmbeddedCluster = (
+            EmbeddedCluster.local(tmp / "nats", log_dir=tmp)
+            if getattr(args, "cluster", False)
+            else EmbeddedNats(
+                store_dir=tmp / "nats",
+                port=free_port(),
+                monitor_port=free_port(),
+                log_file=tmp / "nats-server.log",
+            )
         )
         self.db_url = ""
         self.pg_admin_dsn = ""
@@ -184,6 +188,7 @@ class Stack:
         env.update(
             TASKYARD_NATS_URL=self.nats.url,
             TASKYARD_NATS_PREFIX=PREFIX,
+            TASKYARD_NATS_REPLICAS="3" if isinstance(self.nats, EmbeddedCluster) else "1",
             TASKYARD_DB_URL=self.db_url,
             PYTHONUNBUFFERED="1",
             **extra,
@@ -274,7 +279,10 @@ class Stack:
         """Every running service process by name: nats-server, api, executors, and with --db the
         PostgreSQL backends serving the bench database (`postgresql-<pid>`, when the server runs on
         this machine; its background writers are left out)."""
-        pids = {"nats-server": self.nats.process.pid} if self.nats.process else {}
+        if isinstance(self.nats, EmbeddedCluster):
+            pids = {f"nats-server-{n.server_name}": n.process.pid for n in self.nats.nodes if n.process}
+        else:
+            pids = {"nats-server": self.nats.process.pid} if self.nats.process else {}
         pids.update({name: proc.pid for name, proc, _ in self.procs if proc.poll() is None})
         pids.update({f"postgresql-{pid}": pid for pid in pg_backends(self.pg_name)} if self.pg_name else {})
         return pids
@@ -313,6 +321,10 @@ def tail(path: Path, n: int = 3000) -> str:
 
 
 # --- 1. raw JetStream ceiling ---------------------------------------------------------------------
+# Replicas of the raw phases' streams: `--cluster` makes it 3, as Taskyard's own streams are there.
+RAW_REPLICAS = 1
+
+
 async def raw_stream(js, name: str, subject: str) -> None:
     await js.add_stream(
         StreamConfig(
@@ -320,6 +332,7 @@ async def raw_stream(js, name: str, subject: str) -> None:
             subjects=[subject],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
+            num_replicas=RAW_REPLICAS,
         )
     )
 
@@ -344,8 +357,8 @@ async def raw_throughput(url: str, n: int, size: int, deadline_s: float) -> dict
     """publish_async + gather acks, and concurrently fetch(100) + ack() until all n are consumed."""
     tag = secrets.token_hex(3)
     stream, subject = f"BENCHRAW_{tag.upper()}", f"benchraw{tag}.q"
-    pub_nc = await nats.connect(url, name="bench-raw-pub", pending_size=64 * 1024 * 1024)
-    sub_nc = await nats.connect(url, name="bench-raw-sub")
+    pub_nc = await nats.connect(url.split(","), name="bench-raw-pub", pending_size=64 * 1024 * 1024)
+    sub_nc = await nats.connect(url.split(","), name="bench-raw-sub")
     pjs, sjs = pub_nc.jetstream(timeout=10), sub_nc.jetstream(timeout=10)
     try:
         await raw_stream(pjs, stream, subject)
@@ -408,12 +421,17 @@ async def raw_job_pattern(url: str, n: int, size: int, deadline_s: float, batche
     jobs, events = f"BENCHJOB_{tag.upper()}", f"BENCHEVT_{tag.upper()}"
     job_subject, event_subject = f"benchjob{tag}.q", f"benchevt{tag}.e"
     conns = [
-        await nats.connect(url, name=f"bench-pattern-{i}", pending_size=64 * 1024 * 1024) for i in range(3)
+        await nats.connect(url.split(","), name=f"bench-pattern-{i}", pending_size=64 * 1024 * 1024)
+        for i in range(3)
     ]
     api, executor, projector = (nc.jetstream(timeout=10) for nc in conns)
     try:
         await raw_stream(api, jobs, job_subject)
-        await api.add_stream(StreamConfig(name=events, subjects=[event_subject], storage=StorageType.FILE))
+        await api.add_stream(
+            StreamConfig(
+                name=events, subjects=[event_subject], storage=StorageType.FILE, num_replicas=RAW_REPLICAS
+            )
+        )
         config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=-1, ack_wait=60)
         job_sub = await executor.pull_subscribe(job_subject, durable="exec", stream=jobs, config=config)
         event_sub = await projector.pull_subscribe(
@@ -491,8 +509,8 @@ async def raw_latency(url: str, samples: int) -> dict:
     """publish→receive of one message at a time, with a pull request already waiting."""
     tag = secrets.token_hex(3)
     stream, subject = f"BENCHLAT_{tag.upper()}", f"benchlat{tag}.q"
-    pub_nc = await nats.connect(url, name="bench-lat-pub")
-    sub_nc = await nats.connect(url, name="bench-lat-sub")
+    pub_nc = await nats.connect(url.split(","), name="bench-lat-pub")
+    sub_nc = await nats.connect(url.split(","), name="bench-lat-sub")
     pjs, sjs = pub_nc.jetstream(timeout=10), sub_nc.jetstream(timeout=10)
     got: asyncio.Queue = asyncio.Queue()
 
@@ -1250,7 +1268,8 @@ def cpu_ms_per_job(phase: dict) -> dict[str, float] | None:
     if not cpu or not n:
         return None
     ms = {name: pct / 100 * cpu["wall_s"] * 1000 / n for name, pct in cpu["core_pct"].items()}
-    out = {name: ms.get(name, 0.0) for name in ("nats-server", "metrics")}
+    out = {"metrics": ms.get("metrics", 0.0)}
+    out["nats-server"] = sum(v for name, v in ms.items() if name.startswith("nats-server"))  # every node
     out["api"] = sum(v for name, v in ms.items() if name == "api" or name.startswith("api-"))
     out["executors"] = sum(v for name, v in ms.items() if name.startswith("executor"))
     out["all"] = sum(out.values())
@@ -1371,6 +1390,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--executors", type=int, default=2, help="executor processes (default 2)")
     p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="a local 3-node JetStream cluster, every stream at replicas 3 (the raw phases' too)",
+    )
+    p.add_argument(
         "--apis",
         type=int,
         default=1,
@@ -1472,6 +1496,8 @@ def _terminate(signum, _frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    global RAW_REPLICAS
+    RAW_REPLICAS = 3 if args.cluster else 1
     if args.apis > 1 and not args.db:
         sys.exit("bench: --apis above 1 needs --db postgresql+asyncpg://… (one api process per SQLite file)")
     signal.signal(signal.SIGTERM, _terminate)
@@ -1528,6 +1554,7 @@ def main(argv: list[str] | None = None) -> int:
             "raw_samples": args.raw_samples,
             "db": "postgresql" if args.db else "sqlite",
             "apis": args.apis,
+            "cluster": args.cluster,
             "env": args.env or [],
             "quick": args.quick,
         },
@@ -1538,7 +1565,7 @@ def main(argv: list[str] | None = None) -> int:
     m = record["machine"]
     print(
         f"\nTaskyard bench {record['started_at']}  db={record['params']['db']}  "
-        f"{args.apis} api  {args.executors}×{args.slots} slots  nproc={m['nproc']}  python {m['python']}  {m['nats_server']}\n"
+        f"{'3-node cluster  ' if args.cluster else ''}{args.apis} api  {args.executors}×{args.slots} slots  nproc={m['nproc']}  python {m['python']}  {m['nats_server']}\n"
     )
     print_table(rows)
     if not args.no_save:
