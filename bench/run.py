@@ -41,7 +41,8 @@ import httpx
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
-from taskyard_common.embedded import EmbeddedNats, free_port, nats_server_binary
+from taskyard._spread import AsyncSpread, parse_urls
+from taskyard_common.embedded import EmbeddedCluster, EmbeddedNats, free_port, nats_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -130,17 +131,22 @@ def machine() -> dict:
 class Stack:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args, self.tmp = args, tmp
-        self.nats = EmbeddedNats(
-            store_dir=tmp / "nats",
-            port=free_port(),
-            monitor_port=free_port(),
-            log_file=tmp / "nats-server.log",
+        self.nats: EmbeddedNats | EmbeddedCluster = (
+            EmbeddedCluster.local(tmp / "nats", log_dir=tmp)
+            if getattr(args, "cluster", False)
+            else EmbeddedNats(
+                store_dir=tmp / "nats",
+                port=free_port(),
+                monitor_port=free_port(),
+                log_file=tmp / "nats-server.log",
+            )
         )
         self.db_url = ""
         self.pg_admin_dsn = ""
         self.pg_name = ""
         self.key = ""
-        self.api_url = ""
+        self.api_url = ""  # the first api process (latency and GET phases)
+        self.api_urls: list[str] = []  # all of them (`--apis`): e2e submits spread over them
         self.procs: list[tuple[str, subprocess.Popen, Path]] = []
 
     # database
@@ -182,6 +188,7 @@ class Stack:
         env.update(
             TASKYARD_NATS_URL=self.nats.url,
             TASKYARD_NATS_PREFIX=PREFIX,
+            TASKYARD_NATS_REPLICAS="3" if isinstance(self.nats, EmbeddedCluster) else "1",
             TASKYARD_DB_URL=self.db_url,
             PYTHONUNBUFFERED="1",
             **extra,
@@ -237,11 +244,14 @@ class Stack:
     def start_api(self) -> None:
         """The api and, as `./taskw up` runs it, the metrics service: its EVENTS consumer is part of
         what a job costs (`--no-metrics` leaves it out)."""
-        self.api_url = self.spawn("api", "taskyard_api", [], "TASKYARD_API_PORT")
+        names = ["api"] + [f"api-{i}" for i in range(1, getattr(self.args, "apis", 1))]
+        self.api_urls = [self.spawn(name, "taskyard_api", [], "TASKYARD_API_PORT") for name in names]
+        self.api_url = self.api_urls[0]
         metrics = None
         if not getattr(self.args, "no_metrics", False):
             metrics = self.spawn("metrics", "taskyard_metrics", [], "TASKYARD_METRICS_PORT")
-        self.wait_ready("api", self.api_url)
+        for name, url in zip(names, self.api_urls, strict=True):
+            self.wait_ready(name, url)
         if metrics:
             self.wait_ready("metrics", metrics)
 
@@ -266,9 +276,15 @@ class Stack:
         return next(p for n, p, _ in self.procs if n == name).pid
 
     def pids(self) -> dict[str, int]:
-        """Every running service process by name: nats-server, api, executors."""
-        pids = {"nats-server": self.nats.process.pid} if self.nats.process else {}
+        """Every running service process by name: nats-server, api, executors, and with --db the
+        PostgreSQL backends serving the bench database (`postgresql-<pid>`, when the server runs on
+        this machine; its background writers are left out)."""
+        if isinstance(self.nats, EmbeddedCluster):
+            pids = {f"nats-server-{n.server_name}": n.process.pid for n in self.nats.nodes if n.process}
+        else:
+            pids = {"nats-server": self.nats.process.pid} if self.nats.process else {}
         pids.update({name: proc.pid for name, proc, _ in self.procs if proc.poll() is None})
+        pids.update({f"postgresql-{pid}": pid for pid in pg_backends(self.pg_name)} if self.pg_name else {})
         return pids
 
     def stop(self) -> None:
@@ -286,11 +302,29 @@ class Stack:
         self.nats.stop()
 
 
+def pg_backends(database: str) -> list[int]:
+    """Local PostgreSQL backend processes connected to `database` (their title names it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if title.startswith(b"postgres: ") and f" {database} ".encode() in title:
+                found.append(int(entry.name))
+    return found
+
+
 def tail(path: Path, n: int = 3000) -> str:
     return path.read_text(errors="replace")[-n:] if path.exists() else "(no log)"
 
 
 # --- 1. raw JetStream ceiling ---------------------------------------------------------------------
+# Replicas of the raw phases' streams: `--cluster` makes it 3, as Taskyard's own streams are there.
+RAW_REPLICAS = 1
+
+
 async def raw_stream(js, name: str, subject: str) -> None:
     await js.add_stream(
         StreamConfig(
@@ -298,6 +332,7 @@ async def raw_stream(js, name: str, subject: str) -> None:
             subjects=[subject],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
+            num_replicas=RAW_REPLICAS,
         )
     )
 
@@ -322,8 +357,8 @@ async def raw_throughput(url: str, n: int, size: int, deadline_s: float) -> dict
     """publish_async + gather acks, and concurrently fetch(100) + ack() until all n are consumed."""
     tag = secrets.token_hex(3)
     stream, subject = f"BENCHRAW_{tag.upper()}", f"benchraw{tag}.q"
-    pub_nc = await nats.connect(url, name="bench-raw-pub", pending_size=64 * 1024 * 1024)
-    sub_nc = await nats.connect(url, name="bench-raw-sub")
+    pub_nc = await nats.connect(url.split(","), name="bench-raw-pub", pending_size=64 * 1024 * 1024)
+    sub_nc = await nats.connect(url.split(","), name="bench-raw-sub")
     pjs, sjs = pub_nc.jetstream(timeout=10), sub_nc.jetstream(timeout=10)
     try:
         await raw_stream(pjs, stream, subject)
@@ -386,12 +421,17 @@ async def raw_job_pattern(url: str, n: int, size: int, deadline_s: float, batche
     jobs, events = f"BENCHJOB_{tag.upper()}", f"BENCHEVT_{tag.upper()}"
     job_subject, event_subject = f"benchjob{tag}.q", f"benchevt{tag}.e"
     conns = [
-        await nats.connect(url, name=f"bench-pattern-{i}", pending_size=64 * 1024 * 1024) for i in range(3)
+        await nats.connect(url.split(","), name=f"bench-pattern-{i}", pending_size=64 * 1024 * 1024)
+        for i in range(3)
     ]
     api, executor, projector = (nc.jetstream(timeout=10) for nc in conns)
     try:
         await raw_stream(api, jobs, job_subject)
-        await api.add_stream(StreamConfig(name=events, subjects=[event_subject], storage=StorageType.FILE))
+        await api.add_stream(
+            StreamConfig(
+                name=events, subjects=[event_subject], storage=StorageType.FILE, num_replicas=RAW_REPLICAS
+            )
+        )
         config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=-1, ack_wait=60)
         job_sub = await executor.pull_subscribe(job_subject, durable="exec", stream=jobs, config=config)
         event_sub = await projector.pull_subscribe(
@@ -469,8 +509,8 @@ async def raw_latency(url: str, samples: int) -> dict:
     """publish→receive of one message at a time, with a pull request already waiting."""
     tag = secrets.token_hex(3)
     stream, subject = f"BENCHLAT_{tag.upper()}", f"benchlat{tag}.q"
-    pub_nc = await nats.connect(url, name="bench-lat-pub")
-    sub_nc = await nats.connect(url, name="bench-lat-sub")
+    pub_nc = await nats.connect(url.split(","), name="bench-lat-pub")
+    sub_nc = await nats.connect(url.split(","), name="bench-lat-sub")
     pjs, sjs = pub_nc.jetstream(timeout=10), sub_nc.jetstream(timeout=10)
     got: asyncio.Queue = asyncio.Queue()
 
@@ -550,17 +590,25 @@ async def wait_all_final(c: httpx.AsyncClient, label: str, timeout: float, inter
 
 
 async def submit_batches(
-    c: httpx.AsyncClient, label: str, n: int, batch: int, spec: dict = NOOP
+    c: httpx.AsyncClient, label: str, n: int, batch: int, spec: dict = NOOP, senders: int = 1
 ) -> list[str]:
-    ids: list[str] = []
+    """n jobs in `batch`-sized requests, `senders` requests at a time (one per api process: the
+    client's transport takes them in turn)."""
     spec = {**spec, "labels": {"bench": label}}
-    for start in range(0, n, batch):
-        k = min(batch, n - start)
-        r = await c.post("/api/v1/jobs:batch", json={"jobs": [spec] * k})
-        if r.status_code != 201:
-            raise RuntimeError(f"batch submit answered {r.status_code}: {r.text[:500]}")
-        ids += [j["id"] for j in r.json()["jobs"]]
-    return ids
+    starts = list(range(0, n, batch))
+
+    async def send(mine: list[int]) -> list[str]:
+        ids: list[str] = []
+        for start in mine:
+            k = min(batch, n - start)
+            r = await c.post("/api/v1/jobs:batch", json={"jobs": [spec] * k})
+            if r.status_code != 201:
+                raise RuntimeError(f"batch submit answered {r.status_code}: {r.text[:500]}")
+            ids += [j["id"] for j in r.json()["jobs"]]
+        return ids
+
+    parts = await asyncio.gather(*(send(starts[i::senders]) for i in range(senders)))
+    return [job_id for part in parts for job_id in part]
 
 
 def longest_gap(starts: list[float]) -> float:
@@ -569,14 +617,24 @@ def longest_gap(starts: list[float]) -> float:
 
 
 async def end_to_end(
-    c: httpx.AsyncClient, label: str, n: int, batch: int, timeout: float
+    c: httpx.AsyncClient,
+    label: str,
+    n: int,
+    batch: int,
+    timeout: float,
+    pids: Callable[[], dict[str, int]],
+    senders: int = 1,
 ) -> tuple[dict, list[str]]:
-    """The figures, and the jobs' ids (the GET phase reads existing jobs)."""
-    t0 = time.perf_counter()
-    ids = await submit_batches(c, label, n, batch)
-    t_submitted = time.perf_counter()
-    bad = await wait_all_final(c, label, timeout)
-    t_done = time.perf_counter()
+    """The figures, and the jobs' ids (the GET phase reads existing jobs).
+
+    CPU and RSS are metered from the first submit to the last job seen final: listing the jobs
+    afterwards (the figures below) is the bench reading, not work a job costs."""
+    with PhaseMeter(pids) as meter:
+        t0 = time.perf_counter()
+        ids = await submit_batches(c, label, n, batch, senders=senders)
+        t_submitted = time.perf_counter()
+        bad = await wait_all_final(c, label, timeout)
+        t_done = time.perf_counter()
     done = await count_jobs(c, label, ("succeeded",))
     created = [epoch(j["created_at"]) for j in done]
     finished = [epoch(j["finished_at"]) for j in done]
@@ -596,6 +654,7 @@ async def end_to_end(
         "executed_seconds": round(max(finished) - min(created), 3) if done else None,
         "longest_start_gap_s": round(longest_gap(starts), 3),
         "jobs_per_worker": dict(sorted(per_worker.items())),
+        **meter.figures,
     }, ids
 
 
@@ -998,7 +1057,8 @@ class PhaseMeter:
 
 # --- optional profiling with py-spy ---------------------------------------------------------------
 class Profiler:
-    """`py-spy record --format raw` on the api and the first executor while a phase runs."""
+    """`py-spy record --format raw` on the api, the first executor and the metrics service while a
+    phase runs."""
 
     def __init__(self, py_spy: str | None, out_dir: Path, stack: Stack) -> None:
         self.py_spy, self.out_dir, self.stack = py_spy, out_dir, stack
@@ -1008,7 +1068,8 @@ class Profiler:
         if not self.py_spy:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("api", "executor-0"):
+        running = self.stack.pids()
+        for name in (n for n in ("api", "executor-0", "metrics") if n in running):
             out = self.out_dir / f"{phase}-{name}.folded"
             cmd = [self.py_spy, "record", "--pid", str(self.stack.pid(name)), "--rate", "250"]
             cmd += ["--format", "raw", "--output", str(out), "--nonblocking"]
@@ -1096,8 +1157,10 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
     note_idle()
     headers = {"Authorization": f"Bearer {stack.key}"}
     limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+    # Several api processes (--apis): requests take them in turn, as the SDK's client does.
+    spread = AsyncSpread(parse_urls(",".join(stack.api_urls)), httpx.AsyncHTTPTransport(limits=limits))
     async with (
-        httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=60, limits=limits) as c,
+        httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=60, transport=spread) as c,
         RawHttp(stack.api_url, headers) as http,
     ):
 
@@ -1123,11 +1186,9 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
 
         log(f"end to end: {args.jobs} noop jobs in batches of {args.batch}")
         await asyncio.to_thread(profiler.start, "e2e")
-        with PhaseMeter(pids) as meter:
-            out["e2e"], ids = await end_to_end(
-                c, "e2e", args.jobs, args.batch, timeout=max(180.0, args.jobs / 10)
-            )
-        out["e2e"].update(meter.figures)
+        out["e2e"], ids = await end_to_end(
+            c, "e2e", args.jobs, args.batch, max(180.0, args.jobs / 10), pids, senders=args.apis
+        )
         if profiler.procs:
             out["profile_e2e"] = await asyncio.to_thread(profiler.stop)
 
@@ -1190,11 +1251,9 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
         if args.big:
             # Last, so the other phases run on the same database size with or without --big.
             log(f"end to end, big: {args.big} noop jobs in batches of {args.batch}")
-            with PhaseMeter(pids) as meter:
-                out["big"], _ = await end_to_end(
-                    c, "big", args.big, args.batch, timeout=max(180.0, args.big / 10)
-                )
-            out["big"].update(meter.figures)
+            out["big"], _ = await end_to_end(
+                c, "big", args.big, args.batch, max(180.0, args.big / 10), pids, senders=args.apis
+            )
 
     out["rss_idle_mib"] = idle
     # The kernel's own peak over each process's life: a check on the 100 ms samples' peaks.
@@ -1204,14 +1263,18 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
 
 def cpu_ms_per_job(phase: dict) -> dict[str, float] | None:
     """CPU milliseconds per job of each Taskyard service in a phase (the bench client left out):
-    `all`, `api`, `nats-server`, `metrics` and `executors` (summed)."""
+    `all`, `api` (every api process, summed), `nats-server`, `metrics` and `executors` (summed)."""
     cpu, n = phase.get("cpu"), phase.get("n")
     if not cpu or not n:
         return None
     ms = {name: pct / 100 * cpu["wall_s"] * 1000 / n for name, pct in cpu["core_pct"].items()}
-    out = {name: ms.get(name, 0.0) for name in ("api", "nats-server", "metrics")}
+    out = {"metrics": ms.get("metrics", 0.0)}
+    out["nats-server"] = sum(v for name, v in ms.items() if name.startswith("nats-server"))  # every node
+    out["api"] = sum(v for name, v in ms.items() if name == "api" or name.startswith("api-"))
     out["executors"] = sum(v for name, v in ms.items() if name.startswith("executor"))
     out["all"] = sum(out.values())
+    if postgresql := [v for name, v in ms.items() if name.startswith("postgresql-")]:
+        out["postgresql"] = sum(postgresql)  # the database server's share, beside `all`
     return out
 
 
@@ -1260,6 +1323,8 @@ def table(res: dict) -> list[list[str]]:
                 )
                 rows.append(["  CPU per job (ms): all services", f"{per_job['all']:.3f}", "-", "-"])
                 rows.append(["  … api / nats-server / metrics / executors", parts, "-", "-"])
+                if "postgresql" in per_job:
+                    rows.append(["  … PostgreSQL's backends (not in `all`)", f"{per_job['postgresql']:.3f}", "-", "-"])  # fmt: skip
     if "backlog" in res:
         b = res["backlog"]
         rows.append(throughput(f"  drain of {b['n']:,} queued jobs (jobs/s)", b["jobs_per_s"]))
@@ -1293,6 +1358,8 @@ def rss_rows(res: dict) -> list[list[str]]:
 
     rows = []
     for name, idle in res["rss_idle_mib"].items():
+        if name.startswith("postgresql-"):
+            continue  # the database server's backends: not a Taskyard service
         e2e = res["e2e"]["rss"]["peak_mib"].get(name)
         peak = max((p["rss"]["peak_mib"].get(name) or 0 for p in phases), default=0)
         rows.append([f"RSS {name} idle / e2e / any phase (MiB)", f"{show(idle)} / {show(e2e)} / {show(peak)}", "-", "-"])  # fmt: skip
@@ -1322,6 +1389,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--db", help="postgresql+asyncpg://user@host:port/db: bench a fresh database on that server"
     )
     p.add_argument("--executors", type=int, default=2, help="executor processes (default 2)")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="a local 3-node JetStream cluster, every stream at replicas 3 (the raw phases' too)",
+    )
+    p.add_argument(
+        "--apis",
+        type=int,
+        default=1,
+        help="api processes (default 1; more need --db postgresql…): e2e batches spread over them",
+    )
     p.add_argument("--slots", type=int, default=64, help="slots per executor (default 64)")
     p.add_argument("--batch", type=int, default=500, help="jobs per jobs:batch request (default 500)")
     p.add_argument(
@@ -1418,6 +1496,10 @@ def _terminate(signum, _frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    global RAW_REPLICAS
+    RAW_REPLICAS = 3 if args.cluster else 1
+    if args.apis > 1 and not args.db:
+        sys.exit("bench: --apis above 1 needs --db postgresql+asyncpg://… (one api process per SQLite file)")
     signal.signal(signal.SIGTERM, _terminate)
     started = datetime.now(UTC)
     load_before = os.getloadavg()
@@ -1471,6 +1553,8 @@ def main(argv: list[str] | None = None) -> int:
             "backlog": args.backlog,
             "raw_samples": args.raw_samples,
             "db": "postgresql" if args.db else "sqlite",
+            "apis": args.apis,
+            "cluster": args.cluster,
             "env": args.env or [],
             "quick": args.quick,
         },
@@ -1481,7 +1565,7 @@ def main(argv: list[str] | None = None) -> int:
     m = record["machine"]
     print(
         f"\nTaskyard bench {record['started_at']}  db={record['params']['db']}  "
-        f"{args.executors}×{args.slots} slots  nproc={m['nproc']}  python {m['python']}  {m['nats_server']}\n"
+        f"{'3-node cluster  ' if args.cluster else ''}{args.apis} api  {args.executors}×{args.slots} slots  nproc={m['nproc']}  python {m['python']}  {m['nats_server']}\n"
     )
     print_table(rows)
     if not args.no_save:

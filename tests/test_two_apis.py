@@ -2,11 +2,16 @@
 lose no transition and store no timeline row twice."""
 
 import concurrent.futures
+import threading
+import time
 
 import httpx
 import pytest
 
+from taskyard import Client, TaskyardError
+
 from .invariants import assert_invariants, query, wait_all_final
+from .stack import wait_until
 
 
 def _client(url: str, key: str) -> httpx.Client:
@@ -76,3 +81,118 @@ def test_two_apis_submitting_and_projecting_at_once_lose_nothing(stack, db_url):
     assert [row for row in doubled if row[0] is not None] == []
     for api in apis:
         assert api.alive(), api.output()[-2000:]
+
+
+def _metric(url: str, name: str) -> float:
+    """The value of an unlabelled counter on an api's /metrics."""
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not on {url}/metrics")
+
+
+def _needs_postgresql(db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("several api processes share PostgreSQL (SQLite is the one-process default)")
+
+
+def test_two_apis_outboxes_publish_each_due_job_once(stack, db_url):
+    """2,000 jobs stored and never published (their api died after the commit); two apis start at
+    once, both sweeping the outbox every 50 ms. Each job is published once: JetStream's dedupe
+    (the backstop) never has to drop a second copy."""
+    _needs_postgresql(db_url)
+    crashing = stack.start_api(TASKYARD_API_FAULT_CRASH_AFTER_INSERT="true")
+    with _client(crashing.url, stack.admin_key) as c, pytest.raises(httpx.HTTPError):
+        c.post("/api/v1/jobs:batch", json={"jobs": [{"type": "noop"}] * 2000})
+    crashing.process.wait(10)
+    assert crashing.process.returncode == 99  # died after the commit, before the publish
+    due = query(db_url, "SELECT COUNT(*) FROM jobs WHERE outbox_at IS NOT NULL AND stream_seq IS NULL")[0][0]
+    assert due == 2000
+
+    sweeping = {"TASKYARD_API_OUTBOX_GRACE_S": "0.2", "TASKYARD_API_OUTBOX_INTERVAL_S": "0.05"}
+    apis = [stack.start_api(wait=False, **sweeping) for _ in range(2)]
+    for api in apis:
+        stack.wait_ready(api)
+    wait_until(
+        lambda: query(db_url, "SELECT COUNT(*) FROM jobs WHERE stream_seq IS NULL")[0][0] == 0,
+        timeout=60,
+        what="every due job published",
+    )
+    published = [_metric(api.url, "taskyard_api_jobs_published_total") for api in apis]
+    duplicates = [_metric(api.url, "taskyard_api_jobs_publish_duplicates_total") for api in apis]
+    print(f"due {due}: published by each api {published}, dropped by dedupe {duplicates}")
+    assert (sum(published), sum(duplicates)) == (due, 0)
+
+    stack.start_executor(slots=16)
+    assert wait_all_final(db_url, due, timeout=120) == {"succeeded": due}
+    assert_invariants(db_url, {row[0] for row in query(db_url, "SELECT id FROM jobs")})
+
+
+def test_an_api_killed_mid_projection_leaves_nothing_half_applied(stack, db_url):
+    """Two apis under a steady 500 jobs/s from one client that names both; one dies in the middle
+    of a projection transaction (its rows written, not committed: a fault setting exits there, so
+    the test does not depend on where a kill -9 happens to land). The client carries on through
+    the other (a refused connection is tried on the next URL; a batch whose answer was lost is sent
+    again under the same idempotency keys), whose projector takes the dead one's batch after the
+    ack wait. Every job ends once, and each row agrees with its timeline: no transition stored
+    without its row, or the reverse."""
+    _needs_postgresql(db_url)
+    # The projector's batches are redelivered after its ack wait: 5 s here, 10 s by default.
+    fast = {"TASKYARD_API_OUTBOX_GRACE_S": "1", "TASKYARD_API_PROJECTOR_ACK_WAIT_S": "5"}
+    apis = [
+        stack.start_api(TASKYARD_API_FAULT_CRASH_MID_PROJECTION_AFTER_S="6", **fast),
+        stack.start_api(**fast),
+    ]
+    stack.start_executor(slots=32)
+    stack.start_executor(slots=32)
+    accepted: set[str] = set()
+    resent = 0
+    stop = threading.Event()
+
+    def submit_steadily() -> None:
+        nonlocal resent
+        with Client(",".join(api.url for api in apis), api_key=stack.admin_key) as ty:
+            batch = 0
+            next_at = time.monotonic()
+            while not stop.is_set():
+                specs = [{"type": "noop", "idempotency_key": f"b{batch}-{i}"} for i in range(150)]
+                for _ in range(5):
+                    try:
+                        accepted.update(job["id"] for job in ty.submit_batch(specs))
+                        break
+                    except TaskyardError:
+                        resent += 1  # the answer was lost with the api: same keys, same jobs
+                batch += 1
+                next_at += 0.25  # 150 every 0.25 s: 600 jobs/s asked, at least 500 kept up
+                time.sleep(max(0.0, next_at - time.monotonic()))
+
+    submitter = threading.Thread(target=submit_steadily)
+    started = time.monotonic()
+    submitter.start()
+    try:
+        apis[0].process.wait(20)
+        killed_at = time.monotonic()
+        assert apis[0].process.returncode == 98  # exited inside a projection transaction
+        time.sleep(4)
+    finally:
+        stop.set()
+        submitter.join(60)
+    rate = len(accepted) / (time.monotonic() - started)
+    counts = wait_all_final(db_url, len(accepted), timeout=120)
+    recovered_s = time.monotonic() - killed_at
+    print(f"accepted {len(accepted)} ({rate:.0f} jobs/s), {resent} batches resent, final {counts}")
+    print(f"every job final {recovered_s:.1f} s after the kill")
+    assert counts == {"succeeded": len(accepted)} and rate >= 500
+    assert_invariants(db_url, accepted)
+    disagreeing = query(
+        db_url,
+        "SELECT j.id, j.status, j.started_at IS NOT NULL, j.stream_seq IS NOT NULL, "
+        "COUNT(*) FILTER (WHERE e.type = 'queued'), COUNT(*) FILTER (WHERE e.type = 'started'), "
+        "COUNT(*) FILTER (WHERE e.type = 'succeeded') "
+        "FROM jobs j LEFT JOIN job_events e ON e.job_id = j.id GROUP BY j.id, j.status, j.started_at, j.stream_seq "
+        "HAVING NOT (j.status = 'succeeded' AND j.started_at IS NOT NULL AND j.stream_seq IS NOT NULL "
+        "AND COUNT(*) FILTER (WHERE e.type = 'queued') = 1 AND COUNT(*) FILTER (WHERE e.type = 'started') = 1 "
+        "AND COUNT(*) FILTER (WHERE e.type = 'succeeded') = 1)",
+    )
+    assert disagreeing == [], disagreeing[:5]
+    assert apis[1].alive(), apis[1].output()[-2000:]

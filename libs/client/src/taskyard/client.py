@@ -28,8 +28,9 @@ import httpx
 from . import _calls, _files
 from ._calls import FINAL_STATUSES, Call, LogFollow
 from ._config import resolve
+from ._spread import AsyncSpread, Spread, parse_urls
 from ._sse import SSEDecoder
-from .errors import ConfigError, JobFailed, TaskyardError, error_from_response, unreachable
+from .errors import JobFailed, TaskyardError, error_from_response, unreachable
 
 __all__ = ["AsyncClient", "Client", "FINAL_STATUSES", "JobFailed", "TaskyardError"]
 
@@ -51,9 +52,10 @@ class _Base:
     """Configuration and response handling shared by Client and AsyncClient."""
 
     def __init__(self, url: str | None, api_key: str | None, timeout: float) -> None:
-        self.url, self.api_key = resolve(url, api_key)
-        if not self.url.startswith(("http://", "https://")):
-            raise ConfigError(f"API URL must start with http:// or https://, got {self.url!r}")
+        url, self.api_key = resolve(url, api_key)
+        # Several api processes may be named, comma-separated (_spread); `url` is the first.
+        self.urls = parse_urls(url)
+        self.url = str(self.urls[0])
         self.timeout = timeout
         self._headers = {"User-Agent": f"taskyard-python/{_VERSION}", "Accept": "application/json"}
         if self.api_key:
@@ -93,7 +95,8 @@ class Client(_Base):
 
     def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 30) -> None:
         super().__init__(url, api_key, timeout)
-        self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=timeout)
+        spread = Spread(self.urls) if len(self.urls) > 1 else None
+        self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=timeout, transport=spread)
 
     def __enter__(self) -> Client:
         return self
@@ -566,7 +569,10 @@ class AsyncClient(_Base):
 
     def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 30) -> None:
         super().__init__(url, api_key, timeout)
-        self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=timeout)
+        spread = AsyncSpread(self.urls) if len(self.urls) > 1 else None
+        self._http = httpx.AsyncClient(
+            base_url=self.url, headers=self._headers, timeout=timeout, transport=spread
+        )
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -101,7 +101,13 @@ async def lifespan(app: FastAPI):
     publisher = Publisher(state.nc, state.js, state.topo)
     state.jobs = JobService(state.sessions, publisher, state.settings, KnownTypes(state.js, state.topo))
     state.projector = Projector(
-        state.js, state.topo, state.sessions, state.settings.projector_batch, state.jobs.follow
+        state.js,
+        state.topo,
+        state.sessions,
+        state.settings.projector_batch,
+        state.jobs.follow,
+        ack_wait_s=state.settings.projector_ack_wait_s,
+        crash_after_s=state.settings.fault_crash_mid_projection_after_s,
     )
     settings = state.settings
     state.checkpoints = CheckpointService(state.sessions, state.jobs)

@@ -1,7 +1,11 @@
 """Engine and sessions. SQLite: one connection in WAL mode, run inline; PostgreSQL: a pool."""
 
+import contextlib
+import zlib
+from collections.abc import AsyncIterator
+
 import pydantic_core
-from sqlalchemy import event, make_url
+from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from taskyard_common.settings import DbSettings
@@ -52,3 +56,25 @@ def make_engine(settings: DbSettings) -> AsyncEngine:
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.asynccontextmanager
+async def one_process_at_a_time(sessions: async_sessionmaker[AsyncSession], name: str) -> AsyncIterator[bool]:
+    """True in the one api process that holds `name` for the block, False in the others.
+
+    PostgreSQL: a session advisory lock on a connection kept for the block; a process that dies
+    drops its connection and with it the lock. SQLite: always True (one api process per file), and
+    no connection is held, so the block may use the only one."""
+    engine: AsyncEngine = sessions.kw["bind"]
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    key = zlib.crc32(f"taskyard.{name}".encode())
+    async with engine.connect() as conn:
+        held = bool(await conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}))
+        await conn.commit()  # the lock is the session's, not the transaction's: end the snapshot
+        try:
+            yield held
+        finally:
+            if held:
+                await conn.scalar(text("SELECT pg_advisory_unlock(:key)"), {"key": key})

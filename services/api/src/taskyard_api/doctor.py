@@ -144,7 +144,9 @@ async def gate_checks(sessions, now: float) -> list[dict]:  # noqa: ANN001 - asy
                 select(j.status, func.count()).where(j.status.in_(sorted(GATED_STATES))).group_by(j.status)
             )).tuples().all()
         )  # fmt: skip
-        due = await session.scalar(select(func.min(j.run_at)).where(j.status == "scheduled"))
+        due = await session.scalar(
+            select(func.min(j.run_at)).where(j.status == "scheduled", j.run_at.is_not(None))
+        )
     words = ", ".join(f"{held[s]} {s}" for s in sorted(held)) or "no job waits behind a gate"
     late = due is not None and due < now - OVERDUE_ALARM_S
     detail = words + (f"; next scheduled at {iso(due)}" if due is not None else "")

@@ -94,7 +94,9 @@ class DueJobs:
     async def next_due(self) -> float | None:
         j = jobs_table.c
         async with self.sessions() as session:
-            due = await session.scalar(select(func.min(j.run_at)).where(j.status == "scheduled"))
+            due = await session.scalar(
+                select(func.min(j.run_at)).where(j.status == "scheduled", j.run_at.is_not(None))
+            )
         return float(due) if due is not None else None
 
     async def fire(self, now: float) -> None:

@@ -28,6 +28,19 @@ JOBS_PRUNED = Counter(
     registry=REGISTRY,
 )
 
+JOBS_PUBLISHED = Counter(
+    "taskyard_api_jobs_published_total",
+    "Job messages this api process published to JOBS and JetStream stored",
+    registry=REGISTRY,
+)
+# A message JetStream already held (same Nats-Msg-Id in the duplicate window) and dropped: the
+# outbox's resend after a crash, or two api processes publishing one job. Dedupe is the backstop;
+# one outbox sweeper at a time (db.one_process_at_a_time) keeps this near 0 (tests/test_two_apis.py).
+JOBS_PUBLISH_DUPLICATES = Counter(
+    "taskyard_api_jobs_publish_duplicates_total",
+    "Job messages JetStream dropped as duplicates of one it held (dedupe acted)",
+    registry=REGISTRY,
+)
 EVENTS_UNPROJECTABLE = Counter(
     "taskyard_api_events_unprojectable_total",
     "Events the projector could not apply even alone (logged with their EVENTS sequence, skipped).",

@@ -23,6 +23,7 @@ from taskyard_common.topology import QueueLimitReached
 
 from . import admission, approvals, gates
 from .auth import Principal
+from .db import one_process_at_a_time
 from .failures import Forbidden, Invalid, NotFound, Refused, TooLarge
 from .ids import JOB_ID, new_id
 from .job_store import JobStore
@@ -584,19 +585,24 @@ class JobService:
 
     async def reconcile_once(self) -> int:
         """Outbox: publish the messages a crash or a NATS outage left unpublished (every
-        outbox_interval_s, run by the api's Supervisor). A backlog is taken a full page after
-        another while they get through: one page per interval drained 500 jobs/s, less than the
-        submits that piled up behind a JetStream leader election."""
-        total = 0
-        while True:
-            async with self.sessions() as session:
-                due = await JobStore.outbox_due(
-                    session, time.time() - self.settings.outbox_grace_s, limit=OUTBOX_PAGE
-                )
-            if not due:
-                return total
-            log.info("outbox: publishing %d due jobs", len(due))
-            now = await self.publish(due)
-            total += len(due)
-            if len(due) < OUTBOX_PAGE or all(job.outbox_at is not None for job in now):
-                return total  # the rest (if any) next interval: NATS may still be away
+        outbox_interval_s, run by the api's Supervisor). One api process sweeps at a time: two
+        would publish the same due jobs, and JetStream's dedupe would have to drop the second. A
+        backlog is taken a full page after another while they get through: one page per interval
+        drained 500 jobs/s, less than the submits that piled up behind a JetStream leader
+        election."""
+        async with one_process_at_a_time(self.sessions, "outbox") as mine:
+            if not mine:
+                return 0
+            total = 0
+            while True:
+                async with self.sessions() as session:
+                    due = await JobStore.outbox_due(
+                        session, time.time() - self.settings.outbox_grace_s, limit=OUTBOX_PAGE
+                    )
+                if not due:
+                    return total
+                log.info("outbox: publishing %d due jobs", len(due))
+                now = await self.publish(due)
+                total += len(due)
+                if len(due) < OUTBOX_PAGE or all(job.outbox_at is not None for job in now):
+                    return total  # the rest (if any) next interval: NATS may still be away

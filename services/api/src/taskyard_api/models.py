@@ -14,6 +14,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -36,22 +37,42 @@ class ApiKey(Base):
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+def _partial(name: str, present: str, *columns: str) -> Index:
+    """An index of the rows whose `present` column is not NULL (queries name it with =, < or
+    IS NOT NULL, which lets both planners use it)."""
+    where = text(f"{present} IS NOT NULL")
+    return Index(name, *columns, sqlite_where=where, postgresql_where=where)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency"),
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_queue_id", "queue", "id"),
-        Index("ix_jobs_batch_status", "batch_id", "status"),
-        Index("ix_jobs_workflow", "workflow_id"),
         Index("ix_jobs_finished_at_id", "finished_at", "id"),
         Index("ix_jobs_started_at_id", "started_at", "id"),
         Index("ix_jobs_status_finished_id", "status", "finished_at", "id"),
+        # Most jobs leave these columns NULL: their indexes hold only the rows that have a value,
+        # so a plain job's insert and moves do not write them (migration 0012).
+        _partial("ix_jobs_outbox_at", "outbox_at", "outbox_at"),
+        _partial("ix_jobs_batch_status", "batch_id", "batch_id", "status"),
+        _partial("ix_jobs_workflow", "workflow_id", "workflow_id"),
         # The gate timer's next due job: one index range, not a scan per tick.
-        Index("ix_jobs_status_run_at", "status", "run_at"),
+        _partial("ix_jobs_status_run_at", "run_at", "status", "run_at"),
         # A key's waiting jobs in admission order, a priority at a time (admission._first_waiting).
-        Index("ix_jobs_concurrency_key_waiting", "concurrency_key", "status", "priority", "created_at", "id"),
-        Index("ix_jobs_rate_key_waiting", "rate_key", "status", "priority", "created_at", "id"),
+        _partial(
+            "ix_jobs_concurrency_key_waiting",
+            "concurrency_key",
+            "concurrency_key",
+            "status",
+            "priority",
+            "created_at",
+            "id",
+        ),
+        _partial(
+            "ix_jobs_rate_key_waiting", "rate_key", "rate_key", "status", "priority", "created_at", "id"
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(26), primary_key=True)
@@ -75,7 +96,7 @@ class Job(Base):
     worker_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
     stream_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # Outbox: since when the job's current message waits to be published (None: JOBS has it).
-    outbox_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    outbox_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     progress: Mapped[dict | None] = mapped_column(JsonType, nullable=True)
     result: Mapped[Any] = mapped_column(JsonType, nullable=True)
     error: Mapped[dict | None] = mapped_column(JsonType, nullable=True)

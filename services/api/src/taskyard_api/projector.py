@@ -7,6 +7,8 @@ moves for events newer than the last one it applied, so replaying the stream cha
 import asyncio
 import contextlib
 import logging
+import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -174,8 +176,14 @@ class Projector:
         sessions: async_sessionmaker[AsyncSession],
         batch: int,
         follow: Callable[[gates.Opened], Awaitable[list[JobRecord]]],
+        ack_wait_s: float = 10.0,
+        crash_after_s: float | None = None,
     ) -> None:
         self.js, self.topo, self.sessions, self.batch = js, topo, sessions, batch
+        self.ack_wait_s = ack_wait_s
+        # Fault injection (settings.fault_crash_mid_projection_after_s): the monotonic time after
+        # which the next batch exits the process between its writes and its commit.
+        self.crash_at = time.monotonic() + crash_after_s if crash_after_s else None
         # Publishes the jobs a projected outcome released (their gates opened); see gates.
         self.follow = follow
         self.stopping = False
@@ -198,7 +206,7 @@ class Projector:
             config=ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
-                ack_wait=60,
+                ack_wait=self.ack_wait_s,
                 max_ack_pending=50_000,
             ),
         )
@@ -309,6 +317,8 @@ class Projector:
                 ]
                 enqueued = await self.notifier.enqueue(session, changed + (opened.ended if opened else []))
             await rollups.add(session, tally)
+            if self.crash_at is not None and time.monotonic() >= self.crash_at:
+                os._exit(98)
             await session.commit()
         if enqueued:
             self.notifier.wake.set()

@@ -13,6 +13,7 @@ from taskyard_common.nats_util import wait_acks
 from taskyard_common.schemas import Backoff, EventBatch, JobEvent, JobSpec
 from taskyard_common.topology import Topology, ensure_queue
 
+from .http_metrics import JOBS_PUBLISH_DUPLICATES, JOBS_PUBLISHED
 from .lifecycle import JobRecord
 
 log = logging.getLogger("taskyard.api.publisher")
@@ -69,11 +70,15 @@ class Publisher:
         # (JOBS drops a copy it already has by Nats-Msg-Id), so the wait ends at the loss.
         acks = await wait_acks(futures, timeout=10, nc=self.nc)
         seqs: dict[str, int] = {}
+        duplicates = 0
         for job, ack in zip(jobs, acks, strict=True):
             if isinstance(ack, BaseException):
                 log.warning("publish of job %s failed (outbox will retry): %s", job.id, ack)
             else:
                 seqs[job.id] = cast(PubAck, ack).seq
+                duplicates += bool(cast(PubAck, ack).duplicate)
+        JOBS_PUBLISHED.inc(len(seqs) - duplicates)
+        JOBS_PUBLISH_DUPLICATES.inc(duplicates)
         return seqs
 
     async def announce(self, events: list[JobEvent]) -> None:

@@ -29,6 +29,10 @@ class ApiSettings(BaseSettings):
     # Ended jobs whose open edges nobody settled (a crash mid-cancel) are settled this often.
     gate_sweep_interval_s: float = Field(30.0, gt=0)
     projector_batch: int = Field(1000, gt=0)
+    # A batch the projector fetched and did not ack (its api process died) is handed to another
+    # api's projector after this long: the jobs in it show their last projected state until then.
+    # A batch takes milliseconds to project; this only bounds how stale a killed api leaves them.
+    projector_ack_wait_s: float = Field(10.0, gt=0)
     key_cache_s: float = Field(5.0, ge=0)
     # The queues overview's consumer listing is cached this long (positions never are: they read
     # their queue's consumers per request, shared by concurrent requests).
@@ -81,6 +85,9 @@ class ApiSettings(BaseSettings):
     schedule_poll_s: float = Field(5.0, gt=0)
     # Fault injection for the outbox test: exit right after the pending row is committed.
     fault_crash_after_insert: bool = False
+    # Fault injection for the two-api test: once this many seconds have passed since the projector
+    # started, exit in the middle of a batch's transaction (its rows written, not committed).
+    fault_crash_mid_projection_after_s: float | None = Field(None, gt=0)
 
     @field_validator("forwarded_allow_ips")
     @classmethod
