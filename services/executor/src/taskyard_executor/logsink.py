@@ -56,6 +56,8 @@ class Emitter:
         self._pending: dict[str, list[asyncio.Future]] = {}
         self._open: _Batch | None = None
         self._sending: set[asyncio.Task] = set()
+        # How long a publish answered 503 is sent again (RETRY_FOR_S).
+        self.retry_for_s = RETRY_FOR_S
 
     async def _publish(self, job_id: str, subject: str, data: bytes) -> None:
         pending = self._pending.setdefault(job_id, [])
@@ -68,7 +70,7 @@ class Emitter:
         leader) and RETRY_FOR_S has not passed. The first send's own errors are raised."""
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future = loop.create_future()
-        deadline = loop.time() + RETRY_FOR_S
+        deadline = loop.time() + self.retry_for_s
         ack = await self.js.publish_async(subject, data)
         ack.add_done_callback(lambda done: self._answered(subject, data, outcome, deadline, done))
         return outcome
