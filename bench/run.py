@@ -42,7 +42,7 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
 from taskyard._spread import AsyncSpread, parse_urls
-from taskyard_common.embedded import EmbeddedNats, free_port, nats_server_binary
+from taskyard_common.embedded import EmbeddedCluster, EmbeddedNats, free_port, nats_server_binary
 from taskyard_common.synced_nats import SyncedNats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,14 +132,20 @@ def machine() -> dict:
 class Stack:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args, self.tmp = args, tmp
-        self.nats = (SyncedNats if args.nats_sync else EmbeddedNats)(
-            store_dir=tmp / "nats",
-            port=free_port(),
-            monitor_port=free_port(),
-            log_file=tmp / "nats-server.log",
+        self.nats: EmbeddedNats | EmbeddedCluster = (
+            EmbeddedCluster.local(tmp / "nats", log_dir=tmp)
+            if getattr(args, "cluster", False)
+            else (SyncedNats if args.nats_sync else EmbeddedNats)(
+                store_dir=tmp / "nats",
+                port=free_port(),
+                monitor_port=free_port(),
+                log_file=tmp / "nats-server.log",
+            )
         )
         if args.nats_sync:
-            self.nats.sync_interval = args.nats_sync  # type: ignore[attr-defined]
+            if not isinstance(self.nats, SyncedNats):
+                raise SystemExit("--nats-sync is for one nats-server (not --cluster)")
+            self.nats.sync_interval = args.nats_sync
         self.db_url = ""
         self.pg_admin_dsn = ""
         self.pg_name = ""
@@ -187,6 +193,7 @@ class Stack:
         env.update(
             TASKYARD_NATS_URL=self.nats.url,
             TASKYARD_NATS_PREFIX=PREFIX,
+            TASKYARD_NATS_REPLICAS="3" if isinstance(self.nats, EmbeddedCluster) else "1",
             TASKYARD_DB_URL=self.db_url,
             PYTHONUNBUFFERED="1",
             **extra,
@@ -274,9 +281,15 @@ class Stack:
         return next(p for n, p, _ in self.procs if n == name).pid
 
     def pids(self) -> dict[str, int]:
-        """Every running service process by name: nats-server, api, executors."""
-        pids = {"nats-server": self.nats.process.pid} if self.nats.process else {}
+        """Every running service process by name: nats-server, api, executors, and with --db the
+        PostgreSQL backends serving the bench database (`postgresql-<pid>`, when the server runs on
+        this machine; its background writers are left out)."""
+        if isinstance(self.nats, EmbeddedCluster):
+            pids = {f"nats-server-{n.server_name}": n.process.pid for n in self.nats.nodes if n.process}
+        else:
+            pids = {"nats-server": self.nats.process.pid} if self.nats.process else {}
         pids.update({name: proc.pid for name, proc, _ in self.procs if proc.poll() is None})
+        pids.update({f"postgresql-{pid}": pid for pid in pg_backends(self.pg_name)} if self.pg_name else {})
         return pids
 
     def stop(self) -> None:
@@ -294,11 +307,29 @@ class Stack:
         self.nats.stop()
 
 
+def pg_backends(database: str) -> list[int]:
+    """Local PostgreSQL backend processes connected to `database` (their title names it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if title.startswith(b"postgres: ") and f" {database} ".encode() in title:
+                found.append(int(entry.name))
+    return found
+
+
 def tail(path: Path, n: int = 3000) -> str:
     return path.read_text(errors="replace")[-n:] if path.exists() else "(no log)"
 
 
 # --- 1. raw JetStream ceiling ---------------------------------------------------------------------
+# Replicas of the raw phases' streams: `--cluster` makes it 3, as Taskyard's own streams are there.
+RAW_REPLICAS = 1
+
+
 async def raw_stream(js, name: str, subject: str) -> None:
     await js.add_stream(
         StreamConfig(
@@ -306,6 +337,7 @@ async def raw_stream(js, name: str, subject: str) -> None:
             subjects=[subject],
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
+            num_replicas=RAW_REPLICAS,
         )
     )
 
@@ -330,8 +362,8 @@ async def raw_throughput(url: str, n: int, size: int, deadline_s: float) -> dict
     """publish_async + gather acks, and concurrently fetch(100) + ack() until all n are consumed."""
     tag = secrets.token_hex(3)
     stream, subject = f"BENCHRAW_{tag.upper()}", f"benchraw{tag}.q"
-    pub_nc = await nats.connect(url, name="bench-raw-pub", pending_size=64 * 1024 * 1024)
-    sub_nc = await nats.connect(url, name="bench-raw-sub")
+    pub_nc = await nats.connect(url.split(","), name="bench-raw-pub", pending_size=64 * 1024 * 1024)
+    sub_nc = await nats.connect(url.split(","), name="bench-raw-sub")
     pjs, sjs = pub_nc.jetstream(timeout=10), sub_nc.jetstream(timeout=10)
     try:
         await raw_stream(pjs, stream, subject)
@@ -394,12 +426,17 @@ async def raw_job_pattern(url: str, n: int, size: int, deadline_s: float, batche
     jobs, events = f"BENCHJOB_{tag.upper()}", f"BENCHEVT_{tag.upper()}"
     job_subject, event_subject = f"benchjob{tag}.q", f"benchevt{tag}.e"
     conns = [
-        await nats.connect(url, name=f"bench-pattern-{i}", pending_size=64 * 1024 * 1024) for i in range(3)
+        await nats.connect(url.split(","), name=f"bench-pattern-{i}", pending_size=64 * 1024 * 1024)
+        for i in range(3)
     ]
     api, executor, projector = (nc.jetstream(timeout=10) for nc in conns)
     try:
         await raw_stream(api, jobs, job_subject)
-        await api.add_stream(StreamConfig(name=events, subjects=[event_subject], storage=StorageType.FILE))
+        await api.add_stream(
+            StreamConfig(
+                name=events, subjects=[event_subject], storage=StorageType.FILE, num_replicas=RAW_REPLICAS
+            )
+        )
         config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=-1, ack_wait=60)
         job_sub = await executor.pull_subscribe(job_subject, durable="exec", stream=jobs, config=config)
         event_sub = await projector.pull_subscribe(
@@ -477,8 +514,8 @@ async def raw_latency(url: str, samples: int) -> dict:
     """publish→receive of one message at a time, with a pull request already waiting."""
     tag = secrets.token_hex(3)
     stream, subject = f"BENCHLAT_{tag.upper()}", f"benchlat{tag}.q"
-    pub_nc = await nats.connect(url, name="bench-lat-pub")
-    sub_nc = await nats.connect(url, name="bench-lat-sub")
+    pub_nc = await nats.connect(url.split(","), name="bench-lat-pub")
+    sub_nc = await nats.connect(url.split(","), name="bench-lat-sub")
     pjs, sjs = pub_nc.jetstream(timeout=10), sub_nc.jetstream(timeout=10)
     got: asyncio.Queue = asyncio.Queue()
 
@@ -1025,7 +1062,8 @@ class PhaseMeter:
 
 # --- optional profiling with py-spy ---------------------------------------------------------------
 class Profiler:
-    """`py-spy record --format raw` on the api and the first executor while a phase runs."""
+    """`py-spy record --format raw` on the api, the first executor and the metrics service while a
+    phase runs."""
 
     def __init__(self, py_spy: str | None, out_dir: Path, stack: Stack) -> None:
         self.py_spy, self.out_dir, self.stack = py_spy, out_dir, stack
@@ -1035,7 +1073,8 @@ class Profiler:
         if not self.py_spy:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("api", "executor-0"):
+        running = self.stack.pids()
+        for name in (n for n in ("api", "executor-0", "metrics") if n in running):
             out = self.out_dir / f"{phase}-{name}.folded"
             cmd = [self.py_spy, "record", "--pid", str(self.stack.pid(name)), "--rate", "250"]
             cmd += ["--format", "raw", "--output", str(out), "--nonblocking"]
@@ -1234,10 +1273,13 @@ def cpu_ms_per_job(phase: dict) -> dict[str, float] | None:
     if not cpu or not n:
         return None
     ms = {name: pct / 100 * cpu["wall_s"] * 1000 / n for name, pct in cpu["core_pct"].items()}
-    out = {name: ms.get(name, 0.0) for name in ("nats-server", "metrics")}
+    out = {"metrics": ms.get("metrics", 0.0)}
+    out["nats-server"] = sum(v for name, v in ms.items() if name.startswith("nats-server"))  # every node
     out["api"] = sum(v for name, v in ms.items() if name == "api" or name.startswith("api-"))
     out["executors"] = sum(v for name, v in ms.items() if name.startswith("executor"))
     out["all"] = sum(out.values())
+    if postgresql := [v for name, v in ms.items() if name.startswith("postgresql-")]:
+        out["postgresql"] = sum(postgresql)  # the database server's share, beside `all`
     return out
 
 
@@ -1286,6 +1328,8 @@ def table(res: dict) -> list[list[str]]:
                 )
                 rows.append(["  CPU per job (ms): all services", f"{per_job['all']:.3f}", "-", "-"])
                 rows.append(["  … api / nats-server / metrics / executors", parts, "-", "-"])
+                if "postgresql" in per_job:
+                    rows.append(["  … PostgreSQL's backends (not in `all`)", f"{per_job['postgresql']:.3f}", "-", "-"])  # fmt: skip
     if "backlog" in res:
         b = res["backlog"]
         rows.append(throughput(f"  drain of {b['n']:,} queued jobs (jobs/s)", b["jobs_per_s"]))
@@ -1319,6 +1363,8 @@ def rss_rows(res: dict) -> list[list[str]]:
 
     rows = []
     for name, idle in res["rss_idle_mib"].items():
+        if name.startswith("postgresql-"):
+            continue  # the database server's backends: not a Taskyard service
         e2e = res["e2e"]["rss"]["peak_mib"].get(name)
         peak = max((p["rss"]["peak_mib"].get(name) or 0 for p in phases), default=0)
         rows.append([f"RSS {name} idle / e2e / any phase (MiB)", f"{show(idle)} / {show(e2e)} / {show(peak)}", "-", "-"])  # fmt: skip
@@ -1348,6 +1394,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--db", help="postgresql+asyncpg://user@host:port/db: bench a fresh database on that server"
     )
     p.add_argument("--executors", type=int, default=2, help="executor processes (default 2)")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="a local 3-node JetStream cluster, every stream at replicas 3 (the raw phases' too)",
+    )
     p.add_argument(
         "--apis",
         type=int,
@@ -1456,6 +1507,8 @@ def _terminate(signum, _frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    global RAW_REPLICAS
+    RAW_REPLICAS = 3 if args.cluster else 1
     if args.apis > 1 and not args.db:
         sys.exit("bench: --apis above 1 needs --db postgresql+asyncpg://… (one api process per SQLite file)")
     signal.signal(signal.SIGTERM, _terminate)
@@ -1512,6 +1565,7 @@ def main(argv: list[str] | None = None) -> int:
             "raw_samples": args.raw_samples,
             "db": "postgresql" if args.db else "sqlite",
             "apis": args.apis,
+            "cluster": args.cluster,
             "env": args.env or [],
             "nats_sync": args.nats_sync,
             "quick": args.quick,
@@ -1523,7 +1577,7 @@ def main(argv: list[str] | None = None) -> int:
     m = record["machine"]
     print(
         f"\nTaskyard bench {record['started_at']}  db={record['params']['db']}  "
-        f"{args.apis} api  {args.executors}×{args.slots} slots  nproc={m['nproc']}  python {m['python']}  {m['nats_server']}\n"
+        f"{'3-node cluster  ' if args.cluster else ''}{args.apis} api  {args.executors}×{args.slots} slots  nproc={m['nproc']}  python {m['python']}  {m['nats_server']}\n"
     )
     print_table(rows)
     if not args.no_save:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from taskyard_common.embedded import EmbeddedNats, free_port
+from taskyard_common.embedded import EmbeddedCluster, EmbeddedNats, free_port
 
 from .stack import PG_URL, Stack, pg_admin, run_async
 
@@ -108,3 +108,22 @@ def own_nats_stack(db_url, tmp_path):
     yield s
     s.stop_all()
     nats.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path):
+    """A 3-node JetStream cluster of the wheel's nats-server on loopback ports, its own per test
+    (the cluster tests kill and stop its nodes)."""
+    cluster = EmbeddedCluster.local(tmp_path / "nats", log_dir=tmp_path).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_stack(nats_cluster, db_url, tmp_path):
+    """A stack on the 3-node cluster: every stream, consumer and the workers bucket at replicas 3;
+    services get all three URLs."""
+    s = Stack(nats=nats_cluster, db_url=db_url, tmp=tmp_path, extra_env={"TASKYARD_NATS_REPLICAS": "3"})
+    s.admin_key = create_key(db_url, "admin", "admin")
+    yield s
+    s.stop_all()

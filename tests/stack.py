@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from taskyard_common.embedded import EmbeddedNats, free_port
+from taskyard_common.embedded import EmbeddedCluster, EmbeddedNats, free_port
 from taskyard_common.settings import NatsSettings
 from taskyard_common.topology import Topology
 
@@ -56,7 +56,7 @@ class Service:
 
 @dataclass
 class Stack:
-    nats: EmbeddedNats
+    nats: EmbeddedNats | EmbeddedCluster
     db_url: str
     tmp: Path
     prefix: str = field(default_factory=lambda: "t" + secrets.token_hex(4))
@@ -160,7 +160,8 @@ class Stack:
             if svc.alive():
                 svc.process.kill()
                 svc.process.wait()
-        if self.nats.process is not None:
+        # A cluster is the test's own (stopped after it); the session server is shared.
+        if isinstance(self.nats, EmbeddedNats) and self.nats.process is not None:
             run_async(self._delete_streams())
 
     async def _delete_streams(self) -> None:

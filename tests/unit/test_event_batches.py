@@ -83,6 +83,26 @@ def test_a_run_after_the_generation_ended_is_recorded_as_a_duplicate_and_changes
     assert jobs["A"] == done
 
 
+def test_an_earlier_attempts_report_stored_after_a_later_attempt_ended_the_job_is_a_duplicate():
+    # Attempt 1 ran at T0, but its executor's batch reached EVENTS only after a leader election;
+    # meanwhile its delivery came back (ack_wait) and attempt 2 on w2 ended the job.
+    done = job(
+        "A",
+        status="succeeded",
+        attempt=2,
+        worker_id="w2",
+        finished_at=T0 + 5.3,
+        last_event_seq=5 * PER_MESSAGE,
+    )
+    jobs = {"A": done}
+    rows, _, _ = apply_events([(9 * PER_MESSAGE, quick("A", T0, attempt=1, worker="w1"))], jobs)
+    assert [(r["type"], r["data"]["event"], r["attempt"]) for r in rows] == [
+        ("duplicate_run", "started", 1),
+        ("duplicate_run", "succeeded", 1),
+    ]
+    assert jobs["A"] == done
+
+
 def test_a_late_cancel_report_of_a_cancelled_job_is_no_duplicate_run():
     cancelled = job("A", status="cancelled", attempt=0, last_event_seq=PER_MESSAGE)
     jobs = {"A": cancelled}

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import logging
+import weakref
 from dataclasses import dataclass
 
 import nats
@@ -12,13 +13,32 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 log = logging.getLogger("taskyard.nats")
+PING_INTERVAL_S = 5
+
+
+def server_urls(url: str) -> list[str]:
+    """TASKYARD_NATS_URL as nats-py's server list: one URL, or a cluster's nodes comma-separated
+    (`nats://a:4222,nats://b:4222`), so the first connect works whichever node is down."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
+# Per client, an event set when it next loses its connection (a fresh one after each loss).
+_losses: "weakref.WeakKeyDictionary[NatsClient, asyncio.Event]" = weakref.WeakKeyDictionary()
+
+
+def next_loss(nc: NatsClient) -> asyncio.Event:
+    """An event set when `nc` next loses its server (connect() clients only)."""
+    return _losses.setdefault(nc, asyncio.Event())
 
 
 async def connect(url: str, name: str) -> NatsClient:
-    """Connect with unlimited reconnects, so a restarted nats-server is picked up again."""
+    """Connect with unlimited reconnects, so a restarted nats-server (or, in a cluster, another
+    node) is picked up again."""
 
     async def on_disconnect() -> None:
         log.warning("%s: disconnected from NATS", name)
+        if (lost := _losses.pop(nc, None)) is not None:
+            lost.set()
 
     async def on_reconnect() -> None:
         log.info("%s: reconnected to NATS", name)
@@ -26,8 +46,8 @@ async def connect(url: str, name: str) -> NatsClient:
     async def on_error(err: Exception) -> None:
         log.warning("%s: NATS error: %s", name, err)
 
-    return await nats.connect(
-        url,
+    nc = await nats.connect(
+        server_urls(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -35,21 +55,40 @@ async def connect(url: str, name: str) -> NatsClient:
         reconnected_cb=on_reconnect,
         error_cb=on_error,
         pending_size=64 * 1024 * 1024,
+        # A server that hangs (a stopped process, a stalled VM) keeps its socket open: only pings
+        # find it. nats-py's default (every 120 s, 2 unanswered) left a client on a stopped cluster
+        # node for 4 minutes; now it moves to another node within PING_INTERVAL_S × 3.
+        ping_interval=PING_INTERVAL_S,
+        max_outstanding_pings=2,
     )
+    return nc
 
 
-async def wait_acks(futures: list[asyncio.Future], timeout: float) -> list[object]:
+async def wait_acks(
+    futures: list[asyncio.Future], timeout: float, nc: NatsClient | None = None
+) -> list[object]:
     """Each publish_async future's PubAck, or the exception it ended with (TimeoutError if none
-    came within `timeout`).
+    came within `timeout`, or before `nc` lost its server when it is given).
 
     Callers publish without `wait_stall`: with it nats-py wraps every publish in a task, which
     yields to the loop and costs one socket write per message (docs/performance.md, "What was changed"). The one
     deadline here bounds the wait instead; unanswered futures are cancelled, which gives their
-    slots in nats-py's pending-ack semaphore back.
+    slots in nats-py's pending-ack semaphore back. An ack the lost server owed never comes: with
+    `nc`, the wait ends at the loss (a caller that may publish again, the api's outbox, then does
+    so at once rather than after `timeout`; a stopped cluster node held the api's submits 10 s).
     """
-    if futures:
-        _, late = await asyncio.wait(futures, timeout=timeout)
-        for future in late:
+    if futures and nc is None:
+        await asyncio.wait(futures, timeout=timeout)
+    elif futures and nc is not None:
+        # One waiter for all of them (asyncio.wait does not cancel what it waits for), raced
+        # against the loss.
+        acked = asyncio.ensure_future(asyncio.wait(futures))
+        lost = asyncio.ensure_future(next_loss(nc).wait())
+        await asyncio.wait([acked, lost], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        acked.cancel()
+        lost.cancel()
+    for future in futures:
+        if not future.done():
             future.cancel()
     return [
         TimeoutError("no publish ack") if f.cancelled() else (f.exception() or f.result()) for f in futures

@@ -12,8 +12,11 @@ class NatsSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TASKYARD_NATS_")
 
+    # One server, or every node of a cluster comma-separated (nats_util.server_urls).
     url: str = "nats://127.0.0.1:4222"
     prefix: str = Field("taskyard", pattern=r"^[a-z][a-z0-9_-]{0,30}$")
+    # Copies JetStream keeps of every stream, consumer and the workers bucket: 1 on one server,
+    # 3 on a JetStream cluster (one node may fail, docs/scaling.md).
     replicas: int = Field(1, ge=1, le=5)
     # Liveness timeout of a job message: a silent worker loses its job after this long.
     ack_wait_s: float = Field(30.0, gt=0)

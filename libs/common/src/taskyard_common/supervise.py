@@ -40,6 +40,7 @@ class _Task:
     name: str
     unit: Unit
     stop_hook: Callable[[], None] | None
+    backoff: Backoff
     task: asyncio.Task | None = None
     failures: int = 0  # consecutive deaths since it last ran healthy
     down: str | None = None  # why it is down, while it waits to restart
@@ -55,15 +56,23 @@ class Supervisor:
         self._stopping = False
         self.restarts, self.failures = _counters(service, registry)
 
-    def start(self, name: str, unit: Unit, *, stop: Callable[[], None] | None = None) -> None:
+    def start(
+        self,
+        name: str,
+        unit: Unit,
+        *,
+        stop: Callable[[], None] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
         """Run `unit()` until it returns, starting it again whenever it raises.
 
         `stop`, if given, asks the unit to end by itself (e.g. finish the batch in hand); `stop()`
         of the supervisor calls it and waits before cancelling. Units without one are cancelled.
+        `backoff` replaces the supervisor's for this task.
         """
         if name in self._tasks:
             raise ValueError(f"a task named {name!r} is already supervised")
-        entry = self._tasks[name] = _Task(name, unit, stop)
+        entry = self._tasks[name] = _Task(name, unit, stop, backoff or self.backoff)
         self.restarts.labels(name)  # exported at 0, so increase() sees the first restart
         entry.task = asyncio.create_task(self._keep(entry), name=f"taskyard-{self.service}-{name}")
 
@@ -152,10 +161,10 @@ class Supervisor:
             except Exception as exc:  # noqa: BLE001 - the point of supervision: restart, say so
                 if self._stopping:
                     return
-                if time.monotonic() - started >= self.backoff.healthy_after_s:
+                if time.monotonic() - started >= entry.backoff.healthy_after_s:
                     entry.failures = 0
                 entry.failures += 1
-                delay = self.backoff.delay(entry.failures)
+                delay = entry.backoff.delay(entry.failures)
                 entry.down, entry.restart_at = _say(exc), time.monotonic() + delay
                 self.restarts.labels(entry.name).inc()
                 log.warning(

@@ -4,37 +4,26 @@
 every acknowledgement). It has no command-line flag, so this one runs from a config file.
 """
 
-import os
-import subprocess
+import json
 from dataclasses import dataclass
 
-from .embedded import DEFAULT_GOGC, EmbeddedNats, nats_server_binary, wait_for_port
+from .embedded import EmbeddedNats, nats_server_binary
 
 
 @dataclass
 class SyncedNats(EmbeddedNats):
-    """nats-server from a config file that sets JetStream's `sync_interval` (None: its default,
-    2 minutes; "always": fsync before every acknowledgement)."""
+    """One nats-server from a config file that sets JetStream's `sync_interval` (None: its
+    default, 2 minutes; "always": fsync before every acknowledgement)."""
 
     sync_interval: str | None = None
 
-    def start(self) -> "SyncedNats":
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+    def _command(self) -> list[str]:
         sync = f", sync_interval: {self.sync_interval}" if self.sync_interval else ""
         # Beside the log (the crash tests keep the store on a disk that loses unsynced writes).
         conf = (self.log_file or self.store_dir).with_suffix(".conf")
         conf.write_text(
-            f"listen: 127.0.0.1:{self.port}\nhttp: 127.0.0.1:{self.monitor_port}\n"
-            f"server_name: taskyard-{self.port}\n"
-            f'jetstream {{ store_dir: "{self.store_dir}"{sync} }}\n'
+            f"server_name: {self.server_name}\nlisten: 127.0.0.1:{self.port}\n"
+            f"http: 127.0.0.1:{self.monitor_port}\nmax_payload: 1MB\n"
+            f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))}{sync} }}\n"
         )
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [nats_server_binary(), "-c", str(conf)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={"GOGC": DEFAULT_GOGC, **os.environ},
-        )
-        wait_for_port(self.port)
-        return self
+        return [nats_server_binary(), "-c", str(conf)]

@@ -23,6 +23,7 @@ from taskyard_common.tracing_http import FASTAPI_TELEMETRY, TracingMiddleware
 from . import (
     api_doc,
     errors,
+    projector,
     rollups,
     routes_artifacts,
     routes_audit,
@@ -128,7 +129,9 @@ async def lifespan(app: FastAPI):
     state.projector.notifier = state.notifier
     state.supervisor = supervisor = Supervisor("api", REGISTRY)
     # The projector finishes the batch in hand on stop (acked, not redelivered after ack_wait).
-    supervisor.start("projector", state.projector.run, stop=state.projector.stop)
+    supervisor.start(
+        "projector", state.projector.run, stop=state.projector.stop, backoff=projector.RESTART_BACKOFF
+    )
     supervisor.start("workers-watch", state.workers.watch)
     supervisor.every("outbox", settings.outbox_interval_s, state.jobs.reconcile_once)
     # What a machine crash took from JOBS or the database, made up for (at start, then periodically).

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from taskyard_common.nats_util import stream_seq
 from taskyard_common.schemas import ENDED_OUTCOMES, FINAL_STATES, JobEvent, message_events
+from taskyard_common.supervise import Backoff
 from taskyard_common.topology import Topology
 
 from . import event_epochs, gates, rollups
@@ -57,6 +58,14 @@ COALESCE_S = 0.005
 # (an executor's batch holds at most logsink.BATCH_MAX of them). One order for single events and
 # batched ones; rows projected before batching existed keep their plain sequence, all lower.
 PER_MESSAGE = 1024
+# Looking up the durable goes to its consumer leader; while a JetStream cluster elects one, nobody
+# answers and only a timeout tells. With the api's 10 s for JetStream requests, a restart after a
+# leader died waited 10 s before it could try again; within 3 s the supervisor retries sooner.
+SUBSCRIBE_TIMEOUT_S = 3.0
+# The projector's restarts (a subscribe: one consumer-info request) are cheap, and the default
+# backoff's 4 and 8 s kept it down after the cluster had elected the new leaders (kill -9 of the
+# JOBS leader: jobs flowed again after 15.3 s, 8 s of it the election).
+RESTART_BACKOFF = Backoff(initial_s=0.5, max_s=2.0)
 
 _jobs = jobs_table
 _updates: dict[tuple[tuple[str, ...], bool], Any] = {}
@@ -86,13 +95,15 @@ def _update_jobs(columns: tuple[str, ...], unless_final: bool) -> Any:
 
 def _second_run(job: JobRecord, event: JobEvent) -> bool:
     """A worker's event of a generation that already ended for good, from another run: a later
-    attempt (its delivery came back after a lost ack), or one that began after the end (a second
-    copy in JOBS: an outbox republish after the duplicate window)."""
+    attempt (its delivery came back after a lost ack), an earlier one whose report was stored only
+    after a later attempt ended the job (its executor retried the publish through a JetStream
+    leader election for longer than ack_wait, and the job was redelivered meanwhile), or one that
+    began after the end (a second copy in JOBS: an outbox republish after the duplicate window)."""
     return (
         job.status in ENDED_OUTCOMES
         and event.worker_id is not None
         and event.generation == job.generation
-        and (event.attempt > job.attempt or (job.finished_at is not None and event.at > job.finished_at))
+        and (event.attempt != job.attempt or (job.finished_at is not None and event.at > job.finished_at))
     )
 
 
@@ -193,7 +204,7 @@ class Projector:
 
         A hand-written fetch loop, not FastStream's batch pull subscriber (which the metrics service
         uses): see docs/architecture.md, "Consuming EVENTS"."""
-        sub = await self.js.pull_subscribe(
+        subscribing = self.js.pull_subscribe(
             f"{self.topo.prefix}.events.>",
             durable=self.topo.projector_durable,
             stream=self.topo.events_stream,
@@ -204,9 +215,10 @@ class Projector:
                 max_ack_pending=50_000,
             ),
         )
-        await self.check_epochs()
-        self.high_raw = 0
+        sub = await asyncio.wait_for(subscribing, SUBSCRIBE_TIMEOUT_S)
         try:
+            await self.check_epochs()
+            self.high_raw = 0
             while not self.stopping:
                 try:
                     msgs = await sub.fetch(self.batch, timeout=1)

@@ -66,7 +66,9 @@ class Publisher:
             if job.traceparent:
                 headers["traceparent"] = job.traceparent
             futures.append(await self.js.publish_async(subject, data, headers=headers))
-        acks = await wait_acks(futures, timeout=10)
+        # A lost server owes acks it will never send: the outbox publishes those jobs again
+        # (JOBS drops a copy it already has by Nats-Msg-Id), so the wait ends at the loss.
+        acks = await wait_acks(futures, timeout=10, nc=self.nc)
         seqs: dict[str, int] = {}
         duplicates = 0
         for job, ack in zip(jobs, acks, strict=True):
@@ -107,7 +109,7 @@ class Publisher:
         )
 
     async def events_stored(self, futures: list[asyncio.Future]) -> None:
-        for result in await wait_acks(futures, timeout=10):
+        for result in await wait_acks(futures, timeout=10, nc=self.nc):
             if isinstance(result, BaseException):
                 # Events are the timeline; the row's own status is already written by the API.
                 log.warning("event publish failed: %s", result)

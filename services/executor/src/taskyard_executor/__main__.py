@@ -10,11 +10,14 @@ import secrets
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
+from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -91,6 +94,29 @@ def health_app(worker: Worker) -> FastAPI:
     return app
 
 
+# A JetStream cluster that is starting (or electing leaders) answers stream and consumer requests
+# late or with 503 for a few seconds: an executor started beside the api on a fresh 3-node
+# cluster exited with "nats: timeout" while the api was creating the streams. Up to this long,
+# start-up is tried again.
+SETUP_RETRY_S = 60.0
+
+
+async def _set_up(nc: NatsClient, topo: Topology, worker: Worker) -> None:
+    """Streams, this executor's queues' consumers and its subscriptions, tried again while
+    JetStream is not answering (QueueLimitReached is no such case: it is raised at once)."""
+    deadline = time.monotonic() + SETUP_RETRY_S
+    while True:
+        try:
+            await ensure_streams(nc.jetstream(), topo)
+            await worker.start()
+            return
+        except (NatsError, TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("JetStream not answering at start-up (%s); trying again", exc)
+            await asyncio.sleep(1)
+
+
 async def serve(settings: ExecutorSettings) -> None:
     setup_tracing("taskyard-executor")
     nats_settings = NatsSettings()
@@ -99,9 +125,8 @@ async def serve(settings: ExecutorSettings) -> None:
         registry.load(path)
     worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
     nc = await connect(nats_settings.url, f"taskyard-executor-{worker_id}")
-    await ensure_streams(nc.jetstream(), topo)
     worker = Worker(nc, topo, settings, registry, worker_id)
-    await worker.start()
+    await _set_up(nc, topo, worker)
     beats = HeartbeatPublisher(worker, topo)
     await beats.beat()
 

@@ -5,6 +5,7 @@ import contextlib
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from nats.js.errors import NoStreamResponseError
 
 from taskyard_common.nats_util import wait_acks
 from taskyard_common.schemas import EventBatch, JobEvent, LogLine
@@ -15,6 +16,12 @@ MAX_UNACKED = 1000
 FLUSH_TIMEOUT_S = 30
 # Events in one batch message; a burst larger than this is sent in several.
 BATCH_MAX = 500
+# A publish answered "no responders" (503) reached no stream leader, so nothing was stored: on a
+# JetStream cluster that is the election after a leader died (measured 2–15 s, docs/scaling.md). It
+# is sent again every RETRY_PAUSE_S for up to RETRY_FOR_S; giving up at once left the job unacked,
+# and it ran again after ack_wait (3,044 of 12,000 jobs when the EVENTS leader was killed -9).
+RETRY_FOR_S = 20.0
+RETRY_PAUSE_S = 0.25
 
 
 class _Batch:
@@ -49,12 +56,48 @@ class Emitter:
         self._pending: dict[str, list[asyncio.Future]] = {}
         self._open: _Batch | None = None
         self._sending: set[asyncio.Task] = set()
+        # How long a publish answered 503 is sent again (RETRY_FOR_S).
+        self.retry_for_s = RETRY_FOR_S
 
     async def _publish(self, job_id: str, subject: str, data: bytes) -> None:
         pending = self._pending.setdefault(job_id, [])
-        pending.append(await self.js.publish_async(subject, data))
+        pending.append(await self._send(subject, data))
         if len(pending) >= MAX_UNACKED:
             await self.flush(job_id)
+
+    async def _send(self, subject: str, data: bytes) -> asyncio.Future:
+        """publish_async, whose returned future is sent again while the answer is 503 (no stream
+        leader) and RETRY_FOR_S has not passed. The first send's own errors are raised."""
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future = loop.create_future()
+        deadline = loop.time() + self.retry_for_s
+        ack = await self.js.publish_async(subject, data)
+        ack.add_done_callback(lambda done: self._answered(subject, data, outcome, deadline, done))
+        return outcome
+
+    def _answered(
+        self, subject: str, data: bytes, outcome: asyncio.Future, deadline: float, done: asyncio.Future
+    ) -> None:
+        if outcome.done():  # a flush gave up on it (wait_acks cancelled it)
+            return
+        no_leader = not done.cancelled() and isinstance(done.exception(), NoStreamResponseError)
+        if no_leader and asyncio.get_running_loop().time() < deadline:
+            task = asyncio.ensure_future(self._again(subject, data, outcome, deadline))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+            return
+        _settle(outcome, done)
+
+    async def _again(self, subject: str, data: bytes, outcome: asyncio.Future, deadline: float) -> None:
+        await asyncio.sleep(RETRY_PAUSE_S)
+        if outcome.done():
+            return
+        try:
+            ack = await self.js.publish_async(subject, data)
+        except (NatsError, OSError) as exc:  # reconnecting: the next answer decides again
+            _settle(outcome, exc)
+            return
+        ack.add_done_callback(lambda done: self._answered(subject, data, outcome, deadline, done))
 
     async def log(self, job_id: str, line: LogLine) -> None:
         await self._publish(job_id, self.topo.log_subject(job_id), line.model_dump_json().encode())
@@ -92,7 +135,7 @@ class Emitter:
             return
         body = EventBatch(events=batch.events).model_dump_json().encode()
         try:
-            ack = await self.js.publish_async(self.batch_subject, body)  # type: ignore[arg-type]
+            ack = await self._send(self.batch_subject, body)  # type: ignore[arg-type]
         except (NatsError, OSError) as exc:
             _settle(batch.stored, exc)
             return

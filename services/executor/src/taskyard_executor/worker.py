@@ -49,6 +49,10 @@ _OUTCOMES = frozenset({"succeeded", "failed", "retrying", "cancelled", "dead", "
 ARM_ABOVE_BACKLOG_MIN_SLOTS = 16
 # What a later delivery reads back from the job's own EVENTS subject (checkpoints.Journal).
 _JOURNAL = frozenset({"step", "handed_back"})
+# How long a redelivered job's journal read is tried again through a JetStream leader election
+# (measured 4–9 s after a node died, docs/scaling.md), and how often.
+JOURNAL_RETRY_S = 20.0
+JOURNAL_RETRY_PAUSE_S = 0.5
 _tracer = tracer("taskyard.executor")
 
 
@@ -352,7 +356,7 @@ class Worker:
             if delivery > 1 or spec.resume:
                 # A retry, a redelivery or a continuation replays its journal; hand-backs in it
                 # were deliveries but no attempts.
-                run.journal = await read_journal(self.nc, self.topo, spec.id, spec.generation)
+                run.journal = await self._journal(run)
                 run.attempt = attempt = attempt_of(delivery, run.journal, spec.resume)
             else:
                 attempt = delivery
@@ -378,6 +382,23 @@ class Worker:
             self.held.take(spec.id)  # a job that ended unreported (NATS error, shutdown) comes back
             self.state_changed.set()
             self.emitter.forget(spec.id)
+
+    async def _journal(self, run: Running) -> Journal:
+        """The job's journal. While JetStream cannot answer (a cluster electing a leader: 503
+        "temporarily unavailable", or no answer), ask again for up to JOURNAL_RETRY_S and keep the
+        delivery meanwhile: handing it back would spend an attempt on a job that never ran (a node
+        stopped for 20 s under load sent one job to `dead` as WorkerLost that way)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + JOURNAL_RETRY_S
+        while True:
+            try:
+                return await read_journal(self.nc, self.topo, run.spec.id, run.spec.generation)
+            except (NatsError, TimeoutError):
+                if loop.time() > deadline:
+                    raise
+            with contextlib.suppress(NatsError, TimeoutError):
+                await run.msg.in_progress()
+            await asyncio.sleep(JOURNAL_RETRY_PAUSE_S)
 
     async def _traced_run(self, run: Running) -> None:
         """One attempt as a span in the job's trace (continued from the message's traceparent)."""

@@ -41,8 +41,12 @@ def init_series(metrics: Metrics, queue: str, job_type: str) -> None:
     """Export every counter of a (queue, type) at 0 from its first event on.
 
     Prometheus' rate()/increase() cannot see the first increment of a series that appears with the
-    value 1, so without this the first dead job of a queue would never raise an alert.
+    value 1, so without this the first dead job of a queue would never raise an alert. Once per
+    (queue, type): no series is ever removed, and the wait targets are fixed at start.
     """
+    if (queue, job_type) in metrics.initialised:
+        return
+    metrics.initialised.add((queue, job_type))
     metrics.submitted.labels(queue, job_type)
     metrics.started.labels(queue, job_type)
     metrics.retries.labels(queue, job_type)
