@@ -127,11 +127,13 @@ class Reconciler:
             if not mine:
                 self.suspects.clear()  # another process decides; notes of ours would be stale
                 return 0
-            repaired = await self._check_rows()
+            repaired = 0
             if time.monotonic() >= self._next_scan:
+                # First: at start, executors already take what JOBS holds, and a job whose message
+                # is acked before its row is back stays without one (docs/operations.md).
                 repaired += await self._recreate_orphans()
                 self._next_scan = time.monotonic() + self.orphan_scan_s
-            return repaired
+            return repaired + await self._check_rows()
 
     # -- rows whose message is gone ------------------------------------------------------------
 
