@@ -17,6 +17,7 @@ from datetime import datetime
 
 import httpx
 import nats
+import pytest
 
 from taskyard_common.settings import NatsSettings
 from taskyard_common.topology import Topology
@@ -59,6 +60,7 @@ class HeartbeatWatch(threading.Thread):
         await nc.close()
 
 
+@pytest.mark.serial  # a bound on time: run alone, after the parallel pass
 def test_a_burst_shows_all_slots_busy_within_200ms_of_the_last_start(stack):
     stack.start_api(**INTERVAL_5S)
     stack.start_executor(slots=4, **INTERVAL_5S)
