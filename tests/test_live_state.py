@@ -166,6 +166,7 @@ async def _read_while_draining(stack, jobs: dict[int, str]) -> list[tuple[int, i
     raise TimeoutError(f"queue not drained in 120 s ({len(readings)} readings)")
 
 
+@pytest.mark.serial  # a bound on time: run alone, after the parallel pass
 def test_positions_while_one_slot_drains_lie_between_brute_force_counts(stack):
     stack.start_api()
     spec = {"type": "sleep", "payload": {"seconds": 0.01}}
