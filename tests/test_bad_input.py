@@ -14,7 +14,6 @@ from taskyard_common.topology import QUEUE_NAME
 from .conftest import create_key
 
 
-@pytest.mark.xdist_group("heavy")  # CPU-heavy: one at a time in the parallel pass
 # Forty operations through every phase: minutes on a busy machine (the subprocess has its own bound).
 @pytest.mark.timeout(660)
 def test_schemathesis_all_checks_find_nothing(stack):

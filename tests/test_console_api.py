@@ -3,7 +3,6 @@
 import time
 
 import httpx
-import pytest
 
 from .conftest import create_key
 from .stack import wait_until
@@ -117,7 +116,6 @@ def test_bad_search_input_is_a_422_naming_the_field(stack):
             assert r.json()["detail"].startswith(field), (params, r.text)
 
 
-@pytest.mark.xdist_group("heavy")  # CPU-heavy: one at a time in the parallel pass
 def test_bulk_retry_by_filter_of_5000_dead_jobs_each_once_and_recorded(stack):
     stack.start_api()
     executor = stack.start_executor(queues="etl", slots=64, handlers="handlers_for_tests")

@@ -261,7 +261,6 @@ def test_full_logs_stream_drops_oldest_lines_not_jobs(stack):
 _DEAD_ERRORS = "SELECT error FROM jobs WHERE status = 'dead'"
 
 
-@pytest.mark.xdist_group("heavy")  # CPU-heavy: one at a time in the parallel pass
 @pytest.mark.slow
 def test_soak_random_failures_timeouts_and_cancels(stack):
     """Bounded soak: up to 20,000 jobs of mixed work submitted within 60 s, then the invariants."""

@@ -3,8 +3,6 @@
 import time
 from datetime import datetime
 
-import pytest
-
 from .stack import run_async
 
 
@@ -110,7 +108,6 @@ def test_armed_pulls_never_take_more_jobs_than_free_slots(stack):
     assert most <= 2, spans
 
 
-@pytest.mark.xdist_group("heavy")  # CPU-heavy: one at a time in the parallel pass
 def test_under_a_backlog_an_empty_higher_priority_is_armed_and_its_job_starts_next(stack):
     """With 16 slots or more, a `high` consumer found empty while `normal` has a backlog holds a
     long pull (rounds then skip its round trip): a high job stored mid-backlog is handed over at
