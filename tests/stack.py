@@ -2,6 +2,7 @@
 
 import asyncio
 import concurrent.futures
+import itertools
 import json
 import os
 import secrets
@@ -14,12 +15,32 @@ from pathlib import Path
 
 import httpx
 
-from taskyard_common.embedded import EmbeddedCluster, EmbeddedNats, free_port
+from taskyard_common.embedded import EmbeddedCluster, EmbeddedNats, port_is_free
 from taskyard_common.settings import NatsSettings
 from taskyard_common.topology import Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("TASKYARD_TEST_DATABASE_URL")
+
+# Ports for the servers tests start. A port the kernel hands out for bind(0) lies in the ephemeral
+# range (32768-60999), where every outgoing connection also takes its source port: between
+# choosing a port and the service binding it, a client elsewhere could take it ("address already
+# in use", seen once in 500 tests). Below that range nothing is handed out unasked; each xdist
+# worker (PYTEST_XDIST_WORKER=gwN) has a slice of its own and walks it, so no two servers of the
+# run are given the same port while either may still bind it.
+_PORTS_FROM, _PORTS_SLICE = 12000, 2000
+_worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 10
+_first_port = _PORTS_FROM + _worker * _PORTS_SLICE
+_port_turn = itertools.count(secrets.randbelow(_PORTS_SLICE))  # next() on it is thread-safe
+
+
+def free_port() -> int:
+    """A free port on 127.0.0.1 for a server a test starts, outside the ephemeral range."""
+    for _ in range(_PORTS_SLICE):
+        port = _first_port + next(_port_turn) % _PORTS_SLICE
+        if port_is_free(port):
+            return port
+    raise RuntimeError(f"no free port in {_first_port}..{_first_port + _PORTS_SLICE - 1}")
 
 
 @dataclass

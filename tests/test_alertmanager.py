@@ -29,9 +29,7 @@ import httpx
 import pytest
 import yaml
 
-from taskyard_common.embedded import free_port
-
-from .stack import Service, Stack
+from .stack import Service, Stack, free_port
 from .test_observability import Prometheus, prometheus_for, start_metrics, wait_for  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -183,6 +183,7 @@ class _RssWatch:
         return {name: round(rss / 2**20, 1) for name, rss in self.peak.items()}
 
 
+@pytest.mark.serial  # 1 GiB through every service within pytest's 180 s: run alone
 @pytest.mark.slow
 def test_one_gigabyte_round_trips_under_150_mb_per_service(own_nats_stack, tmp_path):
     stack = own_nats_stack

@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 from taskyard import AsyncClient, Client, TaskyardError
-from taskyard_common.embedded import free_port
+
+from .stack import free_port
 
 
 def cli(stack, *args: str, key: str | None = None) -> subprocess.CompletedProcess:

@@ -6,6 +6,8 @@ import pty
 import subprocess
 import sys
 
+import pytest
+
 from tests.stack import wait_until
 from tests.test_cli import cli
 
@@ -36,6 +38,7 @@ def test_cli_drains_a_worker_pauses_all_and_reads_the_audit_log(stack):
     assert "checks" in json.loads(doctor.stdout), doctor.stdout
 
 
+@pytest.mark.serial  # a bound on time: run alone, after the parallel pass
 def test_cli_status_json_and_wait_shows_each_state_on_a_terminal(stack):
     stack.start_api()
     stack.start_executor()

@@ -73,6 +73,7 @@ def _chart_total(page: Page, title: str) -> int:
     return int(caption.locator(".chart-total").inner_text().replace(",", ""))
 
 
+@pytest.mark.serial  # a bound on time: run alone, after the parallel pass
 def test_dashboard_chart_updates_within_5_s_of_a_job_finishing(stack, console):
     ui = start_ui(stack)
     stack.start_executor(queues="default")

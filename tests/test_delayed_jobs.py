@@ -3,6 +3,8 @@
 import time
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
+
 from .invariants import query
 from .stack import wait_until
 
@@ -23,6 +25,7 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+@pytest.mark.serial  # a bound on time: run alone, after the parallel pass
 def test_jobs_with_run_at_start_no_earlier_than_it_and_within_100ms_after(stack):
     stack.start_api()
     stack.start_executor(slots=16)

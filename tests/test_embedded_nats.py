@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from taskyard_common.embedded import DEFAULT_GOGC, EmbeddedNats, free_port
+from taskyard_common.embedded import DEFAULT_GOGC, EmbeddedNats
+
+from .stack import free_port
 
 
 def _environ(pid: int) -> dict[str, str]:

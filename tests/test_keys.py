@@ -129,6 +129,7 @@ def test_a_key_at_limit_3_never_runs_more_than_3_across_3_executors_and_a_kill_9
     assert lost[0][0] >= 1
 
 
+@pytest.mark.serial  # a bound on time: run alone, after the parallel pass
 def test_a_rate_key_of_20_per_s_releases_200_jobs_in_10_s(stack):
     stack.start_api()
     stack.start_executor(slots=16)
@@ -156,6 +157,7 @@ def test_a_rate_key_of_20_per_s_releases_200_jobs_in_10_s(stack):
     assert 195 <= released <= 205, released
 
 
+@pytest.mark.serial  # a bound on time: run alone, after the parallel pass
 def test_a_rate_keys_bucket_survives_an_api_restart(stack):
     """6/min: the first job goes at once, the second 10 s later, also across a kill -9 of the api
     (a bucket that restarted empty would release it as soon as the new api is up)."""
@@ -217,6 +219,7 @@ def test_a_job_with_both_keys_waits_for_both(stack, tmp_path):
     assert all(b - a >= 0.9 for a, b in zip(times, times[10:], strict=False)), times
 
 
+@pytest.mark.serial  # a bound on time: run alone, after the parallel pass
 def test_round_robin_serves_the_second_tenant_within_the_firsts_first_6(stack, tmp_path):
     stack.start_api()
     stack.start_executor(slots=8, handlers=HANDLERS)

@@ -17,6 +17,7 @@ from datetime import datetime
 
 import httpx
 import nats
+import pytest
 
 from taskyard_common.settings import NatsSettings
 from taskyard_common.topology import Topology
@@ -59,6 +60,7 @@ class HeartbeatWatch(threading.Thread):
         await nc.close()
 
 
+@pytest.mark.serial  # a bound on time: run alone, after the parallel pass
 def test_a_burst_shows_all_slots_busy_within_200ms_of_the_last_start(stack):
     stack.start_api(**INTERVAL_5S)
     stack.start_executor(slots=4, **INTERVAL_5S)
@@ -164,6 +166,7 @@ async def _read_while_draining(stack, jobs: dict[int, str]) -> list[tuple[int, i
     raise TimeoutError(f"queue not drained in 120 s ({len(readings)} readings)")
 
 
+@pytest.mark.serial  # a bound on time: run alone, after the parallel pass
 def test_positions_while_one_slot_drains_lie_between_brute_force_counts(stack):
     stack.start_api()
     spec = {"type": "sleep", "payload": {"seconds": 0.01}}

@@ -14,10 +14,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from taskyard_common.coalesce import carry
-from taskyard_common.embedded import EmbeddedNats, free_port
+from taskyard_common.embedded import EmbeddedNats
 from taskyard_common.schemas import EventBatch, Heartbeat, JobEvent
 from taskyard_common.settings import NatsSettings
 from taskyard_common.topology import Topology, ensure_queue, ensure_streams
+
+from .stack import free_port
 
 TOPO = Topology(NatsSettings())
 

@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from taskyard_api.notify import signature
-from taskyard_common.embedded import free_port
 from tests.stack import wait_until
+
+from .stack import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "whsec-test-0123456789abcdef"

@@ -26,10 +26,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from taskyard_common.embedded import free_port
 from taskyard_common.schemas import Heartbeat
 
-from .stack import Service, Stack
+from .stack import Service, Stack, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "deploy" / "grafana"

@@ -95,8 +95,9 @@ def test_a_quick_job_costs_one_executor_message_and_keeps_its_whole_timeline(sta
 def test_a_job_slower_than_the_window_reports_started_on_its_own(stack):
     stack.start_api()
     stack.start_executor(handlers="handlers_for_tests")
-    job = submit(stack, type="async_sleep", payload={"seconds": 0.6})
-    # The window (50 ms) passes long before the job ends: the job shows running meanwhile.
+    job = submit(stack, type="async_sleep", payload={"seconds": 2})
+    # The window (50 ms) passes long before the job ends: the job shows running meanwhile. (With
+    # 0.6 s, a loaded box once projected `started` too late for any poll to see it running.)
     stack.wait_status(job["id"], "running", timeout=10)
     done = stack.wait_status(job["id"], "succeeded")
     assert_timeline_in_order(done, "succeeded")

@@ -324,6 +324,7 @@ def test_jobs_list_filters_search_pages_and_bulk_actions(stack, page: Page):
     assert stack.wait_status(ids[0], "queued")  # older than the page that was cancelled
 
 
+@pytest.mark.serial  # a bound on time: run alone, after the parallel pass
 @pytest.mark.slow
 def test_ui_stays_fast_with_10000_jobs(stack):
     """Pages read one page of jobs from the API, never the whole table."""
