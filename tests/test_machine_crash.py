@@ -144,6 +144,7 @@ def test_every_accepted_job_ends_once_after_a_machine_crash(
 
         nats_server.start()
         rows = dict(query(url, "SELECT status, COUNT(*) FROM jobs GROUP BY status"))
+        lost_rows = accepted - {job_id for (job_id,) in query(url, "SELECT id FROM jobs")}
         unfinished = sum(n for s, n in rows.items() if s in ("queued", "running", "retrying"))
         messages = _jobs_messages(nats_server.url, stack.prefix)
         stack.start_api()
@@ -155,8 +156,9 @@ def test_every_accepted_job_ends_once_after_a_machine_crash(
             if synchronous == "FULL":
                 done = all(states.get(i) in final for i in accepted)
             else:  # rows lost with their jobs' messages never come back: wait for the rest
+                # (when the crash took rows: it may not, if a WAL checkpoint came just before it)
                 recreated = query(url, "SELECT COUNT(*) FROM job_events WHERE type = 'reconciled'")[0][0]
-                done = recreated > 0 and all(s in final for s in states.values())
+                done = (recreated > 0 or not lost_rows) and all(s in final for s in states.values())
             return states if done else None
 
         try:
@@ -180,7 +182,8 @@ def test_every_accepted_job_ends_once_after_a_machine_crash(
         gone = [i for i in accepted if i not in states]
         print(
             f"\nmachine crash (sync_interval={sync_interval or 'default (2 min)'}, SQLite synchronous="
-            f"{synchronous if url.startswith('sqlite') else 'n/a (PostgreSQL)'}): {len(accepted)} accepted, "
+            f"{synchronous if url.startswith('sqlite') else 'n/a (PostgreSQL)'}): {len(accepted)} accepted "
+            f"({len(lost_rows)} rows lost in the crash), "
             f"{len(before)} ended before the crash; after it the database held {unfinished} unfinished "
             f"rows and JOBS {messages if messages >= 0 else 'no stream (lost)'} messages; reconciler: "
             f"republished {actions['republished']}, requeued {actions['requeued']}, re-created "
@@ -200,7 +203,7 @@ def test_every_accepted_job_ends_once_after_a_machine_crash(
             # database, and so are those an executor ran after the restart before the reconciler's
             # first scan gave them a row back: they ran once, their record is what was lost
             # (docs/operations.md). None is gone without having run.
-            assert actions["recreated"] > 0
+            assert actions["recreated"] > 0 or not lost_rows, f"{len(lost_rows)} rows lost, none re-created"
             assert all(before[i] or after[i] for i in gone), "an accepted job gone without having run"
             assert all(states[i] == "succeeded" for i in accepted if i in states)
         if sync_interval == "always" and synchronous == "FULL":

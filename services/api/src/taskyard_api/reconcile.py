@@ -131,8 +131,14 @@ class Reconciler:
             if time.monotonic() >= self._next_scan:
                 # First: at start, executors already take what JOBS holds, and a job whose message
                 # is acked before its row is back stays without one (docs/operations.md).
-                repaired += await self._recreate_orphans()
-                self._next_scan = time.monotonic() + self.orphan_scan_s
+                made, too_young = await self._recreate_orphans()
+                repaired += made
+                # A message too young to judge is judged as soon as it is old enough, not a whole
+                # scan interval later (an api restarted within min_age_s of a lost commit).
+                wait = self.orphan_scan_s
+                if too_young is not None:
+                    wait = min(wait, max(0.0, too_young + self.min_age_s - time.time()))
+                self._next_scan = time.monotonic() + wait
             return repaired + await self._check_rows()
 
     # -- rows whose message is gone ------------------------------------------------------------
@@ -269,18 +275,21 @@ class Reconciler:
             select(c.id).where(c.role == "admin", c.revoked_at.is_(None)).order_by(c.created_at).limit(1)
         )
 
-    async def _recreate_orphans(self) -> int:
+    async def _recreate_orphans(self) -> tuple[int, float | None]:
         """Read JOBS page by page; re-create the rows of messages older than min_age_s whose job the
-        database does not know."""
+        database does not know. Returns how many, and the oldest submit time of the messages it
+        left for being too young (None: none)."""
         subject = f"{self.topo.prefix}.jobs.>"
         after, made = 0, 0
+        too_young: float | None = None
         cutoff = time.time() - self.min_age_s
         while True:
             stored = await read_subject(self.nc, self.topo.jobs_stream, subject, after=after, limit=SCAN_PAGE)
             if not stored:
-                return made
+                return made, too_young
             after = stored[-1].seq
             specs: dict[str, tuple[int, JobSpec]] = {}
+            young: dict[str, float] = {}
             for message in stored:
                 try:
                     spec = JobSpec.model_validate_json(message.data)
@@ -288,10 +297,20 @@ class Reconciler:
                     continue  # not a job message: the executor terms it
                 if spec.submitted_at < cutoff:
                     specs[spec.id] = (message.seq, spec)
+                else:
+                    young[spec.id] = spec.submitted_at
             if specs:
                 made += await self._recreate(specs)
+            if young:
+                # Only a young message without a row brings the next scan forward: a busy JOBS
+                # is full of young messages, and reading all of it is not free.
+                async with self.sessions() as session:
+                    known = await JobStore.get_many(session, list(young))
+                times = [at for job_id, at in young.items() if job_id not in known]
+                if times:
+                    too_young = min([*times, *([too_young] if too_young is not None else [])])
             if len(stored) < SCAN_PAGE:
-                return made
+                return made, too_young
 
     async def _recreate(self, specs: dict[str, tuple[int, JobSpec]]) -> int:
         now = time.time()
