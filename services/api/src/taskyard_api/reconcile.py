@@ -288,27 +288,23 @@ class Reconciler:
             if not stored:
                 return made, too_young
             after = stored[-1].seq
-            specs: dict[str, tuple[int, JobSpec]] = {}
-            young: dict[str, float] = {}
+            parsed: dict[str, tuple[int, JobSpec]] = {}
             for message in stored:
                 try:
                     spec = JobSpec.model_validate_json(message.data)
                 except ValidationError:
                     continue  # not a job message: the executor terms it
-                if spec.submitted_at < cutoff:
-                    specs[spec.id] = (message.seq, spec)
-                else:
-                    young[spec.id] = spec.submitted_at
-            if specs:
-                made += await self._recreate(specs)
-            if young:
-                # Only a young message without a row brings the next scan forward: a busy JOBS
-                # is full of young messages, and reading all of it is not free.
-                async with self.sessions() as session:
-                    known = await JobStore.get_many(session, list(young))
-                times = [at for job_id, at in young.items() if job_id not in known]
-                if times:
-                    too_young = min([*times, *([too_young] if too_young is not None else [])])
+                parsed[spec.id] = (message.seq, spec)
+            # One lookup a page: a busy JOBS is full of jobs whose rows are there.
+            async with self.sessions() as session:
+                known = await JobStore.get_many(session, list(parsed))
+            rowless = {job_id: found for job_id, found in parsed.items() if job_id not in known}
+            old = {job_id: found for job_id, found in rowless.items() if found[1].submitted_at < cutoff}
+            if old:
+                made += await self._recreate(old)  # looks again in its own transaction
+            for _, spec in rowless.values():
+                if spec.submitted_at >= cutoff:
+                    too_young = spec.submitted_at if too_young is None else min(too_young, spec.submitted_at)
             if len(stored) < SCAN_PAGE:
                 return made, too_young
 
