@@ -31,7 +31,7 @@ from .job_search import (
     TIMESTAMP,
     JobFilter,
     encode_cursor,
-    page_query,
+    read_page,
 )
 from .job_store import JobStore, record_of
 from .jobs import JobService
@@ -137,7 +137,7 @@ async def list_jobs(
     async with request.app.state.sessions() as session:
         dialect = session.get_bind().dialect.name
         # Core rows, as in _load: listing 500 jobs built 500 ORM instances to read them once.
-        rows = list(await session.execute(page_query(found, dialect, sort, cursor, limit + 1)))
+        rows = await read_page(session, found, dialect, sort, cursor, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return JsonAnswer(
