@@ -12,6 +12,7 @@ import pytest
 
 from taskyard_common.embedded import EmbeddedCluster, EmbeddedNats
 
+from .own_postgres import OwnPostgres
 from .stack import PG_URL, Stack, free_port, pg_admin, run_async
 
 DATABASES = ["sqlite"] + (["postgresql"] if PG_URL else [])
@@ -150,6 +151,16 @@ def nats_cluster(tmp_path):
     cluster = EmbeddedCluster.local(tmp_path / "nats", log_dir=tmp_path).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL server of this test's own (tests/own_postgres.py), which it may crash."""
+    if why := OwnPostgres.missing():
+        pytest.skip(why)
+    server = OwnPostgres(free_port()).init().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
