@@ -1,9 +1,10 @@
 """The lifecycle core, move by move: every command in every state, every executor report."""
 
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 
 import pytest
 
+from taskyard_api import lifecycle
 from taskyard_api.failures import Refused
 from taskyard_api.lifecycle import (
     COLUMNS,
@@ -60,6 +61,20 @@ def report(
 
 def test_the_record_has_a_field_for_every_column_and_no_other():
     assert set(COLUMNS) == set(Job.__table__.columns.keys())
+
+
+def test_the_fast_copy_and_build_are_the_dataclass_ones_and_stay_frozen():
+    original = job(status="running", attempt=2)
+    copied = lifecycle.replace(original, status="succeeded", result={"ok": 1})
+    assert copied == replace(original, status="succeeded", result={"ok": 1})
+    assert original.status == "running"  # the copy changed nothing of the original
+    assert lifecycle.record_from(getattr(original, name) for name in COLUMNS) == original
+    with pytest.raises(FrozenInstanceError):
+        copied.status = "failed"  # type: ignore[misc]
+    with pytest.raises(KeyError):
+        lifecycle.replace(original, no_such_field=1)
+    with pytest.raises(ValueError):  # every field or none: a short row is not a record
+        lifecycle.record_from(["J1", "noop"])
 
 
 def test_a_new_job_is_queued_with_its_message_due():

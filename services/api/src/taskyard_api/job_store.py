@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from . import approvals
 from .driver_insert import DriverInsert
-from .lifecycle import COLUMNS, JobRecord, changes
+from .lifecycle import COLUMNS, SETTERS, JobRecord, changes, record_from
 from .models import JobEventRow, checkpoints_table, jobs_table
 
 _BY_ID = select(jobs_table).where(jobs_table.c.id == bindparam("job_id"))
@@ -29,12 +29,17 @@ _MARK_PUBLISHED = (
 )
 
 
+# A row of `select(jobs_table)` has the table's columns in the table's order.
+_TABLE_SETTERS = tuple(SETTERS[column.name] for column in jobs_table.columns)
+
+
 def record_of(row: Row[Any]) -> JobRecord:
-    """The record of a row of `jobs` (extra columns of a join are left out)."""
+    """The record of a row of `select(jobs_table)` (every column, in the table's order), or of a
+    join's row with more columns (read by name; the extra ones are left out)."""
+    if len(row) == len(_TABLE_SETTERS):
+        return record_from(row, _TABLE_SETTERS)
     mapping = row._mapping
-    if len(mapping) == len(COLUMNS):
-        return JobRecord(**mapping)
-    return JobRecord(**{name: mapping[name] for name in COLUMNS})
+    return record_from(mapping[name] for name in COLUMNS)
 
 
 def _queued_row(job: JobRecord, at: float) -> dict[str, Any]:
