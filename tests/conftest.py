@@ -12,6 +12,7 @@ import pytest
 
 from taskyard_common.embedded import EmbeddedCluster, EmbeddedNats
 
+from .crash_node import lazy_disk  # noqa: F401 - a fixture: the crash tests' disk
 from .own_postgres import OwnPostgres
 from .stack import PG_URL, Stack, free_port, pg_admin, run_async
 

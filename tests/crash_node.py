@@ -7,12 +7,16 @@ then mount the backing directory again.
 """
 
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 LAZYFS = Path(__file__).with_name("lazyfs.py")
 
@@ -63,3 +67,34 @@ class LazyMount:
             self.process.wait()
         self._unmount()
         self.process = None
+
+
+@pytest.fixture
+def lazy_disk(tmp_path):
+    mount = LazyMount(tmp_path / "disk", tmp_path / "mnt", tmp_path / "lazyfs.log")
+    try:
+        mount.start()
+    except (MountFailed, OSError) as exc:
+        pytest.skip(f"cannot mount a FUSE filesystem here: {exc}")
+    yield mount
+    mount.stop()
+
+
+def on_disk(db_url: str, disk: Path) -> str:
+    """The test's database on the lazy disk (SQLite), its admin key and schema synced as if they
+    had been there for long; PostgreSQL stays where it is (another machine)."""
+    if not db_url.startswith("sqlite"):
+        return db_url
+    src = Path(db_url.split("///", 1)[1])
+    dst = disk / "taskyard.db"
+    shutil.copy(src, dst)
+    return f"sqlite+aiosqlite:///{dst}"
+
+
+def sqlite_checkpoint(url: str) -> None:
+    """Write SQLite's WAL into the database file and fsync it (what time does on a real node)."""
+    conn = sqlite3.connect(url.split("///", 1)[1])
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    with open(url.split("///", 1)[1], "rb") as f:
+        os.fsync(f.fileno())

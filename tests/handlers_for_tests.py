@@ -138,3 +138,18 @@ async def key_probe(payload, ctx):
     await asyncio.sleep(payload.get("seconds", 0.05))
     _mark(payload["log"], "end", ctx.job.id)
     return {}
+
+
+@handler("checkpoint_probe")
+async def checkpoint_probe(payload, ctx):
+    """Parks at one checkpoint: a question when `payload.question`, else an approval (`on_reject`
+    from the payload, default `return`). Once past it, writes `passed <job> <time> <pid>` to
+    `payload.log` and returns what was decided: tests see which decision reached which run."""
+    if payload.get("question"):
+        answer = await ctx.ask("Which region?", choices=["eu-west", "us-east"], name="region")
+        decision = {"status": "answered", "answer": answer}
+    else:
+        d = await ctx.checkpoint("go", on_reject=payload.get("on_reject", "return"))
+        decision = {"status": d.status, "reason": d.reason}
+    _mark(payload["log"], "passed", ctx.job.id)
+    return decision

@@ -619,6 +619,27 @@ def test_nats_helm_values_make_a_three_node_jetstream_cluster():
     assert values["promExporter"]["enabled"] and values["podDisruptionBudget"]["enabled"]
 
 
+def test_each_deployment_states_its_jetstream_sync_interval():
+    """compose (nats.conf, which the cluster and auth configs include) and the Helm values set
+    JetStream's `sync_interval` explicitly, and docs/operations.md's "Durability" names each, with
+    its value, on one line (what it guarantees is said there)."""
+    conf = re.search(
+        r'^\s*sync_interval:\s*"?([^"\s]+)"?\s*$', (DEPLOY / "nats" / "nats.conf").read_text(), re.M
+    )
+    assert conf, "deploy/nats/nats.conf does not state JetStream's sync_interval"
+    values = yaml.safe_load((K8S / "nats" / "values.yaml").read_text())
+    helm = values["config"]["jetstream"]["merge"]["sync_interval"]
+    durability = (
+        (ROOT / "docs" / "operations.md").read_text().split("## Durability", 1)[1].split("\n## ", 1)[0]
+    )
+    for where, value in (("deploy/nats/nats.conf", conf.group(1)), ("deploy/k8s/nats/values.yaml", helm)):
+        assert value in ("always", "2m") or re.fullmatch(r"\d+[smh]", value), value
+        lines = [line for line in durability.splitlines() if f"`{where}`" in line]
+        assert any(f"`{value}`" in line for line in lines), (
+            f"docs/operations.md Durability: name {where}: {value}"
+        )
+
+
 # --- environment variables ------------------------------------------------------------------------
 
 

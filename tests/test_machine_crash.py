@@ -6,8 +6,6 @@ stream lost (docs/operations.md, "Durability"). Each case prints its counts."""
 
 import json
 import os
-import shutil
-import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,7 +18,7 @@ from taskyard_common.embedded import free_port
 from taskyard_common.synced_nats import SyncedNats
 
 from .conftest import create_key
-from .crash_node import LazyMount, MountFailed
+from .crash_node import on_disk, sqlite_checkpoint
 from .invariants import query
 from .stack import Stack, run_async, wait_until
 
@@ -32,38 +30,6 @@ FAST = {
     "TASKYARD_API_OUTBOX_GRACE_S": "0.5",
     "TASKYARD_API_OUTBOX_INTERVAL_S": "0.5",
 }
-
-
-@pytest.fixture
-def lazy_disk(tmp_path):
-    mount = LazyMount(tmp_path / "disk", tmp_path / "mnt", tmp_path / "lazyfs.log")
-    try:
-        mount.start()
-    except (MountFailed, OSError) as exc:
-        pytest.skip(f"cannot mount a FUSE filesystem here: {exc}")
-    yield mount
-    mount.stop()
-
-
-def _on_disk(db_url: str, disk: Path, synchronous: str) -> str:
-    """The test's database on the lazy disk (SQLite), its admin key and schema synced as if they
-    had been there for long; PostgreSQL stays where it is (another machine)."""
-    if not db_url.startswith("sqlite"):
-        return db_url
-    src = Path(db_url.split("///", 1)[1])
-    dst = disk / "taskyard.db"
-    shutil.copy(src, dst)
-    url = f"sqlite+aiosqlite:///{dst}"
-    return url
-
-
-def _checkpoint(url: str) -> None:
-    """Write SQLite's WAL into the database file and fsync it (what time does on a real node)."""
-    conn = sqlite3.connect(url.split("///", 1)[1])
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
-    with open(url.split("///", 1)[1], "rb") as f:
-        os.fsync(f.fileno())
 
 
 def _jobs_messages(url: str, prefix: str) -> int:
@@ -106,7 +72,7 @@ def test_every_accepted_job_ends_once_after_a_machine_crash(
         # (measured once: 1,000 jobs, nothing resent), and CI's time is short.
         pytest.skip("the SQLite case covers it")
     disk = lazy_disk.mountpoint
-    url = _on_disk(db_url, disk, synchronous)
+    url = on_disk(db_url, disk)
     nats_server = SyncedNats(
         disk / "nats", free_port(), free_port(), tmp_path / "nats.log", sync_interval=sync_interval
     ).start()
@@ -115,7 +81,7 @@ def test_every_accepted_job_ends_once_after_a_machine_crash(
     try:
         stack.admin_key = create_key(url, "admin", "admin")
         if url.startswith("sqlite"):
-            _checkpoint(url)
+            sqlite_checkpoint(url)
         runs_log = tmp_path / "runs.log"
         runs_log.touch()
         stack.start_api()

@@ -2,7 +2,9 @@
 "Durability"): a queued job whose message vanished is sent again and runs once; a running job whose
 message and worker vanished is queued again as a lost attempt; a JOBS message whose row vanished
 gets its row back. Faults are made by hand here (delete a message, kill a worker, delete a row);
-tests/test_machine_crash.py makes them with a real crash."""
+A decision whose `decided` event is missing from the job's journal (an api killed between its
+commit and its publish) is sent again, and a job that ran without it and parked again is resumed. tests/test_machine_crash.py and
+tests/test_checkpoint_crash.py make them with a real crash."""
 
 import time
 
@@ -130,3 +132,61 @@ def test_a_jobs_message_whose_row_vanished_gets_its_row_back_and_runs(stack):
     assert done["labels"] == {"team": "a"} and done["stream_seq"] == job["stream_seq"]
     assert kinds(done) == ["reconciled", "started", "succeeded"]
     assert done["timeline"][0]["data"]["action"] == "recreated"
+
+
+async def decide_and_die(db_url: str, job_id: str, ck_id: str) -> None:
+    """What an api killed between a decision's commit and its publish leaves: the checkpoint
+    approved and the job queued for its continuation (checkpoints.decide, lifecycle `Decided`),
+    no `decided` event in the job's journal, the continuation due in the outbox."""
+    now = time.time()
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE checkpoints SET status = 'approved', decided_at = :now, decided_by = 'admin',"
+                    " reason = 'ok' WHERE id = :ck"
+                ),
+                {"now": now, "ck": ck_id},
+            )
+            await conn.execute(
+                text(
+                    "UPDATE jobs SET status = 'queued', resume = resume + 1, worker_id = NULL,"
+                    " stream_seq = NULL, outbox_at = :now, updated_at = :now WHERE id = :id"
+                ),
+                {"now": now, "id": job_id},
+            )
+    finally:
+        await engine.dispose()
+
+
+def test_a_decision_missing_from_the_journal_is_sent_again_and_the_job_parked_again_resumes(stack, tmp_path):
+    # 8 s: the job runs without its decision and parks again before the reconciler judges it.
+    stack.extra_env.update(
+        {**FAST, "TASKYARD_API_RECONCILE_MIN_AGE_S": "8", "TASKYARD_API_OUTBOX_GRACE_S": "0.5"}
+    )
+    stack.start_api()
+    passes = tmp_path / "passes.log"
+    stack.start_executor(handlers="handlers_for_tests")
+    job = submit(stack, type="checkpoint_probe", payload={"log": str(passes)})
+    ck = stack.wait_status(job["id"], "waiting")["checkpoint"]
+    stack.api.kill9()
+    run_async(decide_and_die(stack.db_url, job["id"], ck["id"]))
+    stack.start_api()
+    parked = wait_until(
+        lambda: (j := get(stack, job["id"]))["status"] == "waiting" and kinds(j).count("waiting") == 2 and j,
+        timeout=15,
+        what="parked again",
+    )
+    assert "reconciled" not in kinds(parked), "the reconciler acted before the job parked again"
+    done = stack.wait_status(job["id"], "succeeded", timeout=30)
+    assert done["result"] == {"status": "approved", "reason": "ok"}
+    assert passes.read_text().count("passed ") == 1
+    rows = [e["data"] for e in done["timeline"] if e["type"] == "reconciled"]
+    assert [r["action"] for r in rows] == ["decision_republished", "resumed"], rows
+    assert {r["checkpoint_id"] for r in rows} == {ck["id"]}
+    assert kinds(done).count("waiting") == 2 and kinds(done).count("decided") == 1
+    with stack.http() as c:
+        metrics = c.get("/metrics").text
+    assert 'taskyard_api_reconciled_total{action="decision_republished"} 1.0' in metrics
+    assert 'taskyard_api_reconciled_total{action="resumed"} 1.0' in metrics

@@ -2,9 +2,9 @@
 
 import pytest
 
-from taskyard_api.lifecycle import Resend, transition
+from taskyard_api.lifecycle import Decided, Resend, transition
 from taskyard_api.reconcile import recreated
-from taskyard_api.reconcile_rule import Suspect, row_key, verdict
+from taskyard_api.reconcile_rule import DecisionRepair, Suspect, decision_repair, row_key, verdict
 from taskyard_common.schemas import JobSpec
 
 from .records import T0, record
@@ -109,3 +109,76 @@ def test_a_lost_row_is_recreated_from_its_message():
     assert (job.status, job.stream_seq, job.outbox_at, job.owner_id) == ("queued", 42, None, "k1")
     assert (job.payload, job.labels, job.generation, job.msg_id) == ({"a": 1}, {"t": "x"}, 1, spec.msg_id)
     assert job.artifacts is None and job.created_at == spec.submitted_at
+
+
+# -- decisions -----------------------------------------------------------------------------------
+
+
+def continued(**fields):
+    """A job past its checkpoint of generation 0: queued again for its continuation (resume 1)."""
+    return record(
+        **{"status": "queued", "resume": 1, "stream_seq": 9, "outbox_at": None, "updated_at": T0, **fields}
+    )
+
+
+def repair(job, **given):
+    facts = {
+        "ck_generation": 0,
+        "ck_status": "approved",
+        "gate": False,
+        "decided_at": T0,
+        "in_journal": True,
+        "pending_here": False,
+        "continuation_due": False,
+        "goes_on": True,
+        "now": NOW,
+        "min_age_s": MIN_AGE,
+        **given,
+    }
+    return decision_repair(job, **facts)
+
+
+def test_a_decision_in_the_journal_needs_nothing():
+    assert repair(continued()) == DecisionRepair()
+    assert repair(continued(status="running")) == DecisionRepair()
+
+
+def test_a_decision_the_journal_lost_is_sent_again_while_a_run_will_read_it():
+    for status in ("queued", "running", "retrying", "waiting"):
+        assert repair(continued(status=status), in_journal=False).republish
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"ck_status": "pending"},  # nothing decided yet
+        {"gate": True},  # an approval before the start: no run reads it
+        {"ck_generation": 1},  # the job was retried since: its new generation asks again
+        {"decided_at": NOW - MIN_AGE + 1},  # just decided: its own publish may be on its way
+        {"decided_at": None},
+    ],
+)
+def test_a_decision_no_run_will_read_or_too_young_is_left_alone(given):
+    assert repair(continued(), in_journal=False, **given) == DecisionRepair()
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled", "dead"])
+def test_a_finished_job_needs_no_decision(status):
+    assert repair(continued(status=status), in_journal=False) == DecisionRepair()
+
+
+def test_a_job_parked_again_at_its_decided_checkpoint_is_resumed():
+    parked = continued(status="waiting")
+    assert repair(parked, in_journal=False) == DecisionRepair(republish=True, resume=True)
+    # Its decision was sent again meanwhile: the job still needs a run that reads it.
+    assert repair(parked) == DecisionRepair(resume=True)
+    again = transition(parked, Decided(0, NOW, None))
+    assert (again.status, again.resume, again.outbox_at) == ("queued", 2, NOW)
+
+
+def test_a_parked_job_is_not_resumed_when_it_waits_rightly_or_its_continuation_will_run():
+    parked = continued(status="waiting")
+    assert not repair(parked, pending_here=True).resume  # waiting at its next checkpoint
+    assert not repair(parked, continuation_due=True).resume  # that run will read the decision
+    assert not repair(parked, goes_on=False).resume  # a rejection that fails it: the API failed it
+    assert not repair(continued(status="waiting", updated_at=NOW - 1)).resume  # parked a moment ago

@@ -49,6 +49,41 @@ def may_decide(ck: Checkpoint, who: Principal) -> bool:
     return any(who.at_least(a) if a in ROLES else who.name == a for a in ck.approvers)
 
 
+def decision_error(ck: Checkpoint, status: str, by: str, reason: str | None) -> dict | None:
+    """The error an in-run checkpoint's decision fails its job with (None: the job goes on)."""
+    if status in ("rejected", "expired") and (ck.on_reject == "fail" or ck.kind == "question"):
+        return {"type": "CheckpointRejected", "message": f"checkpoint {ck.name!r} {status} by {by}: {reason}"}
+    return None
+
+
+def decided_msg_id(ck_id: str) -> str:
+    """The `decided` event's Nats-Msg-Id: one per checkpoint, so the reconciler's resend of a
+    decision the stream lost is a no-op where the first one is still there (within the window)."""
+    return f"{ck_id}:decided"
+
+
+def decided_event(ck: Checkpoint, job: JobRecord | None) -> JobEvent:
+    """What the job's journal (its EVENTS subject) holds of a decision, from its row."""
+    decided_at = ck.decided_at if ck.decided_at is not None else time.time()
+    decision = {
+        "status": ck.status,
+        "by": ck.decided_by,
+        "reason": ck.reason,
+        "answer": ck.answer,
+        "waited_s": decided_at - ck.created_at,
+    }
+    return JobEvent(
+        job_id=ck.job_id,
+        type="decided",
+        generation=ck.generation,
+        at=decided_at,
+        queue=job.queue if job else None,
+        priority=job.priority if job else None,
+        job_type=job.type if job else None,
+        data={"checkpoint_id": ck.id, "name": ck.name, "kind": ck.kind, "decision": decision},
+    )
+
+
 def _after(
     job: JobRecord, ck: Checkpoint, status: str, who: Principal | None, now: float, reason: str | None
 ) -> JobRecord:
@@ -60,14 +95,7 @@ def _after(
         if who is None:  # its expiry
             return transition(job, Approved(now, False, None))
         return transition(job, Approved(now, status == "approved", who.name, reason))
-    failed = status in ("rejected", "expired") and (ck.on_reject == "fail" or ck.kind == "question")
-    error = None
-    if failed:
-        by = who.name if who is not None else "system"
-        error = {
-            "type": "CheckpointRejected",
-            "message": f"checkpoint {ck.name!r} {status} by {by}: {reason}",
-        }
+    error = decision_error(ck, status, who.name if who is not None else "system", reason)
     return transition(job, Decided(ck.generation, now, error))
 
 
@@ -138,7 +166,7 @@ class CheckpointService:
                 raise Refused(f"job {job.id} changed while checkpoint {ck_id} was decided; retry")
             await session.commit()
             await session.refresh(ck)
-        await self._publish(ck, job, status, by, reason, answer, now)
+        await self._publish(ck, job)
         if job is not None and job.traceparent:
             span = tracer("taskyard.api").start_span(
                 "taskyard.checkpoint.wait",
@@ -166,24 +194,10 @@ class CheckpointService:
                 await self.jobs.after_gates([after])
         return ck
 
-    async def _publish(self, ck: Checkpoint, job: JobRecord | None, status, by, reason, answer, now) -> None:  # noqa: ANN001
-        decision = {
-            "status": status,
-            "by": by,
-            "reason": reason,
-            "answer": answer,
-            "waited_s": now - ck.created_at,
-        }
-        event = JobEvent(
-            job_id=ck.job_id,
-            type="decided",
-            generation=ck.generation,
-            queue=job.queue if job else None,
-            priority=job.priority if job else None,
-            job_type=job.type if job else None,
-            data={"checkpoint_id": ck.id, "name": ck.name, "kind": ck.kind, "decision": decision},
-        )
-        await self.jobs.publisher.publish_events([event])
+    async def _publish(self, ck: Checkpoint, job: JobRecord | None) -> None:
+        """The decision into the job's journal. Answered 2xx even if this publish fails: the row
+        is the record, and the reconciler sends a decision its journal lacks (reconcile.py)."""
+        await self.jobs.publisher.publish_events_once([(decided_event(ck, job), decided_msg_id(ck.id))])
 
     async def _expire(self, ck_id: str) -> None:
         try:

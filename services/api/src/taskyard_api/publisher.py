@@ -117,6 +117,19 @@ class Publisher:
     async def publish_events(self, events: list[JobEvent]) -> None:
         await self.events_stored([await self._send_event(e) for e in events])
 
+    async def publish_events_once(self, events: list[tuple[JobEvent, str]]) -> list[PubAck | None]:
+        """Events with their own Nats-Msg-Id (JetStream drops a copy it still knows within its
+        duplicate window); each one's ack (`duplicate` set for a dropped copy), None if not stored."""
+        futures = [await self._send_event(event, msg_id) for event, msg_id in events]
+        acks: list[PubAck | None] = []
+        for result in await wait_acks(futures, timeout=10, nc=self.nc):
+            if isinstance(result, BaseException):
+                log.warning("event publish failed: %s", result)
+                acks.append(None)
+            else:
+                acks.append(cast(PubAck, result))
+        return acks
+
     async def delete_queued(self, seq: int) -> bool:
         """Remove a not-yet-finished job message from JOBS; False when it is already gone."""
         try:

@@ -1,7 +1,7 @@
 """The reconciler: make up for what a machine crash took from JOBS or from the database.
 
 Supervised (app.py: `reconciler`, at start and every `reconcile_interval_s`), one api process at
-a time. Two checks, each a repair through the one lifecycle core and the one publish path:
+a time. Three checks, each a repair through the one lifecycle core and the one publish path:
 
 - **Rows whose message is gone** (JetStream acknowledged it, then lost it before its flush): the
   rule is `reconcile_rule` (two rounds and the projector's progress tell "lost" from "taken by an
@@ -13,6 +13,9 @@ a time. Two checks, each a repair through the one lifecycle core and the one pub
   message does not carry its submitter: the re-created row belongs to the oldest admin key. Read
   at start and then every `reconcile_orphan_scan_s`, in pages, as it reads all of JOBS.
 
+- **Decisions whose `decided` event is gone** from the job's journal: sent again, and a job that
+  parked again at its decided checkpoint queued again (reconcile_decisions).
+
 Each repair is a `reconciled` row on the job's timeline and a count in
 `taskyard_api_reconciled_total{action}`.
 """
@@ -21,7 +24,6 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
@@ -40,6 +42,7 @@ from .job_store import JobStore, record_of
 from .jobs import JobService
 from .lifecycle import RESENDABLE_STATES, JobRecord, Resend, transition
 from .models import ApiKey, JobEventRow, jobs_table
+from .reconcile_decisions import DecisionCheck, timeline_row
 from .reconcile_rule import Suspect, checked, row_key, verdict
 from .workers import WorkerRegistry
 
@@ -54,19 +57,6 @@ WHY = {
 }
 # JOBS messages read per page by the orphan scan.
 SCAN_PAGE = 1000
-
-
-def _timeline_row(job: JobRecord, at: float, data: dict[str, Any], attempt: int, worker: str | None) -> dict:
-    return {
-        "job_id": job.id,
-        "stream_seq": None,
-        "type": "reconciled",
-        "at": at,
-        "attempt": attempt,
-        "worker_id": worker,
-        "data": data,
-        "message": None,
-    }
 
 
 def recreated(spec: JobSpec, seq: int, owner_id: str, now: float) -> JobRecord:
@@ -119,6 +109,9 @@ class Reconciler:
         self.duplicate_window_s = topo.settings.duplicate_window_s
         self._cursor = ""  # the last job id of the previous page: each round checks the next page
         self._next_scan = 0.0  # monotonic time of the next orphan scan (0: at the first round)
+        self.decisions = DecisionCheck(
+            nc, topo, sessions, jobs, self._message_there, min_age_s=min_age_s, batch=batch
+        )
 
     async def run_once(self) -> int:
         """One round: check a page of rows (and the suspects), and JOBS for orphans when due.
@@ -139,6 +132,8 @@ class Reconciler:
                 if too_young is not None:
                     wait = min(wait, max(0.0, too_young + self.min_age_s - time.time()))
                 self._next_scan = time.monotonic() + wait
+            # Decisions before rows: a continuation sent again should find its decision there.
+            repaired += await self.decisions.run_once()
             return repaired + await self._check_rows()
 
     # -- rows whose message is gone ------------------------------------------------------------
@@ -244,7 +239,7 @@ class Reconciler:
                     "was": job.status,
                     "why": WHY[action],
                 }
-                rows.append(_timeline_row(job, now, data, job.attempt, job.worker_id))
+                rows.append(timeline_row(job, now, data, job.attempt, job.worker_id))
                 moved.append(new)
                 counts[DONE[action]] = counts.get(DONE[action], 0) + 1
             if rows:
@@ -330,7 +325,7 @@ class Reconciler:
             await session.execute(
                 insert(JobEventRow),
                 [
-                    _timeline_row(
+                    timeline_row(
                         job, now, {"action": "recreated", "stream_seq": job.stream_seq, "why": why}, 0, None
                     )
                     for job in jobs

@@ -79,3 +79,63 @@ def verdict(
     if projected_upto < suspect.watermark:
         return "wait"
     return "requeue" if job.status == "running" else "republish"
+
+
+# -- decisions: a decided checkpoint whose `decided` event the job's journal lost ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRepair:
+    """What the reconciler does for one decided checkpoint: send its `decided` event to the job's
+    journal again (the stream lost it), and queue the job again (it ran without the decision and
+    parked at the same checkpoint once more)."""
+
+    republish: bool = False
+    resume: bool = False
+
+
+NOTHING = DecisionRepair()
+
+
+def awaits_decision(job: JobRecord, *, ck_generation: int, ck_status: str, gate: bool) -> bool:
+    """Will a run of this job still read this decision from its journal? A decided checkpoint of
+    a running job (not an approval before its start, which never reaches the journal), of the
+    job's current generation, the job not finished."""
+    return ck_status != "pending" and not gate and not job.finished and job.generation == ck_generation
+
+
+def decision_repair(
+    job: JobRecord,
+    *,
+    ck_generation: int,
+    ck_status: str,
+    gate: bool,
+    decided_at: float | None,
+    in_journal: bool,
+    pending_here: bool,
+    continuation_due: bool,
+    goes_on: bool,
+    now: float,
+    min_age_s: float,
+) -> DecisionRepair:
+    """The database is the record of decisions: a decision whose API call answered is in the
+    checkpoint's row, committed with the job's move (queued again, or failed). Its `decided`
+    event in the job's EVENTS subject is what a run reads (the journal); a machine crash can take
+    it, and take or keep the continuation's JOBS message. Then:
+
+    - the event is not in the journal (`in_journal`) → send it again, same message id;
+    - the job is `waiting` with no pending checkpoint in its generation (`pending_here`): it ran
+      without the decision and parked at the decided checkpoint again, which no one can decide
+      now. If the decision lets it go on (`goes_on`), and no continuation message is in JOBS or
+      due in the outbox (`continuation_due`: that run will read the decision, once it is back),
+      it is queued again as the decision would have (`Decided`: a new continuation).
+
+    Nothing is judged within `min_age_s` of the decision (its own publish may be on its way) or,
+    for a resume, of the job's last move."""
+    if not awaits_decision(job, ck_generation=ck_generation, ck_status=ck_status, gate=gate):
+        return NOTHING
+    if decided_at is None or now - decided_at < min_age_s:
+        return NOTHING
+    parked_again = job.status == "waiting" and not pending_here
+    resume = parked_again and goes_on and not continuation_due and now - job.updated_at >= min_age_s
+    return DecisionRepair(republish=not in_journal, resume=resume)
