@@ -138,3 +138,24 @@ async def key_probe(payload, ctx):
     await asyncio.sleep(payload.get("seconds", 0.05))
     _mark(payload["log"], "end", ctx.job.id)
     return {}
+
+
+@handler("converse")
+async def converse(payload, ctx):
+    """Three follow-up questions on one thread, with progress said between them. Each answer is
+    written to `answers_file` once (a step), however often the job runs up to it again."""
+    await ctx.say("Starting: I will ask three things.")
+    answers = []
+    for i, question in enumerate(
+        payload.get("questions") or ["Which library?", "Which version?", "Ship today?"], 1
+    ):
+        answer = await ctx.ask(question, name=f"q{i}", approvers=payload.get("approvers", "admin"))
+
+        def record(i=i, answer=answer):
+            with open(payload["answers_file"], "a") as f:
+                f.write(f"q{i}={answer}\n")
+            return answer
+
+        answers.append(await ctx.step(f"received-{i}", record))
+        await ctx.say(f"Noted answer {i}: {answer}")
+    return {"answers": answers}
