@@ -137,3 +137,39 @@ def test_bad_messages_are_refused_with_a_clear_4xx_and_change_nothing(stack, tmp
         other = c.post(f"/api/v1/jobs/{parked['id']}/messages", json={"text": "x", "reply_to": q["id"]})
         assert other.status_code == 404 and other.json()["detail"].startswith("reply_to")
         assert thread(c, parked["id"]) == before
+
+
+def test_a_job_killed_mid_run_does_not_say_twice_and_an_unanswered_question_closes_the_thread(
+    stack, tmp_path
+):
+    stack.extra_env["TASKYARD_NATS_ACK_WAIT_S"] = "2"
+    stack.start_api(TASKYARD_API_CHECKPOINT_EXPIRY_INTERVAL_S="0.3")
+    first = stack.start_executor(handlers="handlers_for_tests")
+    linger = tmp_path / "lingered"
+    with stack.http() as c:
+        job = submit(
+            c,
+            "converse",
+            {
+                "answers_file": str(tmp_path / "a"),
+                "questions": ["Proceed?"],
+                "linger_file": str(linger),
+                "timeout": "3s",
+            },
+        )
+        wait_until(lambda: linger.exists() and thread(c, job["id"]), 30, "the first say")
+        first.kill9()  # mid-run, after it said "Starting" and before it asked
+        stack.start_executor(handlers="handlers_for_tests")
+        q = open_question(stack, c, job["id"], "q1")  # redelivered after ack_wait, run again
+        failed = stack.wait_status(job["id"], "failed", timeout=30)  # nobody answers within 3 s
+        messages = thread(c, job["id"])
+        r = c.post(f"/api/v1/jobs/{job['id']}/messages", json={"text": "sorry, yes", "reply_to": q["id"]})
+        assert r.status_code == 409 and "failed" in r.json()["detail"]
+        assert thread(c, job["id"]) == messages
+    assert "worker_lost" in [e["type"] for e in failed["timeline"]]
+    assert [(m["author_kind"], m["text"]) for m in messages] == [
+        ("job", "Starting: I will ask three things."),  # once, though the job ran twice
+        ("job", "Proceed?"),
+        ("taskyard", "Nobody answered “Proceed?” in time."),
+    ]
+    assert messages[2]["checkpoint_id"] == q["id"] and "expired" in failed["error"]["message"]
