@@ -173,3 +173,26 @@ def test_a_job_killed_mid_run_does_not_say_twice_and_an_unanswered_question_clos
         ("taskyard", "Nobody answered “Proceed?” in time."),
     ]
     assert messages[2]["checkpoint_id"] == q["id"] and "expired" in failed["error"]["message"]
+
+
+def test_a_shell_script_says_and_asks_on_its_thread(stack):
+    stack.start_api()
+    stack.start_executor()
+    script = (
+        'echo "::taskyard::say Preparing the release"; '
+        '"$TASKYARD_PYTHON" -m taskyard_executor.checkpoint_cli channel --question --message "Which channel?" '
+        "--choices beta,stable || exit 1; "
+        'echo "::taskyard::say Released"'
+    )
+    with stack.http() as c:
+        job = submit(c, "shell", {"command": script, "shell": True})
+        q = open_question(stack, c, job["id"], "channel")
+        assert q["choices"] == ["beta", "stable"]
+        wrong = c.post(f"/api/v1/jobs/{job['id']}/messages", json={"text": "nightly"})
+        assert wrong.status_code == 422 and wrong.json()["detail"].startswith("text: ")
+        assert c.post(f"/api/v1/jobs/{job['id']}/messages", json={"text": "stable"}).status_code == 201
+        stack.wait_status(job["id"], "succeeded")
+        texts = [m["text"] for m in thread(c, job["id"])]
+        lines = [x["line"] for x in c.get(f"/api/v1/jobs/{job['id']}/logs").json()["lines"]]
+    assert texts == ["Preparing the release", "Which channel?", "stable", "Released"]  # said once
+    assert lines == ["stable"]  # the protocol lines are not log lines; the script ran twice

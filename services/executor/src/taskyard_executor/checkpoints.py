@@ -21,6 +21,8 @@ from taskyard_common.topology import Topology
 
 # A stdout line starting with this asks for a checkpoint from a script (see checkpoint_cli).
 PROTOCOL = "::taskyard::checkpoint "
+# ... and one starting with this says the rest of the line on the job's thread (ctx.say).
+SAY_PROTOCOL = "::taskyard::say "
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
