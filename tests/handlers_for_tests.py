@@ -153,3 +153,40 @@ async def checkpoint_probe(payload, ctx):
         decision = {"status": d.status, "reason": d.reason}
     _mark(payload["log"], "passed", ctx.job.id)
     return decision
+
+
+def _first_time(marker: str) -> bool:
+    """True the first time (creates `marker`)."""
+    try:
+        open(marker, "x").close()  # noqa: SIM115
+    except FileExistsError:
+        return False
+    return True
+
+
+@handler("converse")
+async def converse(payload, ctx):
+    """Three follow-up questions on one thread, with progress said between them. Each answer is
+    written to `answers_file` once (a step), however often the job runs up to it again."""
+    await ctx.say("Starting: I will ask three things.")
+    linger = payload.get("linger_file")
+    if linger and _first_time(linger):  # the first run stays here (to be killed)
+        await asyncio.sleep(120)
+    answers = []
+    questions = payload.get("questions") or ["Which library?", "Which version?", "Ship today?"]
+    for i, question in enumerate(questions, 1):
+        answer = await ctx.ask(
+            question,
+            name=f"q{i}",
+            approvers=payload.get("approvers", "admin"),
+            timeout=payload.get("timeout", "24h"),
+        )
+
+        def record(i=i, answer=answer):
+            with open(payload["answers_file"], "a") as f:
+                f.write(f"q{i}={answer}\n")
+            return answer
+
+        answers.append(await ctx.step(f"received-{i}", record))
+        await ctx.say(f"Noted answer {i}: {answer}")
+    return {"answers": answers}

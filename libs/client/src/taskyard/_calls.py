@@ -286,6 +286,18 @@ def answer(ck_id: str, answer: Any, reason: str | None = None) -> Call:
     return Call("POST", checkpoint_path(ck_id, "/answer"), body=body)
 
 
+def messages(job_id: str, after: int = 0, limit: int = 500) -> Call:
+    """GET /api/v1/jobs/{id}/messages: the thread after message id `after`, oldest first."""
+    return Call("GET", job_path(job_id, "/messages"), params=[("after", str(after)), ("limit", str(limit))])
+
+
+def post_message(job_id: str, text: str, reply_to: str | None = None) -> Call:
+    body: dict[str, Any] = {"text": text}
+    if reply_to is not None:
+        body["reply_to"] = reply_to
+    return Call("POST", job_path(job_id, "/messages"), body=body)
+
+
 class LogFollow:
     """State of one follow_logs(): the last seq seen (to resume after a drop) and the retry budget."""
 

@@ -498,6 +498,20 @@ class Client(_Base):
         "deliveries": [{"at", "status_code", "error", "ms"}]}]}."""
         return self._call(_calls.notifications(job_id))
 
+    # Conversations (a job's thread)
+
+    def messages(self, job_id: str, after: int = 0, limit: int = 500) -> dict[str, Any]:
+        """The job's thread after message id `after`: {"job_id", "job_status", "messages": [{"id",
+        "author_kind" (job|person|taskyard), "author", "text", "created_at", "checkpoint_id"}],
+        "open_question": {"id", "name", "message", "choices", ...} or None}."""
+        return self._call(_calls.messages(job_id, after, limit))
+
+    def post_message(self, job_id: str, text: str, reply_to: str | None = None) -> dict[str, Any]:
+        """Write to the job's thread. While it waits on a question, `text` answers it (`reply_to`
+        names the question; default the open one). 403 if this key may not, 409 once the job ended,
+        413 over the API's message size limit."""
+        return self._call(_calls.post_message(job_id, text, reply_to))
+
     # Checkpoints (the approvals inbox)
 
     def checkpoints(
@@ -820,6 +834,14 @@ class AsyncClient(_Base):
     async def notifications(self, job_id: str) -> dict[str, Any]:
         """See Client.notifications."""
         return await self._call(_calls.notifications(job_id))
+
+    async def messages(self, job_id: str, after: int = 0, limit: int = 500) -> dict[str, Any]:
+        """See Client.messages."""
+        return await self._call(_calls.messages(job_id, after, limit))
+
+    async def post_message(self, job_id: str, text: str, reply_to: str | None = None) -> dict[str, Any]:
+        """See Client.post_message."""
+        return await self._call(_calls.post_message(job_id, text, reply_to))
 
     async def checkpoints(
         self, status: str | None = "pending", job_id: str | None = None, limit: int = 100

@@ -93,6 +93,7 @@ EventType = Literal[
     "waiting",
     "decided",
     "step",
+    "said",  # a line of the job's thread (ctx.say): journaled, so a resumed job does not say it twice
     "handed_back",  # a draining or stopped worker returned the job unfinished (no attempt spent)
 ]
 

@@ -31,6 +31,7 @@ from . import (
     routes_console,
     routes_jobs,
     routes_keys,
+    routes_messages,
     routes_notify,
     routes_queues,
     routes_schedules,
@@ -47,6 +48,7 @@ from .http_metrics import REGISTRY, MetricsMiddleware
 from .job_types import KnownTypes
 from .jobs import JobService
 from .key_timer import RateKeys
+from .messages import MessageService
 from .migrate import is_current
 from .notify import Notifier
 from .projector import Projector
@@ -112,6 +114,8 @@ async def lifespan(app: FastAPI):
     )
     settings = state.settings
     state.checkpoints = CheckpointService(state.sessions, state.jobs)
+    state.messages = MessageService(state.sessions, state.checkpoints, state.settings.message_max_chars)
+    state.projector.message_max_chars = state.settings.message_max_chars
     state.schedules = ScheduleService(state.sessions, state.jobs, settings)
     state.queues = QueueState(state.nc, state.js, state.topo, settings.queue_state_cache_s)
     state.workers = WorkerRegistry(
@@ -229,6 +233,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(routes_keys.router)
     app.include_router(routes_queues.router)
     app.include_router(routes_checkpoints.router)
+    app.include_router(routes_messages.router)
     app.include_router(routes_work.router)
     app.include_router(routes_workers.router)
     app.include_router(routes_audit.router)

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from taskyard_common.schemas import JobEvent
 from taskyard_common.telemetry import context_from, ns, tracer
 
-from . import approvals
+from . import approvals, messages
 from .auth import ROLES, Principal
 from .failures import DomainError, Forbidden, Invalid, NotFound, Refused
 from .http_metrics import CHECKPOINTS_PENDING
@@ -160,6 +160,9 @@ class CheckpointService:
             )
             if done.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
                 raise Refused(f"checkpoint {ck_id} was decided concurrently")
+            said = messages.decision_message(ck, status, by, reason, answer, now)
+            if said is not None:  # a question's answer (or its expiry) joins the job's thread
+                session.add(said)
             job = await JobStore.get(session, ck.job_id)
             after = _after(job, ck, status, who, now, reason) if job is not None else None
             if job is not None and after is not None and not await JobStore.save(session, job, after):

@@ -226,6 +226,25 @@ class Checkpoint(Base):
     answer: Mapped[Any] = mapped_column(JsonType, nullable=True)
 
 
+class JobMessage(Base):
+    """One message of a job's thread (messages.py): from the job (`ctx.say`, its questions), from a
+    person (an answer, a plain message) or from Taskyard (a question that expired). `id` orders the
+    thread; `key` makes each message stored once whoever writes it twice (a replayed event)."""
+
+    __tablename__ = "job_messages"
+    __table_args__ = (Index("ix_job_messages_job_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(120), unique=True)
+    job_id: Mapped[str] = mapped_column(String(26))
+    author_kind: Mapped[str] = mapped_column(String(16))  # job | person | taskyard
+    author: Mapped[str] = mapped_column(String(100))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    # The question (checkpoint) this message asks or answers.
+    checkpoint_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
 class AuditEvent(Base):
     """One admin action (or a refused attempt at one): who, when, what, from where."""
 

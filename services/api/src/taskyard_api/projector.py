@@ -29,11 +29,11 @@ from taskyard_common.schemas import ENDED_OUTCOMES, FINAL_STATES, JobEvent, mess
 from taskyard_common.supervise import Backoff
 from taskyard_common.topology import Topology
 
-from . import event_epochs, gates, rollups
+from . import event_epochs, gates, messages, rollups
 from .http_metrics import EVENTS_UNPROJECTABLE
 from .job_store import JobStore
 from .lifecycle import JobRecord, changes, lost_attempt, lost_worker, reports, transition
-from .models import Checkpoint, JobEventRow, jobs_table
+from .models import Checkpoint, JobEventRow, JobMessage, jobs_table
 
 log = logging.getLogger("taskyard.api.projector")
 
@@ -192,6 +192,8 @@ class Projector:
         self.typical_duration_s: dict[str, float] = {}
         # Job webhooks (notify.Notifier): outcomes enqueue a delivery in the batch's transaction.
         self.notifier: Any = None
+        # The longest stored thread message (settings.message_max_chars): a longer `say` is cut.
+        self.message_max_chars = 4000
         # Where EVENTS' sequences went back after a crash (event_epochs), and the highest raw
         # sequence this projector has seen: one at or below it makes it look again.
         self.epochs: list[event_epochs.Epoch] = []
@@ -348,6 +350,9 @@ class Projector:
                 await session.execute(_update_jobs(columns, unless_final), batch)
             if checkpoints:
                 await session.execute(_insert_ignoring(session, Checkpoint, "id"), checkpoints)
+            said = messages.from_events(events, set(before), self.message_max_chars)
+            if said:  # the thread: what the jobs said and asked, in stream order
+                await session.execute(_insert_ignoring(session, JobMessage, "key"), said)
             # Outcomes and what they open commit together; the released jobs are due in the
             # outbox, so a crash before the publish below loses nothing.
             ended = [job for job_id, job in jobs.items() if job.finished and not before[job_id].finished]

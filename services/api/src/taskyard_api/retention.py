@@ -16,7 +16,7 @@ from taskyard_common.schemas import FINAL_STATES
 
 from .http_metrics import JOBS_PRUNED
 from .ids import first_id_at
-from .models import Checkpoint, Job, JobEventRow, JobNotify, Notification, ScheduleFire
+from .models import Checkpoint, Job, JobEventRow, JobMessage, JobNotify, Notification, ScheduleFire
 
 log = logging.getLogger("taskyard.api.retention")
 # Jobs per transaction: SQLite statements run on the api's event loop, so a batch is a pause
@@ -27,7 +27,7 @@ _FINAL = sorted(FINAL_STATES)
 
 async def prune_finished(sessions: async_sessionmaker[AsyncSession], ended_before: float) -> int:
     """Delete the jobs that reached a final state before `ended_before` (epoch s), with their
-    timelines, checkpoints and schedule fires. Returns how many jobs went."""
+    timelines, checkpoints, threads and schedule fires. Returns how many jobs went."""
     # A job is created before it ends, so its id is below the first id of `ended_before`: the
     # (status, id) index finds the candidates without a scan of the table.
     below = first_id_at(ended_before)
@@ -50,6 +50,7 @@ async def prune_finished(sessions: async_sessionmaker[AsyncSession], ended_befor
             if ids:
                 await session.execute(delete(JobEventRow).where(JobEventRow.job_id.in_(ids)))
                 await session.execute(delete(Checkpoint).where(Checkpoint.job_id.in_(ids)))
+                await session.execute(delete(JobMessage).where(JobMessage.job_id.in_(ids)))
                 await session.execute(delete(Notification).where(Notification.job_id.in_(ids)))
                 await session.execute(delete(JobNotify).where(JobNotify.job_id.in_(ids)))
                 await session.execute(delete(ScheduleFire).where(ScheduleFire.job_id.in_(ids)))

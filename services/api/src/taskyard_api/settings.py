@@ -23,6 +23,9 @@ class ApiSettings(BaseSettings):
     port: int = 8740
     max_payload_bytes: int = Field(256 * 1024, gt=0)
     max_batch: int = Field(10_000, gt=0)
+    # The longest text of one message in a job's thread (POST /jobs/{id}/messages answers 413
+    # above it; a longer `ctx.say` is stored cut to this length).
+    message_max_chars: int = Field(4000, gt=0)
     # Pending rows older than this are republished by the outbox reconciler.
     outbox_grace_s: float = Field(5.0, gt=0)
     outbox_interval_s: float = Field(2.0, gt=0)

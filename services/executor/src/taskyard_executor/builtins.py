@@ -35,7 +35,7 @@ from taskyard_common.payloads import (
     parse_payload,
 )
 
-from .checkpoints import PROTOCOL
+from .checkpoints import PROTOCOL, SAY_PROTOCOL
 from .context import JobContext, Stream
 from .errors import (
     HTTPClientError,
@@ -319,6 +319,9 @@ async def _pump(
             text += f" [... line truncated at {MAX_LINE_BYTES} bytes]"
         if stream == "stdout" and text.startswith(PROTOCOL):
             raise ctx.park_for_script(json.loads(text[len(PROTOCOL) :]))
+        if stream == "stdout" and text.startswith(SAY_PROTOCOL):
+            await ctx.say(text[len(SAY_PROTOCOL) :])  # skipped when a run before said it
+            return
         if tail is not None:
             tail.append(text[:500])
         await ctx.log(text, stream)

@@ -10,6 +10,9 @@ job (no slot held) and stops the script. Once someone decides, the job runs agai
 and this command answers at once from TASKYARD_DECISIONS: exit 0 when approved (printing
 `approved`, or the answer for --question), 3 when rejected (only reached with --on-reject return;
 otherwise a rejection fails the job). Make scripts safe to run again up to their checkpoints.
+
+A stdout line `::taskyard::say TEXT` posts TEXT to the job's thread (ctx.say): a run after a
+decision skips the lines it said before (the n-th such line is the n-th message).
 """
 
 import argparse

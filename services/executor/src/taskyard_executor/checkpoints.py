@@ -21,6 +21,8 @@ from taskyard_common.topology import Topology
 
 # A stdout line starting with this asks for a checkpoint from a script (see checkpoint_cli).
 PROTOCOL = "::taskyard::checkpoint "
+# ... and one starting with this says the rest of the line on the job's thread (ctx.say).
+SAY_PROTOCOL = "::taskyard::say "
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -55,6 +57,8 @@ class Journal:
     # Deliveries a draining or stopped worker handed back, per continuation (`resume`): they
     # count toward the message's deliveries but were no attempt (see `attempt_of`).
     handed_back: dict[int, int] = field(default_factory=dict)
+    # What the job said on its thread (`ctx.say`), in order: a resumed run skips these many.
+    said: list[str] = field(default_factory=list)
 
     def apply(self, event: JobEvent) -> None:
         if event.type in ENDED_OUTCOMES:
@@ -62,6 +66,10 @@ class Journal:
         elif event.type == "handed_back":
             resume = int(event.data.get("resume", 0))
             self.handed_back[resume] = self.handed_back.get(resume, 0) + 1
+        elif event.type == "said":
+            n = int(event.data.get("n", len(self.said)))
+            if n == len(self.said):  # a replayed duplicate (same n) is the same message
+                self.said.append(str(event.data.get("text", "")))
         elif event.type == "step":
             self.steps[event.data["name"]] = event.data.get("result")
         elif event.type == "decided":

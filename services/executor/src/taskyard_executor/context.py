@@ -61,6 +61,8 @@ class JobContext:
         self.workdir: Path | None = None
         self.inputs: list[Path] = []
         self._save_artifact: SaveArtifact | None = None
+        # How many `say` calls this run made: the first len(journal.said) were posted before.
+        self._says = 0
 
     async def save_artifact(self, data: bytes | str | os.PathLike[str], name: str) -> dict[str, Any]:
         """Store `data` as the job output `name` (a relative path; no absolute path, no `..`).
@@ -123,6 +125,18 @@ class JobContext:
         await self._event("step", {"name": name, "result": result})
         self.journal.steps[name] = result
         return result
+
+    async def say(self, text: str) -> None:
+        """Post `text` to the job's thread (GET /api/v1/jobs/{id}/messages; the UI and `taskyard
+        chat` show it live). Journaled like a step: a job that runs again after a question or a
+        lost worker does not post what it already said (the n-th say of a run is the n-th message),
+        so say the same things in the same order up to where it stopped."""
+        n = self._says
+        self._says += 1
+        if n < len(self.journal.said):
+            return
+        await self._event("said", {"n": n, "text": str(text)})
+        self.journal.said.append(str(text))
 
     async def checkpoint(
         self,
@@ -281,6 +295,10 @@ class SyncJobContext:
     def save_artifact(self, data: bytes | str | os.PathLike[str], name: str) -> dict[str, Any]:
         """Blocking :meth:`JobContext.save_artifact`."""
         return self._call(self._ctx.save_artifact(data, name))
+
+    def say(self, text: str) -> None:
+        """Blocking :meth:`JobContext.say`."""
+        self._call(self._ctx.say(text))
 
     def checkpoint(self, name: str, data: Any = None, **options: Any) -> Decision:
         """Blocking :meth:`JobContext.checkpoint`."""

@@ -48,7 +48,7 @@ _OUTCOMES = frozenset({"succeeded", "failed", "retrying", "cancelled", "dead", "
 # never come).
 ARM_ABOVE_BACKLOG_MIN_SLOTS = 16
 # What a later delivery reads back from the job's own EVENTS subject (checkpoints.Journal).
-_JOURNAL = frozenset({"step", "handed_back"})
+_JOURNAL = frozenset({"step", "said", "handed_back"})
 # How long a redelivered job's journal read is tried again through a JetStream leader election
 # (measured 4–9 s after a node died, docs/scaling.md), and how often.
 JOURNAL_RETRY_S = 20.0

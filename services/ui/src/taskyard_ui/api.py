@@ -172,6 +172,13 @@ class ApiClient:
     async def notifications(self, job_id: str) -> dict:
         return await self.call("GET", job_path(job_id, "/notifications"))
 
+    async def messages(self, job_id: str) -> dict:
+        """The job's thread: {"job_status", "messages", "open_question"}."""
+        return await self.call("GET", job_path(job_id, "/messages"), params=[("limit", "1000")])
+
+    async def post_message(self, job_id: str, text: str) -> dict:
+        return await self.call("POST", job_path(job_id, "/messages"), json={"text": text})
+
     async def checkpoints(self, params: list[tuple[str, str]]) -> list[dict]:
         """Checkpoints matching `params`."""
         return (await self.call("GET", "/api/v1/checkpoints", params=params))["checkpoints"]

@@ -1,14 +1,20 @@
 """The approvals inbox: pending checkpoints (approvals and questions) and deciding them."""
 
+import asyncio
+from typing import Any
+
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from .api import ApiClient, ApiError
-from .web import JOB_ID, api_for, render, whoami
+from .live import live_client, live_response
+from .web import FINAL, JOB_ID, api_for, digest, render, render_fragment, whoami
 
 router = APIRouter()
 
 INBOX_LIMIT = 100
+# The inbox shows the conversation of this many cards (the newest), live.
+THREADS_SHOWN = 20
 NOTICES = {
     "approved": "Approved: the job continues.",
     "rejected": "Rejected.",
@@ -26,6 +32,7 @@ async def _inbox(
     who = await whoami(request, api)
     checkpoints = await api.checkpoints([("status", "pending"), ("limit", str(INBOX_LIMIT))])
     notice = NOTICES.get(request.query_params.get("done", "")) if not errors else None
+    fragments = await thread_fragments(api, in_run(checkpoints))
     return render(
         request,
         "approvals.html",
@@ -37,7 +44,53 @@ async def _inbox(
         errors=errors or {},
         form=form or {},
         who=who,
+        fragments=fragments,
+        live_hash=digest(fragments),
     )
+
+
+def in_run(checkpoints: list[dict]) -> dict[str, str]:
+    """{checkpoint id: job id} of the cards that show a conversation (not approvals before a start)."""
+    shown = [ck for ck in checkpoints if ck.get("on_reject") != "cancel"][:THREADS_SHOWN]
+    return {ck["id"]: ck["job_id"] for ck in shown}
+
+
+async def thread_fragments(api: ApiClient, cards: dict[str, str]) -> dict[str, str]:
+    """`thread-<checkpoint id>`: the conversation of each card's job (one read per job)."""
+    job_ids = list(dict.fromkeys(cards.values()))
+
+    async def one(job_id: str) -> dict | None:
+        try:
+            return await api.messages(job_id)
+        except ApiError:
+            return None  # pruned or gone meanwhile: the card says nothing
+
+    threads = dict(zip(job_ids, await asyncio.gather(*(one(j) for j in job_ids)), strict=True))
+    return {
+        f"thread-{ck_id}": render_fragment("_job_thread.html", thread=threads[job_id], FINAL=FINAL)
+        for ck_id, job_id in cards.items()
+    }
+
+
+@router.get("/approvals/live")
+async def approvals_live(request: Request) -> Response:
+    """SSE: each card's conversation as it goes on (a decided card's fragment is simply unused)."""
+    api = live_client(request)
+    if isinstance(api, Response):
+        return api
+
+    # The cards on the page stay there once answered (until a reload): their conversation goes
+    # on too (the job says what it did with the answer, asks its next question).
+    cards: dict[str, str] = {}
+
+    async def produce() -> dict[str, Any]:
+        checkpoints = await api.checkpoints([("status", "pending"), ("limit", str(INBOX_LIMIT))])
+        for ck_id, job_id in in_run(checkpoints).items():
+            if len(cards) < THREADS_SHOWN:
+                cards.setdefault(ck_id, job_id)
+        return {"fragments": await thread_fragments(api, cards)}
+
+    return live_response(request, produce)
 
 
 @router.get("/approvals", response_class=HTMLResponse)

@@ -46,6 +46,7 @@ NOTICES = {
     "cancel": "Cancellation requested.",
     "retry": "The job was queued again.",
     "submitted": "Job submitted.",
+    "said": "Message sent.",
 }
 BULK_VERBS = {"cancel": ("Cancelled", "cancelled"), "retry": ("Queued again", "retried")}
 BULK_REASONS = {
@@ -294,28 +295,38 @@ async def _job_checkpoints(api: ApiClient, job_id: str) -> list[dict]:
     return await api.checkpoints([("job_id", job_id), ("limit", "20")])
 
 
-def job_fragments(job: dict, checkpoints: list[dict], who: dict | None) -> dict[str, str]:
+def job_fragments(
+    job: dict, checkpoints: list[dict], who: dict | None, thread: dict | None = None
+) -> dict[str, str]:
     """The parts of the job page that change while the job moves on (see live.py)."""
     ctx = {"job": job, "checkpoints": checkpoints, "who": who, "FINAL": FINAL, "STATUSES": STATUSES}
     return {
         "job-badge": render_fragment("_job_badge.html", **ctx),
         "job-live": render_fragment("_job_live.html", **ctx),
         "job-timeline": render_fragment("_job_timeline.html", **ctx),
+        "job-thread": render_fragment("_job_thread.html", thread=thread, FINAL=FINAL),
     }
 
 
 async def _detail(
-    request: Request, api: ApiClient, job_id: str, status_code: int = 200, error: str | None = None
+    request: Request,
+    api: ApiClient,
+    job_id: str,
+    status_code: int = 200,
+    error: str | None = None,
+    thread_error: str | None = None,
+    thread_text: str = "",
 ) -> Response:
-    job, checkpoints, who, webhook, files = await asyncio.gather(
+    job, checkpoints, who, webhook, files, thread = await asyncio.gather(
         api.get_job(job_id),
         _job_checkpoints(api, job_id),
         whoami(request, api),
         api.notifications(job_id),
         api.call("GET", job_path(job_id, "/artifacts")),
+        api.messages(job_id),
     )
     notice = NOTICES.get(request.query_params.get("done", "")) if error is None else None
-    fragments = job_fragments(job, checkpoints, who)
+    fragments = job_fragments(job, checkpoints, who, thread)
     return render(
         request,
         "job.html",
@@ -328,6 +339,8 @@ async def _detail(
         fragments=fragments,
         live_hash=digest(fragments),
         webhook=webhook,
+        thread_error=thread_error,
+        thread_text=thread_text,
     )
 
 
@@ -353,8 +366,9 @@ async def job_live(request: Request, job_id: str) -> Response:
         status = job["status"]
         if state["checkpoints"] is None or status == "waiting" or status != state["status"]:
             state["checkpoints"] = await _job_checkpoints(api, job_id)
+        thread = await api.messages(job_id)
         update: dict[str, Any] = {
-            "fragments": job_fragments(job, state["checkpoints"], who),
+            "fragments": job_fragments(job, state["checkpoints"], who, thread),
             "done": status in FINAL,
         }
         if state["status"] is not None and status != state["status"]:
@@ -387,3 +401,21 @@ async def cancel(request: Request, job_id: str, api: ApiClient = Depends(api_for
 async def retry(request: Request, job_id: str, api: ApiClient = Depends(api_for)) -> Response:
     """Retry, then back to the job page."""
     return await _act(request, api, job_id, "retry")
+
+
+@router.post("/jobs/{job_id}/messages")
+async def reply(
+    request: Request, job_id: str, text: str = Form(""), api: ApiClient = Depends(api_for)
+) -> Response:
+    """Write to the job's thread (answers its open question); errors come back next to the box."""
+    _check_id(job_id)
+    if not text.strip():
+        return await _detail(request, api, job_id, 422, thread_error="Message: write something first.")
+    try:
+        await api.post_message(job_id, text.strip())
+    except ApiError as err:
+        if err.status == 404:
+            raise
+        # 403 (may not answer), 409 (job ended, answered meanwhile), 413 (too long), 422 (choices).
+        return await _detail(request, api, job_id, err.status, thread_error=err.detail, thread_text=text)
+    return RedirectResponse(f"/jobs/{job_id}?done=said#thread", status_code=303)
