@@ -279,7 +279,9 @@ def test_no_decision_is_lost_in_a_machine_crash(lazy_disk, db_url, tmp_path, syn
             assert actions["resumed"] == actions["republished"] == actions["requeued"] == 0, actions
         else:
             assert lost & ok, "the crash lost no answered decision: not a test"
-            assert actions["decision_republished"] == len(needed) > 0, actions
+            # Only a decision a job still waits for is sent again: when every decided job's outcome
+            # reached the database before the crash, none is (seen on PostgreSQL under load).
+            assert actions["decision_republished"] == len(needed), actions
     finally:
         for svc in stack.services:
             if svc.alive():
