@@ -253,3 +253,16 @@ def test_bad_input_unknown_queue_another_keys_lease_and_an_expired_lease(stack):
         r = c.post(f"/api/v1/leases/{again['lease']['id']}/complete", json={"result": "twice"})
         assert r.status_code == 409 and "completed" in r.json()["detail"]
         assert stack.wait_status(job["id"], "succeeded")["result"] == "ok"
+        # A job cancelled while a REST worker holds it: the lease ends, its next call says so.
+        doomed = submit(c, {"n": "doomed"}, "work")
+        code, got = claim(c, "work", wait_s=5)
+        assert code == 200 and got["job"]["id"] == doomed["id"]
+        assert c.post(f"/api/v1/jobs/{doomed['id']}/cancel").status_code == 200
+        wait_until(
+            lambda: c.post(f"/api/v1/leases/{got['lease']['id']}/heartbeat").status_code == 409,
+            5,
+            "the cancelled job's lease ending",
+        )
+        r = c.post(f"/api/v1/leases/{got['lease']['id']}/complete", json={"result": "late"})
+        assert r.status_code == 409 and "cancelled" in r.json()["detail"], r.text
+        assert stack.wait_status(doomed["id"], "cancelled")["result"] is None
