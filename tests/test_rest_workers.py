@@ -154,7 +154,7 @@ def test_bash_worker_claims_logs_asks_completes_and_a_killed_one_hands_the_job_b
 
 
 def claim(c, queue: str, **body) -> tuple[int, dict]:
-    r = c.post(f"/api/v1/queues/{queue}/claim", json={"worker": "py", "types": ["echo"], **body})
+    r = c.post(f"/api/v1/queues/{queue}/claim", json={"worker": "py", "types": ["echo"]} | body)
     return r.status_code, (r.json() if r.content else {})
 
 
@@ -197,6 +197,25 @@ def test_rest_claims_take_high_before_older_normal_jobs_and_long_poll(stack):
         # Answered after the submit (it waited), and well before its 20 s were up.
         assert submitted < box["ended"] < submitted + 3, box["ended"] - submitted
         assert c.post(f"/api/v1/leases/{got['lease']['id']}/complete", json={}).status_code == 200
+        # An admin stops the REST worker: its job goes back at once with no attempt spent, and it
+        # may claim no more; another worker takes the job as attempt 1.
+        held = submit(c, {"n": "held"}, "prio")["id"]
+        code, got = claim(c, "prio", wait_s=5)
+        assert code == 200 and got["job"]["id"] == held
+        assert c.post("/api/v1/workers/rest-admin-py/stop").status_code == 202
+        wait_until(
+            lambda: stack.wait_status(held, {"queued", "running"})["status"] == "queued", 10, "hand-back"
+        )
+        r = c.post(f"/api/v1/leases/{got['lease']['id']}/heartbeat")
+        assert r.status_code == 409 and "handed_back" in r.json()["detail"], r.text
+        code, body = claim(c, "prio", wait_s=0)
+        assert code == 409 and "draining" in body["detail"], body
+        assert rest_worker(c, "py")["state"] == "draining"
+        code, got = claim(c, "prio", wait_s=5, worker="py2")
+        assert code == 200 and got["job"]["id"] == held and got["job"]["attempt"] == 1
+        assert c.post(f"/api/v1/leases/{got['lease']['id']}/complete", json={}).status_code == 200
+        kinds = [e["type"] for e in stack.wait_status(held, "succeeded")["timeline"]]
+        assert kinds == ["queued", "started", "handed_back", "started", "succeeded"], kinds
 
 
 def test_bad_input_unknown_queue_another_keys_lease_and_an_expired_lease(stack):

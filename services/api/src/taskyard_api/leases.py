@@ -71,6 +71,7 @@ class RestWorker:
     seen: float = field(default_factory=time.monotonic)
     types: set[str] = field(default_factory=set)
     claiming: int = 0
+    draining: bool = False
     done: int = 0
     failed: int = 0
     leases: dict[str, "Lease"] = field(default_factory=dict)
@@ -88,7 +89,7 @@ class Lease:
     ttl_s: float
     expires: float  # monotonic
     started: float = field(default_factory=time.time)
-    ended: str | None = None  # completed | failed | retrying | dead | expired | cancelled
+    ended: str | None = None  # completed | failed | retrying | dead | expired | cancelled | handed_back
     ended_at: float = 0.0
     keepalive: asyncio.Task | None = None
 
@@ -152,6 +153,7 @@ class LeaseService:
             await self.puller.start()
             self._subs.append(await self.nc.subscribe(self.topo.wake_subject("*"), cb=self._on_wake))
             self._subs.append(await self.nc.subscribe(self.topo.cancel_subject(), cb=self._on_cancel))
+            self._subs.append(await self.nc.subscribe(self.topo.drain_subject(), cb=self._on_drain))
             self._kv = await self.js.key_value(self.topo.workers_bucket)
             self._started = True
 
@@ -188,7 +190,11 @@ class LeaseService:
     async def _beat(self, worker: RestWorker) -> None:
         """The REST worker's heartbeat, as an executor writes its own. A worker that stopped calling
         gets none: its key expires with the bucket's TTL and it shows `gone`."""
-        if self._kv is None or not self._present(worker):
+        if self._kv is None:
+            return
+        if not self._present(worker):
+            if worker.draining:  # drained and gone: a later claim under its name starts afresh
+                self.workers.pop(worker.id, None)
             return
         hb = Heartbeat(
             id=worker.id,
@@ -203,6 +209,7 @@ class LeaseService:
             ],
             done=worker.done,
             failed=worker.failed,
+            state="draining" if worker.draining else "running",
             started_at=worker.started_at,
             handlers=sorted(worker.types),
         )
@@ -233,6 +240,28 @@ class LeaseService:
                 with contextlib.suppress(NatsError, TimeoutError):
                     await self._outcome(lease, "cancelled", ack="ack")
 
+    async def _on_drain(self, msg: Msg) -> None:
+        """POST /workers/{id}/drain|stop for a REST worker: it may claim no more (409 telling it to
+        exit); `stop` also hands its jobs back at once, without spending an attempt, as an
+        executor's stop does (a `handed_back` event in the job's journal, then a nak)."""
+        worker = self.workers.get(msg.subject.rsplit(".", 1)[-1])
+        if worker is None:
+            return
+        worker.draining = True
+        if (msg.data.decode(errors="replace").strip() if msg.data else "drain") == "stop":
+            for lease in list(worker.leases.values()):
+                self._end(lease, "handed_back")
+                try:
+                    await self._publish(
+                        self._event(lease, "handed_back", resume=lease.spec.resume, reason="stop")
+                    )
+                    await lease.msg.nak()
+                except (NatsError, TimeoutError) as exc:
+                    log.warning(
+                        "job %s: hand-back not recorded (%s); back after ack_wait", lease.spec.id, exc
+                    )
+        await self._beat(worker)
+
     # -- claim ----------------------------------------------------------------------------------
     def worker_for(self, who: Principal, name: str, slots: int, queue: str, types: list[str]) -> RestWorker:
         if not WORKER_NAME.match(name):
@@ -262,6 +291,8 @@ class LeaseService:
         """The next job of `queue` in strict priority, as a lease; None when `wait_s` passed with none."""
         await self._ensure_started()
         worker = self.worker_for(who, worker_name, slots, queue, types)
+        if worker.draining:
+            raise Refused(f"worker {worker.id} is draining (an admin asked): finish its leases and exit")
         if len(worker.leases) >= worker.slots:
             raise Refused(
                 f"worker {worker.id} holds {len(worker.leases)} leases, all of its {worker.slots} slots: "
