@@ -285,3 +285,48 @@ def test_bad_input_unknown_queue_another_keys_lease_and_an_expired_lease(stack):
         r = c.post(f"/api/v1/leases/{got['lease']['id']}/complete", json={"result": "late"})
         assert r.status_code == 409 and "cancelled" in r.json()["detail"], r.text
         assert stack.wait_status(doomed["id"], "cancelled")["result"] is None
+
+
+def test_an_answer_outlives_the_lease_that_asked(stack):
+    """Asked, answered, then the lease lost: the next holder gets the answer from the job's journal
+    (on the claim and on asking again) without a second question in the inbox."""
+    stack.start_api()
+    with stack.http() as c:
+        assert claim(c, "ask", create=True, wait_s=0)[0] == 204
+        job = submit(c, {"n": 1}, "ask")
+        code, got = claim(c, "ask", wait_s=5, lease_s=2)
+        assert code == 200 and got["job"]["answers"] == {}
+        lease = got["lease"]["id"]
+        question = {
+            "question": "Which library?",
+            "name": "lib",
+            "choices": ["httpx", "requests"],
+            "wait_s": 0,
+        }
+        asked = c.post(f"/api/v1/leases/{lease}/ask", json=question).json()
+        assert asked["status"] == "pending" and asked["checkpoint_id"].startswith("ck_")
+        ck = c.get(f"/api/v1/checkpoints/{asked['checkpoint_id']}").json()
+        assert ck["job_id"] == job["id"] and ck["kind"] == "question" and ck["status"] == "pending"
+        assert c.post(f"/api/v1/checkpoints/{ck['id']}/answer", json={"answer": "httpx"}).status_code == 200
+        answered = c.post(f"/api/v1/leases/{lease}/ask", json=question).json()
+        assert (answered["status"], answered["answer"], answered["by"]) == ("answered", "httpx", "admin")
+        assert stack.wait_status(job["id"], "running")["status"] == "running"  # the decision moved nothing
+        time.sleep(3)  # the lease runs out
+        code, again = claim(c, "ask", wait_s=10)
+        assert code == 200 and again["job"]["id"] == job["id"] and again["job"]["attempt"] == 2
+        assert again["job"]["answers"] == {"lib": "httpx"}
+        replay = c.post(f"/api/v1/leases/{again['lease']['id']}/ask", json=question).json()
+        assert (replay["status"], replay["answer"], replay["checkpoint_id"]) == (
+            "answered",
+            "httpx",
+            ck["id"],
+        )
+        assert len(c.get("/api/v1/checkpoints", params={"job_id": job["id"]}).json()["checkpoints"]) == 1
+        assert (
+            c.post(f"/api/v1/leases/{again['lease']['id']}/complete", json={"result": "httpx"}).status_code
+            == 200
+        )
+        kinds = [e["type"] for e in stack.wait_status(job["id"], "succeeded")["timeline"]]
+        # (the second `started` and the `worker_lost` it reveals share a time: either order)
+        assert kinds[:3] == ["queued", "started", "decided"] and kinds[-1] == "succeeded", kinds
+        assert sorted(kinds[3:5]) == ["started", "worker_lost"], kinds

@@ -2,7 +2,7 @@
 lease (leases.py). docs/rest-workers.md has a worker in bash + curl."""
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, Field
@@ -14,7 +14,7 @@ from .auth import Principal, require
 from .failures import NotFound
 from .input_checks import CheckedRoute
 from .leases import Lease, LeaseService
-from .schemas import JSON_VALUE
+from .schemas import JOB_TYPE, JSON_VALUE
 
 router = APIRouter(prefix="/api/v1", route_class=CheckedRoute)
 QueueName = Path(pattern=QUEUE_NAME.pattern, description="A queue name, as in a job's `queue`")
@@ -30,7 +30,7 @@ class ClaimIn(BaseModel):
     )
     slots: int = Field(1, ge=1, le=1000, description="Jobs this worker may hold at once (its leases)")
     wait_s: float = Field(20.0, ge=0, le=60, description="Long-poll: how long to wait for a job")
-    types: list[str] = Field(
+    types: list[Annotated[str, Field(pattern=JOB_TYPE)]] = Field(
         [],
         max_length=100,
         description="Job types this worker runs: submits of them are accepted (as an executor's handlers)",
