@@ -285,6 +285,21 @@ def test_bad_input_unknown_queue_another_keys_lease_and_an_expired_lease(stack):
         r = c.post(f"/api/v1/leases/{got['lease']['id']}/complete", json={"result": "late"})
         assert r.status_code == 409 and "cancelled" in r.json()["detail"], r.text
         assert stack.wait_status(doomed["id"], "cancelled")["result"] is None
+        # Held past the job's timeout_s (heartbeats or not): timed out and retried, as an executor does.
+        r = c.post(
+            "/api/v1/jobs",
+            json={"type": "echo", "queue": "work", "payload": {}, "timeout_s": 1, "backoff": {"base_s": 60}},
+        )
+        slow = r.json()
+        code, got = claim(c, "work", wait_s=5)
+        assert code == 200 and got["job"]["id"] == slow["id"] and got["job"]["timeout_s"] == 1
+        wait_until(
+            lambda: c.post(f"/api/v1/leases/{got['lease']['id']}/heartbeat").status_code == 409,
+            5,
+            "the timeout",
+        )
+        retrying = stack.wait_status(slow["id"], "retrying")
+        assert retrying["error"]["message"] == "timed out after 1s" and retrying["attempt"] == 1
 
 
 def test_an_answer_outlives_the_lease_that_asked(stack):

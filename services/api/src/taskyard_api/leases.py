@@ -93,6 +93,10 @@ class Lease:
     ended_at: float = 0.0
     keepalive: asyncio.Task | None = None
 
+    def overdue(self) -> bool:
+        """Held past the job's `timeout_s`: an executor would have timed the attempt out."""
+        return time.time() - self.started > self.spec.timeout_s
+
     def out(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -165,6 +169,8 @@ class LeaseService:
             now = time.monotonic()
             for lease in [le for le in self.leases.values() if le.ended is None and le.expires <= now]:
                 await self._expire(lease)
+            for lease in [le for le in self.leases.values() if le.ended is None and le.overdue()]:
+                await self._time_out(lease)
             for lease_id in [
                 i for i, le in self.leases.items() if le.ended and now - le.ended_at > ENDED_KEEP_S
             ]:
@@ -193,8 +199,9 @@ class LeaseService:
         if self._kv is None:
             return
         if not self._present(worker):
-            if worker.draining:  # drained and gone: a later claim under its name starts afresh
-                self.workers.pop(worker.id, None)
+            # Gone (its key expires with the bucket's TTL): a later claim under its name starts
+            # afresh, not draining, counters from 0, as a restarted executor does.
+            self.workers.pop(worker.id, None)
             return
         hb = Heartbeat(
             id=worker.id,
@@ -451,7 +458,11 @@ class LeaseService:
     ) -> tuple[Lease, dict]:
         """Like a handler's exception: retried with the job's backoff while attempts remain
         (`retry`), else dead; `retry: false` fails it at once (a PermanentError)."""
-        lease = self.active(who, lease_id)
+        return await self._fail(self.active(who, lease_id), error, retry, delay_s)
+
+    async def _fail(
+        self, lease: Lease, error: dict, retry: bool, delay_s: float | None
+    ) -> tuple[Lease, dict]:
         lease.worker.failed += 1
         spec = lease.spec
         if not retry:
@@ -546,6 +557,19 @@ class LeaseService:
         lease.worker.leases.pop(lease.id, None)
         if lease.keepalive is not None:
             lease.keepalive.cancel()
+
+    async def _time_out(self, lease: Lease) -> None:
+        """The attempt ran past the job's timeout_s: a retryable failure, as in an executor."""
+        error = {
+            "type": "JobError",
+            "message": f"timed out after {lease.spec.timeout_s:g}s",
+            "details": {"timeout_s": lease.spec.timeout_s},
+        }
+        try:
+            await self._fail(lease, error, retry=True, delay_s=None)
+        except (NatsError, TimeoutError) as exc:  # left unacked: back after ack_wait
+            log.warning("job %s: timeout not recorded (%s)", lease.spec.id, exc)
+            self._end(lease, "timed_out")
 
     async def _expire(self, lease: Lease) -> None:
         """No heartbeat within the TTL: hand the delivery back at once. No `handed_back` event, so

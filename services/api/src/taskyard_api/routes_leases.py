@@ -174,7 +174,7 @@ async def complete(
 async def fail(
     body: FailIn, lease_id: str = LeaseId, *, request: Request, who: Principal = require("submitter")
 ):
-    error = body.error.model_dump()
+    error = {**body.error.model_dump(), "retryable": body.retry}
     lease, decision = await _service(request).fail(who, lease_id, error, body.retry, body.delay_s)
     return _lease_out(lease, **decision)
 
