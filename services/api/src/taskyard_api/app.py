@@ -31,6 +31,7 @@ from . import (
     routes_console,
     routes_jobs,
     routes_keys,
+    routes_leases,
     routes_messages,
     routes_notify,
     routes_queues,
@@ -48,6 +49,7 @@ from .http_metrics import REGISTRY, MetricsMiddleware
 from .job_types import KnownTypes
 from .jobs import JobService
 from .key_timer import RateKeys
+from .leases import LeaseService
 from .messages import MessageService
 from .migrate import is_current
 from .notify import Notifier
@@ -131,12 +133,17 @@ async def lifespan(app: FastAPI):
         max_tries=settings.notify_max_tries,
     )
     state.projector.notifier = state.notifier
+    # REST workers' claims and leases: this process is their executor proxy (leases.py).
+    state.leases = LeaseService(
+        state.nc, state.js, state.topo, state.sessions, settings.lease_max_result_bytes
+    )
     state.supervisor = supervisor = Supervisor("api", REGISTRY)
     # The projector finishes the batch in hand on stop (acked, not redelivered after ack_wait).
     supervisor.start(
         "projector", state.projector.run, stop=state.projector.stop, backoff=projector.RESTART_BACKOFF
     )
     supervisor.start("workers-watch", state.workers.watch)
+    supervisor.start("leases", state.leases.run)
     supervisor.every("outbox", settings.outbox_interval_s, state.jobs.reconcile_once)
     # What a machine crash took from JOBS or the database, made up for (at start, then periodically).
     state.reconciler = Reconciler(
@@ -201,6 +208,7 @@ async def lifespan(app: FastAPI):
         # The projector ends by itself within a fetch timeout (1 s), acking what it has in hand;
         # the other tasks hold nothing that is lost by cancelling them.
         await supervisor.stop(timeout_s=5)
+        await state.leases.stop()
         await state.notifier.close()
         try:
             await asyncio.wait_for(state.nc.drain(), 5)
@@ -234,6 +242,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(routes_queues.router)
     app.include_router(routes_checkpoints.router)
     app.include_router(routes_messages.router)
+    app.include_router(routes_leases.router)
     app.include_router(routes_work.router)
     app.include_router(routes_workers.router)
     app.include_router(routes_audit.router)

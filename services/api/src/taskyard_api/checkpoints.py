@@ -16,6 +16,7 @@ from .failures import DomainError, Forbidden, Invalid, NotFound, Refused
 from .http_metrics import CHECKPOINTS_PENDING
 from .job_store import JobStore
 from .jobs import JobService
+from .leases import LEASE_ON_REJECT
 from .lifecycle import Approved, Decided, JobRecord, transition
 from .models import Checkpoint
 from .schemas import iso
@@ -95,6 +96,8 @@ def _after(
         if who is None:  # its expiry
             return transition(job, Approved(now, False, None))
         return transition(job, Approved(now, status == "approved", who.name, reason))
+    if ck.on_reject == LEASE_ON_REJECT:
+        return job  # a REST worker's question: the worker holds the job and reads the decision
     error = decision_error(ck, status, who.name if who is not None else "system", reason)
     return transition(job, Decided(ck.generation, now, error))
 

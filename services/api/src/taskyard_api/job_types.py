@@ -37,6 +37,10 @@ class KnownTypes:
         self._scan_failed = False
         self._lock = asyncio.Lock()
 
+    def advertise(self, types: list[str]) -> None:
+        """Types a worker of this process declared (a REST worker's claim): known at once."""
+        self._seen.update(types)
+
     async def problems(self, spec: JobFields, prefix: str = "") -> list[str]:
         """What is wrong with ``spec``'s type or payload; ``prefix`` names it (``jobs[3].``)."""
         if spec.type in BUILTIN_TYPES:

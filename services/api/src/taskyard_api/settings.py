@@ -56,6 +56,8 @@ class ApiSettings(BaseSettings):
     # A job held longer than max(this, 10 x its type's usual duration) marks its worker `stuck`.
     stuck_min_s: float = Field(300.0, gt=0)
     checkpoint_expiry_interval_s: float = Field(2.0, gt=0)
+    # A REST worker's result (POST /leases/{id}/complete) may be this large, as an executor's.
+    lease_max_result_bytes: int = Field(256 * 1024, gt=0)
     # Finished jobs (rows, timelines, checkpoints) are deleted this long after they ended; 0 keeps
     # them forever. Checked every prune_interval_s by every replica (the deletes are idempotent).
     finished_jobs_max_age_s: float = Field(30 * 86400.0, ge=0)

@@ -5,25 +5,22 @@ needs only the error, the attempt number and the job's spec, so it is decided he
 """
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from taskyard_common.schemas import Backoff, JobSpec
+from taskyard_common.backoff import Uniform, backoff_ceiling, backoff_delay
+from taskyard_common.schemas import JobSpec
 
 from .errors import JobError
 
-Uniform = Callable[[float, float], float]
-
-
-def backoff_ceiling(backoff: Backoff, attempt: int) -> float:
-    """Longest delay after failed attempt `attempt` (1-based): base_s · factor^(attempt−1), ≤ max_s."""
-    return min(backoff.max_s, backoff.base_s * backoff.factor ** max(0, attempt - 1))
-
-
-def backoff_delay(backoff: Backoff, attempt: int, uniform: Uniform = random.uniform) -> float:
-    """Full jitter: uniform in [0, ceiling], so workers failing together do not retry together."""
-    return uniform(0, backoff_ceiling(backoff, attempt))
+__all__ = [
+    "AfterFailure",
+    "Uniform",
+    "after_failure",
+    "backoff_ceiling",
+    "backoff_delay",
+    "lost_on_last_attempt",
+]
 
 
 @dataclass(frozen=True)

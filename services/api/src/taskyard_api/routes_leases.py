@@ -1,0 +1,202 @@
+"""Workers in any language over REST: claim a job, then heartbeat, log, ask, complete or fail its
+lease (leases.py). docs/rest-workers.md has a worker in bash + curl."""
+
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Request, Response
+from pydantic import BaseModel, Field
+
+from taskyard_common.topology import QUEUE_NAME
+
+from .api_doc import NO_NUL, answers
+from .auth import Principal, require
+from .failures import NotFound
+from .input_checks import CheckedRoute
+from .leases import Lease, LeaseService
+from .schemas import JOB_TYPE, JSON_VALUE
+
+router = APIRouter(prefix="/api/v1", route_class=CheckedRoute)
+QueueName = Path(pattern=QUEUE_NAME.pattern, description="A queue name, as in a job's `queue`")
+LeaseId = Path(pattern=r"^ls_[A-Za-z0-9_-]{1,40}$", description="A lease id, as the claim answered it")
+
+
+class ClaimIn(BaseModel):
+    model_config = {"extra": "forbid"}
+    worker: str = Field(
+        "rest",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="The worker's name; its id in GET /workers is `rest-<key name>-<worker>`",
+    )
+    slots: int = Field(1, ge=1, le=1000, description="Jobs this worker may hold at once (its leases)")
+    wait_s: float = Field(20.0, ge=0, le=60, description="Long-poll: how long to wait for a job")
+    types: list[Annotated[str, Field(pattern=JOB_TYPE)]] = Field(
+        [],
+        max_length=100,
+        description="Job types this worker runs: submits of them are accepted (as an executor's handlers)",
+    )
+    create: bool = Field(
+        False, description="Serve the queue even if no job was ever submitted to it (an executor does)"
+    )
+    lease_s: float = Field(
+        30.0,
+        ge=2,
+        le=3600,
+        description="The lease's TTL: without a call on the lease for this long it expires",
+    )
+
+
+class HeartbeatIn(BaseModel):
+    model_config = {"extra": "forbid"}
+    pct: float | None = Field(None, ge=0, le=100, description="Progress in percent (a `progress` event)")
+    message: str = Field("", max_length=2000, pattern=NO_NUL)
+
+
+class CompleteIn(BaseModel):
+    model_config = {"extra": "forbid"}
+    result: Any = Field(None, json_schema_extra=JSON_VALUE)
+
+
+class ErrorIn(BaseModel):
+    model_config = {"extra": "forbid"}
+    type: str = Field("RestWorkerError", min_length=1, max_length=200, pattern=NO_NUL)
+    message: str = Field(min_length=1, max_length=10_000, pattern=NO_NUL)
+
+
+class FailIn(BaseModel):
+    model_config = {"extra": "forbid"}
+    error: ErrorIn
+    retry: bool = Field(True, description="false: fail at once (no retry), like a PermanentError")
+    delay_s: float | None = Field(
+        None, ge=0, le=86400, description="Retry after this long instead of the backoff"
+    )
+
+
+class LogIn(BaseModel):
+    model_config = {"extra": "forbid"}
+    lines: list[str] = Field(min_length=1, max_length=1000)
+    stream: Literal["stdout", "stderr", "log"] = "log"
+
+
+class AskIn(BaseModel):
+    model_config = {"extra": "forbid"}
+    question: str = Field(min_length=1, max_length=2000, pattern=NO_NUL)
+    name: str | None = Field(
+        None, min_length=1, max_length=200, pattern=NO_NUL, description="Defaults to the question"
+    )
+    choices: list[str] | None = Field(None, min_length=1, max_length=100)
+    approvers: list[str] = Field(["admin"], min_length=1, max_length=20, description="Roles or key names")
+    timeout_s: float = Field(86400.0, gt=0, le=30 * 86400, description="Unanswered this long: `expired`")
+    wait_s: float = Field(20.0, ge=0, le=60, description="Long-poll: how long to wait for the answer")
+
+
+def _service(request: Request) -> LeaseService:
+    return request.app.state.leases
+
+
+def _lease_out(lease: Lease, **extra: Any) -> dict:
+    return {"lease": lease.out(), **extra}
+
+
+@router.post(
+    "/queues/{queue}/claim",
+    responses={**answers(404, 409), 204: {"description": "No job came within `wait_s`"}},
+    description="The next job of the queue for a REST worker, in strict priority (a high job before "
+    "older normal ones), as a lease. Long-polls up to `wait_s`; 204 if none came. The lease lives "
+    "while any call is made on it within `lease_s`; then the job goes back to the queue with its "
+    "attempt counted, as when a worker is lost.",
+)
+async def claim(
+    body: ClaimIn, queue: str = QueueName, *, request: Request, who: Principal = require("submitter")
+):
+    state = request.app.state
+    if body.create:
+        await state.jobs.publisher.ensure_queue(queue)
+    elif not await state.queues.queue_snapshot(queue):
+        raise NotFound(
+            f"queue {queue!r} not found: no job was ever submitted to it and no executor serves it "
+            '(claim with "create": true to serve a new queue)'
+        )
+    state.jobs.known_types.advertise(body.types)
+    lease = await _service(request).claim(
+        who, queue, body.worker, body.slots, body.wait_s, body.lease_s, body.types
+    )
+    if lease is None:
+        return Response(status_code=204)
+    spec = lease.spec
+    job = {
+        "id": spec.id,
+        "type": spec.type,
+        "payload": spec.payload,
+        "queue": spec.queue,
+        "priority": spec.priority,
+        "attempt": lease.attempt,
+        "max_attempts": spec.max_attempts,
+        "timeout_s": spec.timeout_s,
+        "labels": spec.labels,
+        "generation": spec.generation,
+        "answers": {name: d.answer for name, d in lease.journal.decisions.items() if d.status == "answered"},
+    }
+    return {"lease": lease.out(), "job": job}
+
+
+@router.post("/leases/{lease_id}/heartbeat", responses=answers(404, 409))
+async def heartbeat(
+    body: HeartbeatIn | None = None,
+    lease_id: str = LeaseId,
+    *,
+    request: Request,
+    who: Principal = require("submitter"),
+):
+    body = body or HeartbeatIn()
+    lease = await _service(request).heartbeat(who, lease_id, body.pct, body.message)
+    return _lease_out(lease)
+
+
+@router.post("/leases/{lease_id}/log", responses=answers(404, 409))
+async def log_lines(
+    body: LogIn, lease_id: str = LeaseId, *, request: Request, who: Principal = require("submitter")
+):
+    stored = await _service(request).log_lines(who, lease_id, body.lines, body.stream)
+    return {"stored": stored}
+
+
+@router.post("/leases/{lease_id}/complete", responses=answers(404, 409, 413))
+async def complete(
+    body: CompleteIn, lease_id: str = LeaseId, *, request: Request, who: Principal = require("submitter")
+):
+    size = len(json.dumps(body.result))
+    lease = await _service(request).complete(who, lease_id, body.result, size)
+    return _lease_out(lease, outcome="succeeded")
+
+
+@router.post("/leases/{lease_id}/fail", responses=answers(404, 409))
+async def fail(
+    body: FailIn, lease_id: str = LeaseId, *, request: Request, who: Principal = require("submitter")
+):
+    error = {**body.error.model_dump(), "retryable": body.retry}
+    lease, decision = await _service(request).fail(who, lease_id, error, body.retry, body.delay_s)
+    return _lease_out(lease, **decision)
+
+
+@router.post(
+    "/leases/{lease_id}/ask",
+    responses=answers(404, 409),
+    description="Ask people a question through the approvals inbox (a checkpoint of kind `question`) "
+    "and long-poll up to `wait_s` for the answer; ask again with the same name to keep waiting. "
+    "The job stays running and the lease alive while it waits. A question answered in an earlier "
+    "attempt is answered at once from the job's journal.",
+)
+async def ask(
+    body: AskIn, lease_id: str = LeaseId, *, request: Request, who: Principal = require("submitter")
+):
+    return await _service(request).ask(
+        who,
+        lease_id,
+        name=body.name or body.question,
+        question=body.question,
+        choices=body.choices,
+        approvers=body.approvers,
+        timeout_s=body.timeout_s,
+        wait_s=body.wait_s,
+    )
