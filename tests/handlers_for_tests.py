@@ -138,3 +138,13 @@ async def key_probe(payload, ctx):
     await asyncio.sleep(payload.get("seconds", 0.05))
     _mark(payload["log"], "end", ctx.job.id)
     return {}
+
+
+@handler("spends")
+async def spends(payload, ctx):
+    """Reports what each attempt spent (ctx.cost), then fails until attempt `succeed_on`."""
+    ctx.cost(payload.get("usd", 0.01))
+    ctx.cost(payload.get("tokens", 100), unit="tokens")
+    if ctx.attempt < payload.get("succeed_on", 1):
+        raise RuntimeError(f"spent, then failed on attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
