@@ -29,6 +29,7 @@ from . import (
     routes_audit,
     routes_checkpoints,
     routes_console,
+    routes_costs,
     routes_jobs,
     routes_keys,
     routes_notify,
@@ -235,6 +236,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(routes_notify.router)
     app.include_router(routes_artifacts.router)
     app.include_router(routes_schedules.router)
+    app.include_router(routes_costs.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():

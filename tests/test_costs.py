@@ -1,0 +1,124 @@
+"""Costs end to end: real executor, nats-server and database (SQLite, and PostgreSQL when
+TASKYARD_TEST_DATABASE_URL is set). Jobs fail once and then succeed; a batch's totals must be the
+sum over every attempt the executor reported, retries included."""
+
+import math
+
+from .stack import wait_until
+
+HANDLERS = "handlers_for_tests"
+# A script that burns CPU on every attempt and fails its first one: real process figures per attempt.
+FAIL_ONCE = (
+    "import os, time\n"
+    "t = time.process_time()\n"
+    "while time.process_time() - t < 0.15: pass\n"
+    "raise SystemExit(1 if os.environ['TASKYARD_ATTEMPT'] == '1' else 0)\n"
+)
+QUICK_RETRY = {"base_s": 0.05, "factor": 1, "max_s": 0.05}
+
+
+def _outcomes(job: dict) -> list[dict]:
+    """The timeline's outcome entries that carry usage: what the executor reported per attempt."""
+    return [e for e in job["timeline"] if "usage" in e["data"]]
+
+
+def _spent(entries: list[dict], unit: str) -> float:
+    return sum(c["amount"] for e in entries for c in e["data"].get("costs", []) if c["unit"] == unit)
+
+
+def test_a_batch_costs_the_sum_of_its_attempts_retries_included(stack):
+    stack.start_api()
+    stack.start_executor(handlers=HANDLERS, slots=4)
+    jobs = [
+        {
+            "type": "spends",
+            "payload": {"usd": 0.01 * (i + 1), "tokens": 100 * (i + 1), "succeed_on": 2},
+            "labels": {"team": "ml" if i % 2 else "ops"},
+            "backoff": QUICK_RETRY,
+        }
+        for i in range(6)
+    ] + [
+        {"type": "python", "payload": {"script": FAIL_ONCE}, "labels": {"team": "ml"}, "backoff": QUICK_RETRY}
+        for _ in range(2)
+    ]
+    with stack.http() as c:
+        created = c.post("/api/v1/batches", json={"jobs": jobs, "name": "costly"})
+        assert created.status_code == 201, created.text
+        batch_id = created.json()["batch_id"]
+        ids = [j["id"] for j in created.json()["jobs"]]
+        wait_until(lambda: c.get(f"/api/v1/batches/{batch_id}").json()["done"] == 8, 60, "the batch to end")
+        assert c.get(f"/api/v1/batches/{batch_id}").json()["succeeded"] == 8
+
+        # Every job ran twice; the timeline's outcome events are what the executor reported.
+        reported: list[dict] = []
+        for job_id in ids:
+            job = c.get(f"/api/v1/jobs/{job_id}").json()
+            entries = _outcomes(job)
+            assert [e["type"] for e in entries] == ["retrying", "succeeded"], job["timeline"]
+            attempts = c.get(f"/api/v1/jobs/{job_id}/costs").json()["attempts"]
+            assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "retrying"), (2, "succeeded")]
+            assert [a["cpu_s"] for a in attempts] == [e["data"]["usage"]["cpu_s"] for e in entries]
+            if job["type"] == "python":
+                assert all(a["measured"] == "process" and a["cpu_s"] >= 0.14 for a in attempts), attempts
+                assert all(a["peak_rss_bytes"] > 5_000_000 for a in attempts), attempts
+            else:
+                assert all(a["measured"] == "loop" for a in attempts)
+            reported += entries
+        assert len(reported) == 16
+
+        def group(by: str, key: str) -> dict:
+            answer = c.get("/api/v1/costs", params={"since": "1h", "by": by})
+            assert answer.status_code == 200, answer.text
+            return next(g for g in answer.json()["groups"] if g["key"] == key)
+
+        wait_until(lambda: group("batch", batch_id)["attempts"] == 16, 10, "the costs projected")
+        batch = group("batch", batch_id)
+        assert (batch["attempts"], batch["jobs"]) == (16, 8)
+        # Each attempt reported its spend: 2 × (0.01 + … + 0.06) usd and 2 × (100 + … + 600) tokens.
+        usd = next(x["amount"] for x in batch["costs"] if x["unit"] == "usd")
+        tokens = next(x["amount"] for x in batch["costs"] if x["unit"] == "tokens")
+        assert math.isclose(usd, _spent(reported, "usd")) and math.isclose(usd, 0.42)
+        assert math.isclose(tokens, _spent(reported, "tokens")) and math.isclose(tokens, 4200)
+        cpu = sum(e["data"]["usage"]["cpu_s"] for e in reported)
+        wall = sum(e["data"]["usage"]["wall_s"] for e in reported)
+        assert math.isclose(batch["cpu_s"], cpu, abs_tol=1e-5) and batch["cpu_s"] >= 4 * 0.14
+        assert math.isclose(batch["wall_s"], wall, abs_tol=1e-5)
+
+        # By label: ml has jobs 1, 3, 5 (0.02 + 0.04 + 0.06, twice) and both python jobs.
+        ml, ops = group("label:team", "ml"), group("label:team", "ops")
+        assert (ml["jobs"], ml["attempts"], ops["jobs"], ops["attempts"]) == (5, 10, 3, 6)
+        assert math.isclose(next(x["amount"] for x in ml["costs"] if x["unit"] == "usd"), 0.24)
+        assert math.isclose(next(x["amount"] for x in ops["costs"] if x["unit"] == "usd"), 0.18)
+        assert group("type", "python")["cpu_s"] >= 4 * 0.14
+
+        # The estimate learns from the type's history: two attempts per job, 0.07 usd per job on average.
+        est = c.get("/api/v1/costs/estimate", params={"type": "spends", "count": 10}).json()
+        assert est["basis"]["jobs"] == 6 and est["per_job"]["attempts"] == 2.0
+        assert (
+            math.isclose(est["total"]["costs"][1]["amount"], 0.7)
+            and est["total"]["costs"][1]["unit"] == "usd"
+        )
+        none = c.get("/api/v1/costs/estimate", params={"type": "never.ran", "count": 10}).json()
+        assert none["basis"]["jobs"] == 0 and none["total"] is None
+
+
+BAD = [
+    ("/api/v1/costs", {"since": "7x"}, "since"),
+    ("/api/v1/costs", {"since": "0d"}, "since"),
+    ("/api/v1/costs", {"since": "401d"}, "since"),
+    ("/api/v1/costs", {"by": "colour"}, "by"),
+    ("/api/v1/costs", {"by": "label:"}, "by"),
+    ("/api/v1/costs", {"by": "label:a b"}, "by"),
+    ("/api/v1/costs/estimate", {"type": "spends", "count": 0}, "count"),
+    ("/api/v1/costs/estimate", {"count": 3}, "type"),
+    ("/api/v1/costs/estimate", {"type": "a b"}, "type"),
+]
+
+
+def test_bad_cost_queries_are_a_422_naming_the_field(stack):
+    stack.start_api()
+    with stack.http() as c:
+        for path, params, field in BAD:
+            answer = c.get(path, params=params)
+            assert answer.status_code == 422, (params, answer.text)
+            assert answer.json()["detail"].startswith(f"{field}: "), (params, answer.json())
