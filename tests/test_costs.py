@@ -3,8 +3,10 @@ TASKYARD_TEST_DATABASE_URL is set). Jobs fail once and then succeed; a batch's t
 sum over every attempt the executor reported, retries included."""
 
 import math
+from collections.abc import Callable
 
-from .stack import wait_until
+from .stack import Service, Stack, wait_until
+from .test_observability import Prometheus, needs_prometheus, prometheus_for  # noqa: F401 (fixture)
 
 HANDLERS = "handlers_for_tests"
 # A script that burns CPU on every attempt and fails its first one: real process figures per attempt.
@@ -26,18 +28,24 @@ def _spent(entries: list[dict], unit: str) -> float:
     return sum(c["amount"] for e in entries for c in e["data"].get("costs", []) if c["unit"] == unit)
 
 
-def test_a_batch_costs_the_sum_of_its_attempts_retries_included(stack):
-    stack.start_api()
-    stack.start_executor(handlers=HANDLERS, slots=4)
-    jobs = [
+def _spending_batch(n: int = 6) -> list[dict]:
+    """`n` jobs that fail once and then succeed, each attempt spending 0.01 × (i + 1) usd;
+    odd ones are team=ml, even ones team=ops."""
+    return [
         {
             "type": "spends",
             "payload": {"usd": 0.01 * (i + 1), "tokens": 100 * (i + 1), "succeed_on": 2},
             "labels": {"team": "ml" if i % 2 else "ops"},
             "backoff": QUICK_RETRY,
         }
-        for i in range(6)
-    ] + [
+        for i in range(n)
+    ]
+
+
+def test_a_batch_costs_the_sum_of_its_attempts_retries_included(stack):
+    stack.start_api()
+    stack.start_executor(handlers=HANDLERS, slots=4)
+    jobs = _spending_batch() + [
         {"type": "python", "payload": {"script": FAIL_ONCE}, "labels": {"team": "ml"}, "backoff": QUICK_RETRY}
         for _ in range(2)
     ]
@@ -122,3 +130,50 @@ def test_bad_cost_queries_are_a_422_naming_the_field(stack):
             answer = c.get(path, params=params)
             assert answer.status_code == 422, (params, answer.text)
             assert answer.json()["detail"].startswith(f"{field}: "), (params, answer.json())
+
+
+@needs_prometheus
+def test_crossing_a_labels_budget_fires_the_alert_on_a_real_prometheus(
+    stack: Stack,
+    prometheus_for: Callable[[Service], Prometheus],  # noqa: F811 (the fixture)
+) -> None:
+    """The metrics service counts the executor's reported spend per team; with team=ml's budget at
+    0.20 usd an hour, the batch's 0.24 usd for ml fires TaskyardLabelBudgetExceeded for ml only
+    (ops spends 0.18 of its 1 usd)."""
+    stack.start_api()
+    stack.start_executor(handlers=HANDLERS, slots=4)
+    metrics = stack.wait_ready(
+        stack.spawn(
+            "metrics",
+            "taskyard_metrics",
+            [],
+            "TASKYARD_METRICS_PORT",
+            TASKYARD_METRICS_COST_BUDGETS="team=ml:0.2usd/1h, team=ops:1usd/1h",
+        )
+    )
+    prom = prometheus_for(metrics)
+    spent = 'taskyard_label_spend_total{label="team",value="%s",unit="usd"}'
+    # The budgeted series are scraped at 0 before anything is spent, so increase() sees it all.
+    wait_until(
+        lambda: (prom.scalar(f"count_over_time({spent % 'ml'}[1m])") or 0) >= 2, 30, "two scrapes at 0"
+    )
+    assert prom.scalar(spent % "ml") == 0
+    with stack.http() as c:
+        created = c.post("/api/v1/batches", json={"jobs": _spending_batch(), "name": "budget"})
+        assert created.status_code == 201, created.text
+        batch_id = created.json()["batch_id"]
+        wait_until(lambda: c.get(f"/api/v1/batches/{batch_id}").json()["done"] == 6, 60, "the batch to end")
+        by_team = {g["key"]: g for g in c.get("/api/v1/costs", params={"by": "label:team"}).json()["groups"]}
+    wait_until(lambda: math.isclose(prom.scalar(spent % "ml") or 0, 0.24), 30, "ml's spend in Prometheus")
+    # Prometheus counts what the API stored: the same executor reports, two paths.
+    for team in ("ml", "ops"):
+        api_usd = next(x["amount"] for x in by_team[team]["costs"] if x["unit"] == "usd")
+        assert math.isclose(prom.scalar(spent % team) or 0, api_usd), team
+
+    firing = wait_until(
+        lambda: prom.alerts("TaskyardLabelBudgetExceeded"), 60, "TaskyardLabelBudgetExceeded to fire"
+    )
+    assert [(a["labels"]["value"], a["labels"]["unit"], a["labels"]["window"]) for a in firing] == [
+        ("ml", "usd", "1h")
+    ]
+    assert firing[0]["annotations"]["summary"] == "Budget crossed: team=ml in usd over 1h"
