@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 
 from .stack import Service, Stack, wait_until
+from .test_cli_work import cli_in
 from .test_observability import Prometheus, needs_prometheus, prometheus_for  # noqa: F401 (fixture)
 
 HANDLERS = "handlers_for_tests"
@@ -177,3 +178,39 @@ def test_crossing_a_labels_budget_fires_the_alert_on_a_real_prometheus(
         ("ml", "usd", "1h")
     ]
     assert firing[0]["annotations"]["summary"] == "Budget crossed: team=ml in usd over 1h"
+
+
+def test_the_cli_shows_costs_by_team_and_estimates_a_batch_before_it_runs(stack, tmp_path):
+    stack.start_api()
+    stack.start_executor(handlers=HANDLERS, slots=4)
+    with stack.http() as c:
+        created = c.post("/api/v1/batches", json={"jobs": _spending_batch(), "name": "cli"})
+        batch_id = created.json()["batch_id"]
+        wait_until(lambda: c.get(f"/api/v1/batches/{batch_id}").json()["done"] == 6, 60, "the batch to end")
+
+    def team_rows() -> dict[str, list[str]]:
+        out = cli_in(stack, tmp_path, "cost", "--since", "1h", "--by", "label:team")
+        assert out.returncode == 0, out.stderr
+        print(out.stdout)  # the sample in the report
+        return {line.split()[0]: line.split() for line in out.stdout.splitlines()[1:]}
+
+    rows = wait_until(lambda: (r := team_rows()) and r.get("TOTAL", [""] * 3)[2] == "12" and r, 10, "costs")
+    assert rows["ml"][1:3] == ["3", "6"] and "$0.2400" in rows["ml"]
+    assert rows["ops"][1:3] == ["3", "6"] and "$0.1800" in rows["ops"]
+    assert "$0.4200" in rows["TOTAL"] and "4,200" in rows["TOTAL"]
+
+    bad = cli_in(stack, tmp_path, "cost", "--by", "colour")
+    assert bad.returncode == 3 and "by: 'colour' is not one of" in bad.stderr, bad.stderr
+
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text("x\n")
+    first = cli_in(stack, tmp_path, "batch", "run", "--glob", "*.txt", "--estimate", "--", "cat", "{}")
+    assert first.returncode == 0 and first.stdout == "", first
+    assert "estimate for 2 shell job(s): no history of this type yet" in first.stderr, first.stderr
+    ran = cli_in(stack, tmp_path, "batch", "run", "--glob", "*.txt", "--watch", "--", "cat", "{}")
+    assert ran.returncode == 0, ran.stderr
+    again = cli_in(stack, tmp_path, "batch", "run", "--glob", "*.txt", "--estimate", "--", "cat", "{}")
+    assert "estimate for 2 shell job(s): ~2 attempts" in again.stderr, again.stderr
+    assert "(from its last 2 job(s))" in again.stderr
+    with stack.http() as c:  # --estimate submitted nothing: only the one batch of two ran
+        assert len(c.get("/api/v1/jobs", params={"type": "shell"}).json()["jobs"]) == 2

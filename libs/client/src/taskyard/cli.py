@@ -2,7 +2,7 @@
 
 Commands live in _cli_jobs (jobs and logs), _cli_keys (identity, keys), _cli_ops (workers,
 queues, doctor), _cli_checkpoints (the approvals inbox), _cli_work (workflows, batches) and
-_cli_schedules (schedules); a new command module only has to
+_cli_schedules (schedules), _cli_costs (costs); a new command module only has to
 export COMMANDS and be added to _MODULES below.
 """
 
@@ -10,11 +10,29 @@ from typing import Any
 
 import click
 
-from . import _cli_checkpoints, _cli_files, _cli_jobs, _cli_keys, _cli_ops, _cli_schedules, _cli_work
+from . import (
+    _cli_checkpoints,
+    _cli_costs,
+    _cli_files,
+    _cli_jobs,
+    _cli_keys,
+    _cli_ops,
+    _cli_schedules,
+    _cli_work,
+)
 from ._cli_common import BadInput, State, report
 from .errors import TaskyardError
 
-_MODULES = [_cli_jobs, _cli_keys, _cli_ops, _cli_checkpoints, _cli_work, _cli_files, _cli_schedules]
+_MODULES = [
+    _cli_jobs,
+    _cli_keys,
+    _cli_ops,
+    _cli_checkpoints,
+    _cli_work,
+    _cli_files,
+    _cli_schedules,
+    _cli_costs,
+]
 
 EPILOG = """\b
 Exit codes: 0 ok · 1 the job failed (wait, run, submit --wait; run passes on the job's own code),
