@@ -29,7 +29,7 @@ def test_the_dashboard_shows_what_each_team_type_and_batch_cost(stack: Stack, pa
 
     page = pages.open()
     sign_in(page, ui.url, stack.admin_key)
-    section = page.locator("section", has=page.get_by_role("heading", name="Cost, the last 1 hour"))
+    section = page.locator("section", has=page.get_by_role("heading", name="Cost over the past 1 hour"))
     expect(section).to_be_visible()
     table = section.locator("table.cost-table")
     # By team (the default): ml spent 0.24 usd on its three `spends` jobs and ran the python job.
