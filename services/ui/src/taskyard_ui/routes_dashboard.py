@@ -8,7 +8,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from .api import ApiClient, ApiError
 from .charts import stats_charts
-from .costs_view import COST_BY, DEFAULT_BY, cost_by, cost_view
+from .costs_view import COST_BY, DEFAULT_BY, cached, cost_by, cost_view
 from .live import live_client, live_response
 from .web import api_for, digest, render, render_fragment, safe_next, whoami
 
@@ -42,7 +42,7 @@ async def _live_parts(api: ApiClient, window: str, by: str = DEFAULT_BY) -> dict
         api.workers(),
         api.checkpoints([("status", "pending"), ("limit", str(APPROVALS))]),
         api.stats(window),
-        api.costs(window, by),  # the chart windows (1h, 24h, 7d) are valid `since` values
+        cached(window, by, api.costs),  # the chart windows (1h, 24h, 7d) are valid `since` values
     )
     return {
         "queues": queues,
