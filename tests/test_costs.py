@@ -3,9 +3,15 @@ TASKYARD_TEST_DATABASE_URL is set). Jobs fail once and then succeed; a batch's t
 sum over every attempt the executor reported, retries included."""
 
 import math
+import time
 from collections.abc import Callable
 
-from .stack import Service, Stack, wait_until
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from taskyard_api import costs
+
+from .invariants import query
+from .stack import Service, Stack, run_async, wait_until
 from .test_cli_work import cli_in
 from .test_observability import Prometheus, needs_prometheus, prometheus_for  # noqa: F401 (fixture)
 
@@ -109,6 +115,18 @@ def test_a_batch_costs_the_sum_of_its_attempts_retries_included(stack):
         )
         none = c.get("/api/v1/costs/estimate", params={"type": "never.ran", "count": 10}).json()
         assert none["basis"]["jobs"] == 0 and none["total"] is None
+
+        # Retention deletes an attempt's rows from both tables (here: every attempt ended before now).
+        async def prune() -> int:
+            engine = create_async_engine(stack.db_url)
+            try:
+                return await costs.prune(async_sessionmaker(engine), time.time() + 1)
+            finally:
+                await engine.dispose()
+
+        assert run_async(prune()) == 16
+        assert query(stack.db_url, "SELECT count(*) FROM attempt_spend")[0][0] == 0
+        assert c.get("/api/v1/costs", params={"by": "batch"}).json()["groups"] == []
 
 
 BAD = [

@@ -3,6 +3,7 @@
 import asyncio
 import gc
 import logging
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -22,6 +23,7 @@ from taskyard_common.tracing_http import FASTAPI_TELEMETRY, TracingMiddleware
 
 from . import (
     api_doc,
+    costs,
     errors,
     projector,
     rollups,
@@ -186,6 +188,13 @@ async def lifespan(app: FastAPI):
             "audit-retention",
             settings.prune_interval_s,
             lambda: prune_audit(state.sessions, audit_age_s),
+            at_start=True,
+        )
+    if cost_age_s := settings.cost_max_age_s:  # 0: costs are kept forever
+        supervisor.every(
+            "cost-retention",
+            settings.prune_interval_s,
+            lambda: costs.prune(state.sessions, time.time() - cost_age_s),
             at_start=True,
         )
     # What is loaded by now lives as long as the process: keep it out of the cyclic GC, whose

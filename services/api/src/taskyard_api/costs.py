@@ -8,16 +8,17 @@ so a replay stores nothing twice. Outcomes of a run the projector records as `du
 are stored too: that run used the machine as much as any other.
 """
 
+import logging
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, distinct, func, select
+from sqlalchemy import ColumnElement, delete, distinct, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from taskyard_common.schemas import JobEvent
 from taskyard_common.usage import usage_of
@@ -26,6 +27,10 @@ from .failures import Invalid
 from .lifecycle import JobRecord
 from .models import costs_table, spend_table
 from .schemas import LABEL_NAME, iso
+
+log = logging.getLogger("taskyard.api.costs")
+# Attempts per transaction when pruning: SQLite statements run on the api's event loop.
+PRUNE_BATCH = 1000
 
 # --- projection ------------------------------------------------------------------------------
 
@@ -80,6 +85,25 @@ async def store(
     if spend:
         ignoring = insert(spend_table).on_conflict_do_nothing(index_elements=["key", "unit", "kind"])
         await session.execute(ignoring, spend)
+
+
+async def prune(sessions: async_sessionmaker[AsyncSession], before: float) -> int:
+    """Delete the cost rows of attempts that ended before `before` (epoch s), in batches; returns
+    how many attempts went. Kept apart from the jobs' retention: totals outlive the jobs."""
+    c, s = costs_table.c, spend_table.c
+    pruned = 0
+    while True:
+        async with sessions() as session:
+            oldest = select(c.key).where(c.at < before).order_by(c.at).limit(PRUNE_BATCH).scalar_subquery()
+            keys = list(await session.scalars(delete(costs_table).where(c.key.in_(oldest)).returning(c.key)))
+            if keys:
+                await session.execute(delete(spend_table).where(s.key.in_(keys)))
+            await session.commit()
+        pruned += len(keys)
+        if len(keys) < PRUNE_BATCH:
+            if pruned:
+                log.info("retention: deleted the costs of %d attempts", pruned)
+            return pruned
 
 
 # --- queries ---------------------------------------------------------------------------------
