@@ -65,6 +65,19 @@ async def spawn(
     return child
 
 
+# Reaped by someone else (a process-wide waitpid(-1) in the host program): the exit status and the
+# usage are gone; report an unknown failure (255) and no usage rather than wait for ever.
+_LOST = (255 << 8, resource.struct_rusage((0.0, 0.0, *(0,) * 14)))
+
+
+def _wait4(pid: int) -> tuple[int, resource.struct_rusage]:
+    try:
+        _, status, usage = os.wait4(pid, 0)
+    except ChildProcessError:
+        return _LOST
+    return status, usage
+
+
 def _watch(
     loop: asyncio.AbstractEventLoop, pid: int, done: Callable[[int, resource.struct_rusage], None]
 ) -> None:
@@ -77,14 +90,12 @@ def _watch(
         def ready() -> None:
             loop.remove_reader(fd)
             os.close(fd)
-            _, status, usage = os.wait4(pid, 0)  # exited: returns at once
-            done(status, usage)
+            done(*_wait4(pid))  # it exited: returns at once
 
         loop.add_reader(fd, ready)
         return
 
     def block() -> None:
-        _, status, usage = os.wait4(pid, 0)
-        loop.call_soon_threadsafe(done, status, usage)
+        loop.call_soon_threadsafe(done, *_wait4(pid))
 
     threading.Thread(target=block, name=f"wait4-{pid}", daemon=True).start()
