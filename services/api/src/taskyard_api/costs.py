@@ -108,7 +108,10 @@ async def prune(sessions: async_sessionmaker[AsyncSession], before: float) -> in
 
 # --- queries ---------------------------------------------------------------------------------
 
-_SINCE = re.compile(r"^(\d{1,6}(?:\.\d{1,3})?)([smhdw])$")
+SINCE = r"^(\d{1,6}(?:\.\d{1,3})?)([smhdw])$"
+"""A duration like 30m, 24h, 7d, 2w; more than 0 and at most MAX_SINCE_S (a rule in words)."""
+BY = r"^(label:[A-Za-z0-9_.-]{1,63}|queue|type|batch|workflow)$"
+_SINCE = re.compile(SINCE)
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_SINCE_S = 400 * 86400
 BY_HELP = "label:<name>, queue, type, batch or workflow"

@@ -17,8 +17,12 @@ router = APIRouter(prefix="/api/v1", route_class=CheckedRoute)
 @router.get("/costs", responses=answers())
 async def cost_totals(
     request: Request,
-    since: str = Query("7d", max_length=16, description="How far back: 30m, 24h, 7d, 2w (at most 400d)"),
-    by: str = Query("queue", max_length=80, description=f"Group by {costs.BY_HELP}"),
+    since: str = Query(
+        "7d",
+        pattern=costs.SINCE,
+        description="How far back: 30m, 24h, 7d, 2w; more than 0 and at most 400d (else a 422 `since: …`)",
+    ),
+    by: str = Query("queue", pattern=costs.BY, description=f"Group by {costs.BY_HELP}"),
     who: Principal = require("viewer"),
 ):
     """Totals over the attempts that ended within `since`, per group: attempts, jobs, CPU and wall
