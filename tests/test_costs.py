@@ -2,6 +2,7 @@
 TASKYARD_TEST_DATABASE_URL is set). Jobs fail once and then succeed; a batch's totals must be the
 sum over every attempt the executor reported, retries included."""
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -216,6 +217,26 @@ def test_the_cli_shows_costs_by_team_and_estimates_a_batch_before_it_runs(stack,
     assert rows["ml"][1:3] == ["3", "6"] and "$0.2400" in rows["ml"]
     assert rows["ops"][1:3] == ["3", "6"] and "$0.1800" in rows["ops"]
     assert "$0.4200" in rows["TOTAL"] and "4,200" in rows["TOTAL"]
+
+    # A workflow's two nodes each fail once, spending 0.5 usd per attempt: 2 usd over 4 attempts.
+    node = {"type": "spends", "payload": {"usd": 0.5, "succeed_on": 2}, "backoff": QUICK_RETRY}
+    spec = {"nodes": [{"id": "a", **node}, {"id": "b", **node, "needs": ["a"]}]}
+    with stack.http() as c:
+        workflow_id = c.post("/api/v1/workflows", json=spec).json()["id"]
+        wait_until(lambda: c.get(f"/api/v1/workflows/{workflow_id}").json()["status"] == "succeeded", 30)
+
+    def workflow_group() -> dict | None:
+        out = cli_in(stack, tmp_path, "cost", "--since", "1h", "--by", "workflow", "--json")
+        assert out.returncode == 0, out.stderr
+        return next((g for g in json.loads(out.stdout)["groups"] if g["key"] == workflow_id), None)
+
+    flow = wait_until(
+        lambda: (g := workflow_group()) and g["attempts"] == 4 and g, 10, "the workflow's costs"
+    )
+    assert flow["jobs"] == 2 and flow["costs"] == [
+        {"unit": "tokens", "kind": "llm_tokens", "amount": 400.0},  # `spends` reports 100 by default
+        {"unit": "usd", "kind": "llm_tokens", "amount": 2.0},
+    ]
 
     bad = cli_in(stack, tmp_path, "cost", "--by", "colour")
     assert bad.returncode == 3 and "by: String should match pattern" in bad.stderr, bad.stderr
