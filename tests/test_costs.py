@@ -106,6 +106,7 @@ def test_a_batch_costs_the_sum_of_its_attempts_retries_included(stack):
         assert math.isclose(next(x["amount"] for x in ml["costs"] if x["unit"] == "usd"), 0.24)
         assert math.isclose(next(x["amount"] for x in ops["costs"] if x["unit"] == "usd"), 0.18)
         assert group("type", "python")["cpu_s"] >= 4 * 0.14
+        assert (group("type", "spends")["attempts"], group("queue", "default")["attempts"]) == (12, 16)
 
         # The estimate learns from the type's history: two attempts per job, 0.07 usd per job on average.
         est = c.get("/api/v1/costs/estimate", params={"type": "spends", "count": 10}).json()
