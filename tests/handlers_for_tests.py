@@ -190,3 +190,13 @@ async def converse(payload, ctx):
         answers.append(await ctx.step(f"received-{i}", record))
         await ctx.say(f"Noted answer {i}: {answer}")
     return {"answers": answers}
+
+
+@handler("spends")
+async def spends(payload, ctx):
+    """Reports what each attempt spent (ctx.cost), then fails until attempt `succeed_on`."""
+    ctx.cost(payload.get("usd", 0.01))
+    ctx.cost(payload.get("tokens", 100), unit="tokens")
+    if ctx.attempt < payload.get("succeed_on", 1):
+        raise RuntimeError(f"spent, then failed on attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}

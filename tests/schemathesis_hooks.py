@@ -17,6 +17,9 @@ in words): schema-valid strings become `0 3 * * *` and `UTC`; `cron` and `every_
 other (a rule across two fields), and its `template` is a job made runnable as above, without what
 a template may not have (`name`, `depends_on`, `idempotency_key`, `run_at`).
 
+A cost total's `since` must be more than 0 and at most 400 days (a bound in words): a
+schema-valid one becomes `7d`.
+
 A job's `notify` needs the api's TASKYARD_API_WEBHOOK_SECRET (another rule in words): this api has
 none, so a well-formed `notify` is dropped (a malformed one stays, and must be a 422).
 
@@ -31,6 +34,7 @@ import re
 import schemathesis
 from pydantic import ValidationError
 
+from taskyard_api.costs import SINCE
 from taskyard_api.schemas import FILE_NAME, JOB_TYPE, LABEL_NAME, NODE_NAME, MapSpec, NotifySpec
 from taskyard_common.artifact_names import BadName, normalise
 
@@ -163,6 +167,11 @@ def before_call(context, case, kwargs):
             and len(case.query["cursor"]) <= 200
         ):
             case.query.pop("cursor")  # a cursor is only what a previous page gave out (opaque)
+        return
+    if case.operation.path == "/api/v1/costs" and isinstance(case.query, dict):
+        since = case.query.get("since")
+        if isinstance(since, str) and re.fullmatch(SINCE, since):
+            case.query["since"] = "7d"  # its bound (more than 0, at most 400 days) is in words
         return
     if case.operation.path == "/api/v1/jobs:bulk" and isinstance(case.body, dict):
         _json_object_filter(case.body.get("filter"))

@@ -122,8 +122,11 @@ def test_batch_run_over_a_glob_reports_failures_then_retry_failed_in_a_terminal(
     run = cli_in(stack, tmp_path, "batch", "run", "--glob", "data/*.csv", "--name", "csvs",
                  "--max-attempts", "1", "--watch", "--", "grep", "-q", "ok", "{}")  # fmt: skip
     assert run.returncode == 1, run.stderr
-    batch_id = run.stderr.split()[1].rstrip(":")
-    assert "12 jobs submitted" in run.stderr
+    # stderr: the estimate (docs/costs.md), then "batch ID: 12 jobs submitted".
+    assert run.stderr.startswith("estimate for 12 shell job(s): "), run.stderr
+    submitted = next(line for line in run.stderr.splitlines() if line.startswith("batch "))
+    batch_id = submitted.split()[1].rstrip(":")
+    assert submitted.endswith("12 jobs submitted")
     last = [line for line in run.stdout.splitlines() if line.startswith("batch ")][-1]
     assert last == f"batch {batch_id} csvs · 12/12 done (100.0%) · 10 succeeded · 2 dead · complete", last
     assert "  2 × ShellCommandFailed" in run.stdout or "  2 × " in run.stdout, run.stdout

@@ -207,6 +207,7 @@ def test_dashboards_and_provisioning_fit_together() -> None:
         "taskyard-queue",
         "taskyard-workers",
         "taskyard-slo",
+        "taskyard-cost",
     }
     datasources = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
     (ds,) = datasources["datasources"]

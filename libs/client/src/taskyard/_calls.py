@@ -378,3 +378,21 @@ def schedule_update(schedule_id: str, changes: dict[str, Any]) -> Call:
 
 def schedule_delete(schedule_id: str) -> Call:
     return Call("DELETE", schedule_path(schedule_id))
+
+
+COSTS = "/api/v1/costs"
+
+
+def costs(since: str = "7d", by: str = "queue") -> Call:
+    return Call("GET", COSTS, params=[("since", since), ("by", by)])
+
+
+def cost_estimate(job_type: str, count: int, queue: str | None = None) -> Call:
+    params: Params = [("type", job_type), ("count", count)]
+    if queue:
+        params.append(("queue", queue))
+    return Call("GET", f"{COSTS}/estimate", params=params)
+
+
+def job_costs(job_id: str) -> Call:
+    return Call("GET", _at(JOBS, job_id, "/costs"))

@@ -15,6 +15,7 @@ from ._calls import FINAL_STATUSES, batch_done, workflow_done
 from ._cli_common import EXIT_JOB_FAILED, EXIT_OK, BadInput, client, print_json
 from ._cli_files import file_options, upload
 from ._cli_jobs import _labels, job_options
+from ._render_costs import estimate_line
 from ._render_work import (
     batch_line,
     batch_members,
@@ -25,6 +26,7 @@ from ._render_work import (
     workflow_text,
 )
 from .client import Client
+from .errors import TaskyardError
 
 POLL_S = 0.5
 
@@ -190,6 +192,12 @@ def batch() -> None:
 @job_options
 @click.option("--watch", is_flag=True, help="Follow the progress until every job has ended.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"batch_id", "jobs"} (with --watch: progress).')
+@click.option(
+    "--estimate",
+    "estimate_only",
+    is_flag=True,
+    help="Only print what the batch would likely use and cost (from recent shell jobs); submit nothing.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def batch_run(
     pattern: str,
@@ -206,6 +214,7 @@ def batch_run(
     labels: tuple[str, ...],
     watch: bool,
     as_json: bool,
+    estimate_only: bool,
     command: tuple[str, ...],
 ) -> None:
     """Submit one shell job per path matching --glob, running COMMAND with `{}` replaced by the
@@ -232,6 +241,10 @@ def batch_run(
         "labels": _labels(labels),
     }
     ty = client()
+    # Before anything is uploaded or submitted: what it will likely cost (docs/costs.md).
+    _print_estimate(ty, len(paths), queue)
+    if estimate_only:
+        return
     if upload_each or inputs or outputs:
         members = _members_with_files(ty, paths, command, options, cwd, inputs, outputs)
     else:
@@ -247,6 +260,17 @@ def batch_run(
         return
     click.echo(f"batch {batch_id}: {len(paths)} jobs submitted", err=True)
     _watch_batch(ty, batch_id, as_json)
+
+
+def _print_estimate(ty: Client, count: int, queue: str | None) -> None:
+    """The estimate on stderr (stdout stays the batch id or JSON); an API that cannot give one
+    (an older one, a viewer key refused) does not stop the batch."""
+    try:
+        estimate = ty.cost_estimate("shell", count, queue)
+    except TaskyardError as exc:
+        click.echo(f"estimate unavailable: {exc}", err=True)
+        return
+    click.echo(estimate_line(estimate), err=True)
 
 
 def _members_with_files(

@@ -1,8 +1,8 @@
 """The `taskyard` command line, built on taskyard.Client.
 
 Commands live in _cli_jobs (jobs and logs), _cli_keys (identity, keys), _cli_ops (workers,
-queues, doctor), _cli_checkpoints (the approvals inbox), _cli_chat (a job's thread), _cli_work (workflows, batches) and
-_cli_schedules (schedules); a new command module only has to
+queues, doctor), _cli_checkpoints (the approvals inbox), _cli_chat (a job's thread), _cli_work (workflows, batches),
+_cli_schedules (schedules) and _cli_costs (costs); a new command module only has to
 export COMMANDS and be added to _MODULES below.
 """
 
@@ -13,6 +13,7 @@ import click
 from . import (
     _cli_chat,
     _cli_checkpoints,
+    _cli_costs,
     _cli_files,
     _cli_jobs,
     _cli_keys,
@@ -32,6 +33,7 @@ _MODULES = [
     _cli_work,
     _cli_files,
     _cli_schedules,
+    _cli_costs,
 ]
 
 EPILOG = """\b

@@ -449,6 +449,24 @@ class Client(_Base):
         """{"status": "ready"|"unready", "checks": {...}}; an unready API is an answer, not an error."""
         return self._call(_calls.readyz())
 
+    # Costs (docs/costs.md)
+
+    def costs(self, since: str = "7d", by: str = "queue") -> dict[str, Any]:
+        """Totals over the attempts that ended within `since` (30m, 24h, 7d), grouped `by`
+        label:<name>, queue, type, batch or workflow: {"by", "since", "until", "groups": [{"key",
+        "jobs", "attempts", "cpu_s", "wall_s", "peak_rss_bytes", "costs": [{"unit", "kind",
+        "amount"}]}], "total": {...}}."""
+        return self._call(_calls.costs(since, by))
+
+    def cost_estimate(self, job_type: str, count: int = 1, queue: str | None = None) -> dict[str, Any]:
+        """What `count` jobs of `job_type` will likely use and cost, from its recent jobs:
+        {"basis": {"jobs", "attempts", ...}, "per_job": {...} | None, "total": {...} | None}."""
+        return self._call(_calls.cost_estimate(job_type, count, queue))
+
+    def job_costs(self, job_id: str) -> dict[str, Any]:
+        """Each recorded attempt of a job with its usage and costs: {"job_id", "attempts": [...]}."""
+        return self._call(_calls.job_costs(job_id))
+
     # Operations
 
     def queues(self) -> Records:
@@ -794,6 +812,18 @@ class AsyncClient(_Base):
     async def readyz(self) -> dict[str, Any]:
         """See Client.readyz."""
         return await self._call(_calls.readyz())
+
+    async def costs(self, since: str = "7d", by: str = "queue") -> dict[str, Any]:
+        """See Client.costs."""
+        return await self._call(_calls.costs(since, by))
+
+    async def cost_estimate(self, job_type: str, count: int = 1, queue: str | None = None) -> dict[str, Any]:
+        """See Client.cost_estimate."""
+        return await self._call(_calls.cost_estimate(job_type, count, queue))
+
+    async def job_costs(self, job_id: str) -> dict[str, Any]:
+        """See Client.job_costs."""
+        return await self._call(_calls.job_costs(job_id))
 
     async def queues(self) -> Records:
         """See Client.queues."""

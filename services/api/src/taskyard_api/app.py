@@ -3,6 +3,7 @@
 import asyncio
 import gc
 import logging
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -22,6 +23,7 @@ from taskyard_common.tracing_http import FASTAPI_TELEMETRY, TracingMiddleware
 
 from . import (
     api_doc,
+    costs,
     errors,
     projector,
     rollups,
@@ -29,6 +31,7 @@ from . import (
     routes_audit,
     routes_checkpoints,
     routes_console,
+    routes_costs,
     routes_jobs,
     routes_keys,
     routes_leases,
@@ -198,6 +201,13 @@ async def lifespan(app: FastAPI):
             lambda: prune_audit(state.sessions, audit_age_s),
             at_start=True,
         )
+    if cost_age_s := settings.cost_max_age_s:  # 0: costs are kept forever
+        supervisor.every(
+            "cost-retention",
+            settings.prune_interval_s,
+            lambda: costs.prune(state.sessions, time.time() - cost_age_s),
+            at_start=True,
+        )
     # What is loaded by now lives as long as the process: keep it out of the cyclic GC, whose
     # full collections would otherwise walk it again and again (docs/performance.md, change 18).
     gc.freeze()
@@ -249,6 +259,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(routes_notify.router)
     app.include_router(routes_artifacts.router)
     app.include_router(routes_schedules.router)
+    app.include_router(routes_costs.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():

@@ -378,6 +378,47 @@ class EventEpoch(Base):
     at: Mapped[float] = mapped_column(Float)
 
 
+class AttemptCost(Base):
+    """What one attempt used, from its outcome event (costs.py). Keyed like its timeline row (the
+    event's place in EVENTS), so projecting it twice stores it once. The job's queue, type, batch,
+    workflow and labels are copied in: totals need no join and outlive the job's retention."""
+
+    __tablename__ = "attempt_costs"
+    __table_args__ = (
+        Index("ix_attempt_costs_at", "at"),
+        Index("ix_attempt_costs_type_at", "type", "at"),
+        _partial("ix_attempt_costs_batch", "batch_id", "batch_id"),
+        _partial("ix_attempt_costs_workflow", "workflow_id", "workflow_id"),
+    )
+
+    key: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    job_id: Mapped[str] = mapped_column(String(26), index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))
+    at: Mapped[float] = mapped_column(Float)
+    queue: Mapped[str] = mapped_column(String(63))
+    type: Mapped[str] = mapped_column(String(128))
+    batch_id: Mapped[str | None] = mapped_column(String(26), nullable=True)
+    workflow_id: Mapped[str | None] = mapped_column(String(26), nullable=True)
+    labels: Mapped[dict] = mapped_column(JsonType, default=dict)
+    cpu_s: Mapped[float] = mapped_column(Float)
+    wall_s: Mapped[float] = mapped_column(Float)
+    peak_rss_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    measured: Mapped[str] = mapped_column(String(8))
+
+
+class AttemptSpend(Base):
+    """What an attempt's handler reported spending (ctx.cost), summed per unit and kind."""
+
+    __tablename__ = "attempt_spend"
+
+    key: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    unit: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), primary_key=True)
+    amount: Mapped[float] = mapped_column(Float)
+
+
 jobs_table = cast(Table, Job.__table__)
 edges_table = cast(Table, JobEdge.__table__)
 batches_table = cast(Table, Batch.__table__)
@@ -389,3 +430,5 @@ checkpoints_table = cast(Table, Checkpoint.__table__)
 schedules_table = cast(Table, Schedule.__table__)
 fires_table = cast(Table, ScheduleFire.__table__)
 epochs_table = cast(Table, EventEpoch.__table__)
+costs_table = cast(Table, AttemptCost.__table__)
+spend_table = cast(Table, AttemptSpend.__table__)

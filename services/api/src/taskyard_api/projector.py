@@ -29,7 +29,7 @@ from taskyard_common.schemas import ENDED_OUTCOMES, FINAL_STATES, JobEvent, mess
 from taskyard_common.supervise import Backoff
 from taskyard_common.topology import Topology
 
-from . import event_epochs, gates, messages, rollups
+from . import costs, event_epochs, gates, messages, rollups
 from .http_metrics import EVENTS_UNPROJECTABLE
 from .job_store import JobStore
 from .lifecycle import JobRecord, changes, lost_attempt, lost_worker, reports, transition
@@ -339,6 +339,8 @@ class Projector:
                 self._learn_duration(event)
             rows, checkpoints, tally = apply_events(events, jobs)
             await session.execute(_insert_ignoring(session, JobEventRow, "stream_seq"), rows)
+            # What each attempt used and spent, keyed like its outcome's timeline row (costs.py).
+            await costs.store(session, events, before)
             by_columns: dict[tuple[tuple[str, ...], bool], list[dict]] = {}
             for job_id, job in jobs.items():
                 if not (values := changes(before[job_id], job)):

@@ -75,6 +75,9 @@ class ApiSettings(BaseSettings):
     forwarded_allow_ips: str = ""
     # Audit events (admin actions, refused attempts) are deleted this long after; 0 keeps them.
     audit_max_age_s: float = Field(365 * 86400.0, ge=0)
+    # Each attempt's usage and costs (docs/costs.md) are deleted this long after it ended (they
+    # outlive the job's own row: totals reach back 400 days at most); 0 keeps them.
+    cost_max_age_s: float = Field(400 * 86400.0, ge=0)
     # Signs job webhooks (HMAC-SHA256, header Taskyard-Signature); without it `notify` is refused.
     webhook_secret: SecretStr | None = None
     # A webhook for every job of a queue that names none: JSON {"queue": {"url": ..., "on": [...]}}.

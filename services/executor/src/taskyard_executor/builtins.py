@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +37,7 @@ from taskyard_common.payloads import (
 )
 
 from .checkpoints import PROTOCOL, SAY_PROTOCOL
+from .child import Child, spawn
 from .context import JobContext, Stream
 from .errors import (
     HTTPClientError,
@@ -59,6 +61,8 @@ DRAIN_GRACE_S = 2.0
 _STDERR_TAIL_LINES = 20
 _READ_CHUNK = 64 * 1024
 _MAX_RETRY_AFTER_S = 3600.0
+COST_PROTOCOL = "::taskyard::cost "
+"""A stdout line starting with this reports a cost from a script (see _script_cost)."""
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -172,20 +176,17 @@ async def run_process(
     )
     full_env.update(env or {})
     opts: dict[str, Any] = {
-        "stdin": asyncio.subprocess.DEVNULL,  # a job waiting on a terminal that is not there would hang
-        "stdout": asyncio.subprocess.PIPE,
-        "stderr": asyncio.subprocess.PIPE,
+        "stdin": subprocess.DEVNULL,  # a job waiting on a terminal that is not there would hang
+        "stdout": subprocess.PIPE,
+        "stderr": subprocess.PIPE,
         "env": full_env,
         "cwd": cwd,
         "start_new_session": True,  # own process group, so a kill reaches the children too
     }
     started = time.monotonic()
     try:
-        if shell:
-            assert isinstance(cmd, str)
-            proc = await asyncio.create_subprocess_shell(cmd, **opts)
-        else:
-            proc = await asyncio.create_subprocess_exec(*cmd, **opts)
+        # Reaped with wait4: its CPU time and peak RSS are the attempt's (child.py, meter.py).
+        proc = await spawn(cmd, shell=shell, on_exit=ctx.meter.child, **opts)
     except (FileNotFoundError, NotADirectoryError):
         raise PermanentError(f"executable not found: {name!r}") from None
     except PermissionError:
@@ -222,7 +223,7 @@ async def run_process(
 
 
 async def _supervise(
-    proc: asyncio.subprocess.Process,
+    proc: Child,
     waiter: asyncio.Task[int],
     pumps: list[asyncio.Task[None]],
     ctx: JobContext,
@@ -245,9 +246,7 @@ async def _supervise(
     return rc
 
 
-async def _reap(
-    proc: asyncio.subprocess.Process, waiter: asyncio.Task[int], pumps: list[asyncio.Task[None]]
-) -> None:
+async def _reap(proc: Child, waiter: asyncio.Task[int], pumps: list[asyncio.Task[None]]) -> None:
     """Leave nothing behind: the process group, the main process and the pipe readers."""
     pgid = proc.pid  # start_new_session made the child a session and group leader
     if _group_alive(pgid):
@@ -322,6 +321,8 @@ async def _pump(
         if stream == "stdout" and text.startswith(SAY_PROTOCOL):
             await ctx.say(text[len(SAY_PROTOCOL) :])  # skipped when a run before said it
             return
+        if stream == "stdout" and text.startswith(COST_PROTOCOL):
+            text = _script_cost(ctx, text)
         if tail is not None:
             tail.append(text[:500])
         await ctx.log(text, stream)
@@ -345,6 +346,19 @@ async def _pump(
             buf.clear()
     if buf and not skipping:
         await emit(buf, False)
+
+
+def _script_cost(ctx: JobContext, text: str) -> str:
+    """A script's ``::taskyard::cost {"amount": 0.02, "unit": "usd", "kind": "llm_tokens"}`` line:
+    ctx.cost for scripts. The line stays in the log; a bad one says why there, and counts nothing."""
+    try:
+        item = json.loads(text[len(COST_PROTOCOL) :])
+        if not isinstance(item, dict):
+            raise ValueError("expected a JSON object")
+        ctx.cost(item.get("amount", -1), item.get("unit", "usd"), item.get("kind", "llm_tokens"))
+    except ValueError as exc:
+        return f"{text} [taskyard: cost not recorded: {exc}]"
+    return text
 
 
 # --- http ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from taskyard_common.schemas import EventType, JobSpec, LogLine
 
 from .checkpoints import Decision, Journal, Suspended, checkpoint_request
 from .errors import PermanentError
+from .meter import Meter
 
 Stream = Literal["stdout", "stderr", "log"]
 EmitLog = Callable[[LogLine], Awaitable[None]]
@@ -63,6 +64,17 @@ class JobContext:
         self._save_artifact: SaveArtifact | None = None
         # How many `say` calls this run made: the first len(journal.said) were posted before.
         self._says = 0
+        # What this attempt used and spent; reported with its outcome (meter.py).
+        self.meter = Meter()
+
+    def cost(self, amount: float, unit: str = "usd", kind: str = "llm_tokens") -> None:
+        """Record what this attempt spent that Taskyard cannot measure (provider tokens, API fees).
+
+        Several calls add up (per unit and kind); the total is reported with the attempt's outcome
+        and stored per attempt, so a retried job counts every attempt's spend. `amount` is a finite
+        number >= 0; `unit` and `kind` match ``[A-Za-z0-9_.:-]{1,64}`` (ValueError otherwise).
+        """
+        self.meter.cost(amount, unit, kind)
 
     async def save_artifact(self, data: bytes | str | os.PathLike[str], name: str) -> dict[str, Any]:
         """Store `data` as the job output `name` (a relative path; no absolute path, no `..`).
@@ -266,6 +278,10 @@ class SyncJobContext:
     def is_cancelled(self) -> bool:
         """Poll this in long loops to stop early when the attempt is cancelled."""
         return self._ctx.is_cancelled
+
+    def cost(self, amount: float, unit: str = "usd", kind: str = "llm_tokens") -> None:
+        """:meth:`JobContext.cost` (it does not block: the amount is reported with the outcome)."""
+        self._ctx.cost(amount, unit, kind)
 
     def log(self, line: str, stream: Stream = "log") -> None:
         """Blocking :meth:`JobContext.log`."""

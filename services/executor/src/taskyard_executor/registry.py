@@ -32,6 +32,7 @@ from typing import Any, Literal, overload
 
 from .context import JobContext
 from .errors import JobError, UnknownJobType
+from .meter import Metered, in_thread, pool_call
 
 Blocking = Literal["thread", "process"]
 Mode = Literal["async", "thread", "process"]
@@ -218,18 +219,27 @@ async def invoke(entry: HandlerEntry, ctx: JobContext) -> Any:
     """Run ``entry`` for ``ctx``'s job where it belongs and return its result.
 
     async handlers are awaited here; sync ones run via ``asyncio.to_thread`` with ``ctx.sync()``;
-    process ones run in the process pool with the payload only. Cancelling the awaiting task sets
+    process ones run in the process pool with the payload only. What the attempt used is added to
+    ``ctx.meter`` (meter.py says how, per mode). Cancelling the awaiting task sets
     ``ctx.cancelled`` so thread handlers notice; a thread or pool worker cannot be stopped by force
     and finishes in the background, its result discarded.
     """
     payload = ctx.payload
+    meter = ctx.meter
     try:
         if entry.mode == "async":
-            return await entry.fn(*((payload, ctx) if entry.takes_ctx else (payload,)))
+            coro = entry.fn(*((payload, ctx) if entry.takes_ctx else (payload,)))
+            return await Metered(coro, lambda spent: meter.own(spent, "loop"))
         if entry.mode == "thread":
             args = (payload, ctx.sync()) if entry.takes_ctx else (payload,)
-            return await asyncio.to_thread(entry.fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(_get_pool(), entry.fn, payload)
+            return await asyncio.to_thread(in_thread, meter, entry.fn, *args)
+        ok, value, spent, rss = await asyncio.get_running_loop().run_in_executor(
+            _get_pool(), pool_call, entry.fn, payload
+        )
+        meter.own(spent, "pool", rss)
+        if not ok:
+            raise value
+        return value
     except BrokenProcessPool as exc:
         # A worker died (crash, OOM kill); a broken pool fails every later call, so start afresh.
         shutdown_process_pool(wait=False)
@@ -238,6 +248,8 @@ async def invoke(entry: HandlerEntry, ctx: JobContext) -> Any:
         # Threads cannot be interrupted; the flag is what makes ctx.sync() calls raise there.
         ctx.cancelled.set()
         raise
+    finally:
+        meter.stop()
 
 
 registry = Registry()

@@ -33,6 +33,7 @@ from .checkpoints import Journal, Suspended, attempt_of, read_journal
 from .context import JobContext
 from .errors import JobError, ResultTooLarge, as_job_error
 from .logsink import Emitter
+from .meter import Meter
 from .pull_marks import EmptyMarks
 from .registry import Registry, invoke
 from .retry_policy import after_failure, lost_on_last_attempt
@@ -75,6 +76,8 @@ class Running:
     # The job has events on its own EVENTS subject (a redelivery, a continuation, a step): its
     # outcome goes there too, so a delivery after a lost ack finds it (checkpoints.Journal.outcome).
     journaled: bool = False
+    # What the attempt used and spent (the handler's ctx.meter); None until the handler starts.
+    meter: Meter | None = None
 
 
 class Worker:
@@ -435,6 +438,12 @@ class Worker:
                 data["artifacts"] = run.outputs.stored
             if run.outputs.refused:
                 data["artifact_errors"] = run.outputs.refused[:100]
+        if run.meter is not None and kind in _OUTCOMES:
+            # Usage and costs per attempt (taskyard_common.usage); the labels let the metrics
+            # service count spend per label without the database.
+            data.update(run.meter.figures())
+            if run.spec.labels:
+                data["labels"] = run.spec.labels
         return JobEvent.of(run.spec, kind, data, attempt=run.attempt, worker_id=self.id)
 
     async def _run(self, run: Running) -> None:
@@ -480,6 +489,7 @@ class Worker:
             emit_event=emit_event,
             journal=journal,
         )
+        run.meter = ctx.meter
         keepalive = asyncio.create_task(self._keep_alive(run.msg))
         try:
             entry = self.registry.get(spec.type)  # UnknownJobType: permanent failure

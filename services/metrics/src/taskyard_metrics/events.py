@@ -25,6 +25,8 @@ log = logging.getLogger("taskyard.metrics.events")
 FINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled", "dead"})
 # Events after which the executor reports how long the attempt ran (data["duration_s"]).
 TIMED_EVENTS = FINAL_EVENTS | {"retrying"}
+# Outcomes that carry an attempt's usage and costs (taskyard_common.usage).
+USAGE_EVENTS = TIMED_EVENTS | {"waiting"}
 UNKNOWN = "unknown"
 # taskyard_job_wait_target_total{outcome}: the attempt started within its queue's wait target or not.
 WAIT_OUTCOMES = ("met", "missed")
@@ -92,6 +94,8 @@ def record_event(metrics: Metrics, event: JobEvent) -> None:
         # Every cancel is the API's `cancelled` event; a worker's own `cancelled` (worker_id set)
         # only reports that the running attempt stopped, and how long it ran.
         metrics.finished.labels(queue, job_type, kind).inc()
+    if kind in USAGE_EVENTS:
+        metrics.costs.record(event, queue, job_type)
     if kind in TIMED_EVENTS:
         # A job cancelled while still queued never ran: no duration_s, nothing to observe.
         duration = _number(event.data.get("duration_s"))

@@ -11,6 +11,8 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from .costs import Budget, CostMetrics
+
 # Jobs range from a millisecond no-op to multi-hour batch work, hence the wide, sparse buckets.
 RUN_BUCKETS_S = (
     0.01,
@@ -66,6 +68,9 @@ class Metrics:
     # The (queue, type) pairs whose series events.init_series exported: it runs once a pair, not
     # once an event (its dozen `labels()` lookups were ~40 % of this service's CPU per job).
     initialised: set[tuple[str, str]] = field(default_factory=set)
+    # Costs: the label names spend is counted by, and the budgets (costs.py).
+    cost_labels: tuple[str, ...] = ("team",)
+    budgets: list[Budget] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -150,6 +155,7 @@ class Metrics:
         self.events_invalid = Counter(
             "taskyard_events_invalid_total", "EVENTS messages that were not valid JobEvent JSON.", registry=r
         )
+        self.costs = CostMetrics(r, self.cost_labels, self.budgets)
         self.up = Gauge("taskyard_metrics_up", "1 while the metrics service runs.", registry=r)
         self.up.set(1)
         self.nats_connected = Gauge(

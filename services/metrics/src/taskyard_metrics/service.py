@@ -9,6 +9,7 @@ from taskyard_common.settings import NatsSettings
 from taskyard_common.supervise import Supervisor
 from taskyard_common.topology import Topology, ensure_streams
 
+from .costs import parse_budgets, parse_labels
 from .events import events_consumer, run_consumer
 from .poller import SnapshotCollector, run_poller
 from .registry import Metrics
@@ -28,7 +29,10 @@ class MetricsService:
         self.settings = settings
         self.topo = Topology(nats_settings)
         self.metrics = Metrics(
-            wait_target_s=settings.wait_target_s, wait_targets=parse_wait_targets(settings.wait_targets)
+            wait_target_s=settings.wait_target_s,
+            wait_targets=parse_wait_targets(settings.wait_targets),
+            cost_labels=parse_labels(settings.cost_labels),
+            budgets=parse_budgets(settings.cost_budgets),
         )
         self.collector = SnapshotCollector()
         self.metrics.registry.register(self.collector)

@@ -3,6 +3,8 @@
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .costs import parse_budgets, parse_labels
+
 
 def parse_wait_targets(text: str) -> dict[str, float]:
     """`"batch=3600, reports=600"` -> {"batch": 3600.0, "reports": 600.0}; ValueError naming the bad entry."""
@@ -38,9 +40,25 @@ class MetricsSettings(BaseSettings):
     # its queue's target. One default, overridden per queue as "batch=3600,reports=600".
     wait_target_s: float = Field(60.0, gt=0)
     wait_targets: str = ""
+    # Costs (docs/costs.md): spend is counted per value of these job labels, and budgets per label
+    # value ("team=ml:50usd/1d, team=ops:7200cpu_s/1d") are exported for the budget alert.
+    cost_labels: str = "team"
+    cost_budgets: str = ""
 
     @field_validator("wait_targets")
     @classmethod
     def _check_wait_targets(cls, value: str) -> str:
         parse_wait_targets(value)
+        return value
+
+    @field_validator("cost_labels")
+    @classmethod
+    def _check_cost_labels(cls, value: str) -> str:
+        parse_labels(value)
+        return value
+
+    @field_validator("cost_budgets")
+    @classmethod
+    def _check_cost_budgets(cls, value: str) -> str:
+        parse_budgets(value)
         return value

@@ -141,6 +141,10 @@ class ApiClient:
         params = {"window": window, **({"queue": queue} if queue else {})}
         return await self.call("GET", "/api/v1/stats", params=params)
 
+    async def costs(self, since: str, by: str) -> dict:
+        """Totals over the attempts that ended within `since`, grouped `by` (docs/costs.md)."""
+        return await self.call("GET", "/api/v1/costs", params={"since": since, "by": by})
+
     async def bulk(self, action: str, filter: dict, dry_run: bool) -> dict:
         """Retry / cancel / discard every job `filter` matches (admin); dry_run only counts."""
         return await self.call(

@@ -8,6 +8,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from .api import ApiClient, ApiError
 from .charts import stats_charts
+from .costs_view import COST_BY, DEFAULT_BY, cached, cost_by, cost_view
 from .live import live_client, live_response
 from .web import api_for, digest, render, render_fragment, safe_next, whoami
 
@@ -34,15 +35,23 @@ def _window(value: str) -> str:
     return value if value in WINDOWS else "1h"
 
 
-async def _live_parts(api: ApiClient, window: str) -> dict[str, Any]:
-    """Charts, queues, workers and pending approvals: the parts of the dashboard that refresh live."""
-    queues, workers, checkpoints, stats = await asyncio.gather(
+async def _live_parts(api: ApiClient, window: str, by: str = DEFAULT_BY) -> dict[str, Any]:
+    """Charts, queues, workers, pending approvals and costs: the parts of the dashboard that refresh live."""
+    queues, workers, checkpoints, stats, costs = await asyncio.gather(
         api.queues(),
         api.workers(),
         api.checkpoints([("status", "pending"), ("limit", str(APPROVALS))]),
         api.stats(window),
+        cached(window, by, api.costs),  # the chart windows (1h, 24h, 7d) are valid `since` values
     )
-    return {"queues": queues, "workers": workers, "checkpoints": checkpoints, "stats": stats}
+    return {
+        "queues": queues,
+        "workers": workers,
+        "checkpoints": checkpoints,
+        "stats": stats,
+        "cost": cost_view(costs, by),
+        "window": window,
+    }
 
 
 def _fragments(parts: dict[str, Any], who: dict) -> dict[str, str]:
@@ -53,18 +62,21 @@ def _fragments(parts: dict[str, Any], who: dict) -> dict[str, str]:
         "dash-queues": render_fragment("_dash_queues.html", **ctx),
         "dash-workers": render_fragment("_dash_workers.html", **ctx),
         "dash-approvals": render_fragment("_dash_approvals.html", **ctx),
+        "dash-cost": render_fragment("_dash_cost.html", **ctx),
     }
 
 
 @router.get("/", response_class=HTMLResponse)
-async def dashboard(request: Request, window: str = "1h", api: ApiClient = Depends(api_for)):
-    """Live charts (1 h / 24 h / 7 d), queues, workers, approvals, recent failures."""
-    window = _window(window)
+async def dashboard(
+    request: Request, window: str = "1h", cost: str = DEFAULT_BY, api: ApiClient = Depends(api_for)
+):
+    """Live charts (1 h / 24 h / 7 d), queues, workers, approvals, costs, recent failures."""
+    window, by = _window(window), cost_by(cost)
     who, latest, failures, parts = await asyncio.gather(
         whoami(request, api),
         api.list_jobs([("limit", str(LATEST))]),
         api.list_jobs([("status", "failed"), ("status", "dead"), ("limit", str(FAILURES))]),
-        _live_parts(api, window),
+        _live_parts(api, window, by),
     )
     fragments = _fragments(parts, who)
     return render(
@@ -75,6 +87,8 @@ async def dashboard(request: Request, window: str = "1h", api: ApiClient = Depen
         failures=failures["jobs"],
         window=window,
         windows=WINDOWS,
+        cost_by=by,
+        cost_choices=COST_BY,
         fragments=fragments,
         live_hash=digest(fragments),
         notice=NOTICES.get(request.query_params.get("done", "")),
@@ -89,10 +103,11 @@ async def dashboard_live(request: Request) -> Response:
         return api
 
     window = _window(request.query_params.get("window", "1h"))
+    by = cost_by(request.query_params.get("cost"))
 
     async def produce() -> dict[str, Any]:
         who = await whoami(request, api)
-        return {"fragments": _fragments(await _live_parts(api, window), who)}
+        return {"fragments": _fragments(await _live_parts(api, window, by), who)}
 
     return live_response(request, produce)
 
