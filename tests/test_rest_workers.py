@@ -103,6 +103,12 @@ def test_bash_worker_claims_logs_asks_completes_and_a_killed_one_hands_the_job_b
             assert r.status_code == 200, r.text
             done = stack.wait_status(job["id"], "succeeded", timeout=30)
             assert done["result"] == {"answer": "eu", "by": "bash1"}
+            thread = c.get(f"/api/v1/jobs/{job['id']}/messages").json()["messages"]
+            assert [(m["author_kind"], m["checkpoint_id"]) for m in thread] == [
+                ("job", ck["id"]),
+                ("person", ck["id"]),
+            ], thread  # the worker's question and its answer, on the job's thread
+            assert thread[1]["text"] == "eu"
             assert done["attempt"] == 1 and done["worker_id"] == "rest-admin-bash1"
             kinds = [e["type"] for e in done["timeline"]]
             assert kinds[0] == "queued" and kinds[-1] == "succeeded" and "decided" in kinds

@@ -47,7 +47,7 @@ from taskyard_common.topology import PRIORITIES, Topology
 
 from .auth import Principal
 from .failures import Forbidden, Invalid, NotFound, Refused, TooLarge
-from .models import Checkpoint
+from .models import Checkpoint, JobMessage
 
 log = logging.getLogger("taskyard.api.leases")
 
@@ -522,6 +522,18 @@ class LeaseService:
                         status="pending",
                         created_at=now,
                         expires_at=now + timeout_s,
+                    )
+                )
+                # The question on the job's thread, as a `waiting` event puts an executor's there.
+                session.add(
+                    JobMessage(
+                        key=f"ask:{ck_id}",
+                        job_id=spec.id,
+                        author_kind="job",
+                        author=spec.type[:100],
+                        text=question or name,
+                        created_at=now,
+                        checkpoint_id=ck_id,
                     )
                 )
                 await session.commit()
