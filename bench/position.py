@@ -21,7 +21,8 @@ from pathlib import Path
 import nats
 
 from taskyard_api.queue_state import QueueState
-from taskyard_common.embedded import EmbeddedNats, free_port
+from taskyard_common.embedded import EmbeddedCluster, EmbeddedNats, free_port
+from taskyard_common.nats_util import server_urls
 from taskyard_common.settings import NatsSettings
 from taskyard_common.topology import PRIORITIES, Topology, ensure_queue, ensure_streams
 
@@ -47,12 +48,16 @@ async def fill(js, topo: Topology, n: int) -> list[tuple[int, str]]:
     return seqs
 
 
-async def main(n: int, queries: int) -> dict:
+async def main(n: int, queries: int, cluster: bool = False) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="taskyard-position-"))
-    server = EmbeddedNats(tmp / "nats", free_port(), free_port(), tmp / "nats.log").start()
+    server = (
+        EmbeddedCluster.local(tmp / "nats", log_dir=tmp)
+        if cluster
+        else EmbeddedNats(tmp / "nats", free_port(), free_port(), tmp / "nats.log")
+    ).start()
     try:
-        topo = Topology(NatsSettings(url=server.url, prefix="bench"))
-        nc = await nats.connect(server.url)
+        topo = Topology(NatsSettings(url=server.url, prefix="bench", replicas=3 if cluster else 1))
+        nc = await nats.connect(server_urls(server.url))
         js = nc.jetstream(timeout=30)
         await ensure_streams(js, topo)
         await ensure_queue(js, topo, "default")
@@ -94,6 +99,7 @@ async def main(n: int, queries: int) -> dict:
     b = {"p50": pct(baseline, 50), "p99": pct(baseline, 99)}
     d = {"p50": pct(direct, 50), "p99": pct(direct, 99)}
     return {
+        "nats": "3-node cluster, replicas 3" if cluster else "one server",
         "queued": len(queued),
         "cancelled_gaps": len(cancelled),
         "fill_jobs_per_s": round(n / fill_s),
@@ -109,12 +115,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--cluster", action="store_true", help="a local 3-node cluster, streams at replicas 3")
     args = parser.parse_args()
-    result = asyncio.run(main(args.jobs, args.queries))
+    result = asyncio.run(main(args.jobs, args.queries, args.cluster))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"position-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     out.write_text(json.dumps(result, indent=2))
-    print(f"queue position with {result['queued']:,} queued ({result['cancelled_gaps']:,} cancelled gaps)")
+    print(
+        f"queue position with {result['queued']:,} queued ({result['cancelled_gaps']:,} cancelled gaps), {result['nats']}"
+    )
     print(f"  position query  p50 {result['position_ms']['p50']} ms  p99 {result['position_ms']['p99']} ms")
     print(
         f"  consumer info   p50 {result['consumer_info_ms']['p50']} ms  p99 {result['consumer_info_ms']['p99']} ms (baseline)"
