@@ -115,7 +115,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=2000)
-    parser.add_argument("--cluster", action="store_true", help="a local 3-node cluster, streams at replicas 3")
+    parser.add_argument(
+        "--cluster", action="store_true", help="a local 3-node cluster, streams at replicas 3"
+    )
     args = parser.parse_args()
     result = asyncio.run(main(args.jobs, args.queries, args.cluster))
     RESULTS.mkdir(exist_ok=True)
