@@ -99,6 +99,8 @@ def main() -> int:
     p.add_argument("--settle", type=float, default=40.0, help="seconds of quiet before each reading")
     p.add_argument("--after-window", action="store_true", help="also read once JOBS' duplicate window passed")
     p.add_argument("--env", action="append", help="KEY=VALUE for every service (an A/B of one setting)")
+    # run.Stack's other settings: one nats-server at its default sync, one api.
+    p.set_defaults(nats_sync=None, cluster=False, apis=1, no_metrics=False)
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="taskyard-natsmem-"))
     stack = Stack(args, tmp)
