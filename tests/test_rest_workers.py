@@ -235,6 +235,21 @@ def test_bad_input_unknown_queue_another_keys_lease_and_an_expired_lease(stack):
         code, body = claim(c, "bad queue!", wait_s=0)
         assert code == 422 and "queue" in body["detail"], body
         assert claim(c, "work", create=True, wait_s=0)[0] == 204
+        # A worker of one slot claiming twice at once: the second is refused while the first waits.
+        first: dict = {}
+        waiting = threading.Thread(
+            target=lambda: first.update(r=claim(c, "work", worker="solo", slots=1, wait_s=2))
+        )
+        waiting.start()
+        wait_until(
+            lambda: rest_worker(c, "solo") is not None,
+            5,
+            "solo claiming",
+        )
+        code, body = claim(c, "work", worker="solo", slots=1, wait_s=0)
+        assert code == 409 and "1 claims waiting" in body["detail"], body
+        waiting.join(10)
+        assert first["r"] == (204, {})
         job = submit(c, {"n": 1}, "work")
         code, got = claim(c, "work", wait_s=5, lease_s=2)
         assert code == 200

@@ -300,10 +300,13 @@ class LeaseService:
         worker = self.worker_for(who, worker_name, slots, queue, types)
         if worker.draining:
             raise Refused(f"worker {worker.id} is draining (an admin asked): finish its leases and exit")
-        if len(worker.leases) >= worker.slots:
+        # A claim waiting counts as a slot taken: two claims at once for a worker's last slot
+        # would both lease a job (no await between this check and `claiming += 1`).
+        if len(worker.leases) + worker.claiming >= worker.slots:
             raise Refused(
-                f"worker {worker.id} holds {len(worker.leases)} leases, all of its {worker.slots} slots: "
-                "complete or fail one first (or claim with more slots)"
+                f"worker {worker.id} holds {len(worker.leases)} leases and {worker.claiming} claims "
+                f"waiting, all of its {worker.slots} slots: complete or fail one first (or claim with "
+                "more slots)"
             )
         wake = self._wake.setdefault(queue, asyncio.Event())
         deadline = time.monotonic() + wait_s
