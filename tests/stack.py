@@ -206,6 +206,20 @@ class Stack:
             await nc.close()
 
 
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` on `url`/metrics whose labels include `labels` (0 if
+    there are none)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
 def wait_until(check, timeout: float = 30, what: str = "condition"):
     """`check()`'s first truthy result, polling until `timeout` (HTTP errors count as not yet)."""
     deadline = time.monotonic() + timeout

@@ -3,6 +3,7 @@
 import time
 
 from .conftest import create_key
+from .stack import metric
 
 
 def submit(c, type_: str, payload: dict) -> dict:
@@ -129,33 +130,28 @@ def test_shell_script_asks_for_approval_with_the_helper_command(stack):
 
 
 def test_checkpoint_metrics_pending_and_decision_latency(stack, tmp_path):
-    import httpx
 
     stack.start_api(TASKYARD_API_CHECKPOINT_EXPIRY_INTERVAL_S="0.2")
     stack.start_executor(handlers="handlers_for_tests")
     metrics = stack.spawn("metrics", "taskyard_metrics", [], "TASKYARD_METRICS_PORT")
     stack.wait_ready(metrics)
 
-    def scrape(url: str, name: str) -> float:
-        lines = [x for x in httpx.get(f"{url}/metrics").text.splitlines() if x.startswith(name)]
-        return sum(float(x.rsplit(" ", 1)[1]) for x in lines)
-
     with stack.http() as c:
         job = submit(c, "deploy", {"counter_file": str(tmp_path / "a")})
         ck = stack.wait_status(job["id"], "waiting")["checkpoint"]
         deadline = time.monotonic() + 10
-        while scrape(stack.api.url, 'taskyard_checkpoints_pending{kind="approval"}') != 1:
+        while metric(stack.api.url, "taskyard_checkpoints_pending", kind="approval") != 1:
             assert time.monotonic() < deadline
             time.sleep(0.2)
         c.post(f"/api/v1/checkpoints/{ck['id']}/approve")
         stack.wait_status(job["id"], "succeeded")
     deadline = time.monotonic() + 10
-    while scrape(metrics.url, "taskyard_checkpoint_decision_seconds_count") != 1:
+    while metric(metrics.url, "taskyard_checkpoint_decision_seconds_count") != 1:
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert scrape(metrics.url, "taskyard_checkpoints_requested_total") == 1
+    assert metric(metrics.url, "taskyard_checkpoints_requested_total") == 1
     # The gauge is read from the database by the api's checkpoint loop (every 0.2 s here).
     deadline = time.monotonic() + 10
-    while scrape(stack.api.url, 'taskyard_checkpoints_pending{kind="approval"}') != 0:
+    while metric(stack.api.url, "taskyard_checkpoints_pending", kind="approval") != 0:
         assert time.monotonic() < deadline
         time.sleep(0.2)

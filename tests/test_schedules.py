@@ -11,7 +11,7 @@ import pytest
 
 from .conftest import create_key
 from .invariants import query
-from .stack import wait_until
+from .stack import metric, wait_until
 
 NEVER_SOON = "0 0 1 1 *"  # a fire a year away: the test fires by hand
 
@@ -236,18 +236,9 @@ def test_two_apis_create_exactly_one_job_per_fire_time(stack, db_url):
     times = sorted(_epoch(f) for f in per_fire)
     steps = round((times[-1] - times[0]) / 0.05)
     assert len(times) == steps + 1, (len(times), steps)
-    created = [_metric(api, 'outcome="created"') for api in apis]
-    lost = [_metric(api, 'outcome="lost"') for api in apis]
+    created = [metric(api.url, "taskyard_api_schedule_fires_total", outcome="created") for api in apis]
+    lost = [metric(api.url, "taskyard_api_schedule_fires_total", outcome="lost") for api in apis]
     print(f"fires {len(per_fire)}: created per api {created}, lost races per api {lost}")
     assert sum(created) == len(per_fire) and all(created), (created, lost)
     for api in apis:
         assert api.alive(), api.output()[-2000:]
-
-
-def _metric(api, labels: str) -> float:
-    import httpx
-
-    for line in httpx.get(f"{api.url}/metrics").text.splitlines():
-        if line.startswith("taskyard_api_schedule_fires_total{") and labels in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0

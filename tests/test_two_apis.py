@@ -11,7 +11,7 @@ import pytest
 from taskyard import Client, TaskyardError
 
 from .invariants import assert_invariants, query, wait_all_final
-from .stack import wait_until
+from .stack import metric, wait_until
 
 
 def _client(url: str, key: str) -> httpx.Client:
@@ -83,14 +83,6 @@ def test_two_apis_submitting_and_projecting_at_once_lose_nothing(stack, db_url):
         assert api.alive(), api.output()[-2000:]
 
 
-def _metric(url: str, name: str) -> float:
-    """The value of an unlabelled counter on an api's /metrics."""
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(f"{name} "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{name} not on {url}/metrics")
-
-
 def _needs_postgresql(db_url: str) -> None:
     if not db_url.startswith("postgresql"):
         pytest.skip("several api processes share PostgreSQL (SQLite is the one-process default)")
@@ -118,8 +110,8 @@ def test_two_apis_outboxes_publish_each_due_job_once(stack, db_url):
         timeout=60,
         what="every due job published",
     )
-    published = [_metric(api.url, "taskyard_api_jobs_published_total") for api in apis]
-    duplicates = [_metric(api.url, "taskyard_api_jobs_publish_duplicates_total") for api in apis]
+    published = [metric(api.url, "taskyard_api_jobs_published_total") for api in apis]
+    duplicates = [metric(api.url, "taskyard_api_jobs_publish_duplicates_total") for api in apis]
     print(f"due {due}: published by each api {published}, dropped by dedupe {duplicates}")
     assert (sum(published), sum(duplicates)) == (due, 0)
 
