@@ -88,10 +88,10 @@ def test_a_running_job_whose_message_and_worker_vanished_is_requeued_as_a_lost_a
     running = stack.wait_status(job["id"], "running")
     worker.kill9()
     delete_message(stack, job["stream_seq"])  # its message lost too: no redelivery will come
-    requeued = wait_until(
-        lambda: (j := get(stack, job["id"]))["status"] == "queued" and j,
+    requeued = wait_until(  # queued again, and its new message published (the outbox's step)
+        lambda: (j := get(stack, job["id"]))["status"] == "queued" and j["stream_seq"] is not None and j,
         timeout=20,  # the heartbeat expires (3 s at a 1 s interval), then two rounds
-        what="the lost attempt requeued",
+        what="the lost attempt requeued and published",
     )
     [row] = [e for e in requeued["timeline"] if e["type"] == "reconciled"]
     assert row["data"]["action"] == "requeued" and row["data"]["was"] == "running"
