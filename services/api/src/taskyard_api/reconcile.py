@@ -40,9 +40,9 @@ from .db import one_process_at_a_time
 from .http_metrics import RECONCILED
 from .job_store import JobStore, record_of
 from .jobs import JobService
-from .lifecycle import RESENDABLE_STATES, JobRecord, Resend, transition
+from .lifecycle import RESENDABLE_STATES, JobRecord, Resend
 from .models import ApiKey, JobEventRow, jobs_table
-from .reconcile_decisions import DecisionCheck, timeline_row
+from .reconcile_decisions import DecisionCheck, move_through_core, timeline_row
 from .reconcile_rule import Suspect, checked, row_key, verdict
 from .workers import WorkerRegistry
 
@@ -221,30 +221,27 @@ class Reconciler:
         """Queue the jobs again through the core, each with its timeline row, in one transaction;
         then publish them (a crash before the publish leaves them due in the outbox)."""
         now = time.time()
-        moved: list[JobRecord] = []
+        moved = await move_through_core(
+            self.sessions,
+            [
+                (
+                    seen,
+                    Resend(now),
+                    {
+                        "action": DONE[action],
+                        "stream_seq": seen.stream_seq,
+                        "was": seen.status,
+                        "why": WHY[action],
+                    },
+                    seen.worker_id,
+                )
+                for seen, action in due
+            ],
+        )
+        done = {seen.id: DONE[action] for seen, action in due}
         counts: dict[str, int] = {}
-        async with self.sessions() as session:
-            current = await JobStore.lock_many(session, {job.id for job, _ in due})
-            rows = []
-            for seen, action in due:
-                job = current.get(seen.id)
-                if job is None or row_key(job) != row_key(seen):
-                    continue  # it moved since the round read it: decided again next round
-                new = transition(job, Resend(now))
-                if new == job or not await JobStore.save(session, job, new):
-                    continue
-                data = {
-                    "action": DONE[action],
-                    "stream_seq": job.stream_seq,
-                    "was": job.status,
-                    "why": WHY[action],
-                }
-                rows.append(timeline_row(job, now, data, job.attempt, job.worker_id))
-                moved.append(new)
-                counts[DONE[action]] = counts.get(DONE[action], 0) + 1
-            if rows:
-                await session.execute(insert(JobEventRow), rows)
-            await session.commit()
+        for job in moved:
+            counts[done[job.id]] = counts.get(done[job.id], 0) + 1
         for action, count in counts.items():
             RECONCILED.labels(action).inc(count)
             log.warning("reconciler: %s %d jobs whose JOBS message was gone", action, count)

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from sqlalchemy import insert, select
@@ -52,6 +53,32 @@ def timeline_row(job: JobRecord, at: float, data: dict, attempt: int, worker: st
         "data": data,
         "message": None,
     }
+
+
+async def move_through_core(
+    sessions: async_sessionmaker[AsyncSession], due: list[tuple[JobRecord, Any, dict, str | None]]
+) -> list[JobRecord]:
+    """Move each (job as a round read it, core event, `reconciled` row's data, its worker) through
+    the lifecycle core, each with its timeline row, in one transaction; the jobs that moved. A job
+    that moved since the round read it is left alone: the next round judges it again."""
+    now = time.time()
+    moved: list[JobRecord] = []
+    async with sessions() as session:
+        current = await JobStore.lock_many(session, {seen.id for seen, *_ in due})
+        rows = []
+        for seen, event, data, worker in due:
+            job = current.get(seen.id)
+            if job is None or row_key(job) != row_key(seen):
+                continue
+            new = transition(job, event)
+            if new == job or not await JobStore.save(session, job, new):
+                continue
+            rows.append(timeline_row(job, now, data, job.attempt, worker))
+            moved.append(new)
+        if rows:
+            await session.execute(insert(JobEventRow), rows)
+        await session.commit()
+    return moved
 
 
 class DecisionCheck:
@@ -211,29 +238,25 @@ class DecisionCheck:
     async def _resume(self, due: list[tuple[JobRecord, Checkpoint]]) -> int:
         """Queue again, through the core, jobs parked at a checkpoint already decided."""
         now = time.time()
-        moved: list[JobRecord] = []
-        async with self.sessions() as session:
-            current = await JobStore.lock_many(session, {job.id for job, _ in due})
-            rows = []
-            for seen, ck in due:
-                job = current.get(seen.id)
-                if job is None or row_key(job) != row_key(seen):
-                    continue  # it moved since the round read it: judged again next round
-                new = transition(job, Decided(ck.generation, now, None))
-                if new == job or not await JobStore.save(session, job, new):
-                    continue
-                data = {
-                    "action": "resumed",
-                    "checkpoint_id": ck.id,
-                    "name": ck.name,
-                    "decision": ck.status,
-                    "why": "it ran without its decision (lost in a crash) and parked again: queued again",
-                }
-                rows.append(timeline_row(job, now, data, job.attempt, None))
-                moved.append(new)
-            if rows:
-                await session.execute(insert(JobEventRow), rows)
-            await session.commit()
+        why = "it ran without its decision (lost in a crash) and parked again: queued again"
+        moved = await move_through_core(
+            self.sessions,
+            [
+                (
+                    job,
+                    Decided(ck.generation, now, None),
+                    {
+                        "action": "resumed",
+                        "checkpoint_id": ck.id,
+                        "name": ck.name,
+                        "decision": ck.status,
+                        "why": why,
+                    },
+                    None,
+                )
+                for job, ck in due
+            ],
+        )
         if moved:
             RECONCILED.labels("resumed").inc(len(moved))
             log.warning("reconciler: queued again %d jobs parked at a decided checkpoint", len(moved))
