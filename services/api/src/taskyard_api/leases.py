@@ -47,6 +47,7 @@ from taskyard_common.topology import PRIORITIES, Topology
 
 from .auth import Principal
 from .failures import Forbidden, Invalid, NotFound, Refused, TooLarge
+from .messages import question_row
 from .models import Checkpoint, JobMessage
 
 log = logging.getLogger("taskyard.api.leases")
@@ -527,17 +528,11 @@ class LeaseService:
                         expires_at=now + timeout_s,
                     )
                 )
-                # The question on the job's thread, as a `waiting` event puts an executor's there.
+                # The question on the job's thread, as a `waiting` event puts an executor's there
+                # (whole: AskIn bounds it at 2,000 characters).
+                text = question or name
                 session.add(
-                    JobMessage(
-                        key=f"ask:{ck_id}",
-                        job_id=spec.id,
-                        author_kind="job",
-                        author=spec.type[:100],
-                        text=question or name,
-                        created_at=now,
-                        checkpoint_id=ck_id,
-                    )
+                    JobMessage(**question_row(spec.id, spec.type, text, ck_id, now, max_chars=len(text)))
                 )
                 await session.commit()
         deadline = time.monotonic() + wait_s

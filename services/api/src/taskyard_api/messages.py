@@ -62,24 +62,36 @@ def from_events(events: list[tuple[int, JobEvent]], known: set[str], max_chars: 
         author = event.job_type or "job"
         if event.type == "said":
             key = f"say:{event.job_id}:{event.generation}:{int(event.data.get('n', 0))}"
-            text, ck_id = str(event.data.get("text", "")), None
+            rows.append(
+                _job_row(
+                    key, event.job_id, author, str(event.data.get("text", "")), None, event.at, max_chars
+                )
+            )
         elif event.type == "waiting" and event.data.get("checkpoint", {}).get("kind") == "question":
             ck = event.data["checkpoint"]
-            key, text, ck_id = f"ask:{ck['id']}", str(ck.get("message") or ck["name"]), ck["id"]
-        else:
-            continue
-        rows.append(
-            {
-                "key": key,
-                "job_id": event.job_id,
-                "author_kind": "job",
-                "author": author[:100],
-                "text": _cut(text, max_chars),
-                "created_at": event.at,
-                "checkpoint_id": ck_id,
-            }
-        )
+            text = str(ck.get("message") or ck["name"])
+            rows.append(question_row(event.job_id, author, text, ck["id"], event.at, max_chars))
     return rows
+
+
+def question_row(job_id: str, author: str, text: str, ck_id: str, at: float, max_chars: int) -> dict:
+    """The thread's row of a question the job asked (its checkpoint `ck_id`): stored once, whether
+    an executor's `waiting` event or a REST worker's ask brings it."""
+    return _job_row(f"ask:{ck_id}", job_id, author, text, ck_id, at, max_chars)
+
+
+def _job_row(
+    key: str, job_id: str, author: str, text: str, ck_id: str | None, at: float, max_chars: int
+) -> dict:
+    return {
+        "key": key,
+        "job_id": job_id,
+        "author_kind": "job",
+        "author": author[:100],
+        "text": _cut(text, max_chars),
+        "created_at": at,
+        "checkpoint_id": ck_id,
+    }
 
 
 def decision_message(ck: Checkpoint, status: str, by: str, reason: str | None, answer: Any, now: float):  # noqa: ANN201
