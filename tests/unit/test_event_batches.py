@@ -103,6 +103,23 @@ def test_an_earlier_attempts_report_stored_after_a_later_attempt_ended_the_job_i
     assert jobs["A"] == done
 
 
+def test_an_earlier_attempt_projected_after_the_later_one_keeps_its_own_rows_and_moves_nothing():
+    # Two api processes project at once: one took attempt 2's batch (started, succeeded at
+    # seq 9) and committed before the other projected attempt 1's (started, retrying at seq 5).
+    done = job(
+        "A", status="succeeded", attempt=2, worker_id="w2", finished_at=T0 + 2, last_event_seq=9 * PER_MESSAGE
+    )
+    jobs = {"A": done}
+    started = event("started", T0, job_id="A", attempt=1, worker="w1")
+    retrying = event("retrying", T0 + 0.1, job_id="A", attempt=1, worker="w1", delay_s=0.05)
+    rows, _, _ = apply_events([(5 * PER_MESSAGE, started), (6 * PER_MESSAGE, retrying)], jobs)
+    assert [(r["type"], r["attempt"], r["stream_seq"]) for r in rows] == [
+        ("started", 1, 5 * PER_MESSAGE),
+        ("retrying", 1, 6 * PER_MESSAGE),
+    ]
+    assert jobs["A"] == done
+
+
 def test_a_late_cancel_report_of_a_cancelled_job_is_no_duplicate_run():
     cancelled = job("A", status="cancelled", attempt=0, last_event_seq=PER_MESSAGE)
     jobs = {"A": cancelled}

@@ -93,14 +93,19 @@ def _update_jobs(columns: tuple[str, ...], unless_final: bool) -> Any:
     return stmt
 
 
-def _second_run(job: JobRecord, event: JobEvent) -> bool:
+def _second_run(job: JobRecord, event: JobEvent, seq: int) -> bool:
     """A worker's event of a generation that already ended for good, from another run: a later
     attempt (its delivery came back after a lost ack), an earlier one whose report was stored only
     after a later attempt ended the job (its executor retried the publish through a JetStream
     leader election for longer than ack_wait, and the job was redelivered meanwhile), or one that
-    began after the end (a second copy in JOBS: an outbox republish after the duplicate window)."""
+    began after the end (a second copy in JOBS: an outbox republish after the duplicate window).
+
+    Only events stored after the one the row last applied: an earlier one arriving now is the
+    job's own history, projected late because another api process took a later batch first (a
+    failed attempt 1 reached the timeline after attempt 2's success), or a replay."""
     return (
-        job.status in ENDED_OUTCOMES
+        seq > job.last_event_seq
+        and job.status in ENDED_OUTCOMES
         and event.worker_id is not None
         and event.generation == job.generation
         and (event.attempt != job.attempt or (job.finished_at is not None and event.at > job.finished_at))
@@ -156,7 +161,7 @@ def apply_events(
             job = jobs.get(event.job_id)
             if job is None:
                 continue  # pruned, or of another install's database: the timeline row stays
-            if _second_run(job, event):
+            if _second_run(job, event, seq):
                 rows[-1].update(type="duplicate_run", data={"event": event.type, **event.data})
                 continue
             if seq > job.last_event_seq and lost_worker(job, event):
