@@ -92,6 +92,18 @@ def test_search_by_id_prefix_error_payload_ranges_and_sort(stack):
         assert queued not in _ids(c.get("/api/v1/jobs", params={"sort": "started_at", "limit": 500}))
         by_queue = c.get("/api/v1/jobs", params={"sort": "queue", "limit": 500}).json()["jobs"]
         assert [j["queue"] for j in by_queue] == sorted(j["queue"] for j in by_queue)
+        # Several statuses (one index walk per status, merged): newest or oldest first, in pages of 2.
+        for sort in ("-created_at", "created_at"):
+            expected = sorted([*ok, other, failing, queued], reverse=sort.startswith("-"))
+            seen, cursor = [], None
+            while True:
+                params = [("status", s) for s in ("succeeded", "queued", "failed", "dead")]
+                params += [("sort", sort), ("limit", "2")] + ([("cursor", cursor)] if cursor else [])
+                page = c.get("/api/v1/jobs", params=params).json()
+                seen += [j["id"] for j in page["jobs"]]
+                if not (cursor := page["next_cursor"]):
+                    break
+            assert seen == expected, sort
 
 
 def test_bad_search_input_is_a_422_naming_the_field(stack):

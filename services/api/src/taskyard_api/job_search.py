@@ -14,7 +14,19 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints, ValidationError, field_validator, model_validator
-from sqlalchemy import Row, Select, and_, func, literal, literal_column, select, text, tuple_, type_coerce
+from sqlalchemy import (
+    Row,
+    Select,
+    and_,
+    func,
+    literal,
+    literal_column,
+    select,
+    text,
+    tuple_,
+    type_coerce,
+    union_all,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
@@ -259,11 +271,32 @@ def decode_cursor(cursor: str, sort: str) -> tuple[Any, str]:
 
 
 def page_query(f: JobFilter, dialect: str, sort: str, cursor: str | None, limit: int) -> Select:
-    """One page of matching jobs in `sort` order (`-field`: descending), then by id."""
+    """One page of matching jobs in `sort` order (`-field`: descending), then by id.
+
+    Several statuses in id order are one walk of the (status, id) index per status, merged: as one
+    `status IN (…)`, both databases read every job in those states and sorted them, which took
+    21 ms for a page of 2 at 20,000 unfinished jobs on SQLite (polling "is anything of mine left
+    unfinished?" ten times a second cost a fifth of the api's CPU)."""
+    field = sort.lstrip("-")
+    if field in ("created_at", "id") and len(f.status) > 1:
+        rest = where(f.model_copy(update={"status": []}), dialect)
+        # Ids only in the branches: a union of whole rows took 3.7 ms to build in SQLAlchemy.
+        parts = [
+            _page(
+                select(jobs.c.id).where(jobs.c.status == state.value, *rest), sort, cursor, limit
+            ).subquery()
+            for state in f.status
+        ]
+        found = union_all(*(select(part.c.id) for part in parts))
+        return _page(select(jobs).where(jobs.c.id.in_(found)), sort, None, limit)
+    return _page(select(jobs).where(*where(f, dialect)), sort, cursor, limit)
+
+
+def _page(query: Select, sort: str, cursor: str | None, limit: int) -> Select:
     descending = sort.startswith("-")
     field = sort.lstrip("-")
     column = jobs.c.id if field == "created_at" else jobs.c[field]
-    query = select(jobs).where(*where(f, dialect)).limit(limit)
+    query = query.limit(limit)
     if column is not jobs.c.id:
         query = query.where(column.is_not(None))  # a job not started/finished has no place in that order
     keys = (column, jobs.c.id) if column is not jobs.c.id else (jobs.c.id,)
