@@ -123,7 +123,10 @@ async def running_worker(
     worker = Worker(nc, topo, settings, handlers(started, hooks), "w-" + secrets.token_hex(2))
     worker.emitter = HeldEmitter(worker.js, topo)
     await worker.start()
-    loops = [asyncio.create_task(worker.pull_forever()), asyncio.create_task(worker.release_starts())]
+    loops = [
+        asyncio.create_task(loop())
+        for loop in (worker.pull_forever, worker.release_starts, worker.keep_alive_forever)
+    ]
     harness = Harness(nc, topo, worker, started)
     harness.before_return = hooks
     try:
@@ -335,3 +338,20 @@ async def _true(value: bool) -> bool:
 
 async def _eq(awaitable, expected) -> bool:  # noqa: ANN001
     return (await awaitable) == expected
+
+
+def test_a_handler_running_three_times_ack_wait_is_kept_alive_and_runs_once(nats_server):
+    """ack_wait 1 s, a handler of 3 s: the executor's keepalive extends the delivery while the
+    handler runs, so JetStream never redelivers it (without it the job ran again after 1 s)."""
+
+    async def go() -> None:
+        async with running_worker(nats_server.url, slots=2, ack_wait_s=1) as h:
+            await h.submit("long", "slow", name="long", seconds=3.0)
+            await until(lambda: _true("long" in h.started), what="long to start")
+            first = h.started["long"]
+            await until(lambda: _eq(h.ack_pending(), 0), timeout=10, what="long acked")
+            assert h.started["long"] == first  # started once: no second delivery ran it
+            assert h.worker.done == 1
+            assert [kind for kind, _ in await h.events("long")] in (["succeeded"], ["started", "succeeded"])
+
+    run_async(go())

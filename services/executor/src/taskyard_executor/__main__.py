@@ -145,6 +145,8 @@ async def serve(settings: ExecutorSettings) -> None:
     supervisor.start("pull", worker.pull_forever)  # returns once the worker drains
     # Publishes the `started` of jobs still running when their coalescing window passes.
     supervisor.start("starts", worker.release_starts)
+    # Extends the ack wait of jobs whose handler runs longer than a third of it.
+    supervisor.start("keepalive", worker.keep_alive_forever)
     # A beat every interval, and soon after the worker's state changes (a job started or ended, a
     # drain began): the changes of one coalescing window go out as one KV put, so what the API
     # shows as busy trails the worker by about that window, not up to a whole interval.

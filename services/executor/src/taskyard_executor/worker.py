@@ -78,6 +78,8 @@ class Running:
     journaled: bool = False
     # What the attempt used and spent (the handler's ctx.meter); None until the handler starts.
     meter: Meter | None = None
+    # When the delivery's ack wait last began (its delivery, or the last `in_progress`).
+    extended: float = field(default_factory=time.monotonic)
 
 
 class Worker:
@@ -490,12 +492,14 @@ class Worker:
             journal=journal,
         )
         run.meter = ctx.meter
-        keepalive = asyncio.create_task(self._keep_alive(run.msg))
         try:
             entry = self.registry.get(spec.type)  # UnknownJobType: permanent failure
             run.task = asyncio.create_task(self._invoke_with_files(entry, ctx, run))
             try:
-                result = await asyncio.wait_for(run.task, spec.timeout_s)
+                # On time out, cancels the handler's task (this task awaits it), as wait_for did:
+                # 8 µs a job cheaper than wait_for, which wraps the task in a future of its own.
+                async with asyncio.timeout(spec.timeout_s):
+                    result = await run.task
             except TimeoutError:
                 raise JobError(
                     f"timed out after {spec.timeout_s:g}s", details={"timeout_s": spec.timeout_s}
@@ -519,7 +523,6 @@ class Worker:
             await self._failed(run, as_job_error(exc))
             return
         finally:
-            keepalive.cancel()
             self._handler_returned(run)
         self.done += 1
         await self._finish(run, "succeeded", ack="ack", result=result)
@@ -546,12 +549,21 @@ class Worker:
         finally:
             await workspace.close()
 
-    async def _keep_alive(self, msg: Msg) -> None:
+    async def keep_alive_forever(self) -> None:
+        """Tell JetStream every running handler's delivery is still being worked on, so none is
+        redelivered while its handler runs: each gets `in_progress` once its ack wait is a third
+        gone, checked every sixth, so at most half of ack_wait passes unextended. One loop for all
+        jobs, not a task per job (creating and cancelling it was ~5 µs of a noop job's ~100)."""
         interval = self.topo.settings.ack_wait_s / 3
         while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(NatsError):
-                await msg.in_progress()
+            await asyncio.sleep(interval / 2)
+            now = time.monotonic()
+            for run in list(self.running.values()):
+                if run.task is None or run.task.done() or now - run.extended < interval:
+                    continue
+                run.extended = now
+                with contextlib.suppress(NatsError):
+                    await run.msg.in_progress()
 
     async def _failed(self, run: Running, err: JobError) -> None:
         spec = run.spec
