@@ -1,7 +1,6 @@
 """The FastAPI application: wiring, lifespan, health."""
 
 import asyncio
-import gc
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -14,6 +13,7 @@ from sqlalchemy import text
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from taskyard_common.artifact_store import ArtifactStore
+from taskyard_common.gc_tuning import settle_gc
 from taskyard_common.nats_util import connect
 from taskyard_common.settings import ArtifactSettings, DbSettings, NatsSettings
 from taskyard_common.supervise import Supervisor
@@ -208,9 +208,7 @@ async def lifespan(app: FastAPI):
             lambda: costs.prune(state.sessions, time.time() - cost_age_s),
             at_start=True,
         )
-    # What is loaded by now lives as long as the process: keep it out of the cyclic GC, whose
-    # full collections would otherwise walk it again and again (docs/performance.md, change 18).
-    gc.freeze()
+    settle_gc()  # taskyard_common.gc_tuning
     log.info("api ready: NATS %s, database %s", nats_settings.url, state.engine.url.render_as_string())
     try:
         yield

@@ -3,7 +3,6 @@
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import secrets
@@ -21,6 +20,7 @@ from nats.errors import Error as NatsError
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from taskyard_common.gc_tuning import settle_gc
 from taskyard_common.logging_setup import setup_logging, uvicorn_log_config
 from taskyard_common.nats_util import connect
 from taskyard_common.settings import NatsSettings
@@ -158,7 +158,7 @@ async def serve(settings: ExecutorSettings) -> None:
         settle_s=settings.heartbeat_coalesce_s,
     )
     serving = asyncio.create_task(server.serve())
-    gc.freeze()  # what is loaded by now lives as long as the process: out of the cyclic GC's walks
+    settle_gc()  # taskyard_common.gc_tuning
     log.info(
         "executor %s ready: queues=%s slots=%d handlers=%s",
         worker_id,

@@ -7,6 +7,7 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from taskyard_common.gc_tuning import settle_gc
 from taskyard_common.settings import NatsSettings
 from taskyard_common.telemetry import setup_tracing, shutdown_tracing
 from taskyard_common.tracing_http import FASTAPI_TELEMETRY, TracingMiddleware
@@ -23,6 +24,7 @@ def create_app(settings: MetricsSettings | None = None, nats_settings: NatsSetti
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         setup_tracing("taskyard-metrics")
         service.start()
+        settle_gc()  # taskyard_common.gc_tuning
         try:
             yield
         finally:
