@@ -142,6 +142,11 @@ class Topology:
         """Core NATS, no stream: the API says "new jobs stored in `queue`" so idle executors pull."""
         return f"{self.prefix}.control.wake.{queue}"
 
+    def lease_subject(self, owner: str) -> str:
+        """Core NATS request/reply, no stream: calls on the REST workers' leases api process `owner`
+        issued (its id is in each lease id). Another api process forwards a lease call here."""
+        return f"{self.prefix}.lease.{owner}"
+
     def stream_configs(self) -> list[StreamConfig]:
         s, r = self.settings, self.settings.replicas
         return [

@@ -52,6 +52,7 @@ from .http_metrics import REGISTRY, MetricsMiddleware
 from .job_types import KnownTypes
 from .jobs import JobService
 from .key_timer import RateKeys
+from .lease_relay import LeaseRelay
 from .leases import LeaseService
 from .messages import MessageService
 from .migrate import is_current
@@ -140,6 +141,9 @@ async def lifespan(app: FastAPI):
     state.leases = LeaseService(
         state.nc, state.js, state.topo, state.sessions, settings.lease_max_result_bytes
     )
+    # Calls on leases another api process holds go there; calls on ours come here (lease_relay.py).
+    state.lease_relay = LeaseRelay(state.nc, state.topo, state.leases, routes_leases.CALLS)
+    await state.lease_relay.start()
     state.supervisor = supervisor = Supervisor("api", REGISTRY)
     # The projector finishes the batch in hand on stop (acked, not redelivered after ack_wait).
     supervisor.start(
@@ -216,6 +220,7 @@ async def lifespan(app: FastAPI):
         # The projector ends by itself within a fetch timeout (1 s), acking what it has in hand;
         # the other tasks hold nothing that is lost by cancelling them.
         await supervisor.stop(timeout_s=5)
+        await state.lease_relay.stop()
         await state.leases.stop()
         await state.notifier.close()
         try:

@@ -49,27 +49,59 @@ def _is_bad_value(exc: Exception) -> bool:
     return isinstance(exc, DataError) or sqlstate.startswith("22")
 
 
+def _db_down(exc: Exception) -> tuple[int, str]:
+    if _is_bad_value(exc):
+        # e.g. a NUL byte PostgreSQL cannot store: the request's fault, not the database's.
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
+        return 422, f"invalid value: {reason}"
+    reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]  # (a bare TimeoutError has no text)
+    return 503, f"database unavailable: {reason}"
+
+
+def _nats_down(exc: Exception) -> tuple[int, str]:
+    return 503, f"NATS unavailable: {exc or type(exc).__name__}"
+
+
+def _domain(exc: Exception) -> tuple[int, str]:
+    assert isinstance(exc, DomainError)
+    return http_status(exc), exc.message
+
+
+def _invalid(exc: Exception) -> tuple[int, str]:
+    assert isinstance(exc, RequestValidationError)
+    return 422, validation_detail(exc)
+
+
+# What each kind of failure answers; the nearest kind in the exception's MRO applies, as Starlette
+# picks an exception handler.
+_ANSWERS = {
+    DomainError: _domain,
+    RequestValidationError: _invalid,
+    OperationalError: _db_down,
+    DBAPIError: _db_down,
+    ConnectionError: _db_down,
+    OSError: _db_down,
+    NatsError: _nats_down,
+}
+
+
+def refusal(exc: Exception) -> tuple[int, str] | None:
+    """The status and one-line detail the api answers for `exc`; None for a failure it does not
+    know (a bug: a 500). The exception handlers below and a lease call served for another api
+    process (lease_relay) answer the same."""
+    for kind in type(exc).__mro__:
+        if (answer := _ANSWERS.get(kind)) is not None:
+            return answer(exc)
+    return None
+
+
+async def _answer(_: Request, exc: Exception) -> JSONResponse:
+    found = refusal(exc)
+    assert found is not None  # installed only for the kinds refusal knows
+    status, detail = found
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
 def install(app: FastAPI) -> None:
-    @app.exception_handler(DomainError)
-    async def _refused(_: Request, exc: DomainError) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=http_status(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": validation_detail(exc)}, status_code=422)
-
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(DBAPIError)
-    @app.exception_handler(ConnectionError)
-    @app.exception_handler(OSError)
-    async def _db_down(_: Request, exc: Exception) -> JSONResponse:
-        if _is_bad_value(exc):
-            # e.g. a NUL byte PostgreSQL cannot store: the request's fault, not the database's.
-            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
-            return JSONResponse({"detail": f"invalid value: {reason}"}, status_code=422)
-        reason = str(exc).splitlines()[0][:200]
-        return JSONResponse({"detail": f"database unavailable: {reason}"}, status_code=503)
-
-    @app.exception_handler(NatsError)
-    async def _nats_down(_: Request, exc: NatsError) -> JSONResponse:
-        return JSONResponse({"detail": f"NATS unavailable: {exc or type(exc).__name__}"}, status_code=503)
+    for kind in _ANSWERS:
+        app.add_exception_handler(kind, _answer)

@@ -12,8 +12,11 @@ ends as *expired*: the proxy naks the delivery without a `handed_back` event, so
 counts an attempt, exactly as when an executor dies (the projector records `worker_lost`); if this
 api process dies, the unacked delivery comes back after ack_wait in the same way.
 
-Leases live in this api process's memory: a REST worker must reach the api process it claimed
-from (one api, or sticky routing); another process answers 404 for the lease.
+Leases live in the memory of the api process that issued them, whose id (`owner`, random per
+process) is in each lease id: `ls_<owner>_<random>`. A call on a lease that reaches another api
+process (several replicas behind one Service) is forwarded to the owner over core NATS and runs
+there as a local call (lease_relay.py); a lease whose owner is gone is gone with it (404), and its
+delivery comes back after ack_wait as above.
 """
 
 import asyncio
@@ -60,6 +63,8 @@ POLL_S = 0.2
 # Ended leases are remembered this long, so a late call is told what happened (409), not 404.
 ENDED_KEEP_S = 600.0
 WORKER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# A lease id names the api process that holds it: `ls_<owner>_<random>`, owner 8 hex digits.
+LEASE_OWNER = re.compile(r"^ls_([0-9a-f]{8})_[A-Za-z0-9_-]+$")
 
 
 @dataclass
@@ -136,6 +141,8 @@ class LeaseService:
     ) -> None:
         self.nc, self.js, self.topo, self.sessions = nc, js, topo, sessions
         self.max_result_bytes = max_result_bytes
+        # This process's id in the lease ids it issues (a restarted process holds none of its leases).
+        self.owner = secrets.token_hex(4)
         self.puller = Puller(nc, topo.jobs_stream, self._arrived, lambda durable, delivered: None)
         # Deliveries by consumer, taken by the claim whose pull asked (or the next one: a late one).
         self._inbox: dict[str, deque[tuple[float, Msg]]] = {}
@@ -370,7 +377,7 @@ class LeaseService:
             journal = await read_journal(self.nc, self.topo, spec.id, spec.generation)
         attempt = attempt_of(delivery, journal, spec.resume) if delivery > 1 or spec.resume else delivery
         lease = Lease(
-            id="ls_" + secrets.token_urlsafe(12),
+            id=f"ls_{self.owner}_{secrets.token_urlsafe(12)}",
             key_id=who.id,
             worker=worker,
             spec=spec,
@@ -407,13 +414,18 @@ class LeaseService:
             await asyncio.sleep(interval)
 
     # -- calls on a lease -----------------------------------------------------------------------
+    @staticmethod
+    def owner_of(lease_id: str) -> str | None:
+        """The id of the api process that issued the lease (None: no api process issued it)."""
+        found = LEASE_OWNER.match(lease_id)
+        return found.group(1) if found else None
+
     def active(self, who: Principal, lease_id: str) -> Lease:
         """The caller's live lease, its TTL restarted (any call is a heartbeat)."""
         lease = self.leases.get(lease_id)
         if lease is None:
             raise NotFound(
-                f"lease {lease_id} not found: unknown to this api process, or ended more than "
-                f"{ENDED_KEEP_S:.0f}s ago"
+                f"lease {lease_id} not found: never issued, or ended more than {ENDED_KEEP_S:.0f}s ago"
             )
         if lease.key_id != who.id:
             raise Forbidden(

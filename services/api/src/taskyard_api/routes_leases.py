@@ -1,5 +1,8 @@
 """Workers in any language over REST: claim a job, then heartbeat, log, ask, complete or fail its
-lease (leases.py). docs/rest-workers.md has a worker in bash + curl."""
+lease (leases.py). docs/rest-workers.md has a worker in bash + curl.
+
+A call on a lease runs in the api process that holds it: here, or forwarded to it (lease_relay.py);
+`CALLS` is what runs it there, for a caller of this process or of another alike."""
 
 import json
 from typing import Annotated, Any, Literal
@@ -13,6 +16,7 @@ from .api_doc import NO_NUL, answers
 from .auth import Principal, require
 from .failures import NotFound
 from .input_checks import CheckedRoute
+from .lease_relay import Call, LeaseRelay
 from .leases import Lease, LeaseService
 from .schemas import JOB_TYPE, JSON_VALUE
 
@@ -94,8 +98,54 @@ def _service(request: Request) -> LeaseService:
     return request.app.state.leases
 
 
+def _relay(request: Request) -> LeaseRelay:
+    return request.app.state.lease_relay
+
+
 def _lease_out(lease: Lease, **extra: Any) -> dict:
     return {"lease": lease.out(), **extra}
+
+
+# -- the calls on a lease, as the api process holding it runs them ----------------------------------
+async def _heartbeat(leases: LeaseService, who: Principal, lease_id: str, body: HeartbeatIn) -> dict:
+    return _lease_out(await leases.heartbeat(who, lease_id, body.pct, body.message))
+
+
+async def _log(leases: LeaseService, who: Principal, lease_id: str, body: LogIn) -> dict:
+    return {"stored": await leases.log_lines(who, lease_id, body.lines, body.stream)}
+
+
+async def _complete(leases: LeaseService, who: Principal, lease_id: str, body: CompleteIn) -> dict:
+    size = len(json.dumps(body.result))
+    return _lease_out(await leases.complete(who, lease_id, body.result, size), outcome="succeeded")
+
+
+async def _fail(leases: LeaseService, who: Principal, lease_id: str, body: FailIn) -> dict:
+    error = {**body.error.model_dump(), "retryable": body.retry}
+    lease, decision = await leases.fail(who, lease_id, error, body.retry, body.delay_s)
+    return _lease_out(lease, **decision)
+
+
+async def _ask(leases: LeaseService, who: Principal, lease_id: str, body: AskIn) -> dict:
+    return await leases.ask(
+        who,
+        lease_id,
+        name=body.name or body.question,
+        question=body.question,
+        choices=body.choices,
+        approvers=body.approvers,
+        timeout_s=body.timeout_s,
+        wait_s=body.wait_s,
+    )
+
+
+CALLS: dict[str, Call] = {
+    "heartbeat": Call(HeartbeatIn, _heartbeat),
+    "log": Call(LogIn, _log),
+    "complete": Call(CompleteIn, _complete),
+    "fail": Call(FailIn, _fail),
+    "ask": Call(AskIn, _ask, wait_s=lambda body: body.wait_s),
+}
 
 
 @router.post(
@@ -148,35 +198,28 @@ async def heartbeat(
     request: Request,
     who: Principal = require("submitter"),
 ):
-    body = body or HeartbeatIn()
-    lease = await _service(request).heartbeat(who, lease_id, body.pct, body.message)
-    return _lease_out(lease)
+    return await _relay(request).call(who, "heartbeat", lease_id, body or HeartbeatIn())
 
 
 @router.post("/leases/{lease_id}/log", responses=answers(404, 409))
 async def log_lines(
     body: LogIn, lease_id: str = LeaseId, *, request: Request, who: Principal = require("submitter")
 ):
-    stored = await _service(request).log_lines(who, lease_id, body.lines, body.stream)
-    return {"stored": stored}
+    return await _relay(request).call(who, "log", lease_id, body)
 
 
 @router.post("/leases/{lease_id}/complete", responses=answers(404, 409, 413))
 async def complete(
     body: CompleteIn, lease_id: str = LeaseId, *, request: Request, who: Principal = require("submitter")
 ):
-    size = len(json.dumps(body.result))
-    lease = await _service(request).complete(who, lease_id, body.result, size)
-    return _lease_out(lease, outcome="succeeded")
+    return await _relay(request).call(who, "complete", lease_id, body)
 
 
 @router.post("/leases/{lease_id}/fail", responses=answers(404, 409))
 async def fail(
     body: FailIn, lease_id: str = LeaseId, *, request: Request, who: Principal = require("submitter")
 ):
-    error = {**body.error.model_dump(), "retryable": body.retry}
-    lease, decision = await _service(request).fail(who, lease_id, error, body.retry, body.delay_s)
-    return _lease_out(lease, **decision)
+    return await _relay(request).call(who, "fail", lease_id, body)
 
 
 @router.post(
@@ -190,13 +233,4 @@ async def fail(
 async def ask(
     body: AskIn, lease_id: str = LeaseId, *, request: Request, who: Principal = require("submitter")
 ):
-    return await _service(request).ask(
-        who,
-        lease_id,
-        name=body.name or body.question,
-        question=body.question,
-        choices=body.choices,
-        approvers=body.approvers,
-        timeout_s=body.timeout_s,
-        wait_s=body.wait_s,
-    )
+    return await _relay(request).call(who, "ask", lease_id, body)

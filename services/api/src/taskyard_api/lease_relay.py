@@ -1,0 +1,220 @@
+"""Any api replica serves any lease call: the call goes to the api process that holds the lease.
+
+A REST worker's lease lives in the memory of the api process that answered its claim (leases.py:
+the JetStream delivery, the keepalive, the TTL), and that process's id is in the lease id
+(`ls_<owner>_<random>`, LeaseService.owner_of). Each api process answers calls on its own leases on
+its own core NATS subject, `<prefix>.lease.<owner>` (Topology.lease_subject). A call that reaches
+another process is forwarded there with request/reply and answered with what the owner answered:
+the owner runs the very same call as a local one (`CALLS` in routes_leases: the same LeaseService
+method, the same answer), the caller's key travelling with it so the owner checks that the lease is
+the caller's, as for its own callers. The forwarding is only this: the call, the key and the answer
+(its status and its JSON body, byte for byte) serialised.
+
+An owner that is gone (killed or stopped: NATS answers "no responders" at once) took its leases with
+it: 404 naming the lease, and the delivery it held comes back after ack_wait as when any api
+process dies. A forwarded call waits up to its own wait (an `ask` long-polls up to `wait_s`) plus
+FORWARD_SLACK_S; meanwhile the owner is probed every PROBE_S, so one that dies mid-call ends the wait
+at once instead of at the timeout. An owner that does not answer in time (cut off from NATS, or
+stuck) is taken as lost: 409, the lease with it; its delivery comes back once the lease expires there
+or, if it is gone, after ack_wait. A call that did reach it may still have been applied (at least
+once, as for any worker whose answer was lost).
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.responses import JSONResponse, Response
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+from nats.errors import MaxPayloadError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from pydantic import BaseModel, ValidationError
+
+from taskyard_common.topology import Topology
+
+from .auth import Principal
+from .errors import refusal
+from .failures import DomainError, NotFound, Refused, TooLarge
+from .leases import LeaseService
+from .views import JsonAnswer
+
+log = logging.getLogger("taskyard.api.lease_relay")
+
+# Beyond the call's own wait: more than the api's JetStream timeout (10 s), so an owner whose
+# publishes are slow still answers before the caller gives up on it.
+FORWARD_SLACK_S = 15.0
+# How often a waiting forwarded call checks that the owner is still there (an empty request).
+PROBE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Call:
+    """One kind of call on a lease: the model of its body, what runs it (on the owner, for a local
+    caller or a forwarded one alike) and answers its JSON, and how long it may wait of its own
+    asking (the `ask` long-poll)."""
+
+    model: type[BaseModel]
+    run: Callable[[LeaseService, Principal, str, Any], Awaitable[Any]]
+    wait_s: Callable[[Any], float] = lambda body: 0.0
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A lease call on its way to the lease's owner: which call, the lease, the caller's key and the
+    body as the receiving process validated it (the owner validates it again with the same model)."""
+
+    action: str
+    lease_id: str
+    who: Principal
+    body: dict[str, Any]
+
+    def encode(self) -> bytes:
+        key = {"id": self.who.id, "name": self.who.name, "role": self.who.role}
+        return json.dumps(
+            {"action": self.action, "lease_id": self.lease_id, "key": key, "body": self.body},
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Forwarded":
+        try:
+            raw = json.loads(data)
+            key = raw["key"]
+            who = Principal(str(key["id"]), str(key["name"]), str(key["role"]))
+            body = raw["body"]
+            if not isinstance(body, dict):
+                raise TypeError("body is not an object")
+            return cls(str(raw["action"]), str(raw["lease_id"]), who, body)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DomainError(f"malformed forwarded lease call: {exc!r}"[:300]) from None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The owner's answer to a forwarded call: its HTTP status and JSON body, as it would have
+    answered its own caller."""
+
+    status: int
+    body: bytes
+
+    def encode(self) -> bytes:
+        return b"%d\n" % self.status + self.body
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Answer":
+        status, _, body = data.partition(b"\n")
+        return cls(int(status), body)
+
+
+class LeaseRelay:
+    def __init__(
+        self, nc: NatsClient, topo: Topology, leases: LeaseService, calls: Mapping[str, Call]
+    ) -> None:
+        self.nc, self.topo, self.leases, self.calls = nc, topo, leases, calls
+        self._sub: Subscription | None = None
+        self._serving: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        subject = self.topo.lease_subject(self.leases.owner)
+        self._sub = await self.nc.subscribe(subject, cb=self._on_call)
+        await self.nc.flush()
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(NatsError):
+                await self._sub.unsubscribe()
+        for task in list(self._serving):
+            task.cancel()
+
+    # -- the caller's side ----------------------------------------------------------------------
+    async def call(self, who: Principal, action: str, lease_id: str, body: BaseModel) -> Any:
+        """The call's answer: run here when this process holds the lease (or no process could),
+        else the owner's answer as it gave it."""
+        call = self.calls[action]
+        owner = self.leases.owner_of(lease_id)
+        if owner is None or owner == self.leases.owner:
+            return await call.run(self.leases, who, lease_id, body)
+        forwarded = Forwarded(action, lease_id, who, body.model_dump(mode="json"))
+        answer = await self.forward(owner, forwarded, call.wait_s(body) + FORWARD_SLACK_S)
+        return Response(answer.body, status_code=answer.status, media_type="application/json")
+
+    async def forward(self, owner: str, forwarded: Forwarded, timeout_s: float) -> Answer:
+        subject = self.topo.lease_subject(owner)
+        lease_id = forwarded.lease_id
+        request = asyncio.ensure_future(self.nc.request(subject, forwarded.encode(), timeout=timeout_s))
+        try:
+            while True:
+                done, _ = await asyncio.wait({request}, timeout=PROBE_S)
+                if done:
+                    return Answer.decode(request.result().data)
+                # Still waiting: is the owner still there? (busy: its probe times out; wait on)
+                with contextlib.suppress(NatsTimeoutError):
+                    await self.nc.request(subject, b"", timeout=PROBE_S)
+        except NoRespondersError:
+            log.info(
+                "lease %s: its api process %s is gone (%s not answered)", lease_id, owner, forwarded.action
+            )
+            raise NotFound(
+                f"lease {lease_id} not found: the api process that issued it ({owner}) is gone, and its "
+                "leases with it; the job it held goes back to its queue after ack_wait"
+            ) from None
+        except NatsTimeoutError:
+            log.warning("lease %s: its api process %s did not answer within %gs", lease_id, owner, timeout_s)
+            raise Refused(
+                f"lease {lease_id}: the api process holding it ({owner}) did not answer within "
+                f"{timeout_s:g}s; take the lease as lost: its job goes back to its queue when the lease "
+                "expires, or after ack_wait if that process is gone"
+            ) from None
+        except MaxPayloadError:
+            raise TooLarge(
+                f"lease {lease_id}: the call is larger than NATS carries ({self.nc.max_payload} bytes) "
+                "to the api process holding the lease"
+            ) from None
+        finally:
+            request.cancel()
+
+    # -- the owner's side -----------------------------------------------------------------------
+    async def _on_call(self, msg: Msg) -> None:
+        if not msg.data:  # a probe of a waiting caller: this process is here
+            with contextlib.suppress(NatsError):
+                await msg.respond(b"")
+            return
+        # A task per call: an `ask` long-polls, and callbacks of one subscription run one at a time.
+        task = asyncio.create_task(self._serve(msg))
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
+
+    async def _serve(self, msg: Msg) -> None:
+        answer = await self.answer(msg.data)
+        try:
+            await msg.respond(answer.encode())
+        except NatsError as exc:  # the caller times out (409)
+            log.warning("forwarded lease call not answered: %s", exc)
+
+    async def answer(self, data: bytes) -> Answer:
+        """Run a forwarded call as a local one and answer what a local caller would have got."""
+        try:
+            forwarded = Forwarded.decode(data)
+            call = self.calls.get(forwarded.action)
+            if call is None:
+                raise DomainError(f"malformed forwarded lease call: no call {forwarded.action!r}")
+            try:
+                body = call.model.model_validate(forwarded.body)
+            except ValidationError as exc:  # validated by the sender: another version of the api?
+                raise DomainError(f"malformed forwarded lease call: {exc}"[:300]) from None
+            out = await call.run(self.leases, forwarded.who, forwarded.lease_id, body)
+            return Answer(200, bytes(JsonAnswer(out).body))
+        except Exception as exc:
+            found = refusal(exc)
+            if found is None:
+                log.exception("forwarded lease call failed")
+                found = (500, "Internal Server Error (the api process holding the lease)")
+            status, detail = found
+            return Answer(status, bytes(JSONResponse({"detail": detail}).body))

@@ -1,0 +1,219 @@
+"""REST workers behind several api replicas: a lease claimed on one api process is served by any
+other (the call is forwarded to the process holding it, lease_relay.py), with the same answers,
+and a lease whose api process died is answered at once (real nats-server, PostgreSQL, two apis)."""
+
+import re
+import threading
+import time
+
+import httpx
+import pytest
+
+from .conftest import create_key
+from .stack import wait_until
+from .test_rest_workers import claim, submit
+
+LEASE_ID = re.compile(r"^ls_[0-9a-f]{8}_[A-Za-z0-9_-]+$")
+
+
+def _needs_postgresql(db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("several api processes share PostgreSQL (SQLite is the one-process default)")
+
+
+def _client(url: str, key: str) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=90)
+
+
+def test_a_lease_claimed_on_one_api_is_heartbeated_logged_asked_and_completed_on_another(stack, db_url):
+    _needs_postgresql(db_url)
+    api_a, api_b = stack.start_api(), stack.start_api()
+    other = create_key(db_url, "mallory", "submitter")
+    with (
+        _client(api_a.url, stack.admin_key) as a,
+        _client(api_b.url, stack.admin_key) as b,
+        _client(api_a.url, other) as ma,
+        _client(api_b.url, other) as mb,
+    ):
+        assert claim(a, "rr", create=True, wait_s=0)[0] == 204
+        job = submit(a, {"n": 1}, "rr")
+        code, got = claim(a, "rr", wait_s=5)
+        assert code == 200 and got["job"]["id"] == job["id"], got
+        lease = got["lease"]["id"]
+        assert LEASE_ID.match(lease), lease
+        owner = lease[3:11]
+
+        # Heartbeat and log on B: run by A, which holds the lease.
+        r = b.post(f"/api/v1/leases/{lease}/heartbeat", json={"pct": 30, "message": "a third"})
+        assert r.status_code == 200, r.text
+        assert r.json()["lease"]["id"] == lease and r.json()["lease"]["state"] == "active"
+        assert r.json()["lease"]["worker_id"] == "rest-admin-py"
+        wait_until(
+            lambda: (b.get(f"/api/v1/jobs/{job['id']}").json()["progress"] or {}).get("message") == "a third",
+            10,
+            "the progress sent through B",
+        )
+        r = b.post(f"/api/v1/leases/{lease}/log", json={"lines": ["one via b", "two via b"]})
+        assert (r.status_code, r.json()) == (200, {"stored": 2}), r.text
+        assert b.post(f"/api/v1/leases/{lease}/heartbeat").status_code == 200  # no body: as locally
+
+        # Another key: the same refusal on B as on A, and nothing changes.
+        for action, body in [("heartbeat", {}), ("complete", {"result": 1}), ("log", {"lines": ["x"]})]:
+            on_a = ma.post(f"/api/v1/leases/{lease}/{action}", json=body)
+            on_b = mb.post(f"/api/v1/leases/{lease}/{action}", json=body)
+            assert on_a.status_code == on_b.status_code == 403, (on_a.text, on_b.text)
+            assert on_a.json() == on_b.json() and "another API key" in on_b.json()["detail"]
+        # Unknown leases on B: never issued; issued by A (its id) but unknown there; issued by an
+        # api process that does not exist. Each a 404 naming the lease.
+        for unknown in ["ls_unknown", f"ls_{owner}_nosuchlease", "ls_0badf00d_nosuchlease"]:
+            r = b.post(f"/api/v1/leases/{unknown}/heartbeat")
+            assert r.status_code == 404 and unknown in r.json()["detail"], r.text
+        on_a = a.post(f"/api/v1/leases/ls_{owner}_nosuchlease/complete", json={})
+        on_b = b.post(f"/api/v1/leases/ls_{owner}_nosuchlease/complete", json={})
+        assert on_a.status_code == on_b.status_code == 404 and on_a.json() == on_b.json()
+        # Validation happens where the call arrives: a 422 naming the field, as on A.
+        r = b.post(f"/api/v1/leases/{lease}/fail", json={"error": {}})
+        assert r.status_code == 422 and "error.message" in r.json()["detail"], r.text
+
+        # Ask on B: a long-poll forwarded to A, answered on A's side through the inbox.
+        question = {"question": "Which region?", "name": "region", "choices": ["eu", "us"], "wait_s": 30}
+        box: dict = {}
+
+        def asking() -> None:
+            with _client(api_b.url, stack.admin_key) as c:
+                r = c.post(f"/api/v1/leases/{lease}/ask", json=question)
+                box["answer"], box["at"] = (r.status_code, r.json()), time.monotonic()
+
+        thread = threading.Thread(target=asking)
+        thread.start()
+        ck: dict = {}
+
+        def asked() -> bool:
+            nonlocal ck
+            found = a.get("/api/v1/checkpoints", params={"status": "pending", "job_id": job["id"]}).json()
+            ck = found["checkpoints"][0] if found["checkpoints"] else {}
+            return bool(ck)
+
+        wait_until(asked, 10, "the question asked through B in the inbox")
+        assert ck["kind"] == "question" and ck["message"] == "Which region?"
+        time.sleep(2)  # B's call keeps waiting (longer than a probe interval)
+        assert "answer" not in box
+        answered_at = time.monotonic()
+        r = a.post(f"/api/v1/checkpoints/{ck['id']}/answer", json={"answer": "eu"})
+        assert r.status_code == 200, r.text
+        thread.join(40)
+        code, answer = box["answer"]
+        assert code == 200 and (answer["status"], answer["answer"], answer["by"]) == (
+            "answered",
+            "eu",
+            "admin",
+        )
+        assert answer["checkpoint_id"] == ck["id"]
+        print(f"ask through B answered {box['at'] - answered_at:.2f}s after the answer")
+        assert box["at"] - answered_at < 3
+        # Asking again on B: answered at once (from the lease's journal on A), no second question.
+        started = time.monotonic()
+        again = b.post(f"/api/v1/leases/{lease}/ask", json=question).json()
+        assert again["status"] == "answered" and time.monotonic() - started < 2
+
+        # Complete on B: succeeded once; a second complete, on either api, is a 409 from A.
+        r = b.post(f"/api/v1/leases/{lease}/complete", json={"result": {"region": "eu"}})
+        assert r.status_code == 200, r.text
+        assert r.json()["outcome"] == "succeeded" and r.json()["lease"]["state"] == "completed"
+        for c in (a, b):
+            r = c.post(f"/api/v1/leases/{lease}/complete", json={"result": "twice"})
+            assert r.status_code == 409 and "completed" in r.json()["detail"], r.text
+        done = stack.wait_status(job["id"], "succeeded")
+        assert done["result"] == {"region": "eu"} and done["attempt"] == 1
+        kinds = [e["type"] for e in done["timeline"]]
+        assert kinds.count("started") == 1 and kinds.count("succeeded") == 1, kinds
+        assert "decided" in kinds and "worker_lost" not in kinds, kinds
+        lines = [x["line"] for x in b.get(f"/api/v1/jobs/{job['id']}/logs").json()["lines"]]
+        assert lines == ["one via b", "two via b"]
+        thread_msgs = b.get(f"/api/v1/jobs/{job['id']}/messages").json()["messages"]
+        assert [(m["author_kind"], m["checkpoint_id"]) for m in thread_msgs] == [
+            ("job", ck["id"]),
+            ("person", ck["id"]),
+        ], thread_msgs
+        assert len(a.get("/api/v1/checkpoints", params={"job_id": job["id"]}).json()["checkpoints"]) == 1
+
+        # Fail with retry on B, the claim of the next attempt on B and its complete on A: the
+        # forwarding works both ways.
+        flaky = submit(a, {"n": 2}, "rr")
+        code, got = claim(a, "rr", wait_s=5)
+        assert code == 200 and got["job"]["id"] == flaky["id"]
+        r = b.post(
+            f"/api/v1/leases/{got['lease']['id']}/fail",
+            json={"error": {"message": "try again"}, "retry": True, "delay_s": 0.2},
+        )
+        assert r.status_code == 200, r.text
+        assert (r.json()["outcome"], r.json()["delay_s"], r.json()["lease"]["state"]) == (
+            "retrying",
+            0.2,
+            "retrying",
+        )
+        code, again = claim(b, "rr", wait_s=10)
+        assert code == 200 and again["job"]["id"] == flaky["id"] and again["job"]["attempt"] == 2
+        assert again["lease"]["id"][3:11] != owner  # B's own lease
+        r = a.post(f"/api/v1/leases/{again['lease']['id']}/complete", json={"result": "second"})
+        assert r.status_code == 200, r.text
+        done = stack.wait_status(flaky["id"], "succeeded")
+        assert done["result"] == "second" and done["attempt"] == 2
+        kinds = [e["type"] for e in done["timeline"]]
+        assert kinds == ["queued", "started", "retrying", "started", "succeeded"], kinds
+    assert api_a.alive() and api_b.alive()
+
+
+def test_a_lease_whose_api_was_killed_is_a_404_on_another_and_its_job_runs_again(stack, db_url):
+    """kill -9 the api holding a lease while another api forwards a long-poll ask to it: the
+    forwarded call ends within a probe interval (not at its timeout) with a 404 naming the lease,
+    later calls are 404s at once, and the job's delivery comes back after ack_wait to run on a
+    Python executor, its lost attempt counted."""
+    _needs_postgresql(db_url)
+    fast = {"TASKYARD_NATS_ACK_WAIT_S": "3"}
+    api_a, api_b = stack.start_api(**fast), stack.start_api(**fast)
+    with _client(api_a.url, stack.admin_key) as a, _client(api_b.url, stack.admin_key) as b:
+        assert claim(a, "gone", create=True, wait_s=0)[0] == 204
+        job = submit(a, {"n": "gone"}, "gone")
+        code, got = claim(a, "gone", wait_s=5, lease_s=600)  # only the api's death ends it
+        assert code == 200 and got["job"]["id"] == job["id"]
+        lease = got["lease"]["id"]
+        assert b.post(f"/api/v1/leases/{lease}/heartbeat", json={"pct": 10}).status_code == 200
+        box: dict = {}
+
+        def asking() -> None:
+            with _client(api_b.url, stack.admin_key) as c:
+                r = c.post(f"/api/v1/leases/{lease}/ask", json={"question": "Still there?", "wait_s": 30})
+                box["answer"], box["at"] = (r.status_code, r.json()), time.monotonic()
+
+        thread = threading.Thread(target=asking)
+        thread.start()
+        wait_until(
+            lambda: a.get("/api/v1/checkpoints", params={"job_id": job["id"]}).json()["checkpoints"],
+            10,
+            "the question on A",
+        )
+        time.sleep(0.5)
+        api_a.kill9()
+        killed = time.monotonic()
+        thread.join(40)
+        code, answer = box["answer"]
+        waited = box["at"] - killed
+        print(f"forwarded ask in flight: answered {waited:.2f}s after the kill: {code} {answer}")
+        assert code == 404 and lease in answer["detail"] and "gone" in answer["detail"], answer
+        assert waited < 3, waited
+        for action, body in [("heartbeat", {}), ("complete", {"result": 1}), ("log", {"lines": ["x"]})]:
+            started = time.monotonic()
+            r = b.post(f"/api/v1/leases/{lease}/{action}", json=body)
+            took = time.monotonic() - started
+            assert r.status_code == 404 and lease in r.json()["detail"], r.text
+            assert took < 1, (action, took)
+        # The delivery A held comes back after ack_wait (3 s) and runs on a Python executor.
+        stack.start_executor(queues="gone", handlers="handlers_for_tests", slots=1)
+        done = stack.wait_status(job["id"], "succeeded", timeout=60)
+        assert done["result"] == {"n": "gone"} and done["attempt"] == 2
+        assert not done["worker_id"].startswith("rest-")
+        lost = [e for e in done["timeline"] if e["type"] == "worker_lost"]
+        assert len(lost) == 1 and lost[0]["attempt"] == 1 and lost[0]["worker_id"] == "rest-admin-py"
+        assert [e["type"] for e in done["timeline"]].count("succeeded") == 1
+    assert api_b.alive()
