@@ -1,8 +1,18 @@
 """REST workers' questions share the executor's checkpoint ids, so a decision in a job's journal
-answers the same question wherever the job runs next (a REST worker or ctx.ask)."""
+answers the same question wherever the job runs next (a REST worker or ctx.ask); a lease call
+forwarded to the api process holding the lease, and its answer, cross the wire unchanged."""
 
+import json
+
+import pytest
+
+from taskyard_api.auth import Principal
 from taskyard_api.checkpoints import _after
-from taskyard_api.leases import LEASE_ON_REJECT, question_id
+from taskyard_api.failures import DomainError
+from taskyard_api.lease_relay import Answer, Forwarded
+from taskyard_api.leases import LEASE_ON_REJECT, LeaseService, question_id
+from taskyard_api.routes_leases import CALLS, AskIn, CompleteIn, ErrorIn, FailIn, HeartbeatIn, LogIn
+from taskyard_api.views import JsonAnswer
 from taskyard_executor.checkpoints import checkpoint_request
 
 
@@ -34,3 +44,60 @@ def test_deciding_a_rest_question_leaves_the_running_job_to_its_worker():
     job = object()
     for status in ("answered", "rejected", "expired"):
         assert _after(job, Ck(), status, None, 0.0, None) is job  # type: ignore[arg-type]
+
+
+def test_a_forwarded_lease_call_and_its_answer_survive_the_wire():
+    """What one api process sends the one holding a lease, and what comes back: the call, the
+    caller's key and the body as validated; the owner's status and body byte for byte."""
+    body = AskIn(question="Which région? \u2603", name="r\nx", choices=["eu", "us"], wait_s=12.5)
+    who = Principal("k1d", "bob's key", "submitter")
+    call = Forwarded("ask", "ls_0a1b2c3d_Xy-_z", who, body.model_dump(mode="json"))
+    back = Forwarded.decode(call.encode())
+    assert back == call and back.who == who
+    assert AskIn.model_validate(back.body) == body
+    assert CALLS["ask"].wait_s(body) == 12.5 and CALLS["heartbeat"].wait_s(HeartbeatIn()) == 0.0
+    # Every call's body, defaults included, validates again on the owner as the same value.
+    samples = {
+        "heartbeat": HeartbeatIn(),
+        "log": LogIn(lines=["a", "b\nc"], stream="stderr"),
+        "complete": CompleteIn(result={"n": [1, 2.5, None, "x"], "big": 2**70}),
+        "fail": FailIn(error=ErrorIn(message="boom"), retry=False, delay_s=None),
+        "ask": body,
+    }
+    assert set(samples) == set(CALLS)
+    for action, sample in samples.items():
+        wire = Forwarded.decode(
+            Forwarded(action, "ls_0a1b2c3d_x", who, sample.model_dump(mode="json")).encode()
+        )
+        assert CALLS[action].model.model_validate(wire.body) == sample, action
+
+    for status, content in [
+        (200, {"lease": {"id": "ls_x"}, "outcome": "succeeded"}),
+        (404, {"detail": "a\nb"}),
+    ]:
+        rendered = bytes(JsonAnswer(content).body)
+        answer = Answer.decode(Answer(status, rendered).encode())
+        assert (answer.status, answer.body) == (status, rendered)
+        assert json.loads(answer.body) == content
+
+
+def test_a_malformed_forwarded_call_is_a_refusal_not_a_crash():
+    for data in [b"", b"{", b"[]", b'{"action": "ask"}', b'{"action":"a","lease_id":"l","key":{},"body":{}}']:
+        with pytest.raises(DomainError, match="malformed forwarded lease call"):
+            Forwarded.decode(data)
+    good = {"action": "log", "lease_id": "l", "key": {"id": "i", "name": "n", "role": "admin"}, "body": []}
+    with pytest.raises(DomainError, match="body is not an object"):
+        Forwarded.decode(json.dumps(good).encode())
+
+
+def test_a_lease_id_names_the_api_process_that_issued_it():
+    assert LeaseService.owner_of("ls_0a1b2c3d_Xy-_z12") == "0a1b2c3d"
+    for foreign in [
+        "ls_unknown",
+        "ls_0A1B2C3D_x",
+        "ls_0a1b2c3_x",
+        "ls_0a1b2c3d_",
+        "ls_0a1b2c3dx_y",
+        "xx_0a1b2c3d_y",
+    ]:
+        assert LeaseService.owner_of(foreign) is None, foreign
