@@ -6,6 +6,7 @@ import contextlib
 import re
 import threading
 import time
+from datetime import datetime
 
 import httpx
 import pytest
@@ -223,7 +224,7 @@ def test_a_lease_whose_api_was_killed_is_a_404_on_another_and_its_job_runs_again
         assert running["worker_id"] == "rest-admin-py" and running["progress"]["pct"] == 10, running
         time.sleep(0.5)
         api_a.kill9()
-        killed = time.monotonic()
+        killed, killed_at = time.monotonic(), time.time()
         thread.join(40)
         code, answer = box["answer"]
         waited = box["at"] - killed
@@ -244,4 +245,9 @@ def test_a_lease_whose_api_was_killed_is_a_404_on_another_and_its_job_runs_again
         lost = [e for e in done["timeline"] if e["type"] == "worker_lost"]
         assert len(lost) == 1 and lost[0]["attempt"] == 1 and lost[0]["worker_id"] == "rest-admin-py"
         assert [e["type"] for e in done["timeline"]].count("succeeded") == 1
+        # Back after ack_wait: A's last in_progress was at most ack_wait/3 (1 s) before the kill.
+        second = next(e for e in done["timeline"] if e["type"] == "started" and e["attempt"] == 2)
+        back = datetime.fromisoformat(second["at"]).timestamp() - killed_at
+        print(f"the job started again {back:.2f}s after the kill (ack_wait 3 s)")
+        assert 3 - 1 - 0.5 <= back < 15, back
     assert api_b.alive()
