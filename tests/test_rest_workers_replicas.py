@@ -2,17 +2,28 @@
 other (the call is forwarded to the process holding it, lease_relay.py), with the same answers,
 and a lease whose api process died is answered at once (real nats-server, PostgreSQL, two apis)."""
 
+import asyncio
 import contextlib
 import re
+import secrets
 import threading
 import time
 from datetime import datetime
 
 import httpx
+import nats
 import pytest
 
+from taskyard_api.auth import Principal
+from taskyard_api.failures import NotFound, Refused, TooLarge
+from taskyard_api.lease_relay import Forwarded, LeaseRelay
+from taskyard_api.leases import LeaseService
+from taskyard_api.routes_leases import CALLS
+from taskyard_common.settings import NatsSettings
+from taskyard_common.topology import Topology
+
 from .conftest import create_key
-from .stack import wait_until
+from .stack import run_async, wait_until
 from .test_rest_workers import claim, submit
 
 LEASE_ID = re.compile(r"^ls_[0-9a-f]{8}_[A-Za-z0-9_-]+$")
@@ -251,3 +262,55 @@ def test_a_lease_whose_api_was_killed_is_a_404_on_another_and_its_job_runs_again
         print(f"the job started again {back:.2f}s after the kill (ack_wait 3 s)")
         assert 3 - 1 - 0.5 <= back < 15, back
     assert api_b.alive()
+
+
+def test_forwarding_to_an_owner_absent_stuck_or_gone_midway_ends_with_a_clear_refusal(nats_server):
+    """The forwarding layer against the real nats-server, the owner played by a bare subscriber:
+    none at all is a 404 at once; one that answers probes but never the call is a 409 at the
+    call's timeout; one that leaves while a call waits is a 404 within a probe; a call larger than
+    NATS carries is a 413."""
+
+    async def go() -> None:
+        topo = Topology(NatsSettings(url=nats_server.url, prefix="t" + secrets.token_hex(4)))
+        nc, owner_nc = await nats.connect(nats_server.url), await nats.connect(nats_server.url)
+        loop = asyncio.get_running_loop()
+        try:
+            relay = LeaseRelay(nc, topo, LeaseService(nc, nc.jetstream(), topo, None, 1024), CALLS)  # type: ignore[arg-type]
+            who = Principal("k1", "bob", "submitter")
+
+            def call(owner: str, action: str = "heartbeat", body: dict | None = None) -> Forwarded:
+                return Forwarded(action, f"ls_{owner}_x", who, body or {"pct": None, "message": ""})
+
+            started = loop.time()
+            with pytest.raises(NotFound, match=r"lease ls_0000aaaa_x not found: .* \(0000aaaa\) is gone"):
+                await relay.forward("0000aaaa", call("0000aaaa"), timeout_s=30)
+            assert loop.time() - started < 0.5
+
+            async def stuck(msg) -> None:
+                if not msg.data:  # alive: answers the probes, never the call
+                    await msg.respond(b"")
+
+            await owner_nc.subscribe(topo.lease_subject("0000bbbb"), cb=stuck)
+            await owner_nc.flush()
+            started = loop.time()
+            with pytest.raises(Refused, match=r"lease ls_0000bbbb_x: .* did not answer within 2.5s"):
+                await relay.forward("0000bbbb", call("0000bbbb"), timeout_s=2.5)
+            assert 2.5 <= loop.time() - started < 3.5
+
+            loop.call_later(1.5, lambda: asyncio.ensure_future(owner_nc.close()))
+            started = loop.time()
+            with pytest.raises(NotFound, match="is gone"):
+                await relay.forward("0000bbbb", call("0000bbbb", "ask"), timeout_s=60)
+            gone_after = loop.time() - started
+            print(f"owner gone 1.5 s into a call: answered {gone_after:.2f}s after the call")
+            assert 1.5 <= gone_after < 1.5 + 1.5, gone_after
+
+            big = call("0000cccc", "log", {"lines": ["x" * nc.max_payload], "stream": "log"})
+            with pytest.raises(TooLarge, match="larger than NATS carries"):
+                await relay.forward("0000cccc", big, timeout_s=5)
+        finally:
+            await nc.close()
+            if not owner_nc.is_closed:
+                await owner_nc.close()
+
+    run_async(go())
