@@ -20,6 +20,7 @@ from nats.errors import Error as NatsError
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from taskyard_common import event_loop
 from taskyard_common.gc_tuning import settle_gc
 from taskyard_common.logging_setup import setup_logging, uvicorn_log_config
 from taskyard_common.nats_util import connect
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = ExecutorSettings(**overrides)
     setup_logging("taskyard-executor")
     try:
-        asyncio.run(serve(settings))
+        event_loop.run(serve(settings))
     except QueueLimitReached as exc:
         print(f"taskyard-executor: {exc}", file=sys.stderr)
         return 2
