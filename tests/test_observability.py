@@ -30,6 +30,10 @@ from taskyard_common.schemas import Heartbeat
 
 from .stack import Service, Stack, free_port
 
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="the metrics service and Prometheus read NATS, not the database"
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
