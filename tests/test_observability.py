@@ -191,7 +191,7 @@ def exported_metrics() -> set[str]:
         starts_alone=0,
     )
     (route,) = [r for r in health_app(worker).routes if getattr(r, "path", None) == "/metrics"]
-    body = asyncio.run(route.endpoint()).body.decode()
+    body = asyncio.run(route.endpoint(None)).body.decode()
     names |= {s.name for fam in text_string_to_metric_families(body) for s in fam.samples}
     return names
 
