@@ -1,5 +1,15 @@
 """Fixtures: one real nats-server per session (tests isolate by topology prefix) and a fresh
-database per test: SQLite, plus PostgreSQL when TASKYARD_TEST_DATABASE_URL is set."""
+database per test: SQLite, plus PostgreSQL when TASKYARD_TEST_DATABASE_URL is set.
+
+Which tests run on both databases (docs/testing.md, "One database or both"): every test that
+uses `db_url` (directly or through `stack`) runs once per database in DATABASES, except a test
+marked `@pytest.mark.one_database("sqlite" | "postgresql", why="...")`, whose subject is not the
+database (a JetStream node fault, a nats-server restart, a browser page, CLI output, input
+checks that never reach SQL, executor-side behaviour, metrics and alerting): it runs on the
+database it names, or on SQLite when PostgreSQL is not configured. Anything that exercises SQL
+paths (projector, gates, search, keys and rate limits, outbox, retention, two apis, reconcile,
+costs, migrations) stays on both.
+"""
 
 import os
 import secrets
@@ -29,14 +39,35 @@ def pytest_addoption(parser):
     )
 
 
+def one_database(item) -> str | None:
+    """The database a `one_database`-marked test runs on (None: unmarked, it runs on each)."""
+    mark = item.get_closest_marker("one_database")
+    if mark is None:
+        return None
+    [name] = mark.args
+    if name not in ("sqlite", "postgresql") or not mark.kwargs.get("why"):
+        raise pytest.UsageError(f'{item.nodeid}: one_database("sqlite" | "postgresql", why=...)')
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or "db_url" not in callspec.params:
+        return None  # no database (a module-wide mark also covers such tests): it runs once anyway
+    return name if name in DATABASES else "sqlite"
+
+
 def pytest_collection_modifyitems(config, items):
-    """`task test` runs the stack tests in two passes: the parallel one (xdist) without the
-    `serial` tests, then those alone, so neither their bounds nor their load meets the others."""
+    """A `one_database` test keeps only its database's case. `task test` runs the stack tests in
+    two passes: the parallel one (xdist) without the `serial` tests, then those alone, so neither
+    their bounds nor their load meets the others."""
     mode = config.getoption("--serial-tests")
-    if mode == "include":
-        return
-    keep = [item for item in items if (item.get_closest_marker("serial") is not None) == (mode == "only")]
-    dropped = [item for item in items if item not in keep]
+
+    def kept(item) -> bool:
+        db = one_database(item)
+        if db is not None and item.callspec.params["db_url"] != db:
+            return False
+        return mode == "include" or (item.get_closest_marker("serial") is not None) == (mode == "only")
+
+    keep, dropped = [], []
+    for item in items:
+        (keep if kept(item) else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep

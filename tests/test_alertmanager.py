@@ -40,7 +40,12 @@ needs_alertmanager = pytest.mark.skipif(
     ALERTMANAGER is None or shutil.which("amtool") is None,
     reason="alertmanager/amtool not on PATH: apt-get install -y prometheus-alertmanager",
 )
-pytestmark = needs_alertmanager
+pytestmark = [
+    needs_alertmanager,
+    pytest.mark.one_database(
+        "sqlite", why="alert routing and delivery; the metrics service reads NATS, not the database"
+    ),
+]
 
 
 class Receiver:

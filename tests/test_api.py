@@ -165,6 +165,7 @@ def test_retry_a_failed_job(stack):
         assert r.status_code == 409 and "succeeded" in r.json()["detail"]
 
 
+@pytest.mark.one_database("sqlite", why="logs live in a JetStream stream")
 def test_logs_follow_streams_live_lines_then_ends(stack):
     stack.start_api()
     stack.start_executor()
@@ -191,6 +192,7 @@ def test_logs_follow_streams_live_lines_then_ends(stack):
     assert arrival[2] - arrival[0] > 0.5  # lines arrived as they were written, not all at the end
 
 
+@pytest.mark.one_database("sqlite", why="logs live in a JetStream stream")
 def test_many_log_reads_leave_no_consumer_behind(stack):
     # A consumer per read lived 30 s on the server: ~1,000 reads in that time hit JetStream's limit.
     stack.start_api()
@@ -224,6 +226,7 @@ def test_head_revision_is_alembics_head():
     assert ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head() == HEAD_REVISION
 
 
+@pytest.mark.one_database("sqlite", why="readiness on a fresh SQLite file")
 def test_readiness_says_not_migrated_until_the_migration_runs(stack, tmp_path):
     if not stack.db_url.startswith("sqlite"):
         pytest.skip("one database is enough for readiness")

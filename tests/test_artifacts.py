@@ -16,6 +16,10 @@ from .conftest import create_key
 from .stack import run_async
 from .test_cli import cli
 
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="artifacts live in a JetStream object store; executor-side staging; limits"
+)
+
 
 def _sha(path: Path) -> str:
     digest = hashlib.sha256()

@@ -11,6 +11,10 @@ from taskyard_api.ratelimit import FailureLimiter
 from taskyard_api.settings import ApiSettings
 from taskyard_ui.settings import UiSettings
 
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="in-memory limiters and proxy-header handling in the api process"
+)
+
 # --- unit: buckets and the limiter ---------------------------------------------------------------
 
 

@@ -44,6 +44,7 @@ def test_schemathesis_all_checks_find_nothing(stack):
     print(f"schemathesis: {time.monotonic() - started:.0f} s")
 
 
+@pytest.mark.one_database("sqlite", why="the OpenAPI document")
 def test_openapi_declares_the_error_shape_and_the_rules(stack):
     stack.start_api()
     doc = httpx.get(f"{stack.api.url}/openapi.json").json()
@@ -68,6 +69,7 @@ def test_openapi_declares_the_error_shape_and_the_rules(stack):
     assert "registered" in doc["components"]["schemas"]["JobCreate"]["properties"]["type"]["description"]
 
 
+@pytest.mark.one_database("sqlite", why="executor-side: the shell handler's arguments")
 def test_shell_arguments_are_never_interpreted_by_a_shell(stack, tmp_path):
     stack.start_api()
     stack.start_executor()
@@ -100,6 +102,7 @@ def test_unicode_huge_lines_and_odd_ids(stack):
         assert c.get("/api/v1/jobs/%00").status_code == 422  # NUL: refused before any lookup
 
 
+@pytest.mark.one_database("sqlite", why="the api's in-memory submit limiter")
 def test_submissions_are_rate_limited_per_key_with_retry_after(stack):
     stack.start_api(TASKYARD_API_SUBMIT_RATE_PER_S="2", TASKYARD_API_SUBMIT_BURST="5")
     other = create_key(stack.db_url, "other", "submitter")
@@ -119,6 +122,7 @@ def test_submissions_are_rate_limited_per_key_with_retry_after(stack):
         assert c.post("/api/v1/jobs", json={"type": "noop"}).status_code == 201
 
 
+@pytest.mark.one_database("sqlite", why="the api's in-memory key-guessing limiter")
 def test_guessing_keys_is_throttled(stack):
     stack.start_api(TASKYARD_API_AUTH_FAILURES_LIMIT="5", TASKYARD_API_AUTH_FAILURES_WINDOW_S="60")
     codes = []

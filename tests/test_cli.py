@@ -5,9 +5,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from taskyard import AsyncClient, Client, TaskyardError
 
 from .stack import free_port
+
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="CLI and SDK rendering over the REST API, whose SQL the API tests run on both databases"
+)
 
 
 def cli(stack, *args: str, key: str | None = None) -> subprocess.CompletedProcess:

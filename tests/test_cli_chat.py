@@ -8,11 +8,17 @@ import sys
 import threading
 import time
 
+import pytest
+
 from taskyard._calls import messages, post_message
 from taskyard._render_chat import clock, message_line, question_prompt
 
 from .test_cli_checkpoints import cli, transcript
 from .test_conversations import submit
+
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="CLI and SDK rendering over the REST API, whose SQL the API tests run on both databases"
+)
 
 
 def test_requests_and_lines():

@@ -7,10 +7,16 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 from taskyard import AsyncClient, Client, TaskyardError
 from taskyard._calls import answer, approve, checkpoints, reject
 from taskyard._render_checkpoints import checkpoint_row, decision_line, expires, parse_answer
 from taskyard._render_ops import waiting_lines
+
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="CLI and SDK rendering over the REST API, whose SQL the API tests run on both databases"
+)
 
 CK = "ck_0123456789abcdef01234567"
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z

@@ -11,6 +11,10 @@ import pytest
 from tests.stack import wait_until
 from tests.test_cli import cli
 
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="CLI and SDK rendering over the REST API, whose SQL the API tests run on both databases"
+)
+
 
 def test_cli_drains_a_worker_pauses_all_and_reads_the_audit_log(stack):
     stack.start_api()

@@ -8,7 +8,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from taskyard._render_ops import check_lines, duration, queue_row, span, waiting_lines, worker_row
+
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="CLI and SDK rendering over the REST API, whose SQL the API tests run on both databases"
+)
 
 # Rendering
 

@@ -6,7 +6,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from .test_cli_checkpoints import transcript
+
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="CLI and SDK rendering over the REST API, whose SQL the API tests run on both databases"
+)
 
 
 def cli(stack, *args: str) -> subprocess.CompletedProcess:

@@ -8,7 +8,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from .test_cli import cli
+
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="CLI and SDK rendering over the REST API, whose SQL the API tests run on both databases"
+)
 
 HANDLERS = "handlers_for_tests"
 

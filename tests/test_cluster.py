@@ -71,6 +71,9 @@ def settle(
     return counts
 
 
+@pytest.mark.one_database(
+    "postgresql", why="JetStream node faults; PostgreSQL is a cluster deployment's database"
+)
 def test_kill_9_the_jobs_leader_then_restart_it(cluster_stack, nats_cluster):
     stack = cluster_stack
     services = start_services(stack)
@@ -94,6 +97,9 @@ def test_kill_9_the_jobs_leader_then_restart_it(cluster_stack, nats_cluster):
     settle(stack, load, finished, services, what, recovery, load.steady_rate(fault_at))
 
 
+@pytest.mark.one_database(
+    "postgresql", why="JetStream node faults; PostgreSQL is a cluster deployment's database"
+)
 def test_kill_9_the_events_leader(cluster_stack, nats_cluster):
     stack = cluster_stack
     services = start_services(stack)
@@ -112,6 +118,9 @@ def test_kill_9_the_events_leader(cluster_stack, nats_cluster):
     settle(stack, load, finished, services, what, recovery, load.steady_rate(fault_at))
 
 
+@pytest.mark.one_database(
+    "postgresql", why="JetStream node faults; PostgreSQL is a cluster deployment's database"
+)
 def test_stop_a_non_leader_for_20_s(cluster_stack, nats_cluster):
     stack = cluster_stack
     services = start_services(stack)
@@ -245,6 +254,9 @@ def _colocate(stack, cluster, watch: "Watch", parked: str, default: str) -> dict
     raise AssertionError(f"parked's and default's consumer leaders stay apart: {leaders}")
 
 
+@pytest.mark.one_database(
+    "postgresql", why="JetStream node faults; PostgreSQL is a cluster deployment's database"
+)
 def test_positions_and_worker_health_when_consumer_leaders_move(cluster_stack, nats_cluster):
     """Positions stay exact (never a wrong number; for a while none, while no consumer leader
     answers), and workers read healthy again, when the consumer leaders step down, when their node
@@ -307,6 +319,7 @@ def test_positions_and_worker_health_when_consumer_leaders_move(cluster_stack, n
     assert all(svc.alive() for svc in services)
 
 
+@pytest.mark.one_database("postgresql", why="several api processes share PostgreSQL only")
 def test_kill_one_of_two_apis_mid_projection(cluster_stack, db_url):
     """tests/test_two_apis.py's fault on the cluster: one of two apis dies inside a projection
     transaction under 500+ jobs/s; nothing is half-applied, every job ends once."""

@@ -17,6 +17,10 @@ from .conftest import create_key
 from .stack import ROOT, wait_until
 from .test_ui_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, sign_in, start_ui, submit_api
 
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="a browser page over the REST API, whose SQL the API tests run on both databases"
+)
+
 SCREENSHOTS = os.environ.get("TASKYARD_SCREENSHOTS", "")
 PHONE = {"width": 390, "height": 844}
 

@@ -88,6 +88,7 @@ def test_a_scheduled_job_cancels_survives_an_api_crash_and_retries_with_a_delay(
     assert done["generation"] == 1 and _ts(done["started_at"]) >= retried_at + 0.9
 
 
+@pytest.mark.one_database("sqlite", why="input checks that refuse before any SQL")
 def test_bad_times_are_422s_naming_the_field_and_store_nothing(stack):
     stack.start_api()
     with stack.http() as c:

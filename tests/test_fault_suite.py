@@ -26,6 +26,7 @@ def submit_many(c, specs: list[dict], chunk: int = 500) -> set[str]:
     return ids
 
 
+@pytest.mark.one_database("postgresql", why="executor kills and a nats-server restart")
 def test_kill_executors_and_restart_nats_under_load(own_nats_stack):
     stack = own_nats_stack
     stack.extra_env["TASKYARD_NATS_ACK_WAIT_S"] = "3"
@@ -126,6 +127,7 @@ def _submit_load(stack, worker: int, stop: threading.Event, answers: list[Answer
 
 
 @pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL (TASKYARD_TEST_DATABASE_URL)")
+@pytest.mark.one_database("postgresql", why="taking a database away is done on PostgreSQL")
 def test_database_down_10s_under_submit_load(stack):
     """The database goes away for 10 s while three clients keep submitting and an executor runs.
 
@@ -239,6 +241,7 @@ def test_database_down_10s_under_submit_load(stack):
     )
 
 
+@pytest.mark.one_database("sqlite", why="the JetStream logs stream's limits")
 def test_full_logs_stream_drops_oldest_lines_not_jobs(stack):
     stack.extra_env["TASKYARD_NATS_LOGS_MAX_BYTES"] = "200000"
     stack.start_api()

@@ -7,6 +7,7 @@ import pytest
 from .stack import PG_URL, rename_db, wait_until
 
 
+@pytest.mark.one_database("postgresql", why="a nats-server restart")
 def test_nats_restart_mid_run_loses_nothing_and_services_recover(own_nats_stack):
     stack = own_nats_stack
     stack.start_api()
@@ -35,6 +36,7 @@ def test_nats_restart_mid_run_loses_nothing_and_services_recover(own_nats_stack)
 
 
 @pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL (TASKYARD_TEST_DATABASE_URL)")
+@pytest.mark.one_database("postgresql", why="taking a database away is done on PostgreSQL")
 def test_database_down_gives_503_and_recovers_without_losing_events(stack):
     if not stack.db_url.startswith("postgresql"):
         pytest.skip("taking a database away is exercised on PostgreSQL")

@@ -83,6 +83,7 @@ def _scrape(url: str, name: str) -> float:
     return sum(float(x.rsplit(" ", 1)[1]) for x in lines)
 
 
+@pytest.mark.one_database("postgresql", why="several api processes share PostgreSQL only")
 def test_two_apis_open_every_gate_once_and_call_back_once(stack, db_url):
     if not db_url.startswith("postgresql"):
         pytest.skip("several api processes share PostgreSQL (SQLite is the one-process default)")

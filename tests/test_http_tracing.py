@@ -4,8 +4,11 @@ import json
 import time
 
 import httpx
+import pytest
 
 from tests.test_tracing import OtlpReceiver
+
+pytestmark = pytest.mark.one_database("sqlite", why="trace propagation over HTTP and JSON logs")
 
 LOG_KEYS = {"time", "level", "logger", "message", "service"}
 

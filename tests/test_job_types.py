@@ -3,6 +3,11 @@
 import time
 
 import httpx
+import pytest
+
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="payload checks and the registered-types bucket (NATS KV), before any SQL"
+)
 
 UNKNOWN_FLAKY = (
     "type: unknown job type 'flaky': not built-in (noop, sleep, shell, python, http) "

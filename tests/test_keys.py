@@ -320,6 +320,7 @@ def test_strategies_keep_latest_cancel_newest_cancel_in_progress_and_the_throttl
         ({"type": "noop", "rate": {"key": "r", "per_s": 0}}, "rate.per_s"),
     ],
 )
+@pytest.mark.one_database("sqlite", why="input checks that refuse before any SQL")
 def test_bad_keys_are_422s_naming_the_field_and_nothing_is_stored(stack, body, field):
     stack.start_api()
     with stack.http() as c:
@@ -386,6 +387,7 @@ def test_configured_defaults_give_a_key_from_a_template_with_a_limit_per_key(sta
     assert "concurrency" not in untagged and untagged["status"] == "queued"
 
 
+@pytest.mark.one_database("postgresql", why="several api processes share PostgreSQL only")
 def test_two_apis_admitting_one_key_at_once_never_pass_its_limit(stack, db_url):
     """100 submits of one key (limit 2) spread over two api processes at once: exactly 2 hold a
     place; 20 cancels of holders through both, at once: still exactly 2 (each freed place to one)."""

@@ -1,11 +1,17 @@
 """A throttled job's page in a real browser says which key holds it and how many wait before it."""
 
+import pytest
+
 from .stack import Stack
 from .test_ui_work import (  # noqa: F401 - the browser fixtures
     browser,
     expect,
     pages,
     sign_in,
+)
+
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="a browser page over the REST API, whose SQL the API tests run on both databases"
 )
 
 

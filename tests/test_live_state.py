@@ -24,6 +24,10 @@ from taskyard_common.topology import Topology
 
 from .stack import run_async
 
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="slots and positions come from heartbeats and JetStream consumers"
+)
+
 FRESH_S = 0.2
 # The default heartbeat interval: only a heartbeat on change can show the burst in time.
 INTERVAL_5S = {"TASKYARD_NATS_HEARTBEAT_INTERVAL_S": "5"}

@@ -142,6 +142,7 @@ def test_a_receiver_down_for_30_s_gets_the_notification_once_it_is_back(stack, t
             receiver.stop()
 
 
+@pytest.mark.one_database("sqlite", why="a settings check at submit, before any SQL")
 def test_notify_needs_a_signing_secret(stack):
     stack.start_api()
     with stack.http() as c:

@@ -30,6 +30,10 @@ from taskyard_common.schemas import Heartbeat
 
 from .stack import Service, Stack, free_port
 
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="the metrics service and Prometheus read NATS, not the database"
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
@@ -187,7 +191,7 @@ def exported_metrics() -> set[str]:
         starts_alone=0,
     )
     (route,) = [r for r in health_app(worker).routes if getattr(r, "path", None) == "/metrics"]
-    body = asyncio.run(route.endpoint()).body.decode()
+    body = asyncio.run(route.endpoint(None)).body.decode()
     names |= {s.name for fam in text_string_to_metric_families(body) for s in fam.samples}
     return names
 

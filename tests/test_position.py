@@ -3,11 +3,16 @@
 import random
 import time
 
+import pytest
+
 from .stack import wait_until
 
 PRIORITY_ORDER = {"high": 0, "normal": 1, "low": 2}
 
 
+@pytest.mark.one_database(
+    "sqlite", why="positions and worker health come from JetStream consumers and the workers bucket"
+)
 def test_position_is_exact_against_a_brute_force_count(stack):
     stack.start_api(TASKYARD_API_QUEUE_STATE_CACHE_S="0.2")
     stack.start_executor(handlers="handlers_for_tests", slots=2)
@@ -47,6 +52,9 @@ def test_position_is_exact_against_a_brute_force_count(stack):
     assert sorted(expected.values()) == list(range(48))
 
 
+@pytest.mark.one_database(
+    "sqlite", why="positions and worker health come from JetStream consumers and the workers bucket"
+)
 def test_reason_goes_no_workers_then_behind_others_then_runs(stack):
     # The api's default 1 s workers cache: "no workers" must still end once the executor is ready.
     stack.start_api(TASKYARD_API_QUEUE_STATE_CACHE_S="0.1")
@@ -83,6 +91,9 @@ def test_reason_goes_no_workers_then_behind_others_then_runs(stack):
         assert worker.alive()
 
 
+@pytest.mark.one_database(
+    "sqlite", why="positions and worker health come from JetStream consumers and the workers bucket"
+)
 def test_killed_worker_turns_stale_then_gone(stack):
     stack.start_api(TASKYARD_API_WORKERS_CACHE_S="0.1")
     worker = stack.start_executor(queues="default,reports", slots=3)
@@ -105,6 +116,9 @@ def test_killed_worker_turns_stale_then_gone(stack):
     assert states["stale"] < states["gone"] <= 15, states
 
 
+@pytest.mark.one_database(
+    "sqlite", why="positions and worker health come from JetStream consumers and the workers bucket"
+)
 def test_sigterm_worker_is_draining_then_gone(stack):
     stack.start_api(TASKYARD_API_WORKERS_CACHE_S="0.1")
     worker = stack.start_executor(handlers="handlers_for_tests", TASKYARD_EXECUTOR_DRAIN_GRACE_S="5")
@@ -161,6 +175,9 @@ def test_a_job_read_right_after_its_submit_is_queued_with_a_position(stack):
             assert seen["stream_seq"] == job["stream_seq"] and seen["queue_position"] is not None, reason
 
 
+@pytest.mark.one_database(
+    "sqlite", why="positions and worker health come from JetStream consumers and the workers bucket"
+)
 def test_queues_past_one_page_of_consumers_have_depth_and_positions(stack):
     # 340 queues are 1,020 consumers: one JetStream consumer listing answers with 256 of them, and
     # nats-server 2.15 refuses a stream's 1,001st consumer unless the stream sets max_consumers.

@@ -53,6 +53,7 @@ def _epoch(iso: str) -> float:
         ),
     ],
 )
+@pytest.mark.one_database("sqlite", why="input checks that refuse before any SQL")
 def test_bad_input_is_a_422_naming_the_field_and_stores_nothing(stack, body, field):
     stack.start_api()
     with stack.http() as c:
@@ -213,6 +214,7 @@ def test_catch_up_all_after_a_real_restart(stack):
     assert len(caught_up) >= 3 and min(caught_up) < killed + 1.5, sorted(fires.items())
 
 
+@pytest.mark.one_database("postgresql", why="several api processes share PostgreSQL only")
 def test_two_apis_create_exactly_one_job_per_fire_time(stack, db_url):
     if not db_url.startswith("postgresql"):
         pytest.skip("several api processes share PostgreSQL (SQLite is the one-process default)")

@@ -7,6 +7,10 @@ import pytest
 
 from .stack import run_async
 
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="executor-side: which consumer an executor pulls from and how many it arms"
+)
+
 
 def started_at(job: dict) -> float:
     [start] = [e["at"] for e in job["timeline"] if e["type"] == "started"]

@@ -6,6 +6,7 @@ import threading
 
 import httpx
 import nats
+import pytest
 from nats.js.errors import NotFoundError
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -13,6 +14,8 @@ from taskyard_common.settings import NatsSettings
 from taskyard_common.topology import Topology
 
 from .stack import wait_until
+
+pytestmark = pytest.mark.one_database("sqlite", why="the api's task supervisor restarting a dying task")
 
 
 def _keep_deleting_consumer(url: str, prefix: str, stop: threading.Event) -> threading.Thread:

@@ -4,9 +4,14 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from .stack import free_port
+
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="trace propagation through NATS headers from api to executor"
+)
 
 
 class OtlpReceiver:

@@ -36,6 +36,7 @@ def test_a_job_submitted_on_one_api_reads_the_same_on_the_other(stack):
             assert answer["stream_seq"] is not None and seen["queue_position"] is not None, seen
 
 
+@pytest.mark.one_database("postgresql", why="several api processes share PostgreSQL only")
 def test_two_apis_submitting_and_projecting_at_once_lose_nothing(stack, db_url):
     if not db_url.startswith("postgresql"):
         pytest.skip("several api processes share PostgreSQL (SQLite is the one-process default)")
@@ -88,6 +89,7 @@ def _needs_postgresql(db_url: str) -> None:
         pytest.skip("several api processes share PostgreSQL (SQLite is the one-process default)")
 
 
+@pytest.mark.one_database("postgresql", why="several api processes share PostgreSQL only")
 def test_two_apis_outboxes_publish_each_due_job_once(stack, db_url):
     """2,000 jobs stored and never published (their api died after the commit); two apis start at
     once, both sweeping the outbox every 50 ms. Each job is published once: JetStream's dedupe
@@ -120,6 +122,7 @@ def test_two_apis_outboxes_publish_each_due_job_once(stack, db_url):
     assert_invariants(db_url, {row[0] for row in query(db_url, "SELECT id FROM jobs")})
 
 
+@pytest.mark.one_database("postgresql", why="several api processes share PostgreSQL only")
 def test_an_api_killed_mid_projection_leaves_nothing_half_applied(stack, db_url):
     api_killed_mid_projection(stack, db_url)
 

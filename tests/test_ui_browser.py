@@ -86,6 +86,9 @@ def job_id_from(page: Page) -> str:
     return m.group(1)
 
 
+@pytest.mark.one_database(
+    "sqlite", why="a browser page over the REST API, whose SQL the API tests run on both databases"
+)
 def test_sign_in_keyboard_and_sign_out(stack, page: Page):
     ui = start_ui(stack)
     page.goto(ui.url)  # not signed in: sent to the sign-in form
@@ -122,6 +125,9 @@ def test_sign_in_keyboard_and_sign_out(stack, page: Page):
     expect(page).to_have_url(re.compile(r"/login\?next=%2Fjobs"))
 
 
+@pytest.mark.one_database(
+    "sqlite", why="a browser page over the REST API, whose SQL the API tests run on both databases"
+)
 def test_fresh_install_getting_started_then_example_job_waits_for_a_worker(stack, page: Page):
     ui = start_ui(stack)
     sign_in(page, ui, stack.admin_key)
@@ -157,6 +163,9 @@ def test_fresh_install_getting_started_then_example_job_waits_for_a_worker(stack
     expect(page.get_by_role("region", name="Latest jobs, newest first")).to_contain_text(job_id)
 
 
+@pytest.mark.one_database(
+    "sqlite", why="a browser page over the REST API, whose SQL the API tests run on both databases"
+)
 def test_submit_a_shell_job_and_follow_its_log_live(stack, page: Page):
     ui = start_ui(stack)
     stack.start_executor()
@@ -192,6 +201,9 @@ def test_submit_a_shell_job_and_follow_its_log_live(stack, page: Page):
     assert stack.wait_status(job_id, "succeeded")["labels"] == {"team": "data"}
 
 
+@pytest.mark.one_database(
+    "sqlite", why="a browser page over the REST API, whose SQL the API tests run on both databases"
+)
 def test_queued_job_banner_names_the_missing_worker_then_it_runs(stack, page: Page):
     ui = start_ui(stack)
     sign_in(page, ui, stack.admin_key)
@@ -212,6 +224,9 @@ def test_queued_job_banner_names_the_missing_worker_then_it_runs(stack, page: Pa
     assert stack.wait_status(first, "succeeded")
 
 
+@pytest.mark.one_database(
+    "sqlite", why="a browser page over the REST API, whose SQL the API tests run on both databases"
+)
 def test_workers_page_shows_a_stopped_worker_as_gone(stack, page: Page):
     ui = start_ui(stack)
     executor = stack.start_executor(queues="default,etl", slots=3)
@@ -234,6 +249,9 @@ def test_workers_page_shows_a_stopped_worker_as_gone(stack, page: Page):
     expect(page.locator("#workers-table")).to_contain_text("1 gone")
 
 
+@pytest.mark.one_database(
+    "sqlite", why="a browser page over the REST API, whose SQL the API tests run on both databases"
+)
 def test_bad_json_in_the_submit_form_is_reported_next_to_the_field(stack, page: Page):
     ui = start_ui(stack)
     sign_in(page, ui, stack.admin_key)
@@ -270,6 +288,9 @@ def test_bad_json_in_the_submit_form_is_reported_next_to_the_field(stack, page: 
         assert c.get("/api/v1/jobs").json()["jobs"] == []
 
 
+@pytest.mark.one_database(
+    "sqlite", why="a browser page over the REST API, whose SQL the API tests run on both databases"
+)
 def test_jobs_list_filters_search_pages_and_bulk_actions(stack, page: Page):
     ui = start_ui(stack)
     with stack.http() as c:
@@ -352,6 +373,9 @@ def test_ui_stays_fast_with_10000_jobs(stack):
 
 
 @pytest.mark.skipif(not SCREENSHOTS, reason="set TASKYARD_SCREENSHOTS=docs/screenshots to (re)write them")
+@pytest.mark.one_database(
+    "sqlite", why="a browser page over the REST API, whose SQL the API tests run on both databases"
+)
 def test_screenshots_of_every_page(stack, page: Page):
     """Real data on every page, photographed for the README (not part of normal runs)."""
     out = Path(SCREENSHOTS)

@@ -1,9 +1,14 @@
 """UI admin controls (drain/stop behind a confirmation, pause all) and the audit page, over HTTP."""
 
 import httpx
+import pytest
 
 from tests.conftest import create_key
 from tests.stack import wait_until
+
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="a browser page over the REST API, whose SQL the API tests run on both databases"
+)
 
 
 def ui_client(ui, key: str) -> httpx.Client:

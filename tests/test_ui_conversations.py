@@ -4,10 +4,15 @@ page and the approvals inbox show the thread live, and their boxes answer the jo
 import os
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import Page, expect
 
 from .stack import ROOT
 from .test_ui_browser import browser, page, sign_in, start_ui, submit_api  # noqa: F401 - fixtures used by name
+
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="a browser page over the REST API, whose SQL the API tests run on both databases"
+)
 
 SHOTS = Path(os.environ.get("TASKYARD_SCREENSHOTS") or "")
 

@@ -6,11 +6,16 @@ With TASKYARD_SCREENSHOTS=docs/screenshots set, the test also (re)writes cost.pn
 
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import expect
 
 from .stack import ROOT, Stack, wait_until
 from .test_costs import FAIL_ONCE, QUICK_RETRY, _spending_batch
 from .test_ui_work import SCREENSHOTS, browser, pages, sign_in  # noqa: F401 - fixtures used by name
+
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="a browser page over the REST API, whose SQL the API tests run on both databases"
+)
 
 
 def test_the_dashboard_shows_what_each_team_type_and_batch_cost(stack: Stack, pages):  # noqa: F811

@@ -6,10 +6,15 @@ With TASKYARD_SCREENSHOTS=docs/screenshots set, the test also (re)writes schedul
 
 import re
 
+import pytest
 from playwright.sync_api import expect
 
 from .stack import Stack, wait_until
 from .test_ui_work import browser, pages, shot, sign_in  # noqa: F401 - fixtures used by name
+
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="a browser page over the REST API, whose SQL the API tests run on both databases"
+)
 
 
 def test_schedules_page_lists_next_fires_and_pauses_resumes_and_fires(stack: Stack, pages):  # noqa: F811

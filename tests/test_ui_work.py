@@ -21,6 +21,10 @@ if not os.path.exists(CHROMIUM):
 
 from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
 
+pytestmark = pytest.mark.one_database(
+    "sqlite", why="a browser page over the REST API, whose SQL the API tests run on both databases"
+)
+
 HANDLERS = "handlers_for_tests"
 WAIT_MS = 30_000
 SCREENSHOTS = os.environ.get("TASKYARD_SCREENSHOTS", "")

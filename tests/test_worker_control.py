@@ -2,6 +2,8 @@
 
 import time
 
+import pytest
+
 from tests.conftest import create_key
 from tests.stack import wait_until
 
@@ -24,6 +26,9 @@ def the_worker(c) -> str:
     return c.get("/api/v1/workers").json()["workers"][0]["id"]
 
 
+@pytest.mark.one_database(
+    "sqlite", why="executor-side drain and stop; queue pause is a JetStream consumer pause"
+)
 def test_drain_over_the_api_finishes_or_hands_back_without_spending_an_attempt(stack):
     stack.start_api()
     worker = stack.start_executor(
@@ -58,6 +63,9 @@ def test_drain_over_the_api_finishes_or_hands_back_without_spending_an_attempt(s
         assert audit[0]["client"] == "127.0.0.1"
 
 
+@pytest.mark.one_database(
+    "sqlite", why="executor-side drain and stop; queue pause is a JetStream consumer pause"
+)
 def test_stop_hands_running_jobs_back_at_once_and_exits(stack):
     stack.start_api()
     worker = stack.start_executor(
@@ -77,6 +85,9 @@ def test_stop_hands_running_jobs_back_at_once_and_exits(stack):
         assert c.post("/api/v1/workers/no-such-worker/drain").status_code == 404
 
 
+@pytest.mark.one_database(
+    "sqlite", why="executor-side drain and stop; queue pause is a JetStream consumer pause"
+)
 def test_pause_all_queues_and_resume(stack):
     stack.start_api()
     stack.start_executor()

@@ -22,9 +22,8 @@ import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -33,6 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .lifecycle import JobRecord
 from .models import JobNotify, Notification
 from .schemas import NotifySpec, iso
+
+if TYPE_CHECKING:  # imported at the first delivery: ~40 ms of every api's start-up otherwise
+    import httpx
 
 log = logging.getLogger("taskyard.api.notify")
 OUTCOMES = frozenset({"succeeded", "failed", "dead", "waiting"})
@@ -185,6 +187,8 @@ class Notifier:
         return row
 
     async def _deliver(self, row: Notification) -> None:
+        import httpx
+
         body = json.dumps(row.body, separators=(",", ":")).encode()
         t = int(time.time())
         headers = {
@@ -233,8 +237,10 @@ class Notifier:
             )
             await session.commit()
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> "httpx.AsyncClient":
         if self._http is None:
+            import httpx
+
             self._http = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False)
         return self._http
 

@@ -13,12 +13,14 @@ import time
 from collections.abc import Iterator
 
 import uvicorn
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from taskyard_common import event_loop
 from taskyard_common.gc_tuning import settle_gc
@@ -45,13 +47,13 @@ class _Server(uvicorn.Server):
         yield
 
 
-def health_app(worker: Worker) -> FastAPI:
+def health_app(worker: Worker) -> Starlette:
     """/healthz, /readyz, /metrics; `app.state.supervisor` runs the worker's background tasks and
-    counts their restarts on this app's registry."""
-    app = FastAPI(title="Taskyard executor", docs_url=None, redoc_url=None, openapi_url=None)
+    counts their restarts on this app's registry. Plain Starlette: three GET routes need none of
+    FastAPI, whose import was ~0.16 s of CPU of each executor's ~0.5 s start-up."""
     metrics = CollectorRegistry()
     ProcessCollector(registry=metrics)
-    app.state.supervisor = supervisor = Supervisor("executor", metrics)
+    supervisor = Supervisor("executor", metrics)
     Gauge("taskyard_executor_slots", "Configured slots", registry=metrics).set_function(
         lambda: worker.settings.slots
     )
@@ -73,12 +75,10 @@ def health_app(worker: Worker) -> FastAPI:
         "taskyard_executor_starts_alone", "`started` events published on their own", registry=metrics
     ).set_function(lambda: worker.starts_alone)
 
-    @app.get("/healthz")
-    async def healthz():
-        return {"status": "ok", "worker_id": worker.id}
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "worker_id": worker.id})
 
-    @app.get("/readyz")
-    async def readyz():
+    async def readyz(request: Request) -> JSONResponse:
         tasks = supervisor.checks()
         ok = worker.nc.is_connected and not worker.draining and all(v == "ok" for v in tasks.values())
         body = {
@@ -88,10 +88,17 @@ def health_app(worker: Worker) -> FastAPI:
         }
         return JSONResponse(body, 200 if ok else 503)
 
-    @app.get("/metrics")
-    async def prom():
+    async def prom(request: Request) -> Response:
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", prom, methods=["GET"]),
+        ]
+    )
+    app.state.supervisor = supervisor
     return app
 
 

@@ -22,9 +22,8 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
 from pydantic import BaseModel
 
 from taskyard_common.payloads import (
@@ -49,6 +48,9 @@ from .errors import (
     RetryLater,
 )
 from .registry import registry
+
+if TYPE_CHECKING:  # imported by the http handler when it runs: ~70 ms of every executor's start-up
+    import httpx
 
 MAX_LINE_BYTES = 64 * 1024
 """A longer output line is cut here and marked, so one runaway line cannot flood the log stream."""
@@ -375,6 +377,8 @@ def status_matcher(spec: int | str | Iterable[int | str]) -> Callable[[int], boo
 @registry.handler("http")
 async def http(payload: Any) -> dict[str, Any]:
     """Make one HTTP request; fail unless the status matches ``expect_status`` (default 2xx)."""
+    import httpx
+
     p = _parse(HttpPayload, payload)
     request: dict[str, Any] = {"headers": p.headers}
     if "json_body" in p.model_fields_set:
