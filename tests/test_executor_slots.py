@@ -262,6 +262,8 @@ def test_an_outcome_refused_while_events_has_no_leader_is_sent_again_and_the_job
 
             h.before_return["a"] = events_away_for_a_second
             await h.submit("a", "quick", name="a")
+            # Ran first: before its delivery, nothing is pending an ack either.
+            await until(lambda: _true("a" in h.started), what="a to run")
             await until(lambda: _eq(h.ack_pending(), 0), what="a acked")
             assert h.worker.done == 1
             assert await h.events("a") == [("started", 1), ("succeeded", 1)]
