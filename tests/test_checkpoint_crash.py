@@ -276,7 +276,17 @@ def test_no_decision_is_lost_in_a_machine_crash(lazy_disk, db_url, tmp_path, syn
             # died between its commit and its publish, before answering), and only that is sent.
             assert not lost & ok, "the stream lost a decision it had acknowledged"
             assert actions["decision_republished"] == len(needed), actions
-            assert actions["resumed"] == actions["republished"] == actions["requeued"] == 0, actions
+            # A decision never sent left its job's continuation unsent too when the api died
+            # between the two: that job, and only such a job, is resumed.
+            resumed = {
+                job_id
+                for job_id, data in query(
+                    url, "SELECT job_id, data FROM job_events WHERE type = 'reconciled'"
+                )
+                if _data(data)["action"] == "resumed"
+            }
+            assert resumed <= needed, (resumed, needed)
+            assert actions["republished"] == actions["requeued"] == 0, actions
         else:
             assert lost & ok, "the crash lost no answered decision: not a test"
             # Only a decision a job still waits for is sent again: when every decided job's outcome
