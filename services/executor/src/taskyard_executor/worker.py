@@ -496,10 +496,10 @@ class Worker:
             entry = self.registry.get(spec.type)  # UnknownJobType: permanent failure
             run.task = asyncio.create_task(self._invoke_with_files(entry, ctx, run))
             try:
-                # On time out, cancels the handler's task (this task awaits it), as wait_for did:
-                # 8 µs a job cheaper than wait_for, which wraps the task in a future of its own.
-                async with asyncio.timeout(spec.timeout_s):
-                    result = await run.task
+                # wait_for, not asyncio.timeout: with the handler awaited directly (~8 µs a job
+                # cheaper), strict priority failed in tests/test_scheduling every time (a `normal`
+                # job ran second of 12 on one slot); the cause is not found yet (docs/performance.md).
+                result = await asyncio.wait_for(run.task, spec.timeout_s)
             except TimeoutError:
                 raise JobError(
                     f"timed out after {spec.timeout_s:g}s", details={"timeout_s": spec.timeout_s}
