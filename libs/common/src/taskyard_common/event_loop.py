@@ -3,8 +3,8 @@ of taskyard-common there), asyncio's own elsewhere.
 
 uvloop runs the same asyncio code on libuv with its scheduling, timers and socket transports in
 C. Measured with everything else equal (docs/performance.md, change 40): an executor alone spent
-0.082 -> 0.074 ms of CPU per noop job, and the end-to-end run 0.47 -> 0.43 ms per job over every
-service. The api, metrics and UI services run under uvicorn, whose `loop="auto"` picks uvloop when
+0.082 -> 0.074 ms of CPU per noop job; the end-to-end run 0.47 -> 0.43 ms per job over every
+service in one set of pairs, no difference in a second set on a loaded machine. The api, metrics and UI services run under uvicorn, whose `loop="auto"` picks uvloop when
 it is importable; the executor runs its own loop through `run` below.
 """
 
