@@ -313,8 +313,9 @@ def test_positions_and_worker_health_when_consumer_leaders_move(cluster_stack, n
     # The bounds docs/scaling.md states: never a wrong position; none at all for at most the
     # election after a crash (7-12 s measured), and, while the consumers' leader hangs, for as long
     # as it hangs (nats-server 2.15 answered no consumer info for a hung leader's idle consumer
-    # during the whole 20 s) and a few seconds after it resumes.
-    for window, bound in ((stepdown, 1), (pause, HANG_S + 6), (kill, 14)):
+    # during the whole 20 s) and then up to one election more (0-9 s after it resumed: CI saw 7-9).
+    election_s = 14
+    for window, bound in ((stepdown, 1), (pause, HANG_S + election_s), (kill, election_s)):
         assert all(window[what] <= bound for what in kinds), (window, bound)
     assert all(svc.alive() for svc in services)
 
