@@ -134,8 +134,13 @@ def test_bash_worker_claims_logs_asks_completes_and_a_killed_one_hands_the_job_b
             wait_until(lambda: rest_worker(c, "bash1")["running"], 5, "the heartbeat listing it")
             # Its slot counts: a job queued behind it waits because all slots (its one) are busy.
             third = submit(c, {"n": 3}, "rest")
-            reason = c.get(f"/api/v1/jobs/{third['id']}").json()["waiting_reason"]
+            view = c.get(f"/api/v1/jobs/{third['id']}").json()
+            reason = view["waiting_reason"]
             assert reason["code"] == "all_busy", reason
+            seen = reason["evidence"]
+            assert (seen["slots"], seen["busy"], seen["workers"], view["queue_position"]) == (1, 1, 1, 0)
+            # The ETA counts the REST worker's starts too (the first job, a few seconds ago).
+            assert view["eta_seconds"] is not None and "next free slot expected" in reason["message"], view
             assert reason["message"].startswith(
                 "All 1 slots on 1 worker(s) serving `rest` are busy; position 0"
             )
@@ -262,9 +267,18 @@ def test_bad_input_unknown_queue_another_keys_lease_and_an_expired_lease(stack):
         assert code == 200
         lease = got["lease"]["id"]
         # Another key's calls on the lease: 403, and the lease and the job are untouched.
-        for action, body in [("heartbeat", {}), ("complete", {"result": 1}), ("log", {"lines": ["x"]})]:
+        for action, body in [
+            ("heartbeat", {}),
+            ("complete", {"result": 1}),
+            ("fail", {"error": {"message": "x"}, "retry": False}),
+            ("log", {"lines": ["x"]}),
+            ("ask", {"question": "Mine?", "wait_s": 0}),
+        ]:
             r = m.post(f"/api/v1/leases/{lease}/{action}", json=body)
             assert r.status_code == 403 and "another API key" in r.json()["detail"], r.text
+        assert c.get(f"/api/v1/jobs/{job['id']}/logs").json()["lines"] == []
+        assert c.get("/api/v1/checkpoints", params={"job_id": job["id"]}).json()["checkpoints"] == []
+        assert c.get(f"/api/v1/jobs/{job['id']}/messages").json()["messages"] == []
         assert (
             c.post(f"/api/v1/leases/{lease}/heartbeat", json={"pct": 50, "message": "half"}).status_code
             == 200
