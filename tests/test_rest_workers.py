@@ -26,14 +26,16 @@ def worker_script(tmp_path) -> str:
     return str(path)
 
 
-def start_bash_worker(stack: Stack, tmp_path, name: str, queue: str, lease_s: int) -> subprocess.Popen:
+def start_bash_worker(
+    stack: Stack, tmp_path, name: str, queue: str, lease_s: int, types: str = '["echo"]'
+) -> subprocess.Popen:
     env = {
         "PATH": os.environ["PATH"],
         "TASKYARD_URL": stack.api.url,
         "TASKYARD_KEY": stack.admin_key,
         "QUEUE": queue,
         "WORKER": name,
-        "TYPES": '["echo"]',
+        "TYPES": types,
         "LEASE_S": str(lease_s),
     }
     out = open(tmp_path / f"{name}.out", "wb")  # noqa: SIM115 - the child owns it
