@@ -167,11 +167,17 @@ def _first_time(marker: str) -> bool:
 @handler("converse")
 async def converse(payload, ctx):
     """Three follow-up questions on one thread, with progress said between them. Each answer is
-    written to `answers_file` once (a step), however often the job runs up to it again."""
+    written to `answers_file` once (a step), however often the job runs up to it again. With
+    `linger_file`, the first run to reach answer `linger_at` (0: before the first question) stays
+    there, to be killed mid-run."""
+
+    async def linger(at: int) -> None:
+        marker = payload.get("linger_file")
+        if marker and at == payload.get("linger_at", 0) and _first_time(marker):
+            await asyncio.sleep(120)
+
     await ctx.say("Starting: I will ask three things.")
-    linger = payload.get("linger_file")
-    if linger and _first_time(linger):  # the first run stays here (to be killed)
-        await asyncio.sleep(120)
+    await linger(0)
     answers = []
     questions = payload.get("questions") or ["Which library?", "Which version?", "Ship today?"]
     for i, question in enumerate(questions, 1):
@@ -189,6 +195,7 @@ async def converse(payload, ctx):
 
         answers.append(await ctx.step(f"received-{i}", record))
         await ctx.say(f"Noted answer {i}: {answer}")
+        await linger(i)
     return {"answers": answers}
 
 

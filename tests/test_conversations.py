@@ -31,11 +31,16 @@ def open_question(stack, c, job_id: str, name: str) -> dict:
 
 
 def test_three_questions_across_an_executor_kill9_each_answer_once_thread_in_order(stack, tmp_path):
-    answers_file = tmp_path / "answers.txt"
+    """Two kills: one of the executor while the job waits on its 2nd question (parked), one of the
+    next executor mid-run, after the 2nd answer reached the job and before it asks the 3rd (the
+    delivery comes back after ack_wait and the job replays up to there from its journal)."""
+    answers_file, linger = tmp_path / "answers.txt", tmp_path / "lingered"
+    stack.extra_env["TASKYARD_NATS_ACK_WAIT_S"] = "2"
     stack.start_api()
     first = stack.start_executor(handlers="handlers_for_tests", slots=1)
     with stack.http() as c:
-        job = submit(c, "converse", {"answers_file": str(answers_file)})
+        payload = {"answers_file": str(answers_file), "linger_file": str(linger), "linger_at": 2}
+        job = submit(c, "converse", payload)
         q1 = open_question(stack, c, job["id"], "q1")
         # A plain text answers the open question (the checkpoint path decides it).
         r = c.post(f"/api/v1/jobs/{job['id']}/messages", json={"text": "httpx"})
@@ -48,6 +53,11 @@ def test_three_questions_across_an_executor_kill9_each_answer_once_thread_in_ord
         # The same question again: it was answered (409), nothing is added.
         again = c.post(f"/api/v1/jobs/{job['id']}/messages", json={"text": "0.27", "reply_to": q2["id"]})
         assert again.status_code == 409 and "already answered" in again.json()["detail"]
+        second = stack.start_executor(handlers="handlers_for_tests", slots=1)
+        # The 2nd answer reached the job (recorded, said); it lingers before asking the 3rd: kill it.
+        wait_until(lambda: linger.exists(), 30, "the job holding after the 2nd answer")
+        assert answers_file.read_text().splitlines() == ["q1=httpx", "q2=0.28"]
+        second.kill9()
         stack.start_executor(handlers="handlers_for_tests")
         q3 = open_question(stack, c, job["id"], "q3")
         # The inbox's own answer route puts its answer on the thread too.
@@ -57,9 +67,10 @@ def test_three_questions_across_an_executor_kill9_each_answer_once_thread_in_ord
         tail = thread(c, job["id"], after=messages[6]["id"])
     assert done["result"] == {"answers": ["httpx", "0.28", "yes"]}
     # Each answer reached the job once: the step that records it ran once per answer, though the
-    # job ran four times (start, and after each answer).
+    # job ran five times (start, after each answer, and again after the kill mid-run).
     assert answers_file.read_text().splitlines() == ["q1=httpx", "q2=0.28", "q3=yes"]
-    assert [e["type"] for e in done["timeline"]].count("started") == 4
+    kinds = [e["type"] for e in done["timeline"]]
+    assert kinds.count("started") == 5 and kinds.count("worker_lost") == 1, kinds
     said = [(m["author_kind"], m["author"], m["text"]) for m in messages]
     assert said == [
         ("job", "converse", "Starting: I will ask three things."),

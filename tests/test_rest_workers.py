@@ -1,6 +1,7 @@
 """Workers in any language over REST: the bash + curl worker of docs/rest-workers.md, strict
 priority for REST claims, and what a wrong lease or queue gets (real nats-server, database, api)."""
 
+import math
 import os
 import re
 import signal
@@ -25,14 +26,16 @@ def worker_script(tmp_path) -> str:
     return str(path)
 
 
-def start_bash_worker(stack: Stack, tmp_path, name: str, queue: str, lease_s: int) -> subprocess.Popen:
+def start_bash_worker(
+    stack: Stack, tmp_path, name: str, queue: str, lease_s: int, types: str = '["echo"]'
+) -> subprocess.Popen:
     env = {
         "PATH": os.environ["PATH"],
         "TASKYARD_URL": stack.api.url,
         "TASKYARD_KEY": stack.admin_key,
         "QUEUE": queue,
         "WORKER": name,
-        "TYPES": '["echo"]',
+        "TYPES": types,
         "LEASE_S": str(lease_s),
     }
     out = open(tmp_path / f"{name}.out", "wb")  # noqa: SIM115 - the child owns it
@@ -75,7 +78,7 @@ def test_bash_worker_claims_logs_asks_completes_and_a_killed_one_hands_the_job_b
             w = rest_worker(c, "bash1")
             assert w["state"] == "healthy" and w["queues"] == ["rest"] and w["slots"] == 1
             assert w["handlers"] == ["echo"] and w["running"] == []
-            payload = {"question": "Which region?", "choices": ["eu", "us"], "work_s": 1}
+            payload = {"question": "Which region?", "choices": ["eu", "us"], "work_s": 1, "cost_usd": 0.02}
             job = submit(c, payload, "rest")
             ck: dict = {}
 
@@ -115,6 +118,12 @@ def test_bash_worker_claims_logs_asks_completes_and_a_killed_one_hands_the_job_b
             assert kinds.count("started") == 1 and "worker_lost" not in kinds
             lines = [x["line"] for x in c.get(f"/api/v1/jobs/{job['id']}/logs").json()["lines"]]
             assert lines == [f"bash worker bash1 took job {job['id']}", "the answer was eu"]
+            # What it cost: the worker's reported spend, and the lease's wall time (it waited > 4 s).
+            (spent,) = c.get(f"/api/v1/jobs/{job['id']}/costs").json()["attempts"]
+            assert (spent["outcome"], spent["measured"], spent["cpu_s"]) == ("succeeded", "lease", 0)
+            assert spent["wall_s"] >= 5 and spent["costs"] == [
+                {"unit": "usd", "kind": "llm_tokens", "amount": 0.02}
+            ], spent
 
             # Kill -9 mid-job: the lease (3 s) expires, the job goes back with its attempt counted
             # and succeeds on a Python executor.
@@ -127,8 +136,13 @@ def test_bash_worker_claims_logs_asks_completes_and_a_killed_one_hands_the_job_b
             wait_until(lambda: rest_worker(c, "bash1")["running"], 5, "the heartbeat listing it")
             # Its slot counts: a job queued behind it waits because all slots (its one) are busy.
             third = submit(c, {"n": 3}, "rest")
-            reason = c.get(f"/api/v1/jobs/{third['id']}").json()["waiting_reason"]
+            view = c.get(f"/api/v1/jobs/{third['id']}").json()
+            reason = view["waiting_reason"]
             assert reason["code"] == "all_busy", reason
+            seen = reason["evidence"]
+            assert (seen["slots"], seen["busy"], seen["workers"], view["queue_position"]) == (1, 1, 1, 0)
+            # The ETA counts the REST worker's starts too (the first job, a few seconds ago).
+            assert view["eta_seconds"] is not None and "next free slot expected" in reason["message"], view
             assert reason["message"].startswith(
                 "All 1 slots on 1 worker(s) serving `rest` are busy; position 0"
             )
@@ -255,9 +269,18 @@ def test_bad_input_unknown_queue_another_keys_lease_and_an_expired_lease(stack):
         assert code == 200
         lease = got["lease"]["id"]
         # Another key's calls on the lease: 403, and the lease and the job are untouched.
-        for action, body in [("heartbeat", {}), ("complete", {"result": 1}), ("log", {"lines": ["x"]})]:
+        for action, body in [
+            ("heartbeat", {}),
+            ("complete", {"result": 1}),
+            ("fail", {"error": {"message": "x"}, "retry": False}),
+            ("log", {"lines": ["x"]}),
+            ("ask", {"question": "Mine?", "wait_s": 0}),
+        ]:
             r = m.post(f"/api/v1/leases/{lease}/{action}", json=body)
             assert r.status_code == 403 and "another API key" in r.json()["detail"], r.text
+        assert c.get(f"/api/v1/jobs/{job['id']}/logs").json()["lines"] == []
+        assert c.get("/api/v1/checkpoints", params={"job_id": job["id"]}).json()["checkpoints"] == []
+        assert c.get(f"/api/v1/jobs/{job['id']}/messages").json()["messages"] == []
         assert (
             c.post(f"/api/v1/leases/{lease}/heartbeat", json={"pct": 50, "message": "half"}).status_code
             == 200
@@ -366,3 +389,100 @@ def test_an_answer_outlives_the_lease_that_asked(stack):
         # (the second `started` and the `worker_lost` it reveals share a time: either order)
         assert kinds[:3] == ["queued", "started", "decided"] and kinds[-1] == "succeeded", kinds
         assert sorted(kinds[3:5]) == ["started", "worker_lost"], kinds
+
+
+def test_rest_attempts_count_in_a_batchs_costs_retries_included(stack):
+    """A REST worker's complete and fail carry what the attempt used and spent; the api adds the
+    lease's wall time. A batch's totals are the sums over its attempts' outcome events, the failed
+    first attempts included; a lease that expired reports nothing (a lost worker); bad figures are
+    a 422 that leaves the lease and the job as they were."""
+    stack.start_api()
+    with stack.http() as c:
+        assert claim(c, "costly", create=True, wait_s=0)[0] == 204
+        jobs = [
+            {
+                "type": "echo",
+                "queue": "costly",
+                "payload": {"n": i},
+                "labels": {"team": "agents"},
+                "backoff": {"base_s": 0.05, "factor": 1, "max_s": 0.05},
+            }
+            for i in range(3)
+        ]
+        created = c.post("/api/v1/batches", json={"jobs": jobs, "name": "rest-costs"})
+        assert created.status_code == 201, created.text
+        batch_id = created.json()["batch_id"]
+        ids = {j["id"] for j in created.json()["jobs"]}
+
+        # The first holder of job n=0 goes silent: its lease expires, its attempt reports nothing.
+        code, lost = claim(c, "costly", wait_s=5, lease_s=2)
+        assert code == 200 and lost["job"]["attempt"] == 1
+        bad = [
+            {"result": 1, "costs": [{"amount": -1}]},
+            {"result": 1, "usage": {"cpu_s": 1, "wall_s": 9}},
+            {"result": 1, "costs": [{"amount": 1, "unit": "US dollars"}]},
+        ]
+        for body in bad:
+            r = c.post(f"/api/v1/leases/{lost['lease']['id']}/complete", json=body)
+            assert r.status_code == 422, r.text
+        assert stack.wait_status(lost["job"]["id"], "running")["attempt"] == 1  # nothing changed
+        time.sleep(3)
+
+        spent_by: dict[str, list[tuple[int, str]]] = {}
+        while len(spent_by) < 3 or any(len(v) < 2 for v in spent_by.values()):
+            code, got = claim(c, "costly", wait_s=10)
+            assert code == 200, got
+            job, lease = got["job"], got["lease"]["id"]
+            time.sleep(0.2)  # some wall time on the lease
+            attempts = spent_by.setdefault(job["id"], [])
+            if not attempts:  # each job's first attempt it runs fails, spending 0.1 usd and 500 tokens
+                body = {
+                    "error": {"message": "flaky provider"},
+                    "usage": {"cpu_s": 0.5},
+                    "costs": [{"amount": 0.1}, {"amount": 500, "unit": "tokens"}],
+                }
+                r = c.post(f"/api/v1/leases/{lease}/fail", json=body)
+                assert r.status_code == 200 and r.json()["outcome"] == "retrying", r.text
+            else:  # then it succeeds, spending 0.2 usd in two reports, with CPU and RSS
+                body = {
+                    "result": {"n": job["payload"]["n"]},
+                    "usage": {"cpu_s": 1.25, "peak_rss_bytes": 50_000_000},
+                    "costs": [{"amount": 0.15}, {"amount": 0.05}],
+                }
+                r = c.post(f"/api/v1/leases/{lease}/complete", json=body)
+                assert r.status_code == 200, r.text
+            attempts.append((job["attempt"], "retrying" if not attempts else "succeeded"))
+        assert set(spent_by) == ids
+        assert spent_by[lost["job"]["id"]] == [(2, "retrying"), (3, "succeeded")]
+        for job_id in ids:
+            stack.wait_status(job_id, "succeeded")
+
+        reported = []
+        for job_id in ids:
+            job = c.get(f"/api/v1/jobs/{job_id}").json()
+            entries = [e for e in job["timeline"] if "usage" in e["data"]]
+            assert [e["type"] for e in entries] == ["retrying", "succeeded"], job["timeline"]
+            assert all(e["data"]["usage"]["wall_s"] >= 0.2 for e in entries), entries
+            per_attempt = c.get(f"/api/v1/jobs/{job_id}/costs").json()["attempts"]
+            assert [(a["outcome"], a["measured"], a["cpu_s"]) for a in per_attempt] == [
+                ("retrying", "worker", 0.5),
+                ("succeeded", "worker", 1.25),
+            ], per_attempt
+            assert per_attempt[1]["peak_rss_bytes"] == 50_000_000
+            reported += entries
+
+        def batch_group() -> dict | None:
+            groups = c.get("/api/v1/costs", params={"since": "1h", "by": "batch"}).json()["groups"]
+            return next((g for g in groups if g["key"] == batch_id), None)
+
+        group = wait_until(lambda: (g := batch_group()) and g["attempts"] == 6 and g, 10, "the costs")
+        assert group["jobs"] == 3
+        assert math.isclose(group["cpu_s"], 3 * (0.5 + 1.25))
+        assert math.isclose(
+            group["wall_s"], sum(e["data"]["usage"]["wall_s"] for e in reported), abs_tol=1e-5
+        )
+        amounts = {(x["unit"], x["kind"]): x["amount"] for x in group["costs"]}
+        assert math.isclose(amounts[("usd", "llm_tokens")], 3 * 0.3)
+        assert math.isclose(amounts[("tokens", "llm_tokens")], 3 * 500)
+        team = c.get("/api/v1/costs", params={"since": "1h", "by": "label:team"}).json()["groups"]
+        assert [(g["key"], g["attempts"]) for g in team] == [("agents", 6)]

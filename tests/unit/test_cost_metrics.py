@@ -80,3 +80,21 @@ def test_malformed_usage_is_ignored_not_fatal() -> None:
         and parsed.peak_rss_bytes is None
     )
     CostMetrics(CollectorRegistry(), (), []).record(_outcome("succeeded", {}, 1.0, []), "q", "t")
+
+
+def test_a_rest_workers_reported_spend_counts_toward_its_labels_budget() -> None:
+    """A REST lease's outcome (taskyard_api.lease_usage) carries the job's labels and what the
+    worker reported, as an executor's does: the metrics service counts it alike."""
+    from taskyard_api.lease_usage import Reported, figures
+    from taskyard_common.schemas import JobSpec
+
+    spec = JobSpec.model_validate({"id": "j", "type": "agent.review", "queue": "q", "labels": {"team": "ml"}})
+    data = figures(spec, 10.0, Reported(cpu_s=2.0, costs=[(0.3, "usd", "llm_tokens")]), now=14.0)
+    registry = CollectorRegistry()
+    metrics = Metrics(registry=registry, cost_labels=("team",), budgets=[])
+    record_event(
+        metrics, JobEvent(job_id="j", type="succeeded", queue="q", job_type="agent.review", data=data)
+    )
+    spend = {"label": "team", "value": "ml"}
+    assert registry.get_sample_value("taskyard_label_spend_total", {**spend, "unit": "usd"}) == 0.3
+    assert registry.get_sample_value("taskyard_label_spend_total", {**spend, "unit": "cpu_s"}) == 2.0

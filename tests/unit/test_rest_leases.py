@@ -10,9 +10,22 @@ from taskyard_api.auth import Principal
 from taskyard_api.checkpoints import _after
 from taskyard_api.failures import DomainError
 from taskyard_api.lease_relay import Answer, Forwarded
+from taskyard_api.lease_usage import NOTHING, figures
 from taskyard_api.leases import LEASE_ON_REJECT, LeaseService, question_id
-from taskyard_api.routes_leases import CALLS, AskIn, CompleteIn, ErrorIn, FailIn, HeartbeatIn, LogIn
+from taskyard_api.routes_leases import (
+    CALLS,
+    AskIn,
+    CompleteIn,
+    CostIn,
+    ErrorIn,
+    FailIn,
+    HeartbeatIn,
+    LogIn,
+    UsageIn,
+)
 from taskyard_api.views import JsonAnswer
+from taskyard_common.schemas import JobSpec
+from taskyard_common.usage import usage_of
 from taskyard_executor.checkpoints import checkpoint_request
 
 
@@ -60,8 +73,12 @@ def test_a_forwarded_lease_call_and_its_answer_survive_the_wire():
     samples = {
         "heartbeat": HeartbeatIn(),
         "log": LogIn(lines=["a", "b\nc"], stream="stderr"),
-        "complete": CompleteIn(result={"n": [1, 2.5, None, "x"], "big": 2**70}),
-        "fail": FailIn(error=ErrorIn(message="boom"), retry=False, delay_s=None),
+        "complete": CompleteIn(
+            result={"n": [1, 2.5, None, "x"], "big": 2**70},
+            usage=UsageIn(cpu_s=1.25, peak_rss_bytes=2**40),
+            costs=[CostIn(amount=0.125), CostIn(amount=3, unit="tokens", kind="in")],
+        ),
+        "fail": FailIn(error=ErrorIn(message="boom"), retry=False, delay_s=None, costs=[CostIn(amount=0)]),
         "ask": body,
     }
     assert set(samples) == set(CALLS)
@@ -101,3 +118,52 @@ def test_a_lease_id_names_the_api_process_that_issued_it():
         "xx_0a1b2c3d_y",
     ]:
         assert LeaseService.owner_of(foreign) is None, foreign
+
+
+def _spec(**extra) -> JobSpec:
+    return JobSpec.model_validate({"id": "01ABC", "type": "agent.review", "queue": "q", **extra})
+
+
+def test_a_rest_attempt_reports_the_lease_wall_time_and_what_the_worker_says_it_used():
+    """Read back as the projector and the metrics service read an executor's outcome."""
+    body = CompleteIn.model_validate(
+        {
+            "result": 1,
+            "usage": {"cpu_s": 2.5, "peak_rss_bytes": 4096},
+            "costs": [
+                {"amount": 0.25},
+                {"amount": 0.5},
+                {"amount": 1200, "unit": "tokens"},
+                {"amount": 3, "unit": "usd", "kind": "api_fees"},
+            ],
+        }
+    )
+    data = figures(_spec(labels={"team": "ml"}), started=100.0, reported=body.reported(), now=103.5)
+    used = usage_of(data)
+    assert used is not None
+    assert (used.cpu_s, used.wall_s, used.peak_rss_bytes, used.measured) == (2.5, 3.5, 4096, "worker")
+    assert used.costs == {("usd", "llm_tokens"): 0.75, ("tokens", "llm_tokens"): 1200, ("usd", "api_fees"): 3}
+    assert data["labels"] == {"team": "ml"}
+    # Nothing reported (a bare complete, a timeout, a cancel): the wall time alone, CPU 0.
+    bare = figures(_spec(), started=100.0, reported=CompleteIn(result=1).reported(), now=100.25)
+    assert bare == figures(_spec(), started=100.0, reported=NOTHING, now=100.25)
+    assert bare == {"usage": {"cpu_s": 0.0, "wall_s": 0.25, "peak_rss_bytes": None, "measured": "lease"}}
+    assert usage_of(bare) is not None and usage_of(bare).measured == "lease"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        ({"usage": {"cpu_s": -1}}, "usage.cpu_s"),
+        ({"usage": {"cpu_s": "NaN"}}, "usage.cpu_s"),
+        ({"usage": {"wall_s": 3}}, "usage.wall_s"),  # the api measures it
+        ({"costs": [{"amount": -0.5}]}, "costs.0.amount"),
+        ({"costs": [{"amount": 1, "unit": "US dollars"}]}, "costs.0.unit"),
+        ({"costs": [{"amount": 1}] * 101}, "costs"),
+    ],
+)
+def test_bad_figures_on_a_complete_are_refused(extra, field):
+    with pytest.raises(ValueError) as err:
+        CompleteIn.model_validate({"result": 1, **extra})
+    where = {".".join(str(p) for p in e["loc"]) for e in err.value.errors()}  # type: ignore[attr-defined]
+    assert field in where, where

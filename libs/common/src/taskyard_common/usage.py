@@ -5,7 +5,9 @@ An executor puts two keys in the data of every outcome it reports after running 
 
 - ``usage``: ``{"cpu_s", "wall_s", "peak_rss_bytes", "measured"}``, measured by the executor;
   ``measured`` says how (``process``: the job's own processes, from wait4; ``thread``,
-  ``loop``, ``pool``: an in-process handler, see docs/costs.md for each approximation);
+  ``loop``, ``pool``: an in-process handler, see docs/costs.md for each approximation;
+  ``worker``, ``lease``: a REST worker's attempt, CPU as the worker reported it or not at all,
+  wall time by the api: taskyard_api.lease_usage);
 - ``costs``: ``[{"amount", "unit", "kind"}]``, what the handler reported with ``ctx.cost``,
   summed per (unit, kind); absent when it reported nothing.
 
@@ -20,7 +22,7 @@ from typing import Any
 
 NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 """What a cost's unit and kind may be (they become Prometheus label values and column values)."""
-MEASURED = frozenset({"process", "thread", "loop", "pool"})
+MEASURED = frozenset({"process", "thread", "loop", "pool", "worker", "lease"})
 CPU_UNIT, CPU_KIND = "cpu_s", "cpu"
 """Measured CPU seconds, counted beside reported costs where budgets apply (the metrics service)."""
 

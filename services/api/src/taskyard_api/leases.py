@@ -50,6 +50,7 @@ from taskyard_common.topology import PRIORITIES, Topology
 
 from .auth import Principal
 from .failures import Forbidden, Invalid, NotFound, Refused, TooLarge
+from .lease_usage import NOTHING, Reported, figures
 from .messages import question_row
 from .models import Checkpoint, JobMessage
 
@@ -253,7 +254,7 @@ class LeaseService:
             if lease.spec.id == job_id and lease.ended is None:
                 self._end(lease, "cancelled")
                 with contextlib.suppress(NatsError, TimeoutError):
-                    await self._outcome(lease, "cancelled", ack="ack")
+                    await self._outcome(lease, "cancelled", ack="ack", used=NOTHING)
 
     async def _on_drain(self, msg: Msg) -> None:
         """POST /workers/{id}/drain|stop for a REST worker: it may claim no more (409 telling it to
@@ -395,7 +396,7 @@ class LeaseService:
                 "type": "WorkerLost",
                 "message": f"worker lost on the last of {spec.max_attempts} attempts",
             }
-            await self._dead(lease, error)
+            await self._dead(lease, error, used=None)  # nothing ran: nothing used
             return None
         fresh = delivery == 1 and spec.resume == 0
         wait = {"wait_s": round(lease.started - spec.submitted_at, 6)} if fresh else {}
@@ -460,39 +461,53 @@ class LeaseService:
                 raise result
         return len(lines)
 
-    async def complete(self, who: Principal, lease_id: str, result: Any, size: int) -> Lease:
+    async def complete(
+        self, who: Principal, lease_id: str, result: Any, size: int, used: Reported = NOTHING
+    ) -> Lease:
+        """The job succeeded; `used` is what the worker says the attempt used and spent."""
         lease = self.active(who, lease_id)
         if size > self.max_result_bytes:
             raise TooLarge(f"result: {size} bytes; the limit is {self.max_result_bytes}")
         self._end(lease, "completed")
         lease.worker.done += 1
-        await self._outcome(lease, "succeeded", ack="ack", result=result)
+        await self._outcome(lease, "succeeded", ack="ack", used=used, result=result)
         return lease
 
     async def fail(
-        self, who: Principal, lease_id: str, error: dict, retry: bool, delay_s: float | None
+        self,
+        who: Principal,
+        lease_id: str,
+        error: dict,
+        retry: bool,
+        delay_s: float | None,
+        used: Reported = NOTHING,
     ) -> tuple[Lease, dict]:
         """Like a handler's exception: retried with the job's backoff while attempts remain
         (`retry`), else dead; `retry: false` fails it at once (a PermanentError)."""
-        return await self._fail(self.active(who, lease_id), error, retry, delay_s)
+        return await self._fail(self.active(who, lease_id), error, retry, delay_s, used)
 
     async def _fail(
-        self, lease: Lease, error: dict, retry: bool, delay_s: float | None
+        self, lease: Lease, error: dict, retry: bool, delay_s: float | None, used: Reported = NOTHING
     ) -> tuple[Lease, dict]:
         lease.worker.failed += 1
         spec = lease.spec
         if not retry:
             self._end(lease, "failed")
-            await self._outcome(lease, "failed", ack="term", error=error)
+            await self._outcome(lease, "failed", ack="term", used=used, error=error)
             return lease, {"outcome": "failed"}
         if lease.attempt >= spec.max_attempts:
             self._end(lease, "dead")
-            await self._dead(lease, error)
+            await self._dead(lease, error, used)
             return lease, {"outcome": "dead"}
         delay = delay_s if delay_s is not None else backoff_delay(spec.backoff, lease.attempt)
         self._end(lease, "retrying")
         event = self._event(
-            lease, "retrying", error=error, delay_s=round(delay, 3), next_at=time.time() + delay
+            lease,
+            "retrying",
+            error=error,
+            delay_s=round(delay, 3),
+            next_at=time.time() + delay,
+            **figures(spec, lease.started, used),
         )
         await self._publish(event)
         await lease.msg.nak(delay=delay)
@@ -617,14 +632,19 @@ class LeaseService:
     def _event(self, lease: Lease, kind: EventType, **data: Any) -> JobEvent:
         return JobEvent.of(lease.spec, kind, data, attempt=lease.attempt, worker_id=lease.worker.id)
 
-    async def _outcome(self, lease: Lease, kind: EventType, ack: str, **data: Any) -> None:
-        """Store the outcome event, then ack (or term) the delivery: at-least-once, as an executor."""
+    async def _outcome(
+        self, lease: Lease, kind: EventType, ack: str, used: Reported | None, **data: Any
+    ) -> None:
+        """Store the outcome event, then ack (or term) the delivery: at-least-once, as an executor.
+        `used` None: no attempt ran (lost on its last one), so no usage, as from an executor."""
         duration = round(time.time() - lease.started, 6)
+        if used is not None:
+            data.update(figures(lease.spec, lease.started, used))
         await self._publish(self._event(lease, kind, duration_s=duration, **data))
         await (lease.msg.ack() if ack == "ack" else lease.msg.term())
         await self._beat(lease.worker)
 
-    async def _dead(self, lease: Lease, error: dict) -> None:
+    async def _dead(self, lease: Lease, error: dict, used: Reported | None) -> None:
         spec = lease.spec
         headers = {
             "Taskyard-Attempts": str(lease.attempt),
@@ -634,4 +654,4 @@ class LeaseService:
         await self.js.publish(
             self.topo.dead_subject(spec.queue), spec.model_dump_json().encode(), headers=headers
         )
-        await self._outcome(lease, "dead", ack="term", error=error)
+        await self._outcome(lease, "dead", ack="term", used=used, error=error)

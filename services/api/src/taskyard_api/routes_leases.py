@@ -11,12 +11,14 @@ from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, Field
 
 from taskyard_common.topology import QUEUE_NAME
+from taskyard_common.usage import NAME as COST_NAME
 
 from .api_doc import NO_NUL, answers
 from .auth import Principal, require
 from .failures import NotFound
 from .input_checks import CheckedRoute
 from .lease_relay import Call, LeaseRelay
+from .lease_usage import Reported
 from .leases import Lease, LeaseService
 from .schemas import JOB_TYPE, JSON_VALUE
 
@@ -56,7 +58,38 @@ class HeartbeatIn(BaseModel):
     message: str = Field("", max_length=2000, pattern=NO_NUL)
 
 
-class CompleteIn(BaseModel):
+class UsageIn(BaseModel):
+    """What the worker measured of its attempt (the api measures the wall time itself)."""
+
+    model_config = {"extra": "forbid"}
+    cpu_s: float | None = Field(
+        None, ge=0, le=10**9, allow_inf_nan=False, description="CPU seconds the attempt used"
+    )
+    peak_rss_bytes: int | None = Field(None, ge=0, le=2**53, description="Its peak resident memory")
+
+
+class CostIn(BaseModel):
+    """What the attempt spent, as a handler reports it with `ctx.cost` (docs/costs.md)."""
+
+    model_config = {"extra": "forbid"}
+    amount: float = Field(ge=0, le=1e15, allow_inf_nan=False)
+    unit: str = Field("usd", pattern=COST_NAME.pattern)
+    kind: str = Field("llm_tokens", pattern=COST_NAME.pattern)
+
+
+class Spent(BaseModel):
+    """The optional figures a complete or fail carries: GET /costs counts them per attempt."""
+
+    usage: UsageIn | None = Field(None, description="Unreported: CPU 0, `measured: lease`")
+    costs: list[CostIn] = Field([], max_length=100, description="Summed per (unit, kind)")
+
+    def reported(self) -> Reported:
+        usage = self.usage or UsageIn()
+        costs = [(c.amount, c.unit, c.kind) for c in self.costs]
+        return Reported(usage.cpu_s, usage.peak_rss_bytes, costs)
+
+
+class CompleteIn(Spent):
     model_config = {"extra": "forbid"}
     result: Any = Field(None, json_schema_extra=JSON_VALUE)
 
@@ -67,7 +100,7 @@ class ErrorIn(BaseModel):
     message: str = Field(min_length=1, max_length=10_000, pattern=NO_NUL)
 
 
-class FailIn(BaseModel):
+class FailIn(Spent):
     model_config = {"extra": "forbid"}
     error: ErrorIn
     retry: bool = Field(True, description="false: fail at once (no retry), like a PermanentError")
@@ -117,12 +150,13 @@ async def _log(leases: LeaseService, who: Principal, lease_id: str, body: LogIn)
 
 async def _complete(leases: LeaseService, who: Principal, lease_id: str, body: CompleteIn) -> dict:
     size = len(json.dumps(body.result))
-    return _lease_out(await leases.complete(who, lease_id, body.result, size), outcome="succeeded")
+    lease = await leases.complete(who, lease_id, body.result, size, body.reported())
+    return _lease_out(lease, outcome="succeeded")
 
 
 async def _fail(leases: LeaseService, who: Principal, lease_id: str, body: FailIn) -> dict:
     error = {**body.error.model_dump(), "retryable": body.retry}
-    lease, decision = await leases.fail(who, lease_id, error, body.retry, body.delay_s)
+    lease, decision = await leases.fail(who, lease_id, error, body.retry, body.delay_s, body.reported())
     return _lease_out(lease, **decision)
 
 
