@@ -159,7 +159,8 @@ def test_queue_page_and_bulk_retry_of_its_dead_jobs_with_a_confirmed_count(stack
 
 
 def test_search_sort_and_the_job_log_tools(stack, console):
-    began = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() - 60))  # whole minutes, as the field takes
+    # The finished-range fields take whole minutes: the one before the test began.
+    began = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() - 60))
     ui = start_ui(stack)
     stack.start_executor(queues="default")
     job_id = submit_api(

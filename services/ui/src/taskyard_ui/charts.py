@@ -50,9 +50,7 @@ class Chart:
     layers: list[Layer] = field(default_factory=list)
 
 
-def add_layer(
-    chart: Chart, name: str, values: list[float], css: str, unit: str = "", says: str = ""
-) -> None:
+def add_layer(chart: Chart, name: str, values: list[float], css: str, unit: str = "", says: str = "") -> None:
     """Draw `values` over the chart's bars on its scale: a p50 inside its p95, or the lower
     priorities inside the total depth, which so reads as depth stacked by priority."""
     plot_h = PLOT_BOTTOM - PLOT_TOP
