@@ -175,7 +175,13 @@ def test_search_sort_and_the_job_log_tools(stack, console):
     page.get_by_label("Job id").fill(other[:20])
     page.get_by_role("button", name="Find").click()
     expect(page.locator("table.jobs-table tbody tr")).to_have_count(1)
+    # Each row has its run time and worker (and the sorted column says so).
+    with stack.http() as c:
+        ran = c.get(f"/api/v1/jobs/{job_id}").json()
+    row = page.locator("table.jobs-table tbody tr", has=page.get_by_text(job_id))
     page.goto(f"{ui.url}/jobs")
+    expect(row).to_contain_text(ran["worker_id"])
+    expect(row.locator("td.nowrap").first).to_have_text(re.compile(r"^\d+\.\d\d s$"))
     page.get_by_label("Payload contains (JSON)").fill('{"customer": 42}')
     page.get_by_role("button", name="Filter").click()
     expect(page.locator("table.jobs-table tbody tr")).to_have_count(1)
