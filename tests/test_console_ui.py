@@ -322,6 +322,12 @@ def test_every_page_at_desktop_and_phone_width(stack, console):
     out = ROOT / SCREENSHOTS if SCREENSHOTS else None
     for viewport, suffix in (({"width": 1280, "height": 900}, "desktop"), (PHONE, "phone")):
         page = console(viewport)
+        page.goto(f"{ui.url}/login")  # the one page before signing in
+        expect(page.get_by_label("API key")).to_be_visible()
+        if suffix == "phone":
+            _no_sideways_scroll(page, "/login")
+        if out:
+            page.screenshot(path=str(out / f"console-login-{suffix}.png"), full_page=True)
         sign_in(page, ui, stack.admin_key)
         for name, path in paths.items():
             page.goto(f"{ui.url}{path}")
