@@ -67,6 +67,20 @@ def test_search_by_id_prefix_error_payload_ranges_and_sort(stack):
         assert _ids(
             c.get("/api/v1/jobs", params={"payload": '{"customer": 42, "region": "eu", "n": 1}'})
         ) == {ok[1]}
+        # In pages of 2 by finish time (on PostgreSQL: read among the ids the GIN index found).
+        for sort in ("-finished_at", "created_at"):
+            seen, cursor = [], None
+            while True:
+                params = {"payload": '{"customer": 42}', "sort": sort, "limit": 2}
+                page = c.get(
+                    "/api/v1/jobs", params={**params, **({"cursor": cursor} if cursor else {})}
+                ).json()
+                seen += page["jobs"]
+                if not (cursor := page["next_cursor"]):
+                    break
+            key = sort.lstrip("-") if sort != "created_at" else "id"
+            expected = sorted(seen, key=lambda j: (j[key], j["id"]), reverse=sort.startswith("-"))
+            assert [j["id"] for j in seen] == [j["id"] for j in expected] and len(seen) == 3, sort
         assert _ids(c.get("/api/v1/jobs", params={"payload": '{"customer": "42"}'})) == set()
         # finished range and sorting by finish time, keyset pages over it.
         r = c.get("/api/v1/jobs", params={"finished_after": "2000-01-01", "sort": "-finished_at", "limit": 2})

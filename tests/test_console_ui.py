@@ -115,6 +115,9 @@ def test_queue_page_and_bulk_retry_of_its_dead_jobs_with_a_confirmed_count(stack
     expect(page.locator("#queue-summary")).to_contain_text("Last 1h")
     expect(page.get_by_role("button", name="Pause queue")).to_be_visible()
     expect(page.locator("#queue-charts")).to_contain_text("PermanentError")
+    # Depth over time stacked by priority, and the wait's p50 inside its p95, each with a legend.
+    expect(page.locator("#queue-summary .chart-legend")).to_have_text(re.compile(r"high\s*normal\s*low"))
+    expect(page.locator("#queue-charts .chart-legend")).to_have_text(re.compile(r"p95\s*p50"))
     # From the jobs list: every failed job of etl with this error, counted first, then retried.
     page.goto(f"{ui.url}/jobs?queue=etl&status=failed&error=PermanentError")
     expect(page.locator("table.jobs-table tbody tr")).to_have_count(12)
@@ -134,9 +137,30 @@ def test_queue_page_and_bulk_retry_of_its_dead_jobs_with_a_confirmed_count(stack
     # A filter that matches nothing changes nothing and says so.
     page.goto(f"{ui.url}/jobs?queue=etl&status=failed")
     expect(page.get_by_text("No jobs match these filters.")).to_be_visible()
+    page.goto(f"{ui.url}/queues/etl")
+    page.get_by_role("button", name="Retry all dead…").click()
+    expect(page.locator("#bulk-result")).to_contain_text("no job matches this filter")
+    expect(page.locator("#bulk-result")).to_contain_text("nothing changed")
+    expect(page.locator("#bulk-confirm")).to_have_count(0)
+    # Cancel by filter, then discard what was cancelled: each counted and confirmed first.
+    page.goto(f"{ui.url}/jobs?queue=etl&status=queued")
+    page.get_by_role("button", name="Cancel all…").click()
+    expect(page.locator("#bulk-count")).to_contain_text("12 jobs will be cancelled")
+    page.get_by_role("button", name="Cancel 12 jobs").click()
+    expect(page.locator("#bulk-result")).to_contain_text("12 of 12 jobs cancelled")
+    page.goto(f"{ui.url}/jobs?queue=etl&status=cancelled")
+    page.get_by_role("button", name="Discard all…").click()
+    expect(page.locator("#bulk-count")).to_contain_text("12 jobs will be discarded")
+    page.get_by_role("button", name="Discard 12 jobs").click()
+    expect(page.locator("#bulk-result")).to_contain_text("12 of 12 jobs discarded")
+    with stack.http() as c:
+        assert c.get("/api/v1/jobs", params={"queue": "etl"}).json()["jobs"] == []
+        assert c.get(f"/api/v1/jobs/{ids[0]}").status_code == 404
 
 
 def test_search_sort_and_the_job_log_tools(stack, console):
+    # The finished-range fields take whole minutes: the one before the test began.
+    began = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() - 60))
     ui = start_ui(stack)
     stack.start_executor(queues="default")
     job_id = submit_api(
@@ -151,7 +175,13 @@ def test_search_sort_and_the_job_log_tools(stack, console):
     page.get_by_label("Job id").fill(other[:20])
     page.get_by_role("button", name="Find").click()
     expect(page.locator("table.jobs-table tbody tr")).to_have_count(1)
+    # Each row has its run time and worker (and the sorted column says so).
+    with stack.http() as c:
+        ran = c.get(f"/api/v1/jobs/{job_id}").json()
+    row = page.locator("table.jobs-table tbody tr", has=page.get_by_text(job_id))
     page.goto(f"{ui.url}/jobs")
+    expect(row).to_contain_text(ran["worker_id"])
+    expect(row.locator("td.nowrap").first).to_have_text(re.compile(r"^\d+\.\d\d s$"))
     page.get_by_label("Payload contains (JSON)").fill('{"customer": 42}')
     page.get_by_role("button", name="Filter").click()
     expect(page.locator("table.jobs-table tbody tr")).to_have_count(1)
@@ -159,6 +189,19 @@ def test_search_sort_and_the_job_log_tools(stack, console):
     page.get_by_label("Payload contains (JSON)").fill("not json")
     page.get_by_role("button", name="Filter").click()
     expect(page.get_by_role("alert")).to_contain_text("payload")
+    # Finished within a range (UTC): both jobs finished since the test began, none before it.
+    page.goto(f"{ui.url}/jobs")
+    page.get_by_label("Finished from").fill(began)
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("table.jobs-table tbody tr")).to_have_count(2)
+    page.get_by_label("Finished from").fill("")
+    page.get_by_label("Finished before").fill(began)
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_text("No jobs match these filters.")).to_be_visible()
+    page.get_by_label("Finished from").fill(began)
+    page.get_by_label("Finished before").fill("2000-01-01T00:00")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_role("alert")).to_contain_text("finished_before")
     page.goto(f"{ui.url}/jobs")
     page.get_by_role("link", name="Finished").click()
     expect(page.locator("th[aria-sort]")).to_contain_text("Finished")
@@ -201,21 +244,35 @@ def test_keys_page_creates_shows_once_and_revokes(stack, console):
 def test_a_viewer_sees_the_pages_but_no_action_buttons(stack, console):
     ui = start_ui(stack)
     stack.start_executor(queues="etl", handlers="handlers_for_tests")
-    _failing_jobs(stack, 2)
+    failed = _failing_jobs(stack, 2)
+    queued = submit_api(stack, type="noop", queue="idle")  # nobody serves it: it stays cancellable
     viewer = create_key(stack.db_url, "watcher", "viewer")
     page = console()
     sign_in(page, ui, viewer)
-    for path in ("/", "/queues/etl", "/jobs?queue=etl&status=failed", "/queues"):
+    actions = ("Pause", "Pause queue", "Retry all…", "Retry all dead…", "Cancel all…", "Discard all…")
+    actions += ("Retry job", "Cancel job", "Send", "Retry selected", "Cancel selected", "Drain", "Stop")
+    paths = ("/", "/queues/etl", "/jobs?queue=etl&status=failed", "/queues", "/workers")
+    for path in (*paths, f"/jobs/{failed[0]}", f"/jobs/{queued}"):
         page.goto(f"{ui.url}{path}")
         expect(page.locator("main h1")).to_be_visible()
-        for name in ("Pause", "Pause queue", "Retry all…", "Retry all dead…", "Cancel all…", "Discard all…"):
-            assert page.get_by_role("button", name=name, exact=True).count() == 0, (path, name)
+        for name in actions:
+            assert page.get_by_role("button", name=name).count() == 0, (path, name)  # "Drain w1" too
+    # The same pages as an admin do show them (the names above are the real ones).
+    admin = console()
+    sign_in(admin, ui, stack.admin_key)
+    admin.goto(f"{ui.url}/jobs/{failed[0]}")
+    expect(admin.get_by_role("button", name="Retry job", exact=True)).to_be_visible()
+    admin.goto(f"{ui.url}/jobs/{queued}")
+    expect(admin.get_by_role("button", name="Cancel job", exact=True)).to_be_visible()
+    expect(admin.get_by_role("button", name="Send", exact=True)).to_be_visible()
     expect(page.get_by_role("link", name="Keys")).to_have_count(0)
     with stack.http(viewer) as c:
         flt = {"queue": "etl"}
         assert c.post("/api/v1/jobs:bulk", json={"action": "retry", "filter": flt}).status_code == 403
         assert c.post("/api/v1/queues/etl/pause").status_code == 403
         assert c.post("/api/v1/keys", json={"name": "x", "role": "admin"}).status_code == 403
+        assert c.post(f"/api/v1/jobs/{failed[0]}/retry").status_code == 403
+        assert c.post(f"/api/v1/jobs/{queued}/cancel").status_code == 403
 
 
 def _no_sideways_scroll(page: Page, path: str) -> None:
@@ -257,19 +314,40 @@ def test_every_page_at_desktop_and_phone_width(stack, console):
         "job-log": f"/jobs/{ok}",
         "keys": "/keys",
         "workers": "/workers",
+        "audit": "/audit",
+        "submit": "/submit",
+        "schedules": "/schedules",
+        "approvals": "/approvals",
     }
     out = ROOT / SCREENSHOTS if SCREENSHOTS else None
     for viewport, suffix in (({"width": 1280, "height": 900}, "desktop"), (PHONE, "phone")):
         page = console(viewport)
+        page.goto(f"{ui.url}/login")  # the one page before signing in
+        expect(page.get_by_label("API key")).to_be_visible()
+        if suffix == "phone":
+            _no_sideways_scroll(page, "/login")
+        if out:
+            page.screenshot(path=str(out / f"console-login-{suffix}.png"), full_page=True)
         sign_in(page, ui, stack.admin_key)
         for name, path in paths.items():
             page.goto(f"{ui.url}{path}")
             expect(page.locator("main h1")).to_be_visible()
             if suffix == "phone":
                 _no_sideways_scroll(page, path)
+            elif name == "jobs-search":  # every column of the jobs table in view, the error last
+                box = page.locator("table.jobs-table thead th").last.bounding_box()
+                assert box and box["x"] + box["width"] <= 1280 - 16, box
             if out:
                 out.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(out / f"console-{name}-{suffix}.png"), full_page=True)
+        # The bulk action's confirmation (a POST's answer: reached by its button).
+        page.goto(f"{ui.url}{paths['jobs-search']}")
+        page.get_by_role("button", name="Retry all…").click()
+        expect(page.locator("#bulk-count")).to_contain_text("3 jobs will be retried")
+        if suffix == "phone":
+            _no_sideways_scroll(page, "/bulk")
+        if out:
+            page.screenshot(path=str(out / f"console-bulk-confirm-{suffix}.png"), full_page=True)
     # At phone width the dashboard's queue table keeps its Pause button on screen.
     page.goto(f"{ui.url}/")
     pause = page.get_by_role("button", name="Pause queue etl")

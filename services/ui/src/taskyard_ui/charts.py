@@ -1,6 +1,6 @@
 """Small server-rendered bar charts (inline SVG drawn by a template; no JavaScript, no library)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .web import parse_ts
@@ -22,6 +22,15 @@ class Bar:
 
 
 @dataclass
+class Layer:
+    """A second series drawn over a chart's own bars, on the same scale, from the bottom."""
+
+    name: str
+    css: str
+    bars: list[Bar]
+
+
+@dataclass
 class Chart:
     title: str
     unit: str
@@ -37,6 +46,31 @@ class Chart:
     width: int = WIDTH
     height: int = HEIGHT
     plot_bottom: int = PLOT_BOTTOM
+    name: str = ""  # the legend's word for the chart's own bars, when it has layers
+    layers: list[Layer] = field(default_factory=list)
+
+
+def add_layer(chart: Chart, name: str, values: list[float], css: str, unit: str = "", says: str = "") -> None:
+    """Draw `values` over the chart's bars on its scale: a p50 inside its p95, or the lower
+    priorities inside the total depth, which so reads as depth stacked by priority."""
+    plot_h = PLOT_BOTTOM - PLOT_TOP
+    bars = []
+    for base, value in zip(chart.bars, values, strict=True):
+        h = (value / chart.peak) * plot_h if chart.peak else 0
+        if value and h < 2:
+            h = 2
+        when = base.label.split(": ", 1)[0]
+        bars.append(
+            Bar(
+                x=base.x,
+                y=round(PLOT_BOTTOM - h, 2),
+                width=base.width,
+                height=round(h, 2),
+                count=value,  # type: ignore[arg-type]
+                label=f"{when}: {says or name} {value:g}{unit}",
+            )
+        )
+    chart.layers.append(Layer(name, css, bars))
 
 
 def _hhmm(ts: float) -> str:
@@ -215,4 +249,7 @@ def stats_charts(stats: dict) -> list[Chart]:
         else "No job started in this window."
     )
     charts[2].total = int(max(p95s) * 1000) if p95s else 0
+    charts[2].name = "p95"
+    p50 = [round((b["wait_p50_s"] or 0) * 1000) for b in buckets]
+    add_layer(charts[2], "p50", p50, "bar-wait-p50", " ms")
     return charts

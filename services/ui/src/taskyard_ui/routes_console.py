@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from .api import ApiClient, ApiError
-from .charts import counts_chart, stats_charts
+from .charts import add_layer, counts_chart, stats_charts
 from .live import live_client, live_response
 from .web import api_for, digest, parse_ts, render, render_fragment, whoami
 
@@ -33,11 +33,14 @@ LIST_FIELDS = ("status", "label")
 
 
 def _depth_chart(queue: dict) -> Any:
-    """Depth (all priorities) per minute; the table beside it gives each priority's latest depth."""
+    """Depth per minute stacked by priority (high on top); the table gives each one's latest depth."""
     points = queue.get("depth_history") or []
     counts = [p["high"] + p["normal"] + p["low"] for p in points]
     start = parse_ts(points[0]["at"]) if points else 0.0
-    chart = counts_chart("Waiting jobs", ("job", "jobs"), counts, start or 0.0, 60, "bar-wait")
+    chart = counts_chart("Waiting jobs", ("job", "jobs"), counts, start or 0.0, 60, "bar-high")
+    chart.name = "high"
+    add_layer(chart, "normal", [p["normal"] + p["low"] for p in points], "bar-normal", says="normal + low")
+    add_layer(chart, "low", [p["low"] for p in points], "bar-low")
     chart.total = counts[-1] if counts else 0
     chart.summary = (
         f"Depth each minute for the last {len(points)} min, all priorities; peak {max(counts):,}."

@@ -119,6 +119,8 @@ async def jobs_list(
     since: str = "",
     created_from: str = "",
     created_to: str = "",
+    finished_from: str = "",
+    finished_to: str = "",
     error: str = "",
     payload: str = "",
     sort: str = "",
@@ -138,6 +140,8 @@ async def jobs_list(
         "since": since,
         "created_from": created_from,
         "created_to": created_to,
+        "finished_from": finished_from,
+        "finished_to": finished_to,
         "error": error,
         "payload": payload,
         "sort": sort,
@@ -155,8 +159,10 @@ async def jobs_list(
         else:
             errors.append(f"Created within: unknown choice {filters['since']!r}")
     for name, api_name, label_text in (
-        ("created_from", "created_after", "From"),
-        ("created_to", "created_before", "To"),
+        ("created_from", "created_after", "Created from"),
+        ("created_to", "created_before", "Created before"),
+        ("finished_from", "finished_after", "Finished from"),
+        ("finished_to", "finished_before", "Finished before"),
     ):
         value, err = _utc_input(filters.get(name, ""), label_text)
         if err:
@@ -341,6 +347,7 @@ async def _detail(
         webhook=webhook,
         thread_error=thread_error,
         thread_text=thread_text,
+        can_act=who.get("role") != "viewer",
     )
 
 
