@@ -71,7 +71,7 @@ def test_the_journal_reads_a_coalesced_outcome_as_its_outcome():
     journal = Journal()
     journal.apply(coalesced("succeeded"))
     journal.apply(coalesced("handed_back", resume=0))
-    assert journal.outcome == "succeeded" and journal.handed_back == {0: 1}
+    assert journal.outcome == "succeeded" and journal.marks == {0: ("handed_back", 1)}
 
 
 # -- the lifecycle core and the projector -----------------------------------------------------
