@@ -134,8 +134,21 @@ def _row(
     }
 
 
+def _replayed_second_end(job: JobRecord, event: JobEvent, seq: int) -> bool:
+    """Replaying events the database lost (Projector.catch_up): an outcome stored before the one
+    that ended the row. A generation ends once, so it is another run's: the job ran again after
+    the crash (its JOBS ack was lost with the machine), and that run's outcome was projected first."""
+    return (
+        seq < job.last_event_seq
+        and job.status in ENDED_OUTCOMES
+        and event.type in ENDED_OUTCOMES
+        and event.worker_id is not None
+        and event.generation == job.generation
+    )
+
+
 def apply_events(
-    events: list[tuple[int, JobEvent]], jobs: dict[str, JobRecord]
+    events: list[tuple[int, JobEvent]], jobs: dict[str, JobRecord], replay: bool = False
 ) -> tuple[list[dict], list[dict], rollups.Tally]:
     """Move `jobs` (in place) by a batch's events in stream order; return the timeline rows, the
     checkpoint rows and the rollup tally they make. Pure: the caller reads and writes the rows.
@@ -163,7 +176,7 @@ def apply_events(
             job = jobs.get(event.job_id)
             if job is None:
                 continue  # pruned, or of another install's database: the timeline row stays
-            if _second_run(job, event, seq):
+            if _second_run(job, event, seq) or (replay and _replayed_second_end(job, event, seq)):
                 rows[-1].update(type="duplicate_run", data={"event": event.type, **event.data})
                 continue
             if seq > job.last_event_seq and lost_worker(job, event):
@@ -407,7 +420,7 @@ class Projector:
             jobs = dict(before)
             for _, event in events:
                 self._learn_duration(event)
-            rows, checkpoints, tally = apply_events(events, jobs)
+            rows, checkpoints, tally = apply_events(events, jobs, replay)
             # An outcome of a job the database does not know: it ran, and its JOBS message was
             # acked, but its row is gone (the database lost the commit that made it, or the
             # executor ran it after a crash before the reconciler re-created it): nothing can bring
