@@ -1456,6 +1456,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where py-spy output goes (default /tmp/taskyard-bench-profiles-<ts>)",
     )
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/<ts>.json")
+    p.add_argument("--out", help="also write the run's record (params, results, table) to this JSON file")
     p.add_argument(
         "--no-metrics", action="store_true", help="run without the metrics service (`./taskw up` runs it)"
     )
@@ -1585,6 +1586,8 @@ def main(argv: list[str] | None = None) -> int:
         path = RESULTS / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
         path.write_text(json.dumps(record, indent=2) + "\n")
         print(f"\nwrote {path.relative_to(ROOT)}")
+    if args.out:  # bench/compare.py reads each variant's record from here
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     if args.py_spy:
         print(f"py-spy output: {profile_dir}")
     return 0

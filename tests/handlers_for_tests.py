@@ -207,3 +207,11 @@ async def spends(payload, ctx):
     if ctx.attempt < payload.get("succeed_on", 1):
         raise RuntimeError(f"spent, then failed on attempt {ctx.attempt}")
     return {"attempt": ctx.attempt}
+
+
+@handler("kills_its_worker")
+async def kills_its_worker(payload, ctx):
+    """A poison job: its executor process dies under it (as an OOM kill would), every attempt."""
+    import os
+
+    os._exit(137)

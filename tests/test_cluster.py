@@ -23,9 +23,9 @@ RATE = 650  # offered jobs/s
 # (docs/scaling.md).
 STEADY_FLOOR = 500
 # A lost ack (its consumer leader died) redelivers after ack_wait: shorter than the default 30 s,
-# so the run stays short, but longer than half the 20 s stop. Each delivery counts as an attempt,
-# also one that a stopped node swallowed: with 5 s, the 20 s stop sent a job (of 3 attempts) to
-# `dead` as WorkerLost though no handler had failed (docs/scaling.md, "What a fault costs").
+# so the run stays short, but longer than half the 20 s stop. (With 5 s, when each delivery
+# counted as an attempt, the 20 s stop sent a job of 3 attempts to `dead` as WorkerLost though no
+# handler had failed; attempts now come from the journal. docs/scaling.md, "What a fault costs".)
 ENV = {"TASKYARD_NATS_ACK_WAIT_S": "15"}
 
 

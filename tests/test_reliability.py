@@ -1,5 +1,6 @@
 """Retries, dead letters, permanent errors, worker loss, drain and the outbox under faults."""
 
+import asyncio
 import time
 
 import httpx
@@ -232,3 +233,57 @@ def test_api_stopped_mid_projection_leaves_no_event_for_redelivery(stack):
         wait_until(lambda: unfinished_jobs() == [], 30, "all projected")
         bad = [("status", s) for s in ("failed", "dead", "cancelled")]
         assert c.get("/api/v1/jobs", params=bad).json()["jobs"] == []
+
+
+def _swallow(stack, deliveries: int, ack_wait_s: float) -> None:
+    """Take the default queue's next message `deliveries` times and never ack it, as a client
+    behind a hung node does: each delivery counts for JetStream, none reaches a worker."""
+    import nats
+
+    async def go() -> None:
+        nc = await nats.connect(stack.nats.url)
+        try:
+            sub = await nc.jetstream().pull_subscribe_bind(
+                f"{stack.prefix}_exec_default_normal", stream=f"{stack.prefix.upper()}_JOBS"
+            )
+            for n in range(1, deliveries + 1):
+                [msg] = await sub.fetch(1, timeout=ack_wait_s + 5)
+                assert msg.metadata.num_delivered == n
+                await asyncio.sleep(ack_wait_s + 0.2)  # its ack_wait runs out: delivered again
+        finally:
+            await nc.close()
+
+    run_async(go())
+
+
+def test_deliveries_that_never_reached_a_worker_spend_no_attempt(stack):
+    """Four deliveries swallowed (more than the job's 3 attempts), then an executor takes the
+    fifth: it is the job's second attempt (its first delivery's start is not journaled, so it is
+    counted as one), and it runs. Counted from JetStream's delivery count it was attempt 5, and the
+    job went `dead` as WorkerLost without ever running (docs/scaling.md)."""
+    stack.extra_env["TASKYARD_NATS_ACK_WAIT_S"] = "1"
+    stack.start_api()
+    job = submit(stack, type="noop", max_attempts=3)
+    _swallow(stack, 4, ack_wait_s=1.0)
+    stack.start_executor()
+    done = stack.wait_status(job["id"], {"succeeded", "dead"}, timeout=30)
+    assert (done["status"], done["attempt"]) == ("succeeded", 2), (done["status"], done["error"])
+
+
+def test_a_job_that_kills_its_worker_every_time_still_ends_dead_after_its_attempts(stack):
+    """Each redelivery's start is journaled before its handler runs, so a poison job that kills
+    the executor under it spends an attempt each time and goes `dead` (WorkerLost) after 3, not
+    after JetStream's max_deliver (100)."""
+    stack.extra_env["TASKYARD_NATS_ACK_WAIT_S"] = "1"
+    stack.start_api()
+    executor = stack.start_executor(handlers="handlers_for_tests")  # registers the job type
+    job = submit(stack, type="kills_its_worker", max_attempts=3)
+    for attempt in (1, 2, 3):
+        assert executor.process.wait(30) == 137, f"attempt {attempt} did not kill its worker"
+        # Not waited for: it takes the job (and dies) before it could answer /readyz.
+        executor = stack.start_executor(handlers="handlers_for_tests", wait=False)
+    done = stack.wait_status(job["id"], {"dead", "succeeded", "failed"}, timeout=30)
+    assert done["status"] == "dead" and done["error"]["type"] == "WorkerLost", done["error"]
+    starts = [e["attempt"] for e in done["timeline"] if e["type"] == "started"]
+    # Attempt 1's `started` may have died with its executor inside the start-hold window.
+    assert starts in ([1, 2, 3], [2, 3]), done["timeline"]

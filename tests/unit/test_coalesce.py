@@ -71,7 +71,7 @@ def test_the_journal_reads_a_coalesced_outcome_as_its_outcome():
     journal = Journal()
     journal.apply(coalesced("succeeded"))
     journal.apply(coalesced("handed_back", resume=0))
-    assert journal.outcome == "succeeded" and journal.handed_back == {0: 1}
+    assert journal.outcome == "succeeded" and journal.marks == {0: ("handed_back", 1)}
 
 
 # -- the lifecycle core and the projector -----------------------------------------------------
@@ -167,3 +167,18 @@ def test_metrics_count_the_carried_start_and_its_queue_wait():
     assert value("taskyard_job_wait_target_total", {"queue": "default", "outcome": "met"}) == 1
     assert value("taskyard_job_queue_wait_seconds_count", {"queue": "default", "priority": "normal"}) == 1
     assert value("taskyard_jobs_finished_total", {**labels, "status": "succeeded"}) == 1
+
+
+def test_a_replayed_outcome_older_than_the_one_that_ended_the_job_is_a_second_run():
+    """The projector's catch-up after the database lost commits: the job ran again after the crash
+    (its JOBS ack was lost too) and that run's outcome came first; the older one is the other run's."""
+    ended = job(stream_seq=1, updated_at=T0)
+    ended_by = {"J1": ended}
+    apply_events([(9, coalesced())], ended_by)  # the run after the crash
+    jobs = dict(ended_by)
+    rows, _, _ = apply_events([(7, coalesced())], jobs, replay=True)  # the run before it, replayed
+    assert [r["type"] for r in rows] == ["started", "duplicate_run"]
+    assert jobs["J1"] == ended_by["J1"]
+    # Not replaying (two api processes projecting out of order) an earlier event keeps its own row.
+    rows, _, _ = apply_events([(7, coalesced())], dict(ended_by))
+    assert [r["type"] for r in rows] == ["started", "succeeded"]

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from taskyard_api.event_epochs import Epoch, effective, last_recorded, went_back
+from taskyard_api.event_epochs import Epoch, effective, last_recorded, raw_of, went_back
 
 
 def test_without_epochs_a_sequence_is_itself():
@@ -45,3 +45,11 @@ def test_the_recorded_prefix_is_found_by_bisection():
 
 async def _false() -> bool:
     return False
+
+
+def test_raw_of_maps_a_recorded_sequence_back():
+    """The projector's catch-up starts after the last message the database recorded, in the
+    stream's own (raw) numbering."""
+    assert raw_of(70, []) == 70
+    epochs = [Epoch(after_seq=40, shift=60)]  # raw 41 was recorded as 101
+    assert [raw_of(effective(raw, epochs), epochs) for raw in (1, 40, 41, 95)] == [1, 40, 41, 95]

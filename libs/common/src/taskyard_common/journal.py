@@ -31,18 +31,17 @@ class Journal:
     decisions: dict[str, Decision] = field(default_factory=dict)
     # Set when this generation already reported its final outcome (its ack was lost).
     outcome: str | None = None
-    # Deliveries a draining or stopped worker handed back, per continuation (`resume`): they
-    # count toward the message's deliveries but were no attempt (see `attempt_of`).
-    handed_back: dict[int, int] = field(default_factory=dict)
+    # Per continuation (`resume`): the last journaled start or hand-back and its attempt, what
+    # the next delivery counts its attempt from (`attempt_of`).
+    marks: dict[int, tuple[str, int]] = field(default_factory=dict)
     # What the job said on its thread (`ctx.say`), in order: a resumed run skips these many.
     said: list[str] = field(default_factory=list)
 
     def apply(self, event: JobEvent) -> None:
         if event.type in ENDED_OUTCOMES:
             self.outcome = event.type
-        elif event.type == "handed_back":
-            resume = int(event.data.get("resume", 0))
-            self.handed_back[resume] = self.handed_back.get(resume, 0) + 1
+        elif event.type in ("started", "handed_back"):
+            self.marks[int(event.data.get("resume", 0))] = (event.type, event.attempt)
         elif event.type == "said":
             n = int(event.data.get("n", len(self.said)))
             if n == len(self.said):  # a replayed duplicate (same n) is the same message
@@ -61,9 +60,23 @@ class Journal:
 
 
 def attempt_of(delivery: int, journal: Journal, resume: int) -> int:
-    """The attempt a delivery is: its delivery count less the hand-backs of the same message (a
-    continuation after a checkpoint is a new message, whose deliveries count from 1 again)."""
-    return max(1, delivery - journal.handed_back.get(resume, 0))
+    """The attempt a delivery of continuation `resume` is (a continuation after a checkpoint is a
+    new message, whose attempts count from 1 again), from the job's journal, not from JetStream's
+    delivery count: a delivery that never reached a worker (held by a client behind a hung node
+    until its ack_wait ran out) counts for JetStream but was no attempt, and counting it sent jobs
+    `dead` as WorkerLost when a node hung longer than about (max_attempts − 1) × ack_wait.
+
+    Every later delivery's start is journaled, stored before its handler runs (the executor, a
+    REST lease); a hand-back is journaled and spends no attempt. A first delivery's start goes in
+    the executor's batch, not the journal: with nothing journaled this is the second attempt (one
+    too many only if the first delivery never reached a worker either)."""
+    if delivery <= 1:
+        return 1
+    mark = journal.marks.get(resume)
+    if mark is None:
+        return 2
+    kind, attempt = mark
+    return max(1, attempt if kind == "handed_back" else attempt + 1)
 
 
 async def read_journal(nc: NatsClient, topo: Topology, job_id: str, generation: int) -> Journal:

@@ -164,6 +164,7 @@ async def lifespan(app: FastAPI):
         batch=settings.reconcile_batch,
         orphan_scan_s=settings.reconcile_orphan_scan_s,
     )
+    state.reconciler.projector_caught_up = state.projector.caught_up
     supervisor.every("reconciler", settings.reconcile_interval_s, state.reconciler.run_once, at_start=True)
     state.gate_timer = GateTimer(
         [DueJobs(state.sessions, state.jobs), RateKeys(state.sessions, state.jobs)], state.jobs.gates_changed

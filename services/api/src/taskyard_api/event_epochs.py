@@ -45,6 +45,20 @@ def effective(raw: int, epochs: list[Epoch]) -> int:
     return raw
 
 
+def raw_of(effective_seq: int, epochs: list[Epoch]) -> int:
+    """The raw sequence of the message recorded at `effective_seq` (what `effective` maps back)."""
+    for epoch in reversed(epochs):
+        if effective_seq > epoch.after_seq + epoch.shift:
+            return effective_seq - epoch.shift
+    return effective_seq
+
+
+async def recorded_max(session: AsyncSession, per_message: int) -> int:
+    """The highest (effective) EVENTS message sequence the database has a timeline row of."""
+    e = JobEventRow.__table__.c
+    return (await session.scalar(select(func.max(e.stream_seq))) or 0) // per_message
+
+
 def went_back(last_raw: int, recorded: int, epochs: list[Epoch]) -> bool:
     """Has the database recorded an effective message sequence above the stream's last one?"""
     return recorded > effective(last_raw, epochs)
@@ -82,7 +96,7 @@ async def check(
         await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('taskyard.event_epochs'))"))
     epochs = await load(session)
     e = JobEventRow.__table__.c
-    recorded = (await session.scalar(select(func.max(e.stream_seq))) or 0) // per_message
+    recorded = await recorded_max(session, per_message)
     if not went_back(last_raw, recorded, epochs):
         return epochs, None
 

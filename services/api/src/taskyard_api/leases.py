@@ -400,7 +400,8 @@ class LeaseService:
             return None
         fresh = delivery == 1 and spec.resume == 0
         wait = {"wait_s": round(lease.started - spec.submitted_at, 6)} if fresh else {}
-        await self._publish(self._event(lease, "started", **wait))
+        # `resume`: the next delivery counts its attempt from this start (journal.attempt_of).
+        await self._publish(self._event(lease, "started", resume=spec.resume, **wait))
         self.leases[lease.id] = lease
         worker.leases[lease.id] = lease
         lease.keepalive = asyncio.create_task(self._keep_alive(lease))

@@ -30,7 +30,7 @@ from taskyard_common.supervise import Backoff
 from taskyard_common.topology import Topology
 
 from . import costs, event_epochs, gates, messages, rollups
-from .http_metrics import EVENTS_UNPROJECTABLE
+from .http_metrics import EVENTS_UNPROJECTABLE, RECONCILED
 from .job_store import JobStore
 from .lifecycle import JobRecord, changes, lost_attempt, lost_worker, reports, transition
 from .models import Checkpoint, JobEventRow, JobMessage, jobs_table
@@ -66,6 +66,8 @@ SUBSCRIBE_TIMEOUT_S = 3.0
 # backoff's 4 and 8 s kept it down after the cluster had elected the new leaders (kill -9 of the
 # JOBS leader: jobs flowed again after 15.3 s, 8 s of it the election).
 RESTART_BACKOFF = Backoff(initial_s=0.5, max_s=2.0)
+# Why a job moved by the replay after the database lost commits (its `reconciled` timeline row).
+REPLAYED_WHY = "the database lost events the projector had acked; projected again from EVENTS"
 
 _jobs = jobs_table
 _updates: dict[tuple[tuple[str, ...], bool], Any] = {}
@@ -132,8 +134,21 @@ def _row(
     }
 
 
+def _replayed_second_end(job: JobRecord, event: JobEvent, seq: int) -> bool:
+    """Replaying events the database lost (Projector.catch_up): an outcome stored before the one
+    that ended the row. A generation ends once, so it is another run's: the job ran again after
+    the crash (its JOBS ack was lost with the machine), and that run's outcome was projected first."""
+    return (
+        seq < job.last_event_seq
+        and job.status in ENDED_OUTCOMES
+        and event.type in ENDED_OUTCOMES
+        and event.worker_id is not None
+        and event.generation == job.generation
+    )
+
+
 def apply_events(
-    events: list[tuple[int, JobEvent]], jobs: dict[str, JobRecord]
+    events: list[tuple[int, JobEvent]], jobs: dict[str, JobRecord], replay: bool = False
 ) -> tuple[list[dict], list[dict], rollups.Tally]:
     """Move `jobs` (in place) by a batch's events in stream order; return the timeline rows, the
     checkpoint rows and the rollup tally they make. Pure: the caller reads and writes the rows.
@@ -161,7 +176,7 @@ def apply_events(
             job = jobs.get(event.job_id)
             if job is None:
                 continue  # pruned, or of another install's database: the timeline row stays
-            if _second_run(job, event, seq):
+            if _second_run(job, event, seq) or (replay and _replayed_second_end(job, event, seq)):
                 rows[-1].update(type="duplicate_run", data={"event": event.type, **event.data})
                 continue
             if seq > job.last_event_seq and lost_worker(job, event):
@@ -203,6 +218,9 @@ class Projector:
         # sequence this projector has seen: one at or below it makes it look again.
         self.epochs: list[event_epochs.Epoch] = []
         self.high_raw = 0
+        # Set once the first subscribe has projected again what the database lost (`catch_up`):
+        # until then the reconciler must not judge a row by the durable's ack floor.
+        self.caught_up = asyncio.Event()
 
     async def run(self) -> None:
         """Subscribe, then project until `stop()`. Run supervised (app.py): a failure (NATS away,
@@ -225,6 +243,8 @@ class Projector:
         sub = await asyncio.wait_for(subscribing, SUBSCRIBE_TIMEOUT_S)
         try:
             await self.check_epochs()
+            await self.catch_up(sub)
+            self.caught_up.set()
             self.high_raw = 0
             while not self.stopping:
                 try:
@@ -302,6 +322,60 @@ class Projector:
                 added.shift,
             )
 
+    async def catch_up(self, sub) -> int:  # noqa: ANN001 - nats-py's PullSubscription
+        """Project again what the durable consumer acked but the database no longer holds; returns
+        how many EVENTS messages that was.
+
+        The durable's ack floor is what was projected; the database's highest timeline row is
+        what it kept. They part when the database lost commits the projector had acked (SQLite
+        with synchronous=NORMAL in a machine crash, a database restored from a backup): those jobs'
+        rows are back where they were (`queued`, `running`) while their JOBS messages are gone, so
+        the reconciler would send them again and they would run twice. EVENTS still holds their
+        events, and projecting is idempotent: read them once more through an ephemeral consumer,
+        from after the last recorded one up to the ack floor, before the durable goes on."""
+        info = await asyncio.wait_for(sub.consumer_info(), SUBSCRIBE_TIMEOUT_S)
+        acked = info.ack_floor.stream_seq if info.ack_floor else 0
+        async with self.sessions() as session:
+            recorded = await event_epochs.recorded_max(session, PER_MESSAGE)
+        start = event_epochs.raw_of(recorded, self.epochs) + 1
+        if start > acked:
+            return 0  # the usual case: the database holds all the projector acked
+        replay = await self.js.pull_subscribe(
+            f"{self.topo.prefix}.events.>",
+            stream=self.topo.events_stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=start,
+                inactive_threshold=30.0,
+                num_replicas=1,
+                mem_storage=True,
+            ),
+        )
+        read = 0
+        try:
+            while True:
+                try:
+                    msgs = await replay.fetch(self.batch, timeout=2)
+                except (NatsTimeout, TimeoutError):
+                    break  # nothing more in EVENTS
+                within = [msg for msg in msgs if stream_seq(msg) <= acked]
+                read += len(within)
+                if within:
+                    await self.project(within, replay=True)
+                if len(within) < len(msgs) or stream_seq(msgs[-1]) >= acked:
+                    break
+        finally:
+            with contextlib.suppress(NatsError):
+                await replay.unsubscribe()  # the consumer goes after its inactive threshold
+        log.warning(
+            "the database lost events the projector had acked (EVENTS %d..%d): projected %d messages again",
+            start,
+            acked,
+            read,
+        )
+        return read
+
     async def _first_event(self, raw: int) -> tuple[int, str, str, float] | None:
         """The first event of the EVENTS message at or after `raw` (job id, type, time)."""
         try:
@@ -318,7 +392,11 @@ class Projector:
             return None
         return found.seq, events[0].job_id, events[0].type, events[0].at
 
-    async def project(self, msgs: list) -> None:
+    async def project(self, msgs: list, replay: bool = False) -> None:
+        """Project a batch in one transaction. `replay` (catch_up): events the database lost; a
+        job they move gets a `reconciled` timeline row, and a job the database does not know
+        at all is counted as a lost record (its events are not stored: they would be a timeline
+        without a job)."""
         raws = [stream_seq(msg) for msg in msgs]
         if raws and min(raws) <= self.high_raw:
             await self.check_epochs()  # a redelivery, or the stream went back
@@ -342,7 +420,22 @@ class Projector:
             jobs = dict(before)
             for _, event in events:
                 self._learn_duration(event)
-            rows, checkpoints, tally = apply_events(events, jobs)
+            rows, checkpoints, tally = apply_events(events, jobs, replay)
+            # An outcome of a job the database does not know: it ran, and its JOBS message was
+            # acked, but its row is gone (the database lost the commit that made it, or the
+            # executor ran it after a crash before the reconciler re-created it): nothing can bring
+            # the row back (events do not carry the spec), so it is said, not silent.
+            lost = {
+                row["job_id"] for row in rows if row["job_id"] not in before and row["type"] in ENDED_OUTCOMES
+            }
+            if replay:
+                # Not stored: they would be a timeline without a job (a pruned one's, too).
+                rows = [row for row in rows if row["job_id"] in before]
+                rows += [
+                    _row(job_id, None, "reconciled", time.time(), job.attempt, None, _REPLAYED)
+                    for job_id, job in jobs.items()
+                    if changes(before[job_id], job)
+                ]
             await session.execute(_insert_ignoring(session, JobEventRow, "stream_seq"), rows)
             # What each attempt used and spent, keyed like its outcome's timeline row (costs.py).
             await costs.store(session, events, before)
@@ -377,10 +470,31 @@ class Projector:
             if self.crash_at is not None and time.monotonic() >= self.crash_at:
                 os._exit(98)
             await session.commit()
+        _count_repairs(rows if replay else [], lost)
         if enqueued:
             self.notifier.wake.set()
         if opened:
             await self.follow(opened)
+
+
+_REPLAYED = {"action": "replayed", "why": REPLAYED_WHY}
+
+
+def _count_repairs(rows: list[dict], lost: set[str]) -> None:
+    """The metric and log of what a batch found: jobs moved by a replay (Projector.catch_up),
+    outcomes of jobs whose record is lost."""
+    moved = sum(1 for row in rows if row["type"] == "reconciled")
+    if moved:
+        RECONCILED.labels("replayed").inc(moved)
+        log.warning("reconciler: replayed the lost events of %d jobs", moved)
+    if lost:
+        RECONCILED.labels("record_lost").inc(len(lost))
+        log.error(
+            "%d jobs ended without a row (the database lost their record in a crash or a restore, "
+            "or they were deleted): %s",
+            len(lost),
+            sorted(lost)[:20],
+        )
 
 
 async def _nak(msgs: list) -> None:

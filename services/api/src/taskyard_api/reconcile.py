@@ -109,6 +109,9 @@ class Reconciler:
         self.duplicate_window_s = topo.settings.duplicate_window_s
         self._cursor = ""  # the last job id of the previous page: each round checks the next page
         self._next_scan = 0.0  # monotonic time of the next orphan scan (0: at the first round)
+        # The projector's catch-up (Projector.caught_up): before it has projected again what the
+        # database lost, the durable's ack floor overstates what the rows reflect.
+        self.projector_caught_up: asyncio.Event | None = None
         self.decisions = DecisionCheck(
             nc, topo, sessions, jobs, self._message_there, min_age_s=min_age_s, batch=batch
         )
@@ -195,6 +198,8 @@ class Reconciler:
         watermark = (await self.js.stream_info(self.topo.events_stream)).state.last_seq
         projector = await self.js.consumer_info(self.topo.events_stream, self.topo.projector_durable)
         projected_upto = projector.ack_floor.stream_seq if projector.ack_floor else 0
+        if self.projector_caught_up is not None and not self.projector_caught_up.is_set():
+            projected_upto = 0  # its outcomes may be on their way back: judge nothing yet
         running = {r.id for view in await self.workers.workers() if view.live for r in view.heartbeat.running}
         due: list[tuple[JobRecord, str]] = []
         for job in missing:

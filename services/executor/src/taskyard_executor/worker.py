@@ -467,7 +467,14 @@ class Worker:
             return
         wait = {"wait_s": round(run.started - spec.submitted_at, 6)} if fresh else {}
         started = self._event(run, "started", **wait)
-        if self.held.enabled:
+        if run.msg.metadata.num_delivered > 1:
+            # Journaled, and stored before the handler runs: the next delivery counts its attempt
+            # from these starts (attempt_of), not from deliveries that may never have reached a
+            # worker; a poison job that kills its worker still spends an attempt each time.
+            started = self._event(run, "started", resume=spec.resume)
+            await self.emitter.event(started, own_subject=True)
+            await self.emitter.flush(spec.id)
+        elif self.held.enabled:
             # Held: the outcome carries it if the job ends within the window (`_report`).
             self.held.hold(started, time.monotonic())
             self._held_added.set()
