@@ -1,8 +1,12 @@
 """nats-server memory per retained job: run N noop jobs through the whole stack, let nats-server's
 caches expire, and divide what its memory grew by N.
 
-Memory is the Go heap left live after a collection (GODEBUG=gctrace=1), not the resident size.
-Two readings: while JOBS' duplicate window still holds every job's message id (the first minutes
+Memory is the Go heap, not the resident size, read two ways: live after the first collection
+that comes by itself (GODEBUG=gctrace=1), and in use after two collections forced through the
+profiling port. The first counts what sync.Pool still holds: a collection only moves a pool's
+buffers (message-block caches of megabytes) to its victim cache, the next one frees them. Those
+are buffers for reuse, not memory a retained job holds, so the second reading is the figure.
+Two moments: while JOBS' duplicate window still holds every job's message id (the first minutes
 after a burst) and, with `--after-window`, once the window has passed (what a job costs for the
 rest of EVENTS' retention: its events and their subjects). The streams' own byte counts are on
 disk, not in memory, and are reported beside.
@@ -27,6 +31,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 from run import PREFIX, RESULTS, Stack, log, submit_batches, wait_all_final  # noqa: E402
 
+from taskyard_common.embedded import free_port  # noqa: E402
 from taskyard_common.settings import NatsSettings  # noqa: E402
 from taskyard_common.topology import Topology  # noqa: E402
 
@@ -63,6 +68,32 @@ def settled_heap(stack: Stack, seconds: float) -> int:
             return heaps[-1]
         time.sleep(1)
     raise RuntimeError("nats-server ran no collection in 130 s")
+
+
+def heap_in_use(stack: Stack) -> int:
+    """nats-server's heap in use (bytes) after two forced collections (the module's docstring)."""
+    url = f"http://127.0.0.1:{stack.nats.profile_port}/debug/pprof/heap?gc=1"
+    with urllib.request.urlopen(url, timeout=30) as r:
+        r.read()
+    with urllib.request.urlopen(url + "&debug=1", timeout=30) as r:
+        text = r.read().decode()
+    found = re.search(r"^# HeapAlloc = (\d+)$", text, re.M)
+    if found is None:
+        raise RuntimeError("no HeapAlloc in nats-server's heap profile")
+    return int(found.group(1))
+
+
+def reading(stack: Stack, seconds: float) -> dict:
+    """Both readings after `seconds` of quiet."""
+    live = settled_heap(stack, seconds)
+    return {"live_mb": live, "in_use_bytes": heap_in_use(stack)}
+
+
+def per_job(before: dict, after: dict, jobs: int) -> dict:
+    return {
+        "live_heap": round((after["live_mb"] - before["live_mb"]) * 2**20 / jobs, 1),
+        "in_use": round((after["in_use_bytes"] - before["in_use_bytes"]) / jobs, 1),
+    }
 
 
 def streams(stack: Stack) -> dict:
@@ -104,6 +135,7 @@ def main() -> int:
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="taskyard-natsmem-"))
     stack = Stack(args, tmp)
+    stack.nats.profile_port = free_port()
     os.environ["GODEBUG"] = "gctrace=1"  # nats-server prints each collection's live heap to its log
     stack.nats.start()
     res: dict = {"at": datetime.now(UTC).isoformat(), "jobs": args.jobs, "env": args.env or []}
@@ -112,20 +144,19 @@ def main() -> int:
         stack.start_api()
         stack.start_executors()
         asyncio.run(run_jobs(stack, 200, 200))  # warm-up: consumers, caches, the first blocks
-        before = settled_heap(stack, args.settle)
+        before = reading(stack, args.settle)
         log(f"{args.jobs:,} noop jobs")
         asyncio.run(run_jobs(stack, args.jobs, args.batch))
         log(f"settling {args.settle:g} s")
-        after = settled_heap(stack, args.settle)
-        res["live_heap_mb"] = {"before": before, "after": after}
-        res["in_window_bytes_per_job"] = round((after - before) * 2**20 / args.jobs, 1)
+        after = reading(stack, args.settle)
+        res["readings"] = {"before": before, "after": after}
+        res["in_window_bytes_per_job"] = per_job(before, after, args.jobs)
         res["streams"] = streams(stack)
         if args.after_window:
             window = NatsSettings().duplicate_window_s
             log(f"waiting for JOBS' {window:g} s duplicate window to pass")
-            late = settled_heap(stack, window)
-            res["live_heap_mb"]["after_window"] = late
-            res["after_window_bytes_per_job"] = round((late - before) * 2**20 / args.jobs, 1)
+            res["readings"]["after_window"] = late = reading(stack, window)
+            res["after_window_bytes_per_job"] = per_job(before, late, args.jobs)
     finally:
         stack.stop()
         stack.drop_db()

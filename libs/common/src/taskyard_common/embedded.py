@@ -87,6 +87,8 @@ class EmbeddedNats:
     cluster_port: int | None = None
     # Every node's cluster port, this one's included (nats-server skips a route to itself).
     routes: list[int] = field(default_factory=list)
+    # Go's pprof endpoints on this port (bench/nats_memory.py reads the heap through them).
+    profile_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -106,6 +108,7 @@ class EmbeddedNats:
                 "-js",
                 "-sd", str(self.store_dir),
                 "-n", self.server_name,
+                *(["--profile", str(self.profile_port)] if self.profile_port else []),
             ]  # fmt: skip
         node = ClusterNode(self.server_name, "127.0.0.1", self.port, self.monitor_port, self.cluster_port)
         peers = [f"127.0.0.1:{port}" for port in self.routes]
