@@ -169,16 +169,15 @@ def test_metrics_count_the_carried_start_and_its_queue_wait():
     assert value("taskyard_jobs_finished_total", {**labels, "status": "succeeded"}) == 1
 
 
-def test_a_replayed_outcome_older_than_the_one_that_ended_the_job_is_a_second_run():
-    """The projector's catch-up after the database lost commits: the job ran again after the crash
-    (its JOBS ack was lost too) and that run's outcome came first; the older one is the other run's."""
+def test_an_outcome_older_than_the_one_that_ended_the_job_projected_after_it_is_a_second_run():
+    """After a machine crash the job ran again (its JOBS delivery came back, as attempt 1 again)
+    and that run's outcome was projected first: the projector's delivery of the older one came
+    back after its ack_wait, or the catch-up replays it. A generation ends once: the older
+    outcome is the other run's, whether replayed or not (CI: 5 of 600 jobs ended twice)."""
     ended = job(stream_seq=1, updated_at=T0)
     ended_by = {"J1": ended}
     apply_events([(9, coalesced())], ended_by)  # the run after the crash
     jobs = dict(ended_by)
-    rows, _, _ = apply_events([(7, coalesced())], jobs, replay=True)  # the run before it, replayed
+    rows, _, _ = apply_events([(7, coalesced())], jobs)  # the run before it
     assert [r["type"] for r in rows] == ["started", "duplicate_run"]
     assert jobs["J1"] == ended_by["J1"]
-    # Not replaying (two api processes projecting out of order) an earlier event keeps its own row.
-    rows, _, _ = apply_events([(7, coalesced())], dict(ended_by))
-    assert [r["type"] for r in rows] == ["started", "succeeded"]

@@ -103,6 +103,29 @@ def test_an_earlier_attempts_report_stored_after_a_later_attempt_ended_the_job_i
     assert jobs["A"] == done
 
 
+def test_a_start_projected_after_its_attempts_progress_leaves_the_job_running():
+    # Two api processes project at once: one committed a REST worker's progress (seq 6) before
+    # the other projected the attempt's `started` (seq 5), which is then older than the row.
+    queued = job("A", status="queued", attempt=0, last_event_seq=0)
+    jobs = {"A": queued}
+    progress = event("progress", T0 + 0.1, job_id="A", attempt=1, worker="w1", pct=10.0, message="")
+    apply_events([(6 * PER_MESSAGE, progress)], jobs)
+    started = event("started", T0, job_id="A", attempt=1, worker="w1")
+    apply_events([(5 * PER_MESSAGE, started)], jobs)
+    moved = jobs["A"]
+    assert (moved.status, moved.attempt, moved.worker_id, moved.progress) == (
+        "running",
+        1,
+        "w1",
+        {"pct": 10.0, "message": ""},
+    )
+    # A late progress of the attempt that already failed moves nothing back to running.
+    retrying = job("B", status="retrying", attempt=1, last_event_seq=0)
+    jobs = {"B": retrying}
+    apply_events([(7 * PER_MESSAGE, event("progress", T0, job_id="B", attempt=1, worker="w1", pct=50.0))], jobs)
+    assert jobs["B"].status == "retrying"
+
+
 def test_an_earlier_attempt_projected_after_the_later_one_keeps_its_own_rows_and_moves_nothing():
     # Two api processes project at once: one took attempt 2's batch (started, succeeded at
     # seq 9) and committed before the other projected attempt 1's (started, retrying at seq 5).

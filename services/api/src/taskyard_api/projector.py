@@ -134,10 +134,12 @@ def _row(
     }
 
 
-def _replayed_second_end(job: JobRecord, event: JobEvent, seq: int) -> bool:
-    """Replaying events the database lost (Projector.catch_up): an outcome stored before the one
-    that ended the row. A generation ends once, so it is another run's: the job ran again after
-    the crash (its JOBS ack was lost with the machine), and that run's outcome was projected first."""
+def _earlier_second_end(job: JobRecord, event: JobEvent, seq: int) -> bool:
+    """An outcome stored before the one that ended the row, projected after it. A generation ends
+    once, so it is another run's: the job ran again after a machine crash (its JOBS delivery came
+    back), and that run's outcome was projected first, because the projector's own delivery of
+    the older one came back only after its ack_wait (its consumer lost its acks in the same crash:
+    seen with `sync_interval: always`), or because the catch-up replays it (Projector.catch_up)."""
     return (
         seq < job.last_event_seq
         and job.status in ENDED_OUTCOMES
@@ -148,7 +150,7 @@ def _replayed_second_end(job: JobRecord, event: JobEvent, seq: int) -> bool:
 
 
 def apply_events(
-    events: list[tuple[int, JobEvent]], jobs: dict[str, JobRecord], replay: bool = False
+    events: list[tuple[int, JobEvent]], jobs: dict[str, JobRecord]
 ) -> tuple[list[dict], list[dict], rollups.Tally]:
     """Move `jobs` (in place) by a batch's events in stream order; return the timeline rows, the
     checkpoint rows and the rollup tally they make. Pure: the caller reads and writes the rows.
@@ -176,7 +178,7 @@ def apply_events(
             job = jobs.get(event.job_id)
             if job is None:
                 continue  # pruned, or of another install's database: the timeline row stays
-            if _second_run(job, event, seq) or (replay and _replayed_second_end(job, event, seq)):
+            if _second_run(job, event, seq) or _earlier_second_end(job, event, seq):
                 rows[-1].update(type="duplicate_run", data={"event": event.type, **event.data})
                 continue
             if seq > job.last_event_seq and lost_worker(job, event):
@@ -420,7 +422,7 @@ class Projector:
             jobs = dict(before)
             for _, event in events:
                 self._learn_duration(event)
-            rows, checkpoints, tally = apply_events(events, jobs, replay)
+            rows, checkpoints, tally = apply_events(events, jobs)
             # An outcome of a job the database does not know: it ran, and its JOBS message was
             # acked, but its row is gone (the database lost the commit that made it, or the
             # executor ran it after a crash before the reconciler re-created it): nothing can bring
