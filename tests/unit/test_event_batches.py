@@ -122,7 +122,9 @@ def test_a_start_projected_after_its_attempts_progress_leaves_the_job_running():
     # A late progress of the attempt that already failed moves nothing back to running.
     retrying = job("B", status="retrying", attempt=1, last_event_seq=0)
     jobs = {"B": retrying}
-    apply_events([(7 * PER_MESSAGE, event("progress", T0, job_id="B", attempt=1, worker="w1", pct=50.0))], jobs)
+    apply_events(
+        [(7 * PER_MESSAGE, event("progress", T0, job_id="B", attempt=1, worker="w1", pct=50.0))], jobs
+    )
     assert jobs["B"].status == "retrying"
 
 

@@ -519,7 +519,11 @@ def _reported(job: JobRecord, event: JobEvent, seq: int, held: bool = False) -> 
         moved["started_at"] = job.started_at or event.at
     elif kind == "progress":
         moved["progress"] = data
-        if job.status in ("queued", "retrying") and event.worker_id is not None and event.attempt > job.attempt:
+        if (
+            job.status in ("queued", "retrying")
+            and event.worker_id is not None
+            and event.attempt > job.attempt
+        ):
             # Only a running attempt reports progress: its `started` is in an earlier message that
             # another api process projected after this one (and is then ignored as older).
             moved.update(status="running", attempt=event.attempt, worker_id=event.worker_id)
