@@ -58,8 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("set", choices=["scale", "durability"])
     p.add_argument("--db", help="PostgreSQL server for the scale set's PostgreSQL variants")
     p.add_argument("--rounds", type=int, default=1, help="times each variant runs, alternating (default 1)")
-    p.add_argument("run_args", nargs="*", help="after --: arguments for every run.py run")
-    args = p.parse_args(argv)
+    p.epilog = "After --: arguments for every run.py run."
+    argv = sys.argv[1:] if argv is None else argv
+    # Split at `--` by hand: argparse gives a trailing nargs="*" positional nothing once the
+    # first positional is taken, and then refuses the rest as unrecognized.
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = p.parse_args(argv[:cut])
+    args.run_args = argv[cut + 1 :]
     started = datetime.now(UTC)
     tables: list[tuple[str, list[list[str]]]] = []
     with tempfile.TemporaryDirectory(prefix="taskyard-compare-") as tmp:
