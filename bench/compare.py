@@ -88,16 +88,9 @@ def main(argv: list[str] | None = None) -> int:
                 tables.append((name, record["table"]))
     rows = merge(tables)
     print(f"\nTaskyard bench compare ({args.set}), {started:%Y-%m-%d %H:%M}–{datetime.now(UTC):%H:%M} UTC\n")
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print(
-            "  ".join(
-                cell.ljust(w) if j == 0 else cell.rjust(w)
-                for j, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    from run import print_table  # bench/run.py, beside this script (heavy: imported to print)
+
+    print_table(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"compare-{args.set}-{started:%Y%m%dT%H%M%SZ}.json"
     path.write_text(
