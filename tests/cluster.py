@@ -16,10 +16,12 @@ from taskyard_common.embedded import EmbeddedCluster
 from .stack import Stack
 
 # The first second or two accept less (350-450 jobs/s of 650 offered, then 600-900) while the api's
-# database pool and the executors' pulls fill: the steady rate is counted from WARM_UP_S, and a
-# fault comes LOAD_BEFORE_FAULT_S after the start.
-WARM_UP_S = 3.0
+# database pool and the executors' pulls fill: a fault comes at least LOAD_BEFORE_FAULT_S after
+# the start, once the STEADY_WINDOW_S before it accepted the floor (Load.wait_steady); on a slow
+# machine that can take a few seconds more.
 LOAD_BEFORE_FAULT_S = 7.0
+STEADY_WINDOW_S = 4.0
+STEADY_WAIT_S = 30.0
 
 
 @dataclass
@@ -69,11 +71,20 @@ class Load:
         return len(self.accepted) / max(1e-9, (self.stopped_at or time.monotonic()) - self.started_at)
 
     def steady_rate(self, until: float) -> float:
-        """Jobs/s accepted from WARM_UP_S after the start until `until` (monotonic): the load
-        before a fault, when the api answers at once."""
-        since = self.started_at + WARM_UP_S
+        """Jobs/s accepted in the STEADY_WINDOW_S before `until` (monotonic): the load before a
+        fault, when the api answers at once."""
+        since = until - STEADY_WINDOW_S
         jobs = sum(n for at, n in self.answered if since <= at <= until)
-        return jobs / max(1e-9, until - since)
+        return jobs / STEADY_WINDOW_S
+
+    def wait_steady(self, floor: float) -> float:
+        """Wait LOAD_BEFORE_FAULT_S, then until the last STEADY_WINDOW_S accepted `floor` jobs/s
+        (STEADY_WAIT_S at most); returns that rate, which the test asserts."""
+        time.sleep(LOAD_BEFORE_FAULT_S)
+        deadline = time.monotonic() + STEADY_WAIT_S
+        while (rate := self.steady_rate(time.monotonic())) < floor and time.monotonic() < deadline:
+            time.sleep(0.25)
+        return rate
 
     def _specs(self, rng: random.Random, key: str) -> list[dict]:
         specs = [

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from .cluster import LOAD_BEFORE_FAULT_S, Finished, Load, stream_leader
+from .cluster import Finished, Load, stream_leader
 from .conftest import _migrate, create_key
 from .invariants import assert_invariants, query, wait_all_final
 from .stack import Stack, run_async
@@ -81,7 +81,7 @@ def test_kill_9_the_jobs_leader_then_restart_it(cluster_stack, nats_cluster):
     assert all(n == 3 for n in replicas(nats_cluster).values()), replicas(nats_cluster)
     load = Load(stack, rate=RATE).start()
     finished = Finished(stack.db_url).start()
-    time.sleep(LOAD_BEFORE_FAULT_S)
+    load.wait_steady(STEADY_FLOOR)
     leader = stream_leader(nats_cluster, jobs)
     node = nats_cluster.node(leader)
     fault_at = finished.fault()
@@ -106,7 +106,7 @@ def test_kill_9_the_events_leader(cluster_stack, nats_cluster):
     events = f"{stack.prefix.upper()}_EVENTS"
     load = Load(stack, rate=RATE).start()
     finished = Finished(stack.db_url).start()
-    time.sleep(LOAD_BEFORE_FAULT_S)
+    load.wait_steady(STEADY_FLOOR)
     leader = stream_leader(nats_cluster, events)
     fault_at = finished.fault()
     nats_cluster.node(leader).kill()  # and it stays down: two nodes carry on
@@ -127,7 +127,7 @@ def test_stop_a_non_leader_for_20_s(cluster_stack, nats_cluster):
     prefix = stack.prefix.upper()
     load = Load(stack, rate=RATE).start()
     finished = Finished(stack.db_url).start()
-    time.sleep(LOAD_BEFORE_FAULT_S)
+    load.wait_steady(STEADY_FLOOR)
     leading = {stream_leader(nats_cluster, f"{prefix}_JOBS"), stream_leader(nats_cluster, f"{prefix}_EVENTS")}
     node = next(n for n in nats_cluster.nodes if n.server_name not in leading)
     led = sorted(k for k, v in nats_cluster.leaders().items() if v == node.server_name)
@@ -341,7 +341,7 @@ def test_postgresql_crashed_and_restarted(nats_cluster, own_postgres, tmp_path):
         services = start_services(stack)
         load = Load(stack, rate=RATE, resend=True).start()
         finished = Finished(db_url).start()
-        time.sleep(LOAD_BEFORE_FAULT_S)
+        load.wait_steady(STEADY_FLOOR)
         fault_at = finished.fault()
         own_postgres.crash()
         time.sleep(5)
