@@ -96,22 +96,29 @@ def _update_jobs(columns: tuple[str, ...], unless_final: bool) -> Any:
 
 
 def _second_run(job: JobRecord, event: JobEvent, seq: int) -> bool:
-    """A worker's event of a generation that already ended for good, from another run: a later
-    attempt (its delivery came back after a lost ack), an earlier one whose report was stored only
-    after a later attempt ended the job (its executor retried the publish through a JetStream
-    leader election for longer than ack_wait, and the job was redelivered meanwhile), or one that
-    began after the end (a second copy in JOBS: an outbox republish after the duplicate window).
+    """A worker's event of a generation that already ended for good, from another run.
 
-    Only events stored after the one the row last applied: an earlier one arriving now is the
-    job's own history, projected late because another api process took a later batch first (a
-    failed attempt 1 reached the timeline after attempt 2's success), or a replay."""
-    return (
-        seq > job.last_event_seq
-        and job.status in ENDED_OUTCOMES
-        and event.worker_id is not None
-        and event.generation == job.generation
-        and (event.attempt != job.attempt or (job.finished_at is not None and event.at > job.finished_at))
-    )
+    Stored after the event the row last applied: a later attempt (its delivery came back after a
+    lost ack), an earlier one whose report was stored only after a later attempt ended the job (its
+    executor retried the publish through a JetStream leader election for longer than ack_wait, and
+    the job was redelivered meanwhile), or one that began after the end (a second copy in JOBS: an
+    outbox republish after the duplicate window).
+
+    Stored before it but projected after it, only an outcome: a generation ends once, so it is
+    another run's (the job ran again after a machine crash, its JOBS delivery came back, and that
+    run's outcome was projected first, because the projector's own delivery of the older one came
+    back only after its ack_wait, its consumer having lost its acks in the same crash: seen with
+    `sync_interval: always`; or because the catch-up replays it, Projector.catch_up). Any other
+    earlier event arriving now is the job's own history, projected late because another api
+    process took a later batch first (a failed attempt 1 reached the timeline after attempt 2's
+    success), or a replay."""
+    if not (
+        job.status in ENDED_OUTCOMES and event.worker_id is not None and event.generation == job.generation
+    ):
+        return False
+    if seq > job.last_event_seq:
+        return event.attempt != job.attempt or (job.finished_at is not None and event.at > job.finished_at)
+    return seq < job.last_event_seq and event.type in ENDED_OUTCOMES
 
 
 def keyed(subject_is_batch: bool, seq: int, data: bytes) -> list[tuple[int, JobEvent]]:
@@ -132,21 +139,6 @@ def _row(
         "worker_id": worker,
         "data": data,
     }
-
-
-def _earlier_second_end(job: JobRecord, event: JobEvent, seq: int) -> bool:
-    """An outcome stored before the one that ended the row, projected after it. A generation ends
-    once, so it is another run's: the job ran again after a machine crash (its JOBS delivery came
-    back), and that run's outcome was projected first, because the projector's own delivery of
-    the older one came back only after its ack_wait (its consumer lost its acks in the same crash:
-    seen with `sync_interval: always`), or because the catch-up replays it (Projector.catch_up)."""
-    return (
-        seq < job.last_event_seq
-        and job.status in ENDED_OUTCOMES
-        and event.type in ENDED_OUTCOMES
-        and event.worker_id is not None
-        and event.generation == job.generation
-    )
 
 
 def apply_events(
@@ -178,7 +170,7 @@ def apply_events(
             job = jobs.get(event.job_id)
             if job is None:
                 continue  # pruned, or of another install's database: the timeline row stays
-            if _second_run(job, event, seq) or _earlier_second_end(job, event, seq):
+            if _second_run(job, event, seq):
                 rows[-1].update(type="duplicate_run", data={"event": event.type, **event.data})
                 continue
             if seq > job.last_event_seq and lost_worker(job, event):

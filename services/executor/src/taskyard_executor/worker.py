@@ -466,12 +466,13 @@ class Worker:
             await (run.msg.ack() if journal.outcome == "succeeded" else run.msg.term())
             return
         wait = {"wait_s": round(run.started - spec.submitted_at, 6)} if fresh else {}
-        started = self._event(run, "started", **wait)
-        if run.msg.metadata.num_delivered > 1:
+        redelivered = run.msg.metadata.num_delivered > 1
+        # A redelivery's start names its continuation: the next delivery counts from it.
+        started = self._event(run, "started", **({"resume": spec.resume} if redelivered else wait))
+        if redelivered:
             # Journaled, and stored before the handler runs: the next delivery counts its attempt
             # from these starts (attempt_of), not from deliveries that may never have reached a
             # worker; a poison job that kills its worker still spends an attempt each time.
-            started = self._event(run, "started", resume=spec.resume)
             await self.emitter.event(started, own_subject=True)
             await self.emitter.flush(spec.id)
         elif self.held.enabled:
