@@ -1,9 +1,14 @@
-"""The projector's cached UPDATE, run as executemany on a real SQLite database."""
+"""The projector's cached UPDATE, run for many rows through the driver on a real database."""
 
-from sqlalchemy import create_engine, insert, select
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from taskyard_api.models import Base
+from taskyard_api.db import make_engine
+from taskyard_api.models import ApiKey
 from taskyard_api.projector import _jobs, _update_jobs
+from taskyard_common.settings import DbSettings
+
+from .stack import run_async
 
 
 def _row(job_id: str, status: str) -> dict:
@@ -14,16 +19,31 @@ def _row(job_id: str, status: str) -> dict:
     )  # fmt: skip
 
 
-def test_a_non_final_outcome_leaves_rows_made_final_meanwhile_alone():
-    engine = create_engine("sqlite://")
-    Base.metadata.create_all(engine)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # no api_keys rows needed here
-        conn.execute(insert(_jobs), [_row("a", "queued"), _row("b", "cancelled"), _row("c", "queued")])
-        # Several rows at once: the statement must work as an executemany (an expanding IN did not).
-        params = [{"b_id": i, "b_status": "running", "b_last_event_seq": 7} for i in "abc"]
-        conn.execute(_update_jobs(("status", "last_event_seq"), unless_final=True), params)
-        # A final outcome is not guarded: `succeeded` may land on a row the API cancelled.
-        conn.execute(_update_jobs(("status",), unless_final=False), [{"b_id": "b", "b_status": "succeeded"}])
-        rows = dict(conn.execute(select(_jobs.c.id, _jobs.c.status)).all())
-    assert rows == {"a": "running", "b": "succeeded", "c": "running"}
+def test_a_non_final_outcome_leaves_rows_made_final_meanwhile_alone(db_url):
+    async def body() -> dict:
+        engine = make_engine(DbSettings(url=db_url))
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    insert(ApiKey.__table__).values(
+                        id="o", name="o", role="admin", key_hash="h", created_at=0
+                    )
+                )
+                await conn.execute(
+                    insert(_jobs), [_row("a", "queued"), _row("b", "cancelled"), _row("c", "queued")]
+                )
+            async with AsyncSession(engine) as session:
+                # Several rows at once: the statement must work for many rows (an expanding IN did not).
+                params = [{"b_id": i, "b_status": "running", "b_last_event_seq": 7} for i in "abc"]
+                await _update_jobs(("status", "last_event_seq"), unless_final=True).run(session, params)
+                # A final outcome is not guarded: `succeeded` may land on a row the API cancelled.
+                await _update_jobs(("status",), unless_final=False).run(
+                    session, [{"b_id": "b", "b_status": "succeeded"}]
+                )
+                await session.commit()
+            async with engine.connect() as conn:
+                return dict((await conn.execute(select(_jobs.c.id, _jobs.c.status))).all())
+        finally:
+            await engine.dispose()
+
+    assert run_async(body()) == {"a": "running", "b": "succeeded", "c": "running"}

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, distinct, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from taskyard_common.schemas import JobEvent
 from taskyard_common.usage import usage_of
 
+from .driver_sql import Many
 from .failures import Invalid
 from .lifecycle import JobRecord
 from .models import costs_table, spend_table
@@ -33,6 +32,9 @@ log = logging.getLogger("taskyard.api.costs")
 PRUNE_BATCH = 1000
 
 # --- projection ------------------------------------------------------------------------------
+
+_ATTEMPTS = Many.insert_ignoring(costs_table, "key")
+_SPEND = Many.insert_ignoring(spend_table, "key", "unit", "kind")
 
 
 def rows_of(
@@ -78,13 +80,8 @@ async def store(
 ) -> None:
     """Insert the batch's cost rows, ignoring those already stored (a replay)."""
     attempts, spend = rows_of(events, jobs)
-    if not attempts:
-        return
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    await session.execute(insert(costs_table).on_conflict_do_nothing(index_elements=["key"]), attempts)
-    if spend:
-        ignoring = insert(spend_table).on_conflict_do_nothing(index_elements=["key", "unit", "kind"])
-        await session.execute(ignoring, spend)
+    await _ATTEMPTS.run(session, attempts)
+    await _SPEND.run(session, spend)
 
 
 async def prune(sessions: async_sessionmaker[AsyncSession], before: float) -> int:

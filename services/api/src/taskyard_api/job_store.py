@@ -13,20 +13,23 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from . import approvals
-from .driver_insert import DriverInsert
+from .driver_sql import DriverInsert, Many
 from .lifecycle import COLUMNS, SETTERS, JobRecord, changes, record_from
-from .models import JobEventRow, checkpoints_table, jobs_table
+from .models import checkpoints_table, events_table, jobs_table
 
 _BY_ID = select(jobs_table).where(jobs_table.c.id == bindparam("job_id"))
-_MARK_PUBLISHED = (
-    update(jobs_table)
-    .where(
-        jobs_table.c.id == bindparam("b_id"),
-        jobs_table.c.generation == bindparam("b_generation"),
-        jobs_table.c.resume == bindparam("b_resume"),
+_MARK_PUBLISHED = Many(
+    lambda _dialect: (
+        update(jobs_table)
+        .where(
+            jobs_table.c.id == bindparam("b_id"),
+            jobs_table.c.generation == bindparam("b_generation"),
+            jobs_table.c.resume == bindparam("b_resume"),
+        )
+        .values(stream_seq=bindparam("b_seq"), outbox_at=None)
     )
-    .values(stream_seq=bindparam("b_seq"), outbox_at=None)
 )
+_TIMELINE = Many(lambda _dialect: insert(events_table))
 
 
 # A row of `select(jobs_table)` has the table's columns in the table's order.
@@ -62,7 +65,7 @@ def row_of(job: JobRecord) -> dict[str, Any]:
 
 class JobStore:
     def __init__(self, engine: AsyncEngine) -> None:
-        # The submit path's INSERT goes straight through the driver (driver_insert).
+        # The submit path's INSERT goes straight through the driver (driver_sql).
         self._insert = DriverInsert(engine)
 
     async def insert(self, jobs: list[JobRecord], *others: tuple[Table, list[dict[str, Any]]]) -> None:
@@ -150,14 +153,14 @@ class JobStore:
                 {"b_id": j.id, "b_generation": j.generation, "b_resume": j.resume, "b_seq": j.stream_seq}
                 for j in marked
             ]
-            await session.execute(_MARK_PUBLISHED, params)
+            await _MARK_PUBLISHED.run(session, params)
             # A resend after a crash can find the job started already (by the first message): its
             # `queued` then goes no later than its start, so the timeline stays in order.
             rows = []
             for job in marked:
                 started = due[(job.id, job.generation, job.resume)]
                 rows.append(_queued_row(job, min(at, started) if started is not None else at))
-            await session.execute(insert(JobEventRow), rows)
+            await _TIMELINE.run(session, rows)
         return marked
 
     @staticmethod

@@ -19,8 +19,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 from sqlalchemy import bindparam, literal, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -30,10 +28,11 @@ from taskyard_common.supervise import Backoff
 from taskyard_common.topology import Topology
 
 from . import costs, event_epochs, gates, messages, rollups
+from .driver_sql import Many
 from .http_metrics import EVENTS_UNPROJECTABLE, RECONCILED
 from .job_store import JobStore
 from .lifecycle import JobRecord, changes, lost_attempt, lost_worker, reports, transition
-from .models import Checkpoint, JobEventRow, JobMessage, jobs_table
+from .models import checkpoints_table, events_table, jobs_table, messages_table
 
 log = logging.getLogger("taskyard.api.projector")
 
@@ -70,12 +69,16 @@ RESTART_BACKOFF = Backoff(initial_s=0.5, max_s=2.0)
 REPLAYED_WHY = "the database lost events the projector had acked; projected again from EVENTS"
 
 _jobs = jobs_table
-_updates: dict[tuple[tuple[str, ...], bool], Any] = {}
+_updates: dict[tuple[tuple[str, ...], bool], Many] = {}
+# Projecting the same event twice inserts nothing (the rows are keyed by their place in EVENTS).
+_TIMELINE = Many.insert_ignoring(events_table, "stream_seq")
+_CHECKPOINTS = Many.insert_ignoring(checkpoints_table, "id")
+_MESSAGES = Many.insert_ignoring(messages_table, "key")
 
 
-def _update_jobs(columns: tuple[str, ...], unless_final: bool) -> Any:
+def _update_jobs(columns: tuple[str, ...], unless_final: bool) -> Many:
     """UPDATE jobs SET <columns> WHERE id = :b_id, built once per column set and reused, so each
-    batch is one cached executemany per set of columns (almost always one).
+    batch is one executemany per set of columns (almost always one).
 
     `unless_final` adds `AND status NOT IN (final states)`: a non-final outcome (`started`,
     `progress`, …) was decided from the batch's read, and on SQLite the API may have committed
@@ -89,9 +92,8 @@ def _update_jobs(columns: tuple[str, ...], unless_final: bool) -> Any:
             # Inline constants: an expanding IN parameter cannot go through executemany.
             final = [literal(state, literal_execute=False) for state in sorted(FINAL_STATES)]
             where.append(_jobs.c.status.not_in(final))
-        stmt = _updates[key] = (
-            update(_jobs).where(*where).values({name: bindparam(f"b_{name}") for name in columns})
-        )
+        statement = update(_jobs).where(*where).values({name: bindparam(f"b_{name}") for name in columns})
+        stmt = _updates[key] = Many(lambda _dialect: statement)
     return stmt
 
 
@@ -430,7 +432,7 @@ class Projector:
                     for job_id, job in jobs.items()
                     if changes(before[job_id], job)
                 ]
-            await session.execute(_insert_ignoring(session, JobEventRow, "stream_seq"), rows)
+            await _TIMELINE.run(session, rows)
             # What each attempt used and spent, keyed like its outcome's timeline row (costs.py).
             await costs.store(session, events, before)
             by_columns: dict[tuple[tuple[str, ...], bool], list[dict]] = {}
@@ -441,12 +443,12 @@ class Projector:
                 params["b_id"] = job_id
                 by_columns.setdefault((tuple(values), not job.finished), []).append(params)
             for (columns, unless_final), batch in by_columns.items():
-                await session.execute(_update_jobs(columns, unless_final), batch)
+                await _update_jobs(columns, unless_final).run(session, batch)
             if checkpoints:
-                await session.execute(_insert_ignoring(session, Checkpoint, "id"), checkpoints)
+                await _CHECKPOINTS.run(session, checkpoints)
             said = messages.from_events(events, set(before), self.message_max_chars)
             if said:  # the thread: what the jobs said and asked, in stream order
-                await session.execute(_insert_ignoring(session, JobMessage, "key"), said)
+                await _MESSAGES.run(session, said)
             # Outcomes and what they open commit together; the released jobs are due in the
             # outbox, so a crash before the publish below loses nothing.
             ended = [job for job_id, job in jobs.items() if job.finished and not before[job_id].finished]
@@ -514,14 +516,3 @@ def _checkpoint_row(event: JobEvent) -> dict:
         "created_at": event.at,
         "expires_at": c["expires_at"],
     }
-
-
-def _insert_ignoring(session: AsyncSession, model, key: str):  # noqa: ANN001
-    """INSERT … ON CONFLICT DO NOTHING: projecting the same event twice inserts nothing.
-
-    Executed with the rows as executemany parameters (not `.values(rows)`), so the statement is
-    compiled once and cached; a multi-row `.values()` compiled anew for every batch and was 12 % of
-    the api's CPU under load (docs/performance.md, "What was changed").
-    """
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    return insert(model.__table__).on_conflict_do_nothing(index_elements=[key])

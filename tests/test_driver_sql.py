@@ -1,11 +1,11 @@
-"""DriverInsert against a real database: the same rows a session writes, the same errors."""
+"""DriverInsert and Many against a real database: the same rows a session writes, the same errors."""
 
 import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from taskyard_api.db import make_engine
-from taskyard_api.driver_insert import DriverInsert
+from taskyard_api.driver_sql import DriverInsert
 from taskyard_api.models import ApiKey, JobEdge
 from taskyard_api.models import Job as JobModel
 from taskyard_common.settings import DbSettings
@@ -81,3 +81,54 @@ def test_driver_errors_come_out_as_sqlalchemy_errors(db_url):
     # A foreign-key violation is an integrity error on both databases (SQLSTATE 23503 on PG).
     assert isinstance(error, IntegrityError)
     assert error.orig is not None
+
+
+def test_many_runs_inside_the_sessions_transaction_and_writes_what_a_session_writes(db_url):
+    """Many's rows commit or roll back with the session, even as its first statement (asyncpg
+    would otherwise commit them at once), and its UPDATE and INSERT … ON CONFLICT DO NOTHING
+    store what SQLAlchemy's own executemany stores."""
+    from sqlalchemy import bindparam, update
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from taskyard_api.driver_sql import Many
+    from taskyard_api.models import events_table
+
+    set_payload = Many(
+        lambda _d: update(_jobs).where(_jobs.c.id == bindparam("b_id")).values(payload=bindparam("b_payload"))
+    )
+    timeline = Many.insert_ignoring(events_table, "stream_seq")
+
+    def event(seq: int, job_id: str) -> dict:
+        return dict(
+            job_id=job_id, stream_seq=seq, type="started", at=2.5, attempt=1, worker_id="w", data={"x": "é"}
+        )
+
+    async def body(engine):
+        await DriverInsert(engine)((_jobs, [_row("A" * 26), _row("B" * 26), _row("C" * 26)]))
+        async with AsyncSession(engine) as session:  # first statement of the transaction, then rolled back
+            await set_payload.run(session, [{"b_id": "A" * 26, "b_payload": {"gone": True}}])
+            await session.rollback()
+        async with AsyncSession(engine) as session:
+            await set_payload.run(session, [{"b_id": "B" * 26, "b_payload": {"n": [1, None]}}])
+            await timeline.run(session, [event(1, "A" * 26), event(2, "A" * 26)])
+            await timeline.run(session, [event(2, "A" * 26), event(3, "A" * 26)])  # 2 is there: ignored
+            await session.commit()
+        async with engine.begin() as conn:  # the reference, through SQLAlchemy
+            await conn.execute(update(_jobs).where(_jobs.c.id == "C" * 26).values(payload={"n": [1, None]}))
+            await conn.execute(insert(events_table), [event(4, "B" * 26)])
+        async with engine.connect() as conn:
+            jobs = (
+                await conn.exec_driver_sql("SELECT id, CAST(payload AS TEXT) FROM jobs ORDER BY id")
+            ).all()
+            events = (
+                await conn.exec_driver_sql(
+                    "SELECT stream_seq, job_id, CAST(data AS TEXT) FROM job_events ORDER BY stream_seq"
+                )
+            ).all()
+        return jobs, events
+
+    jobs, events = run_async(_with_engine(db_url, body))
+    assert "gone" not in jobs[0][1]  # rolled back
+    assert jobs[1][1] == jobs[2][1] and '"n"' in jobs[1][1]  # the same stored text as the session's
+    assert [e[0] for e in events] == [1, 2, 3, 4]
+    assert events[0][2] == events[3][2]
