@@ -7,6 +7,7 @@ straight to JOBS (the api's own message: a JobSpec with its Nats-Msg-Id), then o
 from its first job to the last job's ack. Each round uses a fresh executor; the median is printed.
 
     .venv/bin/python bench/executor.py --jobs 20000 --rounds 3 --slots 64
+    .venv/bin/python bench/executor.py --jobs 4000 --sleep-ms 20     # W3 without the api
 """
 
 import argparse
@@ -32,7 +33,7 @@ from run import PREFIX, proc_cpu_s  # noqa: E402
 QUEUE = "default"
 
 
-async def publish(url: str, topo: Topology, n: int, round_no: int) -> None:
+async def publish(url: str, topo: Topology, n: int, round_no: int, sleep_ms: float) -> None:
     nc = await nats.connect(url)
     js = nc.jetstream()
     await ensure_streams(js, topo)
@@ -41,7 +42,14 @@ async def publish(url: str, topo: Topology, n: int, round_no: int) -> None:
     for start in range(0, n, 1000):
         acks = []
         for i in range(start, min(n, start + 1000)):
-            spec = JobSpec(id=f"R{round_no:02d}{i:024d}", type="noop", queue=QUEUE, submitted_at=time.time())
+            kind, payload = ("sleep", {"seconds": sleep_ms / 1000}) if sleep_ms else ("noop", {})
+            spec = JobSpec(
+                id=f"R{round_no:02d}{i:024d}",
+                type=kind,
+                payload=payload,
+                queue=QUEUE,
+                submitted_at=time.time(),
+            )
             data = spec.model_dump_json().encode()
             acks.append(await js.publish_async(subject, data, headers={"Nats-Msg-Id": spec.msg_id}))
         await asyncio.gather(*acks)
@@ -65,7 +73,7 @@ async def drained(url: str, topo: Topology, timeout: float) -> None:
 
 
 def one_round(nats_url: str, topo: Topology, args: argparse.Namespace, round_no: int, tmp: Path) -> dict:
-    asyncio.run(publish(nats_url, topo, args.jobs, round_no))
+    asyncio.run(publish(nats_url, topo, args.jobs, round_no, args.sleep_ms))
     env = {
         "TASKYARD_NATS_URL": nats_url,
         "TASKYARD_NATS_PREFIX": PREFIX,
@@ -102,6 +110,14 @@ def one_round(nats_url: str, topo: Topology, args: argparse.Namespace, round_no:
     return {"cpu_ms_per_job": 1000 * cpu / args.jobs, "jobs_per_s": args.jobs / wall}
 
 
+def ideal(args: argparse.Namespace, rate: float) -> str:
+    """For sleep jobs, the share reached of the ideal `slots / sleep` jobs per second."""
+    if not args.sleep_ms:
+        return ""
+    best = args.slots * 1000 / args.sleep_ms
+    return f", {rate / best:.3f} of the ideal {best:,.0f}/s"
+
+
 async def _acked_any(url: str, topo: Topology) -> bool:
     nc = await nats.connect(url)
     try:
@@ -119,6 +135,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=20000)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--slots", type=int, default=64)
+    p.add_argument("--sleep-ms", type=float, default=0, help="`sleep` jobs of this long instead of noop ones")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="taskyard-executor-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -133,8 +150,9 @@ def main() -> None:
         print(f"round: {r['cpu_ms_per_job']:.4f} ms CPU per job, {r['jobs_per_s']:,.0f} jobs/s")
     cpu = statistics.median(r["cpu_ms_per_job"] for r in rounds)
     rate = statistics.median(r["jobs_per_s"] for r in rounds)
+    kind = f"sleep {args.sleep_ms:g} ms" if args.sleep_ms else "noop"
     print(
-        f"executor alone, {args.jobs:,} noop jobs, {args.slots} slots: median {cpu:.4f} ms CPU per job, {rate:,.0f} jobs/s"
+        f"executor alone, {args.jobs:,} {kind} jobs, {args.slots} slots: median {cpu:.4f} ms CPU per job, {rate:,.0f} jobs/s{ideal(args, rate)}"
     )
 
 
