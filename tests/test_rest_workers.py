@@ -290,8 +290,14 @@ def test_bad_input_unknown_queue_another_keys_lease_and_an_expired_lease(stack):
         assert r.status_code == 422 and "error.message" in r.json()["detail"], r.text
         r = c.post(f"/api/v1/leases/{lease}/log", json={"lines": ["one"], "stream": "nope"})
         assert r.status_code == 422 and "stream" in r.json()["detail"], r.text
-        running = stack.wait_status(job["id"], "running")
-        assert running["progress"]["message"] == "half"
+        # The heartbeat's progress reaches the job through EVENTS and the projector: it shows soon
+        # after the 200, not with it (the job was `running` before it).
+        running = wait_until(
+            lambda: (job_now := c.get(f"/api/v1/jobs/{job['id']}").json())["progress"] and job_now,
+            5,
+            "the heartbeat's progress on the job",
+        )
+        assert running["status"] == "running" and running["progress"]["message"] == "half"
         # Silent past the lease: expired. Heartbeat/complete/fail then get 409, nothing changes.
         time.sleep(3)
         for action, body in [
