@@ -14,10 +14,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Select, and_, case, func, or_, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .driver_sql import Many
 from .http_metrics import GATE_ADMISSIONS, GATE_KEY_CANCELS
 from .job_store import JobStore, record_of
 from .key_rules import (
@@ -42,6 +41,8 @@ SWEEP = 1000
 
 j = jobs_table.c
 g = gate_keys_table.c
+# A key's row is created by the first job that names it; racing creators store it once.
+_GATE_KEYS_ONCE = Many.insert_ignoring(gate_keys_table, "kind", "key")
 RANK = case({"high": 0, "normal": 1}, value=j.priority, else_=2)
 
 
@@ -127,18 +128,14 @@ async def _partners(session: AsyncSession, gates: set[Gate]) -> set[Gate]:
 
 
 async def _lock(session: AsyncSession, gates: list[Gate], now: float) -> dict[Gate, Any]:
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     rows = [{"kind": k, "key": key, "settings": {}, "tokens": 0.0, "refilled_at": 0.0} for k, key in gates]
-    await session.execute(
-        insert(gate_keys_table).on_conflict_do_nothing(index_elements=["kind", "key"]), rows
-    )
+    await _GATE_KEYS_ONCE.run(session, rows)
     query = (
         select(gate_keys_table)
         .where(tuple_(g.kind, g.key).in_([tuple(gate) for gate in gates]))
         .order_by(g.kind, g.key)
     )
-    if dialect == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
     return {(row.kind, row.key): row for row in await session.execute(query)}
 

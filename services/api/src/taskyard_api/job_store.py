@@ -8,8 +8,6 @@ other's move: a guard that no longer matches writes nothing, and the caller deci
 from typing import Any
 
 from sqlalchemy import Row, Table, bindparam, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from . import approvals
@@ -30,6 +28,8 @@ _MARK_PUBLISHED = Many(
     )
 )
 _TIMELINE = Many(lambda _dialect: insert(events_table))
+# A checkpoint's id is one per job generation (and per question): writing it twice stores it once.
+CHECKPOINTS_ONCE = Many.insert_ignoring(checkpoints_table, "id")
 
 
 # A row of `select(jobs_table)` has the table's columns in the table's order.
@@ -191,10 +191,7 @@ class JobStore:
 async def _approval_asked(session: AsyncSession, jobs: list[JobRecord]) -> None:
     if not jobs:
         return
-    insert_ = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    # Its id is one per job generation: writing it twice (a replayed move) stores it once.
-    statement = insert_(checkpoints_table).on_conflict_do_nothing(index_elements=["id"])
-    await session.execute(statement, [approvals.checkpoint_row(job) for job in jobs])
+    await CHECKPOINTS_ONCE.run(session, [approvals.checkpoint_row(job) for job in jobs])
 
 
 async def _approval_withdrawn(session: AsyncSession, old: JobRecord, new: JobRecord) -> None:

@@ -25,12 +25,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from .driver_sql import Many
 from .lifecycle import JobRecord
-from .models import JobNotify, Notification
+from .models import JobNotify, Notification, notifications_table
 from .schemas import NotifySpec, iso
 
 if TYPE_CHECKING:  # imported at the first delivery: ~40 ms of every api's start-up otherwise
@@ -66,9 +65,8 @@ def webhook_rows(watched: list[tuple[str, NotifySpec]], now: float) -> list[dict
     ]
 
 
-def _insert_ignoring(session: AsyncSession):  # noqa: ANN202
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    return insert(Notification).on_conflict_do_nothing(index_elements=["id"])
+# One row per outcome (its id names it): the same outcome projected twice is stored once.
+_NOTIFICATIONS = Many.insert_ignoring(notifications_table, "id")
 
 
 def _body(job: JobRecord, delivery_id: str) -> dict[str, Any]:
@@ -137,7 +135,7 @@ class Notifier:
                 }
             )
         if rows:
-            await session.execute(_insert_ignoring(session), rows)
+            await _NOTIFICATIONS.run(session, rows)
         return len(rows)
 
     # -- deliver ----------------------------------------------------------------------------------

@@ -30,9 +30,9 @@ from taskyard_common.topology import Topology
 from . import costs, event_epochs, gates, messages, rollups
 from .driver_sql import Many
 from .http_metrics import EVENTS_UNPROJECTABLE, RECONCILED
-from .job_store import JobStore
+from .job_store import CHECKPOINTS_ONCE, JobStore
 from .lifecycle import JobRecord, changes, lost_attempt, lost_worker, reports, transition
-from .models import checkpoints_table, events_table, jobs_table, messages_table
+from .models import events_table, jobs_table, messages_table
 
 log = logging.getLogger("taskyard.api.projector")
 
@@ -72,7 +72,6 @@ _jobs = jobs_table
 _updates: dict[tuple[tuple[str, ...], bool], Many] = {}
 # Projecting the same event twice inserts nothing (the rows are keyed by their place in EVENTS).
 _TIMELINE = Many.insert_ignoring(events_table, "stream_seq")
-_CHECKPOINTS = Many.insert_ignoring(checkpoints_table, "id")
 _MESSAGES = Many.insert_ignoring(messages_table, "key")
 
 
@@ -445,7 +444,7 @@ class Projector:
             for (columns, unless_final), batch in by_columns.items():
                 await _update_jobs(columns, unless_final).run(session, batch)
             if checkpoints:
-                await _CHECKPOINTS.run(session, checkpoints)
+                await CHECKPOINTS_ONCE.run(session, checkpoints)
             said = messages.from_events(events, set(before), self.message_max_chars)
             if said:  # the thread: what the jobs said and asked, in stream order
                 await _MESSAGES.run(session, said)
