@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from taskyard_api.db import make_engine
+from taskyard_api.db import make_engine, one_of
 from taskyard_api.driver_sql import DriverInsert
 from taskyard_api.models import ApiKey, JobEdge
 from taskyard_api.models import Job as JobModel
@@ -132,3 +132,18 @@ def test_many_runs_inside_the_sessions_transaction_and_writes_what_a_session_wri
     assert jobs[1][1] == jobs[2][1] and '"n"' in jobs[1][1]  # the same stored text as the session's
     assert [e[0] for e in events] == [1, 2, 3, 4]
     assert events[0][2] == events[3][2]
+
+
+def test_one_of_finds_exactly_the_listed_rows(db_url):
+    async def body(engine):
+        await DriverInsert(engine)((_jobs, [_row(c * 26) for c in "ABCD"]))
+        dialect = engine.dialect.name
+        async with engine.connect() as conn:
+            wanted = ["D" * 26, "A" * 26, "Z" * 26, "A" * 26]
+            found = await conn.scalars(
+                select(_jobs.c.id).where(one_of(_jobs.c.id, wanted, dialect)).order_by(_jobs.c.id)
+            )
+            assert list(found) == ["A" * 26, "D" * 26]
+            assert list(await conn.scalars(select(_jobs.c.id).where(one_of(_jobs.c.id, [], dialect)))) == []
+
+    run_async(_with_engine(db_url, body))

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from taskyard_common.schemas import FINAL_STATES
 
 from . import admission
+from .db import one_of
 from .http_metrics import BATCH_DURATION, BATCHES_COMPLETED, GATE_MOVES, GATE_RELEASE
 from .job_store import JobStore, record_of
 from .key_rules import gates_of
@@ -350,6 +351,7 @@ async def _close_edges(session: AsyncSession, ended: dict[str, str]) -> list[tup
     succeeded = [p for p, status in ended.items() if status == "succeeded"]
     other = [p for p, status in ended.items() if status != "succeeded"]
     e = edges_table.c
+    dialect = session.get_bind().dialect.name
     closed: list[tuple[str, str, bool]] = []
     plans = [
         (succeeded, None, "accepted"),  # a success satisfies either kind of edge
@@ -359,7 +361,7 @@ async def _close_edges(session: AsyncSession, ended: dict[str, str]) -> list[tup
     for parents, on, state in plans:
         if not parents:
             continue
-        where = [e.parent_id.in_(parents), e.state == "open"]
+        where = [one_of(e.parent_id, parents, dialect), e.state == "open"]
         if on is not None:
             where.append(e.on == on)
         rows = await session.execute(

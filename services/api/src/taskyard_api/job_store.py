@@ -11,6 +11,7 @@ from sqlalchemy import Row, Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from . import approvals
+from .db import one_of
 from .driver_sql import DriverInsert, Many
 from .lifecycle import COLUMNS, SETTERS, JobRecord, changes, record_from
 from .models import checkpoints_table, events_table, jobs_table
@@ -88,7 +89,8 @@ class JobStore:
 
     @staticmethod
     async def get_many(session: AsyncSession, ids: list[str]) -> dict[str, JobRecord]:
-        rows = await session.execute(select(jobs_table).where(jobs_table.c.id.in_(ids)))
+        dialect = session.get_bind().dialect.name
+        rows = await session.execute(select(jobs_table).where(one_of(jobs_table.c.id, ids, dialect)))
         return {row.id: record_of(row) for row in rows}
 
     @staticmethod
@@ -97,8 +99,9 @@ class JobStore:
         transactions never wait on each other in a circle); SQLite has one writer anyway."""
         if not ids:
             return {}
-        query = select(jobs_table).where(jobs_table.c.id.in_(ids)).order_by(jobs_table.c.id)
-        if session.get_bind().dialect.name == "postgresql":
+        dialect = session.get_bind().dialect.name
+        query = select(jobs_table).where(one_of(jobs_table.c.id, ids, dialect)).order_by(jobs_table.c.id)
+        if dialect == "postgresql":
             query = query.with_for_update()
         return {row.id: record_of(row) for row in await session.execute(query)}
 
@@ -138,10 +141,11 @@ class JobStore:
         if not jobs:
             return []
         j = jobs_table.c
+        dialect = session.get_bind().dialect.name
         query = select(j.id, j.generation, j.resume, j.status, j.started_at).where(
-            j.id.in_([job.id for job in jobs]), j.outbox_at.is_not(None)
+            one_of(j.id, [job.id for job in jobs], dialect), j.outbox_at.is_not(None)
         )
-        if session.get_bind().dialect.name == "postgresql":
+        if dialect == "postgresql":
             query = query.with_for_update()
         due = {
             (i, g, r): None if status == "queued" else started

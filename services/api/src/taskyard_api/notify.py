@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from .db import one_of
 from .driver_sql import Many
 from .lifecycle import JobRecord
-from .models import JobNotify, Notification, notifications_table
+from .models import JobNotify, Notification, job_notify_table, notifications_table
 from .schemas import NotifySpec, iso
 
 if TYPE_CHECKING:  # imported at the first delivery: ~40 ms of every api's start-up otherwise
@@ -113,7 +114,10 @@ class Notifier:
         reached = {job.id: job for job in moved if job.status in OUTCOMES}
         if not reached:
             return 0
-        hooks = await session.scalars(select(JobNotify).where(JobNotify.job_id.in_(reached)))
+        dialect = session.get_bind().dialect.name
+        hooks = await session.scalars(
+            select(JobNotify).where(one_of(job_notify_table.c.job_id, reached, dialect))
+        )
         now, rows = time.time(), []
         for hook in hooks:
             job = reached[hook.job_id]

@@ -1,0 +1,25 @@
+"""`db.one_of`: `column IN values` with one SQLite statement text whatever the count (its rows
+against a real database: tests/test_driver_sql.py)."""
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from taskyard_api.db import one_of
+from taskyard_api.models import jobs_table
+
+ID = jobs_table.c.id
+
+
+def _sqlite_text(ids: list[str]) -> str:
+    return str(select(ID).where(one_of(ID, ids, "sqlite")).compile(dialect=sqlite.dialect()))
+
+
+def test_sqlite_has_one_statement_text_for_any_count() -> None:
+    # sqlite3 caches a prepared statement per text: IN (?, ?, …) made one per count.
+    assert _sqlite_text(["a"]) == _sqlite_text([f"j{i}" for i in range(1000)])
+    assert "json_each" in _sqlite_text(["a"])
+
+
+def test_other_dialects_keep_the_expanding_in() -> None:
+    text = str(select(ID).where(one_of(ID, ["a", "b"], "postgresql")).compile(dialect=postgresql.dialect()))
+    assert "json_each" not in text and "IN" in text
