@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import pydantic_core
-from sqlalchemy import ColumnElement, bindparam, event, func, make_url, select, text
+from sqlalchemy import ColumnElement, any_, bindparam, event, func, make_url, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from taskyard_common.settings import DbSettings
@@ -28,17 +29,22 @@ _json_value = pydantic_core.from_json
 
 def one_of(column: ColumnElement[Any], values: Iterable[Any], dialect: str) -> ColumnElement[bool]:
     """`column IN values`, for a list whose length changes from call to call (a projected batch's
-    job ids).
+    job ids), as one statement text whatever the count.
 
-    On SQLite the values go as one JSON array read by json_each, so the statement has one text
-    whatever their count. sqlite3 keeps a prepared statement per text (128 of them), and
-    `IN (?, ?, …)` is a new text for each count: over a 50,000-job run the cache filled with the
-    projector's statements of ~1,000 placeholders, ~190 KB each (the api's RSS +5 MiB). The index
-    is searched as before (EXPLAIN: SEARCH … USING INDEX (id=?), LIST SUBQUERY)."""
+    `IN (?, ?, …)` is a new text for each count. SQLite: sqlite3 keeps a prepared statement per
+    text (128 of them), and over a 50,000-job run the cache filled with the projector's
+    statements of ~1,000 placeholders, ~190 KB each (the api's RSS +5 MiB); the values now go as
+    one JSON array read by json_each, and the index is searched as before (EXPLAIN: SEARCH …
+    USING INDEX (id=?), LIST SUBQUERY). PostgreSQL: asyncpg prepares each new text (a round trip,
+    and PostgreSQL parses and plans a list of 1,000 parameters); one array parameter is
+    `= ANY($1)`, prepared once, searched through the index the same way."""
+    values = list(values)
     if dialect == "sqlite":
-        each = func.json_each(bindparam(None, _json_text(list(values)))).table_valued("value")
+        each = func.json_each(bindparam(None, _json_text(values))).table_valued("value")
         return column.in_(select(each.c.value))
-    return column.in_(list(values))
+    if dialect == "postgresql":
+        return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
+    return column.in_(values)
 
 
 def make_engine(settings: DbSettings) -> AsyncEngine:
