@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Select, and_, case, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .db import one_of
 from .driver_sql import Many
 from .http_metrics import GATE_ADMISSIONS, GATE_KEY_CANCELS
 from .job_store import JobStore, record_of
@@ -145,7 +146,7 @@ async def _held(session: AsyncSession, keys: list[str]) -> dict[str, int]:
         return {}
     rows = await session.execute(
         select(j.concurrency_key, func.count())
-        .where(j.concurrency_key.in_(keys), j.status.in_(_HOLDING))
+        .where(one_of(j.concurrency_key, keys, session.get_bind().dialect.name), j.status.in_(_HOLDING))
         .group_by(j.concurrency_key)
     )
     return {key: n for key, n in rows.tuples()}

@@ -265,7 +265,10 @@ async def _stop_workflows(
     if not failed:
         return skipped
     w, j = workflows_table.c, jobs_table.c
-    stopping = await session.scalars(select(w.id).where(w.id.in_(list(failed)), w.on_failure == "stop"))
+    dialect = session.get_bind().dialect.name
+    stopping = await session.scalars(
+        select(w.id).where(one_of(w.id, failed, dialect), w.on_failure == "stop")
+    )
     for workflow_id in stopping:
         cause = failed[workflow_id]
         rows = await session.execute(
@@ -287,9 +290,10 @@ async def descendants(session: AsyncSession, roots: list[str]) -> list[str]:
     """Every job that waits, directly or not, for one of `roots`, parents before children."""
     seen: dict[str, None] = {}
     frontier = list(roots)
+    dialect = session.get_bind().dialect.name
     while frontier:
         rows = await session.scalars(
-            select(edges_table.c.child_id).where(edges_table.c.parent_id.in_(frontier))
+            select(edges_table.c.child_id).where(one_of(edges_table.c.parent_id, frontier, dialect))
         )
         frontier = [child for child in dict.fromkeys(rows) if child not in seen and child not in roots]
         seen.update(dict.fromkeys(frontier))
@@ -319,14 +323,17 @@ async def rearm(session: AsyncSession, roots: list[JobRecord], now: float) -> Op
     if not again:
         return Opened()
     ids = [job.id for job in again]
-    await session.execute(update(edges_table).where(edges_table.c.child_id.in_(ids)).values(state="open"))
+    dialect = session.get_bind().dialect.name
+    await session.execute(
+        update(edges_table).where(one_of(edges_table.c.child_id, ids, dialect)).values(state="open")
+    )
     for job in again:
         await JobStore.save(session, job, transition(job, Rearm(now)))
     # Their parents that stay ended (finished siblings, other branches) close those edges again.
     e, j = edges_table.c, jobs_table.c
     rows = await session.execute(
         select(jobs_table).where(
-            j.id.in_(select(e.parent_id).where(e.child_id.in_(ids))), j.status.in_(_FINAL)
+            j.id.in_(select(e.parent_id).where(one_of(e.child_id, ids, dialect))), j.status.in_(_FINAL)
         )
     )
     return await settle(session, [record_of(row) for row in rows], now)
@@ -375,7 +382,7 @@ async def _open_counts(session: AsyncSession, children: list[str]) -> dict[str, 
     e = edges_table.c
     rows = await session.execute(
         select(e.child_id, func.count())
-        .where(e.child_id.in_(children), e.state == "open")
+        .where(one_of(e.child_id, children, session.get_bind().dialect.name), e.state == "open")
         .group_by(e.child_id)
     )
     return {child: count for child, count in rows.tuples()}
@@ -389,7 +396,7 @@ async def _parent_results(session: AsyncSession, children: list[JobRecord]) -> d
     rows = await session.execute(
         select(e.child_id, j.node, j.result)
         .join(jobs_table, j.id == e.parent_id)
-        .where(e.child_id.in_([c.id for c in children]))
+        .where(one_of(e.child_id, [c.id for c in children], session.get_bind().dialect.name))
     )
     out: dict[str, dict[str, Any]] = {}
     for child, node, result in rows.tuples():
@@ -408,7 +415,10 @@ async def _complete_batches(session: AsyncSession, ended: list[JobRecord], now: 
         # waits for the first to commit and then sees both ended. In id order: no lock cycle.
         b = batches_table.c
         await session.execute(
-            select(b.id).where(b.id.in_(batch_ids), b.completed_at.is_(None)).order_by(b.id).with_for_update()
+            select(b.id)
+            .where(one_of(b.id, batch_ids, "postgresql"), b.completed_at.is_(None))
+            .order_by(b.id)
+            .with_for_update()
         )
     for batch_id in batch_ids:
         left = await session.scalar(
