@@ -18,9 +18,13 @@ PAUSE_FOREVER = "2999-01-01T00:00:00Z"
 async def queue_rows(request: Request, only: str | None = None) -> list[dict]:
     """What GET /queues says of each queue (or of `only`): depth, rates, workers, recent counts."""
     state = request.app.state
-    snaps = await state.queues.snapshot()
-    if only is not None:
-        snaps = {key: snap for key, snap in snaps.items() if key[0] == only}
+    if only is None:
+        snaps = await state.queues.snapshot()  # one listing of every consumer, cached for ttl_s
+    else:
+        # Read after the request arrived: a queue whose first job came within the listing's ttl_s
+        # is not in the cached listing yet, and "not found" would be false.
+        one = await state.queues.queue_snapshot(only)
+        snaps = {(only, priority): snap for priority, snap in one.items()}
     workers = await state.workers.workers()
     ages = dict(zip(snaps, await state.queues.oldest_ages_s(list(snaps.values())), strict=True))
     counts = await rollups.recent_counts(state.sessions)
