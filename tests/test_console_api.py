@@ -262,3 +262,18 @@ def test_stats_and_queue_counts_follow_finished_jobs(stack):
         assert sum(etl["counts"]["1h"].values()) == 3
         assert "depth_history" in etl and etl["workers"]
         assert c.get("/api/v1/queues/nosuchqueue").status_code == 404
+
+
+def test_a_queue_is_listed_and_found_as_soon_as_its_first_job_is_stored(stack):
+    # The api keeps its listing of JOBS' consumers for 0.5 s: read once just before, it did not
+    # hold the queue that the next submit created, and GET /queues left it out for that long.
+    stack.start_api()
+    with stack.http() as c:
+        assert "brand-new" not in {q["queue"] for q in c.get("/api/v1/queues").json()["queues"]}
+        t0 = time.monotonic()
+        assert c.post("/api/v1/jobs", json={"type": "noop", "queue": "brand-new"}).status_code == 201
+        listed = {q["queue"] for q in c.get("/api/v1/queues").json()["queues"]}
+        one = c.get("/api/v1/queues/brand-new")
+        assert time.monotonic() - t0 < 0.5, "too slow to tell: the listing's cache ran out meanwhile"
+        assert "brand-new" in listed
+        assert one.status_code == 200 and one.json()["depth"] == 1, one.text

@@ -107,7 +107,8 @@ async def lifespan(app: FastAPI):
     store = ArtifactStore(state.js, state.topo, artifact_settings)
     await store.ensure()
     state.artifacts = ArtifactService(store, artifact_settings)
-    publisher = Publisher(state.nc, state.js, state.topo)
+    state.queues = QueueState(state.nc, state.js, state.topo, state.settings.queue_state_cache_s)
+    publisher = Publisher(state.nc, state.js, state.topo, on_new_queue=state.queues.invalidate)
     state.jobs = JobService(state.sessions, publisher, state.settings, KnownTypes(state.js, state.topo))
     state.projector = Projector(
         state.js,
@@ -123,7 +124,6 @@ async def lifespan(app: FastAPI):
     state.messages = MessageService(state.sessions, state.checkpoints, state.settings.message_max_chars)
     state.projector.message_max_chars = state.settings.message_max_chars
     state.schedules = ScheduleService(state.sessions, state.jobs, settings)
-    state.queues = QueueState(state.nc, state.js, state.topo, settings.queue_state_cache_s)
     state.workers = WorkerRegistry(
         state.js, state.topo, settings.workers_cache_s, settings.gone_keep_s, settings.stuck_min_s
     )

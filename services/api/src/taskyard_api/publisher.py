@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import cast
 
 from nats.aio.client import Client as NatsClient
@@ -40,15 +41,25 @@ def spec_of(job: JobRecord) -> JobSpec:
 
 
 class Publisher:
-    def __init__(self, nc: NatsClient, js: JetStreamContext, topo: Topology) -> None:
+    def __init__(
+        self,
+        nc: NatsClient,
+        js: JetStreamContext,
+        topo: Topology,
+        on_new_queue: Callable[[], None] = lambda: None,
+    ) -> None:
         self.nc, self.js, self.topo = nc, js, topo
         self._queues: set[str] = set()
+        # Called once a queue's consumers exist: the api's cached listing of them (QueueState)
+        # reads again, so GET /queues lists a queue as soon as its first job is stored.
+        self.on_new_queue = on_new_queue
 
     async def ensure_queue(self, queue: str) -> None:
         """Its consumers exist (created on a queue's first job). Raises QueueLimitReached."""
         if queue not in self._queues:
             await ensure_queue(self.js, self.topo, queue)
             self._queues.add(queue)
+            self.on_new_queue()
 
     async def publish_jobs(self, jobs: list[JobRecord]) -> dict[str, int]:
         """Publish specs with Nats-Msg-Id (dedupe); returns job id → stream seq of the jobs acked.
