@@ -78,6 +78,10 @@ def test_every_accepted_job_ends_once_after_a_machine_crash(
     ).start()
     stack = Stack(nats=nats_server, db_url=url, tmp=tmp_path)
     stack.extra_env.update(FAST, TASKYARD_DB_SQLITE_SYNCHRONOUS=synchronous)
+    if synchronous == "NORMAL":
+        # Only the test's own checkpoint (midway, below): one of SQLite's every 1,000 pages coming
+        # after the last commit left the crash nothing to take (twice in four CI runs, stop 33).
+        stack.extra_env["TASKYARD_DB_SQLITE_WAL_AUTOCHECKPOINT"] = "0"
     try:
         stack.admin_key = create_key(url, "admin", "admin")
         if url.startswith("sqlite"):

@@ -49,6 +49,8 @@ class DbSettings(BaseSettings):
     # loses nothing, a machine crash loses the commits since the last checkpoint (accepted jobs,
     # keys, decisions); measured and chosen in docs/operations.md, "Durability".
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
+    # SQLite's own checkpoint of the WAL every this many pages (its default; 0: only explicit ones).
+    sqlite_wal_autocheckpoint: int = Field(1000, ge=0)
 
 
 class ArtifactSettings(BaseSettings):
