@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
-from sqlalchemy import bindparam, literal, update
+from sqlalchemy import bindparam, delete, literal, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -182,6 +182,33 @@ def apply_events(
             if event.type == "waiting":
                 checkpoints.append(_checkpoint_row(event))
     return rows, checkpoints, tally
+
+
+# A worker's report that its attempt ended and the job goes on (retry, a person's answer, a
+# hand-back): that attempt's worker was not lost.
+_ATTEMPT_ENDS = frozenset({"retrying", "waiting", "handed_back"})
+
+
+def disproved_losses(
+    events: list[tuple[int, JobEvent]], before: dict[str, JobRecord]
+) -> set[tuple[str, int]]:
+    """The (job, attempt) pairs whose `worker_lost` row a late report proves wrong.
+
+    Two api processes project EVENTS at once, so a job's next `started` can be projected before its
+    previous attempt's `retrying`, stored just before it but taken by the other process's batch:
+    the row, still running the earlier attempt, then reads as a worker lost (`lost_worker`). When
+    that earlier report arrives (older than the row's last applied event), the attempt is known to
+    have ended by its worker's own word: its `worker_lost` row goes (Projector.project). The timeline
+    is thus wrong only between the two commits."""
+    return {
+        (event.job_id, event.attempt)
+        for seq, event in events
+        if event.type in _ATTEMPT_ENDS
+        and event.worker_id is not None
+        and (job := before.get(event.job_id)) is not None
+        and seq < job.last_event_seq
+        and event.generation == job.generation
+    }
 
 
 class Projector:
@@ -432,6 +459,14 @@ class Projector:
                     if changes(before[job_id], job)
                 ]
             await _TIMELINE.run(session, rows)
+            for job_id, attempt in disproved_losses(events, before):
+                await session.execute(
+                    delete(events_table).where(
+                        events_table.c.job_id == job_id,
+                        events_table.c.attempt == attempt,
+                        events_table.c.type == "worker_lost",
+                    )
+                )
             # What each attempt used and spent, keyed like its outcome's timeline row (costs.py).
             await costs.store(session, events, before)
             by_columns: dict[tuple[tuple[str, ...], bool], list[dict]] = {}
