@@ -59,3 +59,31 @@ def test_a_real_loss_is_not_disproved_by_other_late_events():
     ]
     assert disproved_losses(late, before) == set()
     assert disproved_losses([(18, of_this_run("retrying", 1, "w1"))], before) == {("J1", 1)}
+
+
+def test_a_retry_projected_before_its_own_start_leaves_no_lost_worker_at_the_next_start():
+    """The other api process took attempt 1's `started`; this one projected its `retrying` first
+    (seen in CI on PostgreSQL: a REST lease failed with retry right after its claim)."""
+    started_1 = (10, event("started", T0 + 1, attempt=1, worker="w1"))
+    retrying_1 = (11, event("retrying", T0 + 2, attempt=1, worker="w1", error={"message": "again"}))
+    started_2 = (12, event("started", T0 + 3, attempt=2, worker="w2"))
+    jobs = {"J1": replace(record("J1"), status="queued", last_event_seq=5)}
+    kinds = []
+    for batch in ([retrying_1], [started_1], [started_2]):
+        rows, _, _ = apply_events(batch, jobs)
+        kinds += [r["type"] for r in rows]
+    assert kinds == ["retrying", "started", "started"]
+    assert (jobs["J1"].status, jobs["J1"].attempt, jobs["J1"].worker_id) == ("running", 2, "w2")
+
+
+def test_a_hand_back_projected_before_its_start_leaves_no_lost_worker_at_the_next_start():
+    """A hand-back spends no attempt: the next start repeats its attempt number."""
+    started_2 = (10, event("started", T0 + 1, attempt=2, worker="w1"))
+    handed_back = (11, event("handed_back", T0 + 2, attempt=2, worker="w1"))
+    started_again = (12, event("started", T0 + 3, attempt=2, worker="w2"))
+    jobs = {"J1": replace(record("J1"), status="queued", attempt=1, last_event_seq=5)}
+    kinds = []
+    for batch in ([handed_back], [started_2], [started_again]):
+        rows, _, _ = apply_events(batch, jobs)
+        kinds += [r["type"] for r in rows]
+    assert "worker_lost" not in kinds, kinds

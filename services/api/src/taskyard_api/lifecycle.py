@@ -528,13 +528,16 @@ def _reported(job: JobRecord, event: JobEvent, seq: int, held: bool = False) -> 
             # another api process projected after this one (and is then ignored as older).
             moved.update(status="running", attempt=event.attempt, worker_id=event.worker_id)
             moved["started_at"] = job.started_at or event.at
-    elif kind == "waiting":
-        moved.update(status="waiting", worker_id=None)
-    elif kind == "retrying":
-        moved.update(status="retrying", error=data.get("error"))
-    elif kind == "handed_back":
-        # A draining or stopped worker returned it unfinished: queued again, the attempt unspent.
-        moved.update(status="queued", worker_id=None)
+    elif kind in ("waiting", "retrying", "handed_back"):
+        # The attempt that ends here ran, even when its `started` is projected after this (another
+        # api process took it): the next start must not read as a lost worker (`lost_worker`).
+        moved["attempt"] = max(job.attempt, event.attempt)
+        if kind == "waiting":
+            moved.update(status="waiting", worker_id=None)
+        elif kind == "retrying":
+            moved.update(status="retrying", error=data.get("error"))
+        else:  # a draining or stopped worker returned it unfinished: queued again, the attempt unspent
+            moved.update(status="queued", worker_id=None)
     elif kind in FINAL_STATES:
         moved.update(status=kind, finished_at=event.at, attempt=max(job.attempt, event.attempt))
         if kind == "succeeded":
