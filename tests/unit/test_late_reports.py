@@ -87,3 +87,14 @@ def test_a_hand_back_projected_before_its_start_leaves_no_lost_worker_at_the_nex
         rows, _, _ = apply_events(batch, jobs)
         kinds += [r["type"] for r in rows]
     assert "worker_lost" not in kinds, kinds
+
+
+def test_a_late_hand_back_or_answer_keeps_a_real_loss_of_the_same_attempt():
+    """After a hand-back or a person's answer the same attempt runs again; its worker may die. A
+    replay of the older report must not take that `worker_lost` row back."""
+    before = {"J1": replace(running_attempt_1()["J1"], attempt=2, last_event_seq=30)}
+    late = [
+        (12, event("handed_back", T0 + 1, attempt=1, worker="w1")),
+        (14, event("waiting", T0 + 2, attempt=1, worker="w1")),
+    ]
+    assert disproved_losses(late, before) == set()

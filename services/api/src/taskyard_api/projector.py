@@ -184,11 +184,6 @@ def apply_events(
     return rows, checkpoints, tally
 
 
-# A worker's report that its attempt ended and the job goes on (retry, a person's answer, a
-# hand-back): that attempt's worker was not lost.
-_ATTEMPT_ENDS = frozenset({"retrying", "waiting", "handed_back"})
-
-
 def disproved_losses(
     events: list[tuple[int, JobEvent]], before: dict[str, JobRecord]
 ) -> set[tuple[str, int]]:
@@ -199,11 +194,15 @@ def disproved_losses(
     the row, still running the earlier attempt, then reads as a worker lost (`lost_worker`). When
     that earlier report arrives (older than the row's last applied event), the attempt is known to
     have ended by its worker's own word: its `worker_lost` row goes (Projector.project). The timeline
-    is thus wrong only between the two commits."""
+    is thus wrong only between the two commits.
+
+    Only `retrying`: it spends its attempt, so no later run has that number. After a hand-back or a
+    person's answer the same attempt runs again, and its worker may really be lost (a replay of the
+    older report must not take that row back)."""
     return {
         (event.job_id, event.attempt)
         for seq, event in events
-        if event.type in _ATTEMPT_ENDS
+        if event.type == "retrying"
         and event.worker_id is not None
         and (job := before.get(event.job_id)) is not None
         and seq < job.last_event_seq
