@@ -585,8 +585,8 @@ async def wait_all_final(
     """Poll until no `bench=label` job is unfinished: one `limit=1` request per round.
 
     Each poll is a label-filtered list the api evaluates over every unfinished job, so it is work
-    taken from the run being measured: 0.1 s apart while many are left. Given the jobs' `ids` in
-    submit order, the poll asks for the oldest unfinished job, which says how many are left (the
+    taken from the run being measured: 0.1 s apart while many are left. Given the run's `ids`, the
+    poll asks for the oldest unfinished job, whose place among them says how many are left (the
     jobs of one queue and priority end about in order), and comes sooner as the end nears: down to
     5 ms apart, so the poll adds ~5 ms instead of up to 0.1 s to a figure's time (peers' harness
     reads the last job's own end time; the poll's granularity was up to ~9 % of a 5,000-job run).

@@ -32,6 +32,8 @@ KEY_HOLDING_STATES = frozenset({"queued", "running", "retrying", "waiting"})
 RESENDABLE_STATES = frozenset({"queued", "retrying", "running"})
 # Only these end states may be run again.
 RETRYABLE_STATES = frozenset({"failed", "dead", "cancelled"})
+# A worker's reports that end its attempt (`_reported` records the attempt from them).
+_ENDS_ATTEMPT = FINAL_STATES | {"waiting", "retrying", "handed_back"}
 # Edge conditions: the child runs once its parent ended so.
 EDGE_ACCEPTS = {"succeeded": frozenset({"succeeded"}), "finished": FINAL_STATES}
 
@@ -514,6 +516,10 @@ def _reported(job: JobRecord, event: JobEvent, seq: int, held: bool = False) -> 
     if not held:  # a held `started` leaves its message's seq to the outcome it came in
         moved["last_event_seq"] = seq
     kind, data = event.type, event.data
+    if kind in _ENDS_ATTEMPT:
+        # The attempt that ends here ran, even when its `started` is projected after this (another
+        # api process took it): the next start must not read as a lost worker (`lost_worker`).
+        moved["attempt"] = max(job.attempt, event.attempt)
     if kind == "started":
         moved.update(status="running", attempt=event.attempt, worker_id=event.worker_id)
         moved["started_at"] = job.started_at or event.at
@@ -528,18 +534,15 @@ def _reported(job: JobRecord, event: JobEvent, seq: int, held: bool = False) -> 
             # another api process projected after this one (and is then ignored as older).
             moved.update(status="running", attempt=event.attempt, worker_id=event.worker_id)
             moved["started_at"] = job.started_at or event.at
-    elif kind in ("waiting", "retrying", "handed_back"):
-        # The attempt that ends here ran, even when its `started` is projected after this (another
-        # api process took it): the next start must not read as a lost worker (`lost_worker`).
-        moved["attempt"] = max(job.attempt, event.attempt)
-        if kind == "waiting":
-            moved.update(status="waiting", worker_id=None)
-        elif kind == "retrying":
-            moved.update(status="retrying", error=data.get("error"))
-        else:  # a draining or stopped worker returned it unfinished: queued again, the attempt unspent
-            moved.update(status="queued", worker_id=None)
+    elif kind == "waiting":
+        moved.update(status="waiting", worker_id=None)
+    elif kind == "retrying":
+        moved.update(status="retrying", error=data.get("error"))
+    elif kind == "handed_back":
+        # A draining or stopped worker returned it unfinished: queued again, the attempt unspent.
+        moved.update(status="queued", worker_id=None)
     elif kind in FINAL_STATES:
-        moved.update(status=kind, finished_at=event.at, attempt=max(job.attempt, event.attempt))
+        moved.update(status=kind, finished_at=event.at)
         if kind == "succeeded":
             moved.update(result=data.get("result"), error=None)
         elif kind != "cancelled":
