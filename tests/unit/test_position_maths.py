@@ -12,6 +12,7 @@ from taskyard_api.position import (
     GONE,
     IN_FLIGHT,
     Position,
+    add_sample,
     from_direct_get,
     higher_pending,
     rates_over,
@@ -151,3 +152,22 @@ def test_arrivals_are_never_negative_when_jobs_are_cancelled():
 @pytest.mark.parametrize("samples", [[], [(3.0, 7, 1)], [(3.0, 7, 1), (3.0, 9, 1)]])
 def test_no_rate_without_two_samples_apart_in_time(samples):
     assert rates_over(samples, 60.0) == (0.0, 0.0)
+
+
+def test_the_newest_sample_is_always_the_latest_read():
+    # Reads 0.1 s apart: points stay 0.25 s apart or more, and the last is the read just made, so
+    # a delivery between two throttled reads shows at once (the failure CI saw: a lone REST
+    # worker's start missed, its queue's ETA unknown).
+    samples: deque = deque()
+    for i, delivered in enumerate([0, 0, 0, 1, 1, 2]):
+        add_sample(samples, (i * 0.1, delivered, 0), every_s=0.25, keep_s=60.0)
+    assert [s[0] for s in samples] == pytest.approx([0.0, 0.3, 0.5])  # 0.3 then 0.4, 0.5
+    assert samples[-1][1] == 2
+    assert rates_over(samples, 60.0)[0] == pytest.approx(2 / 0.5)
+
+
+def test_samples_older_than_kept_are_dropped():
+    samples: deque = deque()
+    for t in [0.0, 1.0, 2.0, 70.0]:
+        add_sample(samples, (t, 0, 0), every_s=0.25, keep_s=65.0)
+    assert [s[0] for s in samples] == [70.0]

@@ -9,6 +9,7 @@ position") live here so they can be checked with hand-built numbers:
 - else position = Σ num_pending of higher priorities + max(0, num_pending − 1 − Nats-Num-Pending).
 """
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -57,6 +58,20 @@ def from_direct_get(
 
 
 Sample = tuple[float, int, int]  # (monotonic time, delivered consumer seq, num_pending)
+
+
+def add_sample(samples: deque[Sample], point: Sample, every_s: float, keep_s: float) -> None:
+    """Record a consumer read in `samples`: points at least `every_s` apart, and after them the
+    latest read, which the next read replaces until it is `every_s` past the point before it.
+    A rate is then measured up to the read just made: a job delivered between a throttled sample
+    and a position read still counts (else a lone slot's start could be missed and the ETA said
+    unknown: a REST worker's queue in CI). Points older than `keep_s` go."""
+    if len(samples) >= 2 and samples[-1][0] - samples[-2][0] < every_s:
+        samples[-1] = point
+    else:
+        samples.append(point)
+    while samples and point[0] - samples[0][0] > keep_s:
+        samples.popleft()
 
 
 def rates_over(samples: Sequence[Sample], window_s: float) -> tuple[float, float]:

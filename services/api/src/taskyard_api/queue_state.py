@@ -28,7 +28,7 @@ from taskyard_common.topology import (
     oldest_waiting_age_s,
 )
 
-from .position import Position, from_direct_get, rates_over, without_lookup
+from .position import Position, add_sample, from_direct_get, rates_over, without_lookup
 from .queue_history import DepthHistory
 
 log = logging.getLogger("taskyard.api.queues")
@@ -98,14 +98,10 @@ class QueueState:
         self._snaps, self._at = snaps, now
 
     def _sampled(self, snap: ConsumerSnap) -> ConsumerSnap:
-        """Keep (time, deliveries, pending) of a read every SAMPLE_EVERY_S for `rates`."""
-        now = time.monotonic()
+        """Keep (time, deliveries, pending) of this read for `rates` (position.add_sample)."""
         samples = self._samples.setdefault((snap.queue, snap.priority), deque())
-        if samples and now - samples[-1][0] < SAMPLE_EVERY_S:
-            return snap
-        samples.append((now, snap.delivered_consumer_seq, snap.num_pending))
-        while samples and now - samples[0][0] > RATE_WINDOW_S + 5:
-            samples.popleft()
+        point = (time.monotonic(), snap.delivered_consumer_seq, snap.num_pending)
+        add_sample(samples, point, SAMPLE_EVERY_S, RATE_WINDOW_S + 5)
         return snap
 
     async def sample(self) -> None:
