@@ -10,7 +10,8 @@ method, the same answer), the caller's key travelling with it so the owner check
 the caller's, as for its own callers. The forwarding is only this: the call, the key and the answer
 (its status and its JSON body, byte for byte) serialised.
 
-An owner that is gone (killed or stopped: NATS answers "no responders" at once) took its leases with
+An owner that is gone (killed or stopped: NATS answers "no responders" at once, and again RECHECK_S
+later, so that an owner between two connections to NATS is not taken for gone) took its leases with
 it: 404 naming the lease, and the delivery it held comes back after ack_wait as when any api
 process dies. A forwarded call waits up to its own wait (an `ask` long-polls up to `wait_s`) plus
 FORWARD_SLACK_S; meanwhile the owner is probed every PROBE_S, so one that dies mid-call ends the wait
@@ -52,6 +53,8 @@ log = logging.getLogger("taskyard.api.lease_relay")
 FORWARD_SLACK_S = 15.0
 # How often a waiting forwarded call checks that the owner is still there (an empty request).
 PROBE_S = 1.0
+# An owner is gone when a probe finds nobody twice this far apart (see LeaseRelay._owner_there).
+RECHECK_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -148,15 +151,27 @@ class LeaseRelay:
     async def forward(self, owner: str, forwarded: Forwarded, timeout_s: float) -> Answer:
         subject = self.topo.lease_subject(owner)
         lease_id = forwarded.lease_id
-        request = asyncio.ensure_future(self.nc.request(subject, forwarded.encode(), timeout=timeout_s))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        request: asyncio.Future | None = None
         try:
             while True:
+                if request is None:
+                    if (left := deadline - loop.time()) <= 0:
+                        raise NatsTimeoutError
+                    request = asyncio.ensure_future(
+                        self.nc.request(subject, forwarded.encode(), timeout=left)
+                    )
                 done, _ = await asyncio.wait({request}, timeout=PROBE_S)
-                if done:
+                if not done:  # still waiting: is the owner still there?
+                    await self._owner_there(subject)
+                    continue
+                try:
                     return Answer.decode(request.result().data)
-                # Still waiting: is the owner still there? (busy: its probe times out; wait on)
-                with contextlib.suppress(NatsTimeoutError):
-                    await self.nc.request(subject, b"", timeout=PROBE_S)
+                except NoRespondersError:
+                    # Nobody received the call. An owner between two connections to NATS gets it again.
+                    await self._owner_there(subject)
+                    request = None
         except NoRespondersError:
             log.info(
                 "lease %s: its api process %s is gone (%s not answered)", lease_id, owner, forwarded.action
@@ -178,7 +193,23 @@ class LeaseRelay:
                 "to the api process holding the lease"
             ) from None
         finally:
-            request.cancel()
+            if request is not None:
+                request.cancel()
+
+    async def _owner_there(self, subject: str) -> None:
+        """Return while the owner answers a probe or is busy (its probe times out); raise
+        NoRespondersError once NATS says twice, RECHECK_S apart, that nobody listens there: once can
+        be an owner between two connections to NATS, whose leases live on."""
+        for recheck in (True, False):
+            try:
+                await self.nc.request(subject, b"", timeout=PROBE_S)
+                return
+            except NatsTimeoutError:
+                return
+            except NoRespondersError:
+                if not recheck:
+                    raise
+                await asyncio.sleep(RECHECK_S)
 
     # -- the owner's side -----------------------------------------------------------------------
     async def _on_call(self, msg: Msg) -> None:
