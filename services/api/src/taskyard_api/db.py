@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import pydantic_core
-from sqlalchemy import ColumnElement, any_, bindparam, event, func, make_url, select, text
+from sqlalchemy import ColumnElement, any_, bindparam, event, func, literal_column, make_url, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -40,8 +40,10 @@ def one_of(column: ColumnElement[Any], values: Iterable[Any], dialect: str) -> C
     `= ANY($1)`, prepared once, searched through the index the same way."""
     values = list(values)
     if dialect == "sqlite":
-        each = func.json_each(bindparam(None, _json_text(values))).table_valued("value")
-        return column.in_(select(each.c.value))
+        # `SELECT value FROM json_each(?)` built as plain text columns: a table-valued function's
+        # column collection cost ~55 µs to build each call, several calls a projected batch.
+        each = func.json_each(bindparam(None, _json_text(values)))
+        return column.in_(select(literal_column("value")).select_from(each))
     if dialect == "postgresql":
         return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
     return column.in_(values)
