@@ -115,13 +115,12 @@ class Notifier:
         if not reached:
             return 0
         dialect = session.get_bind().dialect.name
-        hooks = await session.scalars(
-            select(JobNotify).where(one_of(job_notify_table.c.job_id, reached, dialect))
-        )
+        n = job_notify_table.c
+        hooks = await session.execute(select(n.job_id, n.url, n.on).where(one_of(n.job_id, reached, dialect)))
         now, rows = time.time(), []
-        for hook in hooks:
-            job = reached[hook.job_id]
-            if job.status not in hook.on:
+        for job_id, url, on in hooks.tuples():
+            job = reached[job_id]
+            if job.status not in on:
                 continue
             delivery_id = f"{job.id}:{job.generation}:{job.resume}:{job.status}"
             rows.append(
@@ -129,7 +128,7 @@ class Notifier:
                     "id": delivery_id,
                     "job_id": job.id,
                     "outcome": job.status,
-                    "url": hook.url,
+                    "url": url,
                     "body": _body(job, delivery_id),
                     "status": "pending",
                     "attempts": 0,

@@ -17,7 +17,9 @@ from sqlalchemy import delete, func, literal_column, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.dml import Insert
 
+from .driver_sql import Many
 from .failures import Invalid
 from .lifecycle import JobRecord
 from .models import rollups_table
@@ -69,17 +71,22 @@ class Tally:
         ]
 
 
-async def add(session: AsyncSession, tally: Tally) -> None:
-    """Add a batch's tally (one cached executemany UPSERT), inside the caller's transaction."""
-    if not tally.counts:
-        return
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(rollups)
-    stmt = stmt.on_conflict_do_update(
+def _upsert(dialect: str) -> Insert:
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(rollups)
+    return stmt.on_conflict_do_update(
         index_elements=["minute", "queue", "kind", "error_class", "wait_bucket"],
         set_={"n": rollups.c.n + stmt.excluded.n},
     )
-    await session.execute(stmt, tally.rows())
+
+
+# Built and compiled once: the projector adds a tally at every batch, often of one job.
+_ADD = Many(_upsert)
+
+
+async def add(session: AsyncSession, tally: Tally) -> None:
+    """Add a batch's tally (one executemany UPSERT), inside the caller's transaction."""
+    if tally.counts:
+        await _ADD.run(session, tally.rows())
 
 
 def percentile(histogram: list[int], p: float) -> float | None:
