@@ -116,7 +116,7 @@ async def _partners(session: AsyncSession, gates: set[Gate]) -> set[Gate]:
                 .distinct()
                 .limit(SLACK)
             )
-            out |= gates_of_columns((key, spec, None) for key, spec in rows.tuples())
+            out |= gates_of_columns((key, spec, None) for key, spec in rows)
         else:
             keys = await session.scalars(
                 select(j.rate_key)
@@ -149,7 +149,7 @@ async def _held(session: AsyncSession, keys: list[str]) -> dict[str, int]:
         .where(one_of(j.concurrency_key, keys, session.get_bind().dialect.name), j.status.in_(_HOLDING))
         .group_by(j.concurrency_key)
     )
-    return {key: n for key, n in rows.tuples()}
+    return {key: n for key, n in rows}
 
 
 async def _newest(session: AsyncSession, gate: Gate) -> JobRecord | None:
@@ -399,7 +399,7 @@ async def waiting_gates(session: AsyncSession, limit: int = 1000) -> set[Gate]:
         .group_by(j.concurrency_key, j.concurrency, j.rate_key)
         .limit(limit)
     )
-    return gates_of_columns(rows.tuples())
+    return gates_of_columns(rows)
 
 
 async def rate_keys_due(session: AsyncSession) -> list[tuple[str, float]]:
@@ -409,7 +409,7 @@ async def rate_keys_due(session: AsyncSession) -> list[tuple[str, float]]:
         select(g.key, g.settings, g.refilled_at).where(g.kind == "rate", g.key.in_(waiting))
     )
     out = []
-    for key, settings, tat in rows.tuples():
+    for key, settings, tat in rows:
         if not (settings or {}).get("per_s"):
             out.append((key, 0.0))  # never admitted yet: due now
             continue
@@ -432,7 +432,7 @@ async def busiest(session: AsyncSession, limit: int = 5) -> list[tuple[str, int,
         .limit(limit)
     )
     out = []
-    for key, n in rows.tuples():
+    for key, n in rows:
         newest = await _newest(session, ("concurrency", key))
         out.append((key, int(n), int((newest.concurrency or {}).get("limit", 0)) if newest else None))
     return out

@@ -47,7 +47,7 @@ async def counts(session: AsyncSession, batch_id: str) -> dict[str, int]:
     rows = await session.execute(
         select(j.status, func.count()).where(j.batch_id == batch_id).group_by(j.status)
     )
-    return dict(rows.tuples().all())
+    return dict(rows.all())
 
 
 async def failures(session: AsyncSession, batch_id: str, limit: int = 1000) -> list[dict[str, Any]]:
@@ -60,7 +60,7 @@ async def failures(session: AsyncSession, batch_id: str, limit: int = 1000) -> l
         .limit(limit)
     )
     groups: dict[str, dict[str, Any]] = {}
-    for job_id, node, status, error in rows.tuples():
+    for job_id, node, status, error in rows:
         kind = (error or {}).get("type") or status
         group = groups.setdefault(kind, {"error": kind, "count": 0, "examples": []})
         group["count"] += 1

@@ -142,7 +142,7 @@ async def gate_checks(sessions, now: float) -> list[dict]:  # noqa: ANN001 - asy
         held = dict(
             (await session.execute(
                 select(j.status, func.count()).where(j.status.in_(sorted(GATED_STATES))).group_by(j.status)
-            )).tuples().all()
+            )).all()
         )  # fmt: skip
         due = await session.scalar(
             select(func.min(j.run_at)).where(j.status == "scheduled", j.run_at.is_not(None))

@@ -80,7 +80,7 @@ async def last_recorded(first: int, last: int, recorded_here: Callable[[int], Aw
 async def load(session: AsyncSession) -> list[Epoch]:
     c = epochs_table.c
     rows = await session.execute(select(c.after_seq, c.shift).order_by(c.id))
-    return [Epoch(after, shift) for after, shift in rows.tuples()]
+    return [Epoch(after, shift) for after, shift in rows]
 
 
 # The first event of the message at (or after) a raw sequence: (raw seq, job id, type, at), or None.

@@ -310,7 +310,7 @@ async def rearm(session: AsyncSession, roots: list[JobRecord], now: float) -> Op
         stopped = await session.execute(
             select(j.id, j.error).where(j.workflow_id == workflow_id, j.status == "skipped")
         )
-        targets += [i for i, error in stopped.tuples() if (error or {}).get("type") == "WorkflowStopped"]
+        targets += [i for i, error in stopped if (error or {}).get("type") == "WorkflowStopped"]
     jobs = await JobStore.lock_many(session, set(targets))
     # A retried item of a map node: the node waits for it again (and joins once it has ended).
     if items := {job.id: job.map["of"] for job in roots if job.map and "of" in job.map}:
@@ -385,7 +385,7 @@ async def _open_counts(session: AsyncSession, children: list[str]) -> dict[str, 
         .where(one_of(e.child_id, children, session.get_bind().dialect.name), e.state == "open")
         .group_by(e.child_id)
     )
-    return {child: count for child, count in rows.tuples()}
+    return {child: count for child, count in rows}
 
 
 async def _parent_results(session: AsyncSession, children: list[JobRecord]) -> dict[str, dict[str, Any]]:
@@ -399,7 +399,7 @@ async def _parent_results(session: AsyncSession, children: list[JobRecord]) -> d
         .where(one_of(e.child_id, [c.id for c in children], session.get_bind().dialect.name))
     )
     out: dict[str, dict[str, Any]] = {}
-    for child, node, result in rows.tuples():
+    for child, node, result in rows:
         out.setdefault(child, {})[node] = result
     return out
 
@@ -470,7 +470,7 @@ async def family(session: AsyncSession, job_id: str) -> tuple[list[dict[str, Any
         out.append(
             [
                 {"id": i, "name": n, "status": status, "on": on, "edge": state}
-                for i, n, status, on, state in rows.tuples()
+                for i, n, status, on, state in rows
             ]
         )
     return out[0], out[1]

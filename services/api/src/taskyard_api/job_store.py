@@ -149,7 +149,7 @@ class JobStore:
             query = query.with_for_update()
         due = {
             (i, g, r): None if status == "queued" else started
-            for i, g, r, status, started in (await session.execute(query)).tuples()
+            for i, g, r, status, started in await session.execute(query)
         }
         marked = [job for job in jobs if (job.id, job.generation, job.resume) in due]
         if marked:

@@ -118,7 +118,7 @@ class Notifier:
         n = job_notify_table.c
         hooks = await session.execute(select(n.job_id, n.url, n.on).where(one_of(n.job_id, reached, dialect)))
         now, rows = time.time(), []
-        for job_id, url, on in hooks.tuples():
+        for job_id, url, on in hooks:
             job = reached[job_id]
             if job.status not in on:
                 continue
