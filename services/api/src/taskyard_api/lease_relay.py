@@ -150,7 +150,7 @@ class LeaseRelay:
 
     async def forward(self, owner: str, forwarded: Forwarded, timeout_s: float) -> Answer:
         subject = self.topo.lease_subject(owner)
-        lease_id = forwarded.lease_id
+        lease_id, data = forwarded.lease_id, forwarded.encode()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         request: asyncio.Future | None = None
@@ -159,9 +159,7 @@ class LeaseRelay:
                 if request is None:
                     if (left := deadline - loop.time()) <= 0:
                         raise NatsTimeoutError
-                    request = asyncio.ensure_future(
-                        self.nc.request(subject, forwarded.encode(), timeout=left)
-                    )
+                    request = asyncio.ensure_future(self.nc.request(subject, data, timeout=left))
                 done, _ = await asyncio.wait({request}, timeout=PROBE_S)
                 if not done:  # still waiting: is the owner still there?
                     await self._owner_there(subject)
