@@ -7,12 +7,12 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
-from taskyard_common.nats_util import wait_acks
 from taskyard_common.schemas import EventBatch, JobEvent, LogLine
 from taskyard_common.topology import Topology
 
 MAX_UNACKED = 1000
-# A publish whose ack has not come by then is treated as lost (NATS away or restarting).
+# A publish whose ack has not come this long after it was sent is treated as lost (NATS away or
+# restarting): a flush waiting for it raises TimeoutError.
 FLUSH_TIMEOUT_S = 30
 # Events in one batch message; a burst larger than this is sent in several.
 BATCH_MAX = 500
@@ -29,7 +29,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.events: list[JobEvent] = []
-        self.stored: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.stored: asyncio.Future = _bounded(asyncio.get_running_loop().create_future())
 
 
 class Emitter:
@@ -69,7 +69,7 @@ class Emitter:
         """publish_async, whose returned future is sent again while the answer is 503 (no stream
         leader) and RETRY_FOR_S has not passed. The first send's own errors are raised."""
         loop = asyncio.get_running_loop()
-        outcome: asyncio.Future = loop.create_future()
+        outcome: asyncio.Future = _bounded(loop.create_future())
         deadline = loop.time() + self.retry_for_s
         ack = await self.js.publish_async(subject, data)
         ack.add_done_callback(lambda done: self._answered(subject, data, outcome, deadline, done))
@@ -78,7 +78,7 @@ class Emitter:
     def _answered(
         self, subject: str, data: bytes, outcome: asyncio.Future, deadline: float, done: asyncio.Future
     ) -> None:
-        if outcome.done():  # a flush gave up on it (wait_acks cancelled it)
+        if outcome.done():  # its FLUSH_TIMEOUT_S ran out
             return
         no_leader = not done.cancelled() and isinstance(done.exception(), NoStreamResponseError)
         if no_leader and asyncio.get_running_loop().time() < deadline:
@@ -147,19 +147,35 @@ class Emitter:
             await self.send_batch()
         jobs = list(self._pending) if job_id is None else [job_id]
         pending = [future for job in jobs for future in self._pending.pop(job, [])]
-        for ack in await wait_acks(list(dict.fromkeys(pending)), timeout=FLUSH_TIMEOUT_S):
-            if isinstance(ack, BaseException):
-                # The caller has not acked its job yet: failing here leaves it to be redelivered.
-                raise ack
+        # Each future ends by FLUSH_TIMEOUT_S (_bounded); a batch's is shared by its jobs, hence
+        # shield: one job's task cancelled must not cancel the others' wait. (asyncio.wait with a
+        # timeout per flush cost ~5 µs a job.) The caller has not acked its job yet: a failure
+        # raised here leaves it to be redelivered.
+        for future in dict.fromkeys(pending):
+            await asyncio.shield(future)
 
     def forget(self, job_id: str) -> None:
         """Stop tracking a job that ended without a flush (NATS error, handed back)."""
         self._pending.pop(job_id, None)
 
 
+def _bounded(future: asyncio.Future) -> asyncio.Future:
+    """`future`, failed with TimeoutError if nothing settles it within FLUSH_TIMEOUT_S."""
+
+    def expire() -> None:
+        if not future.done():
+            future.set_exception(TimeoutError("no publish ack"))
+            with contextlib.suppress(BaseException):
+                future.exception()  # no "never retrieved" when no flush waits for it
+
+    deadline = asyncio.get_running_loop().call_later(FLUSH_TIMEOUT_S, expire)
+    future.add_done_callback(lambda _: deadline.cancel())
+    return future
+
+
 def _settle(stored: asyncio.Future, outcome: asyncio.Future | BaseException) -> None:
-    """Pass a batch publish's ack (or failure) to the future its jobs wait on. One job's flush may
-    have given up on it already (wait_acks cancels what times out)."""
+    """Pass a batch publish's ack (or failure) to the future its jobs wait on; it may have run out
+    of time already (_bounded)."""
     if stored.done():
         return
     if isinstance(outcome, BaseException):
