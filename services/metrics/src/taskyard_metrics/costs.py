@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from taskyard_common.schemas import JobEvent
 from taskyard_common.usage import CPU_UNIT, NAME, usage_of
 
+from .label_children import Children
+
 WINDOWS = ("1h", "1d", "7d")
 """The budget windows the alert rules know (one rule per window, deploy/prometheus/rules)."""
 _BUDGET = re.compile(
@@ -61,6 +63,7 @@ def parse_labels(text: str) -> tuple[str, ...]:
 class CostMetrics:
     def __init__(self, registry: CollectorRegistry, labels: tuple[str, ...], budgets: list[Budget]) -> None:
         self.labels = tuple(dict.fromkeys((*labels, *(b.label for b in budgets))))
+        self.child = Children()
         self.cpu = Counter(
             "taskyard_job_cpu_seconds_total",
             "CPU seconds attempts used, as the executor measured them (docs/costs.md).",
@@ -97,9 +100,10 @@ class CostMetrics:
         usage = usage_of(event.data)
         if usage is None:
             return
-        self.cpu.labels(queue, job_type).inc(usage.cpu_s)
+        child = self.child
+        child(self.cpu, queue, job_type).inc(usage.cpu_s)
         for (unit, kind), amount in usage.costs.items():
-            self.spend.labels(queue, unit, kind).inc(amount)
+            child(self.spend, queue, unit, kind).inc(amount)
         labels = event.data.get("labels")
         if not isinstance(labels, dict) or not self.labels:
             return
@@ -107,6 +111,6 @@ class CostMetrics:
             value = labels.get(name)
             if not isinstance(value, str):
                 continue
-            self.label_spend.labels(name, value, CPU_UNIT).inc(usage.cpu_s)
+            child(self.label_spend, name, value, CPU_UNIT).inc(usage.cpu_s)
             for (unit, _kind), amount in usage.costs.items():
-                self.label_spend.labels(name, value, unit).inc(amount)
+                child(self.label_spend, name, value, unit).inc(amount)

@@ -66,22 +66,24 @@ def record_event(metrics: Metrics, event: JobEvent) -> None:
     job_type = event.job_type or UNKNOWN
     priority = event.priority or UNKNOWN
     kind = event.type
+    child = metrics.child
     init_series(metrics, queue, job_type)
     if kind == "queued":
-        metrics.submitted.labels(queue, job_type).inc()
+        child(metrics.submitted, queue, job_type).inc()
     elif kind == "started":
-        metrics.started.labels(queue, job_type).inc()
+        child(metrics.started, queue, job_type).inc()
         wait = _number(event.data.get("wait_s"))
         if wait is not None:
-            metrics.queue_wait.labels(queue, priority).observe(wait)
+            child(metrics.queue_wait, queue, priority).observe(wait)
             outcome = "met" if wait <= metrics.target_for(queue) else "missed"
-            metrics.wait_slo.labels(queue, outcome).inc()
+            child(metrics.wait_slo, queue, outcome).inc()
     elif kind == "retrying":
-        metrics.retries.labels(queue, job_type).inc()
+        child(metrics.retries, queue, job_type).inc()
     elif kind == "worker_lost":
-        metrics.worker_lost.labels(queue).inc()
+        child(metrics.worker_lost, queue).inc()
     elif kind == "waiting":
         ck_kind = (event.data.get("checkpoint") or {}).get("kind", UNKNOWN)
+        # From event data, maybe not even hashable: labels() makes a string of it (rare events).
         metrics.checkpoints_requested.labels(queue, ck_kind).inc()
     elif kind == "decided":
         decision = event.data.get("decision") or {}
@@ -93,14 +95,14 @@ def record_event(metrics: Metrics, event: JobEvent) -> None:
     if kind in FINAL_EVENTS and not (kind == "cancelled" and event.worker_id):
         # Every cancel is the API's `cancelled` event; a worker's own `cancelled` (worker_id set)
         # only reports that the running attempt stopped, and how long it ran.
-        metrics.finished.labels(queue, job_type, kind).inc()
+        child(metrics.finished, queue, job_type, kind).inc()
     if kind in USAGE_EVENTS:
         metrics.costs.record(event, queue, job_type)
     if kind in TIMED_EVENTS:
         # A job cancelled while still queued never ran: no duration_s, nothing to observe.
         duration = _number(event.data.get("duration_s"))
         if duration is not None:
-            metrics.run_duration.labels(queue, priority).observe(duration)
+            child(metrics.run_duration, queue, priority).observe(duration)
 
 
 def record_message(metrics: Metrics, data: bytes, batch: bool = False) -> None:

@@ -12,6 +12,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from .costs import Budget, CostMetrics
+from .label_children import Children
 
 # Jobs range from a millisecond no-op to multi-hour batch work, hence the wide, sparse buckets.
 RUN_BUCKETS_S = (
@@ -71,6 +72,8 @@ class Metrics:
     # Costs: the label names spend is counted by, and the budgets (costs.py).
     cost_labels: tuple[str, ...] = ("team",)
     budgets: list[Budget] = field(default_factory=list)
+    # `child(metric, *values)`: metric.labels(*values), looked up once (label_children.py).
+    child: Children = field(default_factory=Children)
 
     def __post_init__(self) -> None:
         r = self.registry
