@@ -1,11 +1,11 @@
 """nats-server memory per retained job: run N noop jobs through the whole stack, let nats-server's
 caches expire, and divide what its memory grew by N.
 
-Memory is the Go heap, not the resident size, read two ways: live after the first collection
-that comes by itself (GODEBUG=gctrace=1), and in use after two collections forced through the
-profiling port. The first counts what sync.Pool still holds: a collection only moves a pool's
-buffers (message-block caches of megabytes) to its victim cache, the next one frees them. Those
-are buffers for reuse, not memory a retained job holds, so the second reading is the figure.
+Memory is the Go heap, not the resident size (Go hands freed memory back to the system slowly),
+read right after the quiet: in use after two collections forced through the profiling port, and
+the live heap the last of them left (GODEBUG=gctrace=1, in MB). Two, because one collection only
+moves sync.Pool's buffers (message-block caches of megabytes) to its victim cache and the next one
+frees them: buffers for reuse, not memory a retained job holds.
 Two moments: while JOBS' duplicate window still holds every job's message id (the first minutes
 after a burst) and, with `--after-window`, once the window has passed (what a job costs for the
 rest of EVENTS' retention: its events and their subjects). The streams' own byte counts are on
@@ -55,21 +55,6 @@ def live_heaps(stack: Stack) -> list[int]:
     return [int(m.group(3)) for m in GC_LINE.finditer(stack.nats.log_file.read_bytes())]
 
 
-def settled_heap(stack: Stack, seconds: float) -> int:
-    """nats-server's live heap (MB) after `seconds` of quiet: the first collection after them. The
-    resident size would not do: Go hands freed memory back to the system slowly, so it shows the
-    burst's peak, not what stays. An idle Go process collects at least every 2 minutes."""
-    time.sleep(seconds)
-    seen = len(live_heaps(stack))
-    deadline = time.monotonic() + 130
-    while time.monotonic() < deadline:
-        heaps = live_heaps(stack)
-        if len(heaps) > seen:
-            return heaps[-1]
-        time.sleep(1)
-    raise RuntimeError("nats-server ran no collection in 130 s")
-
-
 def heap_in_use(stack: Stack) -> int:
     """nats-server's heap in use (bytes) after two forced collections (the module's docstring)."""
     url = f"http://127.0.0.1:{stack.nats.profile_port}/debug/pprof/heap?gc=1"
@@ -84,9 +69,13 @@ def heap_in_use(stack: Stack) -> int:
 
 
 def reading(stack: Stack, seconds: float) -> dict:
-    """Both readings after `seconds` of quiet."""
-    live = settled_heap(stack, seconds)
-    return {"live_mb": live, "in_use_bytes": heap_in_use(stack)}
+    """Both readings after `seconds` of quiet, taken at once: two forced collections, then the heap
+    in use and the live heap the last collection left (gctrace). Waiting for a collection that
+    comes by itself (up to 2 minutes when idle) would let JOBS' duplicate window pass unseen."""
+    time.sleep(seconds)
+    in_use = heap_in_use(stack)
+    time.sleep(0.5)  # the forced collections' gctrace lines reach the log
+    return {"live_mb": live_heaps(stack)[-1], "in_use_bytes": in_use}
 
 
 def per_job(before: dict, after: dict, jobs: int) -> dict:

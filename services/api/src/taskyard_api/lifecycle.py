@@ -17,7 +17,7 @@ from operator import attrgetter
 from typing import Any
 
 from taskyard_common.coalesce import parts
-from taskyard_common.schemas import FINAL_STATES, JobEvent
+from taskyard_common.schemas import FINAL_STATES, JobEvent, message_id
 
 from .failures import Refused
 
@@ -111,10 +111,8 @@ class JobRecord:
 
     @property
     def msg_id(self) -> str:
-        """Nats-Msg-Id of the current message (the same rule as JobSpec.msg_id)."""
-        if self.generation == 0 and self.resume == 0:
-            return self.id
-        return f"{self.id}:{self.generation}:{self.resume}"
+        """Nats-Msg-Id of the current message."""
+        return message_id(self.id, self.generation, self.resume)
 
 
 COLUMNS = tuple(f.name for f in fields(JobRecord))
