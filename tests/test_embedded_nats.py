@@ -1,10 +1,10 @@
-"""The embedded nats-server (laptop stack, tests, bench) collects garbage more often than Go's default."""
+"""The embedded nats-server (laptop stack, tests, bench) runs under a soft memory limit unless one is set."""
 
 from pathlib import Path
 
 import pytest
 
-from taskyard_common.embedded import DEFAULT_GOGC, EmbeddedNats
+from taskyard_common.embedded import GO_ENV, EmbeddedNats
 
 from .stack import free_port
 
@@ -14,14 +14,14 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
-@pytest.mark.parametrize("given", [None, "200"])
-def test_embedded_nats_gets_gogc_50_unless_one_is_set(tmp_path, monkeypatch, given):
+@pytest.mark.parametrize("given", [None, "200MiB"])
+def test_embedded_nats_gets_a_memory_limit_unless_one_is_set(tmp_path, monkeypatch, given):
     if given:
-        monkeypatch.setenv("GOGC", given)
+        monkeypatch.setenv("GOMEMLIMIT", given)
     else:
-        monkeypatch.delenv("GOGC", raising=False)
+        monkeypatch.delenv("GOMEMLIMIT", raising=False)
     server = EmbeddedNats(tmp_path / "nats", free_port(), free_port()).start()
     try:
-        assert _environ(server.process.pid)["GOGC"] == (given or DEFAULT_GOGC)
+        assert _environ(server.process.pid)["GOMEMLIMIT"] == (given or GO_ENV["GOMEMLIMIT"])
     finally:
         server.stop()
