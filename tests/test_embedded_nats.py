@@ -1,4 +1,4 @@
-"""The embedded nats-server (laptop stack, tests, bench) runs under a soft memory limit unless one is set."""
+"""The embedded nats-server (laptop stack, tests, bench) runs under a soft memory limit and a high GOGC unless the environment sets them."""
 
 from pathlib import Path
 
@@ -14,14 +14,15 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
-@pytest.mark.parametrize("given", [None, "200MiB"])
-def test_embedded_nats_gets_a_memory_limit_unless_one_is_set(tmp_path, monkeypatch, given):
-    if given:
-        monkeypatch.setenv("GOMEMLIMIT", given)
-    else:
-        monkeypatch.delenv("GOMEMLIMIT", raising=False)
+@pytest.mark.parametrize("given", [{}, {"GOMEMLIMIT": "200MiB"}, {"GOGC": "25"}])
+def test_embedded_nats_gets_a_memory_limit_and_gogc_unless_set(tmp_path, monkeypatch, given):
+    for name in GO_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
     server = EmbeddedNats(tmp_path / "nats", free_port(), free_port()).start()
     try:
-        assert _environ(server.process.pid)["GOMEMLIMIT"] == (given or GO_ENV["GOMEMLIMIT"])
+        environ = _environ(server.process.pid)
+        assert {name: environ[name] for name in GO_ENV} == GO_ENV | given
     finally:
         server.stop()

@@ -59,16 +59,18 @@ def wait_for_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> 
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
 
 
-# Go collects when the heap has grown by GOGC % over what was live (100 by default). A soft limit
-# (GOMEMLIMIT) makes it collect sooner once the heap nears it. What nats-server keeps live is now
-# small: ~110 bytes a job while JOBS' duplicate window (2 min) holds its message id, ~17 after
-# (100,000 noop jobs), so the limit binds only during bursts (~6,600 jobs/s sustained would fill
-# it with message ids). Measured against the GOGC=25 kept until 2026-12-07: RSS peak of a 200,000-job
-# run 102 MiB against 137; queue position p99 at 99,000 queued 2.2-3.1 ms against ~5, because each
-# collection also drops the message-block caches nats-server holds by weak pointer, and the next
-# read of a block loads it again. When the live heap was ~430 bytes a job (until 2026-12-03), an
-# 80MiB limit was passed and the collector ran without pause (26 % slower). Values already set win.
-GO_ENV = {"GOMEMLIMIT": "90MiB"}
+# Go collects when the heap has grown by GOGC % over what was live (100 by default); a soft limit
+# (GOMEMLIMIT) makes it collect sooner once the heap nears it, so GOGC can be high while the limit
+# bounds RSS. Each collection also drops the message-block caches nats-server holds by weak pointer
+# (elastic.Pointer), and the next read of a block (a queue position's Direct Get) loads it again:
+# position p99 at 99,000 queued ~5 ms with GOGC=25, 2.7-3.3 with GOGC=100, 2.0-2.2 with 200 (each
+# with the limit). What nats-server keeps live is small now: ~110 bytes a job while JOBS' 2-minute
+# duplicate window holds its message id, ~17 after (100,000 noop jobs), so the limit binds only in
+# bursts (~6,600 jobs/s sustained would fill it with message ids). RSS peak of a 200,000-job run:
+# 102 MiB, against 137 with the GOGC=25 kept until 2026-12-07 and 158 in the default bench with
+# neither. When the live heap was ~430 bytes a job (until 2026-12-03), an 80MiB limit was passed and
+# the collector ran without pause (26 % slower). Values already set in the environment win.
+GO_ENV = {"GOGC": "200", "GOMEMLIMIT": "90MiB"}
 
 
 @dataclass
