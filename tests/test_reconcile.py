@@ -109,6 +109,49 @@ def test_a_running_job_whose_message_and_worker_vanished_is_requeued_as_a_lost_a
     assert kinds(again).count("started") == 2 and again["worker_id"] != running["worker_id"]
 
 
+def republish_with_the_whole_id(stack, seq: int, job_id: str) -> int:
+    """What an api from before 2026-12-07 left in JOBS: the job's message with the whole job id as
+    its Nats-Msg-Id (now the id's 16-character tail). Returns the copy's stream sequence."""
+
+    async def go() -> int:
+        nc = await nats.connect(stack.nats.url)
+        try:
+            js, stream = nc.jetstream(), f"{stack.prefix.upper()}_JOBS"
+            msg = await js.get_msg(stream, seq)
+            ack = await js.publish(msg.subject, msg.data, headers={"Nats-Msg-Id": job_id})
+            assert await js.delete_msg(stream, seq)
+            return ack.seq
+        finally:
+            await nc.close()
+
+    return run_async(go())
+
+
+async def set_stream_seq(db_url: str, job_id: str, seq: int) -> None:
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE jobs SET stream_seq = :seq WHERE id = :id"), {"seq": seq, "id": job_id}
+            )
+    finally:
+        await engine.dispose()
+
+
+def test_a_message_published_before_the_short_message_ids_is_still_the_jobs(stack, db_url):
+    """An upgrade finds queued jobs whose messages carry the whole job id: the reconciler takes
+    them for theirs (schemas.message_ids) and sends none again, so none runs twice."""
+    stack.start_api(**FAST)
+    job = submit(stack, type="noop")
+    seq = republish_with_the_whole_id(stack, job["stream_seq"], job["id"])
+    run_async(set_stream_seq(db_url, job["id"], seq))
+    time.sleep(3)  # rounds of the reconciler (2 s min age, 0.5 s interval): a resend would show
+    assert "reconciled" not in kinds(get(stack, job["id"]))
+    stack.start_executor()
+    done = stack.wait_status(job["id"], "succeeded")
+    assert kinds(done) == ["queued", "started", "succeeded"] and done["stream_seq"] == seq
+
+
 async def forget(db_url: str, job_id: str) -> None:
     engine = create_async_engine(db_url)
     try:

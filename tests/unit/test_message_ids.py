@@ -3,7 +3,7 @@ memory), one per job and per generation/resume, and the same rule on the API's a
 
 from taskyard_api.ids import JOB_ID, new_id
 from taskyard_api.publisher import spec_of
-from taskyard_common.schemas import message_id
+from taskyard_common.schemas import message_id, message_ids
 
 from .records import record
 
@@ -37,3 +37,11 @@ def test_the_record_and_the_spec_it_publishes_agree():
     for generation, resume in ((0, 0), (2, 1)):
         job = record(job_id, generation=generation, resume=resume)
         assert job.msg_id == spec_of(job).msg_id == message_id(job_id, generation, resume)
+
+
+def test_a_message_published_before_the_short_ids_is_still_the_jobs():
+    # The reconciler accepts either form at the job's stream sequence; another job's id is neither.
+    job_id, other = new_id(), new_id()
+    assert message_ids(job_id) == (job_id[-16:], job_id)
+    assert message_ids(job_id, 1, 2) == (f"{job_id[-16:]}:1:2", f"{job_id}:1:2")
+    assert not set(message_ids(other)) & set(message_ids(job_id))

@@ -55,10 +55,19 @@ def message_id(job_id: str, generation: int = 0, resume: int = 0) -> str:
     bits, unique among the jobs of a duplicate window), with the generation and resume once either
     is bumped so that the new message is not taken for the old one. nats-server keeps every id of
     the window in memory, and 16 bytes fit Go's 16-byte size class where all 26 take 32."""
-    tail = job_id[-16:]
-    if generation == 0 and resume == 0:
-        return tail
-    return f"{tail}:{generation}:{resume}"
+    return _with_bumps(job_id[-16:], generation, resume)
+
+
+def message_ids(job_id: str, generation: int = 0, resume: int = 0) -> tuple[str, str]:
+    """The ids a job's current message may carry: `message_id`'s, and the same with the whole job
+    id in place of its tail, as messages published before 2026-12-07 carry. A queued job's message
+    outlives an upgrade, and the reconciler must still know it for the job's (else it would send
+    the job again, and it would run twice)."""
+    return message_id(job_id, generation, resume), _with_bumps(job_id, generation, resume)
+
+
+def _with_bumps(base: str, generation: int, resume: int) -> str:
+    return base if generation == 0 and resume == 0 else f"{base}:{generation}:{resume}"
 
 
 class JobSpec(BaseModel):

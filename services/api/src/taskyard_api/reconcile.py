@@ -33,7 +33,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from taskyard_common.nats_util import read_subject
-from taskyard_common.schemas import JobSpec
+from taskyard_common.schemas import JobSpec, message_ids
 from taskyard_common.topology import Topology
 
 from .db import one_process_at_a_time
@@ -163,7 +163,8 @@ class Reconciler:
 
     async def _message_there(self, job: JobRecord, gate: asyncio.Semaphore) -> bool:
         """Does JOBS hold the job's current message at its stream sequence? A stream that lost its
-        tail reuses sequences, so the message there must carry the job's message id."""
+        tail reuses sequences, so the message there must carry the job's message id (either form:
+        `schemas.message_ids`)."""
         body = json.dumps({"seq": job.stream_seq}).encode()
         async with gate:
             reply = await self.nc.request(f"$JS.API.DIRECT.GET.{self.topo.jobs_stream}", body, timeout=5)
@@ -174,7 +175,7 @@ class Reconciler:
             raise NatsError(
                 f"direct get from {self.topo.jobs_stream}: {status} {headers.get('Description', '')}"
             )
-        return headers.get("Nats-Msg-Id") == job.msg_id
+        return headers.get("Nats-Msg-Id") in message_ids(job.id, job.generation, job.resume)
 
     async def _check_rows(self) -> int:
         now = time.time()
