@@ -63,7 +63,7 @@ def wait_for_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> 
 # (GOMEMLIMIT) makes it collect sooner once the heap nears it, so GOGC can be high while the limit
 # bounds RSS. Each collection also drops the message-block caches nats-server holds by weak pointer
 # (elastic.Pointer), and the next read of a block (a queue position's Direct Get) loads it again:
-# position p99 at 99,000 queued ~5 ms with GOGC=25, 2.7-3.3 with GOGC=100, 2.0-2.2 with 200 (each
+# position p99 at 99,000 queued ~5 ms with GOGC=25, 2.2-3.3 with GOGC=100, 2.0-2.2 with 200 (each
 # with the limit). What nats-server keeps live is small now: ~110 bytes a job while JOBS' 2-minute
 # duplicate window holds its message id, ~17 after (100,000 noop jobs), so the limit binds only in
 # bursts (~6,600 jobs/s sustained would fill it with message ids). RSS peak of a 200,000-job run:
