@@ -109,6 +109,24 @@ def test_a_running_job_whose_message_and_worker_vanished_is_requeued_as_a_lost_a
     assert kinds(again).count("started") == 2 and again["worker_id"] != running["worker_id"]
 
 
+async def write(db_url: str, *statements: tuple[str, dict]) -> None:
+    """Change the database behind the api's back, in one transaction."""
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            for sql, params in statements:
+                await conn.execute(text(sql), params)
+    finally:
+        await engine.dispose()
+
+
+async def forget(db_url: str, job_id: str) -> None:
+    ids = {"id": job_id}
+    await write(
+        db_url, ("DELETE FROM job_events WHERE job_id = :id", ids), ("DELETE FROM jobs WHERE id = :id", ids)
+    )
+
+
 def republish_with_the_whole_id(stack, seq: int, job_id: str) -> int:
     """What an api from before 2026-12-07 left in JOBS: the job's message with the whole job id as
     its Nats-Msg-Id (now the id's 16-character tail). Returns the copy's stream sequence."""
@@ -119,23 +137,13 @@ def republish_with_the_whole_id(stack, seq: int, job_id: str) -> int:
             js, stream = nc.jetstream(), f"{stack.prefix.upper()}_JOBS"
             msg = await js.get_msg(stream, seq)
             ack = await js.publish(msg.subject, msg.data, headers={"Nats-Msg-Id": job_id})
-            assert await js.delete_msg(stream, seq)
             return ack.seq
         finally:
             await nc.close()
 
-    return run_async(go())
-
-
-async def set_stream_seq(db_url: str, job_id: str, seq: int) -> None:
-    engine = create_async_engine(db_url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(
-                text("UPDATE jobs SET stream_seq = :seq WHERE id = :id"), {"seq": seq, "id": job_id}
-            )
-    finally:
-        await engine.dispose()
+    copy = run_async(go())
+    delete_message(stack, seq)
+    return copy
 
 
 def test_a_message_published_before_the_short_message_ids_is_still_the_jobs(stack, db_url):
@@ -144,23 +152,14 @@ def test_a_message_published_before_the_short_message_ids_is_still_the_jobs(stac
     stack.start_api(**FAST)
     job = submit(stack, type="noop")
     seq = republish_with_the_whole_id(stack, job["stream_seq"], job["id"])
-    run_async(set_stream_seq(db_url, job["id"], seq))
+    run_async(
+        write(db_url, ("UPDATE jobs SET stream_seq = :seq WHERE id = :id", {"seq": seq, "id": job["id"]}))
+    )
     time.sleep(3)  # rounds of the reconciler (2 s min age, 0.5 s interval): a resend would show
     assert "reconciled" not in kinds(get(stack, job["id"]))
     stack.start_executor()
     done = stack.wait_status(job["id"], "succeeded")
     assert kinds(done) == ["queued", "started", "succeeded"] and done["stream_seq"] == seq
-
-
-async def forget(db_url: str, job_id: str) -> None:
-    engine = create_async_engine(db_url)
-    try:
-        async with engine.begin() as conn:
-            for table in ("job_events", "jobs"):
-                column = "job_id" if table == "job_events" else "id"
-                await conn.execute(text(f"DELETE FROM {table} WHERE {column} = :id"), {"id": job_id})  # noqa: S608
-    finally:
-        await engine.dispose()
 
 
 def test_a_jobs_message_whose_row_vanished_gets_its_row_back_and_runs(stack):
