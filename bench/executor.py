@@ -44,7 +44,9 @@ async def publish(url: str, topo: Topology, n: int, round_no: int, sleep_ms: flo
         for i in range(start, min(n, start + 1000)):
             kind, payload = ("sleep", {"seconds": sleep_ms / 1000}) if sleep_ms else ("noop", {})
             spec = JobSpec(
-                id=f"R{round_no:02d}{i:024d}",
+                # The round in the id's tail: the message id is that tail (schemas.message_id),
+                # and JOBS would drop the next round's jobs as duplicates of this one's.
+                id=f"R{i:023d}{round_no:02d}",
                 type=kind,
                 payload=payload,
                 queue=QUEUE,
