@@ -1,6 +1,7 @@
 """REST workers behind several api replicas: a lease claimed on one api process is served by any
 other (the call is forwarded to the process holding it, lease_relay.py), with the same answers,
-and a lease whose api process died is answered at once (real nats-server, PostgreSQL, two apis)."""
+and a lease whose api process died is answered at once; a worker's claims all go to the one
+process serving it, whichever replica they reach (real nats-server, PostgreSQL, two apis)."""
 
 import asyncio
 import contextlib
@@ -17,14 +18,15 @@ import pytest
 from taskyard_api.auth import Principal
 from taskyard_api.failures import NotFound, Refused, TooLarge
 from taskyard_api.lease_relay import RECHECK_S, Answer, Forwarded, LeaseRelay
-from taskyard_api.leases import LeaseService
+from taskyard_api.leases import Elsewhere, LeaseService
 from taskyard_api.routes_leases import CALLS
+from taskyard_common.schemas import Heartbeat
 from taskyard_common.settings import NatsSettings
-from taskyard_common.topology import Topology
+from taskyard_common.topology import Topology, ensure_queue, ensure_streams
 
 from .conftest import create_key
 from .stack import run_async, wait_until
-from .test_rest_workers import claim, submit
+from .test_rest_workers import claim, rest_worker, submit
 
 LEASE_ID = re.compile(r"^ls_[0-9a-f]{8}_[A-Za-z0-9_-]+$")
 
@@ -190,7 +192,8 @@ def test_a_lease_claimed_on_one_api_is_heartbeated_logged_asked_and_completed_on
             0.2,
             "retrying",
         )
-        code, again = claim(b, "rr", wait_s=10)
+        # Another worker, first seen by B: B serves it (worker `py`'s claims would go to A).
+        code, again = claim(b, "rr", wait_s=10, worker="py-b")
         assert code == 200 and again["job"]["id"] == flaky["id"] and again["job"]["attempt"] == 2
         assert again["lease"]["id"][3:11] != owner  # B's own lease
         r = a.post(f"/api/v1/leases/{again['lease']['id']}/complete", json={"result": "second"})
@@ -298,7 +301,7 @@ def test_forwarding_to_an_owner_absent_stuck_or_gone_midway_ends_with_a_clear_re
                 ),
             )
             back = await relay.forward("0000dddd", call("0000dddd"), timeout_s=5)
-            assert (back.status, Forwarded.decode(back.body).lease_id) == (200, "ls_0000dddd_x")
+            assert (back.status, Forwarded.decode(back.body).target) == (200, "ls_0000dddd_x")
 
             async def stuck(msg) -> None:
                 if not msg.data:  # alive: answers the probes, never the call
@@ -326,5 +329,98 @@ def test_forwarding_to_an_owner_absent_stuck_or_gone_midway_ends_with_a_clear_re
             await nc.close()
             if not owner_nc.is_closed:
                 await owner_nc.close()
+
+    run_async(go())
+
+
+def test_a_rest_workers_claims_on_two_apis_share_its_slots_and_its_home_is_taken_over(stack, db_url):
+    """A worker's claims reach two api processes and both go to the one serving it (its home): its
+    slots are counted once, and one heartbeat lists every lease it holds. Before, each api counted
+    its own slots (a one-slot worker held a lease on each) and the two heartbeats overwrote each
+    other's running jobs. kill -9 of its home: the other api takes the worker over at its next
+    claim."""
+    _needs_postgresql(db_url)
+    fast = {"TASKYARD_NATS_ACK_WAIT_S": "3"}
+    api_a, api_b = stack.start_api(**fast), stack.start_api(**fast)
+    with _client(api_a.url, stack.admin_key) as a, _client(api_b.url, stack.admin_key) as b:
+        assert claim(a, "home", create=True, wait_s=0)[0] == 204  # A serves worker `py` from now on
+        jobs = [submit(a, {"n": i}, "home")["id"] for i in range(3)]
+        code, first = claim(a, "home", wait_s=5)
+        assert code == 200, first
+        home = first["lease"]["id"][3:11]
+
+        code, refused = claim(b, "home", wait_s=0)  # its one slot is taken on A
+        assert code == 409 and "holds 1 leases" in refused["detail"], refused
+        code, second = claim(b, "home", wait_s=5, slots=2)
+        assert code == 200 and second["lease"]["id"][3:11] == home, second  # leased by A
+
+        held = sorted([first["job"]["id"], second["job"]["id"]])
+
+        def listed(c: httpx.Client) -> bool:
+            w = rest_worker(c, "py")
+            return w is not None and w["slots"] == 2 and sorted(r["id"] for r in w["running"]) == held
+
+        wait_until(lambda: listed(a) and listed(b), 10, "one heartbeat listing both leases")
+        reason = b.get(f"/api/v1/jobs/{jobs[2]}").json()["waiting_reason"]
+        assert reason["code"] == "all_busy", reason
+        assert (reason["evidence"]["slots"], reason["evidence"]["busy"]) == (2, 2), reason
+
+        api_a.kill9()
+        code, third = claim(b, "home", wait_s=10, slots=2)  # B finds A gone and serves the worker
+        assert code == 200 and third["job"]["id"] == jobs[2], third
+        assert third["lease"]["id"][3:11] not in ("", home), third
+        # A's two leases died with it: their jobs come back after ack_wait (3 s), to B's claims.
+        code, fourth = claim(b, "home", wait_s=15, slots=2)
+        assert code == 200 and fourth["job"]["id"] in held and fourth["job"]["attempt"] == 2, fourth
+        wait_until(
+            lambda: (
+                sorted(r["id"] for r in (rest_worker(b, "py") or {}).get("running", []))
+                == sorted([third["job"]["id"], fourth["job"]["id"]])
+            ),
+            10,
+            "B's heartbeat listing its two leases",
+        )
+    assert api_b.alive()
+
+
+def test_two_api_processes_claiming_for_a_new_worker_at_once_make_one_of_them_its_home(nats_server):
+    """The worker's heartbeat is written with the revision its writer last saw, so of two processes
+    claiming for a new worker at the same moment one becomes its home and the other is told which
+    (Elsewhere); a process finding the home gone takes the worker over, and the old home, writing
+    its next heartbeat, lets go of it."""
+
+    async def go() -> None:
+        topo = Topology(NatsSettings(url=nats_server.url, prefix="t" + secrets.token_hex(4)))
+        nc = await nats.connect(nats_server.url)
+        try:
+            js = nc.jetstream()
+            await ensure_streams(js, topo)
+            await ensure_queue(js, topo, "q")
+            kv = await js.key_value(topo.workers_bucket)
+            services = [LeaseService(nc, js, topo, None, 1024) for _ in range(2)]  # type: ignore[arg-type]
+            who = Principal("k1", "bob", "submitter")
+
+            async def via() -> str | None:
+                return Heartbeat.model_validate_json((await kv.get("rest-bob-w")).value or b"").via
+
+            got = await asyncio.gather(
+                *(s.claim(who, "q", "w", 1, wait_s=0, lease_s=30) for s in services), return_exceptions=True
+            )
+            assert sorted(type(r).__name__ for r in got) == ["Elsewhere", "NoneType"], got
+            home, other = (services[0], services[1]) if got[0] is None else (services[1], services[0])
+            told = next(r for r in got if isinstance(r, Elsewhere))
+            assert told.home == home.owner and told.worker_id == "rest-bob-w"
+            assert await via() == home.owner
+            assert "rest-bob-w" in home.workers and "rest-bob-w" not in other.workers
+
+            with pytest.raises(Elsewhere):  # asked again while its home is there: still told
+                await other.claim(who, "q", "w", 1, wait_s=0, lease_s=30)
+            other.gone.add(home.owner)  # as lease_relay marks a home nobody answers for
+            assert await other.claim(who, "q", "w", 1, wait_s=0, lease_s=30) is None
+            assert await via() == other.owner
+            await home._beat(home.workers["rest-bob-w"])  # its next heartbeat: not its worker now
+            assert "rest-bob-w" not in home.workers and await via() == other.owner
+        finally:
+            await nc.close()
 
     run_async(go())

@@ -15,6 +15,7 @@ from taskyard_api.leases import LEASE_ON_REJECT, LeaseService, question_id
 from taskyard_api.routes_leases import (
     CALLS,
     AskIn,
+    ClaimIn,
     CompleteIn,
     CostIn,
     ErrorIn,
@@ -80,8 +81,9 @@ def test_a_forwarded_lease_call_and_its_answer_survive_the_wire():
         ),
         "fail": FailIn(error=ErrorIn(message="boom"), retry=False, delay_s=None, costs=[CostIn(amount=0)]),
         "ask": body,
+        "claim": ClaimIn(worker="w-1", slots=3, wait_s=2.5, types=["echo"], lease_s=60),
     }
-    assert set(samples) == set(CALLS)
+    assert set(samples) == set(CALLS) and CALLS["claim"].wait_s(samples["claim"]) == 2.5
     for action, sample in samples.items():
         wire = Forwarded.decode(
             Forwarded(action, "ls_0a1b2c3d_x", who, sample.model_dump(mode="json")).encode()
@@ -91,20 +93,24 @@ def test_a_forwarded_lease_call_and_its_answer_survive_the_wire():
     for status, content in [
         (200, {"lease": {"id": "ls_x"}, "outcome": "succeeded"}),
         (404, {"detail": "a\nb"}),
+        (204, None),  # a claim that found no job
     ]:
-        rendered = bytes(JsonAnswer(content).body)
+        rendered = bytes(JsonAnswer(content).body) if content is not None else b""
         answer = Answer.decode(Answer(status, rendered).encode())
         assert (answer.status, answer.body) == (status, rendered)
-        assert json.loads(answer.body) == content
+        assert (json.loads(answer.body) if answer.body else None) == content
 
 
 def test_a_malformed_forwarded_call_is_a_refusal_not_a_crash():
     for data in [b"", b"{", b"[]", b'{"action": "ask"}', b'{"action":"a","lease_id":"l","key":{},"body":{}}']:
         with pytest.raises(DomainError, match="malformed forwarded lease call"):
             Forwarded.decode(data)
-    good = {"action": "log", "lease_id": "l", "key": {"id": "i", "name": "n", "role": "admin"}, "body": []}
+    good = {"action": "log", "target": "l", "key": {"id": "i", "name": "n", "role": "admin"}, "body": []}
     with pytest.raises(DomainError, match="body is not an object"):
         Forwarded.decode(json.dumps(good).encode())
+    # An api process of the version before claims were forwarded names the target `lease_id`.
+    older = {"action": "log", "lease_id": "ls_x", "key": good["key"], "body": {}}
+    assert Forwarded.decode(json.dumps(older).encode()).target == "ls_x"
 
 
 def test_a_lease_id_names_the_api_process_that_issued_it():

@@ -200,4 +200,7 @@ class Heartbeat(BaseModel):
     started_at: float
     # Job types this worker can run: the API accepts a non-built-in type once some worker has it.
     handlers: list[str] = Field(default_factory=list)
+    # A REST worker's: the api process serving it (its home), the only one that counts its slots
+    # and writes this key (api leases.py). None for an executor.
+    via: str | None = None
     at: float = Field(default_factory=time.time)

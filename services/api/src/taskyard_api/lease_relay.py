@@ -19,6 +19,11 @@ at once instead of at the timeout. An owner that does not answer in time (cut of
 stuck) is taken as lost: 409, the lease with it; its delivery comes back once the lease expires there
 or, if it is gone, after ack_wait. A call that did reach it may still have been applied (at least
 once, as for any worker whose answer was lost).
+
+A claim goes the same way to the api process serving its worker (the worker's home, leases.py):
+`LeaseService.claim` raises Elsewhere naming it, and the claim is forwarded there. A home that is
+gone is taken over here (its leases are gone with it); one that does not answer in time is a 409,
+and the worker claims again.
 """
 
 import asyncio
@@ -43,7 +48,7 @@ from taskyard_common.topology import Topology
 from .auth import Principal
 from .errors import refusal
 from .failures import DomainError, NotFound, Refused, TooLarge
-from .leases import LeaseService
+from .leases import HOME_TRIES, Elsewhere, LeaseService
 from .views import JsonAnswer
 
 log = logging.getLogger("taskyard.api.lease_relay")
@@ -68,22 +73,51 @@ class Call:
     wait_s: Callable[[Any], float] = lambda body: 0.0
 
 
+class OwnerGone(NotFound):
+    """Nobody listens on the process's subject (twice, RECHECK_S apart): it is gone."""
+
+    def __init__(self, message: str, owner: str) -> None:
+        super().__init__(message)
+        self.owner = owner
+
+
 @dataclass(frozen=True)
 class Forwarded:
-    """A lease call on its way to the lease's owner: which call, the lease, the caller's key and the
-    body as the receiving process validated it (the owner validates it again with the same model)."""
+    """A call on its way to the api process that runs it: which call, what it is on (a lease id; a
+    queue for a claim), the caller's key and the body as the receiving process validated it (the
+    owner validates it again with the same model)."""
 
     action: str
-    lease_id: str
+    target: str
     who: Principal
     body: dict[str, Any]
 
     def encode(self) -> bytes:
         key = {"id": self.who.id, "name": self.who.name, "role": self.who.role}
         return json.dumps(
-            {"action": self.action, "lease_id": self.lease_id, "key": key, "body": self.body},
+            {"action": self.action, "target": self.target, "key": key, "body": self.body},
             separators=(",", ":"),
         ).encode()
+
+    def gone(self, owner: str) -> str:
+        if self.action == "claim":
+            return f"claim on queue {self.target}: the api process serving the worker ({owner}) is gone"
+        return (
+            f"lease {self.target} not found: the api process that issued it ({owner}) is gone, and its "
+            "leases with it; the job it held goes back to its queue after ack_wait"
+        )
+
+    def silent(self, owner: str, timeout_s: float) -> str:
+        if self.action == "claim":
+            return (
+                f"claim on queue {self.target}: the api process serving the worker ({owner}) did not "
+                f"answer within {timeout_s:g}s; claim again"
+            )
+        return (
+            f"lease {self.target}: the api process holding it ({owner}) did not answer within "
+            f"{timeout_s:g}s; take the lease as lost: its job goes back to its queue when the lease "
+            "expires, or after ack_wait if that process is gone"
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> "Forwarded":
@@ -94,7 +128,9 @@ class Forwarded:
             body = raw["body"]
             if not isinstance(body, dict):
                 raise TypeError("body is not an object")
-            return cls(str(raw["action"]), str(raw["lease_id"]), who, body)
+            # `lease_id`: the name before claims were forwarded too (an older api process's call).
+            target = raw["target"] if "target" in raw else raw["lease_id"]
+            return cls(str(raw["action"]), str(target), who, body)
         except (ValueError, KeyError, TypeError) as exc:
             raise DomainError(f"malformed forwarded lease call: {exc!r}"[:300]) from None
 
@@ -145,12 +181,28 @@ class LeaseRelay:
         if owner is None or owner == self.leases.owner:
             return await call.run(self.leases, who, lease_id, body)
         forwarded = Forwarded(action, lease_id, who, body.model_dump(mode="json"))
-        answer = await self.forward(owner, forwarded, call.wait_s(body) + FORWARD_SLACK_S)
-        return Response(answer.body, status_code=answer.status, media_type="application/json")
+        return _response(await self.forward(owner, forwarded, call.wait_s(body) + FORWARD_SLACK_S))
+
+    async def claim(self, who: Principal, queue: str, body: BaseModel) -> Any:
+        """A claim's answer: run here when this process serves the worker (or becomes its home), else
+        what the worker's home answered. A home found gone is taken over here."""
+        call = self.calls["claim"]
+        for _ in range(HOME_TRIES):
+            try:
+                return await call.run(self.leases, who, queue, body)
+            except Elsewhere as elsewhere:
+                home = elsewhere.home
+            forwarded = Forwarded("claim", queue, who, body.model_dump(mode="json"))
+            try:
+                return _response(await self.forward(home, forwarded, call.wait_s(body) + FORWARD_SLACK_S))
+            except OwnerGone:
+                log.info("worker of a claim on %s: its api process %s is gone; served here now", queue, home)
+                self.leases.gone.add(home)
+        raise Refused(f"claim on queue {queue}: the worker's api process keeps changing; claim again")
 
     async def forward(self, owner: str, forwarded: Forwarded, timeout_s: float) -> Answer:
         subject = self.topo.lease_subject(owner)
-        lease_id, data = forwarded.lease_id, forwarded.encode()
+        target, data = forwarded.target, forwarded.encode()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         request: asyncio.Future | None = None
@@ -171,23 +223,20 @@ class LeaseRelay:
                     await self._owner_there(subject)
                     request = None
         except NoRespondersError:
-            log.info(
-                "lease %s: its api process %s is gone (%s not answered)", lease_id, owner, forwarded.action
-            )
-            raise NotFound(
-                f"lease {lease_id} not found: the api process that issued it ({owner}) is gone, and its "
-                "leases with it; the job it held goes back to its queue after ack_wait"
-            ) from None
+            log.info("%s on %s: api process %s is gone", forwarded.action, target, owner)
+            raise OwnerGone(forwarded.gone(owner), owner) from None
         except NatsTimeoutError:
-            log.warning("lease %s: its api process %s did not answer within %gs", lease_id, owner, timeout_s)
-            raise Refused(
-                f"lease {lease_id}: the api process holding it ({owner}) did not answer within "
-                f"{timeout_s:g}s; take the lease as lost: its job goes back to its queue when the lease "
-                "expires, or after ack_wait if that process is gone"
-            ) from None
+            log.warning(
+                "%s on %s: api process %s did not answer within %gs",
+                forwarded.action,
+                target,
+                owner,
+                timeout_s,
+            )
+            raise Refused(forwarded.silent(owner, timeout_s)) from None
         except MaxPayloadError:
             raise TooLarge(
-                f"lease {lease_id}: the call is larger than NATS carries ({self.nc.max_payload} bytes) "
+                f"lease {target}: the call is larger than NATS carries ({self.nc.max_payload} bytes) "
                 "to the api process holding the lease"
             ) from None
         finally:
@@ -238,7 +287,9 @@ class LeaseRelay:
                 body = call.model.model_validate(forwarded.body)
             except ValidationError as exc:  # validated by the sender: another version of the api?
                 raise DomainError(f"malformed forwarded lease call: {exc}"[:300]) from None
-            out = await call.run(self.leases, forwarded.who, forwarded.lease_id, body)
+            out = await call.run(self.leases, forwarded.who, forwarded.target, body)
+            if isinstance(out, Response):  # a claim that found no job: 204
+                return Answer(out.status_code, bytes(out.body))
             return Answer(200, bytes(JsonAnswer(out).body))
         except Exception as exc:
             found = refusal(exc)
@@ -247,3 +298,10 @@ class LeaseRelay:
                 found = (500, "Internal Server Error (the api process holding the lease)")
             status, detail = found
             return Answer(status, bytes(JSONResponse({"detail": detail}).body))
+
+
+def _response(answer: Answer) -> Response:
+    """The answer of the process that ran the call, as it gave it."""
+    return Response(
+        answer.body, status_code=answer.status, media_type="application/json" if answer.body else None
+    )

@@ -17,6 +17,13 @@ process) is in each lease id: `ls_<owner>_<random>`. A call on a lease that reac
 process (several replicas behind one Service) is forwarded to the owner over core NATS and runs
 there as a local call (lease_relay.py); a lease whose owner is gone is gone with it (404), and its
 delivery comes back after ack_wait as above.
+
+A REST worker is served by one api process at a time, its *home*: the only one that counts its
+slots and leases and writes its heartbeat, which names it (`via`). Every write of that key expects
+the revision the home last wrote, so two processes never both take a worker: the one that loses
+finds the other's name and forwards its claims there (`Elsewhere`, lease_relay.py). A home that is
+gone is taken over. Without this, a worker's claims spread over replicas each counted their own
+slots, and the replicas' heartbeats overwrote each other's running jobs.
 """
 
 import asyncio
@@ -36,7 +43,8 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -66,6 +74,17 @@ ENDED_KEEP_S = 600.0
 WORKER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # A lease id names the api process that holds it: `ls_<owner>_<random>`, owner 8 hex digits.
 LEASE_OWNER = re.compile(r"^ls_([0-9a-f]{8})_[A-Za-z0-9_-]+$")
+# Tries at writing a worker's heartbeat when other processes write it in between.
+HOME_TRIES = 5
+
+
+class Elsewhere(Refused):
+    """The REST worker is served by another live api process: a claim goes there (lease_relay).
+    A claim forwarded there that finds it moved again answers this 409: the worker claims again."""
+
+    def __init__(self, worker_id: str, home: str) -> None:
+        super().__init__(f"worker {worker_id} is served by api process {home}; claim again")
+        self.worker_id, self.home = worker_id, home
 
 
 @dataclass
@@ -79,6 +98,8 @@ class RestWorker:
     types: set[str] = field(default_factory=set)
     claiming: int = 0
     draining: bool = False
+    # The revision of its heartbeat this process last wrote as its home (None: not its home yet).
+    revision: int | None = None
     done: int = 0
     failed: int = 0
     leases: dict[str, "Lease"] = field(default_factory=dict)
@@ -152,6 +173,8 @@ class LeaseService:
         self.leases: dict[str, Lease] = {}
         self._cancelled: dict[str, float] = {}
         self._kv: KeyValue | None = None
+        # Homes of REST workers found gone (lease_relay): their workers may be taken over.
+        self.gone: set[str] = set()
         self._started = False
         self._start_lock = asyncio.Lock()
         self._subs: list = []
@@ -202,9 +225,10 @@ class LeaseService:
             bool(worker.leases or worker.claiming) or time.monotonic() - worker.seen < self.topo.workers_ttl_s
         )
 
-    async def _beat(self, worker: RestWorker) -> None:
+    async def _beat(self, worker: RestWorker, claiming: bool = False) -> None:
         """The REST worker's heartbeat, as an executor writes its own. A worker that stopped calling
-        gets none: its key expires with the bucket's TTL and it shows `gone`."""
+        gets none: its key expires with the bucket's TTL and it shows `gone`. `claiming`: a claim
+        asks; it raises Elsewhere when another api process serves the worker."""
         if self._kv is None:
             return
         if not self._present(worker):
@@ -213,6 +237,7 @@ class LeaseService:
             self.workers.pop(worker.id, None)
             return
         hb = Heartbeat(
+            via=self.owner,
             id=worker.id,
             host=f"rest via {socket.gethostname()}",
             pid=os.getpid(),
@@ -230,9 +255,54 @@ class LeaseService:
             handlers=sorted(worker.types),
         )
         try:
-            await self._kv.put(worker.id, hb.model_dump_json().encode())
+            await self._write_home(worker, hb.model_dump_json().encode())
+        except Elsewhere:
+            if claiming:
+                raise
         except NatsError as exc:
             log.warning("heartbeat of REST worker %s not stored: %s", worker.id, exc)
+
+    async def _write_home(self, worker: RestWorker, value: bytes) -> None:
+        """Write the worker's heartbeat as its home. Raises Elsewhere when another live api process
+        is its home: this one then forgets the worker (its leases here live on; only a home that
+        was taken for gone while it was not can have any)."""
+        assert self._kv is not None
+        for _ in range(HOME_TRIES):
+            if worker.revision is not None:
+                try:
+                    worker.revision = await self._kv.update(worker.id, value, last=worker.revision)
+                    return
+                except KeyWrongLastSequenceError:
+                    worker.revision = None  # written by another process (or expired): look again
+            revision, home = await self._home_of(worker.id)
+            if home not in (None, self.owner) and home not in self.gone:
+                if self.workers.get(worker.id) is worker:
+                    del self.workers[worker.id]
+                if worker.leases:
+                    log.warning(
+                        "REST worker %s is served by api process %s now; its %d leases here go on",
+                        worker.id,
+                        home,
+                        len(worker.leases),
+                    )
+                raise Elsewhere(worker.id, home)
+            worker.revision = revision
+        raise Refused(f"worker {worker.id}: its heartbeat keeps changing under this api process; claim again")
+
+    async def _home_of(self, worker_id: str) -> tuple[int, str | None]:
+        """The revision of the worker's key (0: it has none) and the api process its live
+        heartbeat names (None: no live heartbeat, or one of an executor or an older api)."""
+        assert self._kv is not None
+        try:
+            entry = await self._kv.get(worker_id)
+        except KeyNotFoundError as exc:  # never written, or deleted: the marker's revision
+            return (exc.entry.revision or 0) if exc.entry is not None else 0, None
+        if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:  # expired
+            return entry.revision or 0, None
+        try:
+            return entry.revision or 0, Heartbeat.model_validate_json(entry.value).via
+        except ValidationError:
+            return entry.revision or 0, None
 
     # -- NATS callbacks -------------------------------------------------------------------------
     def _arrived(self, msg: Msg) -> None:
@@ -307,6 +377,9 @@ class LeaseService:
         """The next job of `queue` in strict priority, as a lease; None when `wait_s` passed with none."""
         await self._ensure_started()
         worker = self.worker_for(who, worker_name, slots, queue, types)
+        if worker.revision is None:
+            # Not served here yet: this process becomes its home, or the claim goes to the one that is.
+            await self._beat(worker, claiming=True)
         if worker.draining:
             raise Refused(f"worker {worker.id} is draining (an admin asked): finish its leases and exit")
         # A claim waiting counts as a slot taken: two claims at once for a worker's last slot

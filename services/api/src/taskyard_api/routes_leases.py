@@ -1,8 +1,9 @@
 """Workers in any language over REST: claim a job, then heartbeat, log, ask, complete or fail its
 lease (leases.py). docs/rest-workers.md has a worker in bash + curl.
 
-A call on a lease runs in the api process that holds it: here, or forwarded to it (lease_relay.py);
-`CALLS` is what runs it there, for a caller of this process or of another alike."""
+A call on a lease runs in the api process that holds it, and a claim in the one serving its worker:
+here, or forwarded there (lease_relay.py); `CALLS` is what runs it there, for a caller of this process
+or of another alike."""
 
 import json
 from typing import Annotated, Any, Literal
@@ -127,10 +128,6 @@ class AskIn(BaseModel):
     wait_s: float = Field(20.0, ge=0, le=60, description="Long-poll: how long to wait for the answer")
 
 
-def _service(request: Request) -> LeaseService:
-    return request.app.state.leases
-
-
 def _relay(request: Request) -> LeaseRelay:
     return request.app.state.lease_relay
 
@@ -139,7 +136,28 @@ def _lease_out(lease: Lease, **extra: Any) -> dict:
     return {"lease": lease.out(), **extra}
 
 
-# -- the calls on a lease, as the api process holding it runs them ----------------------------------
+# -- the calls, as the api process holding the lease (serving the worker, for a claim) runs them -----
+async def _claim(leases: LeaseService, who: Principal, queue: str, body: ClaimIn) -> dict | Response:
+    lease = await leases.claim(who, queue, body.worker, body.slots, body.wait_s, body.lease_s, body.types)
+    if lease is None:
+        return Response(status_code=204)
+    spec = lease.spec
+    job = {
+        "id": spec.id,
+        "type": spec.type,
+        "payload": spec.payload,
+        "queue": spec.queue,
+        "priority": spec.priority,
+        "attempt": lease.attempt,
+        "max_attempts": spec.max_attempts,
+        "timeout_s": spec.timeout_s,
+        "labels": spec.labels,
+        "generation": spec.generation,
+        "answers": {name: d.answer for name, d in lease.journal.decisions.items() if d.status == "answered"},
+    }
+    return {"lease": lease.out(), "job": job}
+
+
 async def _heartbeat(leases: LeaseService, who: Principal, lease_id: str, body: HeartbeatIn) -> dict:
     return _lease_out(await leases.heartbeat(who, lease_id, body.pct, body.message))
 
@@ -174,6 +192,7 @@ async def _ask(leases: LeaseService, who: Principal, lease_id: str, body: AskIn)
 
 
 CALLS: dict[str, Call] = {
+    "claim": Call(ClaimIn, _claim, wait_s=lambda body: body.wait_s),
     "heartbeat": Call(HeartbeatIn, _heartbeat),
     "log": Call(LogIn, _log),
     "complete": Call(CompleteIn, _complete),
@@ -202,26 +221,7 @@ async def claim(
             '(claim with "create": true to serve a new queue)'
         )
     state.jobs.known_types.advertise(body.types)
-    lease = await _service(request).claim(
-        who, queue, body.worker, body.slots, body.wait_s, body.lease_s, body.types
-    )
-    if lease is None:
-        return Response(status_code=204)
-    spec = lease.spec
-    job = {
-        "id": spec.id,
-        "type": spec.type,
-        "payload": spec.payload,
-        "queue": spec.queue,
-        "priority": spec.priority,
-        "attempt": lease.attempt,
-        "max_attempts": spec.max_attempts,
-        "timeout_s": spec.timeout_s,
-        "labels": spec.labels,
-        "generation": spec.generation,
-        "answers": {name: d.answer for name, d in lease.journal.decisions.items() if d.status == "answered"},
-    }
-    return {"lease": lease.out(), "job": job}
+    return await _relay(request).claim(who, queue, body)
 
 
 @router.post("/leases/{lease_id}/heartbeat", responses=answers(404, 409))
