@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from taskyard_api.db import make_engine, one_of
+from taskyard_api.db import listed, make_engine, one_of
 from taskyard_api.driver_sql import DriverInsert
 from taskyard_api.models import ApiKey, JobEdge
 from taskyard_api.models import Job as JobModel
@@ -138,12 +138,13 @@ def test_one_of_finds_exactly_the_listed_rows(db_url):
     async def body(engine):
         await DriverInsert(engine)((_jobs, [_row(c * 26) for c in "ABCD"]))
         dialect = engine.dialect.name
+        query = select(_jobs.c.id).where(one_of(_jobs.c.id, dialect)).order_by(_jobs.c.id)
         async with engine.connect() as conn:
+            # One statement, built once, for any list (its values are its parameter).
             wanted = ["D" * 26, "A" * 26, "Z" * 26, "A" * 26]
-            found = await conn.scalars(
-                select(_jobs.c.id).where(one_of(_jobs.c.id, wanted, dialect)).order_by(_jobs.c.id)
-            )
+            found = await conn.scalars(query, {"ids": listed(wanted, dialect)})
             assert list(found) == ["A" * 26, "D" * 26]
-            assert list(await conn.scalars(select(_jobs.c.id).where(one_of(_jobs.c.id, [], dialect)))) == []
+            assert list(await conn.scalars(query, {"ids": listed(["B" * 26], dialect)})) == ["B" * 26]
+            assert list(await conn.scalars(query, {"ids": listed([], dialect)})) == []
 
     run_async(_with_engine(db_url, body))

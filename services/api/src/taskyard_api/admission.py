@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Select, and_, case, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .db import one_of
+from .db import listed, one_of
 from .driver_sql import Many
 from .http_metrics import GATE_ADMISSIONS, GATE_KEY_CANCELS
 from .job_store import JobStore, record_of
@@ -144,10 +144,12 @@ async def _lock(session: AsyncSession, gates: list[Gate], now: float) -> dict[Ga
 async def _held(session: AsyncSession, keys: list[str]) -> dict[str, int]:
     if not keys:
         return {}
+    dialect = session.get_bind().dialect.name
     rows = await session.execute(
         select(j.concurrency_key, func.count())
-        .where(one_of(j.concurrency_key, keys, session.get_bind().dialect.name), j.status.in_(_HOLDING))
-        .group_by(j.concurrency_key)
+        .where(one_of(j.concurrency_key, dialect), j.status.in_(_HOLDING))
+        .group_by(j.concurrency_key),
+        {"ids": listed(keys, dialect)},
     )
     return {key: n for key, n in rows}
 

@@ -11,15 +11,17 @@ jobs are due in the outbox (`outbox_at`), so a crash before their publish loses 
 
 import time
 from dataclasses import dataclass, field, replace
+from functools import cache
 from typing import Any
 
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from taskyard_common.schemas import FINAL_STATES
 
 from . import admission
-from .db import one_of
+from .db import listed, one_of
 from .http_metrics import BATCH_DURATION, BATCHES_COMPLETED, GATE_MOVES, GATE_RELEASE
 from .job_store import JobStore, record_of
 from .key_rules import gates_of
@@ -267,7 +269,7 @@ async def _stop_workflows(
     w, j = workflows_table.c, jobs_table.c
     dialect = session.get_bind().dialect.name
     stopping = await session.scalars(
-        select(w.id).where(one_of(w.id, failed, dialect), w.on_failure == "stop")
+        select(w.id).where(one_of(w.id, dialect), w.on_failure == "stop"), {"ids": listed(failed, dialect)}
     )
     for workflow_id in stopping:
         cause = failed[workflow_id]
@@ -293,7 +295,8 @@ async def descendants(session: AsyncSession, roots: list[str]) -> list[str]:
     dialect = session.get_bind().dialect.name
     while frontier:
         rows = await session.scalars(
-            select(edges_table.c.child_id).where(one_of(edges_table.c.parent_id, frontier, dialect))
+            select(edges_table.c.child_id).where(one_of(edges_table.c.parent_id, dialect)),
+            {"ids": listed(frontier, dialect)},
         )
         frontier = [child for child in dict.fromkeys(rows) if child not in seen and child not in roots]
         seen.update(dict.fromkeys(frontier))
@@ -325,7 +328,8 @@ async def rearm(session: AsyncSession, roots: list[JobRecord], now: float) -> Op
     ids = [job.id for job in again]
     dialect = session.get_bind().dialect.name
     await session.execute(
-        update(edges_table).where(one_of(edges_table.c.child_id, ids, dialect)).values(state="open")
+        update(edges_table).where(one_of(edges_table.c.child_id, dialect)).values(state="open"),
+        {"ids": listed(ids, dialect)},
     )
     for job in again:
         await JobStore.save(session, job, transition(job, Rearm(now)))
@@ -333,8 +337,9 @@ async def rearm(session: AsyncSession, roots: list[JobRecord], now: float) -> Op
     e, j = edges_table.c, jobs_table.c
     rows = await session.execute(
         select(jobs_table).where(
-            j.id.in_(select(e.parent_id).where(one_of(e.child_id, ids, dialect))), j.status.in_(_FINAL)
-        )
+            j.id.in_(select(e.parent_id).where(one_of(e.child_id, dialect))), j.status.in_(_FINAL)
+        ),
+        {"ids": listed(ids, dialect)},
     )
     return await settle(session, [record_of(row) for row in rows], now)
 
@@ -357,7 +362,6 @@ async def _close_edges(session: AsyncSession, ended: dict[str, str]) -> list[tup
     """(parent, child, accepted) of each edge this call closed (none another writer closed)."""
     succeeded = [p for p, status in ended.items() if status == "succeeded"]
     other = [p for p, status in ended.items() if status != "succeeded"]
-    e = edges_table.c
     dialect = session.get_bind().dialect.name
     closed: list[tuple[str, str, bool]] = []
     plans = [
@@ -366,24 +370,31 @@ async def _close_edges(session: AsyncSession, ended: dict[str, str]) -> list[tup
         (other, "succeeded", "refused"),
     ]
     for parents, on, state in plans:
-        if not parents:
-            continue
-        where = [one_of(e.parent_id, parents, dialect), e.state == "open"]
-        if on is not None:
-            where.append(e.on == on)
-        rows = await session.execute(
-            update(edges_table).where(*where).values(state=state).returning(e.parent_id, e.child_id)
-        )
-        closed += [(parent, child, state == "accepted") for parent, child in rows]
+        if parents:
+            rows = await session.execute(_closing(dialect, on, state), {"ids": listed(parents, dialect)})
+            closed += [(parent, child, state == "accepted") for parent, child in rows]
     return closed
+
+
+@cache
+def _closing(dialect: str, on: str | None, state: str) -> ReturningUpdate:
+    """Close the open edges (of kind `on`, any if None) of a list of parents as `state`; returns
+    (parent, child) of each. Built once: every job that ends runs one (db.one_of)."""
+    e = edges_table.c
+    where = [one_of(e.parent_id, dialect), e.state == "open"]
+    if on is not None:
+        where.append(e.on == on)
+    return update(edges_table).where(*where).values(state=state).returning(e.parent_id, e.child_id)
 
 
 async def _open_counts(session: AsyncSession, children: list[str]) -> dict[str, int]:
     e = edges_table.c
+    dialect = session.get_bind().dialect.name
     rows = await session.execute(
         select(e.child_id, func.count())
-        .where(one_of(e.child_id, children, session.get_bind().dialect.name), e.state == "open")
-        .group_by(e.child_id)
+        .where(one_of(e.child_id, dialect), e.state == "open")
+        .group_by(e.child_id),
+        {"ids": listed(children, dialect)},
     )
     return {child: count for child, count in rows}
 
@@ -393,10 +404,12 @@ async def _parent_results(session: AsyncSession, children: list[JobRecord]) -> d
     if not children:
         return {}
     e, j = edges_table.c, jobs_table.c
+    dialect = session.get_bind().dialect.name
     rows = await session.execute(
         select(e.child_id, j.node, j.result)
         .join(jobs_table, j.id == e.parent_id)
-        .where(one_of(e.child_id, [c.id for c in children], session.get_bind().dialect.name))
+        .where(one_of(e.child_id, dialect)),
+        {"ids": listed([c.id for c in children], dialect)},
     )
     out: dict[str, dict[str, Any]] = {}
     for child, node, result in rows:
@@ -416,9 +429,10 @@ async def _complete_batches(session: AsyncSession, ended: list[JobRecord], now: 
         b = batches_table.c
         await session.execute(
             select(b.id)
-            .where(one_of(b.id, batch_ids, "postgresql"), b.completed_at.is_(None))
+            .where(one_of(b.id, "postgresql"), b.completed_at.is_(None))
             .order_by(b.id)
-            .with_for_update()
+            .with_for_update(),
+            {"ids": batch_ids},
         )
     for batch_id in batch_ids:
         left = await session.scalar(

@@ -5,13 +5,14 @@ generation and resume), so two API processes, or the API and its projector, neve
 other's move: a guard that no longer matches writes nothing, and the caller decides again.
 """
 
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Row, Table, bindparam, insert, select, update
+from sqlalchemy import Row, Select, Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from . import approvals
-from .db import one_of
+from .db import listed, one_of
 from .driver_sql import DriverInsert, Many
 from .lifecycle import COLUMNS, SETTERS, JobRecord, changes, record_from
 from .models import checkpoints_table, events_table, jobs_table
@@ -60,6 +61,28 @@ def _queued_row(job: JobRecord, at: float) -> dict[str, Any]:
     }
 
 
+@cache
+def _by_ids(dialect: str, lock: bool) -> Select:
+    """The jobs of a list of ids (`one_of`); `lock`: locked for the transaction on PostgreSQL, in
+    id order (so two transactions never wait on each other in a circle)."""
+    query = select(jobs_table).where(one_of(jobs_table.c.id, dialect))
+    if lock:
+        query = query.order_by(jobs_table.c.id)
+        if dialect == "postgresql":
+            query = query.with_for_update()
+    return query
+
+
+@cache
+def _due(dialect: str) -> Select:
+    """Which of a list of jobs still wait for their sequence (mark_published), locked on PostgreSQL."""
+    j = jobs_table.c
+    query = select(j.id, j.generation, j.resume, j.status, j.started_at).where(
+        one_of(j.id, dialect), j.outbox_at.is_not(None)
+    )
+    return query.with_for_update() if dialect == "postgresql" else query
+
+
 def row_of(job: JobRecord) -> dict[str, Any]:
     return {name: getattr(job, name) for name in COLUMNS}
 
@@ -90,7 +113,7 @@ class JobStore:
     @staticmethod
     async def get_many(session: AsyncSession, ids: list[str]) -> dict[str, JobRecord]:
         dialect = session.get_bind().dialect.name
-        rows = await session.execute(select(jobs_table).where(one_of(jobs_table.c.id, ids, dialect)))
+        rows = await session.execute(_by_ids(dialect, False), {"ids": listed(ids, dialect)})
         return {row.id: record_of(row) for row in rows}
 
     @staticmethod
@@ -100,10 +123,8 @@ class JobStore:
         if not ids:
             return {}
         dialect = session.get_bind().dialect.name
-        query = select(jobs_table).where(one_of(jobs_table.c.id, ids, dialect)).order_by(jobs_table.c.id)
-        if dialect == "postgresql":
-            query = query.with_for_update()
-        return {row.id: record_of(row) for row in await session.execute(query)}
+        rows = await session.execute(_by_ids(dialect, True), {"ids": listed(ids, dialect)})
+        return {row.id: record_of(row) for row in rows}
 
     @staticmethod
     async def save(session: AsyncSession, old: JobRecord, new: JobRecord) -> bool:
@@ -140,17 +161,9 @@ class JobStore:
         is due), is left as it is: each message gets its sequence and its `queued` row once."""
         if not jobs:
             return []
-        j = jobs_table.c
         dialect = session.get_bind().dialect.name
-        query = select(j.id, j.generation, j.resume, j.status, j.started_at).where(
-            one_of(j.id, [job.id for job in jobs], dialect), j.outbox_at.is_not(None)
-        )
-        if dialect == "postgresql":
-            query = query.with_for_update()
-        due = {
-            (i, g, r): None if status == "queued" else started
-            for i, g, r, status, started in await session.execute(query)
-        }
+        found = await session.execute(_due(dialect), {"ids": listed([job.id for job in jobs], dialect)})
+        due = {(i, g, r): None if status == "queued" else started for i, g, r, status, started in found}
         marked = [job for job in jobs if (job.id, job.generation, job.resume) in due]
         if marked:
             params = [

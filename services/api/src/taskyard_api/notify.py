@@ -22,12 +22,13 @@ import logging
 import os
 import socket
 import time
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from .db import one_of
+from .db import listed, one_of
 from .driver_sql import Many
 from .lifecycle import JobRecord
 from .models import JobNotify, Notification, job_notify_table, notifications_table
@@ -68,6 +69,13 @@ def webhook_rows(watched: list[tuple[str, NotifySpec]], now: float) -> list[dict
 
 # One row per outcome (its id names it): the same outcome projected twice is stored once.
 _NOTIFICATIONS = Many.insert_ignoring(notifications_table, "id")
+
+
+@cache
+def _hooks_of(dialect: str) -> Select:
+    """The webhooks of a list of jobs (built once: every job that ends asks, db.one_of)."""
+    n = job_notify_table.c
+    return select(n.job_id, n.url, n.on).where(one_of(n.job_id, dialect))
 
 
 def _body(job: JobRecord, delivery_id: str) -> dict[str, Any]:
@@ -115,8 +123,7 @@ class Notifier:
         if not reached:
             return 0
         dialect = session.get_bind().dialect.name
-        n = job_notify_table.c
-        hooks = await session.execute(select(n.job_id, n.url, n.on).where(one_of(n.job_id, reached, dialect)))
+        hooks = await session.execute(_hooks_of(dialect), {"ids": listed(reached, dialect)})
         now, rows = time.time(), []
         for job_id, url, on in hooks:
             job = reached[job_id]
