@@ -1,10 +1,10 @@
 """DriverInsert and Many against a real database: the same rows a session writes, the same errors."""
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from taskyard_api.db import listed, make_engine, one_of
+from taskyard_api.db import listed, make_engine, make_sessionmaker, one_of, unsynced
 from taskyard_api.driver_sql import DriverInsert
 from taskyard_api.models import ApiKey, JobEdge
 from taskyard_api.models import Job as JobModel
@@ -148,3 +148,31 @@ def test_one_of_finds_exactly_the_listed_rows(db_url):
             assert list(await conn.scalars(query, {"ids": listed([], dialect)})) == []
 
     run_async(_with_engine(db_url, body))
+
+
+def test_an_unsynced_commit_skips_the_disk_wait_and_leaves_the_connection_as_it_was(db_url):
+    """db.unsynced (the outbox's marking): its transaction commits without waiting for the disk,
+    and the connection is back to syncing after it, also when the block fails midway (rolled back).
+    tests/test_machine_crash.py shows a marking lost in a machine crash made up for."""
+
+    async def body(engine):
+        sessions = make_sessionmaker(engine)
+        sqlite = engine.dialect.name == "sqlite"
+        show = text("PRAGMA synchronous" if sqlite else "SHOW synchronous_commit")
+        async with sessions() as s, unsynced(s):
+            await s.execute(insert(_jobs), [_row("U" * 26)])
+            inside = (await s.execute(show)).scalar()
+            await s.commit()
+        with pytest.raises(RuntimeError):
+            async with sessions() as s, unsynced(s):
+                await s.execute(insert(_jobs), [_row("V" * 26)])
+                raise RuntimeError("midway")
+        async with sessions() as s:
+            after = (await s.execute(show)).scalar()
+            stored = list(await s.scalars(select(_jobs.c.id).order_by(_jobs.c.id)))
+        return inside, after, stored
+
+    inside, after, stored = run_async(_with_engine(db_url, body))
+    # SQLite: NORMAL (1) inside, FULL (2) again after; PostgreSQL: off for that transaction only.
+    assert (inside, after) == ((1, 2) if db_url.startswith("sqlite") else ("off", "on"))
+    assert stored == ["U" * 26]

@@ -23,7 +23,7 @@ from taskyard_common.topology import QueueLimitReached
 
 from . import admission, approvals, gates
 from .auth import Principal
-from .db import one_process_at_a_time
+from .db import one_process_at_a_time, unsynced
 from .failures import Forbidden, Invalid, NotFound, Refused, TooLarge
 from .ids import JOB_ID, new_id
 from .job_store import JobStore
@@ -447,7 +447,7 @@ class JobService:
         acked = [job for job in now if job.id in seqs]
         await self.publisher.wake(acked)
         try:
-            async with self.sessions() as session:
+            async with self.sessions() as session, unsynced(session):
                 # Its `queued` row is written with the sequence, once per message: whoever records
                 # the sequence first (another api's outbox may have published it too).
                 marked = await JobStore.mark_published(session, acked, published_at)

@@ -7,7 +7,9 @@ loop waits, so a long one delays everything else. SQLite is the one-process lapt
 PostgreSQL is the database for load.
 """
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -82,6 +84,21 @@ class InlineConnection:
 
     async def rollback(self) -> None:
         self._conn.rollback()
+
+    @contextlib.contextmanager
+    def unsynced(self) -> Iterator[None]:
+        """A transaction begun and committed inside does not fsync (`synchronous=NORMAL`, WAL mode):
+        its frames reach the disk with the next commit that syncs, as the WAL is written in order
+        (db.unsynced). SQLite changes the setting only between transactions: one left open by an
+        error is rolled back here, as its session would."""
+        was = int(self._conn.execute("PRAGMA synchronous").fetchone()[0])
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            if self._conn.in_transaction:
+                self._conn.rollback()
+            self._conn.execute(f"PRAGMA synchronous={was}")
 
     async def create_function(self, *args: Any, **kw: Any) -> None:
         self._conn.create_function(*args, **kw)
