@@ -63,9 +63,10 @@ def listed(values: Iterable[Any], dialect: str) -> Any:
 @contextlib.asynccontextmanager
 async def unsynced(session: AsyncSession) -> AsyncIterator[None]:
     """The session's transaction, begun inside, commits without waiting for the disk: for writes
-    that are derived again if a machine crash loses them (the outbox's marking: a job whose marking
-    is lost is due again, and its resend is dropped by JetStream's dedupe or caught by the
-    reconciler's check). It is never lost while a later commit is kept: SQLite's WAL and
+    that are derived again if a crash loses them (a machine's; on PostgreSQL also the server's,
+    which flushes such commits within `wal_writer_delay`). The outbox's marking is one: a job
+    whose marking is lost is due again, and its resend is dropped by JetStream's dedupe or caught
+    by the reconciler's check. It is never lost while a later commit is kept: SQLite's WAL and
     PostgreSQL's are written in order, and the next commit that syncs (a submit, a projection)
     takes it to disk. Saves a job submitted alone one fsync, ~0.2-0.4 ms of the event loop with
     SQLite inline (docs/performance.md, change 59)."""

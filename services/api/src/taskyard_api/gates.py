@@ -432,7 +432,7 @@ async def _complete_batches(session: AsyncSession, ended: list[JobRecord], now: 
             .where(one_of(b.id, "postgresql"), b.completed_at.is_(None))
             .order_by(b.id)
             .with_for_update(),
-            {"ids": batch_ids},
+            {"ids": listed(batch_ids, "postgresql")},
         )
     for batch_id in batch_ids:
         left = await session.scalar(
