@@ -358,7 +358,11 @@ def test_a_rest_workers_claims_on_two_apis_share_its_slots_and_its_home_is_taken
 
         def listed(c: httpx.Client) -> bool:
             w = rest_worker(c, "py")
-            return w is not None and w["slots"] == 2 and sorted(r["id"] for r in w["running"]) == held
+            return (
+                w is not None
+                and (w["slots"], w["via"]) == (2, home)
+                and sorted(r["id"] for r in w["running"]) == held
+            )
 
         wait_until(lambda: listed(a) and listed(b), 10, "one heartbeat listing both leases")
         reason = b.get(f"/api/v1/jobs/{jobs[2]}").json()["waiting_reason"]

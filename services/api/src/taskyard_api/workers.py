@@ -53,6 +53,8 @@ class WorkerView:
             "last_heartbeat_age_s": round(self.age_s, 3),
             "started_at": hb.started_at,
             "stuck_jobs": self.stuck_jobs,
+            # A REST worker's: the api process that serves it (counts its slots, holds its leases).
+            "via": hb.via,
         }
 
     @property
