@@ -68,6 +68,8 @@ def test_worker_and_queue_rows_and_check_lines():
         "w1", "healthy", "h", "42", "default,etl", "4/4", "…AAAAAAA0,…AAAAAAA1,…AAAAAAA2,+1", "9", "1",
         "1.2s ago",
     ]  # fmt: skip
+    rest = {**worker, "id": "rest-admin-py", "host": "rest via api-0", "via": "0a1b2c3d"}
+    assert worker_row(rest)[2] == "rest via api-0 (api 0a1b2c3d)"
     queue = {
         "queue": "default", "paused": True, "depth": 12, "running": 2, "jobs_per_s_in": 1.5,
         "jobs_per_s_out": 0, "workers": ["w1"], "slots": 4, "slots_used": 2,

@@ -144,7 +144,8 @@ def worker_row(worker: dict[str, Any]) -> list[str]:
     return [
         str(worker.get("id")),
         str(worker.get("state")),
-        str(worker.get("host")),
+        # A REST worker: the api process serving it (its lease ids carry the same id).
+        f"{worker.get('host')} (api {worker['via']})" if worker.get("via") else str(worker.get("host")),
         str(worker.get("pid")),
         ",".join(worker.get("queues") or []) or "-",
         f"{worker.get('slots_used', 0)}/{worker.get('slots', '?')}",
