@@ -377,9 +377,11 @@ class LeaseService:
         """The next job of `queue` in strict priority, as a lease; None when `wait_s` passed with none."""
         await self._ensure_started()
         worker = self.worker_for(who, worker_name, slots, queue, types)
+        beaten = False
         if worker.revision is None:
             # Not served here yet: this process becomes its home, or the claim goes to the one that is.
             await self._beat(worker, claiming=True)
+            beaten = worker.revision is not None
         if worker.draining:
             raise Refused(f"worker {worker.id} is draining (an admin asked): finish its leases and exit")
         # A claim waiting counts as a slot taken: two claims at once for a worker's last slot
@@ -393,7 +395,7 @@ class LeaseService:
         wake = self._wake.setdefault(queue, asyncio.Event())
         deadline = time.monotonic() + wait_s
         worker.claiming += 1
-        if worker.claiming == 1:
+        if worker.claiming == 1 and not beaten:
             await self._beat(worker)  # it serves the queue (and counts as its capacity) while it claims
         try:
             while True:
