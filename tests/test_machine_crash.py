@@ -230,7 +230,8 @@ def test_a_marking_the_crash_took_is_made_up_for_and_the_job_runs_once(lazy_disk
                 assert r.status_code == 201, r.text
                 accepted.append(r.json()["id"])
             # Answered after its marking: JOBS has it and the row says so, for now.
-            wait_until(lambda: c.get(f"/api/v1/jobs/{accepted[-1]}").json()["queue_position"] == 4, 10, "")
+            last = f"/api/v1/jobs/{accepted[-1]}"
+            wait_until(lambda: c.get(last).json()["queue_position"] == 4, 10, "the last job at position 4")
 
         for svc in reversed(stack.services):
             svc.kill9()
