@@ -91,6 +91,8 @@ class Running:
     cancel_requested: bool = False
     outcome: str | None = None
     started: float = field(default_factory=time.time)
+    # When the handler returned (or raised): the outcome's time, however long reporting it takes.
+    ended: float | None = None
     outputs: Outputs | None = None
     # Set while the release loop publishes this job's held `started`; the outcome waits for it,
     # so the two are stored in order and the outcome's flush covers the `started`.
@@ -363,6 +365,7 @@ class Worker:
         """The job's slot is free now: the pull loop fetches the next job while this one's outcome
         is published, its ack awaited and its delivery acked (by the same task, still tracked for
         drain). Its heartbeat entry goes too: the API counts it as a free slot."""
+        run.ended = time.time()
         if self.running.get(run.spec.id) is run:
             del self.running[run.spec.id]
         self.finishing[run.spec.id] = run
@@ -474,7 +477,8 @@ class Worker:
             data.update(run.meter.figures())
             if run.spec.labels:
                 data["labels"] = run.spec.labels
-        return JobEvent.of(run.spec, kind, data, attempt=run.attempt, worker_id=self.id)
+        at = run.ended if run.ended is not None and kind in _OUTCOMES else time.time()
+        return JobEvent.of(run.spec, kind, data, attempt=run.attempt, worker_id=self.id, at=at)
 
     async def _run(self, run: Running) -> None:
         spec = run.spec
@@ -555,6 +559,12 @@ class Worker:
         finally:
             self._handler_returned(run)
         self.done += 1
+        # Two turns of the loop before the report: one for the pull loop to ask for this slot's
+        # next job, one for the NATS client's flusher to put that pull on the wire. Jobs that end
+        # together (a wave of equal sleeps) refilled their slots only after every one of them had
+        # been reported (~40 µs each): W3's 64 slots ran 56.6 jobs on average, now 58–59.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
         await self._finish(run, "succeeded", ack="ack", result=result)
 
     async def _invoke_with_files(self, entry, ctx: JobContext, run: Running):  # noqa: ANN001, ANN202
@@ -628,7 +638,7 @@ class Worker:
 
     async def _finish(self, run: Running, kind: EventType, ack: str, **data) -> None:
         run.outcome = kind
-        duration = round(time.time() - run.started, 6)
+        duration = round((run.ended or time.time()) - run.started, 6)
         await self._report(run, kind, duration_s=duration, **data)
         await self.emitter.flush(run.spec.id)
         await (run.msg.ack() if ack == "ack" else run.msg.term())
