@@ -8,8 +8,15 @@ SQLAlchemy: a statement is compiled once per dialect and set of row keys, and ea
 through its column type's bind processor (JSON is stored byte for byte as a session stores it);
 only the execution skips it. Driver errors come out as SQLAlchemy's `IntegrityError` (unique or
 foreign key) or `DBAPIError`, the exceptions a session raises, so callers treat them alike.
+
+On PostgreSQL the rows go in as one statement, not one per row: each row parameter becomes an
+array, and the statement reads its rows from `unnest` of the arrays (`_columnar`). asyncpg's
+executemany pipelines the rows but the server still plans and runs the statement once per row;
+for a submit's 500 markings that was 20 ms of the server's time against 12 ms as one statement.
+sqlite3's executemany runs in-process and stays.
 """
 
+import re
 import sqlite3
 from collections.abc import Callable
 from typing import Any, cast
@@ -66,12 +73,24 @@ class Many:
                 params.append(
                     (name, None, process) if name in names else (None, bind.effective_value, process)
                 )
-            prepared = self._prepared[(dialect.name, names)] = (compiled.string, params)
+            sql = _columnar(compiled.string, params) if dialect.name == "postgresql" else compiled.string
+            prepared = self._prepared[(dialect.name, names)] = (sql, params)
         return prepared
 
     def params(self, dialect: Dialect, rows: list[dict[str, Any]]) -> tuple[str, list[tuple]]:
-        """The SQL and each row's driver parameters."""
+        """The SQL and its driver parameters: each row's (executemany), or on PostgreSQL one
+        tuple of a column array per row parameter (and the statement's constants)."""
         sql, params = self.prepare(dialect, tuple(rows[0]))
+        if dialect.name == "postgresql":
+            columns = []
+            for name, value, process in params:
+                if name is None:
+                    columns.append(value if process is None else process(value))
+                elif process is None:
+                    columns.append([row[name] for row in rows])
+                else:
+                    columns.append([process(row[name]) for row in rows])
+            return sql, [tuple(columns)]
         out = []
         for row in rows:
             values = []
@@ -99,9 +118,54 @@ class Many:
                 if adapter._transaction is None and adapter.isolation_level != "autocommit":
                     await adapter._start_transaction()
             # sqlite3 (inline, see sqlite_inline) opens the session's transaction before DML.
-            await driver.executemany(sql, params)
+            await _execute(driver, sql, params)
         except _DRIVER_ERRORS as exc:
             raise _as_sqlalchemy(exc, sql) from exc
+
+
+async def _execute(driver: Any, sql: str, params: list[tuple]) -> None:
+    """Run what `Many.params` made: one columnar statement (PostgreSQL), or one per row."""
+    if isinstance(driver, asyncpg.Connection):
+        await driver.execute(sql, *params[0])
+    else:
+        await driver.executemany(sql, params)
+
+
+# `$3::VARCHAR`: a parameter of a compiled PostgreSQL statement and its cast.
+_PLACEHOLDER = re.compile(r"\$(\d+)(?:::([A-Z]+(?: PRECISION)?))?")
+
+
+def _columnar(sql: str, params: list[_Param]) -> str:
+    """The statement for all rows at once: each row parameter `$k::T` is read as column `v.pk` of
+    `unnest($k::T[], …) AS v(…)`; the statement's constants stay as they are.
+
+    `INSERT … VALUES (…) [ON CONFLICT …]` becomes `INSERT … SELECT … FROM unnest(…) [ON CONFLICT …]`,
+    `UPDATE … SET … WHERE …` becomes `UPDATE … SET … FROM unnest(…) WHERE …` (rows name distinct
+    keys: an UPDATE … FROM applies one source row per target row). RETURNING is dropped: nothing
+    reads it. Other statements are refused when built, not run half-right.
+    """
+    arrays: list[str] = []
+
+    def column(match: re.Match[str]) -> str:
+        k, cast_to = int(match.group(1)), match.group(2)
+        if params[k - 1][0] is None:
+            return match.group(0)
+        if not cast_to:
+            raise ValueError(f"{sql!r}: parameter ${k} has no type to make an array of")
+        arrays.append(f"${k}::{cast_to}[]")
+        return f"v.p{k}"
+
+    body = _PLACEHOLDER.sub(column, sql.split(" RETURNING ", 1)[0])
+    names = ", ".join(a.split("::", 1)[0].replace("$", "p") for a in arrays)
+    source = f"unnest({', '.join(arrays)}) AS v({names})"
+    if body.startswith("INSERT ") and " VALUES (" in body:
+        head, _, rest = body.partition(" VALUES (")
+        values, _, tail = rest.partition(")")
+        return f"{head} SELECT {values} FROM {source}{tail}"
+    if body.startswith("UPDATE ") and " WHERE " in body:
+        head, _, where = body.partition(" WHERE ")
+        return f"{head} FROM {source} WHERE {where}"
+    raise ValueError(f"{sql!r}: only INSERT … VALUES and UPDATE … WHERE run for many rows")
 
 
 class DriverInsert:
@@ -138,12 +202,11 @@ class DriverInsert:
                         await driver.rollback()
                         raise
                 elif len(statements) == 1:
-                    # asyncpg runs an executemany in a transaction of its own (all rows or none).
-                    await driver.executemany(*statements[0])
+                    await _execute(driver, *statements[0])  # one statement: all rows or none
                 else:
                     async with driver.transaction():
                         for sql, params in statements:
-                            await driver.executemany(sql, params)
+                            await _execute(driver, sql, params)
             except _DRIVER_ERRORS as exc:
                 raise _as_sqlalchemy(exc, sql) from exc
 
