@@ -76,6 +76,9 @@ async def drained(url: str, topo: Topology, timeout: float) -> None:
 
 def one_round(nats_url: str, topo: Topology, args: argparse.Namespace, round_no: int, tmp: Path) -> dict:
     asyncio.run(publish(nats_url, topo, args.jobs, round_no, args.sleep_ms))
+    # The earlier rounds' acks are in the ack floor already: this round's executor took a job once
+    # the floor passes them (it used to count from at once, start-up included, in rounds 2 on).
+    floor = asyncio.run(_ack_floors(nats_url, topo))
     env = {
         "TASKYARD_NATS_URL": nats_url,
         "TASKYARD_NATS_PREFIX": PREFIX,
@@ -96,7 +99,7 @@ def one_round(nats_url: str, topo: Topology, args: argparse.Namespace, round_no:
         started = time.monotonic()
         cpu0 = None
         while cpu0 is None and time.monotonic() - started < 60:
-            if asyncio.run(_acked_any(nats_url, topo)):
+            if asyncio.run(_acked_any(nats_url, topo, floor)):
                 cpu0, t0 = proc_cpu_s(proc.pid), time.perf_counter()
             else:
                 time.sleep(0.005)
@@ -120,12 +123,23 @@ def ideal(args: argparse.Namespace, rate: float) -> str:
     return f", {rate / best:.3f} of the ideal {best:,.0f}/s"
 
 
-async def _acked_any(url: str, topo: Topology) -> bool:
+async def _ack_floors(url: str, topo: Topology) -> dict[str, int]:
+    nc = await nats.connect(url)
+    try:
+        return {
+            c.name: c.ack_floor.stream_seq or 0 for c in await nc.jetstream().consumers_info(topo.jobs_stream)
+        }
+    finally:
+        await nc.close()
+
+
+async def _acked_any(url: str, topo: Topology, floor: dict[str, int]) -> bool:
+    """Has an executor taken a job since the ack floors were `floor`?"""
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
         for c in await js.consumers_info(topo.jobs_stream):
-            if c.ack_floor.stream_seq or c.num_ack_pending:
+            if c.num_ack_pending or (c.ack_floor.stream_seq or 0) > floor.get(c.name, 0):
                 return True
         return False
     finally:
