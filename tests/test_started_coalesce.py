@@ -84,7 +84,9 @@ def test_a_quick_job_costs_one_executor_message_and_keeps_its_whole_timeline(sta
         assert started["data"]["wait_s"] >= 0  # what `started` carried, kept
         sent = raw_events(stack, job_id)
         assert [e["type"] for e in sent] == ["succeeded"], sent
-        assert sent[0]["data"]["started"]["worker_id"] == done["worker_id"]
+        # The carried start names no attempt or worker of its own: they are the outcome's.
+        assert sent[0]["worker_id"] == done["worker_id"]
+        assert not {"attempt", "worker_id"} & set(sent[0]["data"]["started"])
     scraped = httpx.get(f"{executor.url}/metrics").text
     assert (
         "taskyard_executor_starts_coalesced 10.0" in scraped

@@ -55,10 +55,18 @@ def test_a_zero_window_holds_nothing():
 def test_the_outcome_carries_exactly_what_started_carried():
     started = event("started", T0 + 1, attempt=2, worker="w9", wait_s=0.25)
     outcome = carry(event("succeeded", T0 + 2, attempt=2, worker="w9", result=1), started)
-    assert outcome.data["started"] == {"at": T0 + 1, "attempt": 2, "worker_id": "w9", "wait_s": 0.25}
+    # The attempt and worker are the outcome's: not carried twice.
+    assert outcome.data["started"] == {"at": T0 + 1, "wait_s": 0.25}
     back, out = parts(outcome)
     assert back == started
     assert out.type == "succeeded" and out.data == {"result": 1}
+
+
+def test_a_start_of_another_attempt_or_worker_keeps_its_own():
+    started = event("started", T0 + 1, attempt=1, worker="w1")
+    outcome = carry(event("failed", T0 + 2, attempt=2, worker="w9"), started)
+    assert outcome.data["started"] == {"at": T0 + 1, "attempt": 1, "worker_id": "w1"}
+    assert parts(outcome)[0] == started
 
 
 def test_events_without_a_carried_start_stand_for_themselves():

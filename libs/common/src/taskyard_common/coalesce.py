@@ -14,8 +14,14 @@ KEY = "started"
 
 
 def carry(outcome: JobEvent, started: JobEvent) -> JobEvent:
-    """`outcome` with `started` embedded: its time, attempt, worker and data (e.g. wait_s)."""
-    held: dict[str, Any] = {"at": started.at, "attempt": started.attempt, "worker_id": started.worker_id}
+    """`outcome` with `started` embedded: its time and data (e.g. wait_s), and its attempt and
+    worker where they differ from the outcome's (`started_of` reads the outcome's otherwise; one
+    run's start and outcome share both, so ~40 bytes a job less in EVENTS)."""
+    held: dict[str, Any] = {"at": started.at}
+    if started.attempt != outcome.attempt:
+        held["attempt"] = started.attempt
+    if started.worker_id != outcome.worker_id:
+        held["worker_id"] = started.worker_id
     held.update(started.data)
     outcome.data[KEY] = held
     return outcome
