@@ -83,6 +83,40 @@ def test_driver_errors_come_out_as_sqlalchemy_errors(db_url):
     assert error.orig is not None
 
 
+def test_a_connection_left_unusable_answers_as_database_trouble_and_leaves_the_pool(db_url, monkeypatch):
+    """asyncpg's "another operation is in progress" (a connection PostgreSQL cut off mid-way, under
+    submit load) came out raw: the submit answered 500, and the pool handed the connection out
+    again. Now it is a DBAPIError (the api's 503) and the connection is replaced."""
+    import asyncpg
+
+    from taskyard_api import driver_sql
+
+    async def body(engine):
+        async def raw_id() -> int:
+            async with engine.connect() as conn:
+                return id((await conn.get_raw_connection()).driver_connection)
+
+        before = await raw_id()
+        real = driver_sql._execute
+
+        async def stuck(*_args):
+            raise asyncpg.InternalClientError(
+                "cannot switch to state 15; another operation (2) is in progress"
+            )
+
+        monkeypatch.setattr(driver_sql, "_execute", stuck)
+        with pytest.raises(DBAPIError) as caught:
+            await DriverInsert(engine)((_jobs, [_row("J" * 26)]))
+        assert not isinstance(caught.value, IntegrityError)
+        monkeypatch.setattr(driver_sql, "_execute", real)
+        after = await raw_id()
+        await DriverInsert(engine)((_jobs, [_row("J" * 26)]))  # a fresh connection works
+        return before, after
+
+    before, after = run_async(_with_engine(db_url, body))
+    assert before != after
+
+
 def test_many_runs_inside_the_sessions_transaction_and_writes_what_a_session_writes(db_url):
     """Many's rows commit or roll back with the session, even as its first statement (asyncpg
     would otherwise commit them at once), and its UPDATE and INSERT … ON CONFLICT DO NOTHING

@@ -27,11 +27,19 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
-_DRIVER_ERRORS = (sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+_DRIVER_ERRORS = (
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    # "cannot switch to state …; another operation is in progress": a connection left mid-way
+    # when PostgreSQL cut it off (seen when the database was taken away under submit load).
+    asyncpg.InternalClientError,
+    OSError,
+)
 # A parameter of a prepared statement: the row key it takes its value from (None: a constant of
 # the statement, in `value`) and its bind processor.
 _Param = tuple[str | None, Any, Callable[[Any], Any] | None]
@@ -120,6 +128,7 @@ class Many:
             # sqlite3 (inline, see sqlite_inline) opens the session's transaction before DML.
             await _execute(driver, sql, params)
         except _DRIVER_ERRORS as exc:
+            await _drop_if_broken(conn, exc)
             raise _as_sqlalchemy(exc, sql) from exc
 
 
@@ -196,7 +205,7 @@ class DriverInsert:
                     # sqlite3 (inline, see sqlite_inline) opens the transaction before the INSERT.
                     try:
                         for sql, params in statements:
-                            await driver.executemany(sql, params)
+                            await _execute(driver, sql, params)
                         await driver.commit()
                     except BaseException:
                         await driver.rollback()
@@ -208,7 +217,22 @@ class DriverInsert:
                         for sql, params in statements:
                             await _execute(driver, sql, params)
             except _DRIVER_ERRORS as exc:
+                await _drop_if_broken(conn, exc)
                 raise _as_sqlalchemy(exc, sql) from exc
+
+
+async def _drop_if_broken(conn: AsyncConnection, exc: BaseException) -> None:
+    """Keep a connection the error left unusable out of the pool. SQLAlchemy does this for the
+    errors it sees; these statements bypass its execution, so it would hand the connection out
+    again (still closed, or still mid-operation)."""
+    if isinstance(exc, sqlite3.Error):
+        return
+    if isinstance(exc, asyncpg.PostgresError):
+        # A statement's own error (a taken key, a bad value) leaves the connection fine; class 08
+        # (connection exception) and 57P (the server shutting it down) do not.
+        if not str(getattr(exc, "sqlstate", "") or "").startswith(("08", "57P")):
+            return
+    await conn.invalidate()
 
 
 def _as_sqlalchemy(exc: BaseException, sql: str) -> DBAPIError:
