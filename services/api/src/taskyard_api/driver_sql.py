@@ -128,8 +128,7 @@ class Many:
             # sqlite3 (inline, see sqlite_inline) opens the session's transaction before DML.
             await _execute(driver, sql, params)
         except _DRIVER_ERRORS as exc:
-            await _drop_if_broken(conn, exc)
-            raise _as_sqlalchemy(exc, sql) from exc
+            raise await _failed(conn, exc, sql) from exc
 
 
 async def _execute(driver: Any, sql: str, params: list[tuple]) -> None:
@@ -153,7 +152,7 @@ def _columnar(sql: str, params: list[_Param]) -> str:
     keys: an UPDATE … FROM applies one source row per target row). RETURNING is dropped: nothing
     reads it. Other statements are refused when built, not run half-right.
     """
-    arrays: list[str] = []
+    columns: list[tuple[int, str]] = []  # (k, the type cast_to) of each row parameter
 
     def column(match: re.Match[str]) -> str:
         k, cast_to = int(match.group(1)), match.group(2)
@@ -161,12 +160,12 @@ def _columnar(sql: str, params: list[_Param]) -> str:
             return match.group(0)
         if not cast_to:
             raise ValueError(f"{sql!r}: parameter ${k} has no type to make an array of")
-        arrays.append(f"${k}::{cast_to}[]")
+        columns.append((k, cast_to))
         return f"v.p{k}"
 
     body = _PLACEHOLDER.sub(column, sql.split(" RETURNING ", 1)[0])
-    names = ", ".join(a.split("::", 1)[0].replace("$", "p") for a in arrays)
-    source = f"unnest({', '.join(arrays)}) AS v({names})"
+    arrays = ", ".join(f"${k}::{cast_to}[]" for k, cast_to in columns)
+    source = f"unnest({arrays}) AS v({', '.join(f'p{k}' for k, _ in columns)})"
     if body.startswith("INSERT ") and " VALUES (" in body:
         head, _, rest = body.partition(" VALUES (")
         values, _, tail = rest.partition(")")
@@ -217,25 +216,19 @@ class DriverInsert:
                         for sql, params in statements:
                             await _execute(driver, sql, params)
             except _DRIVER_ERRORS as exc:
-                await _drop_if_broken(conn, exc)
-                raise _as_sqlalchemy(exc, sql) from exc
+                raise await _failed(conn, exc, sql) from exc
 
 
-async def _drop_if_broken(conn: AsyncConnection, exc: BaseException) -> None:
-    """Keep a connection the error left unusable out of the pool. SQLAlchemy does this for the
-    errors it sees; these statements bypass its execution, so it would hand the connection out
-    again (still closed, or still mid-operation)."""
-    if isinstance(exc, sqlite3.Error):
-        return
-    if isinstance(exc, asyncpg.PostgresError):
-        # A statement's own error (a taken key, a bad value) leaves the connection fine; class 08
-        # (connection exception) and 57P (the server shutting it down) do not.
-        if not str(getattr(exc, "sqlstate", "") or "").startswith(("08", "57P")):
-            return
-    await conn.invalidate()
-
-
-def _as_sqlalchemy(exc: BaseException, sql: str) -> DBAPIError:
+async def _failed(conn: AsyncConnection, exc: BaseException, sql: str) -> DBAPIError:
+    """A driver error as the exception a session raises (`IntegrityError` for a unique or foreign
+    key, else `DBAPIError`). A connection the error left unusable is kept out of the pool first:
+    SQLAlchemy does that for the errors it sees, but these statements bypass its execution, so it
+    would hand the connection out again (still closed, or still mid-operation)."""
     sqlstate = str(getattr(exc, "sqlstate", "") or "")
+    # A statement's own PostgreSQL error (a taken key, a bad value) leaves the connection fine;
+    # class 08 (connection exception) and 57P (the server shutting it down) do not.
+    statement_error = isinstance(exc, asyncpg.PostgresError) and not sqlstate.startswith(("08", "57P"))
+    if not isinstance(exc, sqlite3.Error) and not statement_error:
+        await conn.invalidate()
     unique = isinstance(exc, sqlite3.IntegrityError) or sqlstate.startswith("23")
     return (IntegrityError if unique else DBAPIError)(sql, None, exc)
