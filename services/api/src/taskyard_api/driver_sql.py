@@ -16,9 +16,10 @@ for a submit's 500 markings that was 20 ms of the server's time against 12 ms as
 sqlite3's executemany runs in-process and stays.
 """
 
+import contextlib
 import re
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import asyncpg
@@ -191,10 +192,14 @@ class DriverInsert:
             many = self._inserts[table.name] = Many(lambda _dialect: insert(table))
         return many
 
-    async def __call__(self, *batches: tuple[Table, list[dict[str, Any]]]) -> None:
+    async def __call__(self, *batches: tuple[Table, list[dict[str, Any]]]) -> Callable[[], Awaitable[None]]:
+        """Returns `durable`, to await before anyone is told the rows are kept. SQLite's commit
+        (with `synchronous=FULL`) does not wait for the disk here: `durable` fsyncs its WAL on a
+        worker thread (sqlite_inline.WalSync), and the caller may publish meanwhile. Elsewhere
+        the commit has waited already."""
         statements = [self._many(table).params(self.dialect, rows) for table, rows in batches if rows]
         if not statements:
-            return
+            return _kept
         async with self.engine.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
             assert driver is not None  # a pooled connection that is checked out is open
@@ -202,13 +207,15 @@ class DriverInsert:
             try:
                 if self.dialect.name == "sqlite":
                     # sqlite3 (inline, see sqlite_inline) opens the transaction before the INSERT.
-                    try:
-                        for sql, params in statements:
-                            await _execute(driver, sql, params)
-                        await driver.commit()
-                    except BaseException:
-                        await driver.rollback()
-                        raise
+                    with driver.unsynced() if driver.wal else contextlib.nullcontext():
+                        try:
+                            for sql, params in statements:
+                                await _execute(driver, sql, params)
+                            await driver.commit()
+                        except BaseException:
+                            await driver.rollback()
+                            raise
+                    return driver.wal.synced if driver.wal else _kept
                 elif len(statements) == 1:
                     await _execute(driver, *statements[0])  # one statement: all rows or none
                 else:
@@ -217,6 +224,11 @@ class DriverInsert:
                             await _execute(driver, sql, params)
             except _DRIVER_ERRORS as exc:
                 raise await _failed(conn, exc, sql) from exc
+        return _kept
+
+
+async def _kept() -> None:
+    """A commit that waited for the disk itself: nothing more to wait for."""
 
 
 async def _failed(conn: AsyncConnection, exc: BaseException, sql: str) -> DBAPIError:

@@ -5,6 +5,7 @@ generation and resume), so two API processes, or the API and its projector, neve
 other's move: a guard that no longer matches writes nothing, and the caller decides again.
 """
 
+from collections.abc import Awaitable, Callable
 from functools import cache
 from typing import Any
 
@@ -92,11 +93,16 @@ class JobStore:
         # The submit path's INSERT goes straight through the driver (driver_sql).
         self._insert = DriverInsert(engine)
 
-    async def insert(self, jobs: list[JobRecord], *others: tuple[Table, list[dict[str, Any]]]) -> None:
+    async def insert(
+        self, jobs: list[JobRecord], *others: tuple[Table, list[dict[str, Any]]]
+    ) -> Callable[[], Awaitable[None]]:
         """New jobs and what comes with them (their edges, batch, workflow), in one transaction or
-        not at all (IntegrityError on a taken idempotency key)."""
+        not at all (IntegrityError on a taken idempotency key). Returns `durable` (DriverInsert):
+        await it before answering."""
         asks = [approvals.checkpoint_row(job) for job in jobs if approvals.entered(None, job)]
-        await self._insert((jobs_table, [row_of(job) for job in jobs]), *others, (checkpoints_table, asks))
+        return await self._insert(
+            (jobs_table, [row_of(job) for job in jobs]), *others, (checkpoints_table, asks)
+        )
 
     @staticmethod
     async def add(session: AsyncSession, jobs: list[JobRecord]) -> None:

@@ -334,12 +334,22 @@ class JobService:
         return [(by_id.get(job.id, job), created) for job, created in results]
 
     async def _store_new(self, submission: Submission) -> list[JobRecord]:
-        """The one insert path (SubmitGroup's writer): insert the rows, then publish them."""
-        await self.store.insert(submission.jobs, *submission.others)
+        """The one insert path (SubmitGroup's writer): insert the rows, then publish them.
+
+        The rows are committed before the publish and on the disk before the answer, but the
+        disk's flush (SQLite: the WAL's fsync) runs meanwhile: an executor may start a job before
+        it ends. A machine crash in between can take the row and keep the message (JetStream
+        `sync_interval: always`): the reconciler re-creates the row of a job JetStream holds
+        (docs/operations.md, "Durability"); the request was never answered."""
+        durable = await self.store.insert(submission.jobs, *submission.others)
         if self.settings.fault_crash_after_insert:
             os._exit(99)
-        queued = [job for job in submission.jobs if job.outbox_at is not None]
-        published = {job.id: job for job in await self.publish(queued)}
+        syncing = asyncio.ensure_future(durable())
+        try:
+            queued = [job for job in submission.jobs if job.outbox_at is not None]
+            published = {job.id: job for job in await self.publish(queued)}
+        finally:
+            await syncing
         return [published.get(job.id, job) for job in submission.jobs]
 
     async def settle(self, ended: list[JobRecord]) -> list[JobRecord]:

@@ -28,6 +28,7 @@ from taskyard_common.supervise import Backoff
 from taskyard_common.topology import Topology
 
 from . import costs, event_epochs, gates, messages, rollups
+from .db import synced_off_loop
 from .driver_sql import Many
 from .http_metrics import EVENTS_UNPROJECTABLE, RECONCILED
 from .job_store import CHECKPOINTS_ONCE, JobStore
@@ -434,7 +435,7 @@ class Projector:
         if not events:
             return
         events.sort(key=lambda pair: pair[0])
-        async with self.sessions() as session:
+        async with self.sessions() as session, synced_off_loop(session):
             # Several api processes project at once: decide from this batch's rows as they are
             # now; another batch of the same jobs waits for this commit.
             before = await JobStore.lock_many(session, {e.job_id for _, e in events})
