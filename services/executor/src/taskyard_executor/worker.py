@@ -48,6 +48,10 @@ _OUTCOMES = frozenset({"succeeded", "failed", "retrying", "cancelled", "dead", "
 # where one slot is a small share (4 slots: a quarter of the executor idle for a high job that may
 # never come).
 ARM_ABOVE_BACKLOG_MIN_SLOTS = 16
+# How long a finished job's report waits for the pull out to be answered (Worker._run), and the
+# shortest run whose report waits at all.
+REPORT_HOLD_S = 0.002
+HOLD_MIN_RUN_S = 0.001
 # What a later delivery reads back from the job's own EVENTS subject (checkpoints.Journal).
 _JOURNAL = frozenset({"step", "said", "handed_back"})
 # How long a redelivered job's journal read is tried again through a JetStream leader election
@@ -55,6 +59,11 @@ _JOURNAL = frozenset({"step", "said", "handed_back"})
 JOURNAL_RETRY_S = 20.0
 JOURNAL_RETRY_PAUSE_S = 0.5
 _tracer = tracer("taskyard.executor")
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _within(task: asyncio.Task, timeout_s: float):  # noqa: ANN202 - the handler's result
@@ -106,6 +115,11 @@ class Running:
     # When the delivery's ack wait last began (its delivery, or the last `in_progress`).
     extended: float = field(default_factory=time.monotonic)
 
+    @property
+    def ran_s(self) -> float:
+        """From its start until its handler returned (so far, while it runs)."""
+        return (self.ended or time.time()) - self.started
+
 
 class Worker:
     def __init__(
@@ -141,6 +155,8 @@ class Worker:
         from .puller import Puller
 
         self.puller = Puller(nc, topo.jobs_stream, self._on_delivery, self._armed_ended)
+        self._round_out = False  # a round of pulls is out (pull_forever)
+        self._round_ended: asyncio.Future[None] | None = None  # its end, while someone waits for it
 
     # -- start / stop -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -196,32 +212,41 @@ class Worker:
                     woken = False
                     continue
                 self._wakeup.clear()
-                more = False
                 turn = (turn + 1) % len(queues)
                 rotation = queues[turn:] + queues[:turn]
-                for durable in self._consumers(rotation):
-                    wanted = self.free_slots - self.puller.armed_count()
-                    if wanted <= 0 or self.draining:
-                        break
-                    if self.puller.is_armed(durable) or (woken and self.empty.holds(durable)):
-                        continue
-                    sent = time.monotonic()
-                    try:
-                        got = await self.puller.pull(durable, wanted)
-                    except NatsError as exc:
-                        log.warning("pull failed (%s); NATS may be reconnecting", exc)
-                        await asyncio.sleep(0.5)
-                        got = 0
-                    else:  # a failed pull says nothing about the consumer: no mark
-                        self.empty.found(durable, empty=got < wanted, asked_at=sent)
-                        if got == 0 and self._above_others(durable):
-                            await self._arm_above_backlog(durable)
-                    if got >= wanted:
-                        # It filled its ask, so it may hold more: the lower priorities wait for the
-                        # next round, which starts from the top. Slots freed while this pull was out
-                        # (a short job ends within a pull's round trip) must not go to them.
-                        more = True
-                        break
+                self._round_out = True
+                more = False
+                try:
+                    for durable in self._consumers(rotation):
+                        wanted = self.free_slots - self.puller.armed_count()
+                        if wanted <= 0 or self.draining:
+                            break
+                        if self.puller.is_armed(durable) or (woken and self.empty.holds(durable)):
+                            continue
+                        sent = time.monotonic()
+                        try:
+                            got = await self.puller.pull(durable, wanted)
+                        except NatsError as exc:
+                            log.warning("pull failed (%s); NATS may be reconnecting", exc)
+                            await asyncio.sleep(0.5)
+                            got = 0
+                        else:  # a failed pull says nothing about the consumer: no mark
+                            self.empty.found(durable, empty=got < wanted, asked_at=sent)
+                            if got == 0 and self._above_others(durable):
+                                await self._arm_above_backlog(durable)
+                        if got >= wanted:
+                            # It filled its ask, so it may hold more: the lower priorities wait for
+                            # the next round, which starts from the top. Slots freed while this pull
+                            # was out (a short job ends within a pull's round trip) must not go to
+                            # them.
+                            more = True
+                            break
+                finally:
+                    # The reports that waited for this round (Worker._refilled) go on.
+                    self._round_out = False
+                    if self._round_ended is not None:
+                        _resolve(self._round_ended)
+                        self._round_ended = None
                 woken = False
                 if more:
                     continue
@@ -559,13 +584,30 @@ class Worker:
         finally:
             self._handler_returned(run)
         self.done += 1
-        # Two turns of the loop before the report: one for the pull loop to ask for this slot's
-        # next job, one for the NATS client's flusher to put that pull on the wire. Jobs that end
-        # together (a wave of equal sleeps) refilled their slots only after every one of them had
-        # been reported (~40 µs each): 3–6 ms a wave, now ~1 (docs/performance.md, change 61).
+        # The report waits for the refill of this slot: one turn of the loop for the pull loop to
+        # ask for its next job, then until that round of pulls ends (its jobs handed to their
+        # tasks, which run first), at most REPORT_HOLD_S. Jobs that end together (a wave of equal
+        # sleeps) otherwise had their ~25 µs reports run between the pull and its answer: 64 of
+        # them kept the next wave from starting for ~1.6 ms (docs/performance.md, changes 61, 64).
+        # A job shorter than HOLD_MIN_RUN_S does not wait: the hold would be most of its time, and
+        # short jobs end in a stream, not in waves. Without a round out: one more turn, for the
+        # NATS client's flusher to put the pull on the wire.
         await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        refilled = self._refilled() if run.ran_s >= HOLD_MIN_RUN_S else None
+        await (refilled if refilled is not None else asyncio.sleep(0))
         await self._finish(run, "succeeded", ack="ack", result=result)
+
+    def _refilled(self) -> asyncio.Future[None] | None:
+        """Resolves when the pull round now out ends, its jobs handed to their tasks (which then
+        run before whoever waited for this), or after REPORT_HOLD_S; None when no round is out.
+        One future and one timer a round that someone waits for, however many wait."""
+        if not self._round_out:
+            return None
+        if self._round_ended is None:
+            loop = asyncio.get_running_loop()
+            self._round_ended = loop.create_future()
+            loop.call_later(REPORT_HOLD_S, _resolve, self._round_ended)  # a no-op once it ended
+        return self._round_ended
 
     async def _invoke_with_files(self, entry, ctx: JobContext, run: Running):  # noqa: ANN001, ANN202
         """Run the handler; a job with input files or output globs runs in its own working
