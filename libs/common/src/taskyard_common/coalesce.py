@@ -27,10 +27,19 @@ def carry(outcome: JobEvent, started: JobEvent) -> JobEvent:
     return outcome
 
 
-def started_of(event: JobEvent) -> JobEvent | None:
-    """The `started` an outcome carries, as the event it was; None when it carries none."""
+def carried(event: JobEvent) -> dict[str, Any] | None:
+    """What `carry` embedded (the start's `at`, its data, and its attempt and worker where they
+    differ), or None when the event carries no start. For readers that need no event of it."""
     held = event.data.get(KEY) if event.type != "started" else None
     if not isinstance(held, dict) or not isinstance(held.get("at"), int | float):
+        return None
+    return held
+
+
+def started_of(event: JobEvent) -> JobEvent | None:
+    """The `started` an outcome carries, as the event it was; None when it carries none."""
+    held = carried(event)
+    if held is None:
         return None
     data = {k: v for k, v in held.items() if k not in ("at", "attempt", "worker_id")}
     return event.model_copy(

@@ -3,6 +3,7 @@
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -11,7 +12,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
-from taskyard_common.coalesce import parts
+from taskyard_common.coalesce import carried
 from taskyard_common.schemas import JobEvent, message_events
 from taskyard_common.topology import Topology
 
@@ -60,19 +61,21 @@ def init_series(metrics: Metrics, queue: str, job_type: str) -> None:
         metrics.finished.labels(queue, job_type, status)
 
 
-def record_event(metrics: Metrics, event: JobEvent) -> None:
-    """Update the metrics for one lifecycle event (pure bookkeeping, no I/O)."""
+def record_event(metrics: Metrics, event: JobEvent, started: dict[str, Any] | None = None) -> None:
+    """Update the metrics for one lifecycle event (pure bookkeeping, no I/O). With `started` (what
+    an outcome carries, coalesce.carried): that start instead, read from it in place (the outcome's
+    queue, type and priority are the start's); a copy of the event for it cost ~3 µs a job."""
     queue = event.queue or UNKNOWN
     job_type = event.job_type or UNKNOWN
     priority = event.priority or UNKNOWN
-    kind = event.type
+    kind = event.type if started is None else "started"
     child = metrics.child
     init_series(metrics, queue, job_type)
     if kind == "queued":
         child(metrics.submitted, queue, job_type).inc()
     elif kind == "started":
         child(metrics.started, queue, job_type).inc()
-        wait = _number(event.data.get("wait_s"))
+        wait = _number((event.data if started is None else started).get("wait_s"))
         if wait is not None:
             child(metrics.queue_wait, queue, priority).observe(wait)
             outcome = "met" if wait <= metrics.target_for(queue) else "missed"
@@ -121,8 +124,9 @@ def record_message(metrics: Metrics, data: bytes, batch: bool = False) -> None:
         return
     for event in events:
         # An outcome carrying its `started` (coalesced by the executor) counts as both events.
-        for part in parts(event):
-            record_event(metrics, part)
+        if (started := carried(event)) is not None:
+            record_event(metrics, event, started)
+        record_event(metrics, event)
 
 
 def consumer_config(topo: Topology) -> ConsumerConfig:
