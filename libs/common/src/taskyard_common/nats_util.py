@@ -10,7 +10,8 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.api import PubAck
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 log = logging.getLogger("taskyard.nats")
 PING_INTERVAL_S = 5
@@ -93,6 +94,63 @@ async def wait_acks(
     return [
         TimeoutError("no publish ack") if f.cancelled() else (f.exception() or f.result()) for f in futures
     ]
+
+
+class AckedPublish:
+    """`js.publish_async` at about 60 % of its client CPU: publish to JetStream and get a future of
+    the PubAck (or of NoStreamResponseError / APIError), for `wait_acks`.
+
+    nats-py's version spends ~10 µs a message on what a caller that bounds its own burst does not
+    need: a wait on its pending-ack semaphore through `asyncio.wait_for`, a NUID and a random hex
+    token per reply subject, a done-callback and PubAck.from_response (24.5 → 14.5 µs a message,
+    500-message bursts on a loopback nats-server; the api publishes one JOBS message a job). Its
+    handler also raises a JetStream API error out of the subscription callback instead of setting
+    it on the future, which then waits for its timeout. One inbox subscription (`<inbox>.*`, sent
+    again by nats-py after a reconnect) answers every reply; a future cancelled by its waiter
+    (wait_acks' deadline) leaves the table with it."""
+
+    def __init__(self, nc: NatsClient) -> None:
+        self.nc = nc
+        self._prefix = ""
+        self._waiting: dict[str, asyncio.Future] = {}
+        self._next = 0
+
+    async def __call__(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> asyncio.Future:
+        if not self._prefix:
+            prefix = self.nc.new_inbox()
+            await self.nc.subscribe(f"{prefix}.*", cb=self._answer)
+            self._prefix = prefix
+        self._next += 1
+        token = str(self._next)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[token] = future
+        try:
+            await self.nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
+        except BaseException:
+            del self._waiting[token]
+            raise
+        future.add_done_callback(lambda _: self._waiting.pop(token, None))
+        return future
+
+    async def _answer(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject[len(self._prefix) + 1 :], None)
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get("Status") == "503":  # no stream takes the subject (yet)
+            future.set_exception(NoStreamResponseError())
+            return
+        answer = json.loads(msg.data)
+        if "error" in answer:
+            try:
+                APIError.from_error(answer["error"])  # raises the error's own class
+            except APIError as exc:
+                future.set_exception(exc)
+            return
+        future.set_result(
+            PubAck(stream=answer["stream"], seq=answer["seq"], duplicate=answer.get("duplicate"))
+        )
 
 
 def _ack_fields(msg: Msg) -> list[str]:

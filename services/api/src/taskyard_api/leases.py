@@ -51,7 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from taskyard_common import __version__
 from taskyard_common.backoff import backoff_delay
 from taskyard_common.journal import Decision, Journal, attempt_of, read_journal
-from taskyard_common.nats_util import consumer_of, wait_acks
+from taskyard_common.nats_util import AckedPublish, consumer_of, wait_acks
 from taskyard_common.puller import Puller
 from taskyard_common.schemas import EventType, Heartbeat, JobEvent, JobSpec, LogLine, RunningJob
 from taskyard_common.topology import PRIORITIES, Topology
@@ -162,6 +162,7 @@ class LeaseService:
         max_result_bytes: int,
     ) -> None:
         self.nc, self.js, self.topo, self.sessions = nc, js, topo, sessions
+        self.publish_async = AckedPublish(nc)
         self.max_result_bytes = max_result_bytes
         # This process's id in the lease ids it issues (a restarted process holds none of its leases).
         self.owner = secrets.token_hex(4)
@@ -531,7 +532,7 @@ class LeaseService:
         futures = []
         for line in lines:
             body = LogLine(stream=stream, line=line, attempt=lease.attempt)  # type: ignore[arg-type]
-            futures.append(await self.js.publish_async(subject, body.model_dump_json().encode()))
+            futures.append(await self.publish_async(subject, body.model_dump_json().encode()))
         for result in await wait_acks(futures, timeout=10, nc=self.nc):
             if isinstance(result, BaseException):
                 raise result

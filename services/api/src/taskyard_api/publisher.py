@@ -10,7 +10,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-from taskyard_common.nats_util import wait_acks
+from taskyard_common.nats_util import AckedPublish, wait_acks
 from taskyard_common.schemas import Backoff, EventBatch, JobEvent, JobSpec
 from taskyard_common.topology import Topology, ensure_queue
 
@@ -49,6 +49,7 @@ class Publisher:
         on_new_queue: Callable[[], None] = lambda: None,
     ) -> None:
         self.nc, self.js, self.topo = nc, js, topo
+        self.publish_async = AckedPublish(nc)
         self._queues: set[str] = set()
         self._announcing: set[asyncio.Task[None]] = set()  # announcements whose acks are awaited
         # Called once a queue's consumers exist: the api's cached listing of them (QueueState)
@@ -77,7 +78,7 @@ class Publisher:
             headers = {"Nats-Msg-Id": spec.msg_id}
             if job.traceparent:
                 headers["traceparent"] = job.traceparent
-            futures.append(await self.js.publish_async(subject, data, headers=headers))
+            futures.append(await self.publish_async(subject, data, headers=headers))
         # A lost server owes acks it will never send: the outbox publishes those jobs again
         # (JOBS drops a copy it already has by Nats-Msg-Id), so the wait ends at the loss.
         acks = await wait_acks(futures, timeout=10, nc=self.nc)
@@ -101,7 +102,7 @@ class Publisher:
         futures = []
         for start in range(0, len(events), ANNOUNCE_MAX):
             body = EventBatch(events=events[start : start + ANNOUNCE_MAX]).model_dump_json().encode()
-            futures.append(await self.js.publish_async(self.topo.queued_subject, body))
+            futures.append(await self.publish_async(self.topo.queued_subject, body))
         waiting = asyncio.create_task(self.events_stored(futures))
         self._announcing.add(waiting)
         waiting.add_done_callback(self._announcing.discard)
@@ -118,7 +119,7 @@ class Publisher:
 
     async def _send_event(self, event: JobEvent, msg_id: str | None = None) -> asyncio.Future:
         """Publish an event without waiting; pass the future to `events_stored`."""
-        return await self.js.publish_async(
+        return await self.publish_async(
             self.topo.event_subject(event.job_id),
             event.model_dump_json().encode(),
             headers={"Nats-Msg-Id": msg_id} if msg_id else None,
