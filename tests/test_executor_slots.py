@@ -35,8 +35,8 @@ class HeldEmitter(Emitter):
     """Holds the flush of the jobs in `hold` until the test releases it (or `limit_s` passes), then
     waits for the real acks. Records when each job's flush completed."""
 
-    def __init__(self, js, topo, limit_s: float = 3.0) -> None:  # noqa: ANN001
-        super().__init__(js, topo)
+    def __init__(self, publish_async, topo, limit_s: float = 3.0) -> None:  # noqa: ANN001
+        super().__init__(publish_async, topo)
         self.hold: dict[str, asyncio.Event] = {}
         self.flushed_at: dict[str, float] = {}
         self.limit_s = limit_s
@@ -122,7 +122,7 @@ async def running_worker(
     hooks: dict[str, Hook] = {}
     settings = ExecutorSettings(slots=slots, started_coalesce_s=0.05, idle_poll_s=0.2)
     worker = Worker(nc, topo, settings, handlers(started, hooks), "w-" + secrets.token_hex(2))
-    worker.emitter = HeldEmitter(worker.js, topo)
+    worker.emitter = HeldEmitter(worker.emitter.publish_async, topo)
     await worker.start()
     loops = [
         asyncio.create_task(loop())

@@ -60,7 +60,7 @@ class SilentJetStream:
 def emitter() -> tuple[Emitter, SilentJetStream]:
     js = SilentJetStream()
     topo = Topology(NatsSettings(url="nats://127.0.0.1:1", prefix="t"))
-    return Emitter(js, topo, batch_subject="t.batch.x"), js  # type: ignore[arg-type]
+    return Emitter(js.publish_async, topo, batch_subject="t.batch.x"), js
 
 
 async def test_a_flush_whose_ack_never_comes_fails_after_the_flush_timeout(monkeypatch):

@@ -2,9 +2,9 @@
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
 from nats.js.errors import NoStreamResponseError
 
 from taskyard_common.schemas import EventBatch, JobEvent, LogLine
@@ -33,7 +33,7 @@ class _Batch:
 
 
 class Emitter:
-    """Publishes to LOGS and EVENTS with publish_async; `flush(job_id)` waits for that job's acks.
+    """Publishes to LOGS and EVENTS without waiting (AckedPublish); `flush(job_id)` waits for that job's acks.
 
     Waiting for acks before the final event and the JOBS ack means a job is never reported
     finished while some of its lines could still be lost. Acks are tracked per job: with one
@@ -49,9 +49,14 @@ class Emitter:
     """
 
     def __init__(
-        self, js: JetStreamContext, topo: Topology, batch_subject: str | None = None, batch_s: float = 0.0
+        self,
+        publish_async: Callable[[str, bytes], Awaitable[asyncio.Future]],
+        topo: Topology,
+        batch_subject: str | None = None,
+        batch_s: float = 0.0,
     ) -> None:
-        self.js, self.topo = js, topo
+        # `publish_async`: nats_util.AckedPublish (the publish and a future of its ack).
+        self.publish_async, self.topo = publish_async, topo
         self.batch_subject, self.batch_s = batch_subject, batch_s
         self._pending: dict[str, list[asyncio.Future]] = {}
         self._open: _Batch | None = None
@@ -71,7 +76,7 @@ class Emitter:
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future = _bounded(loop.create_future())
         deadline = loop.time() + self.retry_for_s
-        ack = await self.js.publish_async(subject, data)
+        ack = await self.publish_async(subject, data)
         ack.add_done_callback(lambda done: self._answered(subject, data, outcome, deadline, done))
         return outcome
 
@@ -93,7 +98,7 @@ class Emitter:
         if outcome.done():
             return
         try:
-            ack = await self.js.publish_async(subject, data)
+            ack = await self.publish_async(subject, data)
         except (NatsError, OSError) as exc:  # reconnecting: the next answer decides again
             _settle(outcome, exc)
             return

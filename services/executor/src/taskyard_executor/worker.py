@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from taskyard_common.artifact_store import ArtifactStore
 from taskyard_common.coalesce import carry
+from taskyard_common.nats_util import AckedPublish
 from taskyard_common.schemas import ENDED_OUTCOMES, EventType, JobEvent, JobSpec, LogLine
 from taskyard_common.settings import ArtifactSettings
 from taskyard_common.telemetry import context_from, ns, tracer, tracing_on
@@ -127,7 +128,7 @@ class Worker:
     ) -> None:
         self.nc, self.js, self.topo = nc, nc.jetstream(timeout=10), topo
         self.settings, self.registry, self.id = settings, registry, worker_id
-        self.emitter = Emitter(self.js, topo, topo.batch_subject(worker_id), settings.event_batch_s)
+        self.emitter = Emitter(AckedPublish(nc), topo, topo.batch_subject(worker_id), settings.event_batch_s)
         self.artifacts = ArtifactStore(self.js, topo, ArtifactSettings())
         # Jobs whose handler runs (each holds a slot; the heartbeat lists these), and jobs whose
         # handler returned and whose outcome is being reported and acked (no slot).
