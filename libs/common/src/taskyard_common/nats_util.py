@@ -171,6 +171,12 @@ def stream_seq(msg: Msg) -> int:
     return int(_ack_fields(msg)[3])
 
 
+def delivered_count(msg: Msg) -> int:
+    """How many times a delivered JetStream message has been delivered (1 the first time), read off
+    its ack subject as `stream_seq` is (`msg.metadata` was 6 % of an executor's CPU)."""
+    return int(_ack_fields(msg)[2])
+
+
 def consumer_of(msg: Msg) -> str:
     """The consumer a delivered JetStream message came from, read off its ack subject."""
     return _ack_fields(msg)[1]

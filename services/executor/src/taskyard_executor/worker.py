@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from taskyard_common.artifact_store import ArtifactStore
 from taskyard_common.coalesce import carry
-from taskyard_common.nats_util import AckedPublish
+from taskyard_common.nats_util import AckedPublish, delivered_count
 from taskyard_common.schemas import ENDED_OUTCOMES, EventType, JobEvent, JobSpec, LogLine
 from taskyard_common.settings import ArtifactSettings
 from taskyard_common.telemetry import context_from, ns, tracer, tracing_on
@@ -115,6 +115,8 @@ class Running:
     meter: Meter | None = None
     # When the delivery's ack wait last began (its delivery, or the last `in_progress`).
     extended: float = field(default_factory=time.monotonic)
+    # Which delivery of its message this is (1: the first).
+    delivery: int = 1
 
     @property
     def ran_s(self) -> float:
@@ -410,8 +412,8 @@ class Worker:
         if spec.id in self._cancelled_recently:
             await msg.ack()
             return
-        delivery = msg.metadata.num_delivered
-        run = Running(spec, msg, delivery, journaled=delivery > 1 or spec.resume > 0)
+        delivery = delivered_count(msg)
+        run = Running(spec, msg, delivery, delivery=delivery, journaled=delivery > 1 or spec.resume > 0)
         self.running[spec.id] = run
         self.state_changed.set()
         try:
@@ -477,7 +479,7 @@ class Worker:
             "taskyard.attempt": run.attempt,
             "taskyard.worker": self.id,
         }
-        if run.msg.metadata.num_delivered == 1 and not spec.resume:
+        if run.delivery == 1 and not spec.resume:
             wait = _tracer.start_span(
                 "taskyard.job.queue_wait", context=parent, start_time=ns(spec.submitted_at), attributes=attrs
             )
@@ -510,7 +512,7 @@ class Worker:
         spec = run.spec
         # First runs have no history; a retry or a resumed job replays its finished steps/decisions
         # (read by _handle). A handed-back first attempt is no fresh start: its steps are kept.
-        fresh = run.msg.metadata.num_delivered == 1 and spec.resume == 0
+        fresh = run.delivery == 1 and spec.resume == 0
         journal = run.journal
         if journal.outcome:
             # A worker reported the outcome, then died before its ack: do not run or report it twice.
@@ -519,7 +521,7 @@ class Worker:
             await (run.msg.ack() if journal.outcome == "succeeded" else run.msg.term())
             return
         wait = {"wait_s": round(run.started - spec.submitted_at, 6)} if fresh else {}
-        redelivered = run.msg.metadata.num_delivered > 1
+        redelivered = run.delivery > 1
         # A redelivery's start names its continuation: the next delivery counts from it.
         started = self._event(run, "started", **({"resume": spec.resume} if redelivered else wait))
         if redelivered:
