@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from . import approvals
 from .db import listed, one_of
 from .driver_sql import DriverInsert, Many
-from .lifecycle import COLUMNS, SETTERS, JobRecord, changes, record_from
+from .lifecycle import COLUMNS, JobRecord, changes, record_from, record_maker
 from .models import checkpoints_table, events_table, jobs_table
 
 _BY_ID = select(jobs_table).where(jobs_table.c.id == bindparam("job_id"))
@@ -36,14 +36,15 @@ CHECKPOINTS_ONCE = Many.insert_ignoring(checkpoints_table, "id")
 
 
 # A row of `select(jobs_table)` has the table's columns in the table's order.
-_TABLE_SETTERS = tuple(SETTERS[column.name] for column in jobs_table.columns)
+_TABLE_ORDER = tuple(column.name for column in jobs_table.columns)
+_from_table_row = record_maker(_TABLE_ORDER)
 
 
 def record_of(row: Row[Any]) -> JobRecord:
     """The record of a row of `select(jobs_table)` (every column, in the table's order), or of a
     join's row with more columns (read by name; the extra ones are left out)."""
-    if len(row) == len(_TABLE_SETTERS):
-        return record_from(row, _TABLE_SETTERS)
+    if len(row) == len(_TABLE_ORDER):
+        return _from_table_row(row)
     mapping = row._mapping
     return record_from(mapping[name] for name in COLUMNS)
 
