@@ -37,6 +37,7 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
+from .nats_util import AckedPublish
 from .settings import ArtifactSettings
 from .topology import Topology
 
@@ -94,8 +95,10 @@ def _b64(name: str) -> str:
 class ArtifactStore:
     """One bucket (topology.artifacts_bucket); object names come from Topology.input/output_object."""
 
-    def __init__(self, js: JetStreamContext, topo: Topology, settings: ArtifactSettings) -> None:
-        self.js, self.topo, self.settings = js, topo, settings
+    def __init__(
+        self, js: JetStreamContext, publish_async: AckedPublish, topo: Topology, settings: ArtifactSettings
+    ) -> None:
+        self.js, self.publish_async, self.topo, self.settings = js, publish_async, topo, settings
         self.bucket, self.stream = topo.artifacts_bucket, topo.artifacts_stream
 
     def stream_config(self) -> StreamConfig:
@@ -223,12 +226,12 @@ class ArtifactStore:
             await self.js.purge_stream(self.stream, subject=subject)
 
     async def _publish(self, subject: str, data: bytes, pending: deque[asyncio.Future]) -> None:
-        pending.append(await self.js.publish_async(subject, data))
+        pending.append(await self.publish_async(subject, data))
         if len(pending) >= PUT_WINDOW:
             await self._ack(pending.popleft())
 
     @staticmethod
-    async def _ack(future) -> None:  # noqa: ANN001 - a publish_async future or a publish coroutine
+    async def _ack(future) -> None:  # noqa: ANN001 - a publish's ack future or a publish coroutine
         try:
             await future
         except APIError as exc:

@@ -68,13 +68,11 @@ async def connect(url: str, name: str) -> NatsClient:
 async def wait_acks(
     futures: list[asyncio.Future], timeout: float, nc: NatsClient | None = None
 ) -> list[object]:
-    """Each publish_async future's PubAck, or the exception it ended with (TimeoutError if none
-    came within `timeout`, or before `nc` lost its server when it is given).
+    """Each publish's PubAck (futures of AckedPublish), or the exception it ended with
+    (TimeoutError if none came within `timeout`, or before `nc` lost its server when it is given).
 
-    Callers publish without `wait_stall`: with it nats-py wraps every publish in a task, which
-    yields to the loop and costs one socket write per message (docs/performance.md, "What was changed"). The one
-    deadline here bounds the wait instead; unanswered futures are cancelled, which gives their
-    slots in nats-py's pending-ack semaphore back. An ack the lost server owed never comes: with
+    The one deadline here bounds the wait for a whole burst; unanswered futures are cancelled,
+    which takes them out of AckedPublish's table. An ack the lost server owed never comes: with
     `nc`, the wait ends at the loss (a caller that may publish again, the api's outbox, then does
     so at once rather than after `timeout`; a stopped cluster node held the api's submits 10 s).
     """

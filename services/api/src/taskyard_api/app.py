@@ -14,7 +14,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from taskyard_common.artifact_store import ArtifactStore
 from taskyard_common.gc_tuning import settle_gc
-from taskyard_common.nats_util import connect
+from taskyard_common.nats_util import AckedPublish, connect
 from taskyard_common.settings import ArtifactSettings, DbSettings, NatsSettings
 from taskyard_common.supervise import Supervisor
 from taskyard_common.telemetry import setup_tracing, shutdown_tracing
@@ -104,7 +104,7 @@ async def lifespan(app: FastAPI):
     state.js = state.nc.jetstream(timeout=10)
     await ensure_streams(state.js, state.topo)
     artifact_settings = ArtifactSettings()
-    store = ArtifactStore(state.js, state.topo, artifact_settings)
+    store = ArtifactStore(state.js, AckedPublish(state.nc), state.topo, artifact_settings)
     await store.ensure()
     state.artifacts = ArtifactService(store, artifact_settings)
     state.queues = QueueState(state.nc, state.js, state.topo, state.settings.queue_state_cache_s)

@@ -130,8 +130,9 @@ class Worker:
     ) -> None:
         self.nc, self.js, self.topo = nc, nc.jetstream(timeout=10), topo
         self.settings, self.registry, self.id = settings, registry, worker_id
-        self.emitter = Emitter(AckedPublish(nc), topo, topo.batch_subject(worker_id), settings.event_batch_s)
-        self.artifacts = ArtifactStore(self.js, topo, ArtifactSettings())
+        acked = AckedPublish(nc)
+        self.emitter = Emitter(acked, topo, topo.batch_subject(worker_id), settings.event_batch_s)
+        self.artifacts = ArtifactStore(self.js, acked, topo, ArtifactSettings())
         # Jobs whose handler runs (each holds a slot; the heartbeat lists these), and jobs whose
         # handler returned and whose outcome is being reported and acked (no slot).
         self.running: dict[str, Running] = {}
