@@ -1,6 +1,7 @@
 """AckedPublish against a real nats-server: what `js.publish_async` answers, for wait_acks."""
 
 import asyncio
+import contextlib
 import secrets
 
 import nats
@@ -11,12 +12,22 @@ from nats.js.errors import APIError, NoStreamResponseError
 from taskyard_common.nats_util import AckedPublish, wait_acks
 
 
-async def test_acks_carry_each_messages_sequence_and_a_dropped_copy_is_a_duplicate(nats_server):
+@contextlib.asynccontextmanager
+async def _stream(url: str):
+    """A connection and a stream of its own (`<name>.>`), deleted afterwards."""
     stream = "AP" + secrets.token_hex(3).upper()
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(url)
     try:
         js = nc.jetstream()
         await js.add_stream(StreamConfig(name=stream, subjects=[f"{stream}.>"]))
+        yield nc, js, stream
+        await js.delete_stream(stream)
+    finally:
+        await nc.close()
+
+
+async def test_acks_carry_each_messages_sequence_and_a_dropped_copy_is_a_duplicate(nats_server):
+    async with _stream(nats_server.url) as (nc, js, stream):
         publish = AckedPublish(nc)
         futures = [
             await publish(f"{stream}.a", f"m{i}".encode(), {"Nats-Msg-Id": f"id{i}"}) for i in range(300)
@@ -30,17 +41,10 @@ async def test_acks_carry_each_messages_sequence_and_a_dropped_copy_is_a_duplica
         assert (again.seq, again.duplicate) == (8, True)  # the first copy's sequence, not stored twice
         assert (await js.stream_info(stream)).state.messages == 300
         assert publish._waiting == {}  # every answered future left the table
-        await js.delete_stream(stream)
-    finally:
-        await nc.close()
 
 
 async def test_no_stream_and_a_refused_message_end_the_future_with_their_error(nats_server):
-    stream = "AP" + secrets.token_hex(3).upper()
-    nc = await nats.connect(nats_server.url)
-    try:
-        js = nc.jetstream()
-        await js.add_stream(StreamConfig(name=stream, subjects=[f"{stream}.>"]))
+    async with _stream(nats_server.url) as (nc, js, stream):
         publish = AckedPublish(nc)
         with pytest.raises(NoStreamResponseError):
             await asyncio.wait_for(await publish(f"nostream{stream}.x", b"x"), 5)
@@ -51,9 +55,6 @@ async def test_no_stream_and_a_refused_message_end_the_future_with_their_error(n
             await asyncio.wait_for(refused, 5)
         assert caught.value.err_code == 10071  # wrong last sequence
         assert (await js.stream_info(stream)).state.messages == 0
-        await js.delete_stream(stream)
-    finally:
-        await nc.close()
 
 
 async def test_a_future_given_up_by_its_waiter_leaves_the_table(nats_server):
