@@ -29,10 +29,13 @@ async def _stream(url: str):
 async def test_acks_carry_each_messages_sequence_and_a_dropped_copy_is_a_duplicate(nats_server):
     async with _stream(nats_server.url) as (nc, js, stream):
         publish = AckedPublish(nc)
-        futures = [
-            await publish(f"{stream}.a", f"m{i}".encode(), {"Nats-Msg-Id": f"id{i}"}) for i in range(300)
-        ]
-        acks = await wait_acks(futures, timeout=10, nc=nc)
+        subscriptions = len(nc._subs)
+        # The first calls come together: they share the one inbox subscription.
+        futures = await asyncio.gather(
+            *(publish(f"{stream}.a", f"m{i}".encode(), {"Nats-Msg-Id": f"id{i}"}) for i in range(300))
+        )
+        assert len(nc._subs) == subscriptions + 1
+        acks = await wait_acks(list(futures), timeout=10, nc=nc)
         assert [a.seq for a in acks] == list(range(1, 301))  # type: ignore[attr-defined]
         assert {a.stream for a in acks} == {stream}  # type: ignore[attr-defined]
         assert not any(a.duplicate for a in acks)  # type: ignore[attr-defined]

@@ -110,6 +110,7 @@ class AckedPublish:
     def __init__(self, nc: NatsClient) -> None:
         self.nc = nc
         self._prefix = ""
+        self._subscribing = asyncio.Lock()  # callers that come while the inbox is subscribed wait
         self._waiting: dict[str, asyncio.Future] = {}
         self._next = 0
 
@@ -117,9 +118,11 @@ class AckedPublish:
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
     ) -> asyncio.Future:
         if not self._prefix:
-            prefix = self.nc.new_inbox()
-            await self.nc.subscribe(f"{prefix}.*", cb=self._answer)
-            self._prefix = prefix
+            async with self._subscribing:
+                if not self._prefix:
+                    prefix = self.nc.new_inbox()
+                    await self.nc.subscribe(f"{prefix}.*", cb=self._answer)
+                    self._prefix = prefix
         self._next += 1
         token = str(self._next)
         future = asyncio.get_running_loop().create_future()
@@ -136,10 +139,17 @@ class AckedPublish:
         future = self._waiting.pop(msg.subject[len(self._prefix) + 1 :], None)
         if future is None or future.done():
             return
-        if msg.headers and msg.headers.get("Status") == "503":  # no stream takes the subject (yet)
+        status = msg.headers.get("Status") if msg.headers else None
+        if status == "503":  # no stream takes the subject (yet)
             future.set_exception(NoStreamResponseError())
             return
-        answer = json.loads(msg.data)
+        try:
+            answer = json.loads(msg.data)
+        except ValueError:
+            future.set_exception(
+                nats.errors.Error(f"publish answered {status or 'no status'}: {msg.data[:200]!r}")
+            )
+            return
         if "error" in answer:
             try:
                 APIError.from_error(answer["error"])  # raises the error's own class
