@@ -33,7 +33,8 @@ class _Batch:
 
 
 class Emitter:
-    """Publishes to LOGS and EVENTS without waiting (AckedPublish); `flush(job_id)` waits for that job's acks.
+    """Publishes to LOGS and EVENTS without waiting (AckedPublish); `flush(job_id)` waits for that
+    job's acks.
 
     Waiting for acks before the final event and the JOBS ack means a job is never reported
     finished while some of its lines could still be lost. Acks are tracked per job: with one
