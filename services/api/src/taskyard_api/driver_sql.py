@@ -267,12 +267,14 @@ def _usable_after(exc: BaseException) -> bool:
     errors do not."""
     if isinstance(exc, sqlite3.Error):
         return True
-    sqlstate = str(getattr(exc, "sqlstate", "") or "")
-    return isinstance(exc, asyncpg.PostgresError) and not sqlstate.startswith(("08", "57P"))
+    return isinstance(exc, asyncpg.PostgresError) and not _sqlstate(exc).startswith(("08", "57P"))
 
 
 def _as_session_error(exc: BaseException, sql: str) -> DBAPIError:
-    unique = isinstance(exc, sqlite3.IntegrityError) or str(getattr(exc, "sqlstate", "") or "").startswith(
-        "23"
-    )
+    unique = isinstance(exc, sqlite3.IntegrityError) or _sqlstate(exc).startswith("23")
     return (IntegrityError if unique else DBAPIError)(sql, None, exc)
+
+
+def _sqlstate(exc: BaseException) -> str:
+    """PostgreSQL's SQLSTATE of a driver error ("" for any other)."""
+    return str(getattr(exc, "sqlstate", "") or "")

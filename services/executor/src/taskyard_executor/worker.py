@@ -759,5 +759,5 @@ class Worker:
                         run.start_sent.set_result(None)  # type: ignore[union-attr]
             finally:
                 for run, _ in due:  # cancelled midway (the process stops): release the waiters
-                    if run.start_sent is not None and not run.start_sent.done():
-                        run.start_sent.set_result(None)
+                    if run.start_sent is not None:
+                        _resolve(run.start_sent)
