@@ -87,3 +87,32 @@ def test_an_fsync_error_reaches_every_caller_that_waited_for_it(tmp_path):
         return await asyncio.gather(*(wal.synced() for _ in range(3)), return_exceptions=True)
 
     assert [type(e) for e in asyncio.run(run())] == [OSError] * 3
+
+
+def test_unsynced_turns_a_full_connection_normal_inside_and_full_again_after(tmp_path):
+    """InlineConnection.unsynced: a connection with a WalSync is FULL (make_engine); inside, its
+    commits do not fsync (NORMAL); after, even when left by an error, it is FULL again and the
+    transaction the error left open is rolled back. Without one nothing changes."""
+    path, setup = _wal_database(tmp_path)
+    setup.close()
+
+    def level(conn: sqlite3.Connection) -> int:
+        return conn.execute("PRAGMA synchronous").fetchone()[0]
+
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA synchronous=FULL")
+    conn = sqlite_inline.InlineConnection(raw, WalSync(path))
+    with conn.unsynced():
+        assert level(raw) == 1  # NORMAL
+    assert level(raw) == 2  # FULL
+    with pytest.raises(RuntimeError), conn.unsynced():
+        raw.execute("INSERT INTO t VALUES (1)")
+        raise RuntimeError("the statement after failed")
+    assert level(raw) == 2 and not raw.in_transaction
+    assert raw.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+
+    plain = sqlite3.connect(path)
+    plain.execute("PRAGMA synchronous=NORMAL")
+    with sqlite_inline.InlineConnection(plain).unsynced():
+        assert level(plain) == 1
+    assert level(plain) == 1

@@ -50,11 +50,12 @@ class Job(Base):
         UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency"),
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_queue_id", "queue", "id"),
-        Index("ix_jobs_finished_at_id", "finished_at", "id"),
-        Index("ix_jobs_started_at_id", "started_at", "id"),
-        Index("ix_jobs_status_finished_id", "status", "finished_at", "id"),
-        # Most jobs leave these columns NULL: their indexes hold only the rows that have a value,
-        # so a plain job's insert and moves do not write them (migration 0012).
+        # Most jobs leave these columns NULL (all of them until they start or end): their indexes
+        # hold only the rows that have a value, so a plain job's insert and moves do not write
+        # them (migrations 0012, 0016).
+        _partial("ix_jobs_finished_at_id", "finished_at", "finished_at", "id"),
+        _partial("ix_jobs_started_at_id", "started_at", "started_at", "id"),
+        _partial("ix_jobs_status_finished_id", "finished_at", "status", "finished_at", "id"),
         _partial("ix_jobs_outbox_at", "outbox_at", "outbox_at"),
         _partial("ix_jobs_batch_status", "batch_id", "batch_id", "status"),
         _partial("ix_jobs_workflow", "workflow_id", "workflow_id"),

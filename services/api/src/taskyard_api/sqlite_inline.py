@@ -155,15 +155,18 @@ class InlineConnection:
         """A transaction begun and committed inside does not fsync (`synchronous=NORMAL`, WAL mode):
         its frames reach the disk with the next commit that syncs, as the WAL is written in order
         (db.unsynced). SQLite changes the setting only between transactions: one left open by an
-        error is rolled back here, as its session would."""
-        was = int(self._conn.execute("PRAGMA synchronous").fetchone()[0])
+        error is rolled back here, as its session would. Without `wal` the connection is not FULL
+        (make_engine): its commits do not fsync anyway, and nothing changes."""
+        if self.wal is None:
+            yield
+            return
         self._conn.execute("PRAGMA synchronous=NORMAL")
         try:
             yield
         finally:
             if self._conn.in_transaction:
                 self._conn.rollback()
-            self._conn.execute(f"PRAGMA synchronous={was}")
+            self._conn.execute("PRAGMA synchronous=FULL")
 
     async def create_function(self, *args: Any, **kw: Any) -> None:
         self._conn.create_function(*args, **kw)
