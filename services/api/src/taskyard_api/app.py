@@ -104,11 +104,15 @@ async def lifespan(app: FastAPI):
     state.js = state.nc.jetstream(timeout=10)
     await ensure_streams(state.js, state.topo)
     artifact_settings = ArtifactSettings()
-    store = ArtifactStore(state.js, AckedPublish(state.nc), state.topo, artifact_settings)
+    # One inbox subscription answers the acks of every JetStream publish this process makes.
+    acked = AckedPublish(state.nc)
+    store = ArtifactStore(state.js, acked, state.topo, artifact_settings)
     await store.ensure()
     state.artifacts = ArtifactService(store, artifact_settings)
     state.queues = QueueState(state.nc, state.js, state.topo, state.settings.queue_state_cache_s)
-    publisher = Publisher(state.nc, state.js, state.topo, on_new_queue=state.queues.invalidate)
+    publisher = Publisher(
+        state.nc, state.js, state.topo, on_new_queue=state.queues.invalidate, publish_async=acked
+    )
     state.jobs = JobService(state.sessions, publisher, state.settings, KnownTypes(state.js, state.topo))
     state.projector = Projector(
         state.js,
@@ -139,7 +143,7 @@ async def lifespan(app: FastAPI):
     state.projector.notifier = state.notifier
     # REST workers' claims and leases: this process is their executor proxy (leases.py).
     state.leases = LeaseService(
-        state.nc, state.js, state.topo, state.sessions, settings.lease_max_result_bytes
+        state.nc, state.js, state.topo, state.sessions, settings.lease_max_result_bytes, acked
     )
     # Calls on leases another api process holds go there; calls on ours come here (lease_relay.py).
     state.lease_relay = LeaseRelay(state.nc, state.topo, state.leases, routes_leases.CALLS)
@@ -221,6 +225,10 @@ async def lifespan(app: FastAPI):
         # The projector ends by itself within a fetch timeout (1 s), acking what it has in hand;
         # the other tasks hold nothing that is lost by cancelling them.
         await supervisor.stop(timeout_s=5)
+        # Publishes and acks begun and not waited for (announcements, admitted jobs): they end,
+        # or what they leave is due in the outbox.
+        if late := await publisher.background.finish(timeout_s=5):
+            log.warning("shutdown: %d background publishes cancelled", late)
         await state.lease_relay.stop()
         await state.leases.stop()
         await state.notifier.close()

@@ -87,9 +87,6 @@ class DueJobs:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], jobs: JobService) -> None:
         self.sessions, self.jobs = sessions, jobs
-        # Publishes in flight: the timer does not wait for one before opening what is due next
-        # (a publish and its recording take longer than jobs due 10 ms apart leave).
-        self._publishing: set[asyncio.Task[None]] = set()
 
     async def next_due(self) -> float | None:
         j = jobs_table.c
@@ -122,9 +119,9 @@ class DueJobs:
         for job in moved:
             if job.run_at is not None:
                 GATE_DUE_LAG.observe(max(0.0, now - job.run_at))
-        task = asyncio.create_task(self._follow(moved))
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
+        # Not waited for: the timer opens what is due next meanwhile (a publish and its recording
+        # take longer than jobs due 10 ms apart leave).
+        self.jobs.publisher.background.spawn(self._follow(moved))
 
     async def _follow(self, moved: list[JobRecord]) -> None:
         """Publish what opened (committed first: a crash before the publish leaves it due in the

@@ -210,8 +210,6 @@ class JobService:
         self.store = JobStore(sessions.kw["bind"])
         # Set when a job was stored with a time to wait for: the gate timer recomputes its sleep.
         self.gates_changed = asyncio.Event()
-        # Publishes of admitted jobs the gate timer did not wait for.
-        self._publishing: set[asyncio.Task[None]] = set()
         self._group = SubmitGroup(self._store_new)
 
     async def submit(
@@ -427,9 +425,7 @@ class JobService:
         if any(kind == "rate" for kind, _ in keys):
             self.gates_changed.set()  # a rate key's next token time may be sooner than the timer's
         if not wait:
-            task = asyncio.create_task(self._publish_admitted(done.released, opened))
-            self._publishing.add(task)
-            task.add_done_callback(self._publishing.discard)
+            self.publisher.background.spawn(self._publish_admitted(done.released, opened))
             return done.released + done.ended
         released = await self.publish(done.released)
         return released + done.ended + await self.follow(opened)

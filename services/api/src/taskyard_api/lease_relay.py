@@ -43,6 +43,7 @@ from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import BaseModel, ValidationError
 
+from taskyard_common.background import Background
 from taskyard_common.topology import Topology
 
 from .auth import Principal
@@ -158,7 +159,7 @@ class LeaseRelay:
     ) -> None:
         self.nc, self.topo, self.leases, self.calls = nc, topo, leases, calls
         self._sub: Subscription | None = None
-        self._serving: set[asyncio.Task] = set()
+        self._serving = Background()
 
     async def start(self) -> None:
         subject = self.topo.lease_subject(self.leases.owner)
@@ -169,8 +170,7 @@ class LeaseRelay:
         if self._sub is not None:
             with contextlib.suppress(NatsError):
                 await self._sub.unsubscribe()
-        for task in list(self._serving):
-            task.cancel()
+        self._serving.cancel()
 
     # -- the caller's side ----------------------------------------------------------------------
     async def call(self, who: Principal, action: str, lease_id: str, body: BaseModel) -> Any:
@@ -265,9 +265,7 @@ class LeaseRelay:
                 await msg.respond(b"")
             return
         # A task per call: an `ask` long-polls, and callbacks of one subscription run one at a time.
-        task = asyncio.create_task(self._serve(msg))
-        self._serving.add(task)
-        task.add_done_callback(self._serving.discard)
+        self._serving.spawn(self._serve(msg))
 
     async def _serve(self, msg: Msg) -> None:
         answer = await self.answer(msg.data)

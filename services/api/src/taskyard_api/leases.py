@@ -160,9 +160,10 @@ class LeaseService:
         topo: Topology,
         sessions: async_sessionmaker[AsyncSession],
         max_result_bytes: int,
+        publish_async: AckedPublish | None = None,
     ) -> None:
         self.nc, self.js, self.topo, self.sessions = nc, js, topo, sessions
-        self.publish_async = AckedPublish(nc)
+        self.publish_async = publish_async or AckedPublish(nc)
         self.max_result_bytes = max_result_bytes
         # This process's id in the lease ids it issues (a restarted process holds none of its leases).
         self.owner = secrets.token_hex(4)

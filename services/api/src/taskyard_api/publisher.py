@@ -10,6 +10,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
+from taskyard_common.background import Background
 from taskyard_common.nats_util import AckedPublish, wait_acks
 from taskyard_common.schemas import Backoff, EventBatch, JobEvent, JobSpec
 from taskyard_common.topology import Topology, ensure_queue
@@ -47,11 +48,14 @@ class Publisher:
         js: JetStreamContext,
         topo: Topology,
         on_new_queue: Callable[[], None] = lambda: None,
+        publish_async: AckedPublish | None = None,
     ) -> None:
         self.nc, self.js, self.topo = nc, js, topo
-        self.publish_async = AckedPublish(nc)
+        self.publish_async = publish_async or AckedPublish(nc)
         self._queues: set[str] = set()
-        self._announcing: set[asyncio.Task[None]] = set()  # announcements whose acks are awaited
+        # What its callers did not wait for (announcements' acks, publishes of admitted jobs),
+        # finished when the api stops.
+        self.background = Background()
         # Called once a queue's consumers exist: the api's cached listing of them (QueueState)
         # reads again, so GET /queues lists a queue as soon as its first job is stored.
         self.on_new_queue = on_new_queue
@@ -103,9 +107,7 @@ class Publisher:
         for start in range(0, len(events), ANNOUNCE_MAX):
             body = EventBatch(events=events[start : start + ANNOUNCE_MAX]).model_dump_json().encode()
             futures.append(await self.publish_async(self.topo.queued_subject, body))
-        waiting = asyncio.create_task(self.events_stored(futures))
-        self._announcing.add(waiting)
-        waiting.add_done_callback(self._announcing.discard)
+        self.background.spawn(self.events_stored(futures))
 
     async def wake(self, jobs: list[JobRecord]) -> None:
         """Tell idle executors that these jobs are stored: one wake-up per queue, naming the

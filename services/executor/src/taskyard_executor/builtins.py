@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
+from taskyard_common.background import Background
 from taskyard_common.payloads import (
     HttpPayload,
     PayloadError,
@@ -298,15 +299,12 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-_background: set[asyncio.Task[Any]] = set()
+_background = Background()
 
 
 async def _shielded(coro: Coroutine[Any, Any, None]) -> None:
     """Await ``coro`` so that a second cancellation cannot interrupt it half-way (it completes)."""
-    task = asyncio.ensure_future(coro)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-    await asyncio.shield(task)
+    await asyncio.shield(_background.spawn(coro))
 
 
 async def _pump(

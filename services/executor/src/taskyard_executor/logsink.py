@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from nats.errors import Error as NatsError
 from nats.js.errors import NoStreamResponseError
 
+from taskyard_common.background import Background
 from taskyard_common.schemas import EventBatch, JobEvent, LogLine
 from taskyard_common.topology import Topology
 
@@ -61,7 +62,7 @@ class Emitter:
         self.batch_subject, self.batch_s = batch_subject, batch_s
         self._pending: dict[str, list[asyncio.Future]] = {}
         self._open: _Batch | None = None
-        self._sending: set[asyncio.Task] = set()
+        self._sending = Background()
         # How long a publish answered 503 is sent again (RETRY_FOR_S).
         self.retry_for_s = RETRY_FOR_S
 
@@ -88,9 +89,7 @@ class Emitter:
             return
         no_leader = not done.cancelled() and isinstance(done.exception(), NoStreamResponseError)
         if no_leader and asyncio.get_running_loop().time() < deadline:
-            task = asyncio.ensure_future(self._again(subject, data, outcome, deadline))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            self._sending.spawn(self._again(subject, data, outcome, deadline))
             return
         _settle(outcome, done)
 
@@ -130,9 +129,7 @@ class Emitter:
 
     def _send_later(self, batch: _Batch) -> None:
         if self._open is batch:
-            task = asyncio.ensure_future(self.send_batch())
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            self._sending.spawn(self.send_batch())
 
     async def send_batch(self) -> None:
         """Publish the open batch now (its jobs' flushes then wait for its ack)."""
