@@ -1,13 +1,14 @@
 """/api/v1/jobs: submit, batch, list, get, cancel, retry, logs."""
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from nats.errors import Error as NatsError
 from pydantic import StringConstraints
 from sqlalchemy import bindparam, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from taskyard_common.schemas import FINAL_STATES, JobState
 
@@ -155,32 +156,37 @@ _TIMELINE = (
 )
 
 
-async def _load(request: Request, job_id: str) -> tuple[JobRecord, list[JobEventRow]]:
+async def _read(session: AsyncSession, job_id: str) -> tuple[JobRecord, list[JobEventRow]]:
     """The job and its timeline as Core rows (read-only, same attribute names as the models):
     no ORM identity map or instance state for a read, the most frequent request there is."""
     if not JOB_ID.fullmatch(job_id):
         raise HTTPException(404, f"job {job_id[:40]!r} not found (ids are 26-character ULIDs)")
-    async with request.app.state.sessions() as session:
-        job = await JobStore.get(session, job_id)
-        if job is None:
-            raise NotFound(f"job {job_id} not found")
-        timeline = list(await session.execute(_TIMELINE, {"job_id": job_id}))
+    job = await JobStore.get(session, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    # Core rows read by attribute like the model's instances (`e.type`, `e.at`, …).
+    timeline = cast(list[JobEventRow], list(await session.execute(_TIMELINE, {"job_id": job_id})))
     return job, timeline
+
+
+async def _load(request: Request, job_id: str) -> tuple[JobRecord, list[JobEventRow]]:
+    async with request.app.state.sessions() as session:
+        return await _read(session, job_id)
 
 
 @router.get("/jobs/{job_id}", responses=answers(404))
 async def get_job(job_id: str, request: Request, who: Principal = require("viewer")):
-    job, timeline = await _load(request, job_id)
-    out = job_out(job, timeline)
-    out.update(queue_position=None, eta_seconds=None, eta_range=None, waiting_reason=None)
-    if job.status in ("waiting", "needs_approval"):  # a person decides: the inbox item
-        async with request.app.state.sessions() as session:
+    state = request.app.state
+    # One session, one snapshot: the row, its timeline, its inbox item and its family agree.
+    async with state.sessions() as session:
+        job, timeline = await _read(session, job_id)
+        out = job_out(job, timeline)
+        out.update(queue_position=None, eta_seconds=None, eta_range=None, waiting_reason=None)
+        if job.status in ("waiting", "needs_approval"):  # a person decides: the inbox item
             ck = await session.scalar(
                 select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.status == "pending")
             )
-        out["checkpoint"] = checkpoint_out(ck) if ck else None
-    state = request.app.state
-    async with state.sessions() as session:
+            out["checkpoint"] = checkpoint_out(ck) if ck else None
         out["parents"], out["children"] = await gates.family(session, job.id)
     if job.status in WAITING_STATES:
         try:
