@@ -177,17 +177,22 @@ async def _load(request: Request, job_id: str) -> tuple[JobRecord, list[JobEvent
 @router.get("/jobs/{job_id}", responses=answers(404))
 async def get_job(job_id: str, request: Request, who: Principal = require("viewer")):
     state = request.app.state
-    # One session, one snapshot: the row, its timeline, its inbox item and its family agree.
+    # One session, one snapshot: the row, its timeline, its inbox item and its family agree. The
+    # answer is built once it is closed: SQLite's one connection is not held for that.
+    ck: Checkpoint | None = None
     async with state.sessions() as session:
         job, timeline = await _read(session, job_id)
-        out = job_out(job, timeline)
-        out.update(queue_position=None, eta_seconds=None, eta_range=None, waiting_reason=None)
-        if job.status in ("waiting", "needs_approval"):  # a person decides: the inbox item
+        asks = job.status in ("waiting", "needs_approval")  # a person decides: the inbox item
+        if asks:
             ck = await session.scalar(
                 select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.status == "pending")
             )
-            out["checkpoint"] = checkpoint_out(ck) if ck else None
-        out["parents"], out["children"] = await gates.family(session, job.id)
+        family = await gates.family(session, job.id)
+    out = job_out(job, timeline)
+    out.update(queue_position=None, eta_seconds=None, eta_range=None, waiting_reason=None)
+    if asks:
+        out["checkpoint"] = checkpoint_out(ck) if ck else None
+    out["parents"], out["children"] = family
     if job.status in WAITING_STATES:
         try:
             if job.status == "blocked":
