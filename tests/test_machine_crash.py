@@ -207,10 +207,13 @@ def test_every_accepted_job_ends_once_after_a_machine_crash(
 
 def test_a_marking_the_crash_took_is_made_up_for_and_the_job_runs_once(lazy_disk, db_url, tmp_path):
     """The outbox's marking (the stream sequence and the `queued` row) commits without an fsync
-    (db.unsynced): the next commit that syncs takes it to disk. Jobs submitted one at a time with no
-    executor: the last job's marking has no later commit, so the crash takes it while its row
-    (fsynced before the answer) stays. After the restart the outbox publishes it again and it runs
-    once, like every other accepted job."""
+    (db.unsynced): the next commit that syncs takes it to disk. Four jobs submitted one at a time
+    with no executor, then one delayed 1 s: the gate timer's commit that makes it due syncs (and
+    takes the four markings to disk), its marking follows and has no later commit, so the crash
+    takes it while its row stays. (A submitted job's marking may be caught by its own row's fsync,
+    which runs on a thread while the job is published: on a loaded machine it began after the
+    marking in one CI run, so the last job is not a plain submit.) After the restart the outbox
+    publishes it again and it runs once, like every other accepted job."""
     if not db_url.startswith("sqlite"):
         pytest.skip("PostgreSQL is not on the crashing disk")
     disk = lazy_disk.mountpoint
@@ -225,11 +228,11 @@ def test_a_marking_the_crash_took_is_made_up_for_and_the_job_runs_once(lazy_disk
         spec = {"type": "noop"}  # built in: no executor runs before the crash
         with stack.http() as c:
             accepted = []
-            for _ in range(5):
-                r = c.post("/api/v1/jobs", json=spec)
+            for body in [spec] * 4 + [{**spec, "delay_s": 1.0}]:
+                r = c.post("/api/v1/jobs", json=body)
                 assert r.status_code == 201, r.text
                 accepted.append(r.json()["id"])
-            # Answered after its marking: JOBS has it and the row says so, for now.
+            # Its position is said once it is marked: JOBS has it and the row says so, for now.
             last = f"/api/v1/jobs/{accepted[-1]}"
             wait_until(lambda: c.get(last).json()["queue_position"] == 4, 10, "the last job at position 4")
 
