@@ -4,6 +4,7 @@
 import asyncio
 
 import pytest
+from nats.js.errors import NoStreamResponseError
 
 from taskyard_common.schemas import JobEvent
 from taskyard_common.settings import NatsSettings
@@ -85,3 +86,23 @@ async def test_one_jobs_flush_cancelled_leaves_the_others_wait_on_the_shared_bat
     await asyncio.wait_for(b, 2)  # B's flush returns: the batch's ack reached it
     with pytest.raises(asyncio.CancelledError):
         await a
+
+
+async def test_close_waits_for_a_resend_under_way(monkeypatch):
+    """A publish answered 503 (no stream leader) is sent again in the background; at stop, close()
+    waits for that resend even when no job's flush waits for it any more."""
+    monkeypatch.setattr(logsink, "RETRY_PAUSE_S", 0.01)
+    sink, js = emitter()
+    await sink.event(JobEvent(job_id="A", type="started"), own_subject=True)
+    sink.forget("A")  # its job ended without a flush: only the resend still holds its event
+    js.acks[0].set_exception(NoStreamResponseError())
+
+    async def store_the_resend() -> None:
+        while len(js.acks) < 2:
+            await asyncio.sleep(0.005)
+        js.acks[1].set_result("stored")
+
+    storing = asyncio.create_task(store_the_resend())
+    await asyncio.wait_for(sink.close(), 2)
+    assert len(js.acks) == 2 and js.acks[1].done(), "close() returned before the resend was stored"
+    await storing

@@ -1,7 +1,7 @@
 """/api/v1/jobs: submit, batch, list, get, cancel, retry, logs."""
 
 import time
-from typing import Annotated, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
@@ -9,6 +9,7 @@ from nats.errors import Error as NatsError
 from pydantic import StringConstraints
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import State
 
 from taskyard_common.schemas import FINAL_STATES, JobState
 
@@ -177,9 +178,13 @@ async def _load(request: Request, job_id: str) -> tuple[JobRecord, list[JobEvent
 @router.get("/jobs/{job_id}", responses=answers(404))
 async def get_job(job_id: str, request: Request, who: Principal = require("viewer")):
     state = request.app.state
-    # One session, one snapshot: the row, its timeline, its inbox item and its family agree. The
-    # answer is built once it is closed: SQLite's one connection is not held for that.
+    # One session, one snapshot: the row, its timeline, its inbox item, its family and what holds
+    # it (open parents, its key's places) agree. The answer is built once it is closed: SQLite's
+    # one connection is not held for that (nor for NATS, asked below for positions).
     ck: Checkpoint | None = None
+    parents: list[tuple[JobRecord, str]] = []
+    facts: dict[str, Any] | None = None
+    now = time.time()
     async with state.sessions() as session:
         job, timeline = await _read(session, job_id)
         asks = job.status in ("waiting", "needs_approval")  # a person decides: the inbox item
@@ -187,6 +192,10 @@ async def get_job(job_id: str, request: Request, who: Principal = require("viewe
             ck = await session.scalar(
                 select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.status == "pending")
             )
+        if job.status == "blocked":
+            parents = await gates.open_parents(session, job.id)
+        elif job.status == "throttled":
+            facts = await admission.facts(session, job, now)
         family = await gates.family(session, job.id)
     out = job_out(job, timeline)
     out.update(queue_position=None, eta_seconds=None, eta_range=None, waiting_reason=None)
@@ -196,9 +205,9 @@ async def get_job(job_id: str, request: Request, who: Principal = require("viewe
     if job.status in WAITING_STATES:
         try:
             if job.status == "blocked":
-                out.update(await _blocked(request, job))
-            elif job.status == "throttled":
-                out.update(await _throttled(request, job))
+                out.update(await _blocked(state, parents))
+            elif facts is not None:
+                out.update(throttled_reason(facts, now))
             else:
                 out.update(await explain(job, timeline, state.queues, state.workers))
         except NatsError as exc:
@@ -206,11 +215,8 @@ async def get_job(job_id: str, request: Request, who: Principal = require("viewe
     return JsonAnswer(out)
 
 
-async def _blocked(request: Request, job: JobRecord) -> dict:
+async def _blocked(state: State, parents: list[tuple[JobRecord, str]]) -> dict:
     """A blocked job's reason: its open parents, each with its own state, position and ETA."""
-    state = request.app.state
-    async with state.sessions() as session:
-        parents = await gates.open_parents(session, job.id)
     seen = []
     for parent, _on in parents:
         about: dict = {}
@@ -218,13 +224,6 @@ async def _blocked(request: Request, job: JobRecord) -> dict:
             about = await explain(parent, [], state.queues, state.workers)
         seen.append((parent.id, parent.node, parent.status, about))
     return blocked_reason(seen)
-
-
-async def _throttled(request: Request, job: JobRecord) -> dict:
-    """A throttled job's reason: its key's places and who waits before it, or its rate's next token."""
-    async with request.app.state.sessions() as session:
-        facts = await admission.facts(session, job, time.time())
-    return throttled_reason(facts, time.time())
 
 
 @router.post("/jobs/{job_id}/cancel", responses=answers(404, 409))

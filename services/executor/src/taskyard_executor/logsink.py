@@ -157,6 +157,14 @@ class Emitter:
         for future in dict.fromkeys(pending):
             await asyncio.shield(future)
 
+    async def close(self) -> None:
+        """At stop: every job's publishes acked (flush), then the resends and batch sends still
+        running end too (each is bounded by FLUSH_TIMEOUT_S) instead of dying with the loop."""
+        try:
+            await self.flush()
+        finally:
+            await self._sending.finish(timeout_s=FLUSH_TIMEOUT_S)
+
     def forget(self, job_id: str) -> None:
         """Stop tracking a job that ended without a flush (NATS error, handed back)."""
         self._pending.pop(job_id, None)

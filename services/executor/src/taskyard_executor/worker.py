@@ -337,7 +337,7 @@ class Worker:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.emitter.flush()
+        await self.emitter.close()
         for sub in self._subs:
             await sub.unsubscribe()
         await self.puller.stop()
