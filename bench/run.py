@@ -7,6 +7,7 @@ One run starts its own nats-server (free ports, temp store) and database, measur
    in the API, with the api and executors as real processes (again with --big N jobs, last);
 3. `GET /api/v1/jobs/{id}` answer times at a fixed open-loop rate;
 4. the drain of queued `sleep 20 ms` jobs by one executor with 64 slots, against slots / sleep;
+   then as many again submitted to that executor while it runs (the peers' harness's W3 way);
 5. submit→start latency at fixed open-loop rates (`started` event minus `created_at`), beside the
    raw publish→receive latency of one message through a WorkQueue with a waiting pull;
 6. the RSS of every service process when it has just started and its peak in each phase;
@@ -650,6 +651,7 @@ async def end_to_end(
     timeout: float,
     pids: Callable[[], dict[str, int]],
     senders: int = 1,
+    spec: dict = NOOP,
 ) -> tuple[dict, list[str]]:
     """The figures, and the jobs' ids (the GET phase reads existing jobs).
 
@@ -657,7 +659,7 @@ async def end_to_end(
     afterwards (the figures below) is the bench reading, not work a job costs."""
     with PhaseMeter(pids) as meter:
         t0, since = time.perf_counter(), time.monotonic()
-        ids = await submit_batches(c, label, n, batch, senders=senders)
+        ids = await submit_batches(c, label, n, batch, spec, senders=senders)
         t_submitted = time.perf_counter()
         bad = await wait_all_final(c, label, timeout, ids=ids, since=since)
         t_done = time.perf_counter()
@@ -1250,6 +1252,20 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
                 spec=spec,
             )
             ideal = args.sleep_slots / (args.sleep_ms / 1000)
+            # The peers' harness runs its W3 the other way: a warm worker, and the jobs submitted
+            # while it runs, first submit to last completion. The same jobs again, to the executor
+            # the drain left idle: both figures, as the two procedures start jobs differently
+            # (a drain in waves of all slots at once, a live run as the batches arrive).
+            log(f"sleep, live: {args.sleep_jobs} more submitted to that executor while it runs")
+            live, _ = await end_to_end(
+                c,
+                "sleep-live",
+                args.sleep_jobs,
+                args.batch,
+                max(180.0, args.sleep_jobs / 10),
+                pids,
+                spec=spec,
+            )
             out["sleep"] = {
                 **sleep,
                 "slots": args.sleep_slots,
@@ -1257,6 +1273,13 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
                 # Every slot busy all the time, no overhead: slots / sleep.
                 "ideal_jobs_per_s": round(ideal, 1),
                 "ratio_to_ideal": round(sleep["jobs_per_s"] / ideal, 3) if sleep["jobs_per_s"] else None,
+                "live": {
+                    **{
+                        k: live[k]
+                        for k in ("n", "succeeded", "not_succeeded", "seconds", "jobs_per_s", "cpu")
+                    },
+                    "ratio_to_ideal": round(live["jobs_per_s"] / ideal, 3),
+                },
             }
 
         out["latency"] = []
@@ -1359,6 +1382,8 @@ def table(res: dict) -> list[list[str]]:
         name = f"sleep {s['sleep_ms']:g} ms × {s['n']:,}, {s['slots']} slots (jobs/s)"
         rows.append([name, f"{s['jobs_per_s'] or 0:,.1f}", f"{s['ideal_jobs_per_s']:,.0f} ideal", frac(s["jobs_per_s"], s["ideal_jobs_per_s"])])  # fmt: skip
         rows.append(["  jobs running (mean) / each job's run p50 (ms)", f"{s['mean_running'] or 0:.1f} / {s['job_run_ms'].get('p50', 0):.1f}", f"{s['slots']} / {s['sleep_ms']:g}", frac(s["mean_running"], s["slots"])])  # fmt: skip
+        if "live" in s:
+            rows.append(["  the same submitted to it running, first submit → last end (jobs/s)", f"{s['live']['jobs_per_s']:,.1f}", f"{s['ideal_jobs_per_s']:,.0f} ideal", frac(s["live"]["jobs_per_s"], s["ideal_jobs_per_s"])])  # fmt: skip
     for lat in res["latency"]:
         rows += latency(f"submit→start @{lat['rate_per_s']:g}/s", lat["created_to_started_ms"])
         rows.append(p50_p99("  queued→started", lat["queued_to_started_ms"]))
