@@ -61,3 +61,26 @@ def test_a_statement_it_cannot_rewrite_is_refused_when_built():
         _columnar(
             "UPDATE jobs SET status=$1 WHERE jobs.id = $2::VARCHAR", [("s", None, None), ("b_id", None, None)]
         )
+
+
+def test_a_cast_of_several_words_or_with_a_size_is_taken_whole():
+    sql = (
+        "INSERT INTO t (a, b, c, d) VALUES ($1::TIMESTAMP WITH TIME ZONE, $2::NUMERIC(10, 2), "
+        "$3::DOUBLE PRECISION, $4::VARCHAR)"
+    )
+    params = [(name, None, None) for name in ("a", "b", "c", "d")]
+    assert _columnar(sql, params) == (
+        "INSERT INTO t (a, b, c, d) SELECT v.p1, v.p2, v.p3, v.p4 FROM unnest($1::TIMESTAMP WITH TIME "
+        "ZONE[], $2::NUMERIC(10, 2)[], $3::DOUBLE PRECISION[], $4::VARCHAR[]) AS v(p1, p2, p3, p4)"
+    )
+    # A one-word type is not followed into the statement's own words.
+    update_sql = "UPDATE t SET a=$1::VARCHAR WHERE t.b = $2::INTEGER AND t.c IS NULL"
+    assert _columnar(update_sql, [("a", None, None), ("b", None, None)]) == (
+        "UPDATE t SET a=v.p1 FROM unnest($1::VARCHAR[], $2::INTEGER[]) AS v(p1, p2) "
+        "WHERE t.b = v.p2 AND t.c IS NULL"
+    )
+
+
+def test_an_array_row_parameter_is_refused():
+    with pytest.raises(ValueError, match="is an array"):
+        _columnar("INSERT INTO t (g) VALUES ($1::INTEGER[])", [("g", None, None)])

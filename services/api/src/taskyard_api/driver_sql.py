@@ -143,8 +143,15 @@ async def _execute(driver: Any, sql: str, params: list[tuple]) -> None:
         await driver.executemany(sql, params)
 
 
-# `$3::VARCHAR`: a parameter of a compiled PostgreSQL statement and its cast.
-_PLACEHOLDER = re.compile(r"\$(\d+)(?:::([A-Z]+(?: PRECISION)?))?")
+# `$3::VARCHAR`: a parameter of a compiled PostgreSQL statement and its whole cast, as SQLAlchemy
+# renders them: `NUMERIC(10, 2)`, `TIMESTAMP WITH TIME ZONE`, `INTEGER[]` (the type names of more
+# than one word are listed: a word after a one-word type is the statement's, as in `$1::VARCHAR AND`).
+_PLACEHOLDER = re.compile(
+    r"\$(\d+)(?:::("
+    r"(?:DOUBLE PRECISION|(?:TIMESTAMP|TIME) WITH(?:OUT)? TIME ZONE|CHARACTER VARYING|[A-Z]+)"
+    r"(?:\(\d+(?:, \d+)?\))?(?:\[\])*"
+    r"))?"
+)
 
 
 def _columnar(sql: str, params: list[_Param]) -> str:
@@ -164,6 +171,8 @@ def _columnar(sql: str, params: list[_Param]) -> str:
             return match.group(0)
         if not cast_to:
             raise ValueError(f"{sql!r}: parameter ${k} has no type to make an array of")
+        if cast_to.endswith("[]"):  # unnest() would flatten an array of arrays into one column
+            raise ValueError(f"{sql!r}: parameter ${k} is an array; unnest cannot give it per row")
         columns.append((k, cast_to))
         return f"v.p{k}"
 
