@@ -110,9 +110,7 @@ async def lifespan(app: FastAPI):
     await store.ensure()
     state.artifacts = ArtifactService(store, artifact_settings)
     state.queues = QueueState(state.nc, state.js, state.topo, state.settings.queue_state_cache_s)
-    publisher = Publisher(
-        state.nc, state.js, state.topo, on_new_queue=state.queues.invalidate, publish_async=acked
-    )
+    publisher = Publisher(state.nc, state.js, state.topo, acked, on_new_queue=state.queues.invalidate)
     state.jobs = JobService(state.sessions, publisher, state.settings, KnownTypes(state.js, state.topo))
     state.projector = Projector(
         state.js,

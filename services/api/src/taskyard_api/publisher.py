@@ -47,11 +47,12 @@ class Publisher:
         nc: NatsClient,
         js: JetStreamContext,
         topo: Topology,
+        publish_async: AckedPublish,
         on_new_queue: Callable[[], None] = lambda: None,
-        publish_async: AckedPublish | None = None,
     ) -> None:
+        # `publish_async`: the process's one AckedPublish (its inbox answers every publish's ack).
         self.nc, self.js, self.topo = nc, js, topo
-        self.publish_async = publish_async or AckedPublish(nc)
+        self.publish_async = publish_async
         self._queues: set[str] = set()
         # What its callers did not wait for (announcements' acks, publishes of admitted jobs),
         # finished when the api stops.
