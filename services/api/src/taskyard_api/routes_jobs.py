@@ -183,7 +183,7 @@ async def get_job(job_id: str, request: Request, who: Principal = require("viewe
     # one connection is not held for that (nor for NATS, asked below for positions).
     ck: Checkpoint | None = None
     parents: list[tuple[JobRecord, str]] = []
-    facts: dict[str, Any] | None = None
+    facts: dict[str, Any] = {}
     now = time.time()
     async with state.sessions() as session:
         job, timeline = await _read(session, job_id)
@@ -206,7 +206,7 @@ async def get_job(job_id: str, request: Request, who: Principal = require("viewe
         try:
             if job.status == "blocked":
                 out.update(await _blocked(state, parents))
-            elif facts is not None:
+            elif job.status == "throttled":
                 out.update(throttled_reason(facts, now))
             else:
                 out.update(await explain(job, timeline, state.queues, state.workers))
