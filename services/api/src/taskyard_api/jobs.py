@@ -131,21 +131,33 @@ def _merged(group: list[Submission]) -> Submission:
     return Submission([job for sub in group for job in sub.jobs], list(by_table.values()))
 
 
+# What SubmitGroup's store returns once a group's rows are committed: publishing them, to await.
+Publish = Callable[[], Awaitable[list[JobRecord]]]
+
+
 class SubmitGroup:
     """Group commit: requests that arrive while one INSERT is in flight share the next one (one
     transaction, one publish burst, one wake-up) instead of queueing for the database one by one.
     A lone request goes straight through.
+
+    Two groups are under way at most: one publishing (NATS, then the marking's transaction) while
+    the next one's INSERT runs. On PostgreSQL each of those waits on the other process's work
+    (the server's, JetStream's), and two requests in flight overlapped them: +17-23 % e2e with one
+    api (docs/performance.md, stop 44). Groups publish in the order they were stored, so a job
+    stored after another is not put in JOBS ahead of it.
     """
 
-    def __init__(self, store: Callable[[Submission], Awaitable[list[JobRecord]]]) -> None:
+    def __init__(self, store: Callable[[Submission], Awaitable[Publish]]) -> None:
         self._store = store
         self._waiting: list[tuple[Submission, asyncio.Future[list[JobRecord]]]] = []
         self._writer: asyncio.Task[None] | None = None  # the task writing groups, while there are any
+        self._arrived = asyncio.Event()  # a request came while the writer waited for a publish
 
     async def submit(self, submission: Submission) -> list[JobRecord]:
         """Its jobs once they are stored and their publish was attempted, in order."""
         done: asyncio.Future[list[JobRecord]] = asyncio.get_running_loop().create_future()
         self._waiting.append((submission, done))
+        self._arrived.set()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_all())
         return await done
@@ -160,32 +172,67 @@ class SubmitGroup:
         return group
 
     async def _write_all(self) -> None:
-        # Ends (no await between the last check and returning) as soon as nobody waits, so a
-        # later submit that finds it done starts a new one.
-        while self._waiting:
+        publishing: asyncio.Task[None] | None = None  # the group stored before the one in hand
+        # Ends (no await between the last check and returning) as soon as nobody waits and the
+        # last group published, so a later submit that finds it done starts a new one.
+        while self._waiting or publishing is not None:
+            if not self._waiting:
+                assert publishing is not None
+                # Until that publish ends or a request comes (its INSERT need not wait for it).
+                self._arrived.clear()
+                arrival = asyncio.ensure_future(self._arrived.wait())
+                await asyncio.wait((publishing, arrival), return_when=asyncio.FIRST_COMPLETED)
+                arrival.cancel()
+                if publishing.done():
+                    publishing = None
+                continue
             group = self._next_group()
             try:
-                stored = await self._store(_merged([sub for sub, _ in group]))
+                publish = await self._store(_merged([sub for sub, _ in group]))
             except IntegrityError as exc:
-                if len(group) == 1:
-                    _answer(group[0][1], exc)
-                    continue
-                # A taken idempotency key fails the whole INSERT: write each request on its own,
-                # so only the one that holds the key gets the error.
-                for sub, done in group:
-                    try:
-                        _answer(done, await self._store(sub))
-                    except Exception as one:  # noqa: BLE001 - that request answers with it
-                        _answer(done, one)
+                if publishing is not None:
+                    await publishing
+                    publishing = None
+                await self._one_by_one(group, exc)
                 continue
             except Exception as exc:  # noqa: BLE001 - every request of the group answers with it
                 for _, done in group:
                     _answer(done, exc)
                 continue
-            start = 0
-            for sub, done in group:
-                _answer(done, stored[start : start + len(sub.jobs)])
-                start += len(sub.jobs)
+            if publishing is not None:
+                await publishing
+            publishing = asyncio.create_task(self._publish(group, publish))
+
+    @staticmethod
+    async def _publish(
+        group: list[tuple[Submission, asyncio.Future[list[JobRecord]]]], publish: Publish
+    ) -> None:
+        try:
+            stored = await publish()
+        except Exception as exc:  # noqa: BLE001 - stored, so due in the outbox; each request is told
+            for _, done in group:
+                _answer(done, exc)
+            return
+        start = 0
+        for sub, done in group:
+            _answer(done, stored[start : start + len(sub.jobs)])
+            start += len(sub.jobs)
+
+    async def _one_by_one(
+        self, group: list[tuple[Submission, asyncio.Future[list[JobRecord]]]], exc: IntegrityError
+    ) -> None:
+        """A taken idempotency key fails the whole INSERT: write each request on its own, so only
+        the one that holds the key gets the error."""
+        if len(group) == 1:
+            _answer(group[0][1], exc)
+            return
+        for sub, done in group:
+            try:
+                publish = await self._store(sub)
+            except Exception as one:  # noqa: BLE001 - that request answers with it
+                _answer(done, one)
+                continue
+            await self._publish([(sub, done)], publish)
 
 
 def _answer(done: asyncio.Future[list[JobRecord]], outcome: list[JobRecord] | BaseException) -> None:
@@ -331,8 +378,8 @@ class JobService:
                 by_id[job.id] = job
         return [(by_id.get(job.id, job), created) for job, created in results]
 
-    async def _store_new(self, submission: Submission) -> list[JobRecord]:
-        """The one insert path (SubmitGroup's writer): insert the rows, then publish them.
+    async def _store_new(self, submission: Submission) -> Publish:
+        """The one insert path (SubmitGroup's writer): insert the rows; returns their publish.
 
         The rows are committed before the publish and on the disk before the answer, but the
         disk's flush (SQLite: the WAL's fsync) runs meanwhile: an executor may start a job before
@@ -343,12 +390,16 @@ class JobService:
         if self.settings.fault_crash_after_insert:
             os._exit(99)
         syncing = asyncio.ensure_future(durable())
-        try:
-            queued = [job for job in submission.jobs if job.outbox_at is not None]
-            published = {job.id: job for job in await self.publish(queued)}
-        finally:
-            await syncing
-        return [published.get(job.id, job) for job in submission.jobs]
+
+        async def publish() -> list[JobRecord]:
+            try:
+                queued = [job for job in submission.jobs if job.outbox_at is not None]
+                published = {job.id: job for job in await self.publish(queued)}
+            finally:
+                await syncing
+            return [published.get(job.id, job) for job in submission.jobs]
+
+        return publish
 
     async def settle(self, ended: list[JobRecord]) -> list[JobRecord]:
         """Run the gate keeper for jobs that ended outside the projector (cancel, a checkpoint's
