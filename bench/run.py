@@ -619,8 +619,8 @@ async def wait_all_final(
 async def submit_batches(
     c: httpx.AsyncClient, label: str, n: int, batch: int, spec: dict = NOOP, senders: int = 1
 ) -> list[str]:
-    """n jobs in `batch`-sized requests, `senders` requests at a time (one per api process: the
-    client's transport takes them in turn)."""
+    """n jobs in `batch`-sized requests, `senders` requests at a time (`--in-flight` per api
+    process: the client's transport takes the processes in turn)."""
     spec = {**spec, "labels": {"bench": label}}
     starts = list(range(0, n, batch))
 
@@ -1215,7 +1215,13 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
         log(f"end to end: {args.jobs} noop jobs in batches of {args.batch}")
         await asyncio.to_thread(profiler.start, "e2e")
         out["e2e"], ids = await end_to_end(
-            c, "e2e", args.jobs, args.batch, max(180.0, args.jobs / 10), pids, senders=args.apis
+            c,
+            "e2e",
+            args.jobs,
+            args.batch,
+            max(180.0, args.jobs / 10),
+            pids,
+            senders=args.apis * args.in_flight,
         )
         if profiler.procs:
             out["profile_e2e"] = await asyncio.to_thread(profiler.stop)
@@ -1301,7 +1307,13 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
             # Last, so the other phases run on the same database size with or without --big.
             log(f"end to end, big: {args.big} noop jobs in batches of {args.batch}")
             out["big"], _ = await end_to_end(
-                c, "big", args.big, args.batch, max(180.0, args.big / 10), pids, senders=args.apis
+                c,
+                "big",
+                args.big,
+                args.batch,
+                max(180.0, args.big / 10),
+                pids,
+                senders=args.apis * args.in_flight,
             )
 
     out["rss_idle_mib"] = idle
@@ -1454,6 +1466,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--slots", type=int, default=64, help="slots per executor (default 64)")
     p.add_argument("--batch", type=int, default=500, help="jobs per jobs:batch request (default 500)")
     p.add_argument(
+        "--in-flight",
+        type=int,
+        help="e2e: jobs:batch requests each api process is sent at a time (default: 1 on SQLite, where "
+        "the api is busy all through a request; 2 on PostgreSQL, where it waits on the server)",
+    )
+    p.add_argument(
         "--rates",
         "--rate",
         dest="rates",
@@ -1556,6 +1574,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     global RAW_REPLICAS
     RAW_REPLICAS = 3 if args.cluster else 1
+    if args.in_flight is None:
+        args.in_flight = 2 if args.db else 1
     if args.apis > 1 and not args.db:
         sys.exit("bench: --apis above 1 needs --db postgresql+asyncpg://… (one api process per SQLite file)")
     signal.signal(signal.SIGTERM, _terminate)
@@ -1612,6 +1632,7 @@ def main(argv: list[str] | None = None) -> int:
             "raw_samples": args.raw_samples,
             "db": "postgresql" if args.db else "sqlite",
             "apis": args.apis,
+            "in_flight": args.in_flight,
             "cluster": args.cluster,
             "env": args.env or [],
             "nats_sync": args.nats_sync,
@@ -1624,7 +1645,7 @@ def main(argv: list[str] | None = None) -> int:
     m = record["machine"]
     print(
         f"\nTaskyard bench {record['started_at']}  db={record['params']['db']}  "
-        f"{'3-node cluster  ' if args.cluster else ''}{args.apis} api  {args.executors}×{args.slots} slots  nproc={m['nproc']}  python {m['python']}  {m['nats_server']}\n"
+        f"{'3-node cluster  ' if args.cluster else ''}{args.apis} api  {args.in_flight} in flight  {args.executors}×{args.slots} slots  nproc={m['nproc']}  python {m['python']}  {m['nats_server']}\n"
     )
     print_table(rows)
     if not args.no_save:
