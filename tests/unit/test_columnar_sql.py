@@ -1,5 +1,7 @@
 """driver_sql._columnar: a statement compiled for one row, rewritten to take every row at once."""
 
+import json
+
 import pytest
 from sqlalchemy import bindparam, literal, update
 from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
@@ -12,13 +14,13 @@ _jobs, _events = Job.__table__, JobEventRow.__table__
 _EVENT_COLUMNS = ("job_id", "stream_seq", "type", "at", "attempt", "worker_id", "data")
 
 
-def test_an_insert_reads_its_rows_from_unnest_and_keeps_on_conflict_but_not_returning():
+def test_an_insert_reads_its_rows_from_a_json_document_and_keeps_on_conflict_but_not_returning():
     sql, _ = Many.insert_ignoring(_events, "stream_seq").prepare(_dialect, _EVENT_COLUMNS)
     assert sql == (
         "INSERT INTO job_events (job_id, stream_seq, type, at, attempt, worker_id, data) "
-        "SELECT v.p1, v.p2, v.p3, v.p4, v.p5, v.p6, v.p7 FROM unnest($1::VARCHAR[], $2::BIGINT[], "
-        "$3::VARCHAR[], $4::FLOAT[], $5::INTEGER[], $6::VARCHAR[], $7::JSONB[]) "
-        "AS v(p1, p2, p3, p4, p5, p6, p7) ON CONFLICT (stream_seq) DO NOTHING"
+        "SELECT v.p1, v.p2, v.p3, v.p4, v.p5, v.p6, v.p7::JSONB FROM json_to_recordset($1::JSON) "
+        "AS v(p1 VARCHAR, p2 BIGINT, p3 VARCHAR, p4 FLOAT, p5 INTEGER, p6 VARCHAR, p7 TEXT) "
+        "ON CONFLICT (stream_seq) DO NOTHING"
     )
 
 
@@ -33,25 +35,29 @@ def test_an_update_joins_its_rows_and_keeps_the_statements_constants_as_they_are
     )
     sql, params = Many(lambda _d: statement).prepare(_dialect, ("b_seq", "b_id"))
     assert sql == (
-        "UPDATE jobs SET stream_seq=v.p1, outbox_at=$2::FLOAT "
-        "FROM unnest($1::BIGINT[], $3::VARCHAR[]) AS v(p1, p3) "
-        "WHERE jobs.id = v.p3 AND (jobs.status NOT IN ($4::VARCHAR, $5::VARCHAR))"
+        "UPDATE jobs SET stream_seq=v.p1, outbox_at=$1::FLOAT "
+        "FROM json_to_recordset($4::JSON) AS v(p1 BIGINT, p3 VARCHAR) "
+        "WHERE jobs.id = v.p3 AND (jobs.status NOT IN ($2::VARCHAR, $3::VARCHAR))"
     )
-    # Row parameters take a column of values each; the others stay single values.
+    # Row parameters are read from the rows' document; the others stay single values, first.
     assert [name for name, _, _ in params] == ["b_seq", None, "b_id", None, None]
 
 
-def test_the_parameters_are_one_array_per_row_parameter():
+def test_the_parameters_are_the_constants_then_one_json_document_of_the_rows():
     many = Many.insert_ignoring(_events, "stream_seq")
     rows = [
-        dict(zip(_EVENT_COLUMNS, (job_id, seq, "started", 1.5, 1, None, data), strict=True))
-        for job_id, seq, data in (("a", 1, {"x": 1}), ("b", 2, {}))
+        dict(zip(_EVENT_COLUMNS, (job_id, seq, "started", at, 1, None, data), strict=True))
+        for job_id, seq, at, data in (("a", 1, 1733600000.123456, {"x": 1}), ("b", 2, float("inf"), {}))
     ]
     _, params = many.params(_dialect, rows)
     assert len(params) == 1
-    job_ids, seqs, types, _at, _attempts, workers, data = params[0]
-    assert (job_ids, seqs, types, workers) == (["a", "b"], [1, 2], ["started"] * 2, [None, None])
-    assert len(data) == 2 and all(isinstance(value, str) for value in data)  # JSON, as a session binds it
+    [document] = params[0]
+    assert json.loads(document) == [
+        # JSON columns as a session binds them (JSON text); floats exact, infinity as PostgreSQL
+        # spells it.
+        {"p1": "a", "p2": 1, "p3": "started", "p4": 1733600000.123456, "p5": 1, "p6": None, "p7": '{"x": 1}'},
+        {"p1": "b", "p2": 2, "p3": "started", "p4": "Infinity", "p5": 1, "p6": None, "p7": "{}"},
+    ]
 
 
 def test_a_statement_it_cannot_rewrite_is_refused_when_built():
@@ -70,13 +76,13 @@ def test_a_cast_of_several_words_or_with_a_size_is_taken_whole():
     )
     params = [(name, None, None) for name in ("a", "b", "c", "d")]
     assert _columnar(sql, params) == (
-        "INSERT INTO t (a, b, c, d) SELECT v.p1, v.p2, v.p3, v.p4 FROM unnest($1::TIMESTAMP WITH TIME "
-        "ZONE[], $2::NUMERIC(10, 2)[], $3::DOUBLE PRECISION[], $4::VARCHAR[]) AS v(p1, p2, p3, p4)"
+        "INSERT INTO t (a, b, c, d) SELECT v.p1, v.p2, v.p3, v.p4 FROM json_to_recordset($1::JSON) AS "
+        "v(p1 TIMESTAMP WITH TIME ZONE, p2 NUMERIC(10, 2), p3 DOUBLE PRECISION, p4 VARCHAR)"
     )
     # A one-word type is not followed into the statement's own words.
     update_sql = "UPDATE t SET a=$1::VARCHAR WHERE t.b = $2::INTEGER AND t.c IS NULL"
     assert _columnar(update_sql, [("a", None, None), ("b", None, None)]) == (
-        "UPDATE t SET a=v.p1 FROM unnest($1::VARCHAR[], $2::INTEGER[]) AS v(p1, p2) "
+        "UPDATE t SET a=v.p1 FROM json_to_recordset($1::JSON) AS v(p1 VARCHAR, p2 INTEGER) "
         "WHERE t.b = v.p2 AND t.c IS NULL"
     )
 
