@@ -141,10 +141,10 @@ class SubmitGroup:
     A lone request goes straight through.
 
     Two groups are under way at most: one publishing (NATS, then the marking's transaction) while
-    the next one's INSERT runs. On PostgreSQL each of those waits on the other process's work
-    (the server's, JetStream's), and two requests in flight overlapped them: +17-23 % e2e with one
-    api (docs/performance.md, stop 44). Groups publish in the order they were stored, so a job
-    stored after another is not put in JOBS ahead of it.
+    the next one's INSERT runs. On PostgreSQL both mostly wait on other processes (the server,
+    JetStream); with two requests in flight one api ran +8 % faster than when the next INSERT
+    waited for the marking (median of 5 pairs, docs/performance.md, stop 44). Groups publish in
+    the order they were stored, so a job stored after another is not put in JOBS ahead of it.
     """
 
     def __init__(self, store: Callable[[Submission], Awaitable[Publish]]) -> None:
