@@ -1214,14 +1214,10 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
 
         log(f"end to end: {args.jobs} noop jobs in batches of {args.batch}")
         await asyncio.to_thread(profiler.start, "e2e")
+        senders = args.apis * args.in_flight
+        e2e_timeout = max(180.0, args.jobs / 10)
         out["e2e"], ids = await end_to_end(
-            c,
-            "e2e",
-            args.jobs,
-            args.batch,
-            max(180.0, args.jobs / 10),
-            pids,
-            senders=args.apis * args.in_flight,
+            c, "e2e", args.jobs, args.batch, e2e_timeout, pids, senders=senders
         )
         if profiler.procs:
             out["profile_e2e"] = await asyncio.to_thread(profiler.stop)
@@ -1306,14 +1302,9 @@ async def measure(args: argparse.Namespace, stack: Stack, profiler: Profiler) ->
         if args.big:
             # Last, so the other phases run on the same database size with or without --big.
             log(f"end to end, big: {args.big} noop jobs in batches of {args.batch}")
+            big_timeout = max(180.0, args.big / 10)
             out["big"], _ = await end_to_end(
-                c,
-                "big",
-                args.big,
-                args.batch,
-                max(180.0, args.big / 10),
-                pids,
-                senders=args.apis * args.in_flight,
+                c, "big", args.big, args.batch, big_timeout, pids, senders=senders
             )
 
     out["rss_idle_mib"] = idle
