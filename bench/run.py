@@ -1459,8 +1459,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--in-flight",
         type=int,
-        help="e2e: jobs:batch requests each api process is sent at a time (default: 1 on SQLite, where "
-        "the api is busy all through a request; 2 on PostgreSQL, where it waits on the server)",
+        default=2,
+        help="e2e: jobs:batch requests each api process is sent at a time (default 2: the next one's "
+        "INSERT runs while the previous one publishes)",
     )
     p.add_argument(
         "--rates",
@@ -1565,8 +1566,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     global RAW_REPLICAS
     RAW_REPLICAS = 3 if args.cluster else 1
-    if args.in_flight is None:
-        args.in_flight = 2 if args.db else 1
     if args.apis > 1 and not args.db:
         sys.exit("bench: --apis above 1 needs --db postgresql+asyncpg://… (one api process per SQLite file)")
     signal.signal(signal.SIGTERM, _terminate)
