@@ -1459,9 +1459,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--in-flight",
         type=int,
-        default=2,
-        help="e2e: jobs:batch requests each api process is sent at a time (default 2: the next one's "
-        "INSERT runs while the previous one publishes)",
+        help="e2e: jobs:batch requests each api process is sent at a time (default: 2 on PostgreSQL, "
+        "where the next one's INSERT overlaps the previous one's waits on the server; 1 on SQLite, "
+        "where 2 was faster but the api's RSS grew past 120 MB: docs/performance.md, stop 44)",
     )
     p.add_argument(
         "--rates",
@@ -1566,6 +1566,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     global RAW_REPLICAS
     RAW_REPLICAS = 3 if args.cluster else 1
+    if args.in_flight is None:
+        args.in_flight = 2 if args.db else 1
     if args.apis > 1 and not args.db:
         sys.exit("bench: --apis above 1 needs --db postgresql+asyncpg://… (one api process per SQLite file)")
     signal.signal(signal.SIGTERM, _terminate)
