@@ -133,6 +133,8 @@ def _merged(group: list[Submission]) -> Submission:
 
 # What SubmitGroup's store returns once a group's rows are committed: publishing them, to await.
 Publish = Callable[[], Awaitable[list[JobRecord]]]
+# A request waiting in SubmitGroup: its jobs, and the future its caller awaits.
+Request = tuple[Submission, asyncio.Future[list[JobRecord]]]
 
 
 class SubmitGroup:
@@ -149,21 +151,22 @@ class SubmitGroup:
 
     def __init__(self, store: Callable[[Submission], Awaitable[Publish]]) -> None:
         self._store = store
-        self._waiting: list[tuple[Submission, asyncio.Future[list[JobRecord]]]] = []
+        self._waiting: list[Request] = []
         self._writer: asyncio.Task[None] | None = None  # the task writing groups, while there are any
-        self._arrived = asyncio.Event()  # a request came while the writer waited for a publish
+        # Set when a request comes or a publish ends: what the writer waits for while idle.
+        self._wake = asyncio.Event()
 
     async def submit(self, submission: Submission) -> list[JobRecord]:
         """Its jobs once they are stored and their publish was attempted, in order."""
         done: asyncio.Future[list[JobRecord]] = asyncio.get_running_loop().create_future()
         self._waiting.append((submission, done))
-        self._arrived.set()
+        self._wake.set()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_all())
         return await done
 
-    def _next_group(self) -> list[tuple[Submission, asyncio.Future[list[JobRecord]]]]:
-        group: list[tuple[Submission, asyncio.Future[list[JobRecord]]]] = []
+    def _next_group(self) -> list[Request]:
+        group: list[Request] = []
         size = 0
         while self._waiting and (not group or size + len(self._waiting[0][0].jobs) <= GROUP_MAX):
             request = self._waiting.pop(0)
@@ -179,10 +182,9 @@ class SubmitGroup:
             if not self._waiting:
                 assert publishing is not None
                 # Until that publish ends or a request comes (its INSERT need not wait for it).
-                self._arrived.clear()
-                arrival = asyncio.ensure_future(self._arrived.wait())
-                await asyncio.wait((publishing, arrival), return_when=asyncio.FIRST_COMPLETED)
-                arrival.cancel()
+                self._wake.clear()
+                if not publishing.done():
+                    await self._wake.wait()
                 if publishing.done():
                     publishing = None
                 continue
@@ -202,11 +204,10 @@ class SubmitGroup:
             if publishing is not None:
                 await publishing
             publishing = asyncio.create_task(self._publish(group, publish))
+            publishing.add_done_callback(lambda _: self._wake.set())
 
     @staticmethod
-    async def _publish(
-        group: list[tuple[Submission, asyncio.Future[list[JobRecord]]]], publish: Publish
-    ) -> None:
+    async def _publish(group: list[Request], publish: Publish) -> None:
         try:
             stored = await publish()
         except Exception as exc:  # noqa: BLE001 - stored, so due in the outbox; each request is told
@@ -218,9 +219,7 @@ class SubmitGroup:
             _answer(done, stored[start : start + len(sub.jobs)])
             start += len(sub.jobs)
 
-    async def _one_by_one(
-        self, group: list[tuple[Submission, asyncio.Future[list[JobRecord]]]], exc: IntegrityError
-    ) -> None:
+    async def _one_by_one(self, group: list[Request], exc: IntegrityError) -> None:
         """A taken idempotency key fails the whole INSERT: write each request on its own, so only
         the one that holds the key gets the error."""
         if len(group) == 1:
